@@ -1,0 +1,112 @@
+"""The contract every runtime implements: Backend (probe, capabilities, prepare) and Session (run).
+
+A backend knows nothing about suites, recipes or stores. It receives an :class:`Artifact`
+(a file in a format it declared it accepts), options validated against its own pydantic
+model, and the batch size the case will run at; it returns a :class:`Session` that turns
+host numpy inputs into host numpy outputs.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from costbench.harness.artifacts import Artifact
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here and, if not, exactly why (and what to install)."""
+
+    available: bool
+    reason: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, **versions: str) -> "Availability":
+        return cls(True, "", dict(versions))
+
+    @classmethod
+    def missing(cls, reason: str) -> "Availability":
+        return cls(False, reason, {})
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can run: devices, precisions and artifact formats, in order of preference."""
+
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    formats: tuple[str, ...]
+
+
+class BackendOptions(BaseModel):
+    """Options every backend accepts. Backends subclass this to add their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threads: int | None = Field(
+        default=None, ge=1, description="Intra-op threads; None means the runtime's default (all cores)."
+    )
+
+
+@dataclass(frozen=True)
+class TimingConvention:
+    """What a timed region includes and which clock measured it; written into every result."""
+
+    boundary: str = "host numpy inputs -> host numpy outputs (no device copies on CPU)"
+    clock: str = "host time.perf_counter_ns"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"boundary": self.boundary, "clock": self.clock}
+
+
+class Session(abc.ABC):
+    """A prepared model, ready to run at a fixed batch size."""
+
+    timing: TimingConvention = TimingConvention()
+
+    @abc.abstractmethod
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one query; inputs and outputs are host numpy arrays, outputs in model order."""
+
+    def synchronize(self) -> None:
+        """Wait for outstanding device work. CPU runtimes return synchronously, so nothing to do."""
+
+    def close(self) -> None:
+        """Release runtime resources."""
+
+    def info(self) -> dict[str, Any]:
+        """Runtime details worth recording with the result (providers, compiled device, hints)."""
+        return {}
+
+
+class Backend(abc.ABC):
+    """A runtime that can run artifacts. Registered through the ``costbench.backends`` entry points."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+
+    @abc.abstractmethod
+    def probe(self) -> Availability:
+        """Check, without side effects, whether this backend can run here; never raises."""
+
+    @abc.abstractmethod
+    def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
+        """Load/compile ``artifact`` into a session for ``batch_size`` on ``device``."""
+
+    def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
+        """Validate suite options against this backend's Options model (raises pydantic.ValidationError)."""
+        return self.Options.model_validate(raw)
+
+    def accepts(self, formats: Sequence[str]) -> str | None:
+        """The first of our preferred formats that a recipe can emit, or None."""
+        for fmt in self.capabilities.formats:
+            if fmt in formats:
+                return fmt
+        return None

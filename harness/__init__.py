@@ -1,0 +1,1 @@
+"""Everything between a suite file and a stored result."""

@@ -1,0 +1,90 @@
+"""What the model zoo hands the rest of the harness: a model, its inputs, and real data for it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+
+from costbench.harness.artifacts import InputSpec
+
+SOURCE_TORCH = "torch"  # the model is a torch.nn.Module (zoo model or user factory)
+SOURCE_ONNX = "onnx"  # the model is a user-supplied ONNX file; there is no torch module
+
+
+@dataclass
+class SampleSet:
+    """Real samples for a model: arrays keyed by input name, all with the same leading length N."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        lengths = {k: len(v) for k, v in self.inputs.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"sample arrays differ in length: {lengths}")
+        if self.labels is not None and len(self.labels) != len(self):
+            raise ValueError(f"{len(self.labels)} labels for {len(self)} samples")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def take(self, n: int) -> "SampleSet":
+        """The first ``n`` samples (all of them when fewer)."""
+        labels = None if self.labels is None else self.labels[:n]
+        return SampleSet({k: v[:n] for k, v in self.inputs.items()}, labels, self.description)
+
+    def batch(self, batch_size: int, start: int = 0) -> dict[str, np.ndarray]:
+        """``batch_size`` samples from ``start``, wrapping around so any batch size is filled."""
+        n = len(self)
+        idx = (np.arange(start, start + batch_size) % n)
+        return {k: np.ascontiguousarray(v[idx]) for k, v in self.inputs.items()}
+
+    def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        """Cover every sample once in batches of ``batch_size``; yields (batch, number of real samples).
+
+        The last batch is padded by wrapping around (static-shape runtimes need full batches);
+        callers keep only the first ``real`` outputs.
+        """
+        n = len(self)
+        for start in range(0, n, batch_size):
+            yield self.batch(batch_size, start), min(batch_size, n - start)
+
+
+@dataclass
+class ModelBundle:
+    """A loaded model with its interface and data, as the recipes and the worker need it."""
+
+    name: str
+    task: str  # "classification" (top-1 and, with labels, task accuracy) or "generic"
+    inputs: list[InputSpec]
+    outputs: list[str]
+    calibration: SampleSet  # for post-training quantization
+    evaluation: SampleSet  # for accuracy against the fp32 reference (and labels when present)
+    source_hash: str  # content hash of the weights (and architecture) the variants derive from
+    source_kind: str = SOURCE_TORCH
+    module_factory: Callable[[], Any] | None = None  # returns an eval-mode torch.nn.Module
+    onnx_path: Path | None = None  # user-supplied fp32 ONNX
+    details: dict[str, Any] = field(default_factory=dict)  # parameters, FLOPs, data provenance
+
+    def torch_module(self):
+        """A fresh eval-mode torch module; raises if the model came as an ONNX file."""
+        if self.module_factory is None:
+            raise TypeError(f"model {self.name!r} is an ONNX file; it has no torch module")
+        return self.module_factory()
+
+
+class ZooModel(abc.ABC):
+    """A named model the zoo can load. ``source_kind`` is known without loading anything (planning needs it)."""
+
+    name: ClassVar[str]
+    source_kind: ClassVar[str] = SOURCE_TORCH
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def load(self, cache_dir: Path) -> ModelBundle:
+        """Build the bundle; may train or preprocess once and cache under ``cache_dir``."""
