@@ -1,0 +1,153 @@
+"""The machine fingerprint: a hashed comparability key (env_id) and everything else recorded beside it."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# ISA features that decide int8 speed and exactness on x86 (see DESIGN.md, "Numerics that matter").
+INT8_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                  "amx_tile", "amx_int8", "amx_bf16")
+LIBRARIES = ("costbench", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "scikit-learn",
+             "duckdb", "pandas", "scipy")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict[str, str]:
+    """The first processor block of /proc/cpuinfo (empty off Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    info: dict[str, str] = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        info[key.strip()] = value.strip()
+    return info
+
+
+def cpu_flags() -> set[str]:
+    """All CPU feature flags the kernel reports."""
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def int8_isa() -> dict[str, bool]:
+    """The int8-relevant ISA flags, each present or not."""
+    flags = cpu_flags()
+    return {f: f in flags for f in INT8_ISA_FLAGS}
+
+
+def has_vnni() -> bool:
+    """True when the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
+
+    Without one, u8*s8 kernels built on vpmaddubsw can saturate int16 on full-range inputs,
+    so quantizers must use 7-bit weights (``reduce_range``).
+    """
+    isa = int8_isa()
+    return isa["avx512_vnni"] or isa["avx_vnni"] or isa["amx_int8"]
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
+def memory_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        return 0
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def gpus() -> list[dict[str, str]]:
+    """NVIDIA GPUs via nvidia-smi (model, memory, driver); empty when there is none."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    result = []
+    for line in out.strip().splitlines():
+        name, mem, driver = (s.strip() for s in line.split(","))
+        result.append({"name": name, "memory": mem, "driver": driver})
+    return result
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def comparability_key() -> dict[str, Any]:
+    """What must match for two results to be compared: hardware, ISA, libraries, thread settings."""
+    return {
+        "cpu_model": cpu_model(),
+        "isa": int8_isa(),
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": physical_cores(),
+        "gpus": gpus(),
+        "libraries": library_versions(),
+        "python": platform.python_version(),
+        "threads": {v: os.environ.get(v) for v in THREAD_VARS},
+    }
+
+
+def env_id_of(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def fingerprint() -> dict[str, Any]:
+    """The comparability key, its hash, and the facts recorded beside it but not hashed."""
+    key = comparability_key()
+    return {
+        "env_id": env_id_of(key),
+        "key": key,
+        "recorded": {
+            "hostname": socket.gethostname(),
+            "os": platform.platform(),
+            "memory_bytes": memory_bytes(),
+            "python_executable": sys.executable,
+            "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+            "cpu_max_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
+            "cpu_mhz_now": _cpuinfo().get("cpu MHz"),
+        },
+    }

@@ -1,0 +1,62 @@
+"""The fp32 reference outputs every variant is compared with, computed once per model and data set and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from costbench.harness.zoo.base import SOURCE_ONNX, ModelBundle
+
+REFERENCE_BATCH = 16
+
+
+def _data_hash(bundle: ModelBundle) -> str:
+    h = hashlib.sha256(bundle.source_hash.encode())
+    for name in sorted(bundle.evaluation.inputs):
+        arr = np.ascontiguousarray(bundle.evaluation.inputs[name])
+        h.update(name.encode())
+        h.update(str(arr.dtype).encode())
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:24]
+
+
+def _compute(bundle: ModelBundle) -> np.ndarray:
+    """fp32 outputs: PyTorch eager for torch models, ONNX Runtime's CPU provider for ONNX files."""
+    parts = []
+    if bundle.source_kind == SOURCE_ONNX:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
+        for batch, real in bundle.evaluation.batches(REFERENCE_BATCH):
+            parts.append(np.asarray(sess.run(None, batch)[0], dtype=np.float64)[:real])
+    else:
+        import torch
+
+        module = bundle.torch_module()
+        with torch.inference_mode():
+            for batch, real in bundle.evaluation.batches(REFERENCE_BATCH):
+                args = [torch.from_numpy(batch[spec.name]) for spec in bundle.inputs]
+                out = module(*args)
+                if isinstance(out, (tuple, list)):
+                    out = out[0]
+                elif isinstance(out, dict):
+                    out = next(iter(out.values()))
+                parts.append(out.double().numpy()[:real])
+    return np.concatenate(parts, axis=0)
+
+
+def reference_outputs(bundle: ModelBundle, cache_dir: Path) -> np.ndarray:
+    """The fp32 reference for ``bundle.evaluation``, from the cache when the model and data are unchanged."""
+    path = cache_dir / "references" / f"{bundle.name}-{_data_hash(bundle)}.npy"
+    if path.exists():
+        return np.load(path)
+    ref = _compute(bundle)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, ref)
+    os.replace(tmp, path)
+    return ref

@@ -1,0 +1,100 @@
+"""Statistics with one declared definition each, so every backend's numbers mean the same thing.
+
+Percentiles are nearest-rank on the sorted samples: the p-th percentile of n samples is the
+value at 1-based rank ceil(p/100 * n). It is always an observed sample (no interpolation), and
+the median is therefore the lower middle for even n. Confidence intervals are percentile
+bootstraps with a fixed seed, so the same samples always give the same interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+PERCENTILE_DEFINITION = "nearest-rank: value at rank ceil(p/100*n) of the sorted samples"
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20260101
+
+
+def percentile(samples: Sequence[float] | np.ndarray, p: float) -> float:
+    """Nearest-rank percentile, 0 < p <= 100 (p=0 gives the minimum)."""
+    x = np.sort(np.asarray(samples, dtype=np.float64))
+    if x.size == 0:
+        raise ValueError("percentile of an empty sample")
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile p must be within [0, 100], got {p}")
+    rank = max(1, math.ceil(p / 100.0 * x.size))
+    return float(x[rank - 1])
+
+
+def _nearest_rank_rows(sorted_rows: np.ndarray, p: float) -> np.ndarray:
+    """Nearest-rank percentile of each row of an already sorted 2-D array."""
+    n = sorted_rows.shape[1]
+    rank = max(1, math.ceil(p / 100.0 * n))
+    return sorted_rows[:, rank - 1]
+
+
+def bootstrap_ci(
+    samples: Sequence[float] | np.ndarray,
+    p: float = 50.0,
+    confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval for the nearest-rank p-th percentile."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap of an empty sample")
+    if x.size == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    # Resample in chunks so memory stays bounded for long runs (100k samples x 2000 resamples).
+    stats = np.empty(resamples)
+    chunk = max(1, min(resamples, 4_000_000 // x.size))
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        draws = np.sort(x[rng.integers(0, x.size, size=(k, x.size))], axis=1)
+        stats[start:start + k] = _nearest_rank_rows(draws, p)
+    alpha = (1.0 - confidence) / 2.0
+    return percentile(stats, 100 * alpha), percentile(stats, 100 * (1 - alpha))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The summary of one sample of timings (same unit as the samples)."""
+
+    count: int
+    mean: float
+    std: float
+    cv: float  # coefficient of variation, std / mean
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    p50_ci_low: float
+    p50_ci_high: float
+    p99_ci_low: float
+    p99_ci_high: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def summarize(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Summary:
+    """Nearest-rank percentiles, bootstrap intervals for the median and p99, and spread."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("cannot summarize an empty sample")
+    mean = float(x.mean())
+    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    lo50, hi50 = bootstrap_ci(x, 50, confidence)
+    lo99, hi99 = bootstrap_ci(x, 99, confidence)
+    return Summary(
+        count=int(x.size), mean=mean, std=std, cv=std / mean if mean else float("nan"),
+        min=float(x.min()), p50=percentile(x, 50), p90=percentile(x, 90), p99=percentile(x, 99),
+        max=float(x.max()), p50_ci_low=lo50, p50_ci_high=hi50, p99_ci_low=lo99, p99_ci_high=hi99,
+    )

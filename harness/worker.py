@@ -1,0 +1,155 @@
+"""One case, measured inside its own child process: model -> artifact -> session -> accuracy -> scenario.
+
+Run as ``python -m costbench.harness.worker JOB.json RESULT.json``. The parent owns the
+timeout and the run file; this process only writes RESULT.json (atomically) when it finishes.
+Anything it prints goes to stderr, which the parent keeps the tail of when a case fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from costbench.harness.plan import Case
+
+
+def _metric(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    return {"metric": name, "value": float(value), "unit": unit, **extra}
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux >= 4.0), so peak RSS covers only what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _timing_metrics(result, timing: dict[str, str]) -> list[dict[str, Any]]:
+    from costbench.harness.stats import summarize
+
+    ms = np.asarray(result.samples_ns, dtype=np.float64) / 1e6
+    s = summarize(ms)
+    common = {"valid": result.valid, "details": {"timing": timing, "notes": result.notes}}
+    throughput = result.batch_size * result.queries / (result.wall_ns / 1e9)
+    prefix = "latency" if result.kind == "single_stream" else "batch_latency"
+    return [
+        _metric(f"{prefix}_p50", s.p50, "ms", ci_low=s.p50_ci_low, ci_high=s.p50_ci_high, samples=ms.tolist(), **common),
+        _metric(f"{prefix}_p90", s.p90, "ms", **common),
+        _metric(f"{prefix}_p99", s.p99, "ms", ci_low=s.p99_ci_low, ci_high=s.p99_ci_high, **common),
+        _metric(f"{prefix}_mean", s.mean, "ms", **common),
+        _metric(f"{prefix}_cv", s.cv, "ratio", **common),
+        _metric("throughput", throughput, "samples/s", **common),
+        _metric("queries", result.queries, "count", **common),
+        _metric("duration", result.wall_ns / 1e9, "s", **common),
+    ]
+
+
+def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
+    """Measure one case; returns {'metrics': [...], 'info': {...}}. Raises on failure."""
+    from costbench.backends.registry import get_backend
+    from costbench.harness.accuracy import collect_outputs, compare
+    from costbench.harness.artifacts import ArtifactCache, artifact_summary
+    from costbench.harness.compress.base import get_recipe
+    from costbench.harness.reference import reference_outputs
+    from costbench.harness.scenarios import make_scenario
+    from costbench.harness.suite import ModelSpec
+    from costbench.harness.zoo.registry import load_bundle
+
+    metrics: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
+    recipe = get_recipe(case.recipe)
+    artifact = recipe.artifact(bundle, recipe.parse_config(case.recipe_options), case.artifact_format,
+                               ArtifactCache(cache_dir))
+    metrics.append(_metric("model_size", artifact.size_bytes, "bytes"))
+    if artifact.build_time_s is not None:
+        metrics.append(_metric("build_time", artifact.build_time_s, "s"))
+    reference = reference_outputs(bundle, cache_dir) if case.measure_accuracy else None
+    setup_s = time.perf_counter() - t0
+
+    backend = get_backend(case.backend_name)
+    options = backend.parse_options(case.backend_options)
+    rss_reset = _reset_peak_rss()
+    t_load = time.perf_counter()
+    session = backend.prepare(artifact, options, case.batch_size, case.device)
+    metrics.append(_metric("load_time", (time.perf_counter() - t_load) * 1e3, "ms"))
+    first = bundle.evaluation.batch(case.batch_size)
+    t_first = time.perf_counter_ns()
+    session.run(first)
+    session.synchronize()
+    metrics.append(_metric("first_inference", (time.perf_counter_ns() - t_first) / 1e6, "ms"))
+
+    if reference is not None:
+        outputs = collect_outputs(session, bundle.evaluation, case.batch_size)
+        metrics += [_metric(m.name, m.value, m.unit, details={"description": m.description})
+                    for m in compare(outputs, reference, bundle.evaluation.labels, bundle.task)]
+
+    scenario = make_scenario(case.scenario_spec)
+    result = scenario.run(session, bundle.evaluation, case.batch_size)
+    metrics += _timing_metrics(result, session.timing.as_dict())
+    session_info = session.info()
+    session.close()
+
+    hwm_kb = _read_status_kb("VmHWM")
+    if hwm_kb is not None:
+        scope = "load+inference (high-water mark reset after build)" if rss_reset else "whole case process"
+        metrics.append(_metric("peak_rss", hwm_kb / 1024, "MiB", details={"scope": scope}))
+    metrics.append(_metric("process_peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB",
+                           details={"scope": "whole case process, including model build"}))
+    info = {
+        "artifact": artifact_summary(artifact),
+        "provenance": artifact.provenance,
+        "model_details": bundle.details,
+        "session": session_info,
+        "timing": session.timing.as_dict(),
+        "setup_s": setup_s,
+        "evaluation_samples": len(bundle.evaluation),
+        "evaluation_data": bundle.evaluation.description,
+    }
+    return {"metrics": metrics, "info": info}
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    job_path, result_path = Path(argv[0]), Path(argv[1])
+    job = json.loads(job_path.read_text())
+    case = Case.from_dict(job["case"])
+    # Keep stdout for nothing: libraries that print go to stderr, which the parent tails on failure.
+    sys.stdout = sys.stderr
+    try:
+        payload = {"status": "ok", **execute(case, Path(job["cache_dir"]))}
+    except Exception as exc:
+        payload = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc(limit=20)}
+        print(payload["traceback"], file=sys.stderr)
+    _write_atomic(result_path, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

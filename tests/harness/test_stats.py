@@ -1,0 +1,63 @@
+"""Nearest-rank percentiles and bootstrap intervals against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from costbench.harness.stats import bootstrap_ci, percentile, summarize
+
+
+@pytest.mark.parametrize("p, expected", [(5, 15), (30, 20), (40, 20), (50, 35), (100, 50), (0, 15)])
+def test_nearest_rank_textbook_example(p, expected):
+    # The classic nearest-rank example: ranks ceil(p/100 * 5) of the sorted list.
+    assert percentile([40, 15, 35, 20, 50], p) == expected
+
+
+def test_percentile_is_always_an_observed_sample():
+    rng = np.random.default_rng()
+    x = rng.exponential(size=101)
+    for p in (1, 50, 90, 99, 99.9):
+        assert percentile(x, p) in x
+    # 101 samples: p50 is rank 51, p99 is rank ceil(99.99) = 100.
+    s = np.sort(x)
+    assert percentile(x, 50) == s[50]
+    assert percentile(x, 99) == s[99]
+
+
+def test_median_of_even_count_is_lower_middle():
+    assert percentile([1, 2, 3, 4], 50) == 2
+
+
+def test_percentile_rejects_bad_input():
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_bootstrap_two_point_hand_computed():
+    # Resampling [1, 2] twice: the nearest-rank median of two draws is their minimum, which is 1
+    # with probability 3/4 and 2 with probability 1/4; both tails of a 95% interval are populated.
+    assert bootstrap_ci([1.0, 2.0], 50) == (1.0, 2.0)
+
+
+def test_bootstrap_constant_and_single():
+    assert bootstrap_ci([3.0] * 50) == (3.0, 3.0)
+    assert bootstrap_ci([7.0]) == (7.0, 7.0)
+
+
+def test_bootstrap_is_deterministic_and_brackets_median():
+    x = np.random.default_rng().normal(10, 1, size=500)
+    lo, hi = bootstrap_ci(x)
+    assert (lo, hi) == bootstrap_ci(x)
+    assert lo <= percentile(x, 50) <= hi
+    assert hi - lo < 0.5  # the median of 500 N(10,1) samples is known to about +-0.1
+
+
+def test_summarize_fields():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s.count == 5 and s.min == 1 and s.max == 100
+    assert s.p50 == 3 and s.p90 == 100 and s.p99 == 100
+    assert s.mean == pytest.approx(22.0)
+    assert s.std == pytest.approx(np.std([1, 2, 3, 4, 100], ddof=1))
+    assert s.cv == pytest.approx(s.std / 22.0)
+    assert s.p50_ci_low <= s.p50 <= s.p50_ci_high
