@@ -173,6 +173,16 @@ class Suite(_Strict):
             raise ValueError(f"batch sizes must be >= 1, got {v}")
         return v
 
+    @field_validator("exclude")
+    @classmethod
+    def _exclude_keys(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        allowed = ("model", "variant", "backend", "device", "scenario", "batch_size")
+        for i, table in enumerate(v):
+            bad = sorted(set(table) - set(allowed))
+            if bad or not table:
+                raise ValueError(f"exclude[{i}]: keys {bad or '(none)'} are not among {', '.join(allowed)}")
+        return v
+
     @model_validator(mode="after")
     def _unique_labels(self) -> "Suite":
         for what, labels in (
@@ -239,8 +249,10 @@ def _check_names(suite: Suite) -> list[str]:
         if m.source == "zoo" and m.id not in known_models:
             problems.append(f"models[{i}].id: unknown model {m.id!r}; the zoo has {', '.join(known_models)} "
                             "(or set source = 'onnx' / 'torch' to bring your own)")
-        if m.source == "onnx" and m.path is not None and not m.path.exists():
-            problems.append(f"models[{i}].path: {m.path} does not exist")
+        if m.source == "onnx" and m.path is not None:
+            problem = _onnx_problem(m.path)
+            if problem:
+                problems.append(f"models[{i}].path: {problem}")
         if m.data is not None and not m.data.exists():
             problems.append(f"models[{i}].data: {m.data} does not exist")
     for i, v in enumerate(suite.variants):
@@ -266,6 +278,20 @@ def _check_names(suite: Suite) -> list[str]:
         except ValidationError as exc:
             problems += [f"backends[{i}].{_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
     return problems
+
+
+def _onnx_problem(path: Path) -> str | None:
+    """Why ``path`` is not a usable ONNX model, or None. Checked by path so large models stay on disk."""
+    if not path.exists():
+        return f"{path} does not exist"
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # onnx raises several unrelated types for a damaged file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{path} is not a valid ONNX model: {first}"
+    return None
 
 
 def load_suite(path: str | Path) -> Suite:

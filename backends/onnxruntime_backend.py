@@ -1,0 +1,186 @@
+"""ONNX Runtime with the CPU execution provider.
+
+onnxruntime is imported inside the methods so that loading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
+from costbench.harness.artifacts import FORMAT_ONNX, Artifact
+
+_CPU_PROVIDER = "CPUExecutionProvider"
+
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+_EXEC_MODES = {"sequential": "ORT_SEQUENTIAL", "parallel": "ORT_PARALLEL"}
+
+# ONNX Runtime reports input types as strings; bfloat16 has no numpy dtype and is left uncast.
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(int32)": np.int32,
+    "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OnnxRuntimeOptions(BackendOptions):
+    """Options for the onnxruntime backend; ``threads`` sets intra_op_num_threads."""
+
+    inter_op_threads: int | None = Field(
+        default=None, ge=1, description="inter_op_num_threads; only used with execution_mode='parallel'."
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="Graph optimization level (GraphOptimizationLevel.ORT_*)."
+    )
+    execution_mode: Literal["sequential", "parallel"] = Field(
+        default="sequential", description="Run independent graph branches one at a time or in parallel."
+    )
+
+
+def _import_ort() -> Any:
+    """Import onnxruntime, turning a failure into an ImportError whose message says what to do."""
+    try:
+        import onnxruntime
+    except ModuleNotFoundError as exc:
+        if exc.name == "onnxruntime":
+            raise ImportError("onnxruntime is not installed: pip install onnxruntime") from exc
+        raise ImportError(
+            f"onnxruntime failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall onnxruntime"
+        ) from exc
+    except Exception as exc:  # a broken native library surfaces as ImportError or OSError
+        raise ImportError(
+            f"onnxruntime failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall onnxruntime"
+        ) from exc
+    return onnxruntime
+
+
+def _bind_inputs(artifact: Artifact, model_names: list[str]) -> list[tuple[str, int]]:
+    """Pair each artifact input with a model input: by name, else by position."""
+    if len(artifact.inputs) != len(model_names):
+        raise ValueError(
+            f"{artifact.path}: the model has {len(model_names)} inputs {model_names}, "
+            f"the artifact declares {len(artifact.inputs)} {[s.name for s in artifact.inputs]}"
+        )
+    return [
+        (spec.name, model_names.index(spec.name) if spec.name in model_names else i)
+        for i, spec in enumerate(artifact.inputs)
+    ]
+
+
+class OnnxRuntimeSession(Session):
+    """An InferenceSession on the CPU provider, fed by input name."""
+
+    def __init__(self, session: Any, artifact: Artifact, batch_size: int, options: OnnxRuntimeOptions):
+        self._session = session
+        self._options = options
+        self._batch_size = batch_size
+        model_inputs = session.get_inputs()
+        binding = _bind_inputs(artifact, [i.name for i in model_inputs])
+        # (artifact name, ORT input name, dtype ORT expects or None when numpy cannot express it)
+        self._feed_plan = [
+            (name, model_inputs[idx].name, _ORT_DTYPES.get(model_inputs[idx].type)) for name, idx in binding
+        ]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one query; inputs keyed by artifact input name, outputs in model order."""
+        feed = {}
+        for name, ort_name, dtype in self._feed_plan:
+            try:
+                array = inputs[name]
+            except KeyError:
+                raise KeyError(
+                    f"missing input {name!r}; the model takes {[n for n, _, _ in self._feed_plan]}"
+                ) from None
+            if dtype is not None and array.dtype != dtype:
+                array = array.astype(dtype)
+            feed[ort_name] = array
+        return self._session.run(None, feed)
+
+    def close(self) -> None:
+        """Drop the InferenceSession so its arena and threads are released."""
+        self._session = None
+
+    def info(self) -> dict[str, Any]:
+        """Providers actually used and the session settings as ONNX Runtime holds them."""
+        so = self._session.get_session_options()
+        return {
+            "providers": list(self._session.get_providers()),
+            "graph_optimization_level": so.graph_optimization_level.name,
+            "execution_mode": so.execution_mode.name,
+            # 0 means ONNX Runtime chose (one per physical core for intra-op).
+            "intra_op_num_threads": so.intra_op_num_threads,
+            "inter_op_num_threads": so.inter_op_num_threads,
+            "batch_size": self._batch_size,
+        }
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on the CPU execution provider; runs fp32 and int8 (QDQ or QOperator) ONNX models."""
+
+    name = "onnxruntime"
+    capabilities = Capabilities(devices=("cpu",), precisions=("fp32", "int8"), formats=(FORMAT_ONNX,))
+    Options = OnnxRuntimeOptions
+
+    def probe(self) -> Availability:
+        """Available when onnxruntime imports and offers the CPU provider; lists every provider it offers."""
+        try:
+            ort = _import_ort()
+            providers = list(ort.get_available_providers())
+        except ImportError as exc:
+            return Availability.missing(str(exc))
+        except Exception as exc:  # a probe never raises
+            return Availability.missing(f"onnxruntime probe failed ({type(exc).__name__}: {exc})")
+        if _CPU_PROVIDER not in providers:
+            return Availability.missing(
+                f"onnxruntime {ort.__version__} offers no {_CPU_PROVIDER} (providers: {', '.join(providers)})"
+            )
+        return Availability.ok(onnxruntime=ort.__version__, providers=",".join(providers))
+
+    def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
+        """Create an InferenceSession on the CPU provider with the requested threads and optimization level."""
+        if device not in self.capabilities.devices:
+            raise ValueError(
+                f"onnxruntime backend: device {device!r} is not supported; "
+                f"supported: {', '.join(self.capabilities.devices)}"
+            )
+        if artifact.format not in self.capabilities.formats:
+            raise ValueError(
+                f"onnxruntime backend: artifact format {artifact.format!r} is not supported; "
+                f"supported: {', '.join(self.capabilities.formats)}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        opts = (
+            options
+            if isinstance(options, OnnxRuntimeOptions)
+            else OnnxRuntimeOptions.model_validate(options.model_dump())
+        )
+        ort = _import_ort()
+
+        so = ort.SessionOptions()
+        if opts.threads is not None:
+            so.intra_op_num_threads = opts.threads
+        if opts.inter_op_threads is not None:
+            so.inter_op_num_threads = opts.inter_op_threads
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[opts.graph_optimization])
+        so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[opts.execution_mode])
+        # A path (not bytes) lets ONNX Runtime find external-data files next to the model.
+        session = ort.InferenceSession(str(artifact.path), so, providers=[_CPU_PROVIDER])
+        return OnnxRuntimeSession(session, artifact, batch_size, opts)

@@ -1,0 +1,203 @@
+"""OpenVINO on the CPU plugin: IR (preferred) or ONNX, reshaped to a static batch and compiled.
+
+openvino is imported inside the methods so that loading the registry stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
+from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, Artifact
+
+_OV_DEVICE = {"cpu": "CPU"}
+
+
+class OpenVinoOptions(BackendOptions):
+    """Options for the openvino backend; ``threads`` sets INFERENCE_NUM_THREADS."""
+
+    hint: Literal["latency", "throughput"] = Field(
+        default="latency", description="PERFORMANCE_HINT: tune streams/threads for one request or for many."
+    )
+    num_streams: int | None = Field(
+        default=None, ge=1, description="NUM_STREAMS; None lets the hint decide. The plugin caps it at the core count."
+    )
+    inference_precision: Literal["f32", "bf16", "f16", "plugin-default"] = Field(
+        default="f32",
+        description="INFERENCE_PRECISION_HINT for the ops that are not quantized. 'f32' by default so an fp32 "
+        "variant means fp32 on every backend: the plugin's own default is bf16 on CPUs with avx512_bf16/AMX, "
+        "which silently changes accuracy and speed. 'plugin-default' keeps whatever the plugin picks.",
+    )
+
+
+def _import_ov() -> Any:
+    """Import openvino, turning a failure into an ImportError whose message says what to do."""
+    try:
+        import openvino
+    except ModuleNotFoundError as exc:
+        if exc.name == "openvino":
+            raise ImportError("openvino is not installed: pip install openvino") from exc
+        raise ImportError(
+            f"openvino failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall openvino"
+        ) from exc
+    except Exception as exc:  # a broken native library surfaces as ImportError or OSError
+        raise ImportError(
+            f"openvino failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall openvino"
+        ) from exc
+    return openvino
+
+
+def _bind_inputs(artifact: Artifact, model_inputs: list[Any]) -> list[int]:
+    """For each artifact input, the index of its model input: by tensor name, else by position."""
+    if len(artifact.inputs) != len(model_inputs):
+        names = [p.get_any_name() for p in model_inputs]
+        raise ValueError(
+            f"{artifact.path}: the model has {len(model_inputs)} inputs {names}, "
+            f"the artifact declares {len(artifact.inputs)} {[s.name for s in artifact.inputs]}"
+        )
+    bound = []
+    for i, spec in enumerate(artifact.inputs):
+        by_name = [j for j, port in enumerate(model_inputs) if spec.name in port.get_names()]
+        bound.append(by_name[0] if by_name else i)
+    return bound
+
+
+def _plain(value: Any) -> Any:
+    """An OpenVINO property value as a JSON-friendly scalar (enums and element types become strings)."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "get_type_name"):  # openvino.Type
+        return value.get_type_name()
+    if hasattr(value, "name"):  # pybind enums
+        return value.name
+    return str(value)
+
+
+class OpenVinoSession(Session):
+    """One compiled model and one synchronous InferRequest at a static batch size."""
+
+    def __init__(self, compiled: Any, artifact: Artifact, batch_size: int, ov: Any):
+        self._ov = ov
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._batch_size = batch_size
+        binding = _bind_inputs(artifact, list(compiled.inputs))
+        # (artifact name, compiled input index, numpy dtype the compiled input expects)
+        self._feed_plan = [
+            (spec.name, idx, compiled.inputs[idx].get_element_type().to_dtype())
+            for spec, idx in zip(artifact.inputs, binding)
+        ]
+        self._n_outputs = len(compiled.outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one query; outputs are copied, because OpenVINO reuses its output buffers between calls."""
+        feed = {}
+        for name, idx, dtype in self._feed_plan:
+            try:
+                array = inputs[name]
+            except KeyError:
+                raise KeyError(
+                    f"missing input {name!r}; the model takes {[n for n, _, _ in self._feed_plan]}"
+                ) from None
+            if array.dtype != dtype:
+                array = array.astype(dtype)
+            feed[idx] = array
+        # share_inputs avoids an input copy, as torch.from_numpy and ONNX Runtime do, so the timed
+        # boundary is the same for every backend; outputs are views that we copy ourselves so
+        # correctness does not hang on the share_outputs default (which has changed across releases).
+        result = self._request.infer(feed, share_inputs=True, share_outputs=True)
+        return [np.array(result[i], copy=True) for i in range(self._n_outputs)]
+
+    def close(self) -> None:
+        """Drop the request and the compiled model so the plugin frees its memory and threads."""
+        self._request = None
+        self._compiled = None
+
+    def info(self) -> dict[str, Any]:
+        """The compiled model's actual properties, which may differ from what was asked for."""
+        props = self._ov.properties
+        hint = props.hint
+        info = {
+            "device": "CPU",
+            "batch_size": self._batch_size,
+        }
+        for key in (
+            hint.performance_mode,
+            props.streams.num,
+            props.inference_num_threads,
+            hint.inference_precision,
+            props.optimal_number_of_infer_requests,
+        ):
+            info[str(key)] = _plain(self._compiled.get_property(key))
+        info["EXECUTION_DEVICES"] = list(self._compiled.get_property(props.execution_devices))
+        return info
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO on the CPU plugin, compiling a static-shape model per batch size."""
+
+    name = "openvino"
+    capabilities = Capabilities(devices=("cpu",), precisions=("fp32", "int8"), formats=(FORMAT_OPENVINO, FORMAT_ONNX))
+    Options = OpenVinoOptions
+
+    def probe(self) -> Availability:
+        """Available when openvino imports and its Core lists a CPU device; reports version and devices."""
+        try:
+            ov = _import_ov()
+            devices = list(ov.Core().available_devices)
+        except ImportError as exc:
+            return Availability.missing(str(exc))
+        except Exception as exc:  # a probe never raises
+            return Availability.missing(f"openvino probe failed ({type(exc).__name__}: {exc})")
+        if "CPU" not in devices:
+            return Availability.missing(
+                f"openvino {ov.get_version()} found no CPU device (devices: {', '.join(devices) or 'none'})"
+            )
+        return Availability.ok(openvino=ov.get_version(), devices=",".join(devices))
+
+    def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
+        """Read the model, reshape every input to its static batched shape, compile for the CPU."""
+        if device not in self.capabilities.devices:
+            raise ValueError(
+                f"openvino backend: device {device!r} is not supported; "
+                f"supported: {', '.join(self.capabilities.devices)}"
+            )
+        if artifact.format not in self.capabilities.formats:
+            raise ValueError(
+                f"openvino backend: artifact format {artifact.format!r} is not supported; "
+                f"supported: {', '.join(self.capabilities.formats)}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        opts = options if isinstance(options, OpenVinoOptions) else OpenVinoOptions.model_validate(options.model_dump())
+        ov = _import_ov()
+        props = ov.properties
+        hint = props.hint
+
+        core = ov.Core()
+        model = core.read_model(str(artifact.path))
+        # Static shapes compile to the fastest CPU kernels; a dynamic batch would pay for generality.
+        binding = _bind_inputs(artifact, list(model.inputs))
+        model.reshape(
+            {idx: ov.PartialShape(list(spec.batched(batch_size))) for spec, idx in zip(artifact.inputs, binding)}
+        )
+
+        config: dict[str, Any] = {
+            hint.performance_mode: {
+                "latency": hint.PerformanceMode.LATENCY,
+                "throughput": hint.PerformanceMode.THROUGHPUT,
+            }[opts.hint],
+        }
+        if opts.threads is not None:
+            config[props.inference_num_threads] = opts.threads
+        if opts.num_streams is not None:
+            config[props.streams.num] = opts.num_streams
+        if opts.inference_precision != "plugin-default":
+            config[hint.inference_precision] = {"f32": ov.Type.f32, "bf16": ov.Type.bf16, "f16": ov.Type.f16}[
+                opts.inference_precision
+            ]
+        compiled = core.compile_model(model, _OV_DEVICE[device], config)
+        return OpenVinoSession(compiled, artifact, batch_size, ov)
