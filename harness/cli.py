@@ -16,7 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure which hardware, backend and compression to deploy a model on.")
 store_app = typer.Typer(no_args_is_help=True, help="The DuckDB store built from run files.")
 app.add_typer(store_app, name="store")
-console = Console()
+# Piped output (CI logs, files) gets a width that fits the results table instead of rich's 80.
+console = Console(width=None if sys.stdout.isatty() else 132)
 err = Console(stderr=True)
 
 DEFAULT_RESULTS = Path("results")
@@ -111,7 +112,7 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
 ) -> None:
     """Run a suite: each case in its own process with a timeout; results appended as each case ends."""
-    from costbench.harness.report import render, summary_tables
+    from costbench.harness.report import render
     from costbench.harness.runner import run_plan
     from costbench.harness.store import load_results
 
@@ -140,7 +141,7 @@ def run(
             progress.advance(task)
 
         summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done)
-    render(summary_tables(load_results(out, summary.run_id)), console)
+    render(load_results(out, summary.run_id), console)
     console.print(f"run [bold]{summary.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
                   f"{counts['failed']} failed; run file {summary.run_file}")
     if counts["failed"]:
@@ -155,7 +156,7 @@ def results(
     csv: Optional[Path] = typer.Option(None, help="Also write the long-form rows to this CSV file."),
 ) -> None:
     """List runs, or show one run as a table per model."""
-    from costbench.harness.report import render, summary_tables
+    from costbench.harness.report import render
     from costbench.harness.store import list_runs, load_results
 
     if not results_dir.exists():
@@ -177,7 +178,7 @@ def results(
     if len(matches) != 1:
         _fail(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous: ' + ', '.join(matches)}")
     df = load_results(results_dir, matches[0])
-    render(summary_tables(df), console)
+    render(df, console)
     if csv:
         df.drop(columns=["samples"]).to_csv(csv, index=False)
         console.print(f"wrote {len(df)} rows to {csv}")

@@ -1,4 +1,4 @@
-"""The end-of-run table: per model, one row per backend x variant x batch size."""
+"""The end-of-run table: per model, one row per backend x variant x batch size, in suite order."""
 
 from __future__ import annotations
 
@@ -6,69 +6,81 @@ import math
 
 import pandas as pd
 
-_IDENT = ["model", "backend", "variant", "device", "batch_size"]
+_GROUP = ["backend", "variant", "device", "batch_size"]
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return format(value, spec)
+    return format(value, spec) + suffix
 
 
-def _pick(group: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.Series | None:
+def _value(group: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.Series | None:
     rows = group[group["metric"] == metric]
     if scenario is not None:
         rows = rows[rows["scenario"] == scenario]
     return None if rows.empty else rows.iloc[0]
 
 
-def summary_tables(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per model: p50 latency (single_stream), throughput (offline), size, accuracy change, status."""
+def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Per model: latency p50 with its 95% CI, throughput, size, accuracy change; plus numbered notes.
+
+    Latency comes from the single_stream scenario, throughput from offline (falling back to
+    single_stream's when there is no offline case). Cases that were skipped or failed point to a
+    note with the reason.
+    """
     tables: dict[str, pd.DataFrame] = {}
+    notes: list[str] = []
     if df.empty:
-        return tables
+        return tables, notes
+    df = df.sort_values("seq", kind="stable") if "seq" in df else df
     for model, mdf in df.groupby("model", sort=False):
         lines = []
-        for key, g in mdf.groupby(_IDENT[1:], sort=False, dropna=False):
-            backend, variant, device, batch = key
-            statuses = set(g["status"])
-            line = {"backend": backend, "variant": variant, "device": device, "batch": int(batch)}
-            if statuses == {"skipped"} or statuses == {"failed"}:
-                line["status"] = f"{statuses.pop()}: {g['reason'].iloc[0]}"
-                lines.append(line)
-                continue
-            lat = _pick(g, "latency_p50", None)
-            line["p50 ms"] = "-" if lat is None else (
-                f"{lat['value']:.3f} [{lat['ci_low']:.3f}, {lat['ci_high']:.3f}]" + ("" if lat["valid"] else " (invalid)"))
-            off = g[(g["metric"] == "throughput") & (g["scenario"] == "offline")]
-            if off.empty:
-                off = g[g["metric"] == "throughput"]
-            line["samples/s"] = _fmt(None if off.empty else float(off["value"].iloc[0]), ".1f")
-            size = _pick(g, "model_size")
-            line["size MB"] = _fmt(None if size is None else size["value"] / 1e6, ".2f")
-            top1 = _pick(g, "top1_agreement")
-            line["top-1 agree"] = _fmt(None if top1 is None else 100 * top1["value"], ".1f") + ("%" if top1 is not None else "")
-            delta = _pick(g, "task_accuracy_delta")
-            line["task acc Δ"] = "-" if delta is None else f"{100 * delta['value']:+.1f} pt"
-            cos = _pick(g, "cosine_similarity_min")
+        for (backend, variant, device, batch), g in mdf.groupby(_GROUP, sort=False, dropna=False):
+            line = {"backend": backend if device == "cpu" else f"{backend} ({device})", "variant": variant,
+                    "batch": int(batch)}
+            lat = _value(g, "latency_p50")
+            line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", "" if lat is None or lat["valid"] else "*")
+            line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
+            off = _value(g, "throughput", "offline")
+            off = off if off is not None else _value(g, "throughput")
+            line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
+            size = _value(g, "model_size")
+            line["MB"] = _fmt(None if size is None else size["value"] / 1e6, ".2f")
+            top1 = _value(g, "top1_agreement")
+            line["top-1"] = _fmt(None if top1 is None else 100 * top1["value"], ".1f", "%")
+            delta = _value(g, "task_accuracy_delta")
+            line["acc Δ"] = _fmt(None if delta is None else 100 * delta["value"], "+.1f", " pt")
+            cos = _value(g, "cosine_similarity_min")
             line["min cos"] = _fmt(None if cos is None else cos["value"], ".4f")
-            others = statuses - {"ok"}
-            bad = g[g["status"] != "ok"]
-            line["status"] = "ok" if not others else "; ".join(
-                f"{r.scenario}: {r.status}: {r.reason}" for r in bad.drop_duplicates("scenario").itertuples())
+            problems = g[g["status"] != "ok"].drop_duplicates("scenario")
+            status = []
+            for r in problems.itertuples():
+                reason = f"{r.status}: {r.reason}"
+                if reason not in notes:
+                    notes.append(reason)
+                status.append(f"{r.status} [{notes.index(reason) + 1}]")
+            line["status"] = ", ".join(dict.fromkeys(status)) or "ok"
             lines.append(line)
         tables[str(model)] = pd.DataFrame(lines)
-    return tables
+    return tables, notes
 
 
-def render(tables: dict[str, pd.DataFrame], console) -> None:
-    """Print the tables with rich."""
+def render(df: pd.DataFrame, console) -> None:
+    """Print the per-model tables and the notes they refer to with rich."""
+    from rich import box
     from rich.table import Table
 
+    tables, notes = summary_tables(df)
     for model, table in tables.items():
-        t = Table(title=f"{model}", title_justify="left", show_lines=False)
+        t = Table(title=model, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
         for col in table.columns:
-            t.add_column(str(col), overflow="fold", max_width=60 if col == "status" else None)
+            t.add_column(str(col), justify="left" if col in ("backend", "variant", "status") else "right",
+                         no_wrap=True)
         for _, row in table.iterrows():
-            t.add_row(*["" if (isinstance(v, float) and math.isnan(v)) else str(v) for v in row.tolist()])
+            t.add_row(*[str(v) for v in row.tolist()])
         console.print(t)
+    for i, note in enumerate(notes, 1):
+        console.print(f"[{i}] {note}", highlight=False, soft_wrap=True)
+    if not df.empty and "valid" in df and (df["valid"] == False).any():  # noqa: E712 (pandas elementwise)
+        console.print("* stopped at max_duration_s before min_count was met: the result is marked invalid")

@@ -20,11 +20,12 @@ from typing import Any, Iterator
 import pandas as pd
 
 STORE_FILE = "costbench.duckdb"
+SCHEMA_VERSION = 2  # bump when RESULT_COLUMNS change: older stores are then rebuilt from the run files
 RUNS_DIR = "runs"
 RESULT_COLUMNS = [
     "run_id", "env_id", "case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
     "metric", "value", "unit", "status", "reason", "ci_low", "ci_high", "valid", "samples", "details",
-    "recipe", "created", "commit",
+    "recipe", "created", "commit", "seq",
 ]
 
 
@@ -89,11 +90,11 @@ def rows_of(run: RunFile) -> list[dict[str, Any]]:
     base = {"run_id": header["run_id"], "env_id": header["env_id"], "created": header.get("created"),
             "commit": header.get("commit")}
     rows = []
-    for rec in run.cases():
+    for seq, rec in enumerate(run.cases()):
         c = rec["case"]
         ident = {k: c[k] for k in ("case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
                                    "recipe")}
-        common = {**base, **ident, "status": rec["status"], "reason": rec.get("reason", "")}
+        common = {**base, **ident, "status": rec["status"], "reason": rec.get("reason", ""), "seq": seq}
         metrics = rec.get("metrics") or [{"metric": "case", "value": None, "unit": ""}]
         for m in metrics:
             rows.append({
@@ -141,6 +142,13 @@ class Store:
             return 0
         con = self._connect()
         try:
+            con.execute("CREATE TABLE IF NOT EXISTS meta (schema_version INTEGER)")
+            found = con.execute("SELECT max(schema_version) FROM meta").fetchone()[0]
+            if found != SCHEMA_VERSION:
+                con.execute("DROP TABLE IF EXISTS results")
+                con.execute("DROP TABLE IF EXISTS runs")
+                con.execute("DELETE FROM meta")
+                con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
             con.execute("CREATE TABLE IF NOT EXISTS runs (run_id VARCHAR PRIMARY KEY, file VARCHAR, "
                         "file_size BIGINT, file_mtime_ns BIGINT, created VARCHAR, commit VARCHAR, "
                         "harness_version VARCHAR, env_id VARCHAR, suite VARCHAR, env JSON, cases_done INTEGER)")
@@ -207,7 +215,7 @@ def load_results(results_dir: str | Path = "results", run_id: str | None = None)
         return frame_of([])
     store.sync()
     where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
-    df = store.query(f"SELECT * FROM results {where} ORDER BY created, run_id, case_id, metric", params)
+    df = store.query(f"SELECT * FROM results {where} ORDER BY created, run_id, seq, metric", params)
     df["batch_size"] = df["batch_size"].astype("Int64")
     return df[RESULT_COLUMNS]
 
