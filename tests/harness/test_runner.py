@@ -1,0 +1,118 @@
+"""End to end on the real backends and a real model, and the runner's handling of cases that fail."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from costbench.harness.plan import make_plan
+from costbench.harness.runner import run_plan
+from costbench.harness.store import RESULT_COLUMNS, RunFile, load_results
+from costbench.harness.suite import load_suite
+
+TINY = """
+name = "tiny"
+models = ["digits-cnn"]
+variants = ["fp32", "int8"]
+backends = ["torch", "onnxruntime", {name = "openvino", threads = 1}]
+batch_sizes = [1]
+timeout_s = 300
+
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 2
+min_count = 30
+min_duration_s = 0.1
+
+[[scenarios]]
+kind = "offline"
+warmup_count = 1
+min_count = 5
+min_duration_s = 0.1
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    (d / "tiny.toml").write_text(TINY)
+    out = d / "results"
+    proc = subprocess.run([sys.executable, "-m", "costbench.harness.cli", "run", str(d / "tiny.toml"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    return proc, out
+
+
+def test_cli_run_end_to_end(tiny_run):
+    proc, out = tiny_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "digits-cnn" in proc.stdout and "10 ok, 2 skipped, 0 failed" in proc.stdout
+    df = load_results(out)
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert df["run_id"].nunique() == 1 and df["env_id"].notna().all()
+    ok = df[df.status == "ok"]
+    assert set(zip(ok.backend, ok.variant)) == {("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                                 ("openvino", "fp32"), ("openvino", "int8")}
+    skipped = df[df.status == "skipped"]
+    assert set(skipped.backend) == {"torch"} and set(skipped.variant) == {"int8"}
+    assert skipped["reason"].str.contains("torch-module").all()
+    lat = ok[(ok.metric == "latency_p50") & (ok.scenario == "single_stream")]
+    assert len(lat) == 5
+    for row in lat.itertuples():
+        assert len(row.samples) >= 30 and row.ci_low <= row.value <= row.ci_high and row.valid
+    acc = ok[ok.metric == "task_accuracy"]
+    assert (acc["value"] > 0.9).all()
+    fp32_parity = ok[(ok.metric == "top1_agreement") & (ok.variant == "fp32")]
+    assert (fp32_parity["value"] == 1.0).all()
+    delta = ok[(ok.metric == "task_accuracy_delta") & (ok.variant == "int8")]
+    assert (delta["value"].abs() <= 0.03).all()
+    for metric in ("model_size", "load_time", "first_inference", "peak_rss", "throughput"):
+        assert (ok[ok.metric == metric]["value"] > 0).all(), metric
+
+
+def test_results_command_lists_and_shows(tiny_run):
+    _, out = tiny_run
+    listing = subprocess.run([sys.executable, "-m", "costbench.harness.cli", "results", str(out)],
+                             capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert listing.returncode == 0 and "tiny" in listing.stdout
+    shown = subprocess.run([sys.executable, "-m", "costbench.harness.cli", "results", str(out), "--last"],
+                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0 and "onnxruntime" in shown.stdout and "int8" in shown.stdout
+
+
+FAULTY = """
+name = "faults"
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = [
+  {name = "faulty", label = "raises", fail = "raise"},
+  {name = "faulty", label = "segfaults", fail = "segfault"},
+  {name = "faulty", label = "hangs", fail = "hang"},
+  {name = "faulty", label = "exits", fail = "exit"},
+  {name = "faulty", label = "fine"},
+]
+timeout_s = 20
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 1
+min_count = 5
+min_duration_s = 0.0
+"""
+
+
+def test_failures_are_recorded_and_the_run_goes_on(tmp_path, plugin_backends):
+    (tmp_path / "faults.toml").write_text(FAULTY)
+    suite = load_suite(tmp_path / "faults.toml")
+    summary = run_plan(suite, make_plan(suite), tmp_path / "results")
+    by = {o.case.backend: o for o in summary.outcomes}
+    assert by["raises"].status == "failed" and "faulty backend asked to raise" in by["raises"].reason
+    assert by["segfaults"].status == "failed" and "SIGSEGV" in by["segfaults"].reason
+    assert by["hangs"].status == "failed" and "timeout" in by["hangs"].reason
+    assert by["exits"].status == "failed" and "exited with code 3" in by["exits"].reason
+    assert by["fine"].status == "ok"
+    records = RunFile(summary.run_file).cases()
+    assert [r["case"]["backend"] for r in records] == ["raises", "segfaults", "hangs", "exits", "fine"]
+    assert "Traceback" in records[0]["stderr_tail"]
+    df = load_results(tmp_path / "results")
+    assert set(df[df.status == "failed"]["backend"]) == {"raises", "segfaults", "hangs", "exits"}
