@@ -1,5 +1,15 @@
-"""Everything between a suite file and a stored result."""
+"""Everything between a suite file and a stored result.
 
-from costbench.harness.store import list_runs, load_results
+``load_results`` and ``list_runs`` are imported lazily: they pull in pandas and DuckDB, which
+planning and the per-case worker do not need.
+"""
 
 __all__ = ["load_results", "list_runs"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from costbench.harness import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'costbench.harness' has no attribute {name!r}")

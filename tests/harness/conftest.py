@@ -1,0 +1,57 @@
+"""Zoo and recipe fixtures: models loaded once per session, with a cache shared by the tests that reuse them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from costbench.harness.artifacts import ArtifactCache
+from costbench.harness.suite import ModelSpec
+from costbench.harness.zoo.registry import load_bundle
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory) -> Path:
+    """One cache for session-scoped models, so EfficientNet is exported once."""
+    return tmp_path_factory.mktemp("zoo-cache")
+
+
+@pytest.fixture(scope="session")
+def shared_cache(shared_cache_dir) -> ArtifactCache:
+    """The artifact cache inside ``shared_cache_dir``."""
+    return ArtifactCache(shared_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def digits(shared_cache_dir):
+    """The digits-cnn bundle (trained once per session)."""
+    return load_bundle(ModelSpec(id="digits-cnn"), shared_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def effnet(shared_cache_dir):
+    """The EfficientNet-Lite0 bundle."""
+    return load_bundle(ModelSpec(id="efficientnet-lite0"), shared_cache_dir)
+
+
+@pytest.fixture
+def factory_path(monkeypatch):
+    """Make tests/harness importable so 'tiny_factory:...' factories resolve."""
+    monkeypatch.syspath_prepend(str(HERE))
+
+
+@pytest.fixture
+def tiny_onnx(tmp_path, factory_path) -> Path:
+    """The tiny factory model exported to ONNX with a dynamic batch axis."""
+    import torch
+
+    from tiny_factory import make_tiny
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(make_tiny().eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return path
