@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
@@ -88,3 +89,23 @@ class ZooModel(abc.ABC):
     @abc.abstractmethod
     def load(self, cache_dir: Path) -> ModelBundle:
         """Build the bundle; may train or preprocess once and cache under ``cache_dir``."""
+
+
+def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays from ``path`` (.npz) if present, else ``build()`` them and save atomically.
+
+    Data sets are prepared once per cache: each case runs in a fresh process, and importing
+    scikit-learn or decoding JPEGs there costs more than a whole fast case's measurement.
+    """
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError):
+            pass  # damaged cache file: rebuild below and replace it
+    arrays = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return arrays

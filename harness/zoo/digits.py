@@ -14,6 +14,8 @@ first access (PEP 562 module ``__getattr__``); it still pickles and unpickles as
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import tempfile
 import time
@@ -23,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from costbench.harness.artifacts import InputSpec, content_key
-from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel
+from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.custom import state_dict_hash
 from costbench.harness.zoo.registry import register_zoo_model
 
@@ -91,6 +93,14 @@ def digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_tr, x_te, y_tr, y_te
 
 
+def cached_digits_split(cache_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`digits_split`, read from the cache after the first call (scikit-learn's import is slow)."""
+    key = hashlib.sha256(json.dumps(HYPERPARAMETERS, sort_keys=True).encode()).hexdigest()[:16]
+    arrays = cached_arrays(cache_dir / "data" / f"digits-split-{key}.npz",
+                           lambda: dict(zip(("x_train", "x_test", "y_train", "y_test"), digits_split())))
+    return arrays["x_train"], arrays["x_test"], arrays["y_train"], arrays["y_test"]
+
+
 def weights_path(cache_dir: Path) -> Path:
     """Where the trained state_dict lives; the name changes whenever training would."""
     key = content_key({"architecture": ARCHITECTURE, "hyperparameters": HYPERPARAMETERS, "version": TRAINING_VERSION})
@@ -144,7 +154,7 @@ def load_or_train(cache_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             return torch.load(path, map_location="cpu", weights_only=True), {**info, "weights_cached": True}
         except Exception as err:  # a foreign or damaged file: retrain and replace it rather than fail every run
             info["note"] = f"cached weights were unreadable ({err}); retrained"
-    x_tr, _, y_tr, _ = digits_split()
+    x_tr, _, y_tr, _ = cached_digits_split(cache_dir)
     t0 = time.perf_counter()
     state = train(x_tr, y_tr)
     info.update(weights_cached=False, train_time_s=round(time.perf_counter() - t0, 3))
@@ -168,7 +178,7 @@ class DigitsCNNModel(ZooModel):
         model = _digits_cnn_class()()
         model.load_state_dict(state)
         model.eval()
-        x_tr, x_te, y_tr, y_te = digits_split()
+        x_tr, x_te, y_tr, y_te = cached_digits_split(cache_dir)
         with torch.no_grad():
             test_acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
 

