@@ -98,3 +98,90 @@ def summarize(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -
         min=float(x.min()), p50=percentile(x, 50), p90=percentile(x, 90), p99=percentile(x, 99),
         max=float(x.max()), p50_ci_low=lo50, p50_ci_high=hi50, p99_ci_low=lo99, p99_ci_high=hi99,
     )
+
+
+# --- Comparison of two samples (used by `costbench compare` and the dashboard) -------------------
+
+SIGNIFICANCE_ALPHA = 0.002  # DESIGN.md: claim a change only below this p-value (after correction)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """NEW against BASE for one series: ratio of medians with a bootstrap interval and a two-sided p-value."""
+
+    base_median: float
+    new_median: float
+    ratio: float  # new / base: > 1 means NEW is larger (slower, for a latency)
+    ratio_ci_low: float
+    ratio_ci_high: float
+    p_value: float  # Mann-Whitney U, two-sided
+    n_base: int
+    n_new: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def ratio_of_medians_ci(
+    base: Sequence[float] | np.ndarray,
+    new: Sequence[float] | np.ndarray,
+    confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of median(new) / median(base), resampling each side independently."""
+    b = np.asarray(base, dtype=np.float64)
+    n = np.asarray(new, dtype=np.float64)
+    if b.size == 0 or n.size == 0:
+        raise ValueError("ratio of medians needs two non-empty samples")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    chunk = max(1, min(resamples, 4_000_000 // max(b.size, n.size)))
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        mb = _nearest_rank_rows(np.sort(b[rng.integers(0, b.size, size=(k, b.size))], axis=1), 50)
+        mn = _nearest_rank_rows(np.sort(n[rng.integers(0, n.size, size=(k, n.size))], axis=1), 50)
+        ratios[start:start + k] = mn / mb
+    alpha = (1.0 - confidence) / 2.0
+    return percentile(ratios, 100 * alpha), percentile(ratios, 100 * (1 - alpha))
+
+
+def mann_whitney_p(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray) -> float:
+    """Two-sided Mann-Whitney U p-value (exact for small samples without ties, else asymptotic)."""
+    from scipy.stats import mannwhitneyu
+
+    b = np.asarray(base, dtype=np.float64)
+    n = np.asarray(new, dtype=np.float64)
+    if b.size == 0 or n.size == 0:
+        raise ValueError("Mann-Whitney U needs two non-empty samples")
+    if np.all(b == b[0]) and np.all(n == n[0]) and b[0] == n[0]:
+        return 1.0  # identical constants: scipy would return nan
+    return float(mannwhitneyu(n, b, alternative="two-sided", method="auto").pvalue)
+
+
+def compare_samples(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray,
+                    confidence: float = 0.95) -> Comparison:
+    """Everything needed to judge one series: medians, their ratio with an interval, and the U-test p-value."""
+    b = np.asarray(base, dtype=np.float64)
+    n = np.asarray(new, dtype=np.float64)
+    mb, mn = percentile(b, 50), percentile(n, 50)
+    lo, hi = ratio_of_medians_ci(b, n, confidence)
+    return Comparison(mb, mn, mn / mb, lo, hi, mann_whitney_p(b, n), int(b.size), int(n.size))
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the input order.
+
+    Compare each with the significance level to control the false discovery rate across many series.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    m = p.size
+    if m == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * m / np.arange(1, m + 1)
+    # Enforce monotonicity from the largest p down, then cap at 1.
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out

@@ -61,3 +61,36 @@ def test_summarize_fields():
     assert s.std == pytest.approx(np.std([1, 2, 3, 4, 100], ddof=1))
     assert s.cv == pytest.approx(s.std / 22.0)
     assert s.p50_ci_low <= s.p50 <= s.p50_ci_high
+
+
+def test_benjamini_hochberg_hand_computed():
+    from costbench.harness.stats import benjamini_hochberg
+
+    # m=4: raw*m/rank = [0.04, 0.04, 0.04, 0.8] for sorted p = [0.01, 0.02, 0.03, 0.8]; monotone from the top.
+    q = benjamini_hochberg([0.03, 0.8, 0.01, 0.02])
+    assert q == pytest.approx([0.04, 0.8, 0.04, 0.04])
+    assert benjamini_hochberg([]).size == 0
+    assert benjamini_hochberg([0.9, 0.9]) == pytest.approx([0.9, 0.9])
+
+
+def test_compare_samples_detects_a_real_shift_and_not_noise():
+    from costbench.harness.stats import compare_samples
+
+    rng = np.random.default_rng()
+    base = rng.normal(1.0, 0.02, size=300)
+    slower = rng.normal(1.1, 0.02, size=300)
+    c = compare_samples(base, slower)
+    assert c.p_value < 1e-10
+    assert c.ratio_ci_low <= c.ratio <= c.ratio_ci_high
+    assert 1.08 < c.ratio_ci_low and c.ratio_ci_high < 1.12
+    same = compare_samples(base, rng.permutation(base))
+    assert same.ratio == 1.0 and same.p_value > 0.5
+
+
+def test_mann_whitney_matches_hand_computed_exact_value():
+    from costbench.harness.stats import mann_whitney_p
+
+    # Every NEW value above every BASE value, n=m=3: U=0 is the most extreme of C(6,3)=20 orderings;
+    # two-sided exact p = 2/20.
+    assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
+    assert mann_whitney_p([2.0, 2.0], [2.0, 2.0]) == 1.0
