@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from costbench.backends.timing import DeviceTimer
 from costbench.harness.artifacts import Artifact
 
 
@@ -77,6 +78,27 @@ class Session(abc.ABC):
     def synchronize(self) -> None:
         """Wait for outstanding device work. CPU runtimes return synchronously, so nothing to do."""
 
+    def device_timer(self) -> "DeviceTimer | None":
+        """A device-clock timer for the timed region (CUDA events on a GPU), or None on host-only runtimes."""
+        return None
+
+    def fork(self) -> "Session":
+        """A session for another thread to run concurrently with this one.
+
+        The default shares this session, which is right for runtimes whose run() is thread-safe
+        (ONNX Runtime, PyTorch inference). Runtimes with per-request state (OpenVINO infer
+        requests) return a new request on the same compiled model.
+        """
+        return self
+
+    def preferred_concurrency(self) -> int:
+        """How many queries the runtime wants in flight for throughput (OpenVINO: its optimal request count)."""
+        return 1
+
+    def peak_device_memory(self) -> int | None:
+        """Peak device memory in bytes since prepare, where the device reports it (None on CPU)."""
+        return None
+
     def close(self) -> None:
         """Release runtime resources."""
 
@@ -95,6 +117,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def probe(self) -> Availability:
         """Check, without side effects, whether this backend can run here; never raises."""
+
+    def probe_device(self, device: str) -> Availability:
+        """Whether ``device`` (one of ``capabilities.devices``) is usable here; e.g. 'cuda' needs a visible GPU."""
+        return Availability.ok()
 
     @abc.abstractmethod
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:

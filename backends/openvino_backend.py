@@ -81,6 +81,7 @@ class OpenVinoSession(Session):
 
     def __init__(self, compiled: Any, artifact: Artifact, batch_size: int, ov: Any):
         self._ov = ov
+        self._artifact = artifact
         self._compiled = compiled
         self._request = compiled.create_infer_request()
         self._batch_size = batch_size
@@ -91,6 +92,14 @@ class OpenVinoSession(Session):
             for spec, idx in zip(artifact.inputs, binding)
         ]
         self._n_outputs = len(compiled.outputs)
+
+    def fork(self) -> "OpenVinoSession":
+        """A new InferRequest on the same compiled model: requests are not thread-safe, compiled models are."""
+        return OpenVinoSession(self._compiled, self._artifact, self._batch_size, self._ov)
+
+    def preferred_concurrency(self) -> int:
+        """OPTIMAL_NUMBER_OF_INFER_REQUESTS of the compiled model (1 under the latency hint)."""
+        return int(self._compiled.get_property(self._ov.properties.optimal_number_of_infer_requests))
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one query; outputs are copied, because OpenVINO reuses its output buffers between calls."""

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention
 from costbench.harness.artifacts import FORMAT_TORCH, Artifact
 
 
@@ -22,6 +22,11 @@ class TorchOptions(BackendOptions):
         ge=1,
         description="Inter-op threads (torch.set_num_interop_threads); None keeps torch's default. "
         "torch accepts this once per process, before any parallel work.",
+    )
+    cuda_graph: bool = Field(
+        default=False,
+        description="device='cuda' only: capture the forward pass once as a CUDA graph and replay it, "
+        "removing per-kernel launch overhead (inputs are copied into static device buffers).",
     )
 
 
@@ -76,6 +81,82 @@ class TorchSession(Session):
         }
 
 
+class TorchCudaSession(Session):
+    """The module on a CUDA device: host numpy -> device buffers -> forward -> host numpy.
+
+    The timed region includes both copies (the convention says so); CUDA events around it give
+    the device-side time as well. With ``cuda_graph`` the forward is captured once on static
+    buffers and replayed.
+    """
+
+    timing = TimingConvention(
+        boundary="host numpy inputs -> host-to-device copy -> forward -> device-to-host copy -> host numpy outputs",
+        clock="host time.perf_counter_ns (CUDA events recorded around the same region as the device clock)",
+    )
+
+    def __init__(self, module: Any, artifact: Artifact, batch_size: int, device: str, cuda_graph: bool):
+        import torch
+
+        self._torch = torch
+        self._device = torch.device(device)
+        self._module = module.to(self._device)
+        self._inputs = list(artifact.inputs)
+        self._batch_size = batch_size
+        self._static = [torch.zeros(spec.batched(batch_size), dtype=getattr(torch, spec.dtype), device=self._device)
+                        for spec in self._inputs]
+        self._graph = None
+        self._static_out = None
+        torch.cuda.reset_peak_memory_stats(self._device)
+        if cuda_graph:
+            self._capture()
+
+    def _capture(self) -> None:
+        torch = self._torch
+        # Warm up on a side stream first, as torch.cuda.graphs requires, so lazy init is not captured.
+        side = torch.cuda.Stream(self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(side), torch.inference_mode():
+            for _ in range(3):
+                self._module(*self._static)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self._graph), torch.inference_mode():
+            self._static_out = self._module(*self._static)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        for spec, buf in zip(self._inputs, self._static):
+            buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)), non_blocking=False)
+        with torch.inference_mode():
+            if self._graph is not None:
+                self._graph.replay()
+                out = self._static_out
+            else:
+                out = self._module(*self._static)
+        return _to_numpy_list(out, torch)  # .cpu() waits for the device
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize(self._device)
+
+    def device_timer(self):
+        from costbench.backends.timing import CudaEventTimer
+
+        return CudaEventTimer()
+
+    def peak_device_memory(self) -> int | None:
+        return int(self._torch.cuda.max_memory_allocated(self._device))
+
+    def close(self) -> None:
+        self._graph = self._static_out = self._module = None
+        self._static = []
+
+    def info(self) -> dict[str, Any]:
+        torch = self._torch
+        return {"mode": "eager" + (" + CUDA graph" if self._graph is not None else ""), "device": str(self._device),
+                "gpu": torch.cuda.get_device_name(self._device), "cuda": torch.version.cuda,
+                "batch_size": self._batch_size}
+
+
 def _to_numpy_list(out: Any, torch: Any) -> list[np.ndarray]:
     """Flatten a tensor, a (nested) tuple/list of tensors, or a dict of them into numpy arrays."""
     if isinstance(out, torch.Tensor):
@@ -94,8 +175,25 @@ class TorchBackend(Backend):
     """PyTorch eager mode on the CPU, loading a whole pickled nn.Module."""
 
     name = "torch"
-    capabilities = Capabilities(devices=("cpu",), precisions=("fp32",), formats=(FORMAT_TORCH,))
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32",), formats=(FORMAT_TORCH,))
     Options = TorchOptions
+
+    def probe_device(self, device: str) -> Availability:
+        """'cpu' always; 'cuda' (or 'cuda:N') only with a CUDA build of torch and a visible GPU."""
+        if device == "cpu":
+            return Availability.ok()
+        try:
+            import torch
+        except ImportError as exc:
+            return Availability.missing(_missing_reason(exc))
+        if torch.version.cuda is None:
+            return Availability.missing(f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            return Availability.missing("no CUDA device is visible (torch.cuda.is_available() is False)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return Availability.missing(f"{device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return Availability.ok(gpu=torch.cuda.get_device_name(index))
 
     def probe(self) -> Availability:
         """Available when torch imports; reports its version."""
@@ -109,7 +207,7 @@ class TorchBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Load the pickled module, put it in eval mode and apply the thread settings."""
-        if device not in self.capabilities.devices:
+        if device.partition(":")[0] not in self.capabilities.devices:
             raise ValueError(
                 f"torch backend: device {device!r} is not supported; supported: {', '.join(self.capabilities.devices)}"
             )
@@ -138,9 +236,18 @@ class TorchBackend(Backend):
                     f"{torch.get_num_interop_threads()} ({exc})"
                 ) from exc
 
+        if device != "cpu":
+            usable = self.probe_device(device)
+            if not usable.available:
+                raise RuntimeError(f"torch backend: {usable.reason}")
+        elif opts.cuda_graph:
+            raise ValueError("torch backend: cuda_graph applies to device='cuda' only")
+
         # Pickled whole modules need full unpickling; artifacts come from our own cache.
         module = torch.load(artifact.path, weights_only=False, map_location="cpu")
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"{artifact.path} holds a {type(module).__name__}, not a torch.nn.Module")
         module.eval()
+        if device != "cpu":
+            return TorchCudaSession(module, artifact, batch_size, device, opts.cuda_graph)
         return TorchSession(module, artifact, batch_size)

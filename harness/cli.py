@@ -105,24 +105,38 @@ def plan(suite: Path = typer.Argument(..., help="Suite TOML file."),
 
 @app.command()
 def run(
-    suite: Path = typer.Argument(..., help="Suite TOML file."),
+    suite: Optional[Path] = typer.Argument(None, help="Suite TOML file (omit with --resume)."),
     out: Path = typer.Option(DEFAULT_RESULTS, "--out", "-o", help="Results folder (run files + DuckDB store)."),
     only: list[str] = typer.Option([], "--only", help=ONLY_HELP),
     timeout: Optional[float] = typer.Option(None, help="Override the suite's per-case timeout, in seconds."),
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this interrupted run (id or prefix) in --out."),
+    force: bool = typer.Option(False, "--force", help="With --resume: resume even on a different environment."),
 ) -> None:
     """Run a suite: each case in its own process with a timeout; results appended as each case ends."""
     from costbench.harness.report import render
-    from costbench.harness.runner import run_plan
+    from costbench.harness.runner import ResumeError, find_run, plan_remaining, resume_run, run_plan
     from costbench.harness.store import load_results
 
-    suite_obj, cases = _load_plan(suite, only)
-    if timeout is not None:
-        for c in cases:
-            c.timeout_s = timeout
-    runnable = sum(c.status == "planned" for c in cases)
-    console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, {len(cases) - runnable} skipped)"
-                  f" -> {out}/")
+    if resume is not None:
+        if suite is not None or only or timeout is not None:
+            _fail("--resume continues a run as it was planned: give no SUITE, --only or --timeout with it")
+        try:
+            _, header, todo, done = plan_remaining(find_run(out, resume))
+        except (ResumeError, ValueError) as exc:
+            _fail(str(exc))
+        name, cases = header["suite"]["name"], todo
+        console.print(f"[bold]resuming {header['run_id']}[/] ({name}): {done} cases recorded, {len(todo)} to go")
+    else:
+        if suite is None:
+            _fail("give a SUITE file, or --resume RUN")
+        suite_obj, cases = _load_plan(suite, only)
+        if timeout is not None:
+            for c in cases:
+                c.timeout_s = timeout
+        runnable = sum(c.status == "planned" for c in cases)
+        console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, "
+                      f"{len(cases) - runnable} skipped) -> {out}/")
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -140,7 +154,16 @@ def run(
                                        f"{outcome.reason}", highlight=False)
             progress.advance(task)
 
-        summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done)
+        if resume is not None:
+            try:
+                summary = resume_run(out, resume, cache_dir=cache_dir, on_start=on_start, on_done=on_done, force=force)
+            except ResumeError as exc:
+                _fail(str(exc))
+        else:
+            from costbench.harness.plan import parse_filters
+
+            summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done,
+                               only=parse_filters(only), timeout_override=timeout)
     render(load_results(out, summary.run_id), console)
     console.print(f"run [bold]{summary.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
                   f"{counts['failed']} failed; run file {summary.run_file}")
@@ -191,6 +214,12 @@ def store_rebuild(results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Resu
 
     n = Store(results_dir).rebuild()
     console.print(f"ingested {n} run file(s) into {results_dir / 'costbench.duckdb'}")
+
+
+# report, compare, dashboard, prices, pytest-benchmark: their own module, registered here.
+from costbench.harness.reports.cli import register as _register_reports  # noqa: E402
+
+_register_reports(app)
 
 
 def main() -> None:

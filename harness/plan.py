@@ -97,6 +97,11 @@ def _skip_reason(entry: BackendEntry | None, backend_name: str, device: str, for
     caps = entry.backend.capabilities
     if device not in caps.devices:
         return None, f"backend {backend_name} runs on {', '.join(caps.devices)}, not {device!r}"
+    device_key = f"{backend_name}@{device}"
+    if device_key not in probe_cache:
+        probe_cache[device_key] = entry.backend.probe_device(device)
+    if not probe_cache[device_key].available:
+        return None, f"backend {backend_name} cannot use {device}: {probe_cache[device_key].reason}"
     if not formats:
         return None, f"recipe {recipe_name!r} does not apply to this model"
     fmt = entry.backend.accepts(formats)

@@ -84,7 +84,65 @@ def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_case_in_child(case: Case, cache_dir: Path, workdir: Path) -> CaseOutcome:
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it if the runner dies (kill -9 included).
+
+    Without this a case started in its own session would outlive a killed runner and keep
+    measuring, stealing cores from whatever runs next (a resumed run, say).
+    """
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the timeout still bounds an orphan
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (0 once it is gone)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, memory_limit_mb: float | None) -> tuple[int | None, str]:
+    """Wait for the child; return (exit code, '') or (None, why it was killed)."""
+    if memory_limit_mb is None:
+        try:
+            return proc.wait(timeout=timeout_s), ""
+        except subprocess.TimeoutExpired:
+            return None, f"timeout: no result after {timeout_s:g} s; process group killed"
+    # With a limit, poll the process tree's RSS; 50 ms costs well under 1% of one core.
+    deadline = time.monotonic() + timeout_s
+    limit = memory_limit_mb * 2**20
+    peak = 0
+    while True:
+        try:
+            return proc.wait(timeout=0.05), ""
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            return None, f"timeout: no result after {timeout_s:g} s; process group killed"
+        rss = _tree_rss(proc.pid)
+        peak = max(peak, rss)
+        if rss > limit:
+            return None, (f"out of memory: the case's processes reached {rss / 2**20:.0f} MiB RSS, over "
+                          f"memory_limit_mb={memory_limit_mb:g}; process group killed")
+
+
+def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None) -> CaseOutcome:
     """Run one case in a fresh Python process; turn every way it can end into an outcome."""
     job = workdir / f"{case.case_id}.job.json"
     result = workdir / f"{case.case_id}.result.json"
@@ -95,14 +153,16 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path) -> CaseOutcome
     with open(errlog, "wb") as err:
         # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
         proc = subprocess.Popen([sys.executable, "-m", "costbench.harness.worker", str(job), str(result)],
-                                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
-        try:
-            code = proc.wait(timeout=case.timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+                                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        code, killed = _wait(proc, case.timeout_s, memory_limit_mb)
+        if code is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
-            return CaseOutcome(case, "failed", f"timeout: no result after {case.timeout_s:g} s; process group killed",
-                               elapsed_s=time.perf_counter() - t0, stderr_tail=_tail(errlog))
+            return CaseOutcome(case, "failed", killed, elapsed_s=time.perf_counter() - t0, stderr_tail=_tail(errlog))
     elapsed = time.perf_counter() - t0
     tail = _tail(errlog)
     if code != 0 or not result.exists():
@@ -122,6 +182,54 @@ class RunSummary:
     outcomes: list[CaseOutcome]
 
 
+UNSTABLE_CV_FACTOR = 3.0  # spread this many times the case's usual spread...
+UNSTABLE_CV_FLOOR = 0.05  # ...and above 5% CV: below that, run-to-run jitter is not worth flagging
+UNSTABLE_MIN_HISTORY = 3  # runs of the same case on the same env_id needed to know what "usual" is
+
+
+def flag_instability(store: Store, outcome: CaseOutcome, env_id: str, run_id: str) -> dict[str, Any] | None:
+    """An ``unstable`` metric row when this case's CV is far above its history on this environment."""
+    cv_row = next((m for m in outcome.metrics if m["metric"] in ("latency_cv", "batch_latency_cv")), None)
+    if cv_row is None or cv_row["value"] != cv_row["value"]:  # no timing, or NaN
+        return None
+    c = outcome.case
+    history = store.history(cv_row["metric"], env_id, exclude_run=run_id, model=c.model, variant=c.variant,
+                            backend=c.backend, device=c.device, scenario=c.scenario, batch_size=c.batch_size)
+    details = {"cv": cv_row["value"], "history_runs": len(history),
+               "rule": f"cv > max({UNSTABLE_CV_FACTOR:g} x median of this case's earlier CVs on this env_id, "
+                       f"{UNSTABLE_CV_FLOOR:g}), with at least {UNSTABLE_MIN_HISTORY} earlier runs"}
+    if len(history) < UNSTABLE_MIN_HISTORY:
+        return {"metric": "unstable", "value": 0.0, "unit": "bool", "details": {**details, "judged": False}}
+    usual = float(sorted(history)[(len(history) - 1) // 2])
+    unstable = cv_row["value"] > max(UNSTABLE_CV_FACTOR * usual, UNSTABLE_CV_FLOOR)
+    return {"metric": "unstable", "value": float(unstable), "unit": "bool",
+            "details": {**details, "judged": True, "history_median_cv": usual}}
+
+
+def _execute(run_file: RunFile, header: dict[str, Any], cases: list[Case], results_dir: Path, cache_dir: Path,
+             memory_limit_mb: float | None, on_start, on_done) -> list[CaseOutcome]:
+    store = Store(results_dir)
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix=f"costbench-{header['run_id']}-") as tmp:
+        for i, case in enumerate(cases):
+            if on_start:
+                on_start(i, case)
+            if case.status != PLANNED:
+                outcome = CaseOutcome(case, case.status, case.reason)
+            else:
+                outcome = run_case_in_child(case, cache_dir, Path(tmp), memory_limit_mb)
+                if outcome.status == "ok":
+                    flag = flag_instability(store, outcome, header["env_id"], header["run_id"])
+                    if flag:
+                        outcome.metrics.append(flag)
+            run_file.append(outcome.record(header["run_id"]))
+            outcomes.append(outcome)
+            if on_done:
+                on_done(i, outcome)
+    store.sync()
+    return outcomes
+
+
 def run_plan(
     suite: Suite,
     cases: list[Case],
@@ -129,6 +237,8 @@ def run_plan(
     cache_dir: Path | None = None,
     on_start: Callable[[int, Case], None] | None = None,
     on_done: Callable[[int, CaseOutcome], None] | None = None,
+    only: list[dict[str, str]] | None = None,
+    timeout_override: float | None = None,
 ) -> RunSummary:
     """Run every case in order, appending each outcome to a new run file as soon as it is known."""
     cache_dir = cache_dir or default_cache_dir()
@@ -145,22 +255,65 @@ def run_plan(
         "env": env,
         "suite": {"name": suite.name, "source": str(suite.source) if suite.source else None,
                   "spec": suite.model_dump(mode="json")},
+        "only": only or [],
+        "timeout_override": timeout_override,
         "planned_cases": len(cases),
         "argv": sys.argv,
     }
     run_file = RunFile.create(results_dir, header)
-    outcomes = []
-    with tempfile.TemporaryDirectory(prefix=f"costbench-{run_id}-") as tmp:
-        for i, case in enumerate(cases):
-            if on_start:
-                on_start(i, case)
-            if case.status != PLANNED:
-                outcome = CaseOutcome(case, case.status, case.reason)
-            else:
-                outcome = run_case_in_child(case, cache_dir, Path(tmp))
-            run_file.append(outcome.record(run_id))
-            outcomes.append(outcome)
-            if on_done:
-                on_done(i, outcome)
-    Store(results_dir).sync()
+    outcomes = _execute(run_file, header, cases, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done)
     return RunSummary(run_id, run_file.path, outcomes)
+
+
+class ResumeError(RuntimeError):
+    """A run cannot be resumed (unknown id, another machine, a changed suite)."""
+
+
+def find_run(results_dir: Path, run_id: str) -> RunFile:
+    """The run file whose id starts with ``run_id``; ResumeError if none or several match."""
+    from costbench.harness.store import RUNS_DIR
+
+    matches = sorted((results_dir / RUNS_DIR).glob(f"{run_id}*.jsonl"))
+    if len(matches) != 1:
+        known = ", ".join(p.stem for p in sorted((results_dir / RUNS_DIR).glob("*.jsonl"))[-5:]) or "none"
+        raise ResumeError(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous'} in {results_dir} "
+                          f"(latest: {known})")
+    return RunFile(matches[0])
+
+
+def plan_remaining(run_file: RunFile) -> tuple[Suite, dict[str, Any], list[Case], int]:
+    """Re-plan a run from its stored suite; drop the cases it already recorded. (suite, header, todo, done)."""
+    from costbench.harness.plan import make_plan
+    from costbench.harness.suite import parse_suite
+
+    header = run_file.header()
+    stored = header["suite"]
+    source = Path(stored["source"]) if stored.get("source") else run_file.path
+    suite = parse_suite(stored["spec"], source)
+    cases = make_plan(suite, header.get("only") or None)
+    if header.get("timeout_override") is not None:
+        for c in cases:
+            c.timeout_s = header["timeout_override"]
+    done = {r["case"]["case_id"] for r in run_file.cases()}
+    return suite, header, [c for c in cases if c.case_id not in done], len(done)
+
+
+def resume_run(
+    results_dir: Path,
+    run_id: str,
+    cache_dir: Path | None = None,
+    on_start: Callable[[int, Case], None] | None = None,
+    on_done: Callable[[int, CaseOutcome], None] | None = None,
+    force: bool = False,
+) -> RunSummary:
+    """Finish an interrupted run in its own run file, without redoing the cases it recorded."""
+    run_file = find_run(results_dir, run_id)
+    suite, header, todo, _ = plan_remaining(run_file)
+    env_id = fingerprint()["env_id"]
+    if env_id != header["env_id"] and not force:
+        raise ResumeError(f"run {header['run_id']} was measured on env_id {header['env_id']}, this machine is "
+                          f"{env_id}: its cases would not be comparable (use --force to resume anyway)")
+    run_file.repair_tail()
+    outcomes = _execute(run_file, header, todo, results_dir, cache_dir or default_cache_dir(), suite.memory_limit_mb,
+                        on_start, on_done)
+    return RunSummary(header["run_id"], run_file.path, outcomes)

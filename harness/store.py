@@ -20,13 +20,17 @@ from typing import Any, Iterator
 import pandas as pd
 
 STORE_FILE = "costbench.duckdb"
-SCHEMA_VERSION = 2  # bump when RESULT_COLUMNS change: older stores are then rebuilt from the run files
+SCHEMA_VERSION = 4  # bump when any table's columns change: older stores are then rebuilt from the run files
 RUNS_DIR = "runs"
 RESULT_COLUMNS = [
     "run_id", "env_id", "case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
     "metric", "value", "unit", "status", "reason", "ci_low", "ci_high", "valid", "samples", "details",
     "recipe", "created", "commit", "seq",
 ]
+RESULT_TYPES = {c: "VARCHAR" for c in RESULT_COLUMNS} | {
+    "batch_size": "BIGINT", "value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "valid": "BOOLEAN",
+    "samples": "DOUBLE[]", "seq": "INTEGER",
+}
 
 
 class RunFile:
@@ -56,6 +60,17 @@ class RunFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def repair_tail(self) -> bool:
+        """Cut a torn last line (a writer killed mid-record) so the next append starts a clean line."""
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if not data or data.endswith(b"\n"):
+                return False
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Every complete record; a torn last line (the writer was killed mid-write) is skipped."""
@@ -122,7 +137,7 @@ class Store:
     def path(self) -> Path:
         return self.results_dir / STORE_FILE
 
-    def _connect(self, attempts: int = 50):
+    def _connect(self, attempts: int = 600):
         import duckdb
 
         # DuckDB lets one process write a database file at a time; a concurrent run syncing the
@@ -147,18 +162,24 @@ class Store:
             if found != SCHEMA_VERSION:
                 con.execute("DROP TABLE IF EXISTS results")
                 con.execute("DROP TABLE IF EXISTS runs")
+                con.execute("DROP TABLE IF EXISTS cases")
                 con.execute("DELETE FROM meta")
                 con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
             con.execute("CREATE TABLE IF NOT EXISTS runs (run_id VARCHAR PRIMARY KEY, file VARCHAR, "
                         "file_size BIGINT, file_mtime_ns BIGINT, created VARCHAR, commit VARCHAR, "
-                        "harness_version VARCHAR, env_id VARCHAR, suite VARCHAR, env JSON, cases_done INTEGER)")
+                        "harness_version VARCHAR, env_id VARCHAR, suite VARCHAR, env JSON, cases_done INTEGER, "
+                        "suite_source VARCHAR, argv JSON)")
+            # Per-case provenance (artifact, recipe, session, timing) that reports and dashboards show.
+            con.execute("CREATE TABLE IF NOT EXISTS cases (run_id VARCHAR, seq INTEGER, case_id VARCHAR, "
+                        "status VARCHAR, elapsed_s DOUBLE, finished VARCHAR, spec JSON, info JSON)")
+            # Explicit types: inferring them from the first DataFrame fails when a column is all NULL
+            # (a run file that so far holds only its header, or only skipped cases).
+            con.execute(f"CREATE TABLE IF NOT EXISTS results ({', '.join(f'{c} {t}' for c, t in RESULT_TYPES.items())})")
             seen = {r[0]: (r[1], r[2]) for r in con.execute("SELECT file, file_size, file_mtime_ns FROM runs").fetchall()}
-            has_results = bool(con.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'results'").fetchone()[0])
             ingested = 0
             for rf in files:
                 st = rf.path.stat()
-                if has_results and seen.get(str(rf.path)) == (st.st_size, st.st_mtime_ns):
+                if seen.get(str(rf.path)) == (st.st_size, st.st_mtime_ns):
                     continue
                 try:
                     header = rf.header()
@@ -168,22 +189,24 @@ class Store:
                     continue
                 df = frame_of(rows)
                 con.execute("BEGIN TRANSACTION")
-                if has_results:
-                    con.execute("DELETE FROM results WHERE run_id = ?", [header["run_id"]])
+                con.execute("DELETE FROM results WHERE run_id = ?", [header["run_id"]])
                 con.register("incoming", df)
-                if not has_results:
-                    con.execute("CREATE TABLE results AS SELECT * FROM incoming")
-                    has_results = True
-                else:
-                    con.execute("INSERT INTO results SELECT * FROM incoming")
+                con.execute(f"INSERT INTO results SELECT {', '.join(f'CAST({c} AS {t})' for c, t in RESULT_TYPES.items())} "
+                            "FROM incoming")
                 con.unregister("incoming")
                 con.execute("DELETE FROM runs WHERE run_id = ?", [header["run_id"]])
+                con.execute("DELETE FROM cases WHERE run_id = ?", [header["run_id"]])
+                case_rows = [[header["run_id"], seq, rec["case"].get("case_id"), rec.get("status"), rec.get("elapsed_s"),
+                              rec.get("finished"), json.dumps(rec["case"], default=str),
+                              json.dumps(rec.get("info") or {}, default=str)] for seq, rec in enumerate(rf.cases())]
+                if case_rows:  # DuckDB's executemany rejects an empty list
+                    con.executemany("INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)", case_rows)
                 con.execute(
-                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [header["run_id"], str(rf.path), st.st_size, st.st_mtime_ns, header.get("created"),
                      header.get("commit"), header.get("harness_version"), header["env_id"],
                      (header.get("suite") or {}).get("name"), json.dumps(header.get("env")),
-                     len(rf.cases())],
+                     len(case_rows), (header.get("suite") or {}).get("source"), json.dumps(header.get("argv"))],
                 )
                 con.execute("COMMIT")
                 ingested += 1
@@ -197,6 +220,22 @@ class Store:
             return con.execute(sql, params or []).df()
         finally:
             con.close()
+
+    def history(self, metric: str, env_id: str, exclude_run: str | None = None, **case: Any) -> list[float]:
+        """Values of ``metric`` for one case identity (model, variant, backend, ...) on ``env_id``, from ok runs."""
+        self.sync()
+        where = ["metric = ?", "env_id = ?", "status = 'ok'"] + [f"{k} = ?" for k in case]
+        params: list[Any] = [metric, env_id, *case.values()]
+        if exclude_run:
+            where.append("run_id != ?")
+            params.append(exclude_run)
+        import duckdb
+
+        try:
+            df = self.query(f"SELECT value FROM results WHERE {' AND '.join(where)}", params)
+        except duckdb.CatalogException:  # no results table yet: no history
+            return []
+        return [float(v) for v in df["value"].dropna()]
 
     def rebuild(self) -> int:
         """Drop the store and ingest every run file again."""

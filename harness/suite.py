@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -114,7 +114,7 @@ class SingleStreamSpec(_Strict):
 
 
 class OfflineSpec(_Strict):
-    """All samples as fast as possible; throughput in samples per second."""
+    """All samples as fast as possible; throughput in samples per second over the wall time."""
 
     kind: Literal["offline"] = "offline"
     name: str | None = None
@@ -122,13 +122,56 @@ class OfflineSpec(_Strict):
     min_count: int = Field(10, ge=1, description="At least this many batches...")
     min_duration_s: float = Field(1.0, ge=0, description="...and at least this long.")
     max_duration_s: float = Field(60.0, gt=0)
+    concurrency: int | Literal["auto"] = Field(
+        1, description="Queries in flight at once, each from its own thread (OpenVINO: its own infer request). "
+        "'auto' asks the runtime (OpenVINO's optimal request count; 1 elsewhere).")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _positive_concurrency(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("concurrency must be >= 1 or 'auto'")
+        return v
 
     @property
     def label(self) -> str:
         return self.name or self.kind
 
 
-ScenarioSpec = SingleStreamSpec | OfflineSpec
+class ServerSpec(_Strict):
+    """Poisson arrivals at a target QPS from a fixed seed; latency from arrival, queueing included; an SLO.
+
+    With ``search = true`` the target is found instead: the highest QPS whose ``slo_percentile``
+    latency stays within ``slo_ms``.
+    """
+
+    kind: Literal["server"] = "server"
+    name: str | None = None
+    target_qps: float | None = Field(None, gt=0, description="Mean arrival rate (queries per second).")
+    slo_ms: float = Field(gt=0, description="Latency objective, arrival to completion.")
+    slo_percentile: float = Field(99.0, gt=0, le=100, description="Which percentile must meet slo_ms.")
+    search: bool = Field(False, description="Find the highest QPS that meets the SLO (binary search).")
+    search_iterations: int = Field(7, ge=2, le=30, description="Bisection steps of the search.")
+    seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
+    warmup_count: int = Field(5, ge=0)
+    min_count: int = Field(200, ge=1, description="Queries per trial, at least...")
+    min_duration_s: float = Field(2.0, ge=0, description="...and enough for this long at the target rate.")
+    max_duration_s: float = Field(60.0, gt=0, description="An overloaded trial stops issuing here (invalid).")
+    concurrency: int = Field(1, ge=1, description="Queries served at once (worker threads).")
+
+    @model_validator(mode="after")
+    def _target_or_search(self) -> "ServerSpec":
+        if self.target_qps is None and not self.search:
+            raise ValueError("server scenario needs target_qps, or search = true to find the highest QPS within the SLO")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+ScenarioSpec = Annotated[SingleStreamSpec | OfflineSpec | ServerSpec, Field(discriminator="kind")]
+SCENARIO_SPECS: dict[str, type[BaseModel]] = {"single_stream": SingleStreamSpec, "offline": OfflineSpec, "server": ServerSpec}
 
 
 class Suite(_Strict):
@@ -144,6 +187,7 @@ class Suite(_Strict):
     timeout_s: float = Field(600.0, gt=0, description="Per-case limit: build, load, accuracy and measurement.")
     accuracy: bool = Field(True, description="Measure accuracy against the fp32 reference in every case.")
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="Cases to drop: tables of key = value (glob).")
+    memory_limit_mb: float | None = Field(None, gt=0, description="Kill a case whose process tree's RSS exceeds this.")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 
     @field_validator("variants", mode="before")
@@ -202,7 +246,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("single_stream", "offline", "function-after[_source_fields(), ModelSpec]"):
+        elif part in ("single_stream", "offline", "server") or str(part).startswith("function-after["):
             continue  # union/validator tags pydantic adds; not keys the user wrote
         else:
             out += ("." if out else "") + str(part)

@@ -44,24 +44,54 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _timing_metrics(result, timing: dict[str, str]) -> list[dict[str, Any]]:
+def _percentile_rows(prefix: str, ms: np.ndarray, common: dict[str, Any], keep_samples: bool) -> list[dict[str, Any]]:
     from costbench.harness.stats import summarize
 
-    ms = np.asarray(result.samples_ns, dtype=np.float64) / 1e6
     s = summarize(ms)
-    common = {"valid": result.valid, "details": {"timing": timing, "notes": result.notes}}
-    throughput = result.batch_size * result.queries / (result.wall_ns / 1e9)
-    prefix = "latency" if result.kind == "single_stream" else "batch_latency"
     return [
-        _metric(f"{prefix}_p50", s.p50, "ms", ci_low=s.p50_ci_low, ci_high=s.p50_ci_high, samples=ms.tolist(), **common),
+        _metric(f"{prefix}_p50", s.p50, "ms", ci_low=s.p50_ci_low, ci_high=s.p50_ci_high,
+                samples=ms.tolist() if keep_samples else None, **common),
         _metric(f"{prefix}_p90", s.p90, "ms", **common),
         _metric(f"{prefix}_p99", s.p99, "ms", ci_low=s.p99_ci_low, ci_high=s.p99_ci_high, **common),
         _metric(f"{prefix}_mean", s.mean, "ms", **common),
         _metric(f"{prefix}_cv", s.cv, "ratio", **common),
+    ]
+
+
+# The latency series each scenario reports, and what its samples mean.
+_PRIMARY = {"single_stream": "latency", "offline": "batch_latency", "server": "latency"}
+_SERIES_MEANING = {
+    "latency": "service time of one query",
+    "batch_latency": "service time of one batch (per worker thread)",
+    "device": "device time of one query (device clock)",
+    "queue_wait": "time from scheduled arrival to start of service",
+    "scheduler_lateness": "start of service minus the earliest moment it could start (scheduler error)",
+}
+
+
+def _timing_metrics(result, timing: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows for a scenario result: percentiles of each latency series, throughput, and scenario scalars."""
+    common = {"valid": result.valid, "details": {"timing": timing, "notes": result.notes, **result.details}}
+    primary = _PRIMARY[result.kind]
+    meaning = ("arrival to completion, queueing included" if result.kind == "server" else _SERIES_MEANING[primary])
+    rows = _percentile_rows(primary, np.asarray(result.samples_ns, dtype=np.float64) / 1e6,
+                            {**common, "details": {**common["details"], "series": meaning}}, True)
+    for name, values in result.series_ns.items():
+        if values:
+            prefix = "device_latency" if name == "device" else name
+            details = {**common["details"], "series": _SERIES_MEANING[name]}
+            if name == "device":
+                details["timing"] = {**timing, "clock": "CUDA events (device)"}
+            rows += _percentile_rows(prefix, np.asarray(values, dtype=np.float64) / 1e6,
+                                     {**common, "details": details}, True)
+    throughput = result.batch_size * result.queries / (result.wall_ns / 1e9)
+    rows += [
         _metric("throughput", throughput, "samples/s", **common),
         _metric("queries", result.queries, "count", **common),
         _metric("duration", result.wall_ns / 1e9, "s", **common),
     ]
+    rows += [_metric(name, value, unit, **common) for name, (value, unit) in result.scalars.items()]
+    return rows
 
 
 def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
@@ -87,6 +117,9 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     reference = reference_outputs(bundle, cache_dir) if case.measure_accuracy else None
     setup_s = time.perf_counter() - t0
 
+    from costbench.harness import gpu
+
+    gpu_start = gpu.snapshot() if case.device != "cpu" else {"gpus": [], "reason": "CPU case"}
     backend = get_backend(case.backend_name)
     options = backend.parse_options(case.backend_options)
     rss_reset = _reset_peak_rss()
@@ -108,7 +141,15 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     result = scenario.run(session, bundle.evaluation, case.batch_size)
     metrics += _timing_metrics(result, session.timing.as_dict())
     session_info = session.info()
+    device_peak = session.peak_device_memory()
+    if device_peak is not None:
+        metrics.append(_metric("peak_device_memory", device_peak / 2**20, "MiB"))
     session.close()
+
+    gpu_end = gpu.snapshot() if case.device != "cpu" else gpu_start
+    slowdowns = gpu.throttled(gpu_start, gpu_end)
+    if gpu_start["gpus"]:
+        metrics.append(_metric("gpu_throttled", float(bool(slowdowns)), "bool", details={"slowdowns": slowdowns}))
 
     hwm_kb = _read_status_kb("VmHWM")
     if hwm_kb is not None:
@@ -122,6 +163,7 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
         "model_details": bundle.details,
         "session": session_info,
         "timing": session.timing.as_dict(),
+        "gpu": {"start": gpu_start, "end": gpu_end},
         "setup_s": setup_s,
         "evaluation_samples": len(bundle.evaluation),
         "evaluation_data": bundle.evaluation.description,

@@ -261,8 +261,22 @@ def test_openvino_defaults_to_true_fp32_and_records_plugin_default(tiny):
 def test_wrong_device_raises(tiny, name):
     backend = BACKENDS[name]()
     fmt = backend.capabilities.formats[0]
-    with pytest.raises(ValueError, match=r"device 'cuda' is not supported; supported: cpu"):
-        backend.prepare(tiny.artifacts[fmt], backend.parse_options({}), 1, device="cuda")
+    with pytest.raises(ValueError, match=r"device 'npu9' is not supported; supported: cpu"):
+        backend.prepare(tiny.artifacts[fmt], backend.parse_options({}), 1, device="npu9")
+
+
+def test_torch_cuda_without_a_gpu_says_why(tiny):
+    import torch
+
+    backend = BACKENDS["torch"]()
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    why = backend.probe_device("cuda")
+    assert not why.available and ("CPU-only build" in why.reason or "no CUDA device" in why.reason)
+    with pytest.raises(RuntimeError, match="CPU-only build|no CUDA device"):
+        backend.prepare(tiny.artifacts[FORMAT_TORCH], backend.parse_options({"cuda_graph": True}), 1, device="cuda")
+    with pytest.raises(ValueError, match="cuda_graph applies to device='cuda' only"):
+        backend.prepare(tiny.artifacts[FORMAT_TORCH], backend.parse_options({"cuda_graph": True}), 1, device="cpu")
 
 
 @pytest.mark.parametrize("name", list(BACKENDS))
