@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 store_app = typer.Typer(no_args_is_help=True, help="The DuckDB store built from run files.")
 app.add_typer(store_app, name="store")
 # Piped output (CI logs, files) gets a width that fits the results table instead of rich's 80.
-console = Console(width=None if sys.stdout.isatty() else 132)
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 DEFAULT_RESULTS = Path("results")

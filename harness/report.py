@@ -22,6 +22,20 @@ def _value(group: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.
     return None if rows.empty else rows.iloc[0]
 
 
+def _server_summary(g: pd.DataFrame) -> str:
+    """'max 812 qps' (SLO search) or '500 qps: 3.1 ms ok' (fixed rate) from the server scenario's rows."""
+    parts = []
+    for scenario, rows in g[g["metric"].isin(["max_qps_within_slo", "slo_latency", "target_qps", "slo_met"])].groupby(
+            "scenario", sort=False):
+        v = dict(zip(rows["metric"], rows["value"]))
+        if "max_qps_within_slo" in v:
+            parts.append(f"max {v['max_qps_within_slo']:.0f} qps")
+        elif "target_qps" in v:
+            parts.append(f"{v['target_qps']:.0f} qps: {v.get('slo_latency', float('nan')):.2f} ms "
+                         f"{'ok' if v.get('slo_met') == 1.0 else 'miss'}")
+    return "; ".join(parts)
+
+
 def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """Per model: latency p50 with its 95% CI, throughput, size, accuracy change; plus numbered notes.
 
@@ -39,12 +53,22 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
         for (backend, variant, device, batch), g in mdf.groupby(_GROUP, sort=False, dropna=False):
             line = {"backend": backend if device == "cpu" else f"{backend} ({device})", "variant": variant,
                     "batch": int(batch)}
-            lat = _value(g, "latency_p50")
-            line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", "" if lat is None or lat["valid"] else "*")
+            # Scenario labels are the user's; tell the kinds apart by the metrics each one reports.
+            kinds = g.groupby("scenario")["metric"].agg(set)
+            servers = {sc for sc, ms in kinds.items() if "target_qps" in ms}
+            offlines = {sc for sc, ms in kinds.items() if "batch_latency_p50" in ms}
+            streams = g[~g["scenario"].isin(servers | offlines)]
+            lat = _value(streams, "latency_p50")
+            unstable = g[(g["metric"] == "unstable") & (g["value"] == 1.0)]
+            mark = ("" if lat is None or lat["valid"] else "*") + ("~" if not unstable.empty else "")
+            line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
             line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
-            off = _value(g, "throughput", "offline")
-            off = off if off is not None else _value(g, "throughput")
+            off = _value(g[g["scenario"].isin(offlines)], "throughput")
+            off = off if off is not None else _value(streams, "throughput")
             line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
+            server = _server_summary(g)
+            if server:
+                line["server"] = server
             size = _value(g, "model_size")
             line["MB"] = _fmt(None if size is None else size["value"] / 1e6, ".2f")
             top1 = _value(g, "top1_agreement")
@@ -84,3 +108,5 @@ def render(df: pd.DataFrame, console) -> None:
         console.print(f"[{i}] {note}", highlight=False, soft_wrap=True)
     if not df.empty and "valid" in df and (df["valid"] == False).any():  # noqa: E712 (pandas elementwise)
         console.print("* stopped at max_duration_s before min_count was met: the result is marked invalid")
+    if not df.empty and ((df["metric"] == "unstable") & (df["value"] == 1.0)).any():
+        console.print("~ unstable: spread far above this case's history on this machine (see the 'unstable' rows)")

@@ -1,4 +1,4 @@
-"""A test-only backend that fails on demand: raise, crash (SIGSEGV), hang, or exit; else runs ONNX via ORT."""
+"""A test-only backend that fails on demand (raise, SIGSEGV, hang, exit, leak memory, be slow); else runs ONNX via ORT."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from costbench.harness.artifacts import FORMAT_ONNX, Artifact
 
 
 class FaultyOptions(BackendOptions):
-    fail: Literal["none", "raise", "segfault", "hang", "exit"] = "none"
+    fail: Literal["none", "raise", "segfault", "hang", "exit", "leak", "slow"] = "none"
+    slow_s: float = 4.0
+    block_while: str | None = None  # fail="slow": instead of slow_s, wait while this file exists (tests resume)
 
 
 class _OrtSession(Session):
@@ -44,4 +46,16 @@ class FaultyBackend(Backend):
             time.sleep(3600)
         if options.fail == "exit":
             os._exit(3)
+        if options.fail == "leak":
+            hoard = []
+            while True:  # touch every page so it counts as resident
+                hoard.append(np.ones(16 * 2**20, dtype=np.uint8))
+                time.sleep(0.01)
+        if options.fail == "slow":
+            if options.block_while:
+                deadline = time.monotonic() + 120
+                while os.path.exists(options.block_while) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            else:
+                time.sleep(options.slow_s)
         return _OrtSession(artifact.path)

@@ -1,0 +1,191 @@
+"""Scenario loops with sessions whose behaviour is known: stopping rules, concurrency, arrivals, SLO search."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from costbench.backends.base import Session
+from costbench.backends.timing import CudaEventTimer, HostTimer
+from costbench.harness.scenarios import make_scenario, poisson_arrivals, wait_until
+from costbench.harness.zoo.base import SampleSet
+
+DATA = SampleSet({"x": np.arange(40, dtype=np.float32).reshape(10, 4)})
+
+
+class Noop(Session):
+    def run(self, inputs):
+        return [inputs["x"]]
+
+
+class Busy(Session):
+    """Spins for a known service time (like a CPU runtime that holds the core)."""
+
+    def __init__(self, service_s):
+        self.service_ns = int(service_s * 1e9)
+
+    def run(self, inputs):
+        end = time.perf_counter_ns() + self.service_ns
+        while time.perf_counter_ns() < end:
+            pass
+        return [inputs["x"]]
+
+
+class Forking(Noop):
+    """Records every fork and which threads ran queries."""
+
+    def __init__(self, root=None):
+        self.root = root or self
+        if root is None:
+            self.forks = 0
+            self.threads = set()
+            self.lock = threading.Lock()
+
+    def fork(self):
+        with self.root.lock:
+            self.root.forks += 1
+        return Forking(self.root)
+
+    def run(self, inputs):
+        with self.root.lock:
+            self.root.threads.add(threading.get_ident())
+        time.sleep(0.001)  # releases the GIL like a native runtime
+        return [inputs["x"]]
+
+    def preferred_concurrency(self):
+        return 3
+
+
+class FakeEvent:
+    """Stands in for torch.cuda.Event: 'records' host time; elapsed_time in ms like CUDA's."""
+
+    def __init__(self, enable_timing):
+        assert enable_timing
+        self.t = None
+        self.synced = False
+
+    def record(self):
+        self.t = time.perf_counter_ns()
+
+    def synchronize(self):
+        self.synced = True
+
+    def elapsed_time(self, end):
+        assert end.synced, "elapsed_time read before the end event completed"
+        return (end.t - self.t) / 1e6
+
+
+class DeviceTimed(Busy):
+    def device_timer(self):
+        return CudaEventTimer(event_factory=FakeEvent)
+
+
+def test_single_stream_stops_when_both_minimums_are_met():
+    r = make_scenario({"kind": "single_stream", "warmup_count": 2, "min_count": 25, "min_duration_s": 0.05}).run(
+        Noop(), DATA, 3)
+    assert r.valid and r.queries >= 25 and r.wall_ns >= 0.05e9
+    assert all(s > 0 for s in r.samples_ns)
+
+
+def test_single_stream_cap_marks_invalid():
+    r = make_scenario({"kind": "single_stream", "warmup_count": 0, "min_count": 10_000, "min_duration_s": 0,
+                       "max_duration_s": 0.05}).run(Busy(0.005), DATA, 1)
+    assert not r.valid and r.queries < 10_000 and "max_duration_s" in r.notes[0]
+
+
+def test_device_timer_series_is_recorded():
+    r = make_scenario({"kind": "single_stream", "warmup_count": 0, "min_count": 5, "min_duration_s": 0}).run(
+        DeviceTimed(0.001), DATA, 1)
+    device = r.series_ns["device"]
+    assert len(device) == r.queries
+    # The fake device clock brackets the same work as the host clock, so it can never read longer.
+    assert all(0.001e9 <= d <= h for d, h in zip(device, r.samples_ns))
+
+
+def test_timers_report_nanoseconds():
+    t = HostTimer()
+    t.start()
+    time.sleep(0.002)
+    t.stop()
+    assert t.elapsed_ns() >= 2_000_000
+    c = CudaEventTimer(event_factory=FakeEvent)
+    c.start()
+    time.sleep(0.002)
+    c.stop()
+    assert c.elapsed_ns() >= 2_000_000
+
+
+@pytest.mark.parametrize("concurrency, threads", [(1, 1), (4, 4), ("auto", 3)])
+def test_offline_runs_each_worker_on_its_own_session(concurrency, threads):
+    session = Forking()
+    r = make_scenario({"kind": "offline", "warmup_count": 1, "min_count": 40, "min_duration_s": 0,
+                       "concurrency": concurrency}).run(session, DATA, 2)
+    assert session.forks == threads - 1
+    # Warm-up runs on the calling thread; measurement runs on one worker thread per session.
+    workers = session.threads - {threading.get_ident()} if threads > 1 else session.threads
+    assert len(workers) == threads
+    assert r.valid and r.queries >= 40 and r.scalars["concurrency"] == (threads, "count")
+
+
+def test_poisson_arrivals_are_seeded_and_have_the_right_rate():
+    a = poisson_arrivals(1000.0, 20_000, seed=7)
+    assert np.array_equal(a, poisson_arrivals(1000.0, 20_000, seed=7))
+    assert not np.array_equal(a, poisson_arrivals(1000.0, 20_000, seed=8))
+    gaps = np.diff(a)
+    assert np.all(gaps >= 0)
+    # Mean gap 1 ms; the standard error of 20k exponential gaps is 0.7%, so 4% is over five sigma.
+    assert gaps.mean() == pytest.approx(1e6, rel=0.04)
+    # Exponential: the coefficient of variation of the gaps is 1.
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.05)
+
+
+def test_wait_until_never_returns_early():
+    for delay in (0, 50_000, 3_000_000):
+        target = time.perf_counter_ns() + delay
+        wait_until(target)
+        assert time.perf_counter_ns() >= target
+
+
+def test_server_issues_every_planned_query_and_meets_a_loose_slo():
+    spec = {"kind": "server", "target_qps": 400, "slo_ms": 1000, "min_count": 60, "min_duration_s": 0.1}
+    r = make_scenario(spec).run(Noop(), DATA, 1)
+    assert r.valid and r.queries == 60
+    assert r.scalars["slo_met"] == (1.0, "bool") and r.scalars["target_qps"] == (400, "queries/s")
+    assert set(r.series_ns) == {"queue_wait", "scheduler_lateness"}
+    # Latency is measured from the scheduled arrival, so it can't be shorter than the queue wait.
+    assert all(lat >= q for lat, q in zip(r.samples_ns, r.series_ns["queue_wait"]))
+
+
+def test_server_overload_queues_and_fails_the_slo():
+    # 5 ms of service at 1000 arrivals/s: the queue grows without bound.
+    spec = {"kind": "server", "target_qps": 1000, "slo_ms": 5, "min_count": 60, "min_duration_s": 0}
+    r = make_scenario(spec).run(Busy(0.005), DATA, 1)
+    assert r.scalars["slo_met"] == (0.0, "bool")
+    assert max(r.series_ns["queue_wait"]) > 0.05e9  # at least ten queries' worth of waiting
+    assert r.scalars["achieved_qps"][0] < 1000 * 0.5
+
+
+def test_server_with_worker_threads():
+    spec = {"kind": "server", "target_qps": 300, "slo_ms": 1000, "min_count": 50, "min_duration_s": 0,
+            "concurrency": 3}
+    session = Forking()
+    r = make_scenario(spec).run(session, DATA, 1)
+    assert r.queries == 50 and session.forks == 2 and r.scalars["slo_met"][0] == 1.0
+
+
+def test_search_reports_capacity_when_every_rate_passes_and_zero_when_none_can():
+    easy = {"kind": "server", "search": True, "slo_ms": 10_000, "min_count": 30, "min_duration_s": 0,
+            "search_iterations": 2}
+    r = make_scenario(easy).run(Busy(0.002), DATA, 1)
+    trials = r.details["search"]
+    assert r.scalars["max_qps_within_slo"][0] == max(t["qps"] for t in trials) > 0
+    impossible = dict(easy, slo_ms=0.0001)
+    r = make_scenario(impossible).run(Busy(0.002), DATA, 1)
+    assert r.scalars["max_qps_within_slo"][0] == 0.0 and r.scalars["slo_met"][0] == 0.0
+    assert len(r.details["search"]) == 1  # the lowest rate already fails: no point searching above it
+
+
+def test_server_spec_needs_a_target_or_a_search():
+    with pytest.raises(Exception, match="target_qps"):
+        make_scenario({"kind": "server", "slo_ms": 1})
