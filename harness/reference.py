@@ -27,19 +27,20 @@ def _data_hash(bundle: ModelBundle) -> str:
 def _compute(bundle: ModelBundle) -> np.ndarray:
     """fp32 outputs: PyTorch eager for torch models, ONNX Runtime's CPU provider for ONNX files."""
     parts = []
+    batch = bundle.details.get("fixed_batch") or REFERENCE_BATCH  # an ONNX file may accept one batch size only
     if bundle.source_kind == SOURCE_ONNX:
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
-        for batch, real in bundle.evaluation.batches(REFERENCE_BATCH):
-            parts.append(np.asarray(sess.run(None, batch)[0], dtype=np.float64)[:real])
+        for feed, real in bundle.evaluation.batches(batch):
+            parts.append(np.asarray(sess.run(None, feed)[0], dtype=np.float64)[:real])
     else:
         import torch
 
         module = bundle.torch_module()
         with torch.inference_mode():
-            for batch, real in bundle.evaluation.batches(REFERENCE_BATCH):
-                args = [torch.from_numpy(batch[spec.name]) for spec in bundle.inputs]
+            for feed, real in bundle.evaluation.batches(batch):
+                args = [torch.from_numpy(feed[spec.name]) for spec in bundle.inputs]
                 out = module(*args)
                 if isinstance(out, (tuple, list)):
                     out = out[0]

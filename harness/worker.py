@@ -108,6 +108,11 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     metrics: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
+    fixed = bundle.details.get("fixed_batch")
+    if fixed and fixed != case.batch_size:
+        raise ValueError(f"model {case.model!r} has a fixed batch size of {fixed} in its ONNX graph; this case asks "
+                         f"for batch {case.batch_size} (set batch_sizes = [{fixed}] for it, or export it with a "
+                         "dynamic batch dimension)")
     recipe = get_recipe(case.recipe)
     artifact = recipe.artifact(bundle, recipe.parse_config(case.recipe_options), case.artifact_format,
                                ArtifactCache(cache_dir))

@@ -116,3 +116,45 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, plugin_backends):
     assert "Traceback" in records[0]["stderr_tail"]
     df = load_results(tmp_path / "results")
     assert set(df[df.status == "failed"]["backend"]) == {"raises", "segfaults", "hangs", "exits"}
+
+
+def test_bring_your_own_models_end_to_end(tmp_path, monkeypatch):
+    """A user's torch factory and a user's ONNX file (fixed batch) run through plan, worker and store."""
+    import torch
+
+    here = os.path.dirname(__file__)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    monkeypatch.syspath_prepend(here)
+    from tiny_factory import make_tiny
+
+    torch.onnx.export(make_tiny().eval(), (torch.randn(2, 3, 8, 8),), str(tmp_path / "fixed.onnx"), dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=["logits"])
+    (tmp_path / "own.toml").write_text("""
+name = "own"
+models = [
+  {id = "factory-net", source = "torch", factory = "tiny_factory:make_tiny", inputs = [{name = "input", shape = [3, 8, 8]}]},
+  {id = "fixed-onnx", source = "onnx", path = "fixed.onnx"},
+]
+variants = ["fp32", "int8"]
+backends = ["torch", "onnxruntime"]
+batch_sizes = [2, 4]
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 1
+min_count = 5
+min_duration_s = 0
+""")
+    suite = load_suite(tmp_path / "own.toml")
+    summary = run_plan(suite, make_plan(suite), tmp_path / "results")
+    by = {(o.case.model, o.case.variant, o.case.backend, o.case.batch_size): o for o in summary.outcomes}
+    for batch in (2, 4):
+        assert by[("factory-net", "fp32", "torch", batch)].status == "ok"
+        assert by[("factory-net", "int8", "onnxruntime", batch)].status == "ok"
+    assert by[("fixed-onnx", "fp32", "onnxruntime", 2)].status == "ok"
+    assert by[("fixed-onnx", "int8", "onnxruntime", 2)].status == "ok"
+    wrong = by[("fixed-onnx", "fp32", "onnxruntime", 4)]
+    assert wrong.status == "failed" and "fixed batch size of 2" in wrong.reason
+    assert by[("fixed-onnx", "fp32", "torch", 2)].status == "skipped"  # an ONNX file has no torch module
+    df = load_results(tmp_path / "results")
+    parity = df[(df.metric == "top1_agreement") & (df.variant == "fp32") & (df.status == "ok")]
+    assert len(parity) == 5 and (parity["value"] == 1.0).all()  # factory-net x 2 backends x 2 batches + fixed-onnx
