@@ -1,4 +1,9 @@
-"""ONNX Runtime with the CPU execution provider.
+"""ONNX Runtime with the CPU execution provider, and on NVIDIA GPUs the CUDA and TensorRT providers.
+
+On ``device = "cuda"`` the ``provider`` option picks ``CUDAExecutionProvider`` (default) or
+``TensorrtExecutionProvider``; both need the GPU build (``onnxruntime-gpu``), and a session that
+silently fell back to the CPU is refused. The timed region then includes ONNX Runtime's own copies
+to and from the device (inputs and outputs stay host numpy arrays).
 
 onnxruntime is imported inside the methods so that loading the registry stays cheap.
 """
@@ -10,10 +15,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention
 from costbench.harness.artifacts import FORMAT_ONNX, Artifact
 
 _CPU_PROVIDER = "CPUExecutionProvider"
+_GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 _OPT_LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -51,6 +57,14 @@ class OnnxRuntimeOptions(BackendOptions):
     )
     execution_mode: Literal["sequential", "parallel"] = Field(
         default="sequential", description="Run independent graph branches one at a time or in parallel."
+    )
+    provider: Literal["cuda", "tensorrt"] = Field(
+        default="cuda", description="device='cuda' only: CUDAExecutionProvider or TensorrtExecutionProvider "
+        "(which falls back to CUDA, then CPU, for nodes TensorRT cannot take).",
+    )
+    trt_fp16: bool = Field(default=False, description="provider='tensorrt': allow fp16 kernels (trt_fp16_enable).")
+    trt_engine_cache_dir: str | None = Field(
+        default=None, description="provider='tensorrt': cache built engines here (trt_engine_cache_enable).",
     )
 
 
@@ -135,8 +149,33 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime on the CPU execution provider; runs fp32 and int8 (QDQ or QOperator) ONNX models."""
 
     name = "onnxruntime"
-    capabilities = Capabilities(devices=("cpu",), precisions=("fp32", "int8"), formats=(FORMAT_ONNX,))
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32", "fp16", "int8"), formats=(FORMAT_ONNX,))
     Options = OnnxRuntimeOptions
+
+    def probe_device(self, device: str) -> Availability:
+        """'cpu' always; 'cuda' needs the GPU build (CUDAExecutionProvider offered) and a visible GPU."""
+        if device == "cpu":
+            return Availability.ok()
+        try:
+            ort = _import_ort()
+            providers = list(ort.get_available_providers())
+        except ImportError as exc:
+            return Availability.missing(str(exc))
+        if _GPU_PROVIDERS["cuda"] not in providers:
+            return Availability.missing(f"onnxruntime {ort.__version__} is the CPU build: pip install onnxruntime-gpu")
+        from costbench.kernels.gpu.probe import torch_cuda_reason
+
+        index = int(device.partition(":")[2] or 0)
+        why = torch_cuda_reason(index)
+        try:
+            import torch
+
+            cuda_torch = torch.version.cuda is not None
+        except ImportError:
+            cuda_torch = False
+        if why and cuda_torch:  # a CUDA torch that sees no GPU speaks for the machine; a CPU torch cannot tell
+            return Availability.missing(why)
+        return Availability.ok(providers=",".join(p for p in providers if p in _GPU_PROVIDERS.values()))
 
     def probe(self) -> Availability:
         """Available when onnxruntime imports and offers the CPU provider; lists every provider it offers."""
@@ -154,8 +193,8 @@ class OnnxRuntimeBackend(Backend):
         return Availability.ok(onnxruntime=ort.__version__, providers=",".join(providers))
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
-        """Create an InferenceSession on the CPU provider with the requested threads and optimization level."""
-        if device not in self.capabilities.devices:
+        """Create an InferenceSession (CPU provider, or CUDA/TensorRT on 'cuda') with the requested settings."""
+        if device.partition(":")[0] not in self.capabilities.devices:
             raise ValueError(
                 f"onnxruntime backend: device {device!r} is not supported; "
                 f"supported: {', '.join(self.capabilities.devices)}"
@@ -172,6 +211,13 @@ class OnnxRuntimeBackend(Backend):
             if isinstance(options, OnnxRuntimeOptions)
             else OnnxRuntimeOptions.model_validate(options.model_dump())
         )
+        gpu_only = {"provider", "trt_fp16", "trt_engine_cache_dir"} & opts.model_fields_set
+        if device == "cpu" and gpu_only:
+            raise ValueError(f"onnxruntime backend: {', '.join(sorted(gpu_only))} apply to device='cuda' only")
+        if device != "cpu":
+            usable = self.probe_device(device)
+            if not usable.available:
+                raise RuntimeError(f"onnxruntime backend: {usable.reason}")
         ort = _import_ort()
 
         so = ort.SessionOptions()
@@ -181,6 +227,34 @@ class OnnxRuntimeBackend(Backend):
             so.inter_op_num_threads = opts.inter_op_threads
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[opts.graph_optimization])
         so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[opts.execution_mode])
+        providers = gpu_providers(opts, device) if device != "cpu" else [_CPU_PROVIDER]
         # A path (not bytes) lets ONNX Runtime find external-data files next to the model.
-        session = ort.InferenceSession(str(artifact.path), so, providers=[_CPU_PROVIDER])
-        return OnnxRuntimeSession(session, artifact, batch_size, opts)
+        session = ort.InferenceSession(str(artifact.path), so, providers=providers)
+        if device == "cpu":
+            return OnnxRuntimeSession(session, artifact, batch_size, opts)
+        wanted = _GPU_PROVIDERS[opts.provider]
+        if session.get_providers()[0] != wanted:
+            raise RuntimeError(f"onnxruntime backend: asked for {wanted}, the session runs on "
+                               f"{session.get_providers()} (missing CUDA/TensorRT libraries?)")
+        return OnnxRuntimeGpuSession(session, artifact, batch_size, opts)
+
+
+def gpu_providers(opts: OnnxRuntimeOptions, device: str) -> list:
+    """The provider list for a GPU session: the chosen provider with its options, then CUDA, then CPU."""
+    index = int(device.partition(":")[2] or 0)
+    cuda = (_GPU_PROVIDERS["cuda"], {"device_id": index})
+    if opts.provider == "cuda":
+        return [cuda, _CPU_PROVIDER]
+    trt_options: dict[str, Any] = {"device_id": index, "trt_fp16_enable": opts.trt_fp16}
+    if opts.trt_engine_cache_dir:
+        trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=opts.trt_engine_cache_dir)
+    return [(_GPU_PROVIDERS["tensorrt"], trt_options), cuda, _CPU_PROVIDER]
+
+
+class OnnxRuntimeGpuSession(OnnxRuntimeSession):
+    """An InferenceSession on the CUDA or TensorRT provider; host numpy in and out, copies included."""
+
+    timing = TimingConvention(
+        boundary="host numpy inputs -> ONNX Runtime copies to the device -> run -> copies back -> host numpy outputs",
+        clock="host time.perf_counter_ns (run() returns after the outputs are on the host)",
+    )

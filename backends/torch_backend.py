@@ -1,11 +1,16 @@
-"""PyTorch eager on the CPU: the reference every other backend is compared against.
+"""PyTorch, eager or ``torch.compile``, on the CPU (the reference every other backend is compared against) and CUDA.
+
+Precision comes from the artifact: fp32, or the fp16/bf16 recipes' half-precision modules (which
+compute in half precision on a GPU). On CUDA, the ``cuda_graph`` option replays a captured graph
+and ``compile`` wraps the module in ``torch.compile`` first (its compilation lands in the first
+inference, which the harness reports apart from steady state).
 
 torch is imported inside the methods so that loading the registry stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -28,6 +33,16 @@ class TorchOptions(BackendOptions):
         description="device='cuda' only: capture the forward pass once as a CUDA graph and replay it, "
         "removing per-kernel launch overhead (inputs are copied into static device buffers).",
     )
+    compile: bool = Field(
+        default=False, description="Wrap the module in torch.compile (dynamic=False); compilation happens in the "
+        "first inference.",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default="default", description="torch.compile mode (inductor only); 'reduce-overhead' uses CUDA graphs itself.",
+    )
+    compile_backend: str = Field(
+        default="inductor", description="torch.compile backend ('inductor'; 'eager'/'aot_eager' trace without codegen).",
+    )
 
 
 def _missing_reason(exc: ImportError) -> str:
@@ -39,6 +54,8 @@ def _missing_reason(exc: ImportError) -> str:
 
 class TorchSession(Session):
     """An eval-mode nn.Module fed through torch.from_numpy (zero-copy) under inference_mode."""
+
+    mode = "eager"  # or the torch.compile settings, set by prepare
 
     def __init__(self, module: Any, artifact: Artifact, batch_size: int):
         import torch
@@ -73,7 +90,7 @@ class TorchSession(Session):
     def info(self) -> dict[str, Any]:
         """Thread settings actually in effect and the execution mode."""
         return {
-            "mode": "eager",
+            "mode": self.mode,
             "device": "cpu",
             "threads": self._torch.get_num_threads(),
             "interop_threads": self._torch.get_num_interop_threads(),
@@ -93,6 +110,7 @@ class TorchCudaSession(Session):
         boundary="host numpy inputs -> host-to-device copy -> forward -> device-to-host copy -> host numpy outputs",
         clock="host time.perf_counter_ns (CUDA events recorded around the same region as the device clock)",
     )
+    mode = "eager"  # or the torch.compile settings, set by prepare
 
     def __init__(self, module: Any, artifact: Artifact, batch_size: int, device: str, cuda_graph: bool):
         import torch
@@ -152,7 +170,7 @@ class TorchCudaSession(Session):
 
     def info(self) -> dict[str, Any]:
         torch = self._torch
-        return {"mode": "eager" + (" + CUDA graph" if self._graph is not None else ""), "device": str(self._device),
+        return {"mode": self.mode + (" + CUDA graph" if self._graph is not None else ""), "device": str(self._device),
                 "gpu": torch.cuda.get_device_name(self._device), "cuda": torch.version.cuda,
                 "batch_size": self._batch_size}
 
@@ -175,7 +193,7 @@ class TorchBackend(Backend):
     """PyTorch eager mode on the CPU, loading a whole pickled nn.Module."""
 
     name = "torch"
-    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32",), formats=(FORMAT_TORCH,))
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32", "fp16", "bf16"), formats=(FORMAT_TORCH,))
     Options = TorchOptions
 
     def probe_device(self, device: str) -> Availability:
@@ -248,6 +266,20 @@ class TorchBackend(Backend):
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"{artifact.path} holds a {type(module).__name__}, not a torch.nn.Module")
         module.eval()
-        if device != "cpu":
-            return TorchCudaSession(module, artifact, batch_size, device, opts.cuda_graph)
-        return TorchSession(module, artifact, batch_size)
+        mode = "eager"
+        if opts.compile:
+            if opts.cuda_graph and opts.compile_mode == "reduce-overhead":
+                raise ValueError("torch backend: compile_mode='reduce-overhead' captures CUDA graphs itself; "
+                                 "drop cuda_graph or pick another compile_mode")
+            inductor = opts.compile_backend == "inductor"
+            mode_arg = opts.compile_mode if inductor and opts.compile_mode != "default" else None
+            if not inductor and opts.compile_mode != "default":
+                raise ValueError(f"torch backend: compile_mode applies to the inductor backend, not {opts.compile_backend!r}")
+            if device != "cpu":
+                module = module.to(torch.device(device))
+            module = torch.compile(module, backend=opts.compile_backend, mode=mode_arg, dynamic=False)
+            mode = f"torch.compile(backend={opts.compile_backend}, mode={opts.compile_mode})"
+        session = (TorchCudaSession(module, artifact, batch_size, device, opts.cuda_graph) if device != "cpu"
+                   else TorchSession(module, artifact, batch_size))
+        session.mode = mode
+        return session

@@ -20,6 +20,7 @@ from typing import Any, Callable
 FORMAT_TORCH = "torch-module"  # a pickled torch.nn.Module (torch.save), loaded with weights_only=False
 FORMAT_ONNX = "onnx"  # an ONNX model file
 FORMAT_OPENVINO = "openvino-ir"  # OpenVINO IR: model.xml + model.bin
+FORMAT_EXECUTORCH = "executorch-pte"  # an ExecuTorch program (.pte), lowered to XNNPACK
 
 _MANIFEST = "artifact.json"
 

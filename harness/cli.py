@@ -16,6 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure which hardware, backend and compression to deploy a model on.")
 store_app = typer.Typer(no_args_is_help=True, help="The DuckDB store built from run files.")
 app.add_typer(store_app, name="store")
+app.add_typer(__import__("costbench.kernels.cli", fromlist=["app"]).app, name="kernels")
 # Piped output (CI logs, files) gets a width that fits the results table instead of rich's 80.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -205,6 +206,40 @@ def results(
     if csv:
         df.drop(columns=["samples"]).to_csv(csv, index=False)
         console.print(f"wrote {len(df)} rows to {csv}")
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="Zoo model, e.g. digits-cnn, efficientnet-lite0, all-minilm-l6-v2."),
+    recipes: list[str] = typer.Option(..., "--recipes", help="Recipes to try besides fp32 (comma-separated, repeatable)."),
+    max_drop: float = typer.Option(0.01, "--max-drop", help="Largest accuracy drop allowed (0.01 = 1 point)."),
+    backends: list[str] = typer.Option(["torch,onnxruntime,openvino"], "--backends", help="Backends (comma-separated)."),
+    option: list[str] = typer.Option([], "--option", help="Recipe option as RECIPE.KEY=VALUE; repeatable."),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch size for latency and accuracy."),
+    out: Path = typer.Option(DEFAULT_RESULTS, "--out", "-o", help="Results folder (the run file lands there)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the selection and provenance as JSON."),
+    timeout: float = typer.Option(1800.0, help="Per-case limit in seconds (training recipes build inside it)."),
+    min_count: int = typer.Option(50, help="Single-stream queries to measure at least."),
+    min_duration: float = typer.Option(1.0, help="Seconds to measure at least."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
+) -> None:
+    """Build variants, measure them, and name per backend the fastest one within the accuracy budget."""
+    from costbench.harness.compress import select
+
+    split = lambda items: [x.strip() for item in items for x in item.split(",") if x.strip()]  # noqa: E731
+    try:
+        summary, res, choices = select.run_compress(
+            model, split(recipes), max_drop, backends=split(backends), options=select.parse_options(option),
+            batch_size=batch_size, out=out, cache_dir=cache_dir, timeout_s=timeout, min_count=min_count,
+            min_duration_s=min_duration,
+            on_start=lambda i, c: err.print(f"[{i + 1}] {c.variant} / {c.backend}", highlight=False),
+        )
+    except (ValueError, KeyError) as exc:
+        _fail(str(exc))
+    select.render(model, max_drop, res, choices, console)
+    if json_out:
+        select.write_json(json_out, select.report_json(model, max_drop, summary.run_id, res, choices))
+    console.print(f"run [bold]{summary.run_id}[/]; run file {summary.run_file}")
 
 
 @store_app.command("rebuild")

@@ -1,9 +1,40 @@
 """Custom int8 GEMM kernels and their exact integer reference.
 
-The kernels themselves (CPU C/AVX2, Triton, CUDA C) build on :mod:`costbench.kernels.reference`,
-the contract every implementation is validated against.
+- :mod:`costbench.kernels.reference`: numpy int64 matmul, the contract every kernel is validated against.
+- :mod:`costbench.kernels.gemm`: the C kernels (AMX, AVX512-VNNI, AVX2, portable C; chosen at run
+  time), :class:`PackedWeight`, the raw GEMM and the fused epilogue.
+- :mod:`costbench.kernels.linear`: :class:`Int8Linear`, a drop-in for ``torch.nn.Linear``.
+- :mod:`costbench.kernels.validate` / :mod:`costbench.kernels.bench`: ``costbench kernels validate|bench``.
+
+Only the reference is imported eagerly; the rest loads on first use (torch and the C extension are
+not needed to import this package).
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 from costbench.kernels.reference import int8_gemm_reference, quantize_symmetric_per_channel
 
-__all__ = ["int8_gemm_reference", "quantize_symmetric_per_channel"]
+_LAZY = {
+    "PackedWeight": "costbench.kernels.gemm",
+    "int8_gemm": "costbench.kernels.gemm",
+    "int8_gemm_fused": "costbench.kernels.gemm",
+    "int8_linear": "costbench.kernels.gemm",
+    "quantize_per_token": "costbench.kernels.gemm",
+    "supported_isas": "costbench.kernels.gemm",
+    "best_isa": "costbench.kernels.gemm",
+    "peak_gops": "costbench.kernels.gemm",
+    "Int8Linear": "costbench.kernels.linear",
+    "swap_linear_layers": "costbench.kernels.linear",
+}
+
+__all__ = ["int8_gemm_reference", "quantize_symmetric_per_channel", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

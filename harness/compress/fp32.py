@@ -11,11 +11,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact, ArtifactCache
+from costbench.harness.artifacts import (FORMAT_EXECUTORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact,
+                                         ArtifactCache)
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
-FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml"}
+FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
+             FORMAT_EXECUTORCH: "model.pte"}
 
 
 def library_version(dist: str) -> str:
@@ -38,10 +40,11 @@ class Fp32Recipe(Recipe):
     version = 1
     precision = "fp32"
     Config = Fp32Config
-    description = "fp32 reference: torch module, ONNX export (opset 17, dynamic batch), OpenVINO IR"
+    description = ("fp32 reference: torch module, ONNX export (opset 17, dynamic batch), OpenVINO IR, "
+                   "ExecuTorch .pte (XNNPACK, dynamic batch)")
 
     _FORMATS = {
-        SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO),
+        SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_EXECUTORCH),
         SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO),
     }
 
@@ -60,6 +63,7 @@ class Fp32Recipe(Recipe):
             "torch": library_version("torch") if bundle.source_kind == SOURCE_TORCH else None,
             "onnx": library_version("onnx"),
             "openvino": library_version("openvino"),
+            **(executorch_material() if bundle.source_kind == SOURCE_TORCH else {}),
         }
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
@@ -68,6 +72,7 @@ class Fp32Recipe(Recipe):
             FORMAT_TORCH: self._torch,
             FORMAT_ONNX: self._onnx,
             FORMAT_OPENVINO: self._openvino,
+            FORMAT_EXECUTORCH: self._executorch,
         }
         return {
             "method": "none (fp32 reference)",
@@ -91,6 +96,11 @@ class Fp32Recipe(Recipe):
         from costbench.harness.compress.export import export_onnx
 
         return export_onnx(bundle.torch_module(), bundle.inputs, bundle.outputs, bundle.calibration, path)
+
+    def _executorch(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
+        from costbench.harness.compress.executorch_export import export_pte
+
+        return export_pte(bundle.torch_module(), bundle.inputs, bundle.calibration, path, bundle.name)
 
     def _openvino(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         import openvino as ov
@@ -116,6 +126,14 @@ def copy_onnx(src: Path, dst: Path) -> dict[str, Any]:
     else:
         shutil.copyfile(src, dst)
     return {"exporter": "user-supplied ONNX file (copied)", "external_data": external}
+
+
+def executorch_material() -> dict[str, Any]:
+    """What decides an ExecuTorch export's bytes beyond torch: the executorch/torchao versions and our export settings."""
+    from costbench.harness.compress.executorch_export import EXPORT_VERSION, MAX_BATCH
+
+    return {"executorch": library_version("executorch"), "torchao": library_version("torchao"),
+            "executorch_export": {"version": EXPORT_VERSION, "max_batch": MAX_BATCH}}
 
 
 def fp32_onnx(bundle: ModelBundle, cache: ArtifactCache) -> Artifact:

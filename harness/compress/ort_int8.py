@@ -1,7 +1,10 @@
 """``int8``: ONNX Runtime static post-training quantization in Q/DQ format, from the fp32 ONNX artifact.
 
-Weights are symmetric int8 (per output channel by default), activations asymmetric uint8,
-with ranges calibrated on the bundle's real calibration samples. ``reduce_range`` (7-bit
+Weights are symmetric int8 (per output channel by default), activations asymmetric uint8 for
+CPUs or symmetric int8 for TensorRT (``activation_symmetric``, which accepts symmetric only), with
+ranges calibrated on the bundle's real calibration samples. Calibration runs one batch per pass
+(ONNX Runtime's ``CalibStridedMinMax`` stride, which applies to every method): ranges and
+histograms merge pass by pass, so memory holds one batch's activations, not every sample's. ``reduce_range`` (7-bit
 weights) follows the ISA unless the suite sets it: on x86 without VNNI, u8 x s8 kernels built
 on ``vpmaddubsw`` saturate int16 on full-range inputs (DESIGN.md, "Numerics that matter").
 The Q/DQ file also runs in OpenVINO, which reads Q/DQ ONNX directly.
@@ -40,7 +43,12 @@ class OrtInt8Config(RecipeConfig):
     calibration_samples: int = Field(
         64, ge=1, description="Calibration samples to use (capped by how many the model's data has)."
     )
-    calibration_batch_size: int = Field(8, ge=1, description="Samples per calibration inference.")
+    calibration_batch_size: int = Field(8, ge=1, description="Samples per calibration inference; calibration "
+                                        "statistics merge batch by batch, so this bounds its memory.")
+    activation_symmetric: bool = Field(
+        False, description="Symmetric int8 activations (zero point 0), as TensorRT requires; False: asymmetric "
+        "uint8, the better choice for CPU kernels.",
+    )
     reduce_range: bool | None = Field(
         None, description="7-bit weights. None decides from the CPU: on x86 without VNNI, True (avoids int16 "
         "saturation in vpmaddubsw); otherwise False.",
@@ -104,7 +112,7 @@ class OrtInt8Recipe(Recipe):
     """Static int8 PTQ with ONNX Runtime (Q/DQ ONNX)."""
 
     name = "int8"
-    version = 1
+    version = 2
     precision = "int8"
     Config = OrtInt8Config
     description = "int8 static PTQ with ONNX Runtime: Q/DQ ONNX, per-channel symmetric int8 weights, uint8 activations"
@@ -142,12 +150,24 @@ class OrtInt8Recipe(Recipe):
         batch_size = bundle.details.get("fixed_batch") or cfg.calibration_batch_size
         source = fp32_onnx(bundle, cache)
 
+        batches = list(calibration_batches(samples, batch_size))  # the inputs only; activations stay per pass
+
         class Reader(CalibrationDataReader):
+            """Serves batches [start, end): ONNX Runtime calls set_range once per calibration pass."""
+
             def __init__(self) -> None:
-                self._batches = calibration_batches(samples, batch_size)
+                self._todo = iter(batches)
+
+            def __len__(self) -> int:
+                return len(batches)
+
+            def set_range(self, start_index: int, end_index: int) -> None:
+                self._todo = iter(batches[start_index:end_index])
 
             def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self._batches, None)
+                return next(self._todo, None)
+
+        activation_type = QuantType.QInt8 if cfg.activation_symmetric else QuantType.QUInt8
 
         out = out_dir / self.filename(fmt)
         # Pre-processing output goes to its own temp dir: everything in out_dir counts as artifact size.
@@ -160,9 +180,11 @@ class OrtInt8Recipe(Recipe):
                 quant_format=QuantFormat.QDQ,
                 per_channel=cfg.per_channel,
                 reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
+                activation_type=activation_type,
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, cfg.calibration_method),
+                extra_options={"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": True,
+                               "CalibStridedMinMax": 1},
             )
         return {
             "method": "static PTQ (ONNX Runtime, QDQ)",
@@ -170,13 +192,17 @@ class OrtInt8Recipe(Recipe):
             "weight_bits": 7 if reduce_range else 8,
             "weights": "symmetric int8",
             "weight_granularity": "per-channel" if cfg.per_channel else "per-tensor",
-            "activations": "asymmetric uint8, per-tensor",
+            "activations": ("symmetric int8, per-tensor (TensorRT-compatible)" if cfg.activation_symmetric
+                            else "asymmetric uint8, per-tensor"),
+            "activation_symmetric": cfg.activation_symmetric,
             "reduce_range": reduce_range,
             "reduce_range_reason": why,
             "calibration": {
                 "description": samples.description,
                 "samples": len(samples),
                 "batch_size": batch_size,
+                "batches": len(batches),
+                "batches_per_pass": 1,
                 "method": cfg.calibration_method,
             },
             "onnxruntime": onnxruntime.__version__,

@@ -61,7 +61,8 @@ class ModelBundle:
     """A loaded model with its interface and data, as the recipes and the worker need it."""
 
     name: str
-    task: str  # "classification" (top-1 and, with labels, task accuracy) or "generic"
+    task: str  # "classification" (top-1, and task accuracy with labels), "embedding" (neighbour agreement, and
+    # retrieval accuracy with group labels) or "generic"
     inputs: list[InputSpec]
     outputs: list[str]
     calibration: SampleSet  # for post-training quantization
@@ -71,6 +72,12 @@ class ModelBundle:
     module_factory: Callable[[], Any] | None = None  # returns an eval-mode torch.nn.Module
     onnx_path: Path | None = None  # user-supplied fp32 ONNX
     details: dict[str, Any] = field(default_factory=dict)  # parameters, FLOPs, data provenance
+    # Labelled data the model was trained on, for recipes that fine-tune (pruning) or train (distillation);
+    # None when the model comes pre-trained without its training set (those recipes then say what they use).
+    training: SampleSet | None = None
+    # A fresh, untrained smaller network for distillation (None: the model has no student architecture).
+    student_factory: Callable[[], Any] | None = None
+    student_description: str = ""
 
     def torch_module(self):
         """A fresh eval-mode torch module; raises if the model came as an ONNX file."""

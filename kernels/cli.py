@@ -1,0 +1,151 @@
+"""``costbench kernels``: validate the int8 GEMMs reachable here, and benchmark ours against them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, help="costbench's int8 GEMM kernels: validate and benchmark against the vendors'.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _quiet() -> None:
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+
+
+def _threads(threads: Optional[int]) -> int:
+    from costbench.kernels.gemm import default_threads
+
+    return threads or default_threads()
+
+
+@app.command()
+def validate(
+    threads: Optional[int] = typer.Option(None, help="Threads for every implementation (default: all cores)."),
+    quick: bool = typer.Option(False, help="Fewer shapes."),
+    seed: Optional[int] = typer.Option(None, help="Fix the random inputs (default: fresh every run)."),
+) -> None:
+    """Exact or not, and the largest error, for ours on every path and every vendor int8 GEMM here.
+
+    Exits 1 if ours is ever inexact.
+    """
+    _quiet()
+    from costbench.kernels.gemm import supported_isas
+    from costbench.kernels.validate import run_validation
+
+    t = _threads(threads)
+    console.print(f"kernel paths on this CPU: {', '.join(supported_isas())}; threads {t}")
+    tallies, fused, ok = run_validation(t, quick=quick, seed=seed)
+    table = Table(title="int8 GEMM exactness on the full range (vs numpy int64)", title_justify="left")
+    for col in ("implementation", "cases", "exact", "largest |error|", "worst case", "notes"):
+        table.add_column(col, overflow="fold")
+    for tl in tallies:
+        if tl.skipped:
+            table.add_row(tl.name, "-", "[yellow]not run[/]", "-", "-", tl.skipped)
+            continue
+        exact = "[green]yes[/]" if tl.inexact == 0 else f"[red]no[/] ({tl.inexact} of {tl.cases})"
+        table.add_row(tl.name, str(tl.cases), exact, f"{tl.max_error:g}", tl.worst if tl.inexact else "-",
+                      "; ".join(sorted(tl.notes))[:200])
+    console.print(table)
+    f = Table(title="fused epilogue (A·B − zp⊗colsum)·s_row⊗s_col + bias vs fp64", title_justify="left")
+    for col in ("path", "largest relative error", "tolerance", "ok"):
+        f.add_column(col)
+    for isa, err, tol in fused:
+        f.add_row(isa, f"{err:.3g}", f"{tol:.3g}", "[green]yes[/]" if err <= tol else "[red]no[/]")
+    console.print(f)
+    if not ok:
+        console.print("[bold red]ours is inexact[/]")
+        raise typer.Exit(1)
+    console.print("[green]ours: exact in every case[/]")
+
+
+@app.command()
+def bench(
+    threads: Optional[int] = typer.Option(None, help="Threads for every implementation (default: all cores)."),
+    rounds: int = typer.Option(7, min=2, help="Interleaved rounds per shape."),
+    min_time: float = typer.Option(0.05, help="Seconds of back-to-back calls per sample."),
+    quick: bool = typer.Option(False, help="Fewer shapes."),
+    minilm: bool = typer.Option(True, help="Also MiniLM end to end: costbench-kernels vs torch dynamic int8."),
+    minilm_batch: int = typer.Option(8, min=1, help="Sentences per MiniLM batch (64 tokens each)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every sample to this JSON file."),
+) -> None:
+    """GOPS of ours and every peer per shape, interleaved; ratio to each peer with a 95% interval; % of peak."""
+    _quiet()
+    import numpy as np
+
+    from costbench.harness.stats import ratio_of_medians_ci
+    from costbench.kernels.bench import bench_minilm, bench_peers, bench_shape, default_shapes, measure_peaks
+
+    t = _threads(threads)
+    rng = np.random.default_rng()
+    peaks = measure_peaks(t)
+    pk = Table(title="int8 peak: register-only multiply-add loop per path (GOPS)", title_justify="left")
+    pk.add_column("path")
+    for n in sorted({1, t}):
+        pk.add_column(f"{n} thread{'s' if n > 1 else ''}")
+    for isa, by_t in peaks.items():
+        pk.add_row(isa, *(f"{by_t[n]:.0f}" for n in sorted(by_t)))
+    console.print(pk)
+    peers = bench_peers()
+    ours_name, best = peers[0].name, peers[0].isa
+    peak = peaks[best][t]
+    record = {"threads": t, "peaks": peaks, "shapes": []}
+    table = Table(title=f"GEMM, {t} thread(s), median of {rounds} interleaved rounds; ratio = peer time / our time "
+                        f"(>1: ours faster), 95% bootstrap interval", title_justify="left")
+    for col in ("shape", "M", "K", "N", f"ours GOPS ({best})", "% peak", "vs ORT MatMulInteger", "vs torch _int_mm",
+                "vs torch dyn. linear", "vs openvino", "other paths GOPS"):
+        table.add_column(col, overflow="fold")
+    for label, m, k, n in default_shapes(quick):
+        series = {s.name: s for s in bench_shape(m, k, n, peers, t, rounds, min_time, rng)}
+        ops = 2.0 * m * k * n
+        ours = series.get(ours_name)
+        med = float(np.median(ours.times))
+
+        def vs(name: str) -> str:
+            s = series.get(name)
+            if s is None or not s.times:
+                return "-" if s is None else s.note[:30]
+            lo, hi = ratio_of_medians_ci(ours.times, s.times)
+            return f"{np.median(s.times) / med:.2f} [{lo:.2f}–{hi:.2f}]"
+
+        others = "  ".join(f"{nm.split()[-1]} {ops / np.median(s.times) / 1e9:.0f}" for nm, s in series.items()
+                           if nm.startswith("costbench") and nm != ours_name and s.times)
+        table.add_row(label, str(m), str(k), str(n), f"{ops / med / 1e9:.0f}", f"{100 * ops / med / 1e9 / peak:.0f}%",
+                      vs("onnxruntime MatMulInteger"), vs("torch _int_mm"), vs("torch linear_dynamic x86"),
+                      vs("openvino int8 MatMul"), others)
+        record["shapes"].append({"label": label, "m": m, "k": k, "n": n,
+                                 "series": {nm: {"a_type": s.a_type, "times_s": s.times, "note": s.note}
+                                            for nm, s in series.items()}})
+    console.print(table)
+    if minilm:
+        try:
+            r = bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
+        except Exception as exc:
+            console.print(f"[yellow]MiniLM skipped[/]: {type(exc).__name__}: {exc}")
+        else:
+            record["minilm"] = r
+            mt = Table(title=f"all-MiniLM-L6-v2 end to end: batch {r['batch']} x {r['seq_len']} tokens, "
+                             f"{r['int8_layers']} Linear layers on {r['isa']}; parity over {r['sentences']} sentences",
+                       title_justify="left")
+            for col in ("model", "median ms", "speed-up vs torch dynamic int8 [95%]", "mean cos vs fp32",
+                        "min cos vs fp32"):
+                mt.add_column(col)
+            base = r["times"]["torch dynamic int8"]
+            for name, ts in r["times"].items():
+                lo, hi = ratio_of_medians_ci(ts, base)
+                par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
+                mt.add_row(name, f"{1e3 * np.median(ts):.1f}", f"{np.median(base) / np.median(ts):.2f} [{lo:.2f}–{hi:.2f}]",
+                           f"{par['mean_cos']:.5f}", f"{par['min_cos']:.5f}")
+            console.print(mt)
+    if json_out:
+        json_out.write_text(json.dumps(record, indent=1, default=float))
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,1280 @@
+/*
+ * costbench int8 GEMM for x86 CPUs: C_int32 = A_int8 . B_int8, exact on the full value range.
+ *
+ * Three code paths, chosen at run time by CPU features (the package builds without -march=native;
+ * each fast path carries its own __attribute__((target(...)))):
+ *
+ *   avx512vnni  vpdpbusd (u8 x s8, 4 products summed straight into int32, no int16 step).
+ *               s8 activations are shifted to u8 with a +128 offset (a byte xor 0x80) and the
+ *               offset is taken back exactly in the epilogue: (a+128).b - 128*colsum(b).
+ *   avx2        operands pre-widened to int16 and multiplied with vpmaddwd (2 products of at most
+ *               128*128 each into int32): never saturates, s8 and u8 alike, no correction needed.
+ *               vpmaddubsw (u8 x s8 pairs summed into *saturating* int16) is never used.
+ *   generic     portable C, int32 accumulation.
+ *
+ * Every path computes in int32 with wrap-around (unsigned) arithmetic; since the exact result of
+ * an 8-bit GEMM with K < 2^17 fits int32, wrap-around arithmetic yields it exactly (the +128
+ * correction included).
+ *
+ * The weight matrix B (K x N, int8) is packed once into the layout its path wants (PackedWeight).
+ * The epilogue is fused into the micro-kernel's register tile:
+ *     int32 out:  C[i,n] = acc[i,n] - off[i] * colsum[n]
+ *     fp32 out:   Y[i,n] = float(acc[i,n] - off[i] * colsum[n]) * row_scale[i] * col_scale[n] + bias[n]
+ * where off[i] = (128 if s8 activations were shifted) + (activation zero point of row i).
+ *
+ * Work is split into (row block x column-panel chunk) tasks over a small persistent pthread pool.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ISA_GENERIC 0
+#define ISA_AVX2 1
+#define ISA_AVX512VNNI 2
+#define ISA_AMX 3
+#define N_ISA 4
+
+static const char *ISA_NAMES[N_ISA] = {"generic", "avx2", "avx512vnni", "amx"};
+
+/* Packing geometry per path: K is padded to a multiple of KALIGN, N to panels of NR columns,
+ * each packed element ESIZE bytes. The generic path keeps B row-major (NR = 0: no panels). */
+static const int KALIGN[N_ISA] = {1, 2, 4, 64};
+static const int NR_OF[N_ISA] = {0, 16, 32, 32};
+static const int ESIZE[N_ISA] = {1, 2, 1, 1};
+/* k values stored next to each other for one column (what one vpmaddwd / vpdpbusd / tile row reads) */
+static const int KGROUP[N_ISA] = {1, 2, 4, 4};
+/* The AMX path packs B exactly as the VNNI path does (16 columns x 4 k per 64 bytes), only with K
+ * padded to 64, so a weight packed for AMX also runs on the VNNI micro-kernel: calls with fewer
+ * than AMX_MIN_ROWS rows (a 16-row tile would be mostly padding) take that route. */
+#define AMX_MIN_ROWS 16
+
+#define AVX2_MR 4
+#define AVX2_NR 16
+#define VNNI_MR 8
+#define VNNI_NR 32
+#define MC 96 /* rows per task; a multiple of every MR and of the 32-row AMX block */
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* ------------------------------------------------------------------------------------------ */
+/* CPU features                                                                                 */
+
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+/* AMX needs the CPU bits (CPUID.7.0:EDX[24] tile, [25] int8) and, on Linux, permission from the
+ * kernel to use the 8 KiB tile state, asked once per process. */
+static int amx_usable(void) {
+    static int cached = -1;
+    if (cached >= 0) return cached;
+    unsigned eax, ebx, ecx, edx;
+    int ok = 0;
+    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && (edx & (1u << 24)) && (edx & (1u << 25))) {
+#ifdef SYS_arch_prctl
+        ok = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+#endif
+    }
+    cached = ok;
+    return ok;
+}
+
+static int isa_supported(int isa) {
+    switch (isa) {
+    case ISA_AMX:
+        return isa_supported(ISA_AVX512VNNI) && amx_usable();
+    case ISA_GENERIC:
+        return 1;
+    case ISA_AVX2:
+        return __builtin_cpu_supports("avx2");
+    case ISA_AVX512VNNI:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Thread pool: persistent workers woken per call; the calling thread works as thread 0.         */
+
+typedef void (*task_fn)(void *ctx, int tid, int nthreads);
+
+#define MAX_THREADS 256
+
+static struct {
+    pthread_mutex_t lock;      /* guards the fields below */
+    pthread_cond_t start;      /* a new job generation */
+    pthread_cond_t done;       /* a worker finished */
+    pthread_mutex_t call_lock; /* one parallel job at a time */
+    int n_workers;             /* workers created (thread ids 1..n_workers) */
+    unsigned long generation;
+    int job_threads;
+    int pending;
+    task_fn fn;
+    void *ctx;
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, NULL, NULL};
+
+/* The generation a worker was created in: it waits for the next one (a worker that first takes
+ * the lock after the creator already published a job must still run that job). */
+static unsigned long worker_birth[MAX_THREADS];
+
+static void *worker_main(void *arg) {
+    int tid = (int)(intptr_t)arg;
+    pthread_mutex_lock(&pool.lock);
+    unsigned long seen = worker_birth[tid];
+    for (;;) {
+        while (pool.generation == seen) pthread_cond_wait(&pool.start, &pool.lock);
+        seen = pool.generation;
+        if (tid < pool.job_threads) {
+            task_fn fn = pool.fn;
+            void *ctx = pool.ctx;
+            int nt = pool.job_threads;
+            pthread_mutex_unlock(&pool.lock);
+            fn(ctx, tid, nt);
+            pthread_mutex_lock(&pool.lock);
+            if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+        }
+    }
+    return NULL;
+}
+
+static void pool_after_fork_child(void) {
+    /* Worker threads do not survive fork: start over with a fresh, empty pool. */
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_mutex_init(&pool.call_lock, NULL);
+    pthread_cond_init(&pool.start, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.n_workers = 0;
+    pool.pending = 0;
+}
+
+/* Run fn(ctx, tid, n) for tid in 0..n-1, tid 0 on the calling thread. Falls back to one thread
+ * when another job holds the pool (two Python threads calling at once) or a worker can't start. */
+static void parallel_run(task_fn fn, void *ctx, int nthreads) {
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    if (nthreads <= 1 || pthread_mutex_trylock(&pool.call_lock) != 0) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&pool.lock);
+    while (pool.n_workers < nthreads - 1) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        worker_birth[pool.n_workers + 1] = pool.generation;
+        int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.n_workers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) break;
+        pool.n_workers++;
+    }
+    if (nthreads > pool.n_workers + 1) nthreads = pool.n_workers + 1;
+    pool.fn = fn;
+    pool.ctx = ctx;
+    pool.job_threads = nthreads;
+    pool.pending = nthreads - 1;
+    pool.generation++;
+    pthread_cond_broadcast(&pool.start);
+    pthread_mutex_unlock(&pool.lock);
+
+    fn(ctx, 0, nthreads);
+
+    pthread_mutex_lock(&pool.lock);
+    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.call_lock);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The GEMM problem as the workers see it                                                       */
+
+typedef struct {
+    int isa;
+    int64_t M, K, N;
+    int64_t Kp;           /* K padded to the packing path's KALIGN */
+    int a_unsigned;
+    const void *a;        /* activations as the micro-kernel reads them (packed or original) */
+    int64_t lda;          /* in elements */
+    const void *bp;       /* packed weights */
+    /* epilogue */
+    int out_f32;
+    const int32_t *colsum; /* N, or NULL when no offset is applied */
+    int32_t global_off;
+    const int32_t *row_zp; /* M or NULL */
+    const float *row_scale; /* M or NULL (1) */
+    const float *col_scale; /* N or NULL (1) */
+    const float *bias;      /* N or NULL (0) */
+    void *out;
+    int64_t ldo; /* in elements */
+    /* task grid */
+    int64_t n_mblocks, n_nchunks, panels_per_chunk, n_panels;
+    volatile int failed; /* a worker could not get scratch memory */
+} gemm_t;
+
+static inline int32_t row_offset(const gemm_t *g, int64_t i) {
+    return (int32_t)((uint32_t)g->global_off + (uint32_t)(g->row_zp ? g->row_zp[i] : 0));
+}
+
+/* Scalar epilogue for one element (generic path). */
+static inline void epilogue_scalar(const gemm_t *g, int64_t i, int64_t n, uint32_t acc) {
+    uint32_t v = acc;
+    if (g->colsum) v -= (uint32_t)row_offset(g, i) * (uint32_t)g->colsum[n];
+    if (g->out_f32) {
+        float y = (float)(int32_t)v;
+        if (g->row_scale) y *= g->row_scale[i];
+        if (g->col_scale) y *= g->col_scale[n];
+        if (g->bias) y += g->bias[n];
+        ((float *)g->out)[i * g->ldo + n] = y;
+    } else {
+        ((int32_t *)g->out)[i * g->ldo + n] = (int32_t)v;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Packing B                                                                                    */
+
+static int64_t packed_bytes(int isa, int64_t K, int64_t N) {
+    if (isa == ISA_GENERIC) return K * N;
+    int64_t kp = round_up(K, KALIGN[isa]);
+    int64_t np = round_up(N, NR_OF[isa]);
+    return kp * np * ESIZE[isa];
+}
+
+/* b: K x N int8, row stride ldb (elements). Zero padding in K and N. */
+static void pack_b(int isa, const int8_t *b, int64_t ldb, int64_t K, int64_t N, void *dst) {
+    if (isa == ISA_GENERIC) {
+        for (int64_t k = 0; k < K; k++) memcpy((int8_t *)dst + k * N, b + k * ldb, (size_t)N);
+        return;
+    }
+    const int ka = KGROUP[isa], nr = NR_OF[isa];
+    const int64_t kp = round_up(K, KALIGN[isa]), np = round_up(N, nr);
+    memset(dst, 0, (size_t)packed_bytes(isa, K, N));
+    for (int64_t p = 0; p < np / nr; p++) {
+        for (int64_t k = 0; k < K; k++) {
+            int64_t kg = k / ka, kr = k % ka;
+            for (int64_t c = 0; c < nr; c++) {
+                int64_t n = p * nr + c;
+                if (n >= N) break;
+                /* element (k, n) -> panel p, k-group kg, column c, lane kr: [p][kg][c][kr] */
+                int64_t idx = ((p * (kp / ka) + kg) * nr + c) * ka + kr;
+                if (isa == ISA_AVX2)
+                    ((int16_t *)dst)[idx] = b[k * ldb + n];
+                else
+                    ((int8_t *)dst)[idx] = b[k * ldb + n];
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* generic path                                                                                 */
+
+static void generic_rows(const gemm_t *g, int64_t i0, int64_t i1, int a_unsigned, uint32_t *tmp) {
+    const int8_t *b = (const int8_t *)g->bp;
+    const int64_t K = g->K, N = g->N;
+    for (int64_t i = i0; i < i1; i++) {
+        memset(tmp, 0, sizeof(uint32_t) * (size_t)N);
+        for (int64_t k = 0; k < K; k++) {
+            int32_t av = a_unsigned ? (int32_t)((const uint8_t *)g->a)[i * g->lda + k]
+                                    : (int32_t)((const int8_t *)g->a)[i * g->lda + k];
+            const int8_t *brow = b + k * N;
+            for (int64_t n = 0; n < N; n++) tmp[n] += (uint32_t)(av * (int32_t)brow[n]);
+        }
+        for (int64_t n = 0; n < N; n++) epilogue_scalar(g, i, n, tmp[n]);
+    }
+}
+
+typedef struct {
+    const gemm_t *g;
+    int a_unsigned;
+    uint32_t *tmp; /* one row of N accumulators per thread */
+} generic_job;
+
+static void generic_task(void *ctx, int tid, int nt) {
+    generic_job *j = (generic_job *)ctx;
+    const gemm_t *g = j->g;
+    int64_t i0 = g->M * tid / nt, i1 = g->M * (tid + 1) / nt;
+    if (i0 < i1) generic_rows(g, i0, i1, j->a_unsigned, j->tmp + (int64_t)tid * g->N);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* AVX2 path: int16 operands, vpmaddwd + vpaddd                                                 */
+
+#define AVX2_TARGET __attribute__((target("avx2,fma")))
+
+AVX2_TARGET ALWAYS_INLINE __m256i avx2_mask(int64_t nvalid) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nvalid > 8 ? 8 : nvalid)), idx);
+}
+
+AVX2_TARGET ALWAYS_INLINE void avx2_store(const gemm_t *g, int64_t i, int64_t n0, int64_t nvalid, __m256i acc,
+                                          __m256i colsum, __m256 cscale, __m256 bias) {
+    if (nvalid <= 0) return;
+    if (g->colsum) acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(row_offset(g, i)), colsum));
+    __m256i m = avx2_mask(nvalid);
+    if (g->out_f32) {
+        __m256 y = _mm256_cvtepi32_ps(acc);
+        if (g->row_scale) y = _mm256_mul_ps(y, _mm256_set1_ps(g->row_scale[i]));
+        y = _mm256_fmadd_ps(y, cscale, bias);
+        float *o = (float *)g->out + i * g->ldo + n0;
+        if (nvalid >= 8)
+            _mm256_storeu_ps(o, y);
+        else
+            _mm256_maskstore_ps(o, m, y);
+    } else {
+        int32_t *o = (int32_t *)g->out + i * g->ldo + n0;
+        if (nvalid >= 8)
+            _mm256_storeu_si256((__m256i *)o, acc);
+        else
+            _mm256_maskstore_epi32((int *)o, m, acc);
+    }
+}
+
+AVX2_TARGET ALWAYS_INLINE __m256i avx2_load_i32(const int32_t *p, int64_t nvalid) {
+    if (nvalid >= 8) return _mm256_loadu_si256((const __m256i *)p);
+    if (nvalid <= 0) return _mm256_setzero_si256();
+    return _mm256_maskload_epi32((const int *)p, avx2_mask(nvalid));
+}
+
+AVX2_TARGET ALWAYS_INLINE __m256 avx2_load_f32(const float *p, int64_t nvalid, float dflt) {
+    if (!p || nvalid <= 0) return _mm256_set1_ps(dflt);
+    if (nvalid >= 8) return _mm256_loadu_ps(p);
+    return _mm256_maskload_ps(p, avx2_mask(nvalid));
+}
+
+/* One MR x 16 tile over the whole K: A rows i0.., panel p. The accumulators are named variables
+ * (not an array) so that the compiler keeps every one in a register. With U = 2 a second set
+ * takes the odd k-steps, hiding vpmaddwd latency when the tile has few rows. */
+#define ROWS4(X) X(0) X(1) X(2) X(3)
+#define AVX2_DECL(r) __m256i c##r##a = z, c##r##b = z, d##r##a = z, d##r##b = z;
+#define AVX2_STEP(r, ACC, kk)                                                     \
+    if (r < MR) {                                                                 \
+        int32_t pair;                                                             \
+        memcpy(&pair, a + r * lda + 2 * (kk), 4);                                 \
+        const __m256i av = _mm256_set1_epi32(pair);                               \
+        ACC##r##a = _mm256_add_epi32(ACC##r##a, _mm256_madd_epi16(av, b0));       \
+        ACC##r##b = _mm256_add_epi32(ACC##r##b, _mm256_madd_epi16(av, b1));       \
+    }
+#define AVX2_STEP_C(r) AVX2_STEP(r, c, kk)
+#define AVX2_STEP_D(r) AVX2_STEP(r, d, kk + 1)
+#define AVX2_MERGE(r) c##r##a = _mm256_add_epi32(c##r##a, d##r##a); c##r##b = _mm256_add_epi32(c##r##b, d##r##b);
+#define AVX2_OUT(r)                                                                \
+    if (r < MR) {                                                                  \
+        avx2_store(g, i0 + r, n0, nv, c##r##a, cs0, sc0, bi0);                     \
+        avx2_store(g, i0 + r, n0 + 8, nv - 8, c##r##b, cs1, sc1, bi1);             \
+    }
+
+AVX2_TARGET ALWAYS_INLINE void avx2_tile(const gemm_t *g, int64_t i0, int64_t p, const int MR, const int U) {
+    const int16_t *a = (const int16_t *)g->a + i0 * g->lda;
+    const int16_t *b = (const int16_t *)g->bp + p * g->Kp * AVX2_NR;
+    const int64_t npairs = g->Kp / 2;
+    const int64_t lda = g->lda;
+    const __m256i z = _mm256_setzero_si256();
+    ROWS4(AVX2_DECL)
+    int64_t kk = 0;
+    if (U == 2) {
+        for (; kk + 2 <= npairs; kk += 2) {
+            __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
+            __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
+            ROWS4(AVX2_STEP_C)
+            b0 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 32));
+            b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 48));
+            ROWS4(AVX2_STEP_D)
+        }
+    }
+    for (; kk < npairs; kk++) {
+        const __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
+        const __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
+        ROWS4(AVX2_STEP_C)
+    }
+    ROWS4(AVX2_MERGE)
+    const int64_t n0 = p * AVX2_NR, nv = g->N - n0;
+    const __m256i cs0 = g->colsum ? avx2_load_i32(g->colsum + n0, nv) : _mm256_setzero_si256();
+    const __m256i cs1 = g->colsum ? avx2_load_i32(g->colsum + n0 + 8, nv - 8) : _mm256_setzero_si256();
+    const __m256 sc0 = avx2_load_f32(g->col_scale ? g->col_scale + n0 : NULL, nv, 1.0f);
+    const __m256 sc1 = avx2_load_f32(g->col_scale ? g->col_scale + n0 + 8 : NULL, nv - 8, 1.0f);
+    const __m256 bi0 = avx2_load_f32(g->bias ? g->bias + n0 : NULL, nv, 0.0f);
+    const __m256 bi1 = avx2_load_f32(g->bias ? g->bias + n0 + 8 : NULL, nv - 8, 0.0f);
+    ROWS4(AVX2_OUT)
+}
+
+#define AVX2_TILE_FN(m, u) \
+    AVX2_TARGET static void avx2_tile_##m(const gemm_t *g, int64_t i0, int64_t p) { avx2_tile(g, i0, p, m, u); }
+AVX2_TILE_FN(1, 2)
+AVX2_TILE_FN(2, 2)
+AVX2_TILE_FN(3, 1)
+AVX2_TILE_FN(4, 1)
+typedef void (*tile_fn)(const gemm_t *, int64_t, int64_t);
+static const tile_fn AVX2_TILES[AVX2_MR + 1] = {NULL, avx2_tile_1, avx2_tile_2, avx2_tile_3, avx2_tile_4};
+
+/* ------------------------------------------------------------------------------------------ */
+/* AVX512-VNNI path: vpdpbusd (u8 x s8 -> int32)                                                */
+
+#define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+
+VNNI_TARGET ALWAYS_INLINE __mmask16 vnni_mask(int64_t nvalid) {
+    if (nvalid >= 16) return (__mmask16)0xFFFF;
+    if (nvalid <= 0) return 0;
+    return (__mmask16)((1u << nvalid) - 1u);
+}
+
+VNNI_TARGET ALWAYS_INLINE void vnni_store(const gemm_t *g, int64_t i, int64_t n0, __mmask16 m, __m512i acc,
+                                          __m512i colsum, __m512 cscale, __m512 bias) {
+    if (!m) return;
+    if (g->colsum) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(row_offset(g, i)), colsum));
+    if (g->out_f32) {
+        __m512 y = _mm512_cvtepi32_ps(acc);
+        if (g->row_scale) y = _mm512_mul_ps(y, _mm512_set1_ps(g->row_scale[i]));
+        y = _mm512_fmadd_ps(y, cscale, bias);
+        _mm512_mask_storeu_ps((float *)g->out + i * g->ldo + n0, m, y);
+    } else {
+        _mm512_mask_storeu_epi32((int32_t *)g->out + i * g->ldo + n0, m, acc);
+    }
+}
+
+#define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define VNNI_DECL(r) __m512i c##r##a = z, c##r##b = z, d##r##a = z, d##r##b = z;
+#define VNNI_STEP(r, ACC, kg)                                                     \
+    if (r < MR) {                                                                 \
+        int32_t quad;                                                             \
+        memcpy(&quad, a + r * lda + 4 * (kg), 4);                                 \
+        const __m512i av = _mm512_set1_epi32(quad);                               \
+        ACC##r##a = _mm512_dpbusd_epi32(ACC##r##a, av, b0);                       \
+        ACC##r##b = _mm512_dpbusd_epi32(ACC##r##b, av, b1);                       \
+    }
+#define VNNI_STEP_C(r) VNNI_STEP(r, c, kg)
+#define VNNI_STEP_D(r) VNNI_STEP(r, d, kg + 1)
+#define VNNI_MERGE(r) c##r##a = _mm512_add_epi32(c##r##a, d##r##a); c##r##b = _mm512_add_epi32(c##r##b, d##r##b);
+#define VNNI_OUT(r)                                                                \
+    if (r < MR) {                                                                  \
+        vnni_store(g, i0 + r, n0, m0, c##r##a, cs0, sc0, bi0);                     \
+        vnni_store(g, i0 + r, n0 + 16, m1, c##r##b, cs1, sc1, bi1);                \
+    }
+
+/* One MR x 32 tile over the whole K (see avx2_tile). */
+VNNI_TARGET ALWAYS_INLINE void vnni_tile(const gemm_t *g, int64_t i0, int64_t p, const int MR, const int U) {
+    const uint8_t *a = (const uint8_t *)g->a + i0 * g->lda;
+    const int8_t *b = (const int8_t *)g->bp + p * g->Kp * VNNI_NR;
+    const int64_t ngroups = g->Kp / 4;
+    const int64_t lda = g->lda;
+    const __m512i z = _mm512_setzero_si512();
+    ROWS8(VNNI_DECL)
+    int64_t kg = 0;
+    if (U == 2) {
+        for (; kg + 2 <= ngroups; kg += 2) {
+            __m512i b0 = _mm512_load_si512((const void *)(b + kg * 128));
+            __m512i b1 = _mm512_load_si512((const void *)(b + kg * 128 + 64));
+            ROWS8(VNNI_STEP_C)
+            b0 = _mm512_load_si512((const void *)(b + kg * 128 + 128));
+            b1 = _mm512_load_si512((const void *)(b + kg * 128 + 192));
+            ROWS8(VNNI_STEP_D)
+        }
+    }
+    for (; kg < ngroups; kg++) {
+        const __m512i b0 = _mm512_load_si512((const void *)(b + kg * 128));
+        const __m512i b1 = _mm512_load_si512((const void *)(b + kg * 128 + 64));
+        ROWS8(VNNI_STEP_C)
+    }
+    ROWS8(VNNI_MERGE)
+    const int64_t n0 = p * VNNI_NR, nv = g->N - n0;
+    const __mmask16 m0 = vnni_mask(nv), m1 = vnni_mask(nv - 16);
+    const __m512i cs0 = g->colsum ? _mm512_maskz_loadu_epi32(m0, g->colsum + n0) : _mm512_setzero_si512();
+    const __m512i cs1 = g->colsum ? _mm512_maskz_loadu_epi32(m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const __m512 sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, m0, g->col_scale + n0) : one;
+    const __m512 sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, m1, g->col_scale + n0 + 16) : one;
+    const __m512 bi0 = g->bias ? _mm512_maskz_loadu_ps(m0, g->bias + n0) : zero;
+    const __m512 bi1 = g->bias ? _mm512_maskz_loadu_ps(m1, g->bias + n0 + 16) : zero;
+    ROWS8(VNNI_OUT)
+}
+
+#define VNNI_TILE_FN(m, u) \
+    VNNI_TARGET static void vnni_tile_##m(const gemm_t *g, int64_t i0, int64_t p) { vnni_tile(g, i0, p, m, u); }
+VNNI_TILE_FN(1, 2)
+VNNI_TILE_FN(2, 2)
+VNNI_TILE_FN(3, 2)
+VNNI_TILE_FN(4, 2)
+VNNI_TILE_FN(5, 1)
+VNNI_TILE_FN(6, 1)
+VNNI_TILE_FN(7, 1)
+VNNI_TILE_FN(8, 1)
+static const tile_fn VNNI_TILES[VNNI_MR + 1] = {NULL,        vnni_tile_1, vnni_tile_2, vnni_tile_3, vnni_tile_4,
+                                                 vnni_tile_5, vnni_tile_6, vnni_tile_7, vnni_tile_8};
+
+/* ------------------------------------------------------------------------------------------ */
+/* AMX path: tdpbusd / tdpbssd on 16 x 64-byte tiles (u8 x s8 and s8 x s8 natively, int32 sums)  */
+
+#define AMX_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+
+typedef struct {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((packed)) amx_tilecfg;
+
+/* Tiles 0-3: C (16 x 16 int32); 4-5: A (16 rows x 64 k); 6-7: B (16 k-groups x 16 columns x 4).
+ * A static object: gcc drops the stores to a local config, as it does not see ldtilecfg read it. */
+static const amx_tilecfg AMX_CFG __attribute__((aligned(64))) = {
+    .palette_id = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+AMX_TARGET static void amx_configure(void) { _tile_loadconfig(&AMX_CFG); }
+
+AMX_TARGET static void amx_release(void) { _tile_release(); }
+
+/* A 32 x 32 block (2 x 2 tiles) of rows i0.. and panel p over k-steps [kb0, kb1) of 64. The int32
+ * tiles start from zero (first) or from `cblk` (32 x 32, a partial sum over earlier k-steps), go back
+ * to `cblk`, and on the last k-block the epilogue reads them from there into AVX-512 registers.
+ * `two` is 0 when only the first 16 rows exist (M tail), saving half the tile products. */
+#define AMX_KLOOP(DP)                                                    \
+    for (int64_t kb = kb0; kb < kb1; kb++) {                             \
+        _tile_loadd(6, b + kb * 2048, 128);                              \
+        _tile_loadd(7, b + kb * 2048 + 64, 128);                         \
+        _tile_loadd(4, a + kb * 64, lda);                                \
+        DP(0, 4, 6);                                                     \
+        DP(1, 4, 7);                                                     \
+        if (two) {                                                       \
+            _tile_loadd(5, a + 16 * lda + kb * 64, lda);                 \
+            DP(2, 5, 6);                                                 \
+            DP(3, 5, 7);                                                 \
+        }                                                                \
+    }
+
+AMX_TARGET static void amx_block(const gemm_t *g, int64_t i0, int64_t p, int64_t kb0, int64_t kb1, int32_t *cblk,
+                                 int first, int last) {
+    const uint8_t *a = (const uint8_t *)g->a + i0 * g->lda;
+    const int8_t *b = (const int8_t *)g->bp + p * g->Kp * 32;
+    const int64_t lda = g->lda;
+    const int64_t rows = g->M - i0 < 32 ? g->M - i0 : 32;
+    const int two = rows > 16;
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        _tile_loadd(0, cblk, 128);
+        _tile_loadd(1, cblk + 16, 128);
+        _tile_loadd(2, cblk + 16 * 32, 128);
+        _tile_loadd(3, cblk + 16 * 32 + 16, 128);
+    }
+    if (g->a_unsigned) {
+        AMX_KLOOP(_tile_dpbusd)
+    } else {
+        AMX_KLOOP(_tile_dpbssd)
+    }
+    _tile_stored(0, cblk, 128);
+    _tile_stored(1, cblk + 16, 128);
+    _tile_stored(2, cblk + 16 * 32, 128);
+    _tile_stored(3, cblk + 16 * 32 + 16, 128);
+    if (!last) return;
+    const int64_t n0 = p * 32, nv = g->N - n0;
+    const __mmask16 m0 = vnni_mask(nv), m1 = vnni_mask(nv - 16);
+    const __m512i cs0 = g->colsum ? _mm512_maskz_loadu_epi32(m0, g->colsum + n0) : _mm512_setzero_si512();
+    const __m512i cs1 = g->colsum ? _mm512_maskz_loadu_epi32(m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const __m512 sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, m0, g->col_scale + n0) : one;
+    const __m512 sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, m1, g->col_scale + n0 + 16) : one;
+    const __m512 bi0 = g->bias ? _mm512_maskz_loadu_ps(m0, g->bias + n0) : zero;
+    const __m512 bi1 = g->bias ? _mm512_maskz_loadu_ps(m1, g->bias + n0 + 16) : zero;
+    for (int64_t r = 0; r < rows; r++) {
+        vnni_store(g, i0 + r, n0, m0, _mm512_load_si512(cblk + r * 32), cs0, sc0, bi0);
+        vnni_store(g, i0 + r, n0 + 16, m1, _mm512_load_si512(cblk + r * 32 + 16), cs1, sc1, bi1);
+    }
+}
+
+/* K is split into blocks of AMX_KC so that a row block's A (MC x KC) and a panel's B (KC x 32)
+ * stay in L1 while the 32 x 32 blocks of a task reuse them; partial sums wait in `scratch`
+ * (one 32 x 32 int32 block per (panel, row block) of the task). */
+#define AMX_KC 256
+
+static void amx_task(const gemm_t *g, int64_t i0, int64_t i1, int64_t p0, int64_t p1, int32_t *scratch) {
+    const int64_t nkb = g->Kp / 64, kcb = AMX_KC / 64;
+    const int64_t nblk = (i1 - i0 + 31) / 32;
+    for (int64_t kb0 = 0; kb0 < nkb; kb0 += kcb) {
+        const int64_t kb1 = kb0 + kcb < nkb ? kb0 + kcb : nkb;
+        for (int64_t p = p0; p < p1; p++)
+            for (int64_t bi = 0; bi < nblk; bi++)
+                amx_block(g, i0 + bi * 32, p, kb0, kb1, scratch + ((p - p0) * nblk + bi) * 1024, kb0 == 0,
+                          kb1 == nkb);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Task loop shared by the panel paths                                                          */
+
+static void panel_task(void *ctx, int tid, int nt) {
+    const gemm_t *g = (const gemm_t *)ctx;
+    int32_t *scratch = NULL;
+    if (g->isa == ISA_AMX) {
+        /* partial sums of one task: MC rows x panels_per_chunk x 32 columns */
+        scratch = (int32_t *)aligned_alloc(64, (size_t)(MC * 32 * g->panels_per_chunk) * sizeof(int32_t));
+        if (!scratch) {
+            ((gemm_t *)g)->failed = 1;
+            return;
+        }
+        amx_configure(); /* tile configuration is per thread */
+    }
+    const int mr_max = g->isa == ISA_AVX2 ? AVX2_MR : VNNI_MR;
+    const tile_fn *tiles = g->isa == ISA_AVX2 ? AVX2_TILES : VNNI_TILES;
+    const int64_t ntasks = g->n_mblocks * g->n_nchunks;
+    const int64_t t0 = ntasks * tid / nt, t1 = ntasks * (tid + 1) / nt;
+    for (int64_t t = t0; t < t1; t++) {
+        /* chunk-major order: a thread keeps its B chunk hot in L2 while it walks row blocks */
+        const int64_t chunk = t / g->n_mblocks, mb = t % g->n_mblocks;
+        const int64_t p0 = chunk * g->panels_per_chunk;
+        int64_t p1 = p0 + g->panels_per_chunk;
+        if (p1 > g->n_panels) p1 = g->n_panels;
+        const int64_t i0 = mb * MC;
+        int64_t i1 = i0 + MC;
+        if (i1 > g->M) i1 = g->M;
+        if (g->isa == ISA_AMX) {
+            amx_task(g, i0, i1, p0, p1, scratch);
+            continue;
+        }
+        for (int64_t p = p0; p < p1; p++) {
+            for (int64_t i = i0; i < i1; i += mr_max) {
+                int64_t mr = i1 - i < mr_max ? i1 - i : mr_max;
+                tiles[mr](g, i, p);
+            }
+        }
+    }
+    if (g->isa == ISA_AMX) {
+        amx_release();
+        free(scratch);
+    }
+}
+
+/* Minimum multiply-accumulates per thread: below this, waking a worker costs more than it saves. */
+#define MIN_MACS_PER_THREAD (1LL << 21)
+
+static int effective_threads(int64_t M, int64_t K, int64_t N, int threads) {
+    int64_t macs = M * K * N;
+    int64_t cap = macs / MIN_MACS_PER_THREAD;
+    if (cap < 1) cap = 1;
+    if (threads > cap) threads = (int)cap;
+    return threads < 1 ? 1 : threads;
+}
+
+static void plan_tasks(gemm_t *g, int threads) {
+    const int nr = NR_OF[g->isa];
+    g->n_panels = (g->N + nr - 1) / nr;
+    g->n_mblocks = (g->M + MC - 1) / MC;
+    /* B chunk per task: at most ~512 KiB of packed weights (half of a 2 MiB L2, room for A). */
+    int64_t panel_bytes = g->Kp * nr * ESIZE[g->isa];
+    int64_t ppc = (512 * 1024) / (panel_bytes ? panel_bytes : 1);
+    if (g->isa == ISA_AMX) ppc = 8; /* partial sums of a task: MC x 256 int32 = 96 KiB, in L2 */
+    if (ppc < 1) ppc = 1;
+    int64_t chunks = (g->n_panels + ppc - 1) / ppc;
+    /* enough tasks that every thread gets some, and load balance is within ~1/4 of a task */
+    int64_t want = (int64_t)threads * 4;
+    while (chunks * g->n_mblocks < want && chunks < g->n_panels) chunks++;
+    g->panels_per_chunk = (g->n_panels + chunks - 1) / chunks;
+    g->n_nchunks = (g->n_panels + g->panels_per_chunk - 1) / g->panels_per_chunk;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Activation staging and per-token quantization                                                */
+
+/* Copy A (M x K, row stride lda, s8 or u8) into what micro-kernel `isa` reads, K padded to kp:
+ *   avx2: int16; vnni: u8 (s8 xor 0x80); amx: the bytes as they are, rows padded to a multiple
+ *   of 32 (whole tiles). Zero padding. Returns NULL on allocation failure. */
+static void *stage_a(int isa, const void *a, int64_t lda, int64_t M, int64_t K, int64_t kp, int a_unsigned) {
+    const int64_t rows = isa == ISA_AMX ? round_up(M, 32) : M;
+    const int64_t bytes = rows * kp * ESIZE[isa];
+    void *buf = aligned_alloc(64, (size_t)round_up(bytes > 0 ? bytes : 64, 64));
+    if (!buf) return NULL;
+    for (int64_t i = 0; i < M; i++) {
+        if (isa == ISA_AVX2) {
+            int16_t *dst = (int16_t *)buf + i * kp;
+            if (a_unsigned) {
+                const uint8_t *src = (const uint8_t *)a + i * lda;
+                for (int64_t k = 0; k < K; k++) dst[k] = src[k];
+            } else {
+                const int8_t *src = (const int8_t *)a + i * lda;
+                for (int64_t k = 0; k < K; k++) dst[k] = src[k];
+            }
+            for (int64_t k = K; k < kp; k++) dst[k] = 0;
+        } else {
+            uint8_t *dst = (uint8_t *)buf + i * kp;
+            const uint8_t *src = (const uint8_t *)a + i * lda;
+            if (isa == ISA_AVX512VNNI && !a_unsigned)
+                for (int64_t k = 0; k < K; k++) dst[k] = src[k] ^ 0x80;
+            else
+                memcpy(dst, src, (size_t)K);
+            memset(dst + K, 0, (size_t)(kp - K));
+        }
+    }
+    if (rows > M) memset((uint8_t *)buf + M * kp, 0, (size_t)((rows - M) * kp));
+    return buf;
+}
+
+/* Asymmetric u8 quantization of each row of x (M x K fp32), as ONNX DynamicQuantizeLinear does
+ * per tensor: rmin = min(0, min x), rmax = max(0, max x), scale = (rmax - rmin) / 255,
+ * zp = clamp(rint(-rmin / scale), 0, 255), q = clamp(rint(x * (1 / scale)) + zp, 0, 255).
+ * A row of zeros gets scale 1, zp 0. Writes q into dst (row stride ldq, K padded with `pad`). */
+static void quantize_rows_u8(const float *x, int64_t ldx, int64_t M, int64_t K, uint8_t *dst, int64_t ldq,
+                             int64_t kp, float *scales, int32_t *zps, uint8_t flip) {
+    for (int64_t i = 0; i < M; i++) {
+        const float *row = x + i * ldx;
+        float lo = 0.0f, hi = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            lo = row[k] < lo ? row[k] : lo;
+            hi = row[k] > hi ? row[k] : hi;
+        }
+        float scale = (hi - lo) / 255.0f;
+        int32_t zp = 0;
+        if (!(scale > 0.0f) || !isfinite(scale)) {
+            scale = 1.0f;
+        } else {
+            float z = rintf(-lo / scale);
+            zp = z < 0.0f ? 0 : (z > 255.0f ? 255 : (int32_t)z);
+        }
+        const float inv = 1.0f / scale;
+        uint8_t *q = dst + i * ldq;
+        for (int64_t k = 0; k < K; k++) {
+            float v = rintf(row[k] * inv);
+            v = v < -512.0f ? -512.0f : (v > 512.0f ? 512.0f : v); /* keep the int conversion defined */
+            int32_t qi = (int32_t)v + zp;
+            qi = qi < 0 ? 0 : (qi > 255 ? 255 : qi);
+            q[k] = (uint8_t)qi ^ flip;
+        }
+        for (int64_t k = K; k < kp; k++) q[k] = 0;
+        scales[i] = scale;
+        zps[i] = zp;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Running a GEMM                                                                               */
+
+/* Returns 0, or -1 when scratch memory could not be had. */
+static int run_gemm(gemm_t *g, int threads) {
+    const int a_unsigned = g->a_unsigned;
+    if (g->M == 0 || g->N == 0) return 0;
+    threads = effective_threads(g->M, g->K, g->N, threads);
+    if (g->isa == ISA_GENERIC) {
+        if (threads > g->M) threads = (int)g->M;
+        generic_job j = {g, a_unsigned, (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(g->N * threads))};
+        if (!j.tmp) return -1;
+        parallel_run(generic_task, &j, threads);
+        free(j.tmp);
+        return 0;
+    }
+    plan_tasks(g, threads);
+    parallel_run(panel_task, g, threads);
+    return g->failed ? -1 : 0;
+}
+
+/* Everything between the operands and run_gemm: picks the micro-kernel for the packed path (AMX
+ * hands calls with few rows to the VNNI micro-kernel), stages A the way it reads it, sets the +128
+ * correction. g has isa (the packing path), M, K, N, bp and the epilogue fields set; colsum may be
+ * given always, it is dropped when no offset applies. Runs without the GIL. Returns 0 or -1. */
+static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, int threads) {
+    const int pack_isa = g->isa;
+    const int64_t kp = pack_isa == ISA_GENERIC ? g->K : round_up(g->K, KALIGN[pack_isa]);
+    int kisa = pack_isa;
+    if (pack_isa == ISA_AMX && g->M < AMX_MIN_ROWS) kisa = ISA_AVX512VNNI;
+    g->isa = kisa;
+    g->Kp = kp;
+    g->a_unsigned = a_unsigned;
+    g->global_off = (kisa == ISA_AVX512VNNI && !a_unsigned) ? 128 : 0;
+    if (!g->global_off && !g->row_zp) g->colsum = NULL; /* nothing to correct */
+    void *staged = NULL;
+    if (kisa == ISA_GENERIC || (kisa == ISA_AVX512VNNI && a_unsigned && kp == g->K && lda % 4 == 0)) {
+        g->a = a; /* read in place */
+        g->lda = lda;
+    } else {
+        staged = stage_a(kisa, a, lda, g->M, g->K, kp, a_unsigned);
+        if (!staged) return -1;
+        g->a = staged;
+        g->lda = kp;
+    }
+    int rc = run_gemm(g, threads);
+    free(staged);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Register-only multiply-add loops: the int8 ceiling of each path on this CPU                  */
+
+typedef struct {
+    int isa;
+    int64_t iters;
+    volatile int64_t sink;
+} peak_job;
+
+VNNI_TARGET static int64_t peak_vnni(int64_t iters) {
+    __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01010101);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0, c12 = c0, c13 = c0, c14 = c0, c15 = c0;
+    for (int64_t it = 0; it < iters; it++) {
+        c0 = _mm512_dpbusd_epi32(c0, a, b);
+        c1 = _mm512_dpbusd_epi32(c1, a, b);
+        c2 = _mm512_dpbusd_epi32(c2, a, b);
+        c3 = _mm512_dpbusd_epi32(c3, a, b);
+        c4 = _mm512_dpbusd_epi32(c4, a, b);
+        c5 = _mm512_dpbusd_epi32(c5, a, b);
+        c6 = _mm512_dpbusd_epi32(c6, a, b);
+        c7 = _mm512_dpbusd_epi32(c7, a, b);
+        c8 = _mm512_dpbusd_epi32(c8, a, b);
+        c9 = _mm512_dpbusd_epi32(c9, a, b);
+        c10 = _mm512_dpbusd_epi32(c10, a, b);
+        c11 = _mm512_dpbusd_epi32(c11, a, b);
+        c12 = _mm512_dpbusd_epi32(c12, a, b);
+        c13 = _mm512_dpbusd_epi32(c13, a, b);
+        c14 = _mm512_dpbusd_epi32(c14, a, b);
+        c15 = _mm512_dpbusd_epi32(c15, a, b);
+        __asm__ volatile("" : "+v"(a), "+v"(b));
+    }
+    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                                 _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
+    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)),
+                                             _mm512_add_epi32(_mm512_add_epi32(c12, c13), _mm512_add_epi32(c14, c15))));
+    return _mm512_reduce_add_epi32(s) + iters * 0; /* 16 instr x 64 MACs per iteration */
+}
+
+AVX2_TARGET static int64_t peak_avx2(int64_t iters) {
+    __m256i a = _mm256_set1_epi16(1), b = _mm256_set1_epi16(1);
+    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0;
+    for (int64_t it = 0; it < iters; it++) {
+        /* the kernel's instruction pair: vpmaddwd then vpaddd, 16 MACs */
+        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(a, b));
+        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(a, b));
+        c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(a, b));
+        c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(a, b));
+        c4 = _mm256_add_epi32(c4, _mm256_madd_epi16(a, b));
+        c5 = _mm256_add_epi32(c5, _mm256_madd_epi16(a, b));
+        c6 = _mm256_add_epi32(c6, _mm256_madd_epi16(a, b));
+        c7 = _mm256_add_epi32(c7, _mm256_madd_epi16(a, b));
+        c8 = _mm256_add_epi32(c8, _mm256_madd_epi16(a, b));
+        c9 = _mm256_add_epi32(c9, _mm256_madd_epi16(a, b));
+        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(a, b));
+        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(a, b));
+        /* a and b "change" every iteration, so the products cannot be hoisted out of the loop */
+        __asm__ volatile("" : "+x"(a), "+x"(b));
+    }
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
+    s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(c8, c9), _mm256_add_epi32(c10, c11)));
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, s);
+    int64_t t = 0;
+    for (int i = 0; i < 8; i++) t += lanes[i];
+    return t;
+}
+
+static int64_t peak_generic(int64_t iters) {
+    /* scalar int32 multiply-adds, 8 independent chains */
+    volatile int32_t seed = 3;
+    int32_t a = seed, b = seed + 1;
+    uint32_t c[8] = {0};
+    for (int64_t it = 0; it < iters; it++) {
+        for (int j = 0; j < 8; j++) c[j] += (uint32_t)(a * b);
+        __asm__ volatile("" : "+r"(a), "+r"(b));
+    }
+    int64_t t = 0;
+    for (int j = 0; j < 8; j++) t += c[j];
+    return t;
+}
+
+AMX_TARGET static int64_t peak_amx(int64_t iters) {
+    /* tile products only, on tiles that stay in the tile registers: 4 independent accumulators */
+    amx_configure();
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    _tile_zero(4);
+    _tile_zero(5);
+    _tile_zero(6);
+    _tile_zero(7);
+    for (int64_t it = 0; it < iters; it++) {
+        _tile_dpbssd(0, 4, 6);
+        _tile_dpbssd(1, 4, 7);
+        _tile_dpbssd(2, 5, 6);
+        _tile_dpbssd(3, 5, 7);
+    }
+    int32_t out[16 * 16] __attribute__((aligned(64)));
+    _tile_stored(0, out, 64);
+    amx_release();
+    return out[0];
+}
+
+/* MACs per loop iteration of each peak loop */
+static const int64_t PEAK_MACS_PER_ITER[N_ISA] = {8, 12 * 16, 16 * 64, 4 * 16 * 16 * 64};
+
+static void peak_task(void *ctx, int tid, int nt) {
+    (void)tid;
+    (void)nt;
+    peak_job *j = (peak_job *)ctx;
+    int64_t r = 0;
+    switch (j->isa) {
+    case ISA_AVX512VNNI:
+        r = peak_vnni(j->iters);
+        break;
+    case ISA_AMX:
+        r = peak_amx(j->iters);
+        break;
+    case ISA_AVX2:
+        r = peak_avx2(j->iters);
+        break;
+    default:
+        r = peak_generic(j->iters);
+    }
+    j->sink += r;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Python bindings (buffer protocol only: no numpy headers needed to build)                     */
+
+static int parse_isa(int isa) {
+    if (isa < 0 || isa >= N_ISA) {
+        PyErr_Format(PyExc_ValueError, "unknown isa id %d", isa);
+        return -1;
+    }
+    if (!isa_supported(isa)) {
+        PyErr_Format(PyExc_RuntimeError, "this CPU does not support the %s path", ISA_NAMES[isa]);
+        return -1;
+    }
+    return 0;
+}
+
+static int need_bytes(Py_buffer *b, int64_t n, const char *what) {
+    if (b->len < n) {
+        PyErr_Format(PyExc_ValueError, "%s: buffer holds %zd bytes, need %lld", what, b->len, (long long)n);
+        return -1;
+    }
+    return 0;
+}
+
+static int64_t opt_buffer(PyObject *obj, Py_buffer *view, int writable) {
+    /* returns 0 when obj is None (view->buf = NULL), 1 when a buffer was acquired, -1 on error */
+    if (obj == Py_None) {
+        view->buf = NULL;
+        view->obj = NULL;
+        view->len = 0;
+        return 0;
+    }
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS : PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    return 1;
+}
+
+static void release_all(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++)
+        if (views[i].obj) PyBuffer_Release(&views[i]);
+}
+
+static PyObject *py_supported_isas(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    PyObject *lst = PyList_New(0);
+    if (!lst) return NULL;
+    for (int i = N_ISA - 1; i >= 0; i--) {
+        if (isa_supported(i)) {
+            PyObject *s = PyUnicode_FromString(ISA_NAMES[i]);
+            if (!s || PyList_Append(lst, s) < 0) {
+                Py_XDECREF(s);
+                Py_DECREF(lst);
+                return NULL;
+            }
+            Py_DECREF(s);
+        }
+    }
+    return lst;
+}
+
+static PyObject *py_packed_bytes(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa;
+    long long K, N;
+    if (!PyArg_ParseTuple(args, "iLL", &isa, &K, &N)) return NULL;
+    if (isa < 0 || isa >= N_ISA || K < 0 || N < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad isa or shape");
+        return NULL;
+    }
+    return PyLong_FromLongLong(packed_bytes(isa, K, N));
+}
+
+/* pack_b(isa, b, ldb, K, N, dst) */
+static PyObject *py_pack_b(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa;
+    long long ldb, K, N;
+    Py_buffer b, dst;
+    if (!PyArg_ParseTuple(args, "iy*LLLw*", &isa, &b, &ldb, &K, &N, &dst)) return NULL;
+    PyObject *ret = NULL;
+    if (parse_isa(isa) < 0) goto out;
+    if (K < 1 || N < 1 || ldb < N || (K >= (1LL << 17))) {
+        PyErr_SetString(PyExc_ValueError, "pack_b: need K in [1, 2^17), N >= 1, ldb >= N");
+        goto out;
+    }
+    if (need_bytes(&b, (K - 1) * ldb + N, "b") < 0 || need_bytes(&dst, packed_bytes(isa, K, N), "dst") < 0) goto out;
+    if (isa != ISA_GENERIC && ((uintptr_t)dst.buf % 64) != 0) {
+        PyErr_SetString(PyExc_ValueError, "pack_b: dst must be 64-byte aligned");
+        goto out;
+    }
+    Py_BEGIN_ALLOW_THREADS pack_b(isa, (const int8_t *)b.buf, ldb, K, N, dst.buf);
+    Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&dst);
+    return ret;
+}
+
+/* gemm(isa, a, a_unsigned, M, K, lda, bp, N, colsum|None, row_zp|None, row_scale|None,
+ *      col_scale|None, bias|None, out, out_f32, threads)
+ * colsum is required whenever an offset applies (s8 activations on the vnni path, or row_zp). */
+static PyObject *py_gemm(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa, a_unsigned, out_f32, threads;
+    long long M, K, lda, N;
+    PyObject *o_colsum, *o_zp, *o_rs, *o_cs, *o_bias;
+    Py_buffer v[7];
+    memset(v, 0, sizeof(v));
+    if (!PyArg_ParseTuple(args, "iy*pLLLy*LOOOOOw*pi", &isa, &v[0], &a_unsigned, &M, &K, &lda, &v[1], &N,
+                          &o_colsum, &o_zp, &o_rs, &o_cs, &o_bias, &v[2], &out_f32, &threads))
+        return NULL;
+    PyObject *ret = NULL;
+    if (parse_isa(isa) < 0) goto out;
+    if (opt_buffer(o_colsum, &v[3], 0) < 0 || opt_buffer(o_zp, &v[4], 0) < 0 || opt_buffer(o_rs, &v[5], 0) < 0 ||
+        opt_buffer(o_cs, &v[6], 0) < 0)
+        goto out;
+    Py_buffer vb;
+    memset(&vb, 0, sizeof(vb));
+    if (opt_buffer(o_bias, &vb, 0) < 0) goto out;
+    if (M < 0 || K < 1 || N < 1 || lda < K || K >= (1LL << 17)) {
+        PyErr_SetString(PyExc_ValueError, "gemm: need M >= 0, 1 <= K < 2^17, N >= 1, lda >= K");
+        goto outb;
+    }
+    if ((M > 0 && need_bytes(&v[0], (M - 1) * lda + K, "a") < 0) ||
+        need_bytes(&v[1], packed_bytes(isa, K, N), "packed b") < 0 ||
+        (M > 0 && need_bytes(&v[2], ((M - 1) * N + N) * 4, "out") < 0) ||
+        (v[3].buf && need_bytes(&v[3], N * 4, "colsum") < 0) || (v[4].buf && need_bytes(&v[4], M * 4, "row_zp") < 0) ||
+        (v[5].buf && need_bytes(&v[5], M * 4, "row_scale") < 0) ||
+        (v[6].buf && need_bytes(&v[6], N * 4, "col_scale") < 0) || (vb.buf && need_bytes(&vb, N * 4, "bias") < 0))
+        goto outb;
+    if (isa != ISA_GENERIC && ((uintptr_t)v[1].buf % 64) != 0) {
+        PyErr_SetString(PyExc_ValueError, "gemm: packed b must be 64-byte aligned");
+        goto outb;
+    }
+    gemm_t g;
+    memset(&g, 0, sizeof(g));
+    g.isa = isa;
+    g.M = M;
+    g.K = K;
+    g.N = N;
+    g.bp = v[1].buf;
+    g.out_f32 = out_f32;
+    g.row_zp = (const int32_t *)v[4].buf;
+    g.colsum = (const int32_t *)v[3].buf;
+    g.row_scale = (const float *)v[5].buf;
+    g.col_scale = (const float *)v[6].buf;
+    g.bias = (const float *)vb.buf;
+    g.out = v[2].buf;
+    g.ldo = N;
+    if (!g.colsum && (g.row_zp || (!a_unsigned && (isa == ISA_AVX512VNNI || isa == ISA_AMX)))) {
+        PyErr_SetString(PyExc_ValueError, "gemm: colsum is required for this path/zero point");
+        goto outb;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    failed = gemm_driver(&g, v[0].buf, lda, a_unsigned, threads) != 0;
+    Py_END_ALLOW_THREADS;
+    if (failed) {
+        PyErr_NoMemory();
+        goto outb;
+    }
+    ret = Py_NewRef(Py_None);
+outb:
+    if (vb.obj) PyBuffer_Release(&vb);
+out:
+    PyBuffer_Release(&v[0]);
+    PyBuffer_Release(&v[1]);
+    PyBuffer_Release(&v[2]);
+    release_all(v + 3, 4);
+    return ret;
+}
+
+/* linear(isa, x_f32, M, K, ldx, bp, N, colsum, w_scale, bias|None, out_f32, threads, qscales|None, qzps|None)
+ * Dynamic per-token quantization of x to u8, the GEMM and the fp32 epilogue in one call. qscales /
+ * qzps, when given, receive the per-row scales and zero points (for tests). */
+static PyObject *py_linear(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa, threads;
+    long long M, K, ldx, N;
+    PyObject *o_bias, *o_qs, *o_qz;
+    Py_buffer vx, vbp, vcs, vws, vout, vb, vqs, vqz;
+    memset(&vb, 0, sizeof(vb));
+    memset(&vqs, 0, sizeof(vqs));
+    memset(&vqz, 0, sizeof(vqz));
+    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias, &vout,
+                          &threads, &o_qs, &o_qz))
+        return NULL;
+    PyObject *ret = NULL;
+    uint8_t *qbuf = NULL;
+    float *scales = NULL;
+    int32_t *zps = NULL;
+    if (parse_isa(isa) < 0) goto out;
+    if (opt_buffer(o_bias, &vb, 0) < 0 || opt_buffer(o_qs, &vqs, 1) < 0 || opt_buffer(o_qz, &vqz, 1) < 0) goto out;
+    if (M < 0 || K < 1 || N < 1 || ldx < K || K >= (1LL << 17)) {
+        PyErr_SetString(PyExc_ValueError, "linear: need M >= 0, 1 <= K < 2^17, N >= 1, ldx >= K");
+        goto out;
+    }
+    if ((M > 0 && need_bytes(&vx, ((M - 1) * ldx + K) * 4, "x") < 0) ||
+        need_bytes(&vbp, packed_bytes(isa, K, N), "packed b") < 0 || need_bytes(&vcs, N * 4, "colsum") < 0 ||
+        need_bytes(&vws, N * 4, "w_scale") < 0 || (vb.buf && need_bytes(&vb, N * 4, "bias") < 0) ||
+        need_bytes(&vout, M * N * 4, "out") < 0 || (vqs.buf && need_bytes(&vqs, M * 4, "qscales") < 0) ||
+        (vqz.buf && need_bytes(&vqz, M * 4, "qzps") < 0))
+        goto out;
+    if (isa != ISA_GENERIC && ((uintptr_t)vbp.buf % 64) != 0) {
+        PyErr_SetString(PyExc_ValueError, "linear: packed b must be 64-byte aligned");
+        goto out;
+    }
+    {
+        int failed = 0;
+        Py_BEGIN_ALLOW_THREADS;
+        qbuf = (uint8_t *)malloc((size_t)(M * K > 0 ? M * K : 1));
+        scales = (float *)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
+        zps = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M > 0 ? M : 1));
+        failed = !qbuf || !scales || !zps;
+        if (!failed) {
+            quantize_rows_u8((const float *)vx.buf, ldx, M, K, qbuf, K, K, scales, zps, 0);
+            gemm_t g;
+            memset(&g, 0, sizeof(g));
+            g.isa = isa;
+            g.M = M;
+            g.K = K;
+            g.N = N;
+            g.bp = vbp.buf;
+            g.out_f32 = 1;
+            g.colsum = (const int32_t *)vcs.buf;
+            g.row_zp = zps;
+            g.row_scale = scales;
+            g.col_scale = (const float *)vws.buf;
+            g.bias = (const float *)vb.buf;
+            g.out = vout.buf;
+            g.ldo = N;
+            failed = gemm_driver(&g, qbuf, K, 1, threads) != 0;
+            if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
+            if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
+        }
+        Py_END_ALLOW_THREADS;
+        if (failed) {
+            PyErr_NoMemory();
+            goto out;
+        }
+    }
+    ret = Py_NewRef(Py_None);
+out:
+    free(qbuf);
+    free(scales);
+    free(zps);
+    PyBuffer_Release(&vx);
+    PyBuffer_Release(&vbp);
+    PyBuffer_Release(&vcs);
+    PyBuffer_Release(&vws);
+    PyBuffer_Release(&vout);
+    if (vb.obj) PyBuffer_Release(&vb);
+    if (vqs.obj) PyBuffer_Release(&vqs);
+    if (vqz.obj) PyBuffer_Release(&vqz);
+    return ret;
+}
+
+/* quantize_rows(x_f32, M, K, ldx, q_out_u8, scales_out, zps_out): the activation quantizer alone */
+static PyObject *py_quantize_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    long long M, K, ldx;
+    Py_buffer vx, vq, vs, vz;
+    if (!PyArg_ParseTuple(args, "y*LLLw*w*w*", &vx, &M, &K, &ldx, &vq, &vs, &vz)) return NULL;
+    PyObject *ret = NULL;
+    if (M < 0 || K < 1 || ldx < K) {
+        PyErr_SetString(PyExc_ValueError, "quantize_rows: bad shape");
+        goto out;
+    }
+    if ((M > 0 && need_bytes(&vx, ((M - 1) * ldx + K) * 4, "x") < 0) || need_bytes(&vq, M * K, "q") < 0 ||
+        need_bytes(&vs, M * 4, "scales") < 0 || need_bytes(&vz, M * 4, "zps") < 0)
+        goto out;
+    Py_BEGIN_ALLOW_THREADS quantize_rows_u8((const float *)vx.buf, ldx, M, K, (uint8_t *)vq.buf, K, K,
+                                            (float *)vs.buf, (int32_t *)vz.buf, 0);
+    Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&vx);
+    PyBuffer_Release(&vq);
+    PyBuffer_Release(&vs);
+    PyBuffer_Release(&vz);
+    return ret;
+}
+
+/* peak(isa, iters, threads) -> MACs executed (all threads); the caller times the call */
+static PyObject *py_peak(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa, threads;
+    long long iters;
+    if (!PyArg_ParseTuple(args, "iLi", &isa, &iters, &threads)) return NULL;
+    if (parse_isa(isa) < 0) return NULL;
+    if (threads < 1) threads = 1;
+    peak_job j = {isa, iters, 0};
+    Py_BEGIN_ALLOW_THREADS parallel_run(peak_task, &j, threads);
+    Py_END_ALLOW_THREADS return PyLong_FromLongLong(iters * PEAK_MACS_PER_ITER[isa] * threads);
+}
+
+static PyObject *py_geometry(PyObject *self, PyObject *args) {
+    (void)self;
+    int isa;
+    if (!PyArg_ParseTuple(args, "i", &isa)) return NULL;
+    if (isa < 0 || isa >= N_ISA) {
+        PyErr_SetString(PyExc_ValueError, "unknown isa");
+        return NULL;
+    }
+    int mr = isa == ISA_AVX2 ? AVX2_MR : (isa == ISA_AVX512VNNI ? VNNI_MR : (isa == ISA_AMX ? 32 : 1));
+    return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i}", "name", ISA_NAMES[isa], "k_align", KALIGN[isa], "nr",
+                         NR_OF[isa], "mr", mr, "element_bytes", ESIZE[isa], "mc", MC);
+}
+
+static PyMethodDef methods[] = {
+    {"supported_isas", py_supported_isas, METH_NOARGS, "Paths this CPU supports, fastest first."},
+    {"packed_bytes", py_packed_bytes, METH_VARARGS, "packed_bytes(isa, K, N): bytes of a packed weight."},
+    {"pack_b", py_pack_b, METH_VARARGS, "pack_b(isa, b, ldb, K, N, dst): pack a K x N int8 weight."},
+    {"gemm", py_gemm, METH_VARARGS, "The GEMM with its fused epilogue (see costbench.kernels.gemm)."},
+    {"linear", py_linear, METH_VARARGS, "Dynamic per-token u8 quantization + GEMM + fp32 epilogue."},
+    {"quantize_rows", py_quantize_rows, METH_VARARGS, "Per-row asymmetric u8 quantization."},
+    {"peak", py_peak, METH_VARARGS, "peak(isa, iters, threads): run the register-only loop; returns MACs."},
+    {"geometry", py_geometry, METH_VARARGS, "Tile geometry of a path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_gemm", "costbench int8 GEMM kernels (C).", -1, methods};
+
+PyMODINIT_FUNC PyInit__gemm(void) {
+    static int atfork_done = 0;
+    if (!atfork_done) {
+        pthread_atfork(NULL, NULL, pool_after_fork_child);
+        atfork_done = 1;
+    }
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyModule_AddIntConstant(m, "ISA_GENERIC", ISA_GENERIC);
+    PyModule_AddIntConstant(m, "ISA_AVX2", ISA_AVX2);
+    PyModule_AddIntConstant(m, "ISA_AVX512VNNI", ISA_AVX512VNNI);
+    PyModule_AddIntConstant(m, "ISA_AMX", ISA_AMX);
+    PyModule_AddIntConstant(m, "AMX_MIN_ROWS", AMX_MIN_ROWS);
+    return m;
+}

@@ -1,0 +1,221 @@
+"""The NVIDIA path where there is no NVIDIA GPU: every probe names exactly what is missing, the plan keeps
+GPU cases as skipped with those reasons, TensorRT refuses asymmetric Q/DQ before building, and the option
+plumbing (ORT providers, torch.compile) works. Checks that need a GPU are in benchmarks/gpu_check.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from costbench.backends import load_registry
+from costbench.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_providers
+from costbench.backends.tensorrt_backend import TensorRTBackend, TensorRTOptions, qdq_report
+from costbench.backends.torch_backend import TorchBackend
+from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_TORCH, Artifact
+from costbench.kernels.gpu import probe
+
+NO_CUDA = torch.version.cuda is None or not torch.cuda.is_available()
+needs_no_gpu = pytest.mark.skipif(not NO_CUDA, reason="this machine has a usable CUDA GPU")
+
+
+def test_tensorrt_registers_through_its_entry_point():
+    entry = load_registry()["tensorrt"]
+    assert entry.load_error == ""
+    assert type(entry.backend) is TensorRTBackend
+    assert entry.backend.capabilities.devices == ("cuda",)
+
+
+def test_tensorrt_probe_names_the_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as if never installed
+    cuda = torch.version.cuda.split(".")[0] if torch.version.cuda else "12"
+    assert TensorRTBackend().probe().reason == f"tensorrt is not installed: pip install tensorrt-cu{cuda}"
+
+
+@needs_no_gpu
+def test_gpu_probes_give_the_exact_reason_here():
+    expected = (f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch"
+                if torch.version.cuda is None else "no CUDA device is visible (torch.cuda.is_available() is False)")
+    assert probe.torch_cuda_reason() == expected
+    assert TensorRTBackend().probe_device("cuda").reason == expected
+    assert TorchBackend().probe_device("cuda").reason.startswith(f"torch {torch.__version__}") or NO_CUDA
+    assert probe.triton_gemm_reason() == (probe.triton_reason() or expected)
+    assert probe.cuda_gemm_reason() == expected
+    assert probe.summary()["int8 tensor cores"] == expected
+
+
+def test_onnxruntime_cuda_probe_names_the_gpu_build():
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime is a GPU build")
+    reason = OnnxRuntimeBackend().probe_device("cuda").reason
+    assert reason == f"onnxruntime {ort.__version__} is the CPU build: pip install onnxruntime-gpu"
+    assert OnnxRuntimeBackend().probe_device("cpu").available
+
+
+def test_launcher_probes_name_the_packages(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
+    assert probe.pycuda_reason().startswith("pycuda is not installed: pip install pycuda")
+    assert probe.cupy_reason() == "cupy is not installed: pip install cupy-cuda12x (CUDA 12) or cupy-cuda13x (CUDA 13)"
+    assert probe.launcher_reason().startswith("no launcher for the CUDA C kernel: pycuda is not installed")
+    from costbench.kernels.gpu import cuda_gemm
+
+    with pytest.raises(RuntimeError, match="the pycuda launcher is unavailable: pycuda is not installed"):
+        cuda_gemm.make_launcher("pycuda")
+
+
+def test_probe_summary_never_raises_and_names_every_piece():
+    summary = probe.summary()
+    assert set(summary) == {"torch CUDA", "int8 tensor cores", "triton", "nvcc", "pycuda", "cupy"}
+    assert all(isinstance(v, str) and v for v in summary.values())
+
+
+GPU_SUITE = """
+name = "gpu"
+models = ["digits-cnn"]
+variants = ["fp32", {name = "int8-sym", recipe = "int8", activation_symmetric = true}]
+backends = [
+  {name = "tensorrt", device = "cuda"},
+  {name = "onnxruntime", label = "ort-trt", device = "cuda", provider = "tensorrt"},
+  {name = "torch", label = "torch-cuda", device = "cuda", cuda_graph = true, compile = true},
+]
+scenarios = ["single_stream"]
+batch_sizes = [1]
+"""
+
+
+@needs_no_gpu
+def test_plan_keeps_gpu_cases_as_skipped_with_the_reason(tmp_path):
+    from costbench.harness.plan import SKIPPED, make_plan
+    from costbench.harness.suite import load_suite
+
+    path = tmp_path / "gpu.toml"
+    path.write_text(GPU_SUITE)
+    cases = make_plan(load_suite(path))
+    assert len(cases) == 6 and all(c.status == SKIPPED for c in cases)
+    reasons = {c.backend: c.reason for c in cases}
+    assert reasons["tensorrt"].startswith("backend tensorrt unavailable: tensorrt is not installed") or \
+        reasons["tensorrt"].startswith("backend tensorrt cannot use cuda:")
+    assert reasons["ort-trt"].startswith("backend onnxruntime cannot use cuda: onnxruntime ")
+    assert reasons["torch-cuda"].startswith("backend torch cannot use cuda: ")
+
+
+# ------------------------------------------------------------------------------------------------ TensorRT
+
+
+def _quantized(tmp_path, tiny, symmetric: bool):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self._it = iter([{"input": rng.standard_normal((2, *tiny.input_shape)).astype(np.float32)}
+                             for _ in range(4)])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out = tmp_path / f"q{int(symmetric)}.onnx"
+    quantize_static(str(tiny.artifacts[FORMAT_ONNX].path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    base = tiny.artifacts[FORMAT_ONNX]
+    return Artifact(FORMAT_ONNX, out, "test", base.inputs, base.outputs)
+
+
+def test_qdq_report_accepts_symmetric_int8_and_names_asymmetric_nodes(tmp_path, tiny):
+    sym = qdq_report(_quantized(tmp_path, tiny, True).path)
+    asym = qdq_report(_quantized(tmp_path, tiny, False).path)
+    assert sym["qdq_nodes"] > 0 and sym["problems"] == []
+    assert asym["qdq_nodes"] > 0 and asym["problems"]
+    assert any("uint8 zero point" in p for p in asym["problems"])
+    assert qdq_report(tiny.artifacts[FORMAT_ONNX].path) == {"qdq_nodes": 0, "problems": []}
+
+
+def test_tensorrt_refuses_asymmetric_qdq_before_building(tmp_path, tiny):
+    artifact = _quantized(tmp_path, tiny, False)
+    with pytest.raises(ValueError, match=r"symmetric int8 Q/DQ.*activation_symmetric = true"):
+        TensorRTBackend().build_engine(None, artifact, TensorRTOptions(), 1)  # fails before touching TensorRT
+
+
+def test_tensorrt_engine_key_covers_what_changes_the_engine(tmp_path, tiny):
+    backend = TensorRTBackend()
+    art = tiny.artifacts[FORMAT_ONNX]
+    base = dict(trt_version="10.0", artifact=art, opts=TensorRTOptions(), batch_size=1, gpu="H200", capability=(9, 0))
+    key = backend.engine_material(**base)
+    for change in (dict(batch_size=8), dict(opts=TensorRTOptions(typing="weak", fp16=True)), dict(gpu="H100"),
+                   dict(trt_version="10.1"), dict(artifact=_quantized(tmp_path, tiny, True))):
+        assert backend.engine_material(**{**base, **change}) != key, change
+    assert backend.engine_material(**base) == key
+
+
+def test_tensorrt_options_and_device_checks(tiny):
+    backend = TensorRTBackend()
+    with pytest.raises(ValueError, match="device 'cpu' is not supported"):
+        backend.prepare(tiny.artifacts[FORMAT_ONNX], TensorRTOptions(), 1, "cpu")
+    with pytest.raises(Exception):
+        backend.parse_options({"typing": "loose"})
+    assert backend.probe_device("cpu").reason == "tensorrt runs on CUDA GPUs, not 'cpu'"
+
+
+# ------------------------------------------------------------------------------------------------ ONNX Runtime
+
+
+def test_onnxruntime_provider_lists():
+    backend = OnnxRuntimeBackend()
+    trt = gpu_providers(backend.parse_options({"provider": "tensorrt", "trt_fp16": True,
+                                               "trt_engine_cache_dir": "/tmp/e"}), "cuda:1")
+    assert trt == [("TensorrtExecutionProvider", {"device_id": 1, "trt_fp16_enable": True,
+                                                  "trt_engine_cache_enable": True, "trt_engine_cache_path": "/tmp/e"}),
+                   ("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert gpu_providers(backend.parse_options({}), "cuda") == [("CUDAExecutionProvider", {"device_id": 0}),
+                                                                "CPUExecutionProvider"]
+
+
+def test_onnxruntime_gpu_options_are_refused_on_cpu_and_cuda_needs_the_gpu_build(tiny):
+    import onnxruntime as ort
+
+    backend = OnnxRuntimeBackend()
+    with pytest.raises(ValueError, match="provider apply to device='cuda' only"):
+        backend.prepare(tiny.artifacts[FORMAT_ONNX], backend.parse_options({"provider": "tensorrt"}), 1, "cpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(RuntimeError, match="is the CPU build: pip install onnxruntime-gpu"):
+            backend.prepare(tiny.artifacts[FORMAT_ONNX], backend.parse_options({}), 1, "cuda")
+
+
+# ------------------------------------------------------------------------------------------------ torch
+
+
+@pytest.fixture
+def restore_torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_torch_compile_option_wraps_the_module(tiny, restore_torch_threads):
+    backend = TorchBackend()
+    # The 'eager' dynamo backend traces without code generation: the wiring, in seconds.
+    session = backend.prepare(tiny.artifacts[FORMAT_TORCH], backend.parse_options(
+        {"compile": True, "compile_backend": "eager"}), 2, "cpu")
+    x = np.random.default_rng().standard_normal((2, *tiny.input_shape)).astype(np.float32)
+    with torch.inference_mode():
+        expected = tiny.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run({"input": x})[0], expected, rtol=1e-5, atol=1e-5)
+    assert session.info()["mode"] == "torch.compile(backend=eager, mode=default)"
+    with pytest.raises(ValueError, match="compile_mode applies to the inductor backend"):
+        backend.prepare(tiny.artifacts[FORMAT_TORCH], backend.parse_options(
+            {"compile": True, "compile_backend": "eager", "compile_mode": "max-autotune"}), 1, "cpu")
+
+
+def test_torch_precisions_include_half_types():
+    assert TorchBackend.capabilities.precisions == ("fp32", "fp16", "bf16")
+    assert TensorRTBackend.capabilities.precisions == ("fp32", "fp16", "int8")

@@ -1,0 +1,149 @@
+"""The C int8 GEMM on every code path this CPU runs: exact against numpy int64, on the full range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from costbench.kernels import gemm
+from costbench.kernels.reference import int8_gemm_reference
+
+ISAS = gemm.supported_isas()
+POISON = np.int32(-0x21524111)
+# shapes that fit no tile: M, K, N of 1, odd, just past 16/32/64 boundaries, K not a multiple of 4/32/64
+SHAPES = [(1, 1, 1), (1, 7, 33), (7, 33, 1000), (33, 1000, 7), (17, 65, 129), (16, 64, 32), (31, 3, 17),
+          (100, 127, 31), (129, 384, 65), (2, 1536, 48)]
+RANGES = {"s8": (-128, 127, np.int8), "u8": (0, 255, np.uint8)}
+
+
+def _poisoned(m, n):
+    return np.full((m, n), POISON, np.int32)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng()  # fresh inputs every run
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("a_type", ["s8", "u8"])
+def test_random_full_range_is_exact(isa, a_type, rng):
+    lo, hi, dt = RANGES[a_type]
+    for m, k, n in SHAPES:
+        a = rng.integers(lo, hi + 1, (m, k), dtype=dt)
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        pw = gemm.PackedWeight.pack(b, isa)
+        for threads in (1, 2):
+            c = gemm.int8_gemm(a, pw, threads=threads, out=_poisoned(m, n))
+            np.testing.assert_array_equal(c, int8_gemm_reference(a, b), err_msg=f"{isa} {a_type} {m}x{k}x{n} t{threads}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_extremes_are_exact(isa):
+    # the values that saturate int16 in vpmaddubsw-based kernels: 255*-128*2, -128*-128*2, ...
+    for m, k, n in [(33, 1000, 7), (17, 65, 129), (40, 1536, 40)]:
+        for a_val, dt in ((-128, np.int8), (127, np.int8), (255, np.uint8), (0, np.uint8)):
+            for b_val in (-128, 127):
+                a = np.full((m, k), a_val, dt)
+                b = np.full((k, n), b_val, np.int8)
+                c = gemm.int8_gemm(a, gemm.PackedWeight.pack(b, isa), out=_poisoned(m, n))
+                np.testing.assert_array_equal(c, int8_gemm_reference(a, b), err_msg=f"{isa} A={a_val} B={b_val}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_alternating_extremes_are_exact(isa, rng):
+    # neighbouring pairs of +-extremes: the worst case for any pairwise int16 sum
+    m, k, n = 24, 200, 40
+    a = np.where(rng.random((m, k)) < 0.5, -128, 127).astype(np.int8)
+    b = np.where(rng.random((k, n)) < 0.5, -128, 127).astype(np.int8)
+    c = gemm.int8_gemm(a, gemm.PackedWeight.pack(b, isa), out=_poisoned(m, n))
+    np.testing.assert_array_equal(c, int8_gemm_reference(a, b))
+    au = np.where(rng.random((m, k)) < 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(gemm.int8_gemm(au, gemm.PackedWeight.pack(b, isa)), int8_gemm_reference(au, b))
+
+
+def test_all_paths_agree(rng):
+    a = rng.integers(-128, 128, (45, 301), dtype=np.int8)
+    b = rng.integers(-128, 128, (301, 77), dtype=np.int8)
+    results = [gemm.int8_gemm(a, gemm.PackedWeight.pack(b, isa)) for isa in ISAS]
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_best_path_is_first_and_generic_always_there():
+    assert ISAS[-1] == "generic"
+    assert gemm.best_isa() == ISAS[0] or gemm.best_isa() in ISAS
+
+
+def test_unpacked_weight_and_empty_m(rng):
+    b = rng.integers(-128, 128, (10, 3), dtype=np.int8)
+    a = rng.integers(-128, 128, (4, 10), dtype=np.int8)
+    np.testing.assert_array_equal(gemm.int8_gemm(a, b), int8_gemm_reference(a, b))
+    assert gemm.int8_gemm(np.zeros((0, 10), np.int8), b).shape == (0, 3)
+
+
+def test_bad_operands_are_refused(rng):
+    b = rng.integers(-128, 128, (10, 3), dtype=np.int8)
+    with pytest.raises(TypeError):
+        gemm.int8_gemm(np.zeros((2, 10), np.int16), b)
+    with pytest.raises(ValueError):
+        gemm.int8_gemm(np.zeros((2, 9), np.int8), b)
+    with pytest.raises(TypeError):
+        gemm.PackedWeight.pack(b.astype(np.uint8))
+    with pytest.raises(ValueError):
+        gemm.int8_gemm(np.zeros((2, 10), np.int8), b, out=np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError):
+        gemm.PackedWeight.pack(b, "nonsense")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fused_epilogue_matches_fp64(isa, rng):
+    for m, k, n in [(1, 7, 33), (33, 130, 70), (64, 384, 96)]:
+        for dt, lo, hi in ((np.int8, -128, 128), (np.uint8, 0, 256)):
+            a = rng.integers(lo, hi, (m, k), dtype=dt)
+            b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+            zp = rng.integers(0, 256, m).astype(np.int32)
+            rs = rng.uniform(1e-3, 1e-1, m).astype(np.float32)
+            cs = rng.uniform(1e-3, 1e-1, n).astype(np.float32)
+            bias = rng.normal(size=n).astype(np.float32)
+            y = gemm.int8_gemm_fused(a, gemm.PackedWeight.pack(b, isa), a_zero_point=zp, row_scale=rs, col_scale=cs,
+                                     bias=bias, out=np.full((m, n), np.nan, np.float32))
+            acc = a.astype(np.int64) @ b.astype(np.int64) - zp[:, None] * b.astype(np.int64).sum(0)
+            ref = acc * rs[:, None].astype(np.float64) * cs.astype(np.float64) + bias
+            tol = 4 * 2.0**-23 * (np.abs(acc) * rs[:, None] * cs + np.abs(bias)) + 1e-30
+            assert not np.isnan(y).any()
+            assert (np.abs(y - ref) <= tol).all(), f"{isa} {m}x{k}x{n} {dt}"
+
+
+def test_quantizer_matches_numpy_reference(rng):
+    x = (rng.standard_normal((37, 129)) * rng.uniform(0.01, 10, (37, 1))).astype(np.float32)
+    x[3] = 0.0  # an all-zero row
+    x[5] = np.abs(x[5])  # all positive: zero point 0
+    x[6] = -np.abs(x[6])  # all negative: zero point 255
+    q, s, z = gemm.quantize_per_token(x)
+    qr, sr, zr = gemm.quantize_per_token_reference(x)
+    np.testing.assert_array_equal(s, sr)
+    np.testing.assert_array_equal(z, zr)
+    np.testing.assert_array_equal(q, qr)
+    assert z[5] == 0 and z[6] == 255 and s[3] == 1.0
+    # dequantized values are within half a step
+    assert (np.abs(s[:, None] * (q.astype(np.float32) - z[:, None]) - x) <= s[:, None] * 0.5001).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_int8_linear_is_quantizer_then_exact_gemm(isa, rng):
+    m, k, n = 19, 200, 45
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int8)
+    ws = rng.uniform(1e-3, 1e-2, n).astype(np.float32)
+    bias = rng.normal(size=n).astype(np.float32)
+    y = gemm.int8_linear(x, gemm.PackedWeight.from_linear_weight(w, isa), ws, bias)
+    q, s, z = gemm.quantize_per_token_reference(x)
+    acc = q.astype(np.int64) @ w.T.astype(np.int64) - z[:, None] * w.astype(np.int64).sum(1)
+    ref = acc * s[:, None].astype(np.float64) * ws + bias
+    assert np.abs(y - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_peak_loops_run():
+    for isa in ISAS:
+        assert gemm.peak_gops(isa, threads=1, seconds=0.01) > 0

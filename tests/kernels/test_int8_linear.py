@@ -1,0 +1,52 @@
+"""Int8Linear as a drop-in for nn.Linear, the Linear swap, and pickling."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from costbench.kernels import gemm
+from costbench.kernels.linear import Int8Linear, swap_linear_layers
+
+
+@pytest.mark.parametrize("isa", gemm.supported_isas())
+def test_close_to_fp32_linear(isa):
+    torch.manual_seed(np.random.default_rng().integers(1 << 30))
+    lin = nn.Linear(384, 96)
+    q = Int8Linear.from_linear(lin, isa=isa)
+    x = torch.randn(3, 17, 384)
+    with torch.inference_mode():
+        y, yq = lin(x), q(x)
+    assert yq.shape == y.shape and yq.dtype == torch.float32
+    cos = nn.functional.cosine_similarity(y.reshape(-1, 96), yq.reshape(-1, 96)).min()
+    assert cos > 0.999
+
+
+def test_without_bias_and_one_row():
+    lin = nn.Linear(5, 3, bias=False)
+    q = Int8Linear.from_linear(lin)
+    x = torch.randn(1, 5)
+    assert torch.allclose(q(x), lin(x), atol=0.05 * lin(x).abs().max().item() + 1e-3)
+
+
+def test_swap_and_pickle_roundtrip():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Sequential(nn.Linear(32, 8)))
+    x = torch.randn(4, 16)
+    swapped = swap_linear_layers(model)
+    assert swapped == ["0", "2.0"]
+    assert isinstance(model[0], Int8Linear) and isinstance(model[2][0], Int8Linear)
+    y = model(x)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert torch.equal(loaded(x), y)
+
+
+def test_min_features_keeps_small_layers_fp32():
+    model = nn.Sequential(nn.Linear(16, 4), nn.Linear(4, 64))
+    assert swap_linear_layers(model, min_features=8) == []

@@ -1,0 +1,170 @@
+"""The hardware-selection report: values from the store, cost, Pareto frontiers, the pick and the reasons."""
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from costbench.harness.cli import app
+from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
+from costbench.harness.reports.hardware import Criteria, build_report, pareto_front
+from costbench.harness.reports.hardware_pages import render_markdown, to_csv_frame, write_report
+from costbench.harness.reports.prices import load_prices
+from costbench.harness.store import load_results
+from synth_runs import case, make_env, write_run
+
+CPU = make_env("Synthetic Xeon 8488C", 2)
+GPU = make_env("Synthetic EPYC", 4, gpus=[{"name": "NVIDIA A10G", "memory": "24 GiB", "driver": "550"}])
+
+
+def config(variant, backend, median, thr, drop_pt, device="cpu", seed=0):
+    """A configuration measured in both scenarios: latency from single_stream, throughput from offline."""
+    common = {"variant": variant, "backend": backend, "device": device, "acc_delta": -drop_pt / 100}
+    return [case(scenario="single_stream", median_ms=median, seed=seed, **common),
+            case(scenario="offline", median_ms=median, throughput=thr, seed=seed + 1, **common)]
+
+
+@pytest.fixture
+def results(tmp_path):
+    write_run(tmp_path, "20260101-000000-cpu001", [
+        *config("fp32", "onnxruntime", 1.0, 1000.0, 0.0),
+        *config("int8", "onnxruntime", 0.6, 1800.0, 0.2),
+        *config("int8", "openvino", 0.5, 2000.0, 2.0),
+        case(variant="int8", backend="torch", status="skipped", reason="variant built by 'int8' comes as onnx"),
+    ], created="2026-01-01T00:00:00+00:00", env=CPU)
+    write_run(tmp_path, "20260102-000000-gpu001", [*config("fp32", "torch", 0.3, 8000.0, 0.0, device="cuda")],
+              created="2026-01-02T00:00:00+00:00", env=GPU)
+    return tmp_path
+
+
+def build(results, criteria, assign=("aws/c7i.large",), gpu="aws/g5.xlarge"):
+    runs = list_all_runs([results])
+    sel = load_selection([results], resolve_runs(["20260101", "20260102"], runs), runs)
+    items = [f"{GPU['env_id']}={gpu}", *assign] if gpu else list(assign)
+    prices = load_prices().with_assignments(items, list(zip(sel.runs.run_id, sel.runs.env_id)))
+    return build_report(sel, prices, criteria)
+
+
+def row(rep, backend, variant):
+    c = rep.configs
+    return c[(c.backend == backend) & (c.variant == variant)].iloc[0]
+
+
+def test_values_come_from_the_store_and_cost_follows_the_formula(results):
+    rep = build(results, Criteria(slo_ms=0.8, max_drop_pt=1.0))
+    df = load_results(results)
+    stored = df[(df.backend == "onnxruntime") & (df.variant == "int8") & (df.metric == "latency_p50")].iloc[0]
+    r = row(rep, "onnxruntime", "int8")
+    assert r.p50_ms == stored.value and r.p50_ci_low == stored.ci_low and r.p50_ci_high == stored.ci_high
+    thr = df[(df.backend == "onnxruntime") & (df.variant == "int8") & (df.metric == "throughput")
+             & (df.scenario == "offline")].value.iloc[0]
+    assert r.throughput == thr == 1800.0
+    assert r.cost_per_m == pytest.approx(0.08925 / (3600 * 1800.0) * 1e6)
+    assert r.accuracy_drop_pt == pytest.approx(0.2) and r.accuracy_basis == "task accuracy vs fp32"
+    assert row(rep, "torch", "fp32").machine == "aws/g5.xlarge"
+    assert set(rep.configs.env_id) == {CPU["env_id"], GPU["env_id"]}  # two machines side by side
+    skipped = row(rep, "torch", "int8")
+    assert skipped.status == "skipped" and "comes as onnx" in skipped.reason
+
+
+def test_pick_and_why_each_faster_or_cheaper_option_lost(results):
+    rep = build(results, Criteria(slo_ms=0.8, max_drop_pt=1.0))
+    rec = rep.recommendations["digits-cnn"]
+    assert rec.objective == "cost"
+    assert (rec.pick["backend"], rec.pick["variant"], rec.pick["device"]) == ("onnxruntime", "int8", "cpu")
+    why = {(r["backend"], r["variant"]): reasons for r, reasons in rec.rejected}
+    assert set(why) == {("openvino", "int8"), ("torch", "fp32")}  # fp32 on the CPU is slower and dearer: not listed
+    assert "accuracy drop 2.00 pt > budget 1 pt" in why[("openvino", "int8")][0]
+    assert why[("torch", "fp32")][0].startswith("costs 0.03493 USD/M inferences, more than the pick's 0.01377")
+    assert [r["backend"] for r, _ in rec.unmeasured] == ["torch"]
+
+    tight = build(results, Criteria(slo_ms=0.4, max_drop_pt=1.0)).recommendations["digits-cnn"]
+    assert tight.pick["backend"] == "torch" and tight.pick["device"] == "cuda"
+    none = build(results, Criteria(slo_ms=0.1, max_drop_pt=1.0)).recommendations["digits-cnn"]
+    assert none.pick is None and all(any("> SLO 0.1 ms" in w for w in why) for _, why in none.rejected)
+
+
+def test_pareto_frontiers(results):
+    rep = build(results, Criteria(max_drop_pt=1.0))
+    c = rep.configs
+    lat = {(r.backend, r.variant) for r in c.itertuples() if r.frontier_latency}
+    cost = {(r.backend, r.variant) for r in c.itertuples() if r.frontier_cost}
+    assert lat == {("torch", "fp32")}  # fastest and no accuracy drop: dominates the rest
+    assert cost == {("openvino", "int8"), ("onnxruntime", "int8"), ("onnxruntime", "fp32")}
+    assert pareto_front([1, 2, 3, None], [3, 2, 3, 0]) == [True, True, False, False]
+    assert pareto_front([1, 1], [0, 0]) == [True, True]  # ties dominate neither
+
+
+def test_without_prices_ranks_by_latency_and_says_so(results):
+    rep = build(results, Criteria(max_drop_pt=1.0), assign=(), gpu=None)
+    rec = rep.recommendations["digits-cnn"]
+    assert rec.objective == "latency" and rec.pick["backend"] == "torch"
+    assert "ranked by latency" in rec.note
+    assert rep.configs.cost_per_m.isna().all()
+
+
+def test_markdown_and_csv(results, tmp_path):
+    rep = build(results, Criteria(slo_ms=0.8, max_drop_pt=1.0))
+    md = render_markdown(rep)
+    assert "**Recommended:** onnxruntime int8 b1 on aws/c7i.large" in md
+    assert "openvino int8 b1 on aws/c7i.large" in md and "accuracy drop 2.00 pt > budget" in md
+    assert "Pareto frontier (cost vs accuracy drop)" in md and "Side by side" in md
+    csv = to_csv_frame(rep)
+    assert csv.recommended.sum() == 1 and len(csv) == 5
+    paths = write_report(rep, tmp_path / "out")
+    back = pd.read_csv(paths["csv"])
+    assert back.loc[back.recommended, "backend"].tolist() == ["onnxruntime"]
+    assert back.p50_ms.dropna().tolist() == csv.p50_ms.dropna().tolist()
+
+
+def test_latest_run_wins_for_a_repeated_configuration(results):
+    write_run(results, "20260103-000000-cpu002", [*config("fp32", "onnxruntime", 2.0, 500.0, 0.0, seed=5)],
+              created="2026-01-03T00:00:00+00:00", env=CPU)
+    sel = load_selection([results], ["20260101-000000-cpu001", "20260103-000000-cpu002"])
+    rep = build_report(sel, load_prices(), Criteria())
+    r = row(rep, "onnxruntime", "fp32")
+    assert r.run_id == "20260103-000000-cpu002" and r.throughput == 500.0
+    assert any("more than one selected run" in n for n in rep.notes)
+
+
+def test_unknown_run_lists_similar_ones(results):
+    runs = list_all_runs([results])
+    with pytest.raises(RunNotFound, match="similar: 20260101-000000-cpu001"):
+        resolve_runs(["20260101-000000-cpu00x"], runs)
+    with pytest.raises(RunNotFound, match="ambiguous"):
+        resolve_runs(["2026"], runs)
+    assert resolve_runs(["last"], runs) == ["20260102-000000-gpu001"]
+
+
+def test_cli_writes_three_forms(results, tmp_path):
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["report", "20260101", "20260102", "--results", str(results), "-o", str(out),
+                                 "--slo-ms", "0.8", "--machine-type", "aws/c7i.large",
+                                 "--machine-type", f"{GPU['env_id']}=aws/g5.xlarge"])
+    assert r.exit_code == 0, r.output
+    assert "recommended onnxruntime int8 b1 on aws/c7i.large" in r.output
+    assert {p.name for p in out.iterdir()} == {"report.html", "report.md", "report.csv"}
+    bad = CliRunner().invoke(app, ["report", "nope", "--results", str(results)])
+    assert bad.exit_code == 2 and "no such run" in bad.output
+
+
+def test_energy_cost_for_own_hardware(tmp_path):
+    write_run(tmp_path, "20260105-000000-own001", [
+        case(scenario="single_stream", median_ms=1.0, power_w=360.0),
+        case(scenario="offline", median_ms=1.0, throughput=1000.0, power_w=360.0)])
+    f = tmp_path / "prices.toml"
+    f.write_text('energy_price_per_kwh = 0.15\n[machines."onprem/box"]\nhourly = 3.6\nenergy_included = false\n')
+    sel = load_selection([tmp_path])
+    prices = load_prices(f).with_assignments(["onprem/box"], list(zip(sel.runs.run_id, sel.runs.env_id)))
+    r = build_report(sel, prices, Criteria()).configs.iloc[0]
+    # $3.60/h at 1000/s is $1 per million; 360 W at 1000/s is 0.1 kWh per million, $0.015 at $0.15/kWh.
+    assert r.machine_cost_per_m == pytest.approx(1.0) and r.energy_cost_per_m == pytest.approx(0.015)
+    assert r.cost_per_m == pytest.approx(1.015)
+
+
+def test_store_keeps_case_provenance_and_run_source(results):
+    sel = load_selection([results])
+    assert set(sel.runs.suite_source) == {"suites/smoke.toml"}
+    assert sel.runs.argv.iloc[0] == ["costbench", "run", "suites/smoke.toml"]
+    info = sel.info("20260101-000000-cpu001", "digits-cnn-int8-onnxruntime-cpu-single_stream-b1")
+    assert info["artifact"]["format"] == "onnx" and info["provenance"]["recipe"] == "int8"
+    assert len(sel.cases) == 9 and set(sel.cases.status) == {"ok", "skipped"}
