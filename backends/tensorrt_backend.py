@@ -89,6 +89,7 @@ def qdq_report(onnx_path: Path) -> dict[str, Any]:
     constants = {o: n for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     nodes = [n for n in model.graph.node if n.op_type in QDQ_OPS]
     problems: list[str] = []
+    int32_bias = 0  # DequantizeLinear of an int32 bias (zero point 0): symmetric, left to TensorRT's parser
     for node in nodes:
         if len(node.input) < 3 or not node.input[2]:
             continue  # no zero point: 0
@@ -100,11 +101,13 @@ def qdq_report(onnx_path: Path) -> dict[str, Any]:
         else:
             problems.append(f"{node.name or node.op_type}: zero point {zp_name!r} is computed, not a constant")
             continue
-        if zp.dtype != np.int8:
+        if zp.dtype == np.int32 and node.op_type == "DequantizeLinear" and not np.any(zp):
+            int32_bias += 1
+        elif zp.dtype != np.int8:
             problems.append(f"{node.name or node.op_type}: {zp.dtype} zero point (TensorRT needs int8)")
         elif np.any(zp != 0):
             problems.append(f"{node.name or node.op_type}: non-zero zero point (TensorRT needs symmetric)")
-    return {"qdq_nodes": len(nodes), "problems": problems}
+    return {"qdq_nodes": len(nodes), "int32_bias_dequantize": int32_bias, "problems": problems}
 
 
 def _trt_to_torch_dtype(trt: Any, dtype: Any) -> Any:

@@ -33,12 +33,17 @@ def validate(
     threads: Optional[int] = typer.Option(None, help="Threads for every implementation (default: all cores)."),
     quick: bool = typer.Option(False, help="Fewer shapes."),
     seed: Optional[int] = typer.Option(None, help="Fix the random inputs (default: fresh every run)."),
+    device: str = typer.Option("cpu", help="cpu: the C kernels; cuda[:N]: the Triton and CUDA C kernels on that GPU."),
 ) -> None:
     """Exact or not, and the largest error, for ours on every path and every vendor int8 GEMM here.
 
     Exits 1 if ours is ever inexact.
     """
     _quiet()
+    if device != "cpu":
+        from costbench.kernels.gpu.cli import validate_gpu
+
+        raise typer.Exit(validate_gpu(device, quick=quick, seed=seed, console=console))
     from costbench.kernels.gemm import supported_isas
     from costbench.kernels.validate import run_validation
 
@@ -77,9 +82,14 @@ def bench(
     minilm: bool = typer.Option(True, help="Also MiniLM end to end: costbench-kernels vs torch dynamic int8."),
     minilm_batch: int = typer.Option(8, min=1, help="Sentences per MiniLM batch (64 tokens each)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write every sample to this JSON file."),
+    device: str = typer.Option("cpu", help="cpu: the C kernels; cuda[:N]: the Triton and CUDA C kernels on that GPU."),
 ) -> None:
     """GOPS of ours and every peer per shape, interleaved; ratio to each peer with a 95% interval; % of peak."""
     _quiet()
+    if device != "cpu":
+        from costbench.kernels.gpu.cli import bench_gpu
+
+        raise typer.Exit(bench_gpu(device, quick=quick, rounds=rounds, console=console, json_out=json_out))
     import numpy as np
 
     from costbench.harness.stats import ratio_of_medians_ci

@@ -59,7 +59,7 @@ def import_runtime() -> Any:
     except ModuleNotFoundError as exc:
         if exc.name in ("executorch", "executorch.extension", "executorch.extension.pybindings"):
             raise ImportError(f"executorch is not installed: {INSTALL_HINT}") from exc
-        from executorch.extension.pybindings import portable_lib as _C  # a layout we do not know: the public path
+        raise
     return _C
 
 

@@ -12,8 +12,6 @@ import abc
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.fp32 import FILENAMES, library_version
@@ -133,7 +131,3 @@ def evaluation_summary(module, teacher, bundle: ModelBundle) -> dict[str, Any]:
     return {"build_time_evaluation": {"data": bundle.evaluation.description, "samples": len(bundle.evaluation),
                                       "metric": mine["metric"], "value": mine["value"], "fp32_value": fp32["value"],
                                       "accuracy_retained": retained, "engine": "torch eager"}}
-
-
-def _float(x: Any) -> float:
-    return float(np.asarray(x))

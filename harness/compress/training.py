@@ -13,8 +13,9 @@ returned as provenance.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -94,8 +95,36 @@ def _freeze_batchnorm(module) -> None:
             m.eval()
 
 
+SMALL_MODEL_PARAMETERS = 2_000_000  # below this, intra-op threads cost more than they save
+
+
+@contextlib.contextmanager
+def threads_for(*modules) -> Iterator[int]:
+    """Run small models single-threaded: their tensors are too small to split, and on a busy machine a second
+    thread that is not scheduled stalls every op. Single-threaded training is also bitwise reproducible on any
+    number of cores. Larger models keep torch's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    small = sum(p.numel() for m in modules if m is not None for p in m.parameters()) < SMALL_MODEL_PARAMETERS
+    if small:
+        torch.set_num_threads(1)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def train(student, bundle: ModelBundle, objective: Objective, *, epochs: int, lr: float, batch_size: int,
           seed: int, teacher=None) -> dict[str, Any]:
+    """Train ``student`` in place on ``objective``; see :func:`_train`. Small models train on one thread."""
+    with threads_for(student, teacher) as threads:
+        return {**_train(student, bundle, objective, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                         teacher=teacher), "threads": threads}
+
+
+def _train(student, bundle: ModelBundle, objective: Objective, *, epochs: int, lr: float, batch_size: int,
+           seed: int, teacher=None) -> dict[str, Any]:
     """Train ``student`` in place on ``objective`` (Adam, seeded shuffling); returns what was done.
 
     The teacher, when the objective needs one, runs in eval mode under ``no_grad``; its outputs are
@@ -143,7 +172,7 @@ def predict(module, bundle: ModelBundle, data: SampleSet, batch_size: int = 64) 
 
     module.eval()
     parts = []
-    with torch.no_grad():
+    with torch.no_grad(), threads_for(module):
         for batch, real in data.batches(batch_size):
             out = module(*(torch.from_numpy(batch[i.name]) for i in bundle.inputs))
             parts.append(out.double().numpy()[:real])

@@ -302,9 +302,8 @@ class CupyLauncher(Launcher):
                 fn.max_dynamic_shared_size_bytes = smem
             self._functions[kernel] = fn
         packed = tuple(np.uint64(v) if k == "ptr" else np.int32(v) for k, v in args)
-        with self._device:
-            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
-            fn(grid, block, packed, shared_mem=smem, stream=stream)
+        with self._device, cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+            fn(grid, block, packed, shared_mem=smem)  # on the current (PyTorch's) stream
 
 
 def available_launchers() -> dict[str, str | None]:

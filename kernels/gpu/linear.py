@@ -92,7 +92,7 @@ def swap_linear_layers(module: nn.Module, device: Any = None, min_features: int 
 _UPLOADED: "weakref.WeakKeyDictionary[nn.Module, dict[str, tuple]]" = weakref.WeakKeyDictionary()
 
 
-def forward_from_int8(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def forward_from_int8(module: nn.Module, x: torch.Tensor, kernels: Any = None) -> torch.Tensor:
     """``costbench.kernels.linear.Int8Linear.forward`` for an input on a CUDA device.
 
     Uses the module's int8 weight (``w_q``, out × in), per-channel scales (``w_scale``) and fp32
@@ -106,4 +106,4 @@ def forward_from_int8(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         bias = None if module.bias_f32 is None else torch.from_numpy(module.bias_f32).to(x.device)
         per_device[key] = (w_q, w_scale, bias)
     w_q, w_scale, bias = per_device[key]
-    return int8_linear(x.detach(), w_q, w_scale, bias)
+    return int8_linear(x.detach(), w_q, w_scale, bias, kernels)

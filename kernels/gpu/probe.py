@@ -10,9 +10,9 @@ from typing import Any
 
 
 def _import(name: str) -> tuple[Any | None, str | None]:
-    """(module, None) or (None, why) for an optional package; 'not installed' vs 'failed to import'."""
+    """(module, None) or (None, why) for an optional package; 'is not installed' vs 'failed to import (...)'."""
     if importlib.util.find_spec(name.split(".")[0]) is None:
-        return None, "not installed"
+        return None, "is not installed"
     try:
         return importlib.import_module(name), None
     except Exception as exc:  # a broken native library: ImportError, OSError, RuntimeError...
@@ -23,7 +23,7 @@ def torch_cuda_reason(device_index: int = 0) -> str | None:
     """None when torch is a CUDA build and sees GPU ``device_index``."""
     torch, why = _import("torch")
     if torch is None:
-        return f"torch is {why}: pip install torch"
+        return f"torch {why}: pip install torch"
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU-only build: install a CUDA build of torch"
     try:
@@ -59,7 +59,7 @@ def int8_tensor_core_reason(device_index: int = 0) -> str | None:
 def triton_reason() -> str | None:
     """None when Triton imports (it compiles for the GPU; without one it still runs under TRITON_INTERPRET=1)."""
     _, why = _import("triton")
-    return None if why is None else f"triton is {why}: pip install triton"
+    return None if why is None else f"triton {why}: pip install triton"
 
 
 def nvcc_reason() -> str | None:
@@ -76,7 +76,7 @@ def pycuda_reason() -> str | None:
     _, why = _import("pycuda.driver")
     if why is None:
         return None
-    return (f"pycuda is {why}: pip install pycuda (builds from source against the CUDA toolkit: "
+    return (f"pycuda {why}: pip install pycuda (builds from source against the CUDA toolkit: "
             "needs nvcc, the CUDA headers and a C++ compiler)")
 
 
@@ -85,7 +85,7 @@ def cupy_reason() -> str | None:
     _, why = _import("cupy")
     if why is None:
         return None
-    return f"cupy is {why}: pip install cupy-cuda12x (CUDA 12) or cupy-cuda13x (CUDA 13)"
+    return f"cupy {why}: pip install cupy-cuda12x (CUDA 12) or cupy-cuda13x (CUDA 13)"
 
 
 def launcher_reason() -> str | None:

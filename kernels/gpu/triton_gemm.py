@@ -91,7 +91,9 @@ CONFIGS: tuple[TileConfig, ...] = (
 INTERPRETER_DEFAULT = TileConfig(32, 32, 32, 1, 4, 1)
 
 
-@triton.jit
+# M is not specialized (its value only feeds masks and the modulo): one compilation serves every M,
+# where specializing on M == 1 and M % 16 would double the variants per configuration.
+@triton.jit(do_not_specialize=["M"])
 def _int8_gemm_kernel(
     a_ptr, b_ptr, c_ptr, srow_ptr, scol_ptr, bias_ptr,
     M, N, K,
@@ -301,3 +303,37 @@ def run_config(config: TileConfig, a: torch.Tensor, b_nk: torch.Tensor, out: tor
     """Launch one configuration explicitly (int32 out when ``row_scale`` is None, else fused); returns the handle."""
     _check(a, b_nk)
     return _launch(a, b_nk, out, row_scale, col_scale, bias, row_scale is not None, config)
+
+
+def compile_for_target(config: TileConfig, *, fused: bool = False, out: str = "*i32", even_k: bool = True,
+                       capability: tuple[int, int] = (9, 0)) -> Any:
+    """Compile the GEMM kernel ahead of time for a GPU architecture, no GPU needed (Triton ships ptxas).
+
+    Specialized as a launch on contiguous operands would be (unit strides as constants); ``out`` is the
+    output pointer type ("*i32", "*fp32", "*fp16", "*bf16"). Returns Triton's CompiledKernel: its
+    ``asm["ptx"]`` shows whether the tile compiled to ``wgmma`` (see :func:`mma_kind`).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature: dict[str, str] = {}
+    constants: dict[str, Any] = {}
+    for name in _int8_gemm_kernel.arg_names:
+        if name in ("a_ptr", "b_ptr"):
+            signature[name] = "*i8"
+        elif name == "c_ptr":
+            signature[name] = out
+        elif name in ("srow_ptr", "scol_ptr", "bias_ptr"):
+            signature[name] = "*fp32" if fused else "constexpr"
+            if not fused:
+                constants[name] = None
+        elif name in ("stride_ak", "stride_bk", "stride_cn"):
+            signature[name], constants[name] = "constexpr", 1
+        elif name in ("M", "N", "K", "stride_am", "stride_bn", "stride_cm"):
+            signature[name] = "i32"
+        else:
+            signature[name] = "constexpr"
+    constants.update(FUSED=fused, HAS_BIAS=fused, EVEN_K=even_k, **config.kwargs())
+    source = ASTSource(fn=_int8_gemm_kernel, signature=signature, constexprs=constants)
+    return triton.compile(source, target=GPUTarget("cuda", capability[0] * 10 + capability[1], 32),
+                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})

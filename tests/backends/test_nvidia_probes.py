@@ -41,7 +41,9 @@ def test_gpu_probes_give_the_exact_reason_here():
                 if torch.version.cuda is None else "no CUDA device is visible (torch.cuda.is_available() is False)")
     assert probe.torch_cuda_reason() == expected
     assert TensorRTBackend().probe_device("cuda").reason == expected
-    assert TorchBackend().probe_device("cuda").reason.startswith(f"torch {torch.__version__}") or NO_CUDA
+    torch_reason = TorchBackend().probe_device("cuda").reason
+    assert torch_reason == (f"torch {torch.__version__} is a CPU-only build; install a CUDA build of torch"
+                            if torch.version.cuda is None else expected)
     assert probe.triton_gemm_reason() == (probe.triton_reason() or expected)
     assert probe.cuda_gemm_reason() == expected
     assert probe.summary()["int8 tensor cores"] == expected
@@ -137,7 +139,7 @@ def test_qdq_report_accepts_symmetric_int8_and_names_asymmetric_nodes(tmp_path, 
     assert sym["qdq_nodes"] > 0 and sym["problems"] == []
     assert asym["qdq_nodes"] > 0 and asym["problems"]
     assert any("uint8 zero point" in p for p in asym["problems"])
-    assert qdq_report(tiny.artifacts[FORMAT_ONNX].path) == {"qdq_nodes": 0, "problems": []}
+    assert qdq_report(tiny.artifacts[FORMAT_ONNX].path) == {"qdq_nodes": 0, "int32_bias_dequantize": 0, "problems": []}
 
 
 def test_tensorrt_refuses_asymmetric_qdq_before_building(tmp_path, tiny):
@@ -219,3 +221,36 @@ def test_torch_compile_option_wraps_the_module(tiny, restore_torch_threads):
 def test_torch_precisions_include_half_types():
     assert TorchBackend.capabilities.precisions == ("fp32", "fp16", "bf16")
     assert TensorRTBackend.capabilities.precisions == ("fp32", "fp16", "int8")
+
+
+# ------------------------------------------------------------------------------------------------ the GPU check
+
+
+def test_gpu_check_suite_file_plans(tmp_path):
+    from pathlib import Path
+
+    from costbench.harness.plan import PLANNED, make_plan
+    from costbench.harness.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check_suite.toml")
+    cases = make_plan(suite)
+    assert {c.backend for c in cases} == {"torch-cuda", "torch-cuda-graph", "torch-compile", "ort-cuda",
+                                          "ort-tensorrt", "tensorrt"}
+    assert all(c.device == "cuda" for c in cases)
+    if NO_CUDA:
+        assert not any(c.status == PLANNED for c in cases)
+        assert all(c.reason for c in cases)
+
+
+@needs_no_gpu
+def test_gpu_check_without_a_gpu_exits_2_and_records_the_probes(tmp_path):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert record["stages"]["environment"]["probes"]["torch CUDA"] == probe.torch_cuda_reason()

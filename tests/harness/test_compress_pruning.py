@@ -75,7 +75,8 @@ def test_structured_pruning_removes_channels(digits, shared_cache):
 def test_structured_pruning_of_minilm_keeps_hidden_size(minilm, shared_cache):
     import torch
 
-    art = build(minilm, "prune-structured", FORMAT_TORCH, shared_cache, ratio=0.25, finetune_epochs=1)
+    # No fine-tune here (that loop is tested on digits); this checks what pruning does to the transformer.
+    art = build(minilm, "prune-structured", FORMAT_TORCH, shared_cache, ratio=0.25, finetune_epochs=0)
     module = torch.load(art.path, weights_only=False)
     for layer in module.bert.encoder.layer:
         assert (layer.intermediate.dense.in_features, layer.intermediate.dense.out_features) == (384, 1152)
@@ -83,11 +84,21 @@ def test_structured_pruning_of_minilm_keeps_hidden_size(minilm, shared_cache):
         assert layer.attention.self.query.weight.shape == (384, 384)
     p = art.provenance
     assert p["parameters"] == minilm.details["parameters"] - 6 * (384 * 384 + 384 + 384 * 384)
-    assert "feed-forward" in p["scope"] and p["fine_tune"]["loss"].startswith("1 - cosine")
-    assert p["fine_tune"]["teacher"] == "all-minilm-l6-v2 fp32"
+    assert "feed-forward" in p["scope"] and p["fine_tune"] is None
+    # Paraphrase retrieval (the task) survives; the embeddings themselves move.
+    assert p["build_time_evaluation"]["metric"] == "task_accuracy"
+    assert p["build_time_evaluation"]["accuracy_retained"] >= 0.95
     sample = minilm.evaluation.take(16)
     with torch.no_grad():
         got = module(*(torch.from_numpy(sample.inputs[i.name]) for i in minilm.inputs)).numpy()
     assert got.shape == (16, 384)
     ref = np.asarray(minilm.torch_module()(*(torch.from_numpy(sample.inputs[i.name]) for i in minilm.inputs)).detach())
-    assert float(np.mean(np.sum(got * ref, axis=1))) > 0.9
+    assert float(np.mean(np.sum(got * ref, axis=1))) > 0.7
+
+
+def test_fine_tune_without_labels_distils_from_fp32(minilm):
+    from costbench.harness.compress.training import fine_tune_objective
+
+    objective = fine_tune_objective(minilm)
+    assert objective.needs_teacher and objective.data is minilm.calibration
+    assert objective.description["loss"].startswith("1 - cosine") and objective.description["teacher"] == "all-minilm-l6-v2 fp32"

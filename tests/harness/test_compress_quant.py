@@ -41,7 +41,7 @@ def test_symmetric_activations_for_tensorrt(digits, shared_cache):
     for zp in activation_zero_points:
         assert zp.dtype == np.int8 and not zp.any()  # signed, zero point 0: symmetric
     weight_zero_points = [init[n.input[2]] for n in model.graph.node
-                          if n.op_type == "DequantizeLinear" and n.input[0] in init and init[n.input[0]].size > 1]
+                          if n.op_type == "DequantizeLinear" and n.input[0] in init and init[n.input[0]].dtype == np.int8]
     assert weight_zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in weight_zero_points)
     p = art.provenance
     assert p["activation_symmetric"] is True and p["activations"].startswith("symmetric int8")
@@ -76,7 +76,8 @@ def test_ort_dynamic_int8_on_minilm_is_int8_and_close(minilm, shared_cache):
     p = art.provenance
     assert p["matmul_integer"] == 36 and p["calibration"] is None and p["op_types"] == ["MatMul", "Gemm"]
     fp32 = build(minilm, "fp32", FORMAT_ONNX, shared_cache)
-    assert art.size_bytes < 0.5 * fp32.size_bytes
+    # 36 weight matrices shrink 4x; the 30522 x 384 word-embedding table (47 MB, a Gather) stays fp32.
+    assert 0.6 * fp32.size_bytes < art.size_bytes < 0.7 * fp32.size_bytes
     sample = minilm.evaluation.take(24)
     ref, got = ort_outputs(fp32.path, sample), ort_outputs(art.path, sample)
     assert float(np.min(np.sum(ref * got, axis=1))) > 0.85  # unit vectors: the dot product is the cosine

@@ -21,6 +21,8 @@ import time
 import numpy as np
 import pytest
 
+from costbench.kernels.reference import int8_gemm_reference
+
 pytest.importorskip("triton", reason="triton is not installed: pip install triton")
 
 FUSED_SHAPES = [(1, 7, 33), (17, 65, 129)]
@@ -34,20 +36,20 @@ def _worker() -> dict:
     from costbench.kernels.gpu import triton_gemm as tg
     from costbench.kernels.gpu import validate as gv
     from costbench.kernels.gpu.linear import CudaInt8Linear, int8_linear
-    from costbench.kernels.reference import int8_gemm_reference
 
     assert tg.INTERPRETED
     rng = np.random.default_rng()  # fresh inputs every run
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
 
-    for cfg in tg.CONFIGS:
-        impl = gv.TritonImpl(tg, cfg)
-        r = gv.check_int32(impl, "cpu", gv.INTERPRETER_SHAPES, rng)
-        out[f"int32 {cfg.name}"] = {**r.as_dict(), "expected_cases": 5 * len(gv.INTERPRETER_SHAPES)}
-        for dtype in ("float32", "float16", "bfloat16"):
-            r = gv.check_fused(impl, "cpu", FUSED_SHAPES, rng, dtype)
-            out[f"fused {dtype} {cfg.name}"] = r.as_dict()
+    # every configuration on the same fresh cases (one exact product per case)
+    impls = [gv.TritonImpl(tg, cfg) for cfg in tg.CONFIGS]
+    for r in gv.validate(impls, "cpu", gv.INTERPRETER_SHAPES, kinds=("int32",)):
+        out[f"int32 {r.impl.removeprefix('triton ')}"] = {**r.as_dict(),
+                                                          "expected_cases": 5 * len(gv.INTERPRETER_SHAPES)}
+    fused_kinds = [f"fused {d}" for d in ("float32", "float16", "bfloat16")]
+    for r in gv.validate(impls, "cpu", FUSED_SHAPES, kinds=fused_kinds):
+        out[f"fused {r.kind.split()[1]} {r.impl.removeprefix('triton ')}"] = r.as_dict()
 
     # extremes at K not a multiple of any BLOCK_K, through the public wrapper
     k = 97
@@ -88,6 +90,13 @@ def _worker() -> dict:
         rel = float((y - lin(xs)).norm() / lin(xs).norm())
     out["linear"] = {"ok": bool(y.shape == (2, 3, 20) and ratio <= 1.0 and rel < 0.02), "ratio": ratio,
                      "relative_error_vs_float": rel}
+    # the CUDA path of the CPU engineer's Int8Linear: same int8 weights, our quantizer and GEMM
+    from costbench.kernels.gpu.linear import forward_from_int8
+    from costbench.kernels.linear import Int8Linear
+
+    cpu_layer = Int8Linear.from_linear(lin)
+    y_dispatch = forward_from_int8(cpu_layer, xs, kernels=tg)
+    out["int8linear_dispatch"] = {"ok": bool(torch.equal(y_dispatch, y)), "note": "same weights as CudaInt8Linear"}
     out["_seconds"] = {"ok": True, "value": time.perf_counter() - t0}  # reported with -rA; not asserted
     return out
 
@@ -122,9 +131,17 @@ def test_every_config_fused_epilogue_within_tolerance(checks, name, dtype):
     assert r["cases"] == 5 * len(FUSED_SHAPES) and r["worst"] <= 1.0
 
 
-@pytest.mark.parametrize("check", ["extremes", "poison", "quantize_rows", "linear"])
+@pytest.mark.parametrize("check", ["extremes", "poison", "quantize_rows", "linear", "int8linear_dispatch"])
 def test_named_checks(checks, check):
     assert checks[check]["ok"], checks[check]
+
+
+def test_exact_product_equals_the_int64_reference():
+    from costbench.kernels.gpu import validate as gv
+    from costbench.kernels.validate import make_cases
+
+    for case in make_cases(np.random.default_rng(), [(1, 1, 1), (7, 1000, 33), (64, 4096, 5)], "s8"):
+        assert np.array_equal(gv.exact_product(case.a, case.b), int8_gemm_reference(case.a, case.b))
 
 
 def test_fused_error_ratio_flags_nan_and_real_errors():

@@ -1,0 +1,473 @@
+"""The NVIDIA check in one run: validate, benchmark and exercise everything GPU-side, and record it.
+
+Run by benchmarks/gpu_check.sh (which installs what the GPU image lacks and builds PyCUDA in the
+background); stages run in priority order under a time budget, each recorded as ok, failed (with the
+error) or skipped (with why), and the JSON is rewritten after every stage so a run cut short keeps
+what it measured:
+
+1. environment: GPU, driver, CUDA, library versions, costbench's fingerprint (env_id)
+2. Triton: every tile configuration and the autotuned path, exact on the full range and odd shapes,
+   fused fp32/fp16/bf16 within tolerance; which configurations compiled to wgmma
+3. CUDA C: nvcc build for the card, SASS checked for IMMA, validated through CuPy
+4. benchmark: Triton and CUDA C against cuBLASLt (torch._int_mm), _int_mm + separate dequantize and
+   fp16 GEMM, interleaved, with the measured int8 peak
+5. PyCUDA: the CUDA C kernel validated (and timed) through the PyCUDA launcher once its build is done
+6. MiniLM through Int8Linear on CUDA: parity with fp32, paraphrase retrieval, latency
+7. the smoke models on the torch CUDA backend (fp32/fp16/bf16; eager, CUDA graph, torch.compile) and
+   the ONNX Runtime / TensorRT cases this image can run, through the harness worker
+
+Usage: ``python benchmarks/gpu_check.py --out DIR [--budget SECONDS] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CARRY = ROOT / ".gpu-carry"
+PYCUDA_SITE = Path(os.environ.get("COSTBENCH_PYCUDA_SITE", "/tmp/pycuda-site"))
+PYCUDA_DONE = PYCUDA_SITE / ".build-finished"
+
+
+class Run:
+    """Stages under a deadline; results written after each stage."""
+
+    def __init__(self, out: Path, budget_s: float):
+        self.out = out
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + budget_s
+        self.record: dict[str, Any] = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                       "budget_s": budget_s, "stages": {}}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def stage(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0) -> Any:
+        if self.left() < needs_s:
+            self.record["stages"][name] = {"status": "skipped", "why": f"time budget: {self.left():.0f} s left, "
+                                                                         f"stage needs ~{needs_s:.0f} s"}
+            print(f"== {name}: skipped (time budget)", flush=True)
+            self.save()
+            return None
+        print(f"== {name} ({self.left():.0f} s left)", flush=True)
+        t = time.monotonic()
+        try:
+            result = fn()
+            status = {"status": "ok", "result": result}
+        except Exception as exc:
+            traceback.print_exc()
+            status = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                      "traceback": traceback.format_exc(limit=8)[-3000:]}
+            result = None
+        status["seconds"] = round(time.monotonic() - t, 1)
+        self.record["stages"][name] = status
+        self.save()
+        return result
+
+    def save(self) -> None:
+        self.record["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        tmp = self.out / "gpu_check.json.tmp"
+        tmp.write_text(json.dumps(self.record, indent=1, default=_json_default))
+        os.replace(tmp, self.out / "gpu_check.json")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def _cmd(args: list[str]) -> str:
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
+    except Exception as exc:
+        return f"({type(exc).__name__}: {exc})"
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    from costbench.harness.env import fingerprint
+    from costbench.kernels.gpu import probe
+
+    versions = {}
+    for mod in ("torch", "triton", "cupy", "numpy", "onnxruntime", "tensorrt", "transformers"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception as exc:
+            versions[mod] = f"not available ({type(exc).__name__})"
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "fingerprint": fingerprint(),
+        "gpu": {"name": props.name, "capability": f"{props.major}.{props.minor}",
+                "multiprocessors": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
+                "l2_bytes": getattr(props, "L2_cache_size", None)},
+        "nvidia_smi": _cmd(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,"
+                                          "temperature.gpu,power.draw,power.limit", "--format=csv"]),
+        "nvcc": _cmd(["nvcc", "--version"]).splitlines()[-1:] if _cmd(["which", "nvcc"]) else "not found",
+        "torch_cuda": torch.version.cuda,
+        "versions": versions,
+        "python": platform.python_version(),
+        "probes": probe.summary(),
+    }
+
+
+def _validate_configs(names: list[str], shapes: list, kinds: list[str]) -> list[dict[str, Any]]:
+    """In a worker process: the named Triton configurations on the given shapes (fresh inputs)."""
+    from costbench.kernels.gpu import triton_gemm as tg
+    from costbench.kernels.gpu import validate as gv
+
+    impls = [gv.TritonImpl(tg, c) for c in tg.CONFIGS if c.name in names]
+    return [r.as_dict() for r in gv.validate(impls, "cuda:0", shapes, kinds=kinds)]
+
+
+def triton_validation(quick: bool) -> dict[str, Any]:
+    """Every tile configuration, each in its own process (Triton compiles one configuration at a time, so
+    compiling 11 in parallel is what keeps this stage in budget), then the autotuned path in this one."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from costbench.kernels.gpu import triton_gemm as tg
+    from costbench.kernels.gpu import validate as gv
+
+    shapes = gv.CONFIG_SHAPES[:4] + gv.CONFIG_SHAPES[-2:] if quick else gv.CONFIG_SHAPES
+    names = [c.name for c in tg.CONFIGS]
+    # int32 and fused fp16 for every configuration; fp32/bf16 outputs (only the final cast differs) on
+    # one wgmma tile and one small-M tile
+    jobs = [([n], shapes, ["int32", "fused float16"]) for n in names]
+    jobs.append(([names[0], names[-1]], shapes, ["fused float32", "fused bfloat16"]))
+    workers = max(1, min(len(jobs), (os.cpu_count() or 2) - 1))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        results = [r for rs in pool.map(_validate_configs, *zip(*jobs)) for r in rs]
+    for r in results:
+        print(f"{r['impl']:<40} {r['kind']:<15} {'ok' if r['ok'] else 'FAIL'}  cases={r['cases']} worst={r['worst']:.3g}"
+              + (f"  errors: {r['errors'][:2]}" if r["errors"] else ""), flush=True)
+    # the autotuned path and edge shapes (1x1x1 ...) in this process; then cuBLASLt for reference
+    edge = [(1, 1, 1), (1, 7, 33), (33, 1000, 7), (255, 300, 257), (512, 4096, 512)]
+    more = gv.validate([gv.TritonImpl(tg, None)], "cuda:0", edge, log=print)
+    more += gv.validate([gv.TorchIntMMImpl()], "cuda:0", gv.SHAPES, log=print)
+    results += [r.as_dict() for r in more]
+    ours = [r for r in results if r["impl"].startswith("triton")]
+    return {"all_ours_ok": all(r["ok"] for r in ours), "results": results,
+            "autotuned_choices": {"int32": tg.best_config(False)}}
+
+
+def triton_configs() -> list[dict[str, Any]]:
+    from costbench.kernels.gpu.bench import triton_config_report
+
+    rows = triton_config_report("cuda:0")
+    for r in rows:
+        print(f"{r['config']:<24} wgmma predicted={r['wgmma_predicted']!s:<5} PTX: {r['mma']:<9} "
+              f"smem={r['shared_bytes']} regs={r['registers']} spills={r['spills']} {r['error']}")
+    return rows
+
+
+def cuda_c_build() -> dict[str, Any]:
+    import torch
+
+    from costbench.kernels.gpu import cuda_gemm
+
+    cap = torch.cuda.get_device_capability(0)
+    built = cuda_gemm.build("cubin", cap)
+    sass = cuda_gemm.sass(built.path)
+    counts = {name: {"IMMA.16832.S8.S8": cuda_gemm.count_instructions(body, r"IMMA\.16832\.S8\.S8"),
+                     "HGMMA": body.count("HGMMA"), "LDL/STL": cuda_gemm.count_instructions(body, r"\b(LDL|STL)\b")}
+              for name, body in ((b.split()[0], b) for b in sass.split("Function : ")[1:])}
+    return {"command": " ".join(built.command), "nvcc": built.nvcc_version, "resources": built.resources,
+            "sass_counts": counts, "cubin_bytes": built.path.stat().st_size}
+
+
+def cuda_c_validation(launcher: str, quick: bool) -> dict[str, Any]:
+    from costbench.kernels.gpu import validate as gv
+    from costbench.kernels.gpu.cuda_gemm import CudaInt8Gemm
+
+    engine = CudaInt8Gemm(launcher, 0)
+    shapes = gv.SHAPES[:6] if quick else gv.SHAPES
+    results = gv.validate([gv.CudaCImpl(engine, t) for t in ("128x128", "64x64")] + [gv.CudaCImpl(engine, None)],
+                          "cuda:0", shapes, log=print)
+    return {"launcher": engine.info(), "all_ok": all(r.ok for r in results),
+            "results": [r.as_dict() for r in results]}
+
+
+def benchmark(quick: bool, launcher: str | None) -> dict[str, Any]:
+    import torch
+
+    from costbench.kernels.gpu import bench as gb
+    from costbench.kernels.gpu.cuda_gemm import CudaInt8Gemm
+
+    dev = torch.device("cuda", 0)
+    peak = gb.int8_peak_tops(dev)
+    print(f"int8 peak (Triton dot loop): {peak['tops']:.0f} TOPS via {peak['mma']}")
+    engine = CudaInt8Gemm(launcher, 0) if launcher else None
+    impls = gb.implementations(dev, engine)
+    timer = gb.Timer(dev)
+    gen = torch.Generator(device=dev)
+    gen.seed()
+    rng = np.random.default_rng()
+    shapes = []
+    for label, m, k, n in (gb.QUICK_SHAPES if quick else gb.SHAPES):
+        series = gb.bench_shape(m, k, n, impls, timer, rounds=3, reps=10, gen=gen, rng=rng)
+        row = {"label": label, "m": m, "k": k, "n": n, "series": []}
+        for s in series:
+            tops = 2.0 * m * n * k / (s.median_us * 1e-6) / 1e12 if s.round_medians_us else None
+            row["series"].append({"name": s.name, "out": s.out, "ours": s.ours, "median_us": s.median_us,
+                                  "round_medians_us": s.round_medians_us, "tops": tops,
+                                  "pct_of_peak": None if tops is None else 100 * tops / peak["tops"],
+                                  "method": s.method, "note": s.note, "error": s.error})
+            print(f"{label:<7} {m}x{k}x{n:<6} {s.name:<55} "
+                  + (f"{s.median_us:9.1f} us {tops:7.1f} TOPS" if tops else f"-- {s.error}"), flush=True)
+        shapes.append(row)
+    return {"peak": peak, "launcher": engine.info() if engine else None, "shapes": shapes,
+            "autotuned_choices": __import__("costbench.kernels.gpu.triton_gemm", fromlist=["x"]).best_config(False)}
+
+
+def wait_for_pycuda(timeout_s: float) -> str | None:
+    """None once the background build installed PyCUDA, else why not (its log is in the output folder)."""
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        if PYCUDA_DONE.exists():
+            status = PYCUDA_DONE.read_text().strip()
+            if status != "0":
+                return f"the PyCUDA build failed (exit {status}; see pycuda_build.log)"
+            import importlib
+
+            # the folder did not exist when Python started: drop any cached "nothing here" finder
+            sys.path_importer_cache.pop(str(PYCUDA_SITE), None)
+            if str(PYCUDA_SITE) not in sys.path:
+                sys.path.insert(0, str(PYCUDA_SITE))
+            importlib.invalidate_caches()
+            return None
+        time.sleep(2)
+    return f"the PyCUDA build did not finish within {timeout_s:.0f} s"
+
+
+def pycuda_stage(quick: bool, run: Run) -> dict[str, Any]:
+    why = wait_for_pycuda(max(10.0, min(180.0, run.left() - 120)))
+    if why:
+        raise RuntimeError(why)
+    import pycuda  # noqa: F401
+
+    out = cuda_c_validation("pycuda", quick)
+    out["pycuda_version"] = __import__("pycuda").VERSION_TEXT
+    return out
+
+
+def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
+    """all-MiniLM-L6-v2 (compact pack) on CUDA: fp32, fp16, and Int8Linear (the Triton int8 GEMM)."""
+    import copy
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from costbench.harness.zoo.minilm import _embedder_class
+    from costbench.kernels.linear import swap_linear_layers
+
+    pack = CARRY / "minilm"
+    weights = np.load(pack / "weights_fp16.npz")
+    data = np.load(pack / "sentences.npz")
+    config = BertConfig.from_json_file(str(pack / "config.json"))
+    bert = BertModel(config, add_pooling_layer=False)
+    state = {}
+    vocab = int(weights["word_embeddings_vocab"])
+    emb = torch.zeros((vocab, config.hidden_size))
+    emb[torch.from_numpy(weights["word_embeddings_ids"])] = torch.from_numpy(weights["word_embeddings_rows"]).float()
+    state["embeddings.word_embeddings.weight"] = emb
+    for key in weights.files:
+        if key.startswith("param:"):
+            state[key[6:]] = torch.from_numpy(weights[key]).float()
+        elif key.startswith("buffer:"):
+            state[key[7:]] = torch.from_numpy(weights[key])
+    missing, unexpected = bert.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if "position_ids" not in m]:
+        raise RuntimeError(f"MiniLM weights did not load: missing {missing}, unexpected {unexpected}")
+    fp32 = _embedder_class()(bert).eval()
+    int8 = copy.deepcopy(fp32)
+    swapped = swap_linear_layers(int8)  # CPU Int8Linear modules; on CUDA inputs they dispatch to Triton
+    dev = torch.device(device)
+    fp32 = fp32.to(dev)
+    int8 = int8.to(dev)
+    fp16 = copy.deepcopy(fp32).half()
+    ids = torch.from_numpy(data["evaluation_input_ids"]).to(dev)
+    mask = torch.from_numpy(data["evaluation_attention_mask"]).to(dev)
+    labels = data["evaluation_labels"]
+
+    def embed(model, dtype=None):
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, ids.shape[0], 64):
+                outs.append(model(ids[i:i + 64], mask[i:i + 64]).float())
+        return torch.cat(outs)
+
+    e32, e16, e8 = embed(fp32), embed(fp16), embed(int8)
+
+    def retrieval(e: torch.Tensor) -> float:
+        sim = e @ e.T
+        sim.fill_diagonal_(-2)
+        nearest = sim.argmax(1).cpu().numpy()
+        return float(np.mean(labels[nearest] == labels))
+
+    def parity(e: torch.Tensor) -> dict[str, float]:
+        cos = (e * e32).sum(1)
+        return {"mean_cos": float(cos.mean()), "min_cos": float(cos.min())}
+
+    batch = 32
+    bi, bm = ids[:batch], mask[:batch]
+
+    def latency(model) -> dict[str, float]:
+        with torch.inference_mode():
+            for _ in range(5):
+                model(bi, bm)
+            if dev.type != "cuda":  # a dry run on the CPU: host clock, few repetitions
+                t = time.perf_counter()
+                model(bi, bm)
+                return {"median_ms": (time.perf_counter() - t) * 1e3, "p90_ms": float("nan")}
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(30):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                model(bi, bm)
+                e.record()
+                torch.cuda.synchronize()
+                times.append(s.elapsed_time(e))
+        return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+
+    result = {
+        "weights": json.loads((pack / "README.json").read_text()),
+        "int8_layers": len(swapped),
+        "sentences": int(ids.shape[0]),
+        "retrieval_accuracy": {"fp32": retrieval(e32), "fp16": retrieval(e16), "int8 (Int8Linear, Triton)": retrieval(e8)},
+        "parity_vs_fp32": {"fp16": parity(e16), "int8 (Int8Linear, Triton)": parity(e8)},
+        "latency_batch32_seq64": {"fp32 eager": latency(fp32), "fp16 eager": latency(fp16),
+                                  "int8 Int8Linear (Triton) eager": latency(int8)},
+        "timing": "CUDA events around one forward of 32 sentences x 64 tokens, inputs on the device, after 5 warm-ups",
+    }
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def model_cases(run: Run) -> dict[str, Any]:
+    from costbench.harness.plan import PLANNED, make_plan
+    from costbench.harness.suite import load_suite
+    from costbench.harness.worker import execute
+
+    cache = Path(os.environ.get("COSTBENCH_CACHE_DIR", "/tmp/costbench-cache"))
+    cases = make_plan(load_suite(ROOT / "benchmarks" / "gpu_check_suite.toml"))
+    order = {"torch-cuda": 0, "torch-cuda-graph": 1, "ort-cuda": 2, "tensorrt": 3, "ort-tensorrt": 4, "torch-compile": 5}
+    cases.sort(key=lambda c: (order.get(c.backend, 9), c.model))
+    rows = []
+    for case in cases:
+        row = {**case.key(), "status": case.status, "reason": case.reason}
+        if case.status == PLANNED:
+            if run.left() < 25:
+                row.update(status="skipped", reason="time budget")
+            else:
+                t = time.monotonic()
+                try:
+                    payload = execute(case, cache)
+                    metrics = {m["metric"]: (m["value"], m["unit"]) for m in payload["metrics"]}
+                    row.update(status="ok", metrics=metrics, session=payload["info"].get("session"),
+                               timing=payload["info"].get("timing"))
+                except Exception as exc:
+                    row.update(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:400]}")
+                row["seconds"] = round(time.monotonic() - t, 1)
+        rows.append(row)
+        m = row.get("metrics", {})
+        p50 = m.get("latency_p50", (None,))[0]
+        dev_p50 = m.get("device_latency_p50", (None,))[0]
+        print(f"{case.model:<20} {case.variant:<9} {case.backend:<18} {row['status']:<8} "
+              + (f"p50 {p50:.3f} ms (device {dev_p50})" if p50 is not None else row.get("reason", "")[:110]),
+              flush=True)
+    return {"cases": rows}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def summary(record: dict[str, Any]) -> str:
+    lines = ["# costbench GPU check", "", f"command: `{record['command']}`", ""]
+    env = record["stages"].get("environment", {}).get("result") or {}
+    if env:
+        lines += [f"GPU: {env['gpu']['name']} (sm_{env['gpu']['capability'].replace('.', '')}, "
+                  f"{env['gpu']['multiprocessors']} SMs), torch {env['versions'].get('torch')}, "
+                  f"triton {env['versions'].get('triton')}, CUDA {env.get('torch_cuda')}", ""]
+    lines += ["| stage | status | seconds | note |", "| --- | --- | --- | --- |"]
+    for name, st in record["stages"].items():
+        note = st.get("why") or st.get("error") or ""
+        res = st.get("result")
+        if isinstance(res, dict) and "all_ours_ok" in res:
+            note = f"ours exact/within tolerance everywhere: {res['all_ours_ok']}"
+        if isinstance(res, dict) and "all_ok" in res:
+            note = f"exact/within tolerance everywhere: {res['all_ok']} ({res['launcher']['launcher']})"
+        lines.append(f"| {name} | {st['status']} | {st.get('seconds', '-')} | {str(note)[:160]} |")
+    bench = record["stages"].get("benchmark", {}).get("result")
+    if bench:
+        lines += ["", f"int8 peak (measured, {bench['peak']['mma']}): {bench['peak']['tops']:.0f} TOPS", "",
+                  "| shape | implementation | µs | TOPS | % peak |", "| --- | --- | --- | --- | --- |"]
+        for row in bench["shapes"]:
+            for s in row["series"]:
+                if s["tops"]:
+                    lines.append(f"| {row['m']}x{row['k']}x{row['n']} | {s['name']} | {s['median_us']:.1f} | "
+                                 f"{s['tops']:.0f} | {s['pct_of_peak']:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else results/gpu-check)")
+    parser.add_argument("--budget", type=float, default=330.0, help="seconds for all stages together")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes everywhere")
+    args = parser.parse_args()
+    out = args.out or Path(os.environ.get("OUT") or ROOT / "results" / "gpu-check")
+    out.mkdir(parents=True, exist_ok=True)
+    run = Run(out, args.budget)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        from costbench.kernels.gpu.probe import summary as probe_summary
+
+        run.record["stages"]["environment"] = {"status": "failed", "error": "no CUDA GPU", "probes": probe_summary()}
+        run.save()
+        print("no CUDA GPU here:", probe_summary())
+        return 2
+
+    run.stage("environment", environment)
+    run.stage("triton: validate every config", lambda: triton_validation(args.quick), needs_s=30)
+    run.stage("triton: wgmma per config", triton_configs, needs_s=15)
+    run.stage("cuda-c: nvcc build and SASS", cuda_c_build, needs_s=20)
+    cupy_ok = run.stage("cuda-c: validate via cupy", lambda: cuda_c_validation("cupy", args.quick), needs_s=30)
+    pycuda_ready = PYCUDA_DONE.exists() and PYCUDA_DONE.read_text().strip() == "0"
+    launcher = "pycuda" if pycuda_ready and wait_for_pycuda(1) is None else ("cupy" if cupy_ok else None)
+    run.stage("benchmark", lambda: benchmark(args.quick, launcher), needs_s=60)
+    run.stage("pycuda: build, validate", lambda: pycuda_stage(args.quick, run), needs_s=20)
+    run.stage("minilm: Int8Linear on CUDA", minilm_stage, needs_s=30)
+    run.stage("models: torch CUDA backend (+ ORT/TensorRT where installed)", lambda: model_cases(run), needs_s=30)
+    text = summary(run.record)
+    (out / "summary.md").write_text(text)
+    print(text)
+    stages = run.record["stages"]
+    ours_ok = all((stages.get(k, {}).get("result") or {}).get(flag, True)
+                  for k, flag in (("triton: validate every config", "all_ours_ok"), ("cuda-c: validate via cupy", "all_ok"),
+                                  ("pycuda: build, validate", "all_ok")))
+    return 0 if ours_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

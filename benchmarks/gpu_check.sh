@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The NVIDIA check in ONE device call (H100/H200, CUDA image with torch, Triton, CuPy and nvcc; no network).
+#
+# Before the call, on a machine with PyPI:  python benchmarks/gpu_check_prepare.py   (fills .gpu-carry/)
+# The device call:   bash benchmarks/gpu_check.sh        with carry = [".gpu-carry"], timeout_s = 480
+# Then copy the returned files into results/reference/<date>-<gpu>/ and commit them.
+#
+# What it does: installs the carried wheels (pydantic, EfficientNet weights, PyCUDA's helpers) into a private
+# folder, installs costbench there (builds its C extension), builds PyCUDA from its sdist in the background,
+# and runs benchmarks/gpu_check.py, which writes gpu_check.json, summary.md and logs into $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/results/gpu-check}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+CARRY="$PWD/.gpu-carry"
+SITE=/tmp/costbench-site
+PYCUDA_SITE=/tmp/pycuda-site
+export PYTHONUNBUFFERED=1 COSTBENCH_CACHE_DIR=/tmp/costbench-cache COSTBENCH_PYCUDA_SITE=$PYCUDA_SITE
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+t0=$(date +%s)
+
+if [ ! -d "$CARRY/wheels" ]; then
+  echo "missing $CARRY/wheels: run python benchmarks/gpu_check_prepare.py first and carry .gpu-carry" >&2
+  exit 3
+fi
+
+# 1) PyCUDA from its sdist, in the background (it compiles for a minute or two on this machine's CPUs)
+NVCC="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
+CUDA_ROOT=""
+for d in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(readlink -f "$NVCC")")")" /usr/local/cuda /usr/local/cuda-*; do
+  if [ -n "$d" ] && [ -f "$d/include/cuda.h" ]; then CUDA_ROOT="$d"; break; fi
+done
+echo "nvcc: $NVCC, CUDA toolkit: ${CUDA_ROOT:-not found (no include/cuda.h)}"
+mkdir -p "$PYCUDA_SITE"
+{ (
+  set -e
+  rm -rf /tmp/pycuda-src && mkdir -p /tmp/pycuda-src
+  tar xzf "$CARRY"/wheels/pycuda-*.tar.gz -C /tmp/pycuda-src
+  cd /tmp/pycuda-src/pycuda-*
+  libdirs="$CUDA_ROOT/lib64,$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/lib/stubs,/usr/local/nvidia/lib64,/usr/lib/x86_64-linux-gnu"
+  libdirs="$libdirs${PYCUDA_EXTRA_LIBDIRS:+,$PYCUDA_EXTRA_LIBDIRS}"
+  "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand --cudadrv-lib-dir="$libdirs" \
+      --cudart-lib-dir="$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
+  "$PY" -m pip install -q --no-build-isolation --no-deps --no-index --no-cache-dir --target "$PYCUDA_SITE" .
+) > "$OUT/pycuda_build.log" 2>&1; echo $? > "$PYCUDA_SITE/.build-finished"; } &
+
+# 2) the carried wheels, then costbench itself (no dependencies: the image has torch, numpy, scipy, ...)
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$CARRY"/wheels/*.whl || exit 4
+export PYTHONPATH="$SITE:$PYCUDA_SITE${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target "$SITE" . || exit 5
+echo "setup: $(( $(date +%s) - t0 )) s"
+
+# 3) the check (its own time budget; the device call's limit must leave room for setup and the transfer)
+"$PY" benchmarks/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-330}" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+rc=${PIPESTATUS[0]}
+echo "total: $(( $(date +%s) - t0 )) s, exit $rc"
+exit $rc
