@@ -363,38 +363,54 @@ def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
 
 
 def model_cases(run: Run) -> dict[str, Any]:
+    """The suite's cases through the harness's own per-case child processes, into a run file the reports read
+    (``runs/RUN_ID.jsonl`` under the output folder; ``costbench store rebuild`` and the reports take it as is)."""
+    import tempfile
+    from datetime import datetime, timezone
+
+    import costbench
+    from costbench.harness.env import fingerprint
     from costbench.harness.plan import PLANNED, make_plan
+    from costbench.harness.runner import CaseOutcome, git_commit, new_run_id, run_case_in_child
+    from costbench.harness.store import RunFile
     from costbench.harness.suite import load_suite
-    from costbench.harness.worker import execute
 
     cache = Path(os.environ.get("COSTBENCH_CACHE_DIR", "/tmp/costbench-cache"))
-    cases = make_plan(load_suite(ROOT / "benchmarks" / "gpu_check_suite.toml"))
+    suite = load_suite(ROOT / "benchmarks" / "gpu_check_suite.toml")
+    cases = make_plan(suite)
     order = {"torch-cuda": 0, "torch-cuda-graph": 1, "ort-cuda": 2, "tensorrt": 3, "ort-tensorrt": 4, "torch-compile": 5}
     cases.sort(key=lambda c: (order.get(c.backend, 9), c.model))
+    env = fingerprint()
+    run_id = new_run_id()
+    header = {"run_id": run_id, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "commit": git_commit(ROOT), "harness_version": costbench.__version__, "env_id": env["env_id"],
+              "env": env, "suite": {"name": suite.name, "source": str(suite.source), "spec": suite.model_dump(mode="json")},
+              "only": [], "timeout_override": None, "planned_cases": len(cases), "argv": sys.argv}
+    run_file = RunFile.create(run.out, header)
     rows = []
-    for case in cases:
-        row = {**case.key(), "status": case.status, "reason": case.reason}
-        if case.status == PLANNED:
-            if run.left() < 25:
-                row.update(status="skipped", reason="time budget")
+    with tempfile.TemporaryDirectory(prefix="costbench-gpu-check-") as tmp:
+        for case in cases:
+            if case.status != PLANNED:
+                outcome = CaseOutcome(case, case.status, case.reason)
+            elif run.left() < 25:
+                outcome = CaseOutcome(case, "skipped", "time budget of the GPU check ran out")
             else:
-                t = time.monotonic()
-                try:
-                    payload = execute(case, cache)
-                    metrics = {m["metric"]: (m["value"], m["unit"]) for m in payload["metrics"]}
-                    row.update(status="ok", metrics=metrics, session=payload["info"].get("session"),
-                               timing=payload["info"].get("timing"))
-                except Exception as exc:
-                    row.update(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:400]}")
-                row["seconds"] = round(time.monotonic() - t, 1)
-        rows.append(row)
-        m = row.get("metrics", {})
-        p50 = m.get("latency_p50", (None,))[0]
-        dev_p50 = m.get("device_latency_p50", (None,))[0]
-        print(f"{case.model:<20} {case.variant:<9} {case.backend:<18} {row['status']:<8} "
-              + (f"p50 {p50:.3f} ms (device {dev_p50})" if p50 is not None else row.get("reason", "")[:110]),
-              flush=True)
-    return {"cases": rows}
+                case.timeout_s = max(30.0, min(case.timeout_s, run.left() - 10))
+                outcome = run_case_in_child(case, cache, Path(tmp))
+            run_file.append(outcome.record(run_id))
+            metrics = {m["metric"]: m["value"] for m in outcome.metrics}
+            rows.append({**case.key(), "status": outcome.status, "reason": outcome.reason,
+                         "seconds": round(outcome.elapsed_s, 1) if outcome.elapsed_s else None,
+                         "metrics": {k: v for k, v in metrics.items()
+                                     if k.endswith(("_p50", "_p99")) or k in ("throughput", "peak_device_memory",
+                                                                               "first_inference", "load_time",
+                                                                               "top1_agreement", "min_cosine")},
+                         "session": (outcome.info or {}).get("session")})
+            p50, dev = metrics.get("latency_p50"), metrics.get("device_latency_p50")
+            print(f"{case.model:<20} {case.variant:<9} {case.backend:<18} {outcome.status:<8} "
+                  + (f"p50 {p50:.3f} ms, device {dev:.3f} ms" if p50 is not None and dev is not None
+                     else outcome.reason[:110]), flush=True)
+    return {"run_file": str(run_file.path.relative_to(run.out)), "cases": rows}
 
 
 # ------------------------------------------------------------------------------------------------ main

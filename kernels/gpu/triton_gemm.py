@@ -16,8 +16,9 @@ multiple of 4, BLOCK_K ≥ 32); other tiles fall back to ``mma.sync`` silently, 
 tiles are in the list anyway (they win at M ≤ 64, where a 64-row tile wastes most of its work).
 Every configuration is validated on its own (:func:`run_config`), not only the autotuner's pick.
 
-Set ``TRITON_INTERPRET=1`` before this module is imported to run the kernels on CPU tensors
-under Triton's interpreter (exact for the integer part; the tests do this on small shapes).
+With ``TRITON_INTERPRET=1`` set before triton is first imported, the kernels run on CPU tensors under
+Triton's interpreter (exact for the integer part; the tests do this on small shapes, in a child process).
+:func:`compile_for_target` compiles them ahead of time for a GPU architecture without a GPU.
 """
 
 from __future__ import annotations
