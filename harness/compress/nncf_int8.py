@@ -39,6 +39,10 @@ class NncfInt8Config(RecipeConfig):
         64, ge=1, description="Calibration samples (NNCF subset_size), capped by how many the model's data has."
     )
     fast_bias_correction: bool = Field(True, description="NNCF's fast bias correction (False: slower, often more accurate).")
+    model_type: Literal["default", "transformer"] = Field(
+        "default", description="transformer: NNCF's ModelType.TRANSFORMER scheme (keeps the ops that break "
+        "attention, e.g. softmax inputs and layer norms, in floating point); needed for BERT-like models.",
+    )
 
 
 @contextlib.contextmanager
@@ -68,7 +72,7 @@ class NncfInt8Recipe(Recipe):
     """Static int8 PTQ with NNCF for OpenVINO (IR with FakeQuantize)."""
 
     name = "int8-nncf"
-    version = 1
+    version = 2
     precision = "int8"
     Config = NncfInt8Config
     description = "int8 static PTQ with NNCF on the OpenVINO model: OpenVINO IR with FakeQuantize"
@@ -111,6 +115,7 @@ class NncfInt8Recipe(Recipe):
                 preset=getattr(nncf.QuantizationPreset, _PRESETS[cfg.preset]),
                 subset_size=len(items),
                 fast_bias_correction=cfg.fast_bias_correction,
+                model_type=nncf.ModelType.TRANSFORMER if cfg.model_type == "transformer" else None,
             )
         path = out_dir / self.filename(fmt)
         ov.save_model(quantized, str(path), compress_to_fp16=False)
@@ -125,6 +130,7 @@ class NncfInt8Recipe(Recipe):
             "weight_granularity": "per-channel",
             "activations": _ACTIVATIONS[cfg.preset],
             "preset": cfg.preset,
+            "model_type": cfg.model_type,
             "target_device": "ANY",
             "fast_bias_correction": cfg.fast_bias_correction,
             "calibration": {"description": samples.description, "samples": len(samples), "batch_size": batch_size,
