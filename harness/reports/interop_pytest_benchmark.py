@@ -145,8 +145,9 @@ def pytest_benchmark_stats(data: list[float]) -> dict[str, Any]:
         ld, hd = data[0], data[0]
     else:
         ld = s[bisect_left(s, q1 - 1.5 * iqr)]
-        pos = bisect_right(s, q3 + 1.5 * iqr)
-        hd = s[-1] if pos == n else s[pos]
+        # The highest datum at or below the upper fence (pytest-benchmark < 5.3.1 returned the first
+        # datum above it instead; 5.3.1 fixed that, and so do we).
+        hd = s[bisect_right(s, q3 + 1.5 * iqr) - 1]
     std_out = sum(1 for v in data if v < mean - stddev or v > mean + stddev)
     iqr_out = sum(1 for v in data if v < q1 - 1.5 * iqr or v > q3 + 1.5 * iqr)
     total = sum(data)
