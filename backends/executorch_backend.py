@@ -62,7 +62,7 @@ def _import_runtime() -> Any:
 
 
 class ExecuTorchSession(Session):
-    """A loaded ``forward`` method, fed torch views of the host numpy inputs (no copy; inputs are not memory-planned)."""
+    """A loaded ``forward`` method fed torch views of the host numpy inputs (no copy: inputs are not memory-planned)."""
 
     def __init__(self, runtime: Any, program: Any, method: Any, artifact: Artifact, batch_size: int, max_batch: int):
         import torch

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -25,7 +26,7 @@ DEFAULT_RESULTS = Path("results")
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -61,7 +62,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
     for col in ("backend", "available", "details"):
         b.add_column(col)
     for name, p in probes.items():
-        details = "  ".join(f"{k}={v}" for k, v in p.versions.items()) if p.available else p.reason
+        # escape(): reasons hold install hints like 'costbench[edge]' that rich would read as markup.
+        details = escape("  ".join(f"{k}={v}" for k, v in p.versions.items()) if p.available else p.reason)
         b.add_row(name, "[green]yes[/]" if p.available else "[red]no[/]", details)
     console.print(b)
 
@@ -88,7 +90,7 @@ def _plan_table(cases) -> Table:
     for col in ("#", "model", "variant", "backend", "scenario", "batch", "plan"):
         t.add_column(col, overflow="fold")
     for i, c in enumerate(cases, 1):
-        plan = f"{c.artifact_format}" if c.status == "planned" else f"[yellow]skip[/]: {c.reason}"
+        plan = f"{c.artifact_format}" if c.status == "planned" else f"[yellow]skip[/]: {escape(c.reason)}"
         t.add_row(str(i), c.model, c.variant, c.backend, c.scenario, str(c.batch_size), plan)
     return t
 
@@ -152,7 +154,7 @@ def run(
             if outcome.status == "failed":
                 c = outcome.case
                 progress.console.print(f"[red]failed[/] {c.model} / {c.variant} / {c.backend} / {c.scenario}: "
-                                       f"{outcome.reason}", highlight=False)
+                                       f"{escape(outcome.reason)}", highlight=False)
             progress.advance(task)
 
         if resume is not None:

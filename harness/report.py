@@ -93,6 +93,7 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
 def render(df: pd.DataFrame, console) -> None:
     """Print the per-model tables and the notes they refer to with rich."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     tables, notes = summary_tables(df)
@@ -105,7 +106,7 @@ def render(df: pd.DataFrame, console) -> None:
             t.add_row(*[str(v) for v in row.tolist()])
         console.print(t)
     for i, note in enumerate(notes, 1):
-        console.print(f"[{i}] {note}", highlight=False, soft_wrap=True)
+        console.print(escape(f"[{i}] {note}"), highlight=False, soft_wrap=True)  # notes quote 'pkg[extra]' hints
     if not df.empty and "valid" in df and (df["valid"] == False).any():  # noqa: E712 (pandas elementwise)
         console.print("* stopped at max_duration_s before min_count was met: the result is marked invalid")
     if not df.empty and ((df["metric"] == "unstable") & (df["value"] == 1.0)).any():

@@ -97,7 +97,8 @@ def export_program(module: Any, inputs: Sequence[InputSpec], samples: SampleSet,
             batch = torch.export.Dim("batch", min=1, max=max_batch)
             shapes = tuple({0: batch} for _ in inputs)
             try:
-                program = torch.export.export(module, example_args(inputs, samples, EXPORT_BATCH), dynamic_shapes=shapes)
+                args = example_args(inputs, samples, EXPORT_BATCH)
+                program = torch.export.export(module, args, dynamic_shapes=shapes)
                 return program, {"batch": "dynamic", "min_batch": 1, "max_batch": max_batch}
             except Exception as exc:  # torch.export raises many types (UserError, GuardOnDataDependent...)
                 dynamic_error = f"{type(exc).__name__}: {_first_lines(exc)}"
@@ -196,14 +197,22 @@ def op_summary(graph_module: Any) -> dict[str, Any]:
         target = _op_name(node.target)
         if "call_delegate" in target:
             delegates += 1
-        elif target not in ("getitem", "_operator.getitem") and "sym_size" not in target:
+        # memory.alloc is the planner's buffer for an out-variant op, not an op.
+        elif target not in ("getitem", "_operator.getitem", "executorch.exir.memory.alloc") \
+                and "sym_size" not in target:
             portable[target] += 1
     return {"xnnpack_delegate_calls": delegates, "portable_ops": dict(sorted(portable.items()))}
 
 
 def _op_name(target: Any) -> str:
     """``aten.view_copy.default`` for operator overloads, ``module.function`` for Python callables."""
-    if callable(target) and hasattr(target, "__qualname__") and not hasattr(target, "_schema"):
+    import torch
+
+    if isinstance(target, torch._ops.OpOverload):
+        return str(target)
+    if hasattr(target, "_schema") and hasattr(target, "__name__"):  # ExecuTorch's EdgeOpOverload
+        return target.__name__
+    if callable(target) and hasattr(target, "__qualname__"):
         module = getattr(target, "__module__", None)
         return f"{module}.{target.__qualname__}" if module else target.__qualname__
     return str(target)
@@ -232,7 +241,8 @@ def verify_pte(module: Any, inputs: Sequence[InputSpec], samples: SampleSet, pat
         args = example_args(inputs, samples, batch)
         with torch.no_grad():
             ref = module(*args)
-        refs = [t.numpy() for t in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+        # Flattened as torch.export flattens outputs (tuples, lists, dicts, transformers' ModelOutput).
+        refs = [t.numpy() for t in torch.utils._pytree.tree_leaves(ref) if isinstance(t, torch.Tensor)]
         got = run_pte(method, args)
         if len(got) != len(refs):
             raise ExecuTorchExportError(f"{path}: {len(got)} outputs on the runtime, {len(refs)} in torch")

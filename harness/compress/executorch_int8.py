@@ -11,6 +11,10 @@ so it observes the convolution's output before the clamp and hands that wide ran
 too; on EfficientNet-Lite0 (33 ReLU6) that costs most of the accuracy. With ``fuse_relu6`` (the
 default) the pair is annotated as one op whose output range is observed after the clamp, which is
 how XNNPACK executes it anyway (its FuseActivationPass folds the clamp into the convolution).
+
+Integer arithmetic: the stock quantizer also rewrites the scalar operand of every add/mul into a
+float tensor, integer index arithmetic included, which breaks transformers' attention-mask code;
+here only floating-point add/mul are rewritten.
 """
 
 from __future__ import annotations
@@ -91,23 +95,60 @@ def annotate_conv_clamp(model: Any, config: Any) -> int:
     return fused
 
 
+def convert_float_scalars_to_attrs(model: Any) -> Any:
+    """XNNPACKQuantizer's scalar-to-tensor rewrite (so add/mul scalars can be observed), on float ops only.
+
+    The stock rewrite turns the scalar of every ``add``/``mul`` into a float tensor, integer arithmetic
+    included: transformers' attention-mask code (``int64 arange + 1``, then used as an index) becomes
+    float and fails with "tensors used as indices must be long, int, byte or bool tensors".
+    """
+    import torch
+    from torchao.quantization.pt2e.utils import get_new_attr_name_with_prefix
+
+    targets = (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor)
+    for node in model.graph.nodes:
+        value = node.meta.get("val")
+        if node.op != "call_function" or node.target not in targets or not isinstance(value, torch.Tensor) \
+                or not value.dtype.is_floating_point:
+            continue
+        args = []
+        for arg in node.args:
+            if isinstance(arg, torch.fx.Node):
+                args.append(arg)
+                continue
+            name = get_new_attr_name_with_prefix("_tensor_constant_")(model)
+            constant = torch.tensor(float(arg))
+            model.register_buffer(name, constant)
+            with model.graph.inserting_before(node):
+                attr = model.graph.create_node("get_attr", name, (), {})
+                attr.meta["val"] = value.fake_mode.from_tensor(constant, static_shapes=True)
+            args.append(attr)
+        node.args = tuple(args)
+    model.recompile()
+    return model
+
+
 def make_quantizer(per_channel: bool, fuse_relu6: bool) -> Any:
-    """XNNPACKQuantizer with the symmetric static config; with ``fuse_relu6``, Conv -> ReLU6 annotated first."""
+    """XNNPACKQuantizer with the symmetric static config, two fixes: scalars of integer ops stay integers, and
+    with ``fuse_relu6`` Conv -> ReLU6 pairs are annotated as one op before the stock patterns (which then skip them)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
 
-    class ClampFusingXNNPACKQuantizer(XNNPACKQuantizer):
-        """Annotates Conv -> hardtanh pairs before the stock patterns (which then skip them)."""
+    class CostbenchXNNPACKQuantizer(XNNPACKQuantizer):
+        """XNNPACKQuantizer with float-only scalar conversion and optional Conv -> ReLU6 fusion."""
 
         fused_clamps = 0
 
+        def transform_for_annotation(self, model):
+            return convert_float_scalars_to_attrs(model)
+
         def annotate(self, model):
-            if self.global_config is not None:
+            if fuse_relu6 and self.global_config is not None:
                 self.fused_clamps += annotate_conv_clamp(model, self.global_config)
             return super().annotate(model)
 
-    cls = ClampFusingXNNPACKQuantizer if fuse_relu6 else XNNPACKQuantizer
-    return cls().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False))
+    quantizer = CostbenchXNNPACKQuantizer()
+    return quantizer.set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False))
 
 
 def count_quant_nodes(graph_module: Any) -> dict[str, int]:
@@ -173,7 +214,7 @@ class XnnpackInt8Recipe(Recipe):
             requantized, _ = export_program(converted, bundle.inputs, samples, bundle.name,
                                             dynamic=batch_info["batch"] == "dynamic")
             return requantized, converted, {"quantized_graph": count_quant_nodes(converted),
-                                            "fused_conv_relu6": getattr(quantizer, "fused_clamps", 0)}
+                                            "fused_conv_relu6": quantizer.fused_clamps}
 
         provenance = export_pte(bundle.torch_module(), bundle.inputs, bundle.calibration, out_dir / self.filename(fmt),
                                 bundle.name, prepare=quantize, tolerance=None)
@@ -186,6 +227,7 @@ class XnnpackInt8Recipe(Recipe):
             "weight_granularity": "per-channel" if cfg.per_channel else "per-tensor",
             "activations": "asymmetric int8, per-tensor (HistogramObserver)",
             "fuse_relu6": cfg.fuse_relu6,
+            "scalar_operands": "observed as tensors on float add/mul only (XNNPACKQuantizer converts integer ops too)",
             "calibration": {
                 "description": samples.description,
                 "samples": len(samples),
@@ -202,4 +244,5 @@ def _config(config: RecipeConfig) -> XnnpackInt8Config:
     return config if isinstance(config, XnnpackInt8Config) else XnnpackInt8Config.model_validate(config.model_dump())
 
 
-__all__ = ["XnnpackInt8Config", "XnnpackInt8Recipe", "annotate_conv_clamp", "make_quantizer"]
+__all__ = ["XnnpackInt8Config", "XnnpackInt8Recipe", "annotate_conv_clamp", "convert_float_scalars_to_attrs",
+           "make_quantizer"]

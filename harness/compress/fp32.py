@@ -129,7 +129,7 @@ def copy_onnx(src: Path, dst: Path) -> dict[str, Any]:
 
 
 def executorch_material() -> dict[str, Any]:
-    """What decides an ExecuTorch export's bytes beyond torch: the executorch/torchao versions and our export settings."""
+    """What decides an ExecuTorch export's bytes beyond torch: executorch/torchao versions, our export settings."""
     from costbench.harness.compress.executorch_export import EXPORT_VERSION, MAX_BATCH
 
     return {"executorch": library_version("executorch"), "torchao": library_version("torchao"),

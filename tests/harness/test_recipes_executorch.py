@@ -29,6 +29,7 @@ def pte_outputs(artifact, samples, batch_size):
 
 
 def eager(module, samples, batch_size=64, dtype=torch.float32):
+    batch_size = min(batch_size, len(samples))  # batches() pads the last batch: do not compute padding
     with torch.no_grad():
         return np.concatenate([module(torch.from_numpy(b["input"]).to(dtype))[:n].numpy()
                                for b, n in samples.batches(batch_size)])
@@ -75,13 +76,14 @@ def test_fp32_efficientnet_within_float_rounding_of_eager(effnet, shared_cache):
     module = effnet.torch_module()
     crops = effnet.evaluation.take(16)
     got, ref = pte_outputs(art, crops, 1), eager(module, crops)
-    exact = eager(effnet.torch_module().double(), crops, dtype=torch.float64)
     # Measured here: |pte - eager| up to 2.1e-5 on logits up to 11.7 (all 137 crops); XNNPACK and oneDNN sum
     # in different orders, each about 1e-5 from an fp64 evaluation of the same network.
     scale = max(1.0, float(np.max(np.abs(ref))))
     assert np.max(np.abs(got - ref)) <= 1e-5 * scale
-    assert np.max(np.abs(got - exact)) <= 1e-5 * scale
     assert (got.argmax(1) == ref.argmax(1)).all()
+    few = crops.take(3)  # fp64 convolutions take seconds per crop on the CPU
+    exact = eager(effnet.torch_module().double(), few, dtype=torch.float64)
+    assert np.max(np.abs(got[:3] - exact)) <= 1e-5 * scale
     fresh = fresh_samples(effnet, 2)
     got, ref = pte_outputs(art, fresh, 2), eager(module, fresh)
     assert np.max(np.abs(got - ref)) <= 1e-5 * max(1.0, float(np.max(np.abs(ref))))
@@ -133,6 +135,39 @@ def test_relu6_fusion_observes_the_clamped_range(tmp_path):
     err = {name: float(np.mean(np.abs(pte_outputs(art, fresh, 8) - ref))) for name, art in
            (("fused", fused), ("stock", stock))}
     assert err["fused"] < 0.3 * err["stock"], err
+
+
+class _IntegerIndex(torch.nn.Module):
+    """Integer arithmetic feeding an index, as transformers' attention-mask code does, then float ops."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        idx = (torch.arange(x.shape[1]) + 1) % x.shape[1]
+        return self.linear(x[:, idx] * 2.0)
+
+
+def test_int8_keeps_integer_arithmetic_integer(tmp_path):
+    # The stock XNNPACKQuantizer makes the 1 in `arange + 1` a float tensor, and indexing then fails.
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from costbench.harness.compress.executorch_export import export_program
+
+    bundle = tiny_bundle(lambda: _IntegerIndex().eval(), "integer-index", shape=(8,))
+    program, _ = export_program(_IntegerIndex().eval(), bundle.inputs, bundle.calibration, "integer-index")
+    stock = prepare_pt2e(program.module(), XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
+    with pytest.raises(IndexError, match="tensors used as indices"):
+        stock(torch.randn(4, 8))
+    art = build(bundle, "int8-xnnpack", ArtifactCache(tmp_path))
+    assert art.provenance["quantized_graph"]["dequantize_per_channel"] == 1
+    fresh = fresh_samples(bundle, 5)
+    got, ref = pte_outputs(art, fresh, 5), eager(_IntegerIndex().eval(), fresh)
+    assert np.max(np.abs(got - ref)) < 0.05 * max(1.0, float(np.max(np.abs(ref))))
 
 
 class _Branchy(torch.nn.Module):
