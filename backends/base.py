@@ -19,6 +19,29 @@ from costbench.backends.timing import DeviceTimer
 from costbench.harness.artifacts import Artifact
 
 
+def import_runtime(module: str, pip_name: str | None = None) -> Any:
+    """Import a runtime's Python package; on failure raise an ImportError that says what to install.
+
+    A missing package gets ``"<module> is not installed: pip install <pip_name>"``; an installed one that
+    fails to load (a missing shared library, an ABI mismatch) gets the error and a reinstall hint.
+    """
+    import importlib
+
+    pip_name = pip_name or module
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            raise ImportError(f"{module} is not installed: pip install {pip_name}") from exc
+        raise ImportError(
+            f"{module} failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall {pip_name}"
+        ) from exc
+    except Exception as exc:  # a broken native library surfaces as ImportError or OSError
+        raise ImportError(
+            f"{module} failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall {pip_name}"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class Availability:
     """Whether a backend can run here and, if not, exactly why (and what to install)."""

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention
+from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
+                                     import_runtime)
 from costbench.harness.artifacts import FORMAT_ONNX, Artifact
 
 _CPU_PROVIDER = "CPUExecutionProvider"
@@ -70,19 +71,7 @@ class OnnxRuntimeOptions(BackendOptions):
 
 def _import_ort() -> Any:
     """Import onnxruntime, turning a failure into an ImportError whose message says what to do."""
-    try:
-        import onnxruntime
-    except ModuleNotFoundError as exc:
-        if exc.name == "onnxruntime":
-            raise ImportError("onnxruntime is not installed: pip install onnxruntime") from exc
-        raise ImportError(
-            f"onnxruntime failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall onnxruntime"
-        ) from exc
-    except Exception as exc:  # a broken native library surfaces as ImportError or OSError
-        raise ImportError(
-            f"onnxruntime failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall onnxruntime"
-        ) from exc
-    return onnxruntime
+    return import_runtime("onnxruntime")
 
 
 def _bind_inputs(artifact: Artifact, model_names: list[str]) -> list[tuple[str, int]]:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, import_runtime
 from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, Artifact
 
 _OV_DEVICE = {"cpu": "CPU"}
@@ -35,19 +35,7 @@ class OpenVinoOptions(BackendOptions):
 
 def _import_ov() -> Any:
     """Import openvino, turning a failure into an ImportError whose message says what to do."""
-    try:
-        import openvino
-    except ModuleNotFoundError as exc:
-        if exc.name == "openvino":
-            raise ImportError("openvino is not installed: pip install openvino") from exc
-        raise ImportError(
-            f"openvino failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall openvino"
-        ) from exc
-    except Exception as exc:  # a broken native library surfaces as ImportError or OSError
-        raise ImportError(
-            f"openvino failed to import ({type(exc).__name__}: {exc}): pip install --force-reinstall openvino"
-        ) from exc
-    return openvino
+    return import_runtime("openvino")
 
 
 def _bind_inputs(artifact: Artifact, model_inputs: list[Any]) -> list[int]:
