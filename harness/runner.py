@@ -119,11 +119,12 @@ def _tree_rss(pid: int) -> int:
 
 def _wait(proc: subprocess.Popen, timeout_s: float, memory_limit_mb: float | None) -> tuple[int | None, str]:
     """Wait for the child; return (exit code, '') or (None, why it was killed)."""
+    timed_out = f"timeout: no result after {timeout_s:g} s; process group killed"
     if memory_limit_mb is None:
         try:
             return proc.wait(timeout=timeout_s), ""
         except subprocess.TimeoutExpired:
-            return None, f"timeout: no result after {timeout_s:g} s; process group killed"
+            return None, timed_out
     # With a limit, poll the process tree's RSS; 50 ms costs well under 1% of one core.
     deadline = time.monotonic() + timeout_s
     limit = memory_limit_mb * 2**20
@@ -134,7 +135,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float, memory_limit_mb: float | Non
         except subprocess.TimeoutExpired:
             pass
         if time.monotonic() > deadline:
-            return None, f"timeout: no result after {timeout_s:g} s; process group killed"
+            return None, timed_out
         rss = _tree_rss(proc.pid)
         peak = max(peak, rss)
         if rss > limit:
