@@ -1,6 +1,6 @@
 """The NVIDIA path where there is no NVIDIA GPU: every probe names exactly what is missing, the plan keeps
 GPU cases as skipped with those reasons, TensorRT refuses asymmetric Q/DQ before building, and the option
-plumbing (ORT providers, torch.compile) works. Checks that need a GPU are in benchmarks/gpu_check.py.
+plumbing (ORT providers, torch.compile) works. Checks that need a GPU are in scripts/gpu_check.py.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def test_gpu_check_suite_file_plans(tmp_path):
     from costbench.harness.plan import PLANNED, make_plan
     from costbench.harness.suite import load_suite
 
-    suite = load_suite(Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check_suite.toml")
+    suite = load_suite(Path(__file__).resolve().parents[2] / "scripts" / "gpu_check_suite.toml")
     cases = make_plan(suite)
     assert {c.backend for c in cases} == {"torch-cuda", "torch-cuda-graph", "torch-compile", "ort-cuda",
                                           "ort-tensorrt", "tensorrt"}
@@ -248,7 +248,7 @@ def test_gpu_check_without_a_gpu_exits_2_and_records_the_probes(tmp_path):
     import subprocess
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_check.py"
     proc = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]

@@ -1,6 +1,6 @@
 """The Triton kernel compiled ahead of time for Hopper (sm_90) on this CPU machine: Triton's compiler and
 its bundled ptxas need no GPU. A wgmma-eligible tile must come out as wgmma and a small-M tile as mma.sync,
-which is what the autotune list (and the README) claims; on a GPU, benchmarks/gpu_check.py repeats this for
+which is what the autotune list (and the README) claims; on a GPU, scripts/gpu_check.py repeats this for
 every configuration from the kernels it actually launched.
 """
 

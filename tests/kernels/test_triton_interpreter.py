@@ -3,7 +3,7 @@
 The interpreter executes the kernel's program instances with numpy, so the integer part is checked
 exactly and the fused epilogue against fp64 within the stated tolerance, for EVERY tile configuration
 in the autotune list (each launched explicitly), not only the one an autotuner would pick. The same
-checks run on a GPU in benchmarks/gpu_check.py.
+checks run on a GPU in scripts/gpu_check.py.
 
 TRITON_INTERPRET must be set before triton is first imported (triton.language's own helpers are
 jitted at import), so the checks run in one child process started with it set; each test below

