@@ -27,7 +27,15 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+/* The SIMD paths are x86-64 only. Elsewhere (arm64 Linux or macOS) the module builds with the
+ * portable path alone, so `pip install` works on any machine; COSTBENCH_PORTABLE_ONLY forces that
+ * build on x86 too (the tests use it to check the portable build). */
+#if (defined(__x86_64__) || defined(_M_X64)) && !defined(COSTBENCH_PORTABLE_ONLY)
+#define CB_X86 1
 #include <immintrin.h>
+#else
+#define CB_X86 0
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -67,6 +75,7 @@ static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 /* ------------------------------------------------------------------------------------------ */
 /* CPU features                                                                                 */
 
+#if CB_X86
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -88,8 +97,12 @@ static int amx_usable(void) {
     cached = ok;
     return ok;
 }
+#endif /* CB_X86 */
 
 static int isa_supported(int isa) {
+#if !CB_X86
+    return isa == ISA_GENERIC;
+#else
     switch (isa) {
     case ISA_AMX:
         return isa_supported(ISA_AVX512VNNI) && amx_usable();
@@ -102,6 +115,7 @@ static int isa_supported(int isa) {
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     }
     return 0;
+#endif
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -308,6 +322,7 @@ static void generic_task(void *ctx, int tid, int nt) {
     if (i0 < i1) generic_rows(g, i0, i1, j->a_unsigned, j->tmp + (int64_t)tid * g->N);
 }
 
+#if CB_X86
 /* ------------------------------------------------------------------------------------------ */
 /* AVX2 path: int16 operands, vpmaddwd + vpaddd                                                 */
 
@@ -660,6 +675,8 @@ static void panel_task(void *ctx, int tid, int nt) {
     }
 }
 
+#endif /* CB_X86 */
+
 /* Minimum multiply-accumulates per thread: below this, waking a worker costs more than it saves. */
 #define MIN_MACS_PER_THREAD (1LL << 21)
 
@@ -776,9 +793,13 @@ static int run_gemm(gemm_t *g, int threads) {
         free(j.tmp);
         return 0;
     }
+#if CB_X86
     plan_tasks(g, threads);
     parallel_run(panel_task, g, threads);
     return g->failed ? -1 : 0;
+#else
+    return -1; /* unreachable: only the generic path is supported here */
+#endif
 }
 
 /* Everything between the operands and run_gemm: picks the micro-kernel for the packed path (AMX
@@ -819,6 +840,7 @@ typedef struct {
     volatile int64_t sink;
 } peak_job;
 
+#if CB_X86
 VNNI_TARGET static int64_t peak_vnni(int64_t iters) {
     __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01010101);
     __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
@@ -880,6 +902,8 @@ AVX2_TARGET static int64_t peak_avx2(int64_t iters) {
     return t;
 }
 
+#endif
+
 static int64_t peak_generic(int64_t iters) {
     /* scalar int32 multiply-adds, 8 independent chains */
     volatile int32_t seed = 3;
@@ -894,6 +918,7 @@ static int64_t peak_generic(int64_t iters) {
     return t;
 }
 
+#if CB_X86
 AMX_TARGET static int64_t peak_amx(int64_t iters) {
     /* tile products only, on tiles that stay in the tile registers: 4 independent accumulators */
     amx_configure();
@@ -917,6 +942,8 @@ AMX_TARGET static int64_t peak_amx(int64_t iters) {
     return out[0];
 }
 
+#endif
+
 /* MACs per loop iteration of each peak loop */
 static const int64_t PEAK_MACS_PER_ITER[N_ISA] = {8, 12 * 16, 16 * 64, 4 * 16 * 16 * 64};
 
@@ -926,6 +953,7 @@ static void peak_task(void *ctx, int tid, int nt) {
     peak_job *j = (peak_job *)ctx;
     int64_t r = 0;
     switch (j->isa) {
+#if CB_X86
     case ISA_AVX512VNNI:
         r = peak_vnni(j->iters);
         break;
@@ -935,6 +963,7 @@ static void peak_task(void *ctx, int tid, int nt) {
     case ISA_AVX2:
         r = peak_avx2(j->iters);
         break;
+#endif
     default:
         r = peak_generic(j->iters);
     }
