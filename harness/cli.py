@@ -54,7 +54,9 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
     t.add_row("int8 ISA", "  ".join(f"{f}={'yes' if v else 'no'}" for f, v in key["isa"].items()))
     t.add_row("GPU", ", ".join(f"{g['name']} ({g['memory']}, driver {g['driver']})" for g in key["gpus"]) or "none")
     t.add_row("python", key["python"])
-    t.add_row("libraries", "  ".join(f"{k}={v}" for k, v in key["libraries"].items()))
+    libs = key["libraries"]
+    t.add_row("libraries", "  ".join(f"{k}={v}" for k, v in libs.items() if v != "not installed"))
+    t.add_row("not installed", ", ".join(k for k, v in libs.items() if v == "not installed") or "-")
     t.add_row("threads env", "  ".join(f"{k}={v}" for k, v in key["threads"].items() if v) or "(unset)")
     t.add_row("CPU governor", str(rec["cpu_governor"]))
     console.print(t)

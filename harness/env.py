@@ -18,8 +18,11 @@ from typing import Any
 # ISA features that decide int8 speed and exactness on x86 (see DESIGN.md, "Numerics that matter").
 INT8_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                   "amx_tile", "amx_int8", "amx_bf16")
-LIBRARIES = ("costbench", "torch", "numpy", "onnx", "onnxruntime", "openvino", "nncf", "scikit-learn",
-             "duckdb", "pandas", "scipy")
+# Everything that can change a measured number: runtimes, the code generators behind torch.compile and
+# our kernels, what builds the variants, what defines the models. (Launch bindings such as PyCuda do not.)
+LIBRARIES = ("costbench", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
+             "executorch", "torchao", "triton", "tensorrt", "nvidia-cuda-runtime-cu12", "transformers",
+             "scikit-learn", "duckdb", "pandas", "scipy")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 
 
