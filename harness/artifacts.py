@@ -87,6 +87,27 @@ class ArtifactCache:
     def __init__(self, root: Path | None = None):
         self.root = (root or default_cache_dir()) / "artifacts"
 
+    def lookup(self, material: dict[str, Any], filename: str, fmt: str, inputs: list[InputSpec],
+               outputs: list[str]) -> Artifact | None:
+        """The cached artifact for ``material`` (``cached`` True, ``build_time_s`` None), or None if not built."""
+        key = content_key({**material, "format": fmt})
+        final = self.root / key
+        manifest = final / _MANIFEST
+        if not manifest.exists():
+            return None
+        meta = json.loads(manifest.read_text())
+        return Artifact(
+            format=fmt,
+            path=final / filename,
+            key=key,
+            inputs=inputs,
+            outputs=meta.get("outputs", outputs),
+            provenance=meta["provenance"],
+            size_bytes=meta["size_bytes"],
+            build_time_s=None,
+            cached=True,
+        )
+
     def get_or_build(
         self,
         material: dict[str, Any],
@@ -101,22 +122,11 @@ class ArtifactCache:
         ``build`` writes ``filename`` (and any companion files) into the directory it is given
         and returns the provenance to record. A crashed build leaves only a temp dir behind.
         """
+        hit = self.lookup(material, filename, fmt, inputs, outputs)
+        if hit is not None:
+            return hit
         key = content_key({**material, "format": fmt})
         final = self.root / key
-        manifest = final / _MANIFEST
-        if manifest.exists():
-            meta = json.loads(manifest.read_text())
-            return Artifact(
-                format=fmt,
-                path=final / filename,
-                key=key,
-                inputs=inputs,
-                outputs=meta.get("outputs", outputs),
-                provenance=meta["provenance"],
-                size_bytes=meta["size_bytes"],
-                build_time_s=None,
-                cached=True,
-            )
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
         try:

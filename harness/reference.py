@@ -50,9 +50,18 @@ def _compute(bundle: ModelBundle) -> np.ndarray:
     return np.concatenate(parts, axis=0)
 
 
+def _path(bundle: ModelBundle, cache_dir: Path) -> Path:
+    return cache_dir / "references" / f"{bundle.name}-{_data_hash(bundle)}.npy"
+
+
+def reference_cached(bundle: ModelBundle, cache_dir: Path) -> bool:
+    """Whether :func:`reference_outputs` would load rather than compute."""
+    return _path(bundle, cache_dir).exists()
+
+
 def reference_outputs(bundle: ModelBundle, cache_dir: Path) -> np.ndarray:
     """The fp32 reference for ``bundle.evaluation``, from the cache when the model and data are unchanged."""
-    path = cache_dir / "references" / f"{bundle.name}-{_data_hash(bundle)}.npy"
+    path = _path(bundle, cache_dir)
     if path.exists():
         return np.load(path)
     ref = _compute(bundle)

@@ -2,6 +2,8 @@
 
 Run as ``python -m costbench.harness.worker JOB.json RESULT.json``. The parent owns the
 timeout and the run file; this process only writes RESULT.json (atomically) when it finishes.
+What the case needs and the cache lacks is built first by ``worker --build`` in a grandchild, so the
+measured process never holds a builder's memory.
 Anything it prints goes to stderr, which the parent keeps the tail of when a case fails.
 """
 
@@ -100,13 +102,21 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     from costbench.harness.accuracy import collect_outputs, compare
     from costbench.harness.artifacts import ArtifactCache, artifact_summary
     from costbench.harness.compress.base import get_recipe
-    from costbench.harness.reference import reference_outputs
+    from costbench.harness.reference import reference_cached, reference_outputs
     from costbench.harness.scenarios import make_scenario
     from costbench.harness.suite import ModelSpec
     from costbench.harness.zoo.registry import load_bundle
 
     metrics: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    built_here: dict[str, Any] = {}
+    # Whatever this case needs and the cache lacks (a trained zoo model, the artifact, the fp32
+    # reference) is built in a separate process, so the memory of this one (peak RSS) is the same
+    # whether the cache was cold or warm: no trainer's, quantizer's or exporter's heap stays
+    # resident here. The stamp says a build for these inputs succeeded before; the lookups below
+    # catch what it cannot see (a changed source model).
+    if not _build_stamp(case, cache_dir).exists():
+        built_here = _build_in_child(case, cache_dir)
     bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
     fixed = bundle.details.get("fixed_batch")
     if fixed and fixed != case.batch_size:
@@ -114,10 +124,17 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
                          f"for batch {case.batch_size} (set batch_sizes = [{fixed}] for it, or export it with a "
                          "dynamic batch dimension)")
     recipe = get_recipe(case.recipe)
-    artifact = recipe.artifact(bundle, recipe.parse_config(case.recipe_options), case.artifact_format,
-                               ArtifactCache(cache_dir))
+    config = recipe.parse_config(case.recipe_options)
+    cache = ArtifactCache(cache_dir)
+    artifact = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
+    if artifact is None or (case.measure_accuracy and not reference_cached(bundle, cache_dir)):
+        built_here = _build_in_child(case, cache_dir)
+        artifact = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
+        if artifact is None:
+            raise RuntimeError(f"the build process finished but {case.recipe!r} is not in the cache {cache.root}")
     metrics.append(_metric("model_size", artifact.size_bytes, "bytes"))
-    if artifact.build_time_s is not None:
+    if built_here.get("build_time_s") is not None:
+        artifact.build_time_s, artifact.cached = built_here["build_time_s"], False
         metrics.append(_metric("build_time", artifact.build_time_s, "s"))
     reference = reference_outputs(bundle, cache_dir) if case.measure_accuracy else None
     setup_s = time.perf_counter() - t0
@@ -127,6 +144,7 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     gpu_start = gpu.snapshot() if case.device != "cpu" else {"gpus": [], "reason": "CPU case"}
     backend = get_backend(case.backend_name)
     options = backend.parse_options(case.backend_options)
+    setup_hwm_kb = _read_status_kb("VmHWM")  # read before the reset: it resets ru_maxrss too
     rss_reset = _reset_peak_rss()
     t_load = time.perf_counter()
     session = backend.prepare(artifact, options, case.batch_size, case.device)
@@ -158,10 +176,13 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
 
     hwm_kb = _read_status_kb("VmHWM")
     if hwm_kb is not None:
-        scope = "load+inference (high-water mark reset after build)" if rss_reset else "whole case process"
+        scope = ("load+inference (high-water mark reset once the model, artifact and reference were in memory)"
+                 if rss_reset else "whole measuring process")
         metrics.append(_metric("peak_rss", hwm_kb / 1024, "MiB", details={"scope": scope}))
-    metrics.append(_metric("process_peak_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "MiB",
-                           details={"scope": "whole case process, including model build"}))
+    process_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, setup_hwm_kb or 0, hwm_kb or 0)
+    metrics.append(_metric("process_peak_rss", process_kb / 1024, "MiB",
+                           details={"scope": "whole measuring process: imports, model, reference, load and "
+                                                "inference; builds run in a separate process"}))
     info = {
         "artifact": artifact_summary(artifact),
         "provenance": artifact.provenance,
@@ -176,6 +197,53 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     return {"metrics": metrics, "info": info}
 
 
+def build(case: Case, cache_dir: Path) -> dict[str, Any]:
+    """What a case needs from the cache, built (artifact, and the fp32 reference when accuracy is on)."""
+    from costbench.harness.artifacts import ArtifactCache
+    from costbench.harness.compress.base import get_recipe
+    from costbench.harness.reference import reference_outputs
+    from costbench.harness.suite import ModelSpec
+    from costbench.harness.zoo.registry import load_bundle
+
+    bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
+    recipe = get_recipe(case.recipe)
+    artifact = recipe.artifact(bundle, recipe.parse_config(case.recipe_options), case.artifact_format,
+                               ArtifactCache(cache_dir))
+    if case.measure_accuracy:
+        reference_outputs(bundle, cache_dir)
+    stamp = _build_stamp(case, cache_dir)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(artifact.key)
+    return {"build_time_s": artifact.build_time_s, "key": artifact.key}
+
+
+def _build_stamp(case: Case, cache_dir: Path) -> Path:
+    """A file that exists once a build for exactly these inputs has succeeded in this cache."""
+    from costbench.harness.artifacts import content_key
+
+    key = content_key({"model": case.model_spec, "recipe": case.recipe, "options": case.recipe_options,
+                       "format": case.artifact_format, "reference": case.measure_accuracy})
+    return cache_dir / "built" / key
+
+
+def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
+    """Run :func:`build` in a child process (same process group: the case's timeout covers it)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="costbench-build-") as tmp:
+        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache_dir)}))
+        proc = subprocess.run([sys.executable, "-m", "costbench.harness.worker", "--build", str(job), str(result)],
+                              stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr)
+        if not result.exists():
+            raise RuntimeError(f"the build process for {case.recipe!r} exited with {proc.returncode} and no result")
+        payload = json.loads(result.read_text())
+    if payload["status"] != "ok":
+        raise RuntimeError(f"build failed: {payload['reason']}")
+    return payload
+
+
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, default=str))
@@ -183,13 +251,16 @@ def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    step = execute
+    if argv and argv[0] == "--build":
+        step, argv = build, argv[1:]
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     case = Case.from_dict(job["case"])
     # Keep stdout for nothing: libraries that print go to stderr, which the parent tails on failure.
     sys.stdout = sys.stderr
     try:
-        payload = {"status": "ok", **execute(case, Path(job["cache_dir"]))}
+        payload = {"status": "ok", **step(case, Path(job["cache_dir"]))}
     except Exception as exc:
         payload = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc(limit=20)}

@@ -59,6 +59,12 @@ class Recipe(abc.ABC):
             "config": config.model_dump(mode="json"),
         }
 
+    def cached_artifact(self, bundle: ModelBundle, config: RecipeConfig, fmt: str,
+                        cache: ArtifactCache) -> Artifact | None:
+        """The artifact if it is already in the cache, else None (nothing is built)."""
+        return cache.lookup(self.cache_material(bundle, config), self.filename(fmt), fmt, bundle.inputs,
+                            bundle.outputs)
+
     def artifact(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, cache: ArtifactCache) -> Artifact:
         """The cached artifact for this recipe and config, built on a miss."""
         if fmt not in self.formats_for(bundle.source_kind):

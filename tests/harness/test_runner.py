@@ -158,3 +158,39 @@ min_duration_s = 0
     df = load_results(tmp_path / "results")
     parity = df[(df.metric == "top1_agreement") & (df.variant == "fp32") & (df.status == "ok")]
     assert len(parity) == 5 and (parity["value"] == 1.0).all()  # factory-net x 2 backends x 2 batches + fixed-onnx
+
+
+COLD_WARM = """
+name = "cold-warm"
+models = ["digits-cnn"]
+variants = ["int8"]
+backends = [{name = "onnxruntime", threads = 1}]
+batch_sizes = [1]
+timeout_s = 300
+
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 2
+min_count = 20
+min_duration_s = 0.05
+"""
+
+
+def test_peak_rss_is_the_same_with_a_cold_or_a_warm_cache(tmp_path):
+    """Training the zoo model and quantizing it happen in a build process, never in the measured one."""
+    from costbench.harness.runner import run_case_in_child
+
+    (tmp_path / "s.toml").write_text(COLD_WARM)
+    (case,) = [c for c in make_plan(load_suite(tmp_path / "s.toml")) if c.status == "planned"]
+    cache, work = tmp_path / "cache", tmp_path / "work"
+    work.mkdir()
+    cold = run_case_in_child(case, cache, work)
+    warm = run_case_in_child(case, cache, work)
+    assert cold.status == warm.status == "ok", cold.reason + warm.reason
+    cold_m = {m["metric"]: m["value"] for m in cold.metrics}
+    warm_m = {m["metric"]: m["value"] for m in warm.metrics}
+    assert cold_m["build_time"] > 0 and "build_time" not in warm_m
+    assert list((cache / "built").iterdir())  # the build stamp: the warm case went straight to measuring
+    for metric in ("peak_rss", "process_peak_rss"):
+        assert abs(cold_m[metric] - warm_m[metric]) <= max(30.0, 0.1 * warm_m[metric]), (metric, cold_m, warm_m)
+    assert warm_m["process_peak_rss"] >= warm_m["peak_rss"]
