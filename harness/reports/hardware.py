@@ -3,10 +3,16 @@
 A configuration is one model on one machine (env_id and machine type) with one backend, variant,
 device and batch size. Its latency comes from the single-stream scenario, its throughput from
 offline (single-stream's when there is no offline case), its cost from the price table.
+
+Where the server scenario ran, the configuration also has the throughput it sustains within that
+scenario's latency SLO (Poisson arrivals, queueing included) and the cost at that rate. Offline
+throughput ignores latency; the SLO-bound rate is what a latency-bound service can really bill for,
+so a model whose priced configurations all have it is ranked by that cost.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,7 +46,7 @@ class Recommendation:
     """The pick for one model and why each faster or cheaper configuration lost."""
 
     model: str
-    objective: str  # "cost" (cheapest per million inferences) or "latency" (when nothing has a price)
+    objective: str  # "cost_at_slo" (cheapest at the server SLO), "cost" (offline throughput) or "latency" (no prices)
     pick: dict[str, Any] | None
     rejected: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
     unmeasured: list[tuple[dict[str, Any], str]] = field(default_factory=list)
@@ -113,6 +119,7 @@ def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, li
         thr_scenario = "offline"
         if thr is None:
             thr, thr_scenario = _metric_row(g, "throughput", "single_stream"), "single_stream"
+        server = server_capacity(g, int(batch))
         rss = g[(g["metric"] == "peak_rss") & (g["status"] == "ok")]["value"]
         size = _metric_row(g, "model_size")
         delta = _metric_row(g, "task_accuracy_delta")
@@ -131,6 +138,12 @@ def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, li
         if m is not None and not m.energy_included:
             energy = energy_cost_per_million(_val(power), throughput, prices.energy_price_per_kwh)
         total = None if cost is None and energy is None else (cost or 0.0) + (energy or 0.0)
+        slo_thr = server["slo_throughput"]
+        slo_cost = cost_per_million(hourly, slo_thr)
+        slo_energy = None
+        if m is not None and not m.energy_included:
+            slo_energy = energy_cost_per_million(_val(power), slo_thr, prices.energy_price_per_kwh)
+        slo_total = None if slo_cost is None and slo_energy is None else (slo_cost or 0.0) + (slo_energy or 0.0)
         valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
         out.append({
             "model": model, "machine": machine_name or None,
@@ -148,11 +161,40 @@ def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, li
             "accuracy_drop_pt": drop, "accuracy_basis": basis,
             "top1_agreement": _val(top1), "power_w": _val(power),
             "hourly": hourly, "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
+            **server, "cost_per_m_at_slo": slo_total,
         })
     if repeated:
         notes.append(f"{repeated} configuration(s) were measured in more than one selected run; each shows its "
                      "latest run (compare runs with `costbench compare`).")
     return pd.DataFrame(out), notes
+
+
+def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
+    """What the server scenario says about a configuration: the samples/s it sustains within its SLO.
+
+    From a QPS search, the highest rate that met the SLO (0 when even the lowest failed). From a
+    fixed target rate, that rate when it met the SLO (a lower bound: ``slo_bound`` is "at least"),
+    else nothing. ``server_slo`` describes the SLO, e.g. "p99 ≤ 50 ms".
+    """
+    none = {"server_slo": None, "slo_throughput": None, "slo_bound": None, "server_slo_met": None}
+    met = _metric_row(g, "slo_met", "server")
+    if met is None:
+        return none
+    details = met["details"]
+    if isinstance(details, str):  # the store keeps details as JSON text
+        details = json.loads(details)
+    slo = details.get("slo", {}) if isinstance(details, dict) else {}
+    pct = slo.get("percentile")
+    desc = (f"p{pct:g} ≤ {slo['slo_ms']:g} ms" if pct is not None and slo.get("slo_ms") is not None
+            else "the run's SLO")
+    searched = _metric_row(g, "max_qps_within_slo", "server")
+    if searched is not None:  # 0 means even the lowest rate tried missed the SLO
+        qps, bound = (float(searched["value"]), "max") if searched["value"] > 0 else (None, None)
+    else:
+        target = _metric_row(g, "target_qps", "server")
+        qps, bound = (float(target["value"]), "at least") if target is not None and met["value"] == 1.0 else (None, None)
+    return {"server_slo": desc, "slo_throughput": None if qps is None else qps * batch_size, "slo_bound": bound,
+            "server_slo_met": bool(met["value"] == 1.0)}
 
 
 def pareto_front(x: list[float | None], y: list[float | None]) -> list[bool]:
@@ -197,6 +239,14 @@ def rejection_reasons(row: dict[str, Any], criteria: Criteria, objective: str) -
             reasons.append("accuracy against fp32 not measured")
         elif drop > criteria.max_drop_pt + 1e-12:
             reasons.append(f"accuracy drop {drop:.2f} pt > budget {criteria.max_drop_pt:g} pt ({row['accuracy_basis']})")
+    if objective == "cost_at_slo" and not _num(row.get("cost_per_m_at_slo")):
+        if not row.get("machine"):
+            reasons.append(f"no price: machine type of env {row['env_id']} unknown "
+                           f"(--machine-type {row['env_id']}=TYPE, or [assign] in a price file)")
+        elif _num(row.get("slo_throughput")) is None and row.get("server_slo_met") is not None:
+            reasons.append(f"server scenario: {row.get('server_slo') or 'its SLO'} not met at any rate tried")
+        else:
+            reasons.append("no cost at the SLO: no server-scenario rate within it")
     if objective == "cost" and _num(row.get("cost_per_m")) is None:
         if not row.get("machine"):
             reasons.append(f"no price: machine type of env {row['env_id']} unknown "
@@ -217,10 +267,22 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
         measured = [r for r in rows if r["status"] == "ok"]
         unmeasured = [(r, r["reason"] or r["status"]) for r in rows if r["status"] != "ok"]
         objective = "cost" if any(_num(r["cost_per_m"]) is not None for r in measured) else "latency"
-        obj_key = "cost_per_m" if objective == "cost" else lat_key
         note = "" if objective == "cost" else (
             "No machine of these runs has a price, so configurations are ranked by latency; assign machine types "
             "with --machine-type ENV=TYPE or [assign] in a price file to rank by cost.")
+        priced = [r for r in measured if r.get("hourly") is not None]
+        with_server = [r for r in priced if r.get("server_slo_met") is not None]
+        if objective == "cost" and priced and len(with_server) == len(priced):
+            # Every priced configuration ran the server scenario: bill the rate it sustains within its SLO.
+            objective = "cost_at_slo"
+            slos = sorted({str(r["server_slo"]) for r in with_server})
+            note = (f"Ranked by cost at the server scenario's SLO ({', '.join(slos)}): the samples/s each "
+                    "configuration sustains under Poisson arrivals within it, not offline throughput.")
+        elif objective == "cost" and with_server:
+            note = (f"{len(with_server)} of {len(priced)} priced configurations ran the server scenario; ranked by "
+                    "offline-throughput cost so that all compare alike (run the server scenario for all of them "
+                    "to rank by cost at the SLO).")
+        obj_key = {"cost": "cost_per_m", "cost_at_slo": "cost_per_m_at_slo"}.get(objective, lat_key)
 
         def rank(r: dict[str, Any]) -> tuple:
             big = float("inf")
@@ -245,12 +307,15 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
                 mine, theirs = _num(r[obj_key]), _num(pick[obj_key])
                 if objective == "cost" and mine is not None and theirs is not None and mine > theirs:
                     return [f"costs {mine:.4g} {currency}/M inferences, more than the pick's {theirs:.4g}"]
+                if objective == "cost_at_slo" and mine is not None and theirs is not None and mine > theirs:
+                    return [f"costs {mine:.4g} {currency}/M inferences at the SLO, more than the pick's {theirs:.4g}"]
                 if objective == "latency" and mine is not None and theirs is not None and mine > theirs:
                     return [f"{criteria.latency} {mine:.3f} ms, slower than the pick's {theirs:.3f} ms"]
                 return ["ties with the pick on the objective; ranks lower on latency, then accuracy drop"]
 
             rejected = [(r, reasons[id(r)] or lost(r)) for r in sorted(measured, key=rank)
-                        if r is not pick and (better(r, lat_key) or better(r, "cost_per_m"))]
+                        if r is not pick and (better(r, lat_key) or better(r, "cost_per_m")
+                                              or better(r, "cost_per_m_at_slo"))]
         recs[str(model)] = Recommendation(str(model), objective, pick, rejected, unmeasured, note)
     return recs
 
@@ -260,6 +325,7 @@ def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> Hard
     if criteria.latency not in LATENCY_CHOICES:
         raise ValueError(f"latency percentile {criteria.latency!r}: expected one of {', '.join(LATENCY_CHOICES)}")
     configs, notes = configurations(sel, prices)
+    recs = recommend(configs, criteria, prices.currency)
     if not configs.empty:
         configs["frontier_latency"] = False
         configs["frontier_cost"] = False
@@ -267,11 +333,12 @@ def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> Hard
             sub = configs.loc[idx]
             ok = sub["status"] == "ok"
             lat = [v if o else None for v, o in zip(sub[f"{criteria.latency}_ms"], ok)]
-            cost = [v if o else None for v, o in zip(sub["cost_per_m"], ok)]
+            rec_cost = "cost_per_m_at_slo" if recs[str(model)].objective == "cost_at_slo" else "cost_per_m"
+            cost = [v if o and v else None for v, o in zip(sub[rec_cost], ok)]
             drop = sub["accuracy_drop_pt"].tolist()
             configs.loc[idx, "frontier_latency"] = pareto_front(lat, drop)
             configs.loc[idx, "frontier_cost"] = pareto_front(cost, drop)
-    return HardwareReport(configs, recommend(configs, criteria, prices.currency), criteria, prices, sel.runs, notes,
+    return HardwareReport(configs, recs, criteria, prices, sel.runs, notes,
                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 

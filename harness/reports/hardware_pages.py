@@ -16,6 +16,7 @@ CSV_COLUMNS = [
     "reason", "p50_ms", "p50_ci_low", "p50_ci_high", "p99_ms", "p99_ci_low", "p99_ci_high", "latency_valid",
     "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "accuracy_basis",
     "top1_agreement", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
+    "server_slo", "server_slo_met", "slo_throughput", "slo_bound", "cost_per_m_at_slo",
     "frontier_latency", "frontier_cost", "recommended",
 ]
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "hexagon", "star-square", "pentagon"]
@@ -34,9 +35,21 @@ def _money(v: Any, currency: str = "") -> str:
     return "-" if is_missing(v) else f"{v:.4g}" + (f" {currency}" if currency else "")
 
 
+def _has_server(report: HardwareReport) -> bool:
+    c = report.configs
+    return not c.empty and "server_slo_met" in c and c["server_slo_met"].notna().any()
+
+
+def _slo_rate(row: dict[str, Any]) -> str:
+    v = row.get("slo_throughput")
+    if is_missing(v):
+        return "-" if is_missing(row.get("server_slo_met")) else "fails SLO"
+    return ("≥ " if row.get("slo_bound") == "at least" else "") + fmt(v, ".1f")
+
+
 def _columns(report: HardwareReport) -> list[Column]:
     cur = report.prices.currency
-    return [
+    cols = [
         Column("machine_label", "machine"), Column("backend", "backend"), Column("variant", "variant"),
         Column("device", "device"), Column("batch_size", "batch", numeric=True, format=lambda v: str(int(v))),
         Column("p50_ms", "p50 ms", _ms, True), Column("p50_ci", "p50 95% CI"),
@@ -46,14 +59,18 @@ def _columns(report: HardwareReport) -> list[Column]:
         Column("accuracy_drop_pt", "acc drop pt", lambda v: fmt(v, "+.2f"), True),
         Column("hourly", f"{cur}/h", lambda v: _money(v), True),
         Column("cost_per_m", f"{cur} / M inferences", lambda v: _money(v), True),
-        Column("status_text", "status", wrap=True),
     ]
+    if _has_server(report):
+        cols += [Column("server_slo", "server SLO"), Column("slo_rate", "samples/s within SLO", numeric=True),
+                 Column("cost_per_m_at_slo", f"{cur} / M at SLO", lambda v: _money(v), True)]
+    return cols + [Column("status_text", "status", wrap=True)]
 
 
 def _display_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for r in df.to_dict("records"):
         r["p50_ci"] = _ci(r, "p50")
+        r["slo_rate"] = _slo_rate(r)
         flags = []
         if r.get("frontier_latency"):
             flags.append("latency frontier")
@@ -72,8 +89,12 @@ def _display_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
 def _pick_text(rec: Recommendation, report: HardwareReport) -> str:
     p = rec.pick
     lat = report.criteria.latency
-    cost = ("" if is_missing(p.get("cost_per_m"))
-            else f", {_money(p['cost_per_m'], report.prices.currency)} per million inferences")
+    cur = report.prices.currency
+    if rec.objective == "cost_at_slo":
+        cost = (f", {_money(p['cost_per_m_at_slo'], cur)} per million inferences at {p['server_slo']} "
+                f"({_slo_rate(p)} samples/s within it)")
+    else:
+        cost = "" if is_missing(p.get("cost_per_m")) else f", {_money(p['cost_per_m'], cur)} per million inferences"
     return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} samples/s, "
             f"accuracy drop {fmt(p['accuracy_drop_pt'], '+.2f')} pt")
 
@@ -180,7 +201,7 @@ def _runs_table(report: HardwareReport) -> str:
 def _rec_html(rec: Recommendation, report: HardwareReport, sid: str) -> str:
     parts = [f'<div class="card" id="rec-{sid}">']
     if rec.pick is not None:
-        basis = "cheapest" if rec.objective == "cost" else "fastest"
+        basis = {"cost": "cheapest", "cost_at_slo": "cheapest at the server SLO"}.get(rec.objective, "fastest")
         parts.append(f"<p><b>Recommended</b> ({basis} meeting {esc(report.criteria.describe())}): "
                      f"<span class=\"improved\" id=\"pick-{sid}\">{esc(_pick_text(rec, report))}</span></p>")
     else:
@@ -216,7 +237,9 @@ def render_html(report: HardwareReport) -> str:
     body = [f"<h2>Runs</h2>{_runs_table(report)}",
             f"<p>Criteria: {esc(report.criteria.describe())}. Prices: {esc(_prices_text(report))}. "
             "Cost per million inferences "
-            f"= hourly price / (3600 × samples/s) × 10⁶, with samples/s from the offline scenario.</p>"]
+            f"= hourly price / (3600 × samples/s) × 10⁶, with samples/s from the offline scenario"
+            + (", and at the SLO with the samples/s the server scenario sustained within its SLO"
+               if _has_server(report) else "") + ".</p>"]
     body += [f'<p class="warn">{esc(n)}</p>' for n in report.notes]
     for model, mdf in (c.groupby("model", sort=False) if not c.empty else []):
         sid = slug(str(model))
@@ -244,11 +267,13 @@ def render_html(report: HardwareReport) -> str:
         body.append("<p>Pareto frontier (latency vs accuracy drop):</p>"
                     + _frontier_list(mdf, "frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms",
                                      f"frontier-latency-{sid}"))
-        if mdf["cost_per_m"].notna().any():
-            fig = _scatter(mdf, report, "cost_per_m", f"{cur} per million inferences", "frontier_cost", rec, None)
+        cost_key, cost_title = (("cost_per_m_at_slo", f"{cur} per million inferences at the server SLO")
+                                if rec.objective == "cost_at_slo" else ("cost_per_m", f"{cur} per million inferences"))
+        if mdf[cost_key].notna().any():
+            fig = _scatter(mdf, report, cost_key, cost_title, "frontier_cost", rec, None)
             body.append(f"<h3>Cost against accuracy</h3>{figure_div(fig, f'fig-cost-{sid}')}")
             body.append("<p>Pareto frontier (cost vs accuracy drop):</p>"
-                        + _frontier_list(mdf, "frontier_cost", "cost_per_m", lambda v: f"{v:.4g} {cur}/M",
+                        + _frontier_list(mdf, "frontier_cost", cost_key, lambda v: f"{v:.4g} {cur}/M",
                                          f"frontier-cost-{sid}"))
         else:
             body.append('<p class="note">No cost chart: no machine of these runs has a price '
@@ -304,8 +329,9 @@ def render_markdown(report: HardwareReport) -> str:
             out += ["", "Not measured:", ""] + [f"- {config_name(r)}: {why}" for r, why in rec.unmeasured]
         cols = [col for col in _columns(report) if col.key != "p50_ci"]
         out += ["", _md_table(_display_rows(mdf), cols), ""]
+        cost_key = "cost_per_m_at_slo" if rec.objective == "cost_at_slo" else "cost_per_m"
         for key, x_key, x_fmt, name in (("frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms", "latency"),
-                                        ("frontier_cost", "cost_per_m", lambda v: f"{v:.4g} {cur}/M", "cost")):
+                                        ("frontier_cost", cost_key, lambda v: f"{v:.4g} {cur}/M", "cost")):
             front = mdf[mdf[key]].sort_values(x_key)
             if len(front):
                 out += [f"Pareto frontier ({name} vs accuracy drop): " + "; ".join(

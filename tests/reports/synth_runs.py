@@ -68,6 +68,29 @@ def case(model: str = "digits-cnn", variant: str = "fp32", backend: str = "onnxr
             "info": info, "finished": "2026-01-01T00:00:00+00:00"}
 
 
+def server_case(model: str = "digits-cnn", variant: str = "fp32", backend: str = "onnxruntime", device: str = "cpu",
+                batch_size: int = 1, max_qps: float | None = 100.0, target_qps: float | None = None,
+                slo_met: bool = True, slo_ms: float = 10.0, percentile: float = 99.0, median_ms: float = 1.0,
+                seed: int = 0) -> dict[str, Any]:
+    """A server-scenario case: a QPS search (``max_qps``) or one run at ``target_qps``, with its SLO verdict."""
+    rec = case(model=model, variant=variant, backend=backend, scenario="server", median_ms=median_ms, seed=seed,
+               device=device, batch_size=batch_size, acc_delta=None, top1=None)
+    common = {"valid": True, "details": {"timing": {"clock": "perf_counter_ns"},
+                                         "slo": {"slo_ms": slo_ms, "percentile": percentile, "seed": 0,
+                                                 "concurrency": 1}}}
+    rate = max_qps if target_qps is None else target_qps
+    rec["metrics"] += [
+        {"metric": "target_qps", "value": rate, "unit": "queries/s", **common},
+        {"metric": "achieved_qps", "value": rate, "unit": "queries/s", **common},
+        {"metric": "slo_met", "value": float(slo_met), "unit": "bool", **common},
+        {"metric": "slo_latency", "value": slo_ms * (0.8 if slo_met else 1.5), "unit": "ms", **common},
+    ]
+    if target_qps is None:
+        rec["metrics"].append({"metric": "max_qps_within_slo", "value": max_qps if slo_met else 0.0,
+                               "unit": "queries/s", **common})
+    return rec
+
+
 def write_run(results_dir: Path, run_id: str, cases: list[dict[str, Any]], created: str = "2026-01-01T00:00:00+00:00",
               env: dict[str, Any] | None = None, commit: str = "a" * 40, suite_source: str = "suites/smoke.toml") -> RunFile:
     """A run file with a header like the runner's and the given case records."""

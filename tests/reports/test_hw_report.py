@@ -10,7 +10,7 @@ from costbench.harness.reports.hardware import Criteria, build_report, pareto_fr
 from costbench.harness.reports.hardware_pages import render_markdown, to_csv_frame, write_report
 from costbench.harness.reports.prices import load_prices
 from costbench.harness.store import load_results
-from synth_runs import case, make_env, write_run
+from synth_runs import case, make_env, server_case, write_run
 
 CPU = make_env("Synthetic Xeon 8488C", 2)
 GPU = make_env("Synthetic EPYC", 4, gpus=[{"name": "NVIDIA A10G", "memory": "24 GiB", "driver": "550"}])
@@ -168,3 +168,50 @@ def test_store_keeps_case_provenance_and_run_source(results):
     info = sel.info("20260101-000000-cpu001", "digits-cnn-int8-onnxruntime-cpu-single_stream-b1")
     assert info["artifact"]["format"] == "onnx" and info["provenance"]["recipe"] == "int8"
     assert len(sel.cases) == 9 and set(sel.cases.status) == {"ok", "skipped"}
+
+
+def test_server_scenario_ranks_by_cost_at_the_slo(tmp_path):
+    """Offline throughput ignores latency: with server results for every priced configuration, the pick is
+    the cheapest at the rate each sustains within its SLO; one that never meets the SLO is rejected."""
+    write_run(tmp_path, "20260101-000000-srv001", [
+        # openvino int8: the best offline throughput, but it sustains only 150 q/s within the SLO
+        *config("int8", "openvino", 0.5, 3000.0, 0.0),
+        server_case(variant="int8", backend="openvino", max_qps=150.0),
+        *config("int8", "onnxruntime", 0.6, 1800.0, 0.0),
+        server_case(variant="int8", backend="onnxruntime", max_qps=900.0),
+        *config("fp32", "onnxruntime", 0.4, 1000.0, 0.0),
+        server_case(variant="fp32", backend="onnxruntime", slo_met=False),
+    ], env=CPU)
+    runs = list_all_runs([tmp_path])
+    sel = load_selection([tmp_path], resolve_runs(["20260101"], runs), runs)
+    prices = load_prices().with_assignments(["aws/c7i.large"], list(zip(sel.runs.run_id, sel.runs.env_id)))
+    rep = build_report(sel, prices, Criteria(max_drop_pt=1.0))
+    rec = rep.recommendations["digits-cnn"]
+    assert rec.objective == "cost_at_slo" and "p99 ≤ 10 ms" in rec.note
+    assert (rec.pick["backend"], rec.pick["variant"]) == ("onnxruntime", "int8")
+    hourly = row(rep, "onnxruntime", "int8").hourly
+    assert row(rep, "onnxruntime", "int8").cost_per_m_at_slo == pytest.approx(hourly / (3600 * 900.0) * 1e6)
+    assert row(rep, "openvino", "int8").slo_throughput == 150.0
+    why = {(r["backend"], r["variant"]): reasons for r, reasons in rec.rejected}
+    assert "at the SLO, more than the pick's" in why[("openvino", "int8")][0]
+    assert "p99 ≤ 10 ms not met at any rate tried" in why[("onnxruntime", "fp32")][0]
+    md = render_markdown(rep)
+    assert "samples/s within SLO" in md and "fails SLO" in md and "at p99 ≤ 10 ms (900.0 samples/s within it)" in md
+    csv = to_csv_frame(rep).set_index(["backend", "variant"])
+    assert csv.loc[("openvino", "int8"), "cost_per_m_at_slo"] > csv.loc[("onnxruntime", "int8"), "cost_per_m_at_slo"]
+    assert csv.loc[("openvino", "int8"), "cost_per_m"] < csv.loc[("onnxruntime", "int8"), "cost_per_m"]
+
+    # Without the server scenario for every priced configuration, offline cost decides, and the report says why.
+    write_run(tmp_path, "20260102-000000-srv002", [*config("int8", "openvino", 0.5, 3000.0, 0.0),
+                                                   *config("int8", "onnxruntime", 0.6, 1800.0, 0.0),
+                                                   server_case(variant="int8", backend="onnxruntime", target_qps=500.0)],
+              env=CPU)
+    runs = list_all_runs([tmp_path])
+    sel = load_selection([tmp_path], resolve_runs(["20260102"], runs), runs)
+    prices = load_prices().with_assignments(["aws/c7i.large"], list(zip(sel.runs.run_id, sel.runs.env_id)))
+    rep = build_report(sel, prices, Criteria(max_drop_pt=1.0))
+    rec = rep.recommendations["digits-cnn"]
+    assert rec.objective == "cost" and rec.pick["backend"] == "openvino" and "1 of 2 priced" in rec.note
+    fixed = row(rep, "onnxruntime", "int8")
+    assert fixed.slo_throughput == 500.0 and fixed.slo_bound == "at least"
+    assert "≥ 500.0" in render_markdown(rep)
