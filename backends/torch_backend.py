@@ -38,7 +38,8 @@ class TorchOptions(BackendOptions):
         "first inference.",
     )
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        default="default", description="torch.compile mode (inductor only); 'reduce-overhead' uses CUDA graphs itself.",
+        default="default", description="torch.compile mode (inductor only); 'reduce-overhead' and 'max-autotune' "
+        "use CUDA graphs themselves (inductor's triton.cudagraphs).",
     )
     compile_backend: str = Field(
         default="inductor", description="torch.compile backend ('inductor'; 'eager'/'aot_eager' trace without codegen).",
@@ -138,7 +139,9 @@ class TorchCudaSession(Session):
                 self._module(*self._static)
         torch.cuda.current_stream(self._device).wait_stream(side)
         self._graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._graph), torch.inference_mode():
+        # Capture on our side stream: graph()'s own default stream is made once on the *current*
+        # device, which is not self._device for 'cuda:N'.
+        with torch.cuda.graph(self._graph, stream=side), torch.inference_mode():
             self._static_out = self._module(*self._static)
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -268,9 +271,10 @@ class TorchBackend(Backend):
         module.eval()
         mode = "eager"
         if opts.compile:
-            if opts.cuda_graph and opts.compile_mode == "reduce-overhead":
-                raise ValueError("torch backend: compile_mode='reduce-overhead' captures CUDA graphs itself; "
-                                 "drop cuda_graph or pick another compile_mode")
+            # Both modes turn on inductor's triton.cudagraphs (torch._inductor.list_mode_options).
+            if opts.cuda_graph and opts.compile_mode in ("reduce-overhead", "max-autotune"):
+                raise ValueError(f"torch backend: compile_mode={opts.compile_mode!r} captures CUDA graphs itself; "
+                                 "drop cuda_graph or pick another compile_mode (e.g. 'max-autotune-no-cudagraphs')")
             inductor = opts.compile_backend == "inductor"
             mode_arg = opts.compile_mode if inductor and opts.compile_mode != "default" else None
             if not inductor and opts.compile_mode != "default":

@@ -176,7 +176,8 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     fixed target rate, that rate when it met the SLO (a lower bound: ``slo_bound`` is "at least"),
     else nothing. ``server_slo`` describes the SLO, e.g. "p99 ≤ 50 ms".
     """
-    none = {"server_slo": None, "slo_throughput": None, "slo_bound": None, "server_slo_met": None}
+    none = {"server_slo": None, "slo_throughput": None, "slo_bound": None, "server_slo_met": None,
+            "server_valid": None}
     met = _metric_row(g, "slo_met", "server")
     if met is None:
         return none
@@ -193,8 +194,9 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     else:
         target = _metric_row(g, "target_qps", "server")
         qps, bound = (float(target["value"]), "at least") if target is not None and met["value"] == 1.0 else (None, None)
+    valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
     return {"server_slo": desc, "slo_throughput": None if qps is None else qps * batch_size, "slo_bound": bound,
-            "server_slo_met": bool(met["value"] == 1.0)}
+            "server_slo_met": bool(met["value"] == 1.0), "server_valid": valid}
 
 
 def pareto_front(x: list[float | None], y: list[float | None]) -> list[bool]:
@@ -239,7 +241,10 @@ def rejection_reasons(row: dict[str, Any], criteria: Criteria, objective: str) -
             reasons.append("accuracy against fp32 not measured")
         elif drop > criteria.max_drop_pt + 1e-12:
             reasons.append(f"accuracy drop {drop:.2f} pt > budget {criteria.max_drop_pt:g} pt ({row['accuracy_basis']})")
-    if objective == "cost_at_slo" and not _num(row.get("cost_per_m_at_slo")):
+    if objective == "cost_at_slo" and row.get("server_valid") is False:
+        reasons.append("server result invalid (overloaded, or the load generator fell behind its schedule on a "
+                       "busy machine)")
+    elif objective == "cost_at_slo" and not _num(row.get("cost_per_m_at_slo")):
         if not row.get("machine"):
             reasons.append(f"no price: machine type of env {row['env_id']} unknown "
                            f"(--machine-type {row['env_id']}=TYPE, or [assign] in a price file)")

@@ -16,7 +16,7 @@ CSV_COLUMNS = [
     "reason", "p50_ms", "p50_ci_low", "p50_ci_high", "p99_ms", "p99_ci_low", "p99_ci_high", "latency_valid",
     "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "accuracy_basis",
     "top1_agreement", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
-    "server_slo", "server_slo_met", "slo_throughput", "slo_bound", "cost_per_m_at_slo",
+    "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "cost_per_m_at_slo",
     "frontier_latency", "frontier_cost", "recommended",
 ]
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "hexagon", "star-square", "pentagon"]
@@ -42,9 +42,10 @@ def _has_server(report: HardwareReport) -> bool:
 
 def _slo_rate(row: dict[str, Any]) -> str:
     v = row.get("slo_throughput")
+    invalid = "*" if row.get("server_valid") is False else ""
     if is_missing(v):
-        return "-" if is_missing(row.get("server_slo_met")) else "fails SLO"
-    return ("≥ " if row.get("slo_bound") == "at least" else "") + fmt(v, ".1f")
+        return "-" if is_missing(row.get("server_slo_met")) else "fails SLO" + invalid
+    return ("≥ " if row.get("slo_bound") == "at least" else "") + fmt(v, ".1f") + invalid
 
 
 def _columns(report: HardwareReport) -> list[Column]:
@@ -61,7 +62,7 @@ def _columns(report: HardwareReport) -> list[Column]:
         Column("cost_per_m", f"{cur} / M inferences", lambda v: _money(v), True),
     ]
     if _has_server(report):
-        cols += [Column("server_slo", "server SLO"), Column("slo_rate", "samples/s within SLO", numeric=True),
+        cols += [Column("server_slo", "server SLO"), Column("slo_rate", "samples/s within SLO"),
                  Column("cost_per_m_at_slo", f"{cur} / M at SLO", lambda v: _money(v), True)]
     return cols + [Column("status_text", "status", wrap=True)]
 

@@ -295,14 +295,16 @@ class CupyLauncher(Launcher):
         import torch
 
         cupy = self._cupy
-        fn = self._functions.get(kernel)
-        if fn is None:
-            fn = self._module.get_function(kernel)
-            if smem > 48 * 1024:
-                fn.max_dynamic_shared_size_bytes = smem
-            self._functions[kernel] = fn
         packed = tuple(np.uint64(v) if k == "ptr" else np.int32(v) for k, v in args)
-        with self._device, cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
+        # RawModule loads (or NVRTC-compiles) lazily, per device, on the device current at
+        # get_function / attribute time: do both under self._device so the launch finds them.
+        with self._device, cupy.cuda.ExternalStream(torch.cuda.current_stream(self._device.id).cuda_stream):
+            fn = self._functions.get(kernel)
+            if fn is None:
+                fn = self._module.get_function(kernel)
+                if smem > 48 * 1024:
+                    fn.max_dynamic_shared_size_bytes = smem
+                self._functions[kernel] = fn
             fn(grid, block, packed, shared_mem=smem)  # on the current (PyTorch's) stream
 
 
@@ -328,9 +330,10 @@ def make_launcher(which: str = "auto", *, device_index: int = 0, build_result: B
     if build_result is None:
         nvcc = find_nvcc()
         if nvcc is None and which == "cupy":
-            cap = capability or (9, 0)
-            arch = f"{cap[0]}{cap[1]}" + ("a" if cap == (9, 0) else "")
-            return CupyLauncher(None, device_index, ("-std=c++17", f"--gpu-architecture=sm_{arch}"))
+            # No -arch here: CuPy appends its own (-arch=sm_XY of the current device) to NVRTC's
+            # options, and a second one makes NVRTC fail (NVRTC_ERROR_INVALID_OPTION). The
+            # kernel needs only sm_80 features, so CuPy's plain sm_90 target on Hopper suffices.
+            return CupyLauncher(None, device_index, ("-std=c++17",))
         if nvcc is None:
             raise RuntimeError(probe.nvcc_reason() or "nvcc not found")
         build_result = build("cubin", capability or (9, 0), nvcc=nvcc)

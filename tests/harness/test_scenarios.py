@@ -157,6 +157,22 @@ def test_server_issues_every_planned_query_and_meets_a_loose_slo():
     assert all(lat >= q for lat, q in zip(r.samples_ns, r.series_ns["queue_wait"]))
 
 
+def test_server_is_invalid_when_the_load_generator_falls_behind(monkeypatch):
+    """A late wake-up is the harness's error, not the model's: the verdict is kept but marked invalid."""
+    import costbench.harness.scenarios as scenarios
+
+    def oversleep(target_ns):
+        wait_until(target_ns + 2_000_000)  # every idle wake-up 2 ms late: 20% of a 10 ms SLO
+
+    monkeypatch.setattr(scenarios, "wait_until", oversleep)
+    spec = {"kind": "server", "target_qps": 50, "slo_ms": 10, "min_count": 30, "min_duration_s": 0}
+    r = make_scenario(spec).run(Noop(), DATA, 1)
+    assert not r.valid and any("fell behind its own schedule" in n for n in r.notes)
+    assert np.median(r.series_ns["scheduler_lateness"]) >= 2_000_000  # queries that found it idle
+    monkeypatch.setattr(scenarios, "wait_until", wait_until)
+    assert make_scenario(spec).run(Noop(), DATA, 1).valid
+
+
 def test_server_overload_queues_and_fails_the_slo():
     # 5 ms of service at 1000 arrivals/s: the queue grows without bound.
     spec = {"kind": "server", "target_qps": 1000, "slo_ms": 5, "min_count": 60, "min_duration_s": 0}

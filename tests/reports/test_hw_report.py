@@ -215,3 +215,19 @@ def test_server_scenario_ranks_by_cost_at_the_slo(tmp_path):
     fixed = row(rep, "onnxruntime", "int8")
     assert fixed.slo_throughput == 500.0 and fixed.slo_bound == "at least"
     assert "≥ 500.0" in render_markdown(rep)
+
+
+def test_an_invalid_server_result_is_not_billed(tmp_path):
+    write_run(tmp_path, "20260101-000000-srv003", [
+        *config("int8", "openvino", 0.5, 3000.0, 0.0),
+        server_case(variant="int8", backend="openvino", max_qps=5000.0, valid=False),  # a busy machine's verdict
+        *config("int8", "onnxruntime", 0.6, 1800.0, 0.0),
+        server_case(variant="int8", backend="onnxruntime", max_qps=900.0),
+    ], env=CPU)
+    runs = list_all_runs([tmp_path])
+    sel = load_selection([tmp_path], resolve_runs(["20260101"], runs), runs)
+    prices = load_prices().with_assignments(["aws/c7i.large"], list(zip(sel.runs.run_id, sel.runs.env_id)))
+    rec = build_report(sel, prices, Criteria(max_drop_pt=1.0)).recommendations["digits-cnn"]
+    assert rec.objective == "cost_at_slo" and rec.pick["backend"] == "onnxruntime"
+    (r, why), = rec.rejected
+    assert r["backend"] == "openvino" and "server result invalid" in why[0]
