@@ -146,6 +146,9 @@ class TensorRTSession(Session):
         if self._engine is None:
             raise RuntimeError("TensorRT could not deserialize the engine (built by another TensorRT version or GPU?)")
         self._context = self._engine.create_execution_context()
+        # A stream of our own: enqueueV3 on the legacy default stream makes TensorRT add
+        # stream synchronizations of its own (it warns so), which would be timed with the model.
+        self._stream = torch.cuda.Stream(self._device)
         torch.cuda.reset_peak_memory_stats(self._device)
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -174,16 +177,15 @@ class TensorRTSession(Session):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
-        for name, _, buf in self._feeds:
-            try:
-                array = inputs[name]
-            except KeyError:
-                raise KeyError(f"missing input {name!r}; the model takes {[n for n, _, _ in self._feeds]}") from None
-            buf.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(buf.dtype))
-        stream = torch.cuda.current_stream(self._device)
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log on stderr)")
-        return [b.cpu().numpy() for b in self._out_bufs]  # .cpu() waits for the stream
+        missing = [name for name, _, _ in self._feeds if name not in inputs]
+        if missing:
+            raise KeyError(f"missing input {missing[0]!r}; the model takes {[n for n, _, _ in self._feeds]}")
+        with torch.cuda.stream(self._stream):  # copies, inference and read-back all on our stream, in order
+            for name, _, buf in self._feeds:
+                buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])).to(buf.dtype))
+            if not self._context.execute_async_v3(self._stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log on stderr)")
+            return [b.cpu().numpy() for b in self._out_bufs]  # .cpu() waits for the stream
 
     def synchronize(self) -> None:
         self._torch.cuda.synchronize(self._device)
@@ -191,7 +193,7 @@ class TensorRTSession(Session):
     def device_timer(self):
         from costbench.backends.timing import CudaEventTimer
 
-        return CudaEventTimer()
+        return CudaEventTimer(stream=self._stream)  # the events bracket the work on the session's stream
 
     def peak_device_memory(self) -> int | None:
         """Torch-allocated I/O buffers at peak, plus the activation memory TensorRT's context holds."""
@@ -302,6 +304,9 @@ class TensorRTBackend(Backend):
             config.builder_optimization_level = opts.optimization_level
         flags_set = []
         if opts.typing == "weak":
+            if not hasattr(trt.BuilderFlag, "INT8"):  # TensorRT 11 dropped weak typing's precision flags
+                raise ValueError(f"TensorRT {trt.__version__} has no weakly typed precision flags "
+                                 "(BuilderFlag.FP16/INT8): set typing = \"strong\"")
             if opts.fp16:
                 config.set_flag(trt.BuilderFlag.FP16)
                 flags_set.append("FP16")

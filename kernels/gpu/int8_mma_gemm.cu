@@ -26,7 +26,12 @@
 // The fused form computes ((float)acc * s_row[r]) * s_col[c] + bias[c] in fp32 and rounds once to
 // the output type.
 
+#ifdef __CUDACC_RTC__
+// NVRTC (CuPy's RawModule without nvcc) has no C++ standard library headers: the fixed-width types by hand.
+typedef signed char int8_t;
+#else
 #include <cstdint>
+#endif
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
