@@ -115,4 +115,8 @@ def cached_arrays(path: Path, build: Callable[[], dict[str, np.ndarray]]) -> dic
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
-    return arrays
+    # Hand back what a later load returns, not the freshly built arrays: those can carry other strides
+    # (e.g. on a size-1 channel axis), which changes which kernel torch picks and so the last bits of
+    # its outputs. A cold and a warm cache must feed a model the same bytes in the same layout.
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}

@@ -201,6 +201,39 @@ def load_or_train(cache_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return state, info
 
 
+def _weights_facts(cache_dir: Path, x_te: np.ndarray, y_te: np.ndarray) -> dict[str, Any]:
+    """{source_hash, fp32_test_accuracy, info} of the cached weights, computed (and training them) on a miss.
+
+    Kept in a JSON file beside the weights and trusted only while the weights file's SHA-256 matches.
+    """
+    from costbench.harness.artifacts import file_sha256
+
+    path = weights_path(cache_dir)
+    facts_path = path.with_suffix(".facts.json")
+    if path.exists() and facts_path.exists():
+        try:
+            facts = json.loads(facts_path.read_text())
+            if facts.get("weights_sha256") == file_sha256(path):
+                return {**facts, "info": {"weights": str(path), "weights_cached": True}}
+        except (OSError, ValueError):
+            pass  # unreadable: recompute below
+    import torch
+
+    state, info = load_or_train(cache_dir)
+    model = _digits_cnn_class()()
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        test_acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
+    facts = {"weights_sha256": file_sha256(path), "source_hash": state_dict_hash(state, salt=ARCHITECTURE),
+             "fp32_test_accuracy": test_acc}
+    fd, tmp = tempfile.mkstemp(prefix=f".{facts_path.name}-", dir=facts_path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(facts, f)
+    os.replace(tmp, facts_path)
+    return {**facts, "info": info}
+
+
 @register_zoo_model
 class DigitsCNNModel(ZooModel):
     """The digits CNN, trained by costbench on first use; evaluation is the held-out test split with labels."""
@@ -210,21 +243,28 @@ class DigitsCNNModel(ZooModel):
     description = "Small CNN on scikit-learn's 8x8 handwritten digits (trained by costbench, real labels)"
 
     def load(self, cache_dir: Path) -> ModelBundle:
-        """Train once (or read the cached weights) and return the bundle."""
-        import torch
+        """Train once (or read the cached weights) and return the bundle.
 
-        state, info = load_or_train(cache_dir)
-        model = _digits_cnn_class()()
-        model.load_state_dict(state)
-        model.eval()
+        What the bundle needs of the weights without running them (their hash, the fp32 test accuracy)
+        is kept beside them, so a case whose artifact is cached never imports torch; the module itself
+        is built only when asked for.
+        """
         x_tr, x_te, y_tr, y_te = cached_digits_split(cache_dir)
-        with torch.no_grad():
-            test_acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
+        facts = _weights_facts(cache_dir, x_te, y_te)
+        path = weights_path(cache_dir)
+
+        @functools.cache
+        def state():
+            import torch
+
+            return torch.load(path, map_location="cpu", weights_only=True)
 
         def fresh():
             m = _digits_cnn_class()()
-            m.load_state_dict(state)
+            m.load_state_dict(state())
             return m.eval()
+
+        info, test_acc = facts["info"], facts["fp32_test_accuracy"]
 
         split = f"stratified split test_size={HYPERPARAMETERS['test_size']}, random_state={HYPERPARAMETERS['split_random_state']}"
         return ModelBundle(
@@ -234,7 +274,7 @@ class DigitsCNNModel(ZooModel):
             outputs=[OUTPUT_NAME],
             calibration=SampleSet({INPUT_NAME: x_tr}, y_tr, f"scikit-learn digits, train split ({split}), pixels/16"),
             evaluation=SampleSet({INPUT_NAME: x_te}, y_te, f"scikit-learn digits, held-out test split ({split}), pixels/16"),
-            source_hash=state_dict_hash(state, salt=ARCHITECTURE),
+            source_hash=facts["source_hash"],
             source_kind=SOURCE_TORCH,
             module_factory=fresh,
             training=SampleSet({INPUT_NAME: x_tr}, y_tr, f"scikit-learn digits, train split ({split}), pixels/16"),

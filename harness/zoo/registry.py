@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from costbench.harness.artifacts import content_key
 from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, ZooModel
 
@@ -113,7 +114,7 @@ def load_bundle(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
     if spec.eval_samples is not None:
         bundle.evaluation = bundle.evaluation.take(spec.eval_samples)
     if not {"parameters", "flops"} <= bundle.details.keys():  # a zoo model may bring its own (cached) count
-        bundle.details.update(model_cost(bundle))
+        bundle.details.update(cached_model_cost(bundle, Path(cache_dir)))
     bundle.details["data"] = {
         "calibration": {"samples": len(bundle.calibration), "description": bundle.calibration.description},
         "evaluation": {"samples": len(bundle.evaluation), "description": bundle.evaluation.description,
@@ -123,6 +124,25 @@ def load_bundle(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
 
 
 # ----------------------------------------------------------------------------------- cost counting
+
+
+def cached_model_cost(bundle: ModelBundle, cache_dir: Path) -> dict[str, Any]:
+    """:func:`model_cost`, kept per source model: counting runs the torch model, and a case whose artifact
+    is cached (an ONNX Runtime or OpenVINO case) should not have to import torch just for that."""
+    import json
+    import os
+
+    key = content_key({"source": bundle.source_hash, "inputs": [(i.name, i.shape, i.dtype) for i in bundle.inputs],
+                       "method": [FLOPS_METHOD_TORCH, FLOPS_METHOD_ONNX]})
+    path = cache_dir / "model-cost" / f"{bundle.name}-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    cost = model_cost(bundle)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(cost))
+    os.replace(tmp, path)
+    return cost
 
 
 def model_cost(bundle: ModelBundle) -> dict[str, Any]:

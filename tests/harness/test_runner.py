@@ -194,3 +194,12 @@ def test_peak_rss_is_the_same_with_a_cold_or_a_warm_cache(tmp_path):
     for metric in ("peak_rss", "process_peak_rss"):
         assert abs(cold_m[metric] - warm_m[metric]) <= max(30.0, 0.1 * warm_m[metric]), (metric, cold_m, warm_m)
     assert warm_m["process_peak_rss"] >= warm_m["peak_rss"]
+
+    # With everything cached, an ONNX Runtime case never imports torch: its memory is the runtime's.
+    probe = ("import json, sys\nfrom pathlib import Path\nfrom costbench.harness.plan import Case\n"
+             "from costbench.harness.worker import execute\n"
+             "execute(Case.from_dict(json.loads(sys.argv[1])), Path(sys.argv[2]))\n"
+             "print('torch imported:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, json.dumps(case.to_dict()), str(cache)],
+                         capture_output=True, text=True, timeout=300)
+    assert "torch imported: False" in out.stdout, out.stdout + out.stderr
