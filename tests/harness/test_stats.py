@@ -53,6 +53,29 @@ def test_bootstrap_is_deterministic_and_brackets_median():
     assert hi - lo < 0.5  # the median of 500 N(10,1) samples is known to about +-0.1
 
 
+@pytest.mark.parametrize("p", [50, 90, 99])
+def test_exact_bootstrap_matches_a_large_monte_carlo_bootstrap(p):
+    """The closed form is what resampling converges to: compare with 20 000 resamples, ends within a few ranks."""
+    rng = np.random.default_rng()
+    x = np.round(rng.lognormal(0.0, 0.3, size=300), 3)  # rounded: ties, as real timer samples have
+    k = int(np.ceil(p / 100 * x.size))
+    stats = np.sort(np.sort(x[rng.integers(0, x.size, size=(20_000, x.size))], axis=1)[:, k - 1])
+    mc_lo, mc_hi = stats[int(np.ceil(0.025 * stats.size)) - 1], stats[int(np.ceil(0.975 * stats.size)) - 1]
+    lo, hi = bootstrap_ci(x, p)
+    xs = np.sort(x)
+    rank = lambda v: np.searchsorted(xs, v)  # noqa: E731 - position among the sorted samples
+    assert abs(rank(lo) - rank(mc_lo)) <= 3 and abs(rank(hi) - rank(mc_hi)) <= 3, (lo, hi, mc_lo, mc_hi)
+    assert lo <= percentile(x, p) <= hi
+
+
+def test_exact_bootstrap_hand_computed_three_points():
+    # n=3, median rank k=2: P(T* <= 1) = P(Bin(3, 1/3) >= 2) = 7/27 ≈ 0.26, P(T* <= 2) = P(Bin(3, 2/3) >= 2) = 20/27.
+    # 0.025 is reached at 1; 0.975 only at 3.
+    assert bootstrap_ci([2.0, 1.0, 3.0], 50) == (1.0, 3.0)
+    assert bootstrap_ci([2.0, 1.0, 3.0], 50, confidence=0.4) == (2.0, 2.0)  # ends at 0.3 and 0.7: both at 2
+    assert bootstrap_ci([2.0, 1.0, 3.0], 50, confidence=0.5) == (1.0, 3.0)  # 0.25 <= 7/27; 0.75 > 20/27
+
+
 def test_summarize_fields():
     s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
     assert s.count == 5 and s.min == 1 and s.max == 100
