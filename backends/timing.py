@@ -65,10 +65,16 @@ class CudaEventTimer(DeviceTimer):
         self._stream = stream  # None: the current stream; a session with its own stream passes it
 
     def start(self) -> None:
-        self._begin.record(self._stream)
+        self._record(self._begin)
 
     def stop(self) -> None:
-        self._end.record(self._stream)
+        self._record(self._end)
+
+    def _record(self, event: Any) -> None:
+        if self._stream is None:
+            event.record()
+        else:
+            event.record(self._stream)
 
     def elapsed_ns(self) -> int:
         self._end.synchronize()
