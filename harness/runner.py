@@ -170,6 +170,8 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
         return CaseOutcome(case, "failed", _describe_exit(code) + (f"; last stderr: {tail.splitlines()[-1]}" if tail else ""),
                            elapsed_s=elapsed, stderr_tail=tail)
     payload = json.loads(result.read_text())
+    if payload["status"] == "skipped":
+        return CaseOutcome(case, "skipped", payload["reason"], elapsed_s=elapsed)
     if payload["status"] != "ok":
         return CaseOutcome(case, "failed", payload.get("reason", "unknown error"), elapsed_s=elapsed,
                            stderr_tail=payload.get("traceback", tail))

@@ -239,6 +239,10 @@ def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
         if not result.exists():
             raise RuntimeError(f"the build process for {case.recipe!r} exited with {proc.returncode} and no result")
         payload = json.loads(result.read_text())
+    if payload["status"] == "skipped":
+        from costbench.harness.compress.base import RecipeNotApplicable
+
+        raise RecipeNotApplicable(payload["reason"])
     if payload["status"] != "ok":
         raise RuntimeError(f"build failed: {payload['reason']}")
     return payload
@@ -259,8 +263,12 @@ def main(argv: list[str]) -> int:
     case = Case.from_dict(job["case"])
     # Keep stdout for nothing: libraries that print go to stderr, which the parent tails on failure.
     sys.stdout = sys.stderr
+    from costbench.harness.compress.base import RecipeNotApplicable
+
     try:
         payload = {"status": "ok", **step(case, Path(job["cache_dir"]))}
+    except RecipeNotApplicable as exc:  # the combination does not exist: skipped, with why
+        payload = {"status": "skipped", "reason": str(exc)}
     except Exception as exc:
         payload = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc(limit=20)}

@@ -17,6 +17,14 @@ from costbench.harness.artifacts import Artifact, ArtifactCache
 from costbench.harness.zoo.base import ModelBundle
 
 
+class RecipeNotApplicable(ValueError):
+    """A recipe that cannot apply to this model (no student architecture, no labels, no calibration data...).
+
+    The runner records the case as skipped with this message, not failed: nothing went wrong, the
+    combination does not exist. Raise it only for facts about the model, never for a build that broke.
+    """
+
+
 class RecipeConfig(BaseModel):
     """Base for recipe configs: unknown keys are errors, so a typo in a suite never goes unnoticed."""
 

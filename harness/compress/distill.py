@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from costbench.harness.compress.base import RecipeConfig, register_recipe
+from costbench.harness.compress.base import RecipeConfig, RecipeNotApplicable, register_recipe
 from costbench.harness.compress.torch_variant import TorchVariantRecipe, module_facts
 from costbench.harness.compress.training import Objective, distillation_loss, predict, train
 from costbench.harness.zoo.base import ModelBundle
@@ -80,11 +80,12 @@ class DistillRecipe(TorchVariantRecipe):
         """Train the student with distillation (alpha) and without (alpha = 0); return the configured one."""
         cfg = config if isinstance(config, DistillConfig) else DistillConfig.model_validate(config.model_dump())
         if bundle.student_factory is None or bundle.training is None or bundle.training.labels is None:
-            raise ValueError(f"recipe 'distill' needs a student architecture and labelled training data; model "
+            raise RecipeNotApplicable(f"recipe 'distill' needs a student architecture and labelled training data; model "
                              f"{bundle.name!r} has {'no student' if bundle.student_factory is None else 'no labelled training data'}"
                              " (the zoo's digits-cnn has both)")
         if bundle.evaluation.labels is None:
-            raise ValueError(f"recipe 'distill' reports accuracy on labelled evaluation data; {bundle.name!r} has none")
+            raise RecipeNotApplicable(f"recipe 'distill' reports accuracy on labelled evaluation data; {bundle.name!r} "
+                                      "has none")
         teacher = bundle.torch_module().eval()
         labels = bundle.evaluation.labels
         teacher_acc = _accuracy(predict(teacher, bundle, bundle.evaluation), labels)

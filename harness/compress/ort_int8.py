@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.harness.artifacts import FORMAT_ONNX, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable, register_recipe
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.env import has_vnni, int8_isa
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
@@ -73,7 +73,7 @@ def decide_reduce_range(setting: bool | None) -> tuple[bool, str]:
 def calibration_subset(bundle: ModelBundle, n: int) -> SampleSet:
     """The first ``n`` calibration samples (all of them when the bundle has fewer)."""
     if len(bundle.calibration) == 0:
-        raise ValueError(f"model {bundle.name!r} has no calibration samples; int8 recipes need some")
+        raise RecipeNotApplicable(f"model {bundle.name!r} has no calibration samples; int8 recipes need some")
     return bundle.calibration.take(n)
 
 

@@ -135,7 +135,7 @@ models = [
   {id = "factory-net", source = "torch", factory = "tiny_factory:make_tiny", inputs = [{name = "input", shape = [3, 8, 8]}]},
   {id = "fixed-onnx", source = "onnx", path = "fixed.onnx"},
 ]
-variants = ["fp32", "int8"]
+variants = ["fp32", "int8", "distill"]
 backends = ["torch", "onnxruntime"]
 batch_sizes = [2, 4]
 [[scenarios]]
@@ -155,6 +155,9 @@ min_duration_s = 0
     wrong = by[("fixed-onnx", "fp32", "onnxruntime", 4)]
     assert wrong.status == "failed" and "fixed batch size of 2" in wrong.reason
     assert by[("fixed-onnx", "fp32", "torch", 2)].status == "skipped"  # an ONNX file has no torch module
+    # A user's model has no student network: distillation does not apply, found while building (not a failure).
+    no_student = by[("factory-net", "distill", "torch", 2)]
+    assert no_student.status == "skipped" and "needs a student architecture" in no_student.reason
     df = load_results(tmp_path / "results")
     parity = df[(df.metric == "top1_agreement") & (df.variant == "fp32") & (df.status == "ok")]
     assert len(parity) == 5 and (parity["value"] == 1.0).all()  # factory-net x 2 backends x 2 batches + fixed-onnx
