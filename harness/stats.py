@@ -4,7 +4,7 @@ Percentiles are nearest-rank on the sorted samples: the p-th percentile of n sam
 value at 1-based rank ceil(p/100 * n). It is always an observed sample (no interpolation), and
 the median is therefore the lower middle for even n. A percentile's confidence interval is the
 percentile bootstrap's, computed exactly (see :func:`bootstrap_ci`), so the same samples always give
-the same interval; the ratio of two medians uses a seeded Monte Carlo bootstrap.
+the same interval; so is the interval of a ratio of two medians.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from typing import Sequence
 import numpy as np
 
 PERCENTILE_DEFINITION = "nearest-rank: value at rank ceil(p/100*n) of the sorted samples"
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 20260101
 
 
 def percentile(samples: Sequence[float] | np.ndarray, p: float) -> float:
@@ -31,27 +29,13 @@ def percentile(samples: Sequence[float] | np.ndarray, p: float) -> float:
     return float(x[rank - 1])
 
 
-def _nearest_rank_rows(sorted_rows: np.ndarray, p: float) -> np.ndarray:
-    """Nearest-rank percentile of each row of an already sorted 2-D array."""
-    n = sorted_rows.shape[1]
-    rank = max(1, math.ceil(p / 100.0 * n))
-    return sorted_rows[:, rank - 1]
+def order_statistic_bootstrap(samples: Sequence[float] | np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The exact bootstrap distribution of the nearest-rank p-th percentile: (distinct values, CDF at each).
 
-
-def bootstrap_ci(
-    samples: Sequence[float] | np.ndarray,
-    p: float = 50.0,
-    confidence: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile-bootstrap interval for the nearest-rank p-th percentile, computed exactly.
-
-    No resampling: the bootstrap distribution of an order statistic is known in closed form. With the
-    samples sorted, k = ceil(p/100 * n) and m(v) = #{samples <= v}, the k-th smallest of n draws with
-    replacement is <= v exactly when at least k draws are <= v, so
-    P(T* <= v) = P(Binomial(n, m(v)/n) >= k) = I_{m(v)/n}(k, n - k + 1) (regularized incomplete beta).
-    The interval ends are the smallest samples where that CDF reaches (1 - confidence)/2 and
-    (1 + confidence)/2: what a Monte Carlo bootstrap converges to with infinitely many resamples, in
-    O(n log n), deterministic (no seed), and without the resampling noise of a finite bootstrap.
+    No resampling: with the samples sorted, k = ceil(p/100 * n) and m(v) = #{samples <= v}, the k-th
+    smallest of n draws with replacement is <= v exactly when at least k draws are <= v, so
+    P(T* <= v) = P(Binomial(n, m(v)/n) >= k) = I_{m(v)/n}(k, n - k + 1), the regularized incomplete
+    beta. This is what a Monte Carlo bootstrap converges to with infinitely many resamples.
     """
     from scipy.special import betainc  # scipy.special only: scipy.stats costs a second to import
 
@@ -66,6 +50,21 @@ def bootstrap_ci(
     m = np.searchsorted(x, values, side="right")  # samples <= each distinct value
     cdf = betainc(k, n - k + 1, m / n)
     cdf[-1] = 1.0  # m = n: every draw is <= the maximum
+    return values, np.maximum.accumulate(cdf)
+
+
+def bootstrap_ci(
+    samples: Sequence[float] | np.ndarray,
+    p: float = 50.0,
+    confidence: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval for the nearest-rank p-th percentile, computed exactly.
+
+    The ends are the smallest samples where the exact bootstrap CDF (:func:`order_statistic_bootstrap`)
+    reaches (1 - confidence)/2 and (1 + confidence)/2: O(n log n), deterministic (no seed), and
+    without the resampling noise of a finite bootstrap.
+    """
+    values, cdf = order_statistic_bootstrap(samples, p)
     alpha = (1.0 - confidence) / 2.0
     lo = values[min(int(np.searchsorted(cdf, alpha, side="left")), values.size - 1)]
     hi = values[min(int(np.searchsorted(cdf, 1.0 - alpha, side="left")), values.size - 1)]
@@ -136,24 +135,43 @@ def ratio_of_medians_ci(
     base: Sequence[float] | np.ndarray,
     new: Sequence[float] | np.ndarray,
     confidence: float = 0.95,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
 ) -> tuple[float, float]:
-    """Percentile-bootstrap interval of median(new) / median(base), resampling each side independently."""
+    """Percentile-bootstrap interval of median(new) / median(base), each side resampled independently, exactly.
+
+    With the exact bootstrap distributions of both medians (:func:`order_statistic_bootstrap`),
+    P(R* <= r) = sum_i P(M*_base = b_i) · P(M*_new <= r · b_i); each end is the smallest r where that
+    reaches its level, found by bisection (to 1e-12 relative) instead of by resampling.
+    """
     b = np.asarray(base, dtype=np.float64)
     n = np.asarray(new, dtype=np.float64)
     if b.size == 0 or n.size == 0:
         raise ValueError("ratio of medians needs two non-empty samples")
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    chunk = max(1, min(resamples, 4_000_000 // max(b.size, n.size)))
-    for start in range(0, resamples, chunk):
-        k = min(chunk, resamples - start)
-        mb = _nearest_rank_rows(np.sort(b[rng.integers(0, b.size, size=(k, b.size))], axis=1), 50)
-        mn = _nearest_rank_rows(np.sort(n[rng.integers(0, n.size, size=(k, n.size))], axis=1), 50)
-        ratios[start:start + k] = mn / mb
+    bv, bcdf = order_statistic_bootstrap(b, 50)
+    nv, ncdf = order_statistic_bootstrap(n, 50)
+    bpmf = np.diff(bcdf, prepend=0.0)
+    keep = bpmf > 1e-16  # the median's distribution sits on a few hundred values; the rest cannot move a quantile
+    bv, bpmf = bv[keep], bpmf[keep]
+
+    def cdf(r: float) -> float:
+        idx = np.searchsorted(nv, r * bv, side="right") - 1  # the new-median CDF is a step function
+        return float(np.sum(bpmf * np.where(idx >= 0, ncdf[np.maximum(idx, 0)], 0.0)))
+
+    def quantile(level: float) -> float:
+        lo, hi = nv[0] / bv[-1], nv[-1] / bv[0]  # the whole support of the ratio
+        if cdf(lo) >= level:
+            return float(lo)
+        for _ in range(200):  # cdf(lo) < level <= cdf(hi)
+            mid = 0.5 * (lo + hi)
+            if cdf(mid) >= level:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo <= 1e-12 * hi:
+                break
+        return float(hi)
+
     alpha = (1.0 - confidence) / 2.0
-    return percentile(ratios, 100 * alpha), percentile(ratios, 100 * (1 - alpha))
+    return quantile(alpha), quantile(1.0 - alpha)
 
 
 def mann_whitney_p(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray) -> float:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from costbench.harness.stats import bootstrap_ci, percentile, summarize
+from costbench.harness.stats import bootstrap_ci, percentile, ratio_of_medians_ci, summarize
 
 
 @pytest.mark.parametrize("p, expected", [(5, 15), (30, 20), (40, 20), (50, 35), (100, 50), (0, 15)])
@@ -66,6 +66,22 @@ def test_exact_bootstrap_matches_a_large_monte_carlo_bootstrap(p):
     rank = lambda v: np.searchsorted(xs, v)  # noqa: E731 - position among the sorted samples
     assert abs(rank(lo) - rank(mc_lo)) <= 3 and abs(rank(hi) - rank(mc_hi)) <= 3, (lo, hi, mc_lo, mc_hi)
     assert lo <= percentile(x, p) <= hi
+
+
+def test_exact_ratio_of_medians_interval_matches_a_large_monte_carlo_bootstrap():
+    rng = np.random.default_rng()
+    base = np.round(rng.lognormal(0.0, 0.2, size=250), 3)
+    new = np.round(rng.lognormal(0.05, 0.2, size=180), 3)
+    draws = 20_000
+    mb = np.sort(base[rng.integers(0, base.size, size=(draws, base.size))], axis=1)[:, int(np.ceil(base.size / 2)) - 1]
+    mn = np.sort(new[rng.integers(0, new.size, size=(draws, new.size))], axis=1)[:, int(np.ceil(new.size / 2)) - 1]
+    ratios = np.sort(mn / mb)
+    mc = ratios[int(np.ceil(0.025 * draws)) - 1], ratios[int(np.ceil(0.975 * draws)) - 1]
+    lo, hi = ratio_of_medians_ci(base, new)
+    # Monte Carlo error of a 2.5% quantile from 20 000 draws: about 0.5% of the ratio here.
+    assert lo == pytest.approx(mc[0], rel=0.01) and hi == pytest.approx(mc[1], rel=0.01), ((lo, hi), mc)
+    assert lo <= percentile(new, 50) / percentile(base, 50) <= hi
+    assert ratio_of_medians_ci([2.0] * 9, [3.0] * 4) == pytest.approx((1.5, 1.5))
 
 
 def test_exact_bootstrap_hand_computed_three_points():
