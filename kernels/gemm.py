@@ -184,11 +184,11 @@ def int8_gemm_fused(
     return out
 
 
-def quantize_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_per_token(x: np.ndarray, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kernel's dynamic activation quantizer: per-row asymmetric u8 (ONNX DynamicQuantizeLinear per row).
 
     Returns ``(q uint8 M×K, scale float32 (M,), zero_point int32 (M,))`` with
-    ``x ≈ scale · (q − zero_point)``.
+    ``x ≈ scale · (q − zero_point)``. ``threads``: the most threads (rows are split; small inputs use one).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] == 0:
@@ -197,21 +197,27 @@ def quantize_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     q = np.empty((m, k), np.uint8)
     scale = np.empty(m, np.float32)
     zp = np.empty(m, np.int32)
-    _gemm.quantize_rows(x, m, k, k, q, scale, zp)
+    _gemm.quantize_rows(x, m, k, k, q, scale, zp, threads or default_threads())
     return q, scale, zp
 
 
 def quantize_per_token_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """numpy version of :func:`quantize_per_token`, operation for operation (for tests)."""
+    """numpy version of :func:`quantize_per_token`, operation for operation (for tests).
+
+    NaN elements do not widen a row's range (fmin/fmax skip them), as in the kernel; what they quantize
+    to follows the platform's float-to-int conversion in both (0 on x86).
+    """
     x = np.asarray(x, dtype=np.float32)
-    lo = np.minimum(x.min(axis=1), np.float32(0))
-    hi = np.maximum(x.max(axis=1), np.float32(0))
-    scale = ((hi - lo) / np.float32(255)).astype(np.float32)
-    ok = (scale > 0) & np.isfinite(scale)
-    scale = np.where(ok, scale, np.float32(1)).astype(np.float32)
-    zp = np.where(ok, np.clip(np.rint(-lo / scale), 0, 255), 0).astype(np.int32)
-    inv = (np.float32(1) / scale).astype(np.float32)
-    q = np.clip(np.rint(x * inv[:, None]).clip(-512, 512).astype(np.int32) + zp[:, None], 0, 255).astype(np.uint8)
+    lo = np.fmin.reduce(x, axis=1, initial=np.float32(0)) if x.shape[1] else np.zeros(len(x), np.float32)
+    hi = np.fmax.reduce(x, axis=1, initial=np.float32(0)) if x.shape[1] else np.zeros(len(x), np.float32)
+    # inf ranges, inf products and NaN -> int32 (INT_MIN on x86, clamped below) are handled as the kernel does
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = ((hi - lo) / np.float32(255)).astype(np.float32)
+        ok = (scale > 0) & np.isfinite(scale)
+        scale = np.where(ok, scale, np.float32(1)).astype(np.float32)
+        zp = np.where(ok, np.clip(np.rint(-lo / scale), 0, 255), 0).astype(np.int32)
+        inv = (np.float32(1) / scale).astype(np.float32)
+        q = np.clip(np.rint(x * inv[:, None]).clip(-512, 512).astype(np.int32) + zp[:, None], 0, 255).astype(np.uint8)
     return q, scale, zp
 
 

@@ -744,37 +744,138 @@ static void *stage_a(int isa, const void *a, int64_t lda, int64_t M, int64_t K, 
 /* Asymmetric u8 quantization of each row of x (M x K fp32), as ONNX DynamicQuantizeLinear does
  * per tensor: rmin = min(0, min x), rmax = max(0, max x), scale = (rmax - rmin) / 255,
  * zp = clamp(rint(-rmin / scale), 0, 255), q = clamp(rint(x * (1 / scale)) + zp, 0, 255).
- * A row of zeros gets scale 1, zp 0. Writes q into dst (row stride ldq, K padded with `pad`). */
+ * A row of zeros gets scale 1, zp 0. Writes q into dst (row stride ldq, K padded with zeros to kp).
+ *
+ * The SIMD row loops compute exactly what the scalar one does, element for element: MINPS/MAXPS
+ * with the running value second are `x < lo ? x : lo` / `x > hi ? x : hi` (a NaN never replaces it),
+ * the product is the same IEEE multiply, ROUNDPS to nearest is rintf, and pack with saturation is the
+ * clamp to [0, 255] (a NaN product is clamped to -512 first and ends as 0, as the scalar path's
+ * out-of-range int conversion does on x86). */
+
+/* scale, zero point and 1/scale of a row from its (min(0, x), max(0, x)) */
+static inline void row_affine(float lo, float hi, float *scale_out, int32_t *zp_out, float *inv_out) {
+    float scale = (hi - lo) / 255.0f;
+    int32_t zp = 0;
+    if (!(scale > 0.0f) || !isfinite(scale)) {
+        scale = 1.0f;
+    } else {
+        float z = rintf(-lo / scale);
+        zp = z < 0.0f ? 0 : (z > 255.0f ? 255 : (int32_t)z);
+    }
+    *scale_out = scale;
+    *zp_out = zp;
+    *inv_out = 1.0f / scale;
+}
+
+static inline uint8_t quantize_one(float x, float inv, int32_t zp, uint8_t flip) {
+    float v = rintf(x * inv);
+    v = v < -512.0f ? -512.0f : (v > 512.0f ? 512.0f : v); /* keep the int conversion defined */
+    int32_t qi = (int32_t)v + zp;
+    qi = qi < 0 ? 0 : (qi > 255 ? 255 : qi);
+    return (uint8_t)qi ^ flip;
+}
+
+static void quantize_row_scalar(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp, uint8_t flip) {
+    float lo = 0.0f, hi = 0.0f, inv;
+    for (int64_t k = 0; k < K; k++) {
+        lo = row[k] < lo ? row[k] : lo;
+        hi = row[k] > hi ? row[k] : hi;
+    }
+    row_affine(lo, hi, scale, zp, &inv);
+    for (int64_t k = 0; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
+}
+
+#if CB_X86
+AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp,
+                                          uint8_t flip) {
+    __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) {
+        const __m256 v = _mm256_loadu_ps(row + k);
+        vlo = _mm256_min_ps(v, vlo);
+        vhi = _mm256_max_ps(v, vhi);
+    }
+    float l8[8], h8[8], lo = 0.0f, hi = 0.0f, inv;
+    _mm256_storeu_ps(l8, vlo);
+    _mm256_storeu_ps(h8, vhi);
+    for (int i = 0; i < 8; i++) {
+        lo = l8[i] < lo ? l8[i] : lo;
+        hi = h8[i] > hi ? h8[i] : hi;
+    }
+    for (; k < K; k++) {
+        lo = row[k] < lo ? row[k] : lo;
+        hi = row[k] > hi ? row[k] : hi;
+    }
+    row_affine(lo, hi, scale, zp, &inv);
+    const __m256 vinv = _mm256_set1_ps(inv), vneg = _mm256_set1_ps(-512.0f), vpos = _mm256_set1_ps(512.0f);
+    const __m256i vzp = _mm256_set1_epi32(*zp), vflip = _mm256_set1_epi8((char)flip);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m256i i4[4];
+        for (int j = 0; j < 4; j++) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(row + k + 8 * j), vinv);
+            v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm256_min_ps(_mm256_max_ps(v, vneg), vpos);
+            i4[j] = _mm256_add_epi32(_mm256_cvtps_epi32(v), vzp);
+        }
+        /* int32 -> int16 -> u8 with saturation (= clamp to [0, 255]); the packs interleave 128-bit lanes */
+        const __m256i p01 = _mm256_packs_epi32(i4[0], i4[1]), p23 = _mm256_packs_epi32(i4[2], i4[3]);
+        const __m256i u = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), order);
+        _mm256_storeu_si256((__m256i *)(q + k), _mm256_xor_si256(u, vflip));
+    }
+    for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
+}
+#endif
+
 static void quantize_rows_u8(const float *x, int64_t ldx, int64_t M, int64_t K, uint8_t *dst, int64_t ldq,
                              int64_t kp, float *scales, int32_t *zps, uint8_t flip) {
+#if CB_X86
+    const int simd = isa_supported(ISA_AVX2);
+#else
+    const int simd = 0;
+#endif
     for (int64_t i = 0; i < M; i++) {
-        const float *row = x + i * ldx;
-        float lo = 0.0f, hi = 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            lo = row[k] < lo ? row[k] : lo;
-            hi = row[k] > hi ? row[k] : hi;
-        }
-        float scale = (hi - lo) / 255.0f;
-        int32_t zp = 0;
-        if (!(scale > 0.0f) || !isfinite(scale)) {
-            scale = 1.0f;
-        } else {
-            float z = rintf(-lo / scale);
-            zp = z < 0.0f ? 0 : (z > 255.0f ? 255 : (int32_t)z);
-        }
-        const float inv = 1.0f / scale;
         uint8_t *q = dst + i * ldq;
-        for (int64_t k = 0; k < K; k++) {
-            float v = rintf(row[k] * inv);
-            v = v < -512.0f ? -512.0f : (v > 512.0f ? 512.0f : v); /* keep the int conversion defined */
-            int32_t qi = (int32_t)v + zp;
-            qi = qi < 0 ? 0 : (qi > 255 ? 255 : qi);
-            q[k] = (uint8_t)qi ^ flip;
-        }
+#if CB_X86
+        if (simd)
+            quantize_row_avx2(x + i * ldx, K, q, scales + i, zps + i, flip);
+        else
+#endif
+            quantize_row_scalar(x + i * ldx, K, q, scales + i, zps + i, flip);
         for (int64_t k = K; k < kp; k++) q[k] = 0;
-        scales[i] = scale;
-        zps[i] = zp;
     }
+}
+
+/* Rows split across the pool: the quantizer reads and writes each element once, so it is worth
+ * spreading once a call has more than ~64k elements. */
+typedef struct {
+    const float *x;
+    int64_t ldx, M, K, ldq, kp;
+    uint8_t *dst;
+    float *scales;
+    int32_t *zps;
+    uint8_t flip;
+} quantize_job;
+
+static void quantize_task(void *ctx, int tid, int nt) {
+    const quantize_job *j = (const quantize_job *)ctx;
+    const int64_t r0 = j->M * tid / nt, r1 = j->M * (tid + 1) / nt;
+    quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, r1 - r0, j->K, j->dst + r0 * j->ldq, j->ldq, j->kp, j->scales + r0,
+                     j->zps + r0, j->flip);
+}
+
+static void quantize_rows_parallel(const float *x, int64_t ldx, int64_t M, int64_t K, uint8_t *dst, int64_t ldq,
+                                   int64_t kp, float *scales, int32_t *zps, uint8_t flip, int threads) {
+    int64_t cap = M * K / 65536;
+    if (cap > M) cap = M;
+    if (threads > cap) threads = (int)cap;
+    if (threads <= 1) {
+        quantize_rows_u8(x, ldx, M, K, dst, ldq, kp, scales, zps, flip);
+        return;
+    }
+    quantize_job j = {x, ldx, M, K, ldq, kp, dst, scales, zps, flip};
+    parallel_run(quantize_task, &j, threads);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1185,7 +1286,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
         zps = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M > 0 ? M : 1));
         failed = !qbuf || !scales || !zps;
         if (!failed) {
-            quantize_rows_u8((const float *)vx.buf, ldx, M, K, qbuf, K, K, scales, zps, 0);
+            quantize_rows_parallel((const float *)vx.buf, ldx, M, K, qbuf, K, K, scales, zps, 0, threads);
             gemm_t g;
             memset(&g, 0, sizeof(g));
             g.isa = isa;
@@ -1227,12 +1328,13 @@ out:
     return ret;
 }
 
-/* quantize_rows(x_f32, M, K, ldx, q_out_u8, scales_out, zps_out): the activation quantizer alone */
+/* quantize_rows(x_f32, M, K, ldx, q_out_u8, scales_out, zps_out[, threads]): the activation quantizer alone */
 static PyObject *py_quantize_rows(PyObject *self, PyObject *args) {
     (void)self;
     long long M, K, ldx;
+    int threads = 1;
     Py_buffer vx, vq, vs, vz;
-    if (!PyArg_ParseTuple(args, "y*LLLw*w*w*", &vx, &M, &K, &ldx, &vq, &vs, &vz)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*LLLw*w*w*|i", &vx, &M, &K, &ldx, &vq, &vs, &vz, &threads)) return NULL;
     PyObject *ret = NULL;
     if (M < 0 || K < 1 || ldx < K) {
         PyErr_SetString(PyExc_ValueError, "quantize_rows: bad shape");
@@ -1241,8 +1343,8 @@ static PyObject *py_quantize_rows(PyObject *self, PyObject *args) {
     if ((M > 0 && need_bytes(&vx, ((M - 1) * ldx + K) * 4, "x") < 0) || need_bytes(&vq, M * K, "q") < 0 ||
         need_bytes(&vs, M * 4, "scales") < 0 || need_bytes(&vz, M * 4, "zps") < 0)
         goto out;
-    Py_BEGIN_ALLOW_THREADS quantize_rows_u8((const float *)vx.buf, ldx, M, K, (uint8_t *)vq.buf, K, K,
-                                            (float *)vs.buf, (int32_t *)vz.buf, 0);
+    Py_BEGIN_ALLOW_THREADS quantize_rows_parallel((const float *)vx.buf, ldx, M, K, (uint8_t *)vq.buf, K, K,
+                                                  (float *)vs.buf, (int32_t *)vz.buf, 0, threads);
     Py_END_ALLOW_THREADS ret = Py_NewRef(Py_None);
 out:
     PyBuffer_Release(&vx);

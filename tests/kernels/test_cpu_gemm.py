@@ -130,6 +130,22 @@ def test_quantizer_matches_numpy_reference(rng):
     assert (np.abs(s[:, None] * (q.astype(np.float32) - z[:, None]) - x) <= s[:, None] * 0.5001).all()
 
 
+@pytest.mark.parametrize("k", [1, 7, 31, 32, 33, 64, 100, 1000])
+def test_quantizer_simd_rows_match_the_reference_on_hard_values(k, rng):
+    """Every K around the 32-wide SIMD step; NaN, ±inf, -0.0, huge and exact .5 products; row splits across threads."""
+    m = 600  # 600 x 1000 is past the size at which rows are split across threads
+    x = (rng.standard_normal((m, k)) * rng.uniform(1e-3, 1e3, (m, 1))).astype(np.float32)
+    special = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, 3e38, -3e38, 1e-40], np.float32)
+    hit = rng.random((m, k)) < 0.02
+    x[hit] = rng.choice(special, hit.sum())
+    x[7] = np.float32(2.5) * (np.arange(k) % 3 - 1)  # scale 5/255: products land on .5 ties
+    q, s, z = gemm.quantize_per_token(x, threads=2)
+    qr, sr, zr = gemm.quantize_per_token_reference(x)
+    np.testing.assert_array_equal(s, sr)
+    np.testing.assert_array_equal(z, zr)
+    np.testing.assert_array_equal(q, qr)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_int8_linear_is_quantizer_then_exact_gemm(isa, rng):
     m, k, n = 19, 200, 45

@@ -44,6 +44,13 @@ CHILD = textwrap.dedent("""
         else:
             raise AssertionError(isa + " accepted by a portable build")
     assert gemm.peak_gops("generic", seconds=0.02) > 0
+    # the scalar activation quantizer, on the values the SIMD one is tested with
+    for k in (1, 33, 1000):
+        x = (rng.standard_normal((300, k)) * rng.uniform(1e-3, 1e3, (300, 1))).astype(np.float32)
+        hit = rng.random(x.shape) < 0.02
+        x[hit] = rng.choice(np.array([np.nan, np.inf, -np.inf, -0.0, 3e38, -3e38], np.float32), hit.sum())
+        for got, want in zip(gemm.quantize_per_token(x, threads=2), gemm.quantize_per_token_reference(x)):
+            np.testing.assert_array_equal(got, want)
     print("portable ok")
 """)
 
