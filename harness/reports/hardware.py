@@ -177,7 +177,7 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     else nothing. ``server_slo`` describes the SLO, e.g. "p99 ≤ 50 ms".
     """
     none = {"server_slo": None, "slo_throughput": None, "slo_bound": None, "server_slo_met": None,
-            "server_valid": None}
+            "server_valid": None, "server_trials": [], "server_slo_ms": None}
     met = _metric_row(g, "slo_met", "server")
     if met is None:
         return none
@@ -195,8 +195,20 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
         target = _metric_row(g, "target_qps", "server")
         qps, bound = (float(target["value"]), "at least") if target is not None and met["value"] == 1.0 else (None, None)
     valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
+    trials = []  # latency at the SLO percentile against offered load, for the report's curves
+    if searched is not None:
+        sdet = searched["details"]
+        sdet = json.loads(sdet) if isinstance(sdet, str) else (sdet if isinstance(sdet, dict) else {})
+        trials = [{"qps": float(t["qps"]), "latency_ms": float(t["p_latency_ms"]), "meets": bool(t["meets_slo"])}
+                  for t in sdet.get("search", [])]
+    else:
+        lat = _metric_row(g, "slo_latency", "server")
+        target = _metric_row(g, "target_qps", "server")
+        if lat is not None and target is not None:
+            trials = [{"qps": float(target["value"]), "latency_ms": float(lat["value"]), "meets": met["value"] == 1.0}]
     return {"server_slo": desc, "slo_throughput": None if qps is None else qps * batch_size, "slo_bound": bound,
-            "server_slo_met": bool(met["value"] == 1.0), "server_valid": valid}
+            "server_slo_met": bool(met["value"] == 1.0), "server_valid": valid,
+            "server_trials": sorted(trials, key=lambda t: t["qps"]), "server_slo_ms": slo.get("slo_ms")}
 
 
 def pareto_front(x: list[float | None], y: list[float | None]) -> list[bool]:

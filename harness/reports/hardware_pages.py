@@ -145,6 +145,33 @@ def _scatter(mdf: pd.DataFrame, report: HardwareReport, x_key: str, x_title: str
     return fig
 
 
+def _server_curves(mdf: pd.DataFrame, report: HardwareReport):
+    """Latency at the SLO percentile against offered load (samples/s), one line per configuration: the
+    server scenario's trials (a QPS search, or one fixed rate), with the SLO drawn across."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    slos = set()
+    for r in mdf.to_dict("records"):
+        trials = r.get("server_trials") or []
+        if r["status"] != "ok" or not trials:
+            continue
+        batch = int(r["batch_size"])
+        fig.add_trace(go.Scatter(
+            x=[t["qps"] * batch for t in trials], y=[t["latency_ms"] for t in trials], mode="lines+markers",
+            name=config_name(r), marker={"symbol": ["circle" if t["meets"] else "x" for t in trials], "size": 9},
+            hovertemplate="%{x:.1f} samples/s offered<br>latency %{y:.3f} ms<extra>" + esc(config_name(r)) + "</extra>"))
+        if not is_missing(r.get("server_slo_ms")):
+            slos.add((float(r["server_slo_ms"]), str(r["server_slo"])))
+    for slo_ms, desc in sorted(slos):
+        fig.add_hline(y=slo_ms, line_dash="dash", line_color="#b3261e", annotation_text=f"SLO {desc}")
+    fig.update_layout(height=420, margin={"t": 30, "l": 60, "r": 20, "b": 50}, legend={"orientation": "h", "y": -0.2},
+                      xaxis={"title": {"text": "offered load, samples/s (Poisson arrivals)"}, "type": "log"},
+                      yaxis={"title": {"text": "latency at the SLO percentile, arrival to completion (ms)"},
+                             "type": "log"})
+    return fig
+
+
 def _side_by_side(mdf: pd.DataFrame):
     import plotly.graph_objects as go
 
@@ -279,6 +306,10 @@ def render_html(report: HardwareReport) -> str:
         else:
             body.append('<p class="note">No cost chart: no machine of these runs has a price '
                         "(--machine-type or [assign] in a price file).</p>")
+        if any(r["status"] == "ok" and r.get("server_trials") for r in mdf.to_dict("records")):
+            body.append(f"<h3>Latency under load (server scenario)</h3>{figure_div(_server_curves(mdf, report), f'fig-server-{sid}')}"
+                        '<p class="note">Each point is one trial at a Poisson arrival rate; × marks a trial that '
+                        "missed the SLO. The highest ● under the line is the rate the cost at the SLO bills.</p>")
         body.append(f"<h3>All configurations</h3>{table(rows, _columns(report), f'configs-{sid}', attrs)}")
         body.append(f'<p class="note">Accuracy drop basis: {esc(basis or "not measured")}. '
                     "* invalid: the run stopped at max_duration_s before min_count. ~ unstable: the runner found "

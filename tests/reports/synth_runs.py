@@ -85,9 +85,12 @@ def server_case(model: str = "digits-cnn", variant: str = "fp32", backend: str =
         {"metric": "slo_met", "value": float(slo_met), "unit": "bool", **common},
         {"metric": "slo_latency", "value": slo_ms * (0.8 if slo_met else 1.5), "unit": "ms", **common},
     ]
-    if target_qps is None:
+    if target_qps is None:  # a QPS search: its trials, as the scenario records them
+        trials = [{"qps": max_qps * f, "p_latency_ms": slo_ms * lat, "meets_slo": slo_met and lat <= 1,
+                   "complete": True, "queries": 200} for f, lat in ((0.25, 0.3), (1.0, 0.9), (1.5, 3.0))]
         rec["metrics"].append({"metric": "max_qps_within_slo", "value": max_qps if slo_met else 0.0,
-                               "unit": "queries/s", **common})
+                               "unit": "queries/s", **common,
+                               "details": {**common["details"], "search": trials}})
     return rec
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from costbench.harness.cli import app
 from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
 from costbench.harness.reports.hardware import Criteria, build_report, pareto_front
-from costbench.harness.reports.hardware_pages import render_markdown, to_csv_frame, write_report
+from costbench.harness.reports.hardware_pages import render_html, render_markdown, to_csv_frame, write_report
 from costbench.harness.reports.prices import load_prices
 from costbench.harness.store import load_results
 from synth_runs import case, make_env, server_case, write_run
@@ -197,6 +197,8 @@ def test_server_scenario_ranks_by_cost_at_the_slo(tmp_path):
     assert "p99 ≤ 10 ms not met at any rate tried" in why[("onnxruntime", "fp32")][0]
     md = render_markdown(rep)
     assert "samples/s within SLO" in md and "fails SLO" in md and "at p99 ≤ 10 ms (900.0 samples/s within it)" in md
+    html = render_html(rep)
+    assert 'id="fig-server-digits-cnn"' in html and "Latency under load" in html
     csv = to_csv_frame(rep).set_index(["backend", "variant"])
     assert csv.loc[("openvino", "int8"), "cost_per_m_at_slo"] > csv.loc[("onnxruntime", "int8"), "cost_per_m_at_slo"]
     assert csv.loc[("openvino", "int8"), "cost_per_m"] < csv.loc[("onnxruntime", "int8"), "cost_per_m"]
