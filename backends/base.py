@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from costbench.backends.timing import DeviceTimer
-from costbench.harness.artifacts import Artifact
+from costbench.harness.artifacts import Artifact, InputSpec
 
 
 def import_runtime(module: str, pip_name: str | None = None) -> Any:
@@ -130,6 +130,21 @@ class Session(abc.ABC):
         return {}
 
 
+def ordered_inputs(inputs: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> list[np.ndarray]:
+    """The arrays a positional runtime is fed: in the artifact's input order, cast to its dtypes.
+
+    KeyError names the missing input and the ones the model takes.
+    """
+    arrays = []
+    for spec in specs:
+        try:
+            array = inputs[spec.name]
+        except KeyError:
+            raise KeyError(f"missing input {spec.name!r}; the model takes {[s.name for s in specs]}") from None
+        arrays.append(array if array.dtype == np.dtype(spec.dtype) else array.astype(spec.dtype))
+    return arrays
+
+
 class Backend(abc.ABC):
     """A runtime that can run artifacts. Registered through the ``costbench.backends`` entry points."""
 
@@ -152,6 +167,24 @@ class Backend(abc.ABC):
     def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
         """Validate suite options against this backend's Options model (raises pydantic.ValidationError)."""
         return self.Options.model_validate(raw)
+
+    def own_options(self, options: BackendOptions) -> BackendOptions:
+        """``options`` as this backend's Options model (a base BackendOptions is validated into it)."""
+        return options if isinstance(options, self.Options) else self.Options.model_validate(options.model_dump())
+
+    def check_request(self, artifact: Artifact, batch_size: int, device: str) -> None:
+        """What every ``prepare`` checks first: a device family, an artifact format and a batch size it takes.
+
+        Raises ValueError naming the backend, what was asked and what it supports.
+        """
+        if device.partition(":")[0] not in self.capabilities.devices:
+            raise ValueError(f"{self.name} backend: device {device!r} is not supported; "
+                             f"supported: {', '.join(self.capabilities.devices)}")
+        if artifact.format not in self.capabilities.formats:
+            raise ValueError(f"{self.name} backend: artifact format {artifact.format!r} is not supported; "
+                             f"supported: {', '.join(self.capabilities.formats)}")
+        if batch_size < 1:
+            raise ValueError(f"{self.name} backend: batch_size must be >= 1, got {batch_size}")
 
     def accepts(self, formats: Sequence[str]) -> str | None:
         """The first of our preferred formats that a recipe can emit, or None."""

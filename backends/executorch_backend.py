@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, ordered_inputs
 from costbench.harness.artifacts import FORMAT_EXECUTORCH, Artifact
 
 INSTALL_HINT = "pip install 'costbench[edge]'"
@@ -78,17 +78,7 @@ class ExecuTorchSession(Session):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run ``forward`` on ``inputs`` (keyed by artifact input name); outputs as numpy, in model order."""
         torch = self._torch
-        args = []
-        for spec in self._inputs:
-            try:
-                array = inputs[spec.name]
-            except KeyError:
-                raise KeyError(
-                    f"missing input {spec.name!r}; the model takes {[s.name for s in self._inputs]}"
-                ) from None
-            if array.dtype != np.dtype(spec.dtype):
-                array = array.astype(spec.dtype)
-            args.append(torch.from_numpy(np.ascontiguousarray(array)))
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in ordered_inputs(inputs, self._inputs)]
         # clone_outputs: output buffers are the program's planned memory, overwritten by the next call.
         return [t.numpy() for t in self._method.call(args, clone_outputs=True)]
 
@@ -136,18 +126,8 @@ class ExecuTorchBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Load the program, check it takes this batch size, size the threadpool, load ``forward``."""
-        if device not in self.capabilities.devices:
-            raise ValueError(
-                f"executorch backend: device {device!r} is not supported; supported: {', '.join(self.capabilities.devices)}"
-            )
-        if artifact.format not in self.capabilities.formats:
-            raise ValueError(
-                f"executorch backend: artifact format {artifact.format!r} is not supported; "
-                f"supported: {', '.join(self.capabilities.formats)}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        opts = options if isinstance(options, ExecuTorchOptions) else ExecuTorchOptions.model_validate(options.model_dump())
+        self.check_request(artifact, batch_size, device)
+        opts: ExecuTorchOptions = self.own_options(options)
         runtime = _import_runtime()
 
         # Every case runs in its own child process, so resetting the process-wide threadpool affects only

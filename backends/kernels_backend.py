@@ -77,15 +77,8 @@ class KernelsBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Load the pickled module, swap its Linear layers for Int8Linear, apply the thread settings."""
-        if device not in self.capabilities.devices:
-            raise ValueError(f"costbench-kernels: device {device!r} is not supported; supported: cpu")
-        if artifact.format not in self.capabilities.formats:
-            raise ValueError(
-                f"costbench-kernels: artifact format {artifact.format!r} is not supported; supported: {FORMAT_TORCH}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        opts = options if isinstance(options, KernelsOptions) else KernelsOptions.model_validate(options.model_dump())
+        self.check_request(artifact, batch_size, device)
+        opts: KernelsOptions = self.own_options(options)
 
         import torch
 

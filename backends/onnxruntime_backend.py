@@ -183,23 +183,8 @@ class OnnxRuntimeBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Create an InferenceSession (CPU provider, or CUDA/TensorRT on 'cuda') with the requested settings."""
-        if device.partition(":")[0] not in self.capabilities.devices:
-            raise ValueError(
-                f"onnxruntime backend: device {device!r} is not supported; "
-                f"supported: {', '.join(self.capabilities.devices)}"
-            )
-        if artifact.format not in self.capabilities.formats:
-            raise ValueError(
-                f"onnxruntime backend: artifact format {artifact.format!r} is not supported; "
-                f"supported: {', '.join(self.capabilities.formats)}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        opts = (
-            options
-            if isinstance(options, OnnxRuntimeOptions)
-            else OnnxRuntimeOptions.model_validate(options.model_dump())
-        )
+        self.check_request(artifact, batch_size, device)
+        opts: OnnxRuntimeOptions = self.own_options(options)
         gpu_only = {"provider", "trt_fp16", "trt_engine_cache_dir"} & opts.model_fields_set
         if device == "cpu" and gpu_only:
             raise ValueError(f"onnxruntime backend: {', '.join(sorted(gpu_only))} apply to device='cuda' only")

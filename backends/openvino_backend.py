@@ -157,19 +157,8 @@ class OpenVinoBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Read the model, reshape every input to its static batched shape, compile for the CPU."""
-        if device not in self.capabilities.devices:
-            raise ValueError(
-                f"openvino backend: device {device!r} is not supported; "
-                f"supported: {', '.join(self.capabilities.devices)}"
-            )
-        if artifact.format not in self.capabilities.formats:
-            raise ValueError(
-                f"openvino backend: artifact format {artifact.format!r} is not supported; "
-                f"supported: {', '.join(self.capabilities.formats)}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        opts = options if isinstance(options, OpenVinoOptions) else OpenVinoOptions.model_validate(options.model_dump())
+        self.check_request(artifact, batch_size, device)
+        opts: OpenVinoOptions = self.own_options(options)
         ov = _import_ov()
         props = ov.properties
         hint = props.hint

@@ -333,13 +333,8 @@ class TensorRTBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cuda") -> Session:
         """Build (or load from the cache) the engine for this artifact and batch size, then a session on ``device``."""
-        if device.partition(":")[0] != "cuda":
-            raise ValueError(f"tensorrt backend: device {device!r} is not supported; supported: cuda")
-        if artifact.format != FORMAT_ONNX:
-            raise ValueError(f"tensorrt backend: artifact format {artifact.format!r} is not supported; supported: onnx")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        opts = options if isinstance(options, TensorRTOptions) else TensorRTOptions.model_validate(options.model_dump())
+        self.check_request(artifact, batch_size, device)
+        opts: TensorRTOptions = self.own_options(options)
         usable = self.probe()
         if not usable.available:
             raise RuntimeError(f"tensorrt backend: {usable.reason}")

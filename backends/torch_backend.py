@@ -15,7 +15,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention
+from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
+                                     ordered_inputs)
 from costbench.harness.artifacts import FORMAT_TORCH, Artifact
 
 
@@ -69,17 +70,7 @@ class TorchSession(Session):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the module on ``inputs`` (keyed by artifact input name); outputs as numpy, in model order."""
         torch = self._torch
-        args = []
-        for spec in self._inputs:
-            try:
-                array = inputs[spec.name]
-            except KeyError:
-                raise KeyError(
-                    f"missing input {spec.name!r}; the model takes {[s.name for s in self._inputs]}"
-                ) from None
-            if array.dtype != np.dtype(spec.dtype):
-                array = array.astype(spec.dtype)
-            args.append(torch.from_numpy(array))
+        args = [torch.from_numpy(a) for a in ordered_inputs(inputs, self._inputs)]
         with torch.inference_mode():
             out = self._module(*args)
         return _to_numpy_list(out, torch)
@@ -146,8 +137,8 @@ class TorchCudaSession(Session):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
-        for spec, buf in zip(self._inputs, self._static):
-            buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[spec.name], dtype=spec.dtype)), non_blocking=False)
+        for buf, array in zip(self._static, ordered_inputs(inputs, self._inputs)):
+            buf.copy_(torch.from_numpy(np.ascontiguousarray(array)), non_blocking=False)
         with torch.inference_mode():
             if self._graph is not None:
                 self._graph.replay()
@@ -228,18 +219,8 @@ class TorchBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Load the pickled module, put it in eval mode and apply the thread settings."""
-        if device.partition(":")[0] not in self.capabilities.devices:
-            raise ValueError(
-                f"torch backend: device {device!r} is not supported; supported: {', '.join(self.capabilities.devices)}"
-            )
-        if artifact.format not in self.capabilities.formats:
-            raise ValueError(
-                f"torch backend: artifact format {artifact.format!r} is not supported; "
-                f"supported: {', '.join(self.capabilities.formats)}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        opts = options if isinstance(options, TorchOptions) else TorchOptions.model_validate(options.model_dump())
+        self.check_request(artifact, batch_size, device)
+        opts: TorchOptions = self.own_options(options)
 
         import torch
 
