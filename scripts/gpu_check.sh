@@ -49,6 +49,10 @@ mkdir -p "$PYCUDA_SITE"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$CARRY"/wheels/*.whl || exit 4
 export PYTHONPATH="$SITE:$PYCUDA_SITE${PYTHONPATH:+:$PYTHONPATH}"
+# Built without isolation (no index to fetch a build backend from): the carried setuptools (>= 77, what the
+# pyproject needs) comes first on PYTHONPATH, whatever the image has.
+"$PY" -c "import setuptools, sys; sys.exit(0 if int(setuptools.__version__.split('.')[0]) >= 77 else 6)" || {
+  echo "setuptools >= 77 needed to build costbench; carry it (scripts/gpu_check_prepare.py does)" >&2; exit 6; }
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target "$SITE" . || exit 5
 echo "setup: $(( $(date +%s) - t0 )) s"
 

