@@ -87,6 +87,10 @@ class ArtifactCache:
     def __init__(self, root: Path | None = None):
         self.root = (root or default_cache_dir()) / "artifacts"
 
+    def contains(self, key: str) -> bool:
+        """Whether a finished artifact with this content key is in the cache."""
+        return bool(key) and (self.root / key / _MANIFEST).exists()
+
     def lookup(self, material: dict[str, Any], filename: str, fmt: str, inputs: list[InputSpec],
                outputs: list[str]) -> Artifact | None:
         """The cached artifact for ``material`` (``cached`` True, ``build_time_s`` None), or None if not built."""

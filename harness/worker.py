@@ -115,7 +115,7 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     # whether the cache was cold or warm: no trainer's, quantizer's or exporter's heap stays
     # resident here. The stamp says a build for these inputs succeeded before; the lookups below
     # catch what it cannot see (a changed source model).
-    if not _build_stamp(case, cache_dir).exists():
+    if not _stamp_holds(case, cache_dir):
         built_here = _build_in_child(case, cache_dir)
     bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
     fixed = bundle.details.get("fixed_batch")
@@ -224,6 +224,18 @@ def _build_stamp(case: Case, cache_dir: Path) -> Path:
     key = content_key({"model": case.model_spec, "recipe": case.recipe, "options": case.recipe_options,
                        "format": case.artifact_format, "reference": case.measure_accuracy})
     return cache_dir / "built" / key
+
+
+def _stamp_holds(case: Case, cache_dir: Path) -> bool:
+    """The build stamp exists and the artifact it names is still in the cache (it may have been pruned)."""
+    from costbench.harness.artifacts import ArtifactCache
+
+    stamp = _build_stamp(case, cache_dir)
+    try:
+        key = stamp.read_text().strip()
+    except OSError:
+        return False
+    return ArtifactCache(cache_dir).contains(key)
 
 
 def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
