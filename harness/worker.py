@@ -10,7 +10,6 @@ Anything it prints goes to stderr, which the parent keeps the tail of when a cas
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from costbench.harness.artifacts import write_json_atomic
 from costbench.harness.plan import Case
 
 
@@ -260,12 +260,6 @@ def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
     return payload
 
 
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, default=str))
-    os.replace(tmp, path)
-
-
 def main(argv: list[str]) -> int:
     step = execute
     if argv and argv[0] == "--build":
@@ -285,7 +279,7 @@ def main(argv: list[str]) -> int:
         payload = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
                    "traceback": traceback.format_exc(limit=20)}
         print(payload["traceback"], file=sys.stderr)
-    _write_atomic(result_path, payload)
+    write_json_atomic(result_path, payload)
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec, content_key
+from costbench.harness.artifacts import InputSpec, content_key, file_sha256, write_json_atomic
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.custom import state_dict_hash
 from costbench.harness.zoo.registry import register_zoo_model
@@ -206,8 +206,6 @@ def _weights_facts(cache_dir: Path, x_te: np.ndarray, y_te: np.ndarray) -> dict[
 
     Kept in a JSON file beside the weights and trusted only while the weights file's SHA-256 matches.
     """
-    from costbench.harness.artifacts import file_sha256
-
     path = weights_path(cache_dir)
     facts_path = path.with_suffix(".facts.json")
     if path.exists() and facts_path.exists():
@@ -227,10 +225,7 @@ def _weights_facts(cache_dir: Path, x_te: np.ndarray, y_te: np.ndarray) -> dict[
         test_acc = float((model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean())
     facts = {"weights_sha256": file_sha256(path), "source_hash": state_dict_hash(state, salt=ARCHITECTURE),
              "fp32_test_accuracy": test_acc}
-    fd, tmp = tempfile.mkstemp(prefix=f".{facts_path.name}-", dir=facts_path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(facts, f)
-    os.replace(tmp, facts_path)
+    write_json_atomic(facts_path, facts)
     return {**facts, "info": info}
 
 

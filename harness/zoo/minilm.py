@@ -13,8 +13,9 @@ paraphrase retrieval (is a sentence's nearest neighbour its paraphrase?). Pairs 
 calibrate, the others evaluate.
 
 Tokenizing needs only ``tokenizers`` and is cached per cache dir; ``transformers`` (slow to
-import) is imported only when the torch module is built. Parameters and FLOPs are cached too,
-so a case whose artifact is already built never imports transformers at all.
+import) is imported only when the torch module is built. Parameters and FLOPs are counted once per
+cache by ``load_bundle`` (as for every model), so a case whose artifact is already built never
+imports transformers at all.
 """
 
 from __future__ import annotations
@@ -214,7 +215,6 @@ class AllMiniLML6V2(ZooModel):
             "pooling": POOLING,
             "labels": "paraphrase pair ids (task accuracy = nearest other sentence is the paraphrase)",
         }
-        details.update(_cached_cost(Path(cache_dir), source, sets["evaluation"]))
         return ModelBundle(
             name=self.name,
             task="embedding",
@@ -227,22 +227,3 @@ class AllMiniLML6V2(ZooModel):
             module_factory=_shared_model,
             details=details,
         )
-
-
-def _cached_cost(cache_dir: Path, source: str, evaluation: SampleSet) -> dict[str, Any]:
-    """Parameters and FLOPs, counted once per weights and cached (counting needs the model, hence transformers)."""
-    from costbench.harness.zoo.registry import torch_cost
-
-    path = cache_dir / "data" / f"minilm-cost-{content_key({'source': source, 'seq_len': SEQ_LEN})}.json"
-    if path.exists():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass
-    inputs = [InputSpec(n, (SEQ_LEN,), "int64") for n in INPUT_NAMES]
-    cost = torch_cost(_shared_model(), evaluation.batch(1), inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cost))
-    os.replace(tmp, path)
-    return cost

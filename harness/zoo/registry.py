@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from costbench.harness.artifacts import content_key
+from costbench.harness.artifacts import content_key, write_json_atomic
 from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, ZooModel
 
@@ -130,18 +130,17 @@ def cached_model_cost(bundle: ModelBundle, cache_dir: Path) -> dict[str, Any]:
     """:func:`model_cost`, kept per source model: counting runs the torch model, and a case whose artifact
     is cached (an ONNX Runtime or OpenVINO case) should not have to import torch just for that."""
     import json
-    import os
 
     key = content_key({"source": bundle.source_hash, "inputs": [(i.name, i.shape, i.dtype) for i in bundle.inputs],
                        "method": [FLOPS_METHOD_TORCH, FLOPS_METHOD_ONNX]})
     path = cache_dir / "model-cost" / f"{bundle.name}-{key}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # damaged: count again and replace it
     cost = model_cost(bundle)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cost))
-    os.replace(tmp, path)
+    write_json_atomic(path, cost)
     return cost
 
 
