@@ -54,9 +54,10 @@ def _path(bundle: ModelBundle, cache_dir: Path) -> Path:
     return cache_dir / "references" / f"{bundle.name}-{_data_hash(bundle)}.npy"
 
 
-def reference_cached(bundle: ModelBundle, cache_dir: Path) -> bool:
-    """Whether :func:`reference_outputs` would load rather than compute."""
-    return _path(bundle, cache_dir).exists()
+def cached_reference(bundle: ModelBundle, cache_dir: Path) -> np.ndarray | None:
+    """The cached fp32 reference for ``bundle.evaluation``, or None when it has not been computed."""
+    path = _path(bundle, cache_dir)
+    return np.load(path) if path.exists() else None
 
 
 def reference_outputs(bundle: ModelBundle, cache_dir: Path) -> np.ndarray:

@@ -102,7 +102,7 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     from costbench.harness.accuracy import collect_outputs, compare
     from costbench.harness.artifacts import ArtifactCache, artifact_summary
     from costbench.harness.compress.base import get_recipe
-    from costbench.harness.reference import reference_cached, reference_outputs
+    from costbench.harness.reference import cached_reference
     from costbench.harness.scenarios import make_scenario
     from costbench.harness.suite import ModelSpec
     from costbench.harness.zoo.registry import load_bundle
@@ -126,17 +126,23 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     recipe = get_recipe(case.recipe)
     config = recipe.parse_config(case.recipe_options)
     cache = ArtifactCache(cache_dir)
-    artifact = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
-    if artifact is None or (case.measure_accuracy and not reference_cached(bundle, cache_dir)):
+
+    def from_cache() -> tuple[Any, Any, bool]:
+        art = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
+        ref = cached_reference(bundle, cache_dir) if case.measure_accuracy else None
+        return art, ref, art is not None and (ref is not None or not case.measure_accuracy)
+
+    artifact, reference, complete = from_cache()
+    if not complete:
         built_here = _build_in_child(case, cache_dir)
-        artifact = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
-        if artifact is None:
-            raise RuntimeError(f"the build process finished but {case.recipe!r} is not in the cache {cache.root}")
+        artifact, reference, complete = from_cache()
+        if not complete:
+            raise RuntimeError(f"the build process finished but {case.recipe!r} or the fp32 reference is not in "
+                               f"the cache {cache_dir}")
     metrics.append(_metric("model_size", artifact.size_bytes, "bytes"))
     if built_here.get("build_time_s") is not None:
         artifact.build_time_s, artifact.cached = built_here["build_time_s"], False
         metrics.append(_metric("build_time", artifact.build_time_s, "s"))
-    reference = reference_outputs(bundle, cache_dir) if case.measure_accuracy else None
     setup_s = time.perf_counter() - t0
 
     from costbench.harness import gpu
