@@ -130,19 +130,25 @@ class Session(abc.ABC):
         return {}
 
 
-def ordered_inputs(inputs: dict[str, np.ndarray], specs: Sequence[InputSpec]) -> list[np.ndarray]:
-    """The arrays a positional runtime is fed: in the artifact's input order, cast to its dtypes.
+def ordered_inputs(inputs: dict[str, np.ndarray], plan: Sequence[tuple[str, Any]]) -> list[np.ndarray]:
+    """What a session feeds its runtime, in ``plan`` order: (artifact input name, dtype to cast to, or None).
 
-    KeyError names the missing input and the ones the model takes.
+    Every session feeds through this, so a missing input gets the same KeyError everywhere, naming it
+    and the inputs the model takes.
     """
     arrays = []
-    for spec in specs:
+    for name, dtype in plan:
         try:
-            array = inputs[spec.name]
+            array = inputs[name]
         except KeyError:
-            raise KeyError(f"missing input {spec.name!r}; the model takes {[s.name for s in specs]}") from None
-        arrays.append(array if array.dtype == np.dtype(spec.dtype) else array.astype(spec.dtype))
+            raise KeyError(f"missing input {name!r}; the model takes {[n for n, _ in plan]}") from None
+        arrays.append(array if dtype is None or array.dtype == dtype else array.astype(dtype))
     return arrays
+
+
+def input_plan(specs: Sequence[InputSpec]) -> list[tuple[str, str]]:
+    """The :func:`ordered_inputs` plan of a runtime that takes the artifact's inputs as declared."""
+    return [(s.name, s.dtype) for s in specs]
 
 
 class Backend(abc.ABC):

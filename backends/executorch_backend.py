@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, ordered_inputs
+from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, input_plan, ordered_inputs
 from costbench.harness.artifacts import FORMAT_EXECUTORCH, Artifact
 
 INSTALL_HINT = "pip install 'costbench[edge]'"
@@ -71,14 +71,14 @@ class ExecuTorchSession(Session):
         self._runtime = runtime
         self._program = program  # the method refers to the program's memory: keep it alive
         self._method = method
-        self._inputs = list(artifact.inputs)
+        self._plan = input_plan(artifact.inputs)
         self._batch_size = batch_size
         self._max_batch = max_batch
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run ``forward`` on ``inputs`` (keyed by artifact input name); outputs as numpy, in model order."""
         torch = self._torch
-        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in ordered_inputs(inputs, self._inputs)]
+        args = [torch.from_numpy(np.ascontiguousarray(a)) for a in ordered_inputs(inputs, self._plan)]
         # clone_outputs: output buffers are the program's planned memory, overwritten by the next call.
         return [t.numpy() for t in self._method.call(args, clone_outputs=True)]
 

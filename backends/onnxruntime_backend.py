@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
-                                     import_runtime)
+                                     import_runtime, ordered_inputs)
 from costbench.harness.artifacts import FORMAT_ONNX, Artifact
 
 _CPU_PROVIDER = "CPUExecutionProvider"
@@ -96,25 +96,13 @@ class OnnxRuntimeSession(Session):
         self._batch_size = batch_size
         model_inputs = session.get_inputs()
         binding = _bind_inputs(artifact, [i.name for i in model_inputs])
-        # (artifact name, ORT input name, dtype ORT expects or None when numpy cannot express it)
-        self._feed_plan = [
-            (name, model_inputs[idx].name, _ORT_DTYPES.get(model_inputs[idx].type)) for name, idx in binding
-        ]
+        # (artifact name, dtype ORT expects or None when numpy cannot express it), and the ORT input names
+        self._plan = [(name, _ORT_DTYPES.get(model_inputs[idx].type)) for name, idx in binding]
+        self._ort_names = [model_inputs[idx].name for _, idx in binding]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one query; inputs keyed by artifact input name, outputs in model order."""
-        feed = {}
-        for name, ort_name, dtype in self._feed_plan:
-            try:
-                array = inputs[name]
-            except KeyError:
-                raise KeyError(
-                    f"missing input {name!r}; the model takes {[n for n, _, _ in self._feed_plan]}"
-                ) from None
-            if dtype is not None and array.dtype != dtype:
-                array = array.astype(dtype)
-            feed[ort_name] = array
-        return self._session.run(None, feed)
+        return self._session.run(None, dict(zip(self._ort_names, ordered_inputs(inputs, self._plan))))
 
     def close(self) -> None:
         """Drop the InferenceSession so its arena and threads are released."""

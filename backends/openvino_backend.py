@@ -10,7 +10,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, import_runtime
+from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, import_runtime,
+                                     ordered_inputs)
 from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, Artifact
 
 _OV_DEVICE = {"cpu": "CPU"}
@@ -74,11 +75,10 @@ class OpenVinoSession(Session):
         self._request = compiled.create_infer_request()
         self._batch_size = batch_size
         binding = _bind_inputs(artifact, list(compiled.inputs))
-        # (artifact name, compiled input index, numpy dtype the compiled input expects)
-        self._feed_plan = [
-            (spec.name, idx, compiled.inputs[idx].get_element_type().to_dtype())
-            for spec, idx in zip(artifact.inputs, binding)
-        ]
+        # (artifact name, numpy dtype the compiled input expects), and the compiled input indices
+        self._plan = [(spec.name, compiled.inputs[idx].get_element_type().to_dtype())
+                      for spec, idx in zip(artifact.inputs, binding)]
+        self._indices = list(binding)
         self._n_outputs = len(compiled.outputs)
 
     def fork(self) -> "OpenVinoSession":
@@ -91,17 +91,7 @@ class OpenVinoSession(Session):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run one query; outputs are copied, because OpenVINO reuses its output buffers between calls."""
-        feed = {}
-        for name, idx, dtype in self._feed_plan:
-            try:
-                array = inputs[name]
-            except KeyError:
-                raise KeyError(
-                    f"missing input {name!r}; the model takes {[n for n, _, _ in self._feed_plan]}"
-                ) from None
-            if array.dtype != dtype:
-                array = array.astype(dtype)
-            feed[idx] = array
+        feed = dict(zip(self._indices, ordered_inputs(inputs, self._plan)))
         # share_inputs avoids an input copy, as torch.from_numpy and ONNX Runtime do, so the timed
         # boundary is the same for every backend; outputs are views that we copy ourselves so
         # correctness does not hang on the share_outputs default (which has changed across releases).

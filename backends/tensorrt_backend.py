@@ -30,7 +30,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention
+from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
+                                     ordered_inputs)
 from costbench.harness.artifacts import FORMAT_ONNX, Artifact, ArtifactCache, default_cache_dir, file_sha256
 
 FORMAT_TRT_ENGINE = "tensorrt-engine"
@@ -165,6 +166,7 @@ class TensorRTSession(Session):
                               device=self._device)
             self._context.set_tensor_address(engine_name, buf.data_ptr())
             self._feeds.append((spec.name, engine_name, buf))
+        self._plan = [(spec.name, None) for spec in artifact.inputs]  # no numpy cast: torch casts to the buffer's dtype
         self._out_bufs = []
         for name in self._outputs:
             shape = tuple(self._context.get_tensor_shape(name))
@@ -177,12 +179,10 @@ class TensorRTSession(Session):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
-        missing = [name for name, _, _ in self._feeds if name not in inputs]
-        if missing:
-            raise KeyError(f"missing input {missing[0]!r}; the model takes {[n for n, _, _ in self._feeds]}")
+        arrays = ordered_inputs(inputs, self._plan)
         with torch.cuda.stream(self._stream):  # copies, inference and read-back all on our stream, in order
-            for name, _, buf in self._feeds:
-                buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[name])).to(buf.dtype))
+            for (_, _, buf), array in zip(self._feeds, arrays):
+                buf.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(buf.dtype))
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log on stderr)")
             return [b.cpu().numpy() for b in self._out_bufs]  # .cpu() waits for the stream

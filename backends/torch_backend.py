@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
-                                     ordered_inputs)
+                                     input_plan, ordered_inputs)
 from costbench.harness.artifacts import FORMAT_TORCH, Artifact
 
 
@@ -64,13 +64,13 @@ class TorchSession(Session):
 
         self._torch = torch
         self._module = module
-        self._inputs = list(artifact.inputs)
+        self._plan = input_plan(artifact.inputs)
         self._batch_size = batch_size
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the module on ``inputs`` (keyed by artifact input name); outputs as numpy, in model order."""
         torch = self._torch
-        args = [torch.from_numpy(a) for a in ordered_inputs(inputs, self._inputs)]
+        args = [torch.from_numpy(a) for a in ordered_inputs(inputs, self._plan)]
         with torch.inference_mode():
             out = self._module(*args)
         return _to_numpy_list(out, torch)
@@ -110,10 +110,10 @@ class TorchCudaSession(Session):
         self._torch = torch
         self._device = torch.device(device)
         self._module = module.to(self._device)
-        self._inputs = list(artifact.inputs)
+        self._plan = input_plan(artifact.inputs)
         self._batch_size = batch_size
         self._static = [torch.zeros(spec.batched(batch_size), dtype=getattr(torch, spec.dtype), device=self._device)
-                        for spec in self._inputs]
+                        for spec in artifact.inputs]
         self._graph = None
         self._static_out = None
         torch.cuda.reset_peak_memory_stats(self._device)
@@ -137,7 +137,7 @@ class TorchCudaSession(Session):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         torch = self._torch
-        for buf, array in zip(self._static, ordered_inputs(inputs, self._inputs)):
+        for buf, array in zip(self._static, ordered_inputs(inputs, self._plan)):
             buf.copy_(torch.from_numpy(np.ascontiguousarray(array)), non_blocking=False)
         with torch.inference_mode():
             if self._graph is not None:
