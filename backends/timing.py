@@ -65,16 +65,10 @@ class CudaEventTimer(DeviceTimer):
         self._stream = stream  # None: the current stream; a session with its own stream passes it
 
     def start(self) -> None:
-        self._record(self._begin)
+        self._begin.record(self._stream)
 
     def stop(self) -> None:
-        self._record(self._end)
-
-    def _record(self, event: Any) -> None:
-        if self._stream is None:
-            event.record()
-        else:
-            event.record(self._stream)
+        self._end.record(self._stream)
 
     def elapsed_ns(self) -> int:
         self._end.synchronize()

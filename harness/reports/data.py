@@ -197,6 +197,14 @@ def samples_of(value: Any) -> np.ndarray | None:
     return arr if arr.size else None
 
 
+def row_details(row: Any) -> dict[str, Any]:
+    """A result row's ``details`` as a dict (the store keeps them as JSON text; missing: empty)."""
+    d = row["details"]
+    if isinstance(d, str):
+        d = json.loads(d)
+    return d if isinstance(d, dict) else {}
+
+
 def runner_flags(df: pd.DataFrame) -> dict[tuple, str]:
     """Cases the runner flagged unstable (an ``unstable`` row = 1: CV far above its history on that env_id).
 
@@ -205,7 +213,7 @@ def runner_flags(df: pd.DataFrame) -> dict[tuple, str]:
     rows = df[(df["metric"] == "unstable") & (df["value"] == 1.0)]
     out = {}
     for r in rows.to_dict("records"):
-        d = json.loads(r["details"]) if isinstance(r.get("details"), str) else {}
+        d = row_details(r)
         cv, usual = d.get("cv"), d.get("history_median_cv")
         why = (f"the runner flagged it unstable (CV {cv:.1%} vs {usual:.1%} usual on this machine)"
                if isinstance(cv, float) and isinstance(usual, float) else "the runner flagged it unstable")

@@ -12,7 +12,6 @@ so a model whose priced configurations all have it is ranked by that cost.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from costbench.harness.reports.data import Selection, describe_env
+from costbench.harness.reports.data import Selection, describe_env, row_details
 from costbench.harness.reports.prices import PriceTable, cost_per_million, energy_cost_per_million
 
 CONFIG_KEYS = ["env_id", "machine", "model", "backend", "variant", "device", "batch_size"]
@@ -181,10 +180,7 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     met = _metric_row(g, "slo_met", "server")
     if met is None:
         return none
-    details = met["details"]
-    if isinstance(details, str):  # the store keeps details as JSON text
-        details = json.loads(details)
-    slo = details.get("slo", {}) if isinstance(details, dict) else {}
+    slo = row_details(met).get("slo", {})
     pct = slo.get("percentile")
     desc = (f"p{pct:g} ≤ {slo['slo_ms']:g} ms" if pct is not None and slo.get("slo_ms") is not None
             else "the run's SLO")
@@ -197,10 +193,8 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
     trials = []  # latency at the SLO percentile against offered load, for the report's curves
     if searched is not None:
-        sdet = searched["details"]
-        sdet = json.loads(sdet) if isinstance(sdet, str) else (sdet if isinstance(sdet, dict) else {})
         trials = [{"qps": float(t["qps"]), "latency_ms": float(t["p_latency_ms"]), "meets": bool(t["meets_slo"])}
-                  for t in sdet.get("search", [])]
+                  for t in row_details(searched).get("search", [])]
     else:
         lat = _metric_row(g, "slo_latency", "server")
         target = _metric_row(g, "target_qps", "server")

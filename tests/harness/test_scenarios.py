@@ -65,7 +65,7 @@ class FakeEvent:
         self.t = None
         self.synced = False
 
-    def record(self):
+    def record(self, stream=None):  # torch.cuda.Event.record(stream=None): None is the current stream
         self.t = time.perf_counter_ns()
 
     def synchronize(self):
@@ -169,8 +169,10 @@ def test_server_is_invalid_when_the_load_generator_falls_behind(monkeypatch):
     r = make_scenario(spec).run(Noop(), DATA, 1)
     assert not r.valid and any("fell behind its own schedule" in n for n in r.notes)
     assert np.median(r.series_ns["scheduler_lateness"]) >= 2_000_000  # queries that found it idle
-    monkeypatch.setattr(scenarios, "wait_until", wait_until)
-    assert make_scenario(spec).run(Noop(), DATA, 1).valid
+    # The bound is relative to the SLO: the same 2 ms late is within 5% of a 1 s SLO. (Not the real
+    # wait_until here: whether this machine keeps a 0.5 ms schedule is a benchmark's question, not a test's.)
+    loose = make_scenario({**spec, "slo_ms": 1000}).run(Noop(), DATA, 1)
+    assert loose.valid and not any("fell behind" in n for n in loose.notes)
 
 
 def test_server_overload_queues_and_fails_the_slo():
