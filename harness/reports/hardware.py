@@ -184,24 +184,21 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     pct = slo.get("percentile")
     desc = (f"p{pct:g} ≤ {slo['slo_ms']:g} ms" if pct is not None and slo.get("slo_ms") is not None
             else "the run's SLO")
+    met_slo = bool(met["value"] == 1.0)
+    # trials: latency at the SLO percentile against offered load, for the report's curves
     searched = _metric_row(g, "max_qps_within_slo", "server")
-    if searched is not None:  # 0 means even the lowest rate tried missed the SLO
+    if searched is not None:  # a QPS search; 0 means even the lowest rate tried missed the SLO
         qps, bound = (float(searched["value"]), "max") if searched["value"] > 0 else (None, None)
-    else:
-        target = _metric_row(g, "target_qps", "server")
-        qps, bound = (float(target["value"]), "at least") if target is not None and met["value"] == 1.0 else (None, None)
-    valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
-    trials = []  # latency at the SLO percentile against offered load, for the report's curves
-    if searched is not None:
         trials = [{"qps": float(t["qps"]), "latency_ms": float(t["p_latency_ms"]), "meets": bool(t["meets_slo"])}
                   for t in row_details(searched).get("search", [])]
-    else:
-        lat = _metric_row(g, "slo_latency", "server")
-        target = _metric_row(g, "target_qps", "server")
-        if lat is not None and target is not None:
-            trials = [{"qps": float(target["value"]), "latency_ms": float(lat["value"]), "meets": met["value"] == 1.0}]
+    else:  # one fixed rate
+        target, lat = _metric_row(g, "target_qps", "server"), _metric_row(g, "slo_latency", "server")
+        qps, bound = (float(target["value"]), "at least") if target is not None and met_slo else (None, None)
+        trials = ([{"qps": float(target["value"]), "latency_ms": float(lat["value"]), "meets": met_slo}]
+                  if target is not None and lat is not None else [])
+    valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
     return {"server_slo": desc, "slo_throughput": None if qps is None else qps * batch_size, "slo_bound": bound,
-            "server_slo_met": bool(met["value"] == 1.0), "server_valid": valid,
+            "server_slo_met": met_slo, "server_valid": valid,
             "server_trials": sorted(trials, key=lambda t: t["qps"]), "server_slo_ms": slo.get("slo_ms")}
 
 
