@@ -769,6 +769,12 @@ static inline void row_affine(float lo, float hi, float *scale_out, int32_t *zp_
     *inv_out = 1.0f / scale;
 }
 
+/* The running row range; a NaN never replaces it (what MINPS/MAXPS do with the running value second). */
+static inline void range_update(float v, float *lo, float *hi) {
+    *lo = v < *lo ? v : *lo;
+    *hi = v > *hi ? v : *hi;
+}
+
 static inline uint8_t quantize_one(float x, float inv, int32_t zp, uint8_t flip) {
     float v = rintf(x * inv);
     v = v < -512.0f ? -512.0f : (v > 512.0f ? 512.0f : v); /* keep the int conversion defined */
@@ -779,10 +785,7 @@ static inline uint8_t quantize_one(float x, float inv, int32_t zp, uint8_t flip)
 
 static void quantize_row_scalar(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp, uint8_t flip) {
     float lo = 0.0f, hi = 0.0f, inv;
-    for (int64_t k = 0; k < K; k++) {
-        lo = row[k] < lo ? row[k] : lo;
-        hi = row[k] > hi ? row[k] : hi;
-    }
+    for (int64_t k = 0; k < K; k++) range_update(row[k], &lo, &hi);
     row_affine(lo, hi, scale, zp, &inv);
     for (int64_t k = 0; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
 }
@@ -800,14 +803,11 @@ AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *
     float l8[8], h8[8], lo = 0.0f, hi = 0.0f, inv;
     _mm256_storeu_ps(l8, vlo);
     _mm256_storeu_ps(h8, vhi);
-    for (int i = 0; i < 8; i++) {
-        lo = l8[i] < lo ? l8[i] : lo;
-        hi = h8[i] > hi ? h8[i] : hi;
+    for (int i = 0; i < 8; i++) { /* lane minima are <= 0 <= lane maxima: each only moves its own end */
+        range_update(l8[i], &lo, &hi);
+        range_update(h8[i], &lo, &hi);
     }
-    for (; k < K; k++) {
-        lo = row[k] < lo ? row[k] : lo;
-        hi = row[k] > hi ? row[k] : hi;
-    }
+    for (; k < K; k++) range_update(row[k], &lo, &hi);
     row_affine(lo, hi, scale, zp, &inv);
     const __m256 vinv = _mm256_set1_ps(inv), vneg = _mm256_set1_ps(-512.0f), vpos = _mm256_set1_ps(512.0f);
     const __m256i vzp = _mm256_set1_epi32(*zp), vflip = _mm256_set1_epi8((char)flip);
