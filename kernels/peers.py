@@ -35,10 +35,18 @@ class Peer(abc.ABC):
     a_types: tuple[str, ...] = ("s8", "u8")  # activation types it takes (int32 peers)
     weight_range: tuple[int, int] = (-128, 127)  # weights it represents losslessly
     ours: bool = False
+    requires: tuple[str, ...] = ()  # modules it imports; a missing one makes it unavailable
 
-    @abc.abstractmethod
     def available(self) -> str | None:
-        """None when it can run here, else why not."""
+        """None when it can run here, else why not (by default: whether ``requires`` import)."""
+        import importlib
+
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                return f"{module.split('.')[0]} is not installed"
+        return None
 
     @abc.abstractmethod
     def prepare(self, b: np.ndarray, a_type: str, threads: int) -> Prepared:
@@ -86,12 +94,7 @@ class OrtMatMulInteger(Peer):
     name = "onnxruntime MatMulInteger"
     kind = "int32"
 
-    def available(self):
-        try:
-            import onnxruntime  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed"
-        return None
+    requires = ("onnxruntime",)
 
     def prepare(self, b, a_type, threads):
         from onnx import TensorProto, helper, numpy_helper
@@ -115,12 +118,7 @@ class OrtDynamicMatMul(Peer):
     kind = "float"
     weight_range = (-127, 127)  # symmetric int8 weights: -128 is not representable
 
-    def available(self):
-        try:
-            import onnxruntime.quantization  # noqa: F401
-        except ImportError:
-            return "onnxruntime is not installed"
-        return None
+    requires = ("onnxruntime.quantization",)
 
     def prepare(self, b, a_type, threads):
         import onnx
@@ -151,11 +149,13 @@ class TorchIntMM(Peer):
     kind = "int32"
     a_types = ("s8",)
 
+    requires = ("torch",)
+
     def available(self):
-        try:
-            import torch
-        except ImportError:
-            return "torch is not installed"
+        if why := super().available():
+            return why
+        import torch
+
         return None if hasattr(torch, "_int_mm") else "this torch has no _int_mm"
 
     def prepare(self, b, a_type, threads):
@@ -180,11 +180,13 @@ class TorchDynamicLinear(Peer):
         self.reduce_range = reduce_range
         self.name = f"torch linear_dynamic {engine}" + (" reduce_range" if reduce_range else "")
 
+    requires = ("torch",)
+
     def available(self):
-        try:
-            import torch
-        except ImportError:
-            return "torch is not installed"
+        if why := super().available():
+            return why
+        import torch
+
         if self.engine not in torch.backends.quantized.supported_engines:
             return f"quantized engine {self.engine} is not in this torch build"
         return None
@@ -218,12 +220,7 @@ class OpenVinoInt8MatMul(Peer):
         self.dynamic_quantization = dynamic_quantization
         self.name = "openvino int8 MatMul" + ("" if dynamic_quantization else " DYNAMIC_QUANTIZATION_GROUP_SIZE=0")
 
-    def available(self):
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
-            return "openvino is not installed"
-        return None
+    requires = ("openvino",)
 
     def prepare(self, b, a_type, threads):
         import openvino as ov
@@ -261,12 +258,7 @@ class TorchFp32(Peer):
     name = "torch fp32 matmul"
     kind = "float"
 
-    def available(self):
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return "torch is not installed"
-        return None
+    requires = ("torch",)
 
     def prepare(self, b, a_type, threads):
         import torch
