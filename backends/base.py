@@ -9,8 +9,9 @@ host numpy inputs into host numpy outputs.
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -128,6 +129,22 @@ class Session(abc.ABC):
     def info(self) -> dict[str, Any]:
         """Runtime details worth recording with the result (providers, compiled device, hints)."""
         return {}
+
+
+def never_raises(probe: Callable[["Backend"], Availability]) -> Callable[["Backend"], Availability]:
+    """Decorator for ``Backend.probe``: a probe never raises. An ImportError (from :func:`import_runtime`,
+    which says what to install) becomes its message; anything else "<name> probe failed (...)"."""
+
+    @functools.wraps(probe)
+    def guarded(self: "Backend") -> Availability:
+        try:
+            return probe(self)
+        except ImportError as exc:
+            return Availability.missing(str(exc))
+        except Exception as exc:
+            return Availability.missing(f"{self.name} probe failed ({type(exc).__name__}: {exc})")
+
+    return guarded
 
 
 def ordered_inputs(inputs: dict[str, np.ndarray], plan: Sequence[tuple[str, Any]]) -> list[np.ndarray]:

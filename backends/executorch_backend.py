@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session, input_plan, ordered_inputs
+from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, input_plan,
+                                     never_raises, ordered_inputs)
 from costbench.harness.artifacts import FORMAT_EXECUTORCH, Artifact
 
 INSTALL_HINT = "pip install 'costbench[edge]'"
@@ -107,15 +108,11 @@ class ExecuTorchBackend(Backend):
     capabilities = Capabilities(devices=("cpu",), precisions=("fp32", "int8"), formats=(FORMAT_EXECUTORCH,))
     Options = ExecuTorchOptions
 
+    @never_raises
     def probe(self) -> Availability:
         """Available when the runtime bindings load and have the XNNPACK delegate registered."""
-        try:
-            runtime = _import_runtime()
-            registered = list(runtime._get_registered_backend_names())
-        except ImportError as exc:
-            return Availability.missing(str(exc))
-        except Exception as exc:  # a probe never raises
-            return Availability.missing(f"executorch probe failed ({type(exc).__name__}: {exc})")
+        runtime = _import_runtime()
+        registered = list(runtime._get_registered_backend_names())
         if not runtime._is_available(XNNPACK):
             return Availability.missing(
                 f"executorch {_version('executorch')}'s runtime has no {XNNPACK} delegate registered "

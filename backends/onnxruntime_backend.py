@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
-                                     import_runtime, ordered_inputs)
+                                     import_runtime, never_raises, ordered_inputs)
 from costbench.harness.artifacts import FORMAT_ONNX, Artifact
 
 _CPU_PROVIDER = "CPUExecutionProvider"
@@ -154,15 +154,11 @@ class OnnxRuntimeBackend(Backend):
             return Availability.missing(why)
         return Availability.ok(providers=",".join(p for p in providers if p in _GPU_PROVIDERS.values()))
 
+    @never_raises
     def probe(self) -> Availability:
         """Available when onnxruntime imports and offers the CPU provider; lists every provider it offers."""
-        try:
-            ort = _import_ort()
-            providers = list(ort.get_available_providers())
-        except ImportError as exc:
-            return Availability.missing(str(exc))
-        except Exception as exc:  # a probe never raises
-            return Availability.missing(f"onnxruntime probe failed ({type(exc).__name__}: {exc})")
+        ort = _import_ort()
+        providers = list(ort.get_available_providers())
         if _CPU_PROVIDER not in providers:
             return Availability.missing(
                 f"onnxruntime {ort.__version__} offers no {_CPU_PROVIDER} (providers: {', '.join(providers)})"

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, import_runtime,
-                                     ordered_inputs)
+                                     never_raises, ordered_inputs)
 from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, Artifact
 
 _OV_DEVICE = {"cpu": "CPU"}
@@ -130,15 +130,11 @@ class OpenVinoBackend(Backend):
     capabilities = Capabilities(devices=("cpu",), precisions=("fp32", "int8"), formats=(FORMAT_OPENVINO, FORMAT_ONNX))
     Options = OpenVinoOptions
 
+    @never_raises
     def probe(self) -> Availability:
         """Available when openvino imports and its Core lists a CPU device; reports version and devices."""
-        try:
-            ov = _import_ov()
-            devices = list(ov.Core().available_devices)
-        except ImportError as exc:
-            return Availability.missing(str(exc))
-        except Exception as exc:  # a probe never raises
-            return Availability.missing(f"openvino probe failed ({type(exc).__name__}: {exc})")
+        ov = _import_ov()
+        devices = list(ov.Core().available_devices)
         if "CPU" not in devices:
             return Availability.missing(
                 f"openvino {ov.get_version()} found no CPU device (devices: {', '.join(devices) or 'none'})"

@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
-                                     ordered_inputs)
+                                     never_raises, ordered_inputs)
 from costbench.harness.artifacts import FORMAT_ONNX, Artifact, ArtifactCache, default_cache_dir, file_sha256
 
 FORMAT_TRT_ENGINE = "tensorrt-engine"
@@ -219,14 +219,10 @@ class TensorRTBackend(Backend):
     capabilities = Capabilities(devices=("cuda",), precisions=("fp32", "fp16", "int8"), formats=(FORMAT_ONNX,))
     Options = TensorRTOptions
 
+    @never_raises
     def probe(self) -> Availability:
         """Available when tensorrt imports and torch is a CUDA build (device buffers); the GPU is probe_device's."""
-        try:
-            trt = _import_trt()
-        except ImportError as exc:
-            return Availability.missing(str(exc))
-        except Exception as exc:  # a probe never raises
-            return Availability.missing(f"tensorrt probe failed ({type(exc).__name__}: {exc})")
+        trt = _import_trt()
         try:
             import torch
         except ImportError:
