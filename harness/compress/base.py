@@ -58,6 +58,10 @@ class Recipe(abc.ABC):
     def parse_config(self, raw: dict[str, Any]) -> RecipeConfig:
         return self.Config.model_validate(raw)
 
+    def own_config(self, config: RecipeConfig) -> RecipeConfig:
+        """``config`` as this recipe's Config model (a base RecipeConfig is validated into it)."""
+        return config if isinstance(config, self.Config) else self.Config.model_validate(config.model_dump())
+
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         """Everything that decides the artifact's bytes. Subclasses add library versions they depend on."""
         return {

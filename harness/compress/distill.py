@@ -78,7 +78,7 @@ class DistillRecipe(TorchVariantRecipe):
 
     def transform(self, bundle: ModelBundle, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         """Train the student with distillation (alpha) and without (alpha = 0); return the configured one."""
-        cfg = config if isinstance(config, DistillConfig) else DistillConfig.model_validate(config.model_dump())
+        cfg: DistillConfig = self.own_config(config)
         if bundle.student_factory is None or bundle.training is None or bundle.training.labels is None:
             raise RecipeNotApplicable(f"recipe 'distill' needs a student architecture and labelled training data; model "
                              f"{bundle.name!r} has {'no student' if bundle.student_factory is None else 'no labelled training data'}"

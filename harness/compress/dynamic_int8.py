@@ -48,9 +48,6 @@ class TorchDynamicConfig(RecipeConfig):
     """torch's dynamic quantization has no options here: every nn.Linear, int8 weights per tensor."""
 
 
-def _ort_dynamic(cfg: OrtDynamicConfig):
-    return cfg if isinstance(cfg, OrtDynamicConfig) else OrtDynamicConfig.model_validate(cfg.model_dump())
-
 
 @register_recipe
 class OrtDynamicInt8Recipe(Recipe):
@@ -73,7 +70,7 @@ class OrtDynamicInt8Recipe(Recipe):
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         """Adds the onnxruntime version and the ISA decision."""
         return {**super().cache_material(bundle, config), "onnxruntime": library_version("onnxruntime"),
-                "reduce_range": decide_reduce_range(_ort_dynamic(config).reduce_range)[0]}
+                "reduce_range": decide_reduce_range(self.own_config(config).reduce_range)[0]}
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
         """Pre-process and dynamically quantize the fp32 ONNX artifact."""
@@ -81,7 +78,7 @@ class OrtDynamicInt8Recipe(Recipe):
         from onnxruntime.quantization import QuantType, quantize_dynamic
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        cfg = _ort_dynamic(config)
+        cfg = self.own_config(config)
         reduce_range, why = decide_reduce_range(cfg.reduce_range)
         source = fp32_onnx(bundle, cache)
         out = out_dir / self.filename(fmt)

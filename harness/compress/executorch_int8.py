@@ -182,7 +182,7 @@ class XnnpackInt8Recipe(Recipe):
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         """Adds the torch/executorch/torchao versions, the export settings and the calibration data itself."""
-        cfg = _config(config)
+        cfg = self.own_config(config)
         return {
             **super().cache_material(bundle, config),
             "torch": dist_version("torch"),
@@ -197,7 +197,7 @@ class XnnpackInt8Recipe(Recipe):
         import torch
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        cfg = _config(config)
+        cfg = self.own_config(config)
         samples = calibration_subset(bundle, cfg.calibration_samples)
         quantizer = make_quantizer(cfg.per_channel, cfg.fuse_relu6)
         calibration: dict[str, Any] = {}
@@ -239,9 +239,6 @@ class XnnpackInt8Recipe(Recipe):
             **provenance,
         }
 
-
-def _config(config: RecipeConfig) -> XnnpackInt8Config:
-    return config if isinstance(config, XnnpackInt8Config) else XnnpackInt8Config.model_validate(config.model_dump())
 
 
 __all__ = ["XnnpackInt8Config", "XnnpackInt8Recipe", "annotate_conv_clamp", "convert_float_scalars_to_attrs",

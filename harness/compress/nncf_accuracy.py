@@ -41,9 +41,6 @@ class NncfAccuracyConfig(RecipeConfig):
     validation_samples: int = Field(300, ge=2, description="Validation samples, held out of calibration when possible.")
 
 
-def _config(config: RecipeConfig) -> NncfAccuracyConfig:
-    return config if isinstance(config, NncfAccuracyConfig) else NncfAccuracyConfig.model_validate(config.model_dump())
-
 
 def validation_split(bundle: ModelBundle, cfg: NncfAccuracyConfig) -> tuple[SampleSet, bool]:
     """(validation samples, whether they overlap the calibration subset)."""
@@ -84,7 +81,7 @@ class NncfAccuracyControlRecipe(Recipe):
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         """Adds nncf/openvino versions, the calibration data and the validation data."""
-        cfg = _config(config)
+        cfg = self.own_config(config)
         validation, _ = validation_split(bundle, cfg)
         labels = b"" if validation.labels is None else np.ascontiguousarray(validation.labels).tobytes()
         return {**super().cache_material(bundle, config), "nncf": library_version("nncf"),
@@ -97,7 +94,7 @@ class NncfAccuracyControlRecipe(Recipe):
         import nncf
         import openvino as ov
 
-        cfg = _config(config)
+        cfg = self.own_config(config)
         calibration = calibration_subset(bundle, cfg.calibration_samples)
         validation, overlap = validation_split(bundle, cfg)
         source = fp32_onnx(bundle, cache)

@@ -87,7 +87,7 @@ class NncfInt8Recipe(Recipe):
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         """Adds the nncf and openvino versions and the calibration data itself."""
-        cfg = _config(config)
+        cfg = self.own_config(config)
         return {
             **super().cache_material(bundle, config),
             "nncf": library_version("nncf"),
@@ -100,7 +100,7 @@ class NncfInt8Recipe(Recipe):
         import nncf
         import openvino as ov
 
-        cfg = _config(config)
+        cfg = self.own_config(config)
         samples = calibration_subset(bundle, cfg.calibration_samples)
         source = fp32_onnx(bundle, cache)
         model = ov.convert_model(str(source.path))
@@ -145,5 +145,3 @@ class NncfInt8Recipe(Recipe):
         }
 
 
-def _config(config: RecipeConfig) -> NncfInt8Config:
-    return config if isinstance(config, NncfInt8Config) else NncfInt8Config.model_validate(config.model_dump())

@@ -127,7 +127,7 @@ class OrtInt8Recipe(Recipe):
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         """Adds the onnxruntime version, the ISA decision and the calibration data itself."""
-        cfg = _config(config)
+        cfg = self.own_config(config)
         reduce_range, _ = decide_reduce_range(cfg.reduce_range)
         return {
             **super().cache_material(bundle, config),
@@ -143,7 +143,7 @@ class OrtInt8Recipe(Recipe):
                                               quantize_static)
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        cfg = _config(config)
+        cfg = self.own_config(config)
         reduce_range, why = decide_reduce_range(cfg.reduce_range)
         samples = calibration_subset(bundle, cfg.calibration_samples)
         # A graph pinned to one batch size can only be calibrated at that size.
@@ -213,5 +213,3 @@ class OrtInt8Recipe(Recipe):
         }
 
 
-def _config(config: RecipeConfig) -> OrtInt8Config:
-    return config if isinstance(config, OrtInt8Config) else OrtInt8Config.model_validate(config.model_dump())

@@ -106,7 +106,7 @@ class UnstructuredPruneRecipe(TorchVariantRecipe):
         import torch
         from torch.nn.utils import prune
 
-        cfg = config if isinstance(config, UnstructuredPruneConfig) else UnstructuredPruneConfig.model_validate(config.model_dump())
+        cfg: UnstructuredPruneConfig = self.own_config(config)
         teacher = bundle.torch_module().eval()
         module = copy.deepcopy(teacher)
         layers = weight_layers(module)
@@ -149,7 +149,7 @@ class StructuredPruneRecipe(TorchVariantRecipe):
         import torch
         import torch_pruning as tp
 
-        cfg = config if isinstance(config, StructuredPruneConfig) else StructuredPruneConfig.model_validate(config.model_dump())
+        cfg: StructuredPruneConfig = self.own_config(config)
         teacher = bundle.torch_module().eval()
         module = copy.deepcopy(teacher)
         before = layer_shapes(module)
