@@ -57,12 +57,13 @@ class TensorRTOptions(BackendOptions):
 
 
 def _cuda_wheel_suffix() -> str:
+    """The CUDA major version of the TensorRT wheel to suggest: torch's, else 12."""
     try:
         import torch
 
         if torch.version.cuda:
             return torch.version.cuda.split(".")[0]
-    except Exception:
+    except Exception:  # no torch, or one that fails to load: only the install hint depends on it
         pass
     return "12"
 
