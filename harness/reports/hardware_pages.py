@@ -145,7 +145,7 @@ def _scatter(mdf: pd.DataFrame, report: HardwareReport, x_key: str, x_title: str
     return fig
 
 
-def _server_curves(mdf: pd.DataFrame, report: HardwareReport):
+def _server_curves(mdf: pd.DataFrame):
     """Latency at the SLO percentile against offered load (samples/s), one line per configuration: the
     server scenario's trials (a QPS search, or one fixed rate), with the SLO drawn across."""
     import plotly.graph_objects as go
@@ -307,7 +307,7 @@ def render_html(report: HardwareReport) -> str:
             body.append('<p class="note">No cost chart: no machine of these runs has a price '
                         "(--machine-type or [assign] in a price file).</p>")
         if any(r["status"] == "ok" and r.get("server_trials") for r in mdf.to_dict("records")):
-            body.append(f"<h3>Latency under load (server scenario)</h3>{figure_div(_server_curves(mdf, report), f'fig-server-{sid}')}"
+            body.append(f"<h3>Latency under load (server scenario)</h3>{figure_div(_server_curves(mdf), f'fig-server-{sid}')}"
                         '<p class="note">Each point is one trial at a Poisson arrival rate; × marks a trial that '
                         "missed the SLO. The highest ● under the line is the rate the cost at the SLO bills.</p>")
         body.append(f"<h3>All configurations</h3>{table(rows, _columns(report), f'configs-{sid}', attrs)}")
