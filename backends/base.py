@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from costbench.backends.timing import DeviceTimer
-from costbench.harness.artifacts import Artifact, InputSpec
+from costbench.core.artifacts import Artifact, InputSpec
 
 
 def import_runtime(module: str, pip_name: str | None = None) -> Any:

@@ -14,7 +14,7 @@ import numpy as np
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, input_plan,
                                      never_raises, ordered_inputs)
-from costbench.harness.artifacts import FORMAT_EXECUTORCH, Artifact
+from costbench.core.artifacts import FORMAT_EXECUTORCH, Artifact
 
 INSTALL_HINT = "pip install 'costbench[edge]'"
 XNNPACK = "XnnpackBackend"

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
-from costbench.harness.artifacts import FORMAT_TORCH, Artifact
+from costbench.core.artifacts import FORMAT_TORCH, Artifact
 
 
 class KernelsOptions(BackendOptions):

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
                                      import_runtime, never_raises, ordered_inputs)
-from costbench.harness.artifacts import FORMAT_ONNX, Artifact
+from costbench.core.artifacts import FORMAT_ONNX, Artifact
 
 _CPU_PROVIDER = "CPUExecutionProvider"
 _GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

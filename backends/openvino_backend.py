@@ -12,7 +12,7 @@ from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, import_runtime,
                                      never_raises, ordered_inputs)
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, Artifact
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, Artifact
 
 _OV_DEVICE = {"cpu": "CPU"}
 

@@ -32,7 +32,7 @@ from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
                                      never_raises, ordered_inputs)
-from costbench.harness.artifacts import FORMAT_ONNX, Artifact, ArtifactCache, default_cache_dir, file_sha256
+from costbench.core.artifacts import FORMAT_ONNX, Artifact, ArtifactCache, default_cache_dir, file_sha256
 
 FORMAT_TRT_ENGINE = "tensorrt-engine"
 ENGINE_FILE = "model.engine"

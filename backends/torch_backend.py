@@ -17,7 +17,7 @@ from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
                                      input_plan, ordered_inputs)
-from costbench.harness.artifacts import FORMAT_TORCH, Artifact
+from costbench.core.artifacts import FORMAT_TORCH, Artifact
 
 
 class TorchOptions(BackendOptions):

@@ -24,7 +24,7 @@ import numpy as np
 from costbench.backends.base import Session
 from costbench.harness.env import fingerprint
 from costbench.harness.scenarios import make_scenario
-from costbench.harness.stats import percentile
+from costbench.core.stats import percentile
 from costbench.harness.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.zeros((8, 4), dtype=np.float32)})

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import costbench
-from costbench.harness.artifacts import default_cache_dir
+from costbench.core.artifacts import default_cache_dir
 from costbench.harness.env import fingerprint
 from costbench.harness.plan import PLANNED, Case
 from costbench.harness.store import RunFile, Store

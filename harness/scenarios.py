@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 
 from costbench.backends.base import Session
-from costbench.harness.stats import percentile
+from costbench.core.stats import percentile
 from costbench.harness.suite import SCENARIO_SPECS, OfflineSpec, ServerSpec, SingleStreamSpec
 from costbench.harness.zoo.base import SampleSet
 

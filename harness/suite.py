@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from costbench.harness.artifacts import InputSpec
+from costbench.core.artifacts import InputSpec
 
 
 class SuiteError(ValueError):

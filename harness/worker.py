@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.artifacts import write_json_atomic
+from costbench.core.artifacts import write_json_atomic
 from costbench.harness.plan import Case
 
 
@@ -47,7 +47,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _percentile_rows(prefix: str, ms: np.ndarray, common: dict[str, Any], keep_samples: bool) -> list[dict[str, Any]]:
-    from costbench.harness.stats import summarize
+    from costbench.core.stats import summarize
 
     s = summarize(ms)
     return [
@@ -100,7 +100,7 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     """Measure one case; returns {'metrics': [...], 'info': {...}}. Raises on failure."""
     from costbench.backends.registry import get_backend
     from costbench.harness.accuracy import collect_outputs, compare
-    from costbench.harness.artifacts import ArtifactCache, artifact_summary
+    from costbench.core.artifacts import ArtifactCache, artifact_summary
     from costbench.harness.compress.base import get_recipe
     from costbench.harness.reference import cached_reference
     from costbench.harness.scenarios import make_scenario
@@ -205,7 +205,7 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
 
 def build(case: Case, cache_dir: Path) -> dict[str, Any]:
     """What a case needs from the cache, built (artifact, and the fp32 reference when accuracy is on)."""
-    from costbench.harness.artifacts import ArtifactCache
+    from costbench.core.artifacts import ArtifactCache
     from costbench.harness.compress.base import get_recipe
     from costbench.harness.reference import reference_outputs
     from costbench.harness.suite import ModelSpec
@@ -225,7 +225,7 @@ def build(case: Case, cache_dir: Path) -> dict[str, Any]:
 
 def _build_stamp(case: Case, cache_dir: Path) -> Path:
     """A file that exists once a build for exactly these inputs has succeeded in this cache."""
-    from costbench.harness.artifacts import content_key
+    from costbench.core.artifacts import content_key
 
     key = content_key({"model": case.model_spec, "recipe": case.recipe, "options": case.recipe_options,
                        "format": case.artifact_format, "reference": case.measure_accuracy})
@@ -234,7 +234,7 @@ def _build_stamp(case: Case, cache_dir: Path) -> Path:
 
 def _stamp_holds(case: Case, cache_dir: Path) -> bool:
     """The build stamp exists and the artifact it names is still in the cache (it may have been pruned)."""
-    from costbench.harness.artifacts import ArtifactCache
+    from costbench.core.artifacts import ArtifactCache
 
     stamp = _build_stamp(case, cache_dir)
     try:

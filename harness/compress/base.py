@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from costbench.harness.artifacts import Artifact, ArtifactCache
+from costbench.core.artifacts import Artifact, ArtifactCache
 from costbench.harness.zoo.base import ModelBundle
 
 

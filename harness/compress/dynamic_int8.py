@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.compress.ort_int8 import count_quantization, decide_reduce_range

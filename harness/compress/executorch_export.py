@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec
+from costbench.core.artifacts import InputSpec
 from costbench.harness.zoo.base import SampleSet
 
 # Part of every ExecuTorch artifact's cache key: bump when the export below changes its bytes.

@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field
 
-from costbench.harness.artifacts import FORMAT_EXECUTORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.compress.executorch_export import (EXPORT_VERSION, MAX_BATCH, dist_version, export_pte,
                                                           export_program)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec
+from costbench.core.artifacts import InputSpec
 from costbench.harness.zoo.base import SampleSet
 
 OPSET = 17

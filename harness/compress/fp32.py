@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from costbench.harness.artifacts import (FORMAT_EXECUTORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact,
+from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact,
                                          ArtifactCache)
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle

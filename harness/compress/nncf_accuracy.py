@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.harness.artifacts import FORMAT_OPENVINO, ArtifactCache
+from costbench.core.artifacts import FORMAT_OPENVINO, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.compress.nncf_int8 import _PRESETS, stdout_to_stderr

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Literal
 
 from pydantic import Field
 
-from costbench.harness.artifacts import FORMAT_OPENVINO, ArtifactCache
+from costbench.core.artifacts import FORMAT_OPENVINO, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash

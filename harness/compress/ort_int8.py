@@ -23,7 +23,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.harness.artifacts import FORMAT_ONNX, ArtifactCache
+from costbench.core.artifacts import FORMAT_ONNX, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable, register_recipe
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.env import has_vnni, int8_isa

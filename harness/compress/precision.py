@@ -23,7 +23,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
 from costbench.harness.compress.fp32 import FILENAMES, fp32_onnx, library_version
 from costbench.harness.env import cpu_flags

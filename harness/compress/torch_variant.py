@@ -12,7 +12,7 @@ import abc
 from pathlib import Path
 from typing import Any
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.fp32 import FILENAMES, library_version
 from costbench.harness.compress.ort_int8 import samples_hash

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from costbench.harness.reports.compare import UNSTABLE_SPREAD_FACTOR, relative_spread
-from costbench.harness.stats import (
+from costbench.core.stats import (
     SIGNIFICANCE_ALPHA, benjamini_hochberg, mann_whitney_p, percentile, ratio_of_medians_ci,
 )
 

@@ -16,7 +16,7 @@ import pandas as pd
 from costbench.harness.reports.data import (
     SERIES_KEYS, Selection, env_differences, runner_flags, samples_of, series_label,
 )
-from costbench.harness.stats import SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_samples, percentile
+from costbench.core.stats import SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_samples, percentile
 
 DEFAULT_THRESHOLD = 0.05  # 5%: smaller shifts are within what a re-run on the same machine moves
 UNSTABLE_SPREAD_FACTOR = 3.0  # spread this many times the other run's (and above the threshold): unstable

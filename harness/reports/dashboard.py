@@ -22,7 +22,7 @@ from costbench.harness.reports.data import (
     short_commit,
 )
 from costbench.harness.reports.html import Column, esc, fmt, page, table
-from costbench.harness.stats import SIGNIFICANCE_ALPHA
+from costbench.core.stats import SIGNIFICANCE_ALPHA
 
 # Metrics with raw samples get change-point tests; the others are drawn as history only.
 DASHBOARD_METRICS = ("latency_p50", "batch_latency_p50", "latency_p99", "throughput", "peak_rss", "model_size",

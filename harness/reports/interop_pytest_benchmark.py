@@ -20,7 +20,7 @@ import numpy as np
 
 from costbench.harness.env import env_id_of
 from costbench.harness.reports.data import Selection, samples_of
-from costbench.harness.stats import bootstrap_ci, percentile
+from costbench.core.stats import bootstrap_ci, percentile
 from costbench.harness.store import RUNS_DIR, RunFile
 
 BACKEND = "pytest-benchmark"

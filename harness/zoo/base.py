@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec
+from costbench.core.artifacts import InputSpec
 
 SOURCE_TORCH = "torch"  # the model is a torch.nn.Module (zoo model or user factory)
 SOURCE_ONNX = "onnx"  # the model is a user-supplied ONNX file; there is no torch module

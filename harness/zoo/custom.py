@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec, file_sha256
+from costbench.core.artifacts import InputSpec, file_sha256
 from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec, content_key, file_sha256, write_json_atomic
+from costbench.core.artifacts import InputSpec, content_key, file_sha256, write_json_atomic
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.custom import state_dict_hash
 from costbench.harness.zoo.registry import register_zoo_model

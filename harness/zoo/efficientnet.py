@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec, content_key, file_sha256
+from costbench.core.artifacts import InputSpec, content_key, file_sha256
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.images import IMAGE_SIZE, SCALES, available_skimage_photos, imagenet_samples
 from costbench.harness.zoo.registry import register_zoo_model

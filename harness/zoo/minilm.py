@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.artifacts import InputSpec, content_key, file_sha256
+from costbench.core.artifacts import InputSpec, content_key, file_sha256
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.registry import register_zoo_model
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from costbench.harness.artifacts import content_key, write_json_atomic
+from costbench.core.artifacts import content_key, write_json_atomic
 from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, ZooModel
 

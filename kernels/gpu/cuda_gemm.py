@@ -119,7 +119,7 @@ BASE_FLAGS = ("-O3", "-std=c++17", "-lineinfo", "-Xptxas=-v", "-Werror=all-warni
 
 
 def default_cache_dir() -> Path:
-    from costbench.harness.artifacts import default_cache_dir as root
+    from costbench.core.artifacts import default_cache_dir as root
 
     return root() / "kernels"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact, InputSpec
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact, InputSpec
 
 INPUT_SHAPE = (3, 16, 16)
 

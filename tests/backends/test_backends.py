@@ -16,7 +16,7 @@ from costbench.backends.base import BackendOptions
 from costbench.backends.onnxruntime_backend import OnnxRuntimeBackend
 from costbench.backends.openvino_backend import OpenVinoBackend
 from costbench.backends.torch_backend import TorchBackend
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact, InputSpec
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact, InputSpec
 
 BACKENDS = {"torch": TorchBackend, "onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}
 
@@ -201,7 +201,7 @@ def test_torch_interop_threads_applied_once_per_process(tiny):
         import torch
         from pathlib import Path
         from costbench.backends.torch_backend import TorchBackend
-        from costbench.harness.artifacts import Artifact, InputSpec
+        from costbench.core.artifacts import Artifact, InputSpec
         b = TorchBackend()
         a = Artifact(format="torch-module", path=Path({str(tiny.artifacts[FORMAT_TORCH].path)!r}), key="t",
                      inputs=[InputSpec("input", {tiny.input_shape!r})], outputs=["logits"])

@@ -15,7 +15,7 @@ from costbench.backends import load_registry
 from costbench.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_providers
 from costbench.backends.tensorrt_backend import TensorRTBackend, TensorRTOptions, qdq_report
 from costbench.backends.torch_backend import TorchBackend
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_TORCH, Artifact
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH, Artifact
 from costbench.kernels.gpu import probe
 
 NO_CUDA = torch.version.cuda is None or not torch.cuda.is_available()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from costbench.harness.artifacts import ArtifactCache
+from costbench.core.artifacts import ArtifactCache
 from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo.registry import load_bundle
 

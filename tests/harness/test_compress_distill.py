@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from costbench.harness.artifacts import FORMAT_TORCH
+from costbench.core.artifacts import FORMAT_TORCH
 from costbench.harness.compress.base import get_recipe
 from costbench.harness.compress.distill import DistillConfig, train_student
 from costbench.harness.compress.training import distillation_loss

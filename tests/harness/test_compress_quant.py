@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH
 from costbench.harness.compress.base import get_recipe
 
 

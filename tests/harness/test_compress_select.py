@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from costbench.harness.compress.select import (VariantResult, accuracy_drop, choose, compression_suite,
+from costbench.commands.compress import (VariantResult, accuracy_drop, choose, compression_suite,
                                                parse_options)
 
 
@@ -69,7 +69,7 @@ def test_options_and_suite():
 def test_compress_command_end_to_end(tmp_path, shared_cache_dir):
     out = tmp_path / "results"
     report = tmp_path / "choice.json"
-    cmd = [sys.executable, "-m", "costbench.harness.cli", "compress", "digits-cnn", "--recipes", "int8,prune-structured",
+    cmd = [sys.executable, "-m", "costbench.commands.cli", "compress", "digits-cnn", "--recipes", "int8,prune-structured",
            "--backends", "onnxruntime", "--max-drop", "0.01", "--option", "prune-structured.finetune_epochs=1",
            "--min-count", "20", "--min-duration", "0.05", "--out", str(out), "--json", str(report),
            "--cache-dir", str(shared_cache_dir)]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from costbench.harness.accuracy import compare
-from costbench.harness.artifacts import InputSpec
+from costbench.core.artifacts import InputSpec
 from costbench.harness.zoo import minilm as minilm_mod
 from costbench.harness.zoo.registry import source_kind, zoo_names
 from costbench.harness.suite import ModelSpec

@@ -7,7 +7,7 @@ import platform
 import numpy as np
 import pytest
 
-from costbench.harness.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import get_recipe, recipe_names
 from costbench.harness.compress.export import ExportError, export_onnx
 from costbench.harness.compress.ort_int8 import decide_reduce_range

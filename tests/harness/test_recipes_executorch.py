@@ -10,7 +10,7 @@ pytest.importorskip("executorch", reason="executorch is not installed: pip insta
 import torch  # noqa: E402
 
 from costbench.backends.executorch_backend import ExecuTorchBackend  # noqa: E402
-from costbench.harness.artifacts import FORMAT_EXECUTORCH, ArtifactCache, InputSpec  # noqa: E402
+from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache, InputSpec  # noqa: E402
 from costbench.harness.compress.base import get_recipe  # noqa: E402
 from costbench.harness.compress.executorch_export import MAX_BATCH, ExecuTorchExportError  # noqa: E402
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402

@@ -39,7 +39,7 @@ def tiny_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     (d / "tiny.toml").write_text(TINY)
     out = d / "results"
-    proc = subprocess.run([sys.executable, "-m", "costbench.harness.cli", "run", str(d / "tiny.toml"), "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "costbench.commands.cli", "run", str(d / "tiny.toml"), "--out", str(out)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
     return proc, out
 
@@ -73,10 +73,10 @@ def test_cli_run_end_to_end(tiny_run):
 
 def test_results_command_lists_and_shows(tiny_run):
     _, out = tiny_run
-    listing = subprocess.run([sys.executable, "-m", "costbench.harness.cli", "results", str(out)],
+    listing = subprocess.run([sys.executable, "-m", "costbench.commands.cli", "results", str(out)],
                              capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert listing.returncode == 0 and "tiny" in listing.stdout
-    shown = subprocess.run([sys.executable, "-m", "costbench.harness.cli", "results", str(out), "--last"],
+    shown = subprocess.run([sys.executable, "-m", "costbench.commands.cli", "results", str(out), "--last"],
                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert shown.returncode == 0 and "onnxruntime" in shown.stdout and "int8" in shown.stdout
 

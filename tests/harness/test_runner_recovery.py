@@ -37,7 +37,7 @@ def suite_file(tmp_path, name, backends, extra=""):
 
 
 def cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "costbench.harness.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "costbench.commands.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"}, **kw)
 
 

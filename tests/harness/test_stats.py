@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from costbench.harness.stats import bootstrap_ci, percentile, ratio_of_medians_ci, summarize
+from costbench.core.stats import bootstrap_ci, percentile, ratio_of_medians_ci, summarize
 
 
 @pytest.mark.parametrize("p, expected", [(5, 15), (30, 20), (40, 20), (50, 35), (100, 50), (0, 15)])
@@ -103,7 +103,7 @@ def test_summarize_fields():
 
 
 def test_benjamini_hochberg_hand_computed():
-    from costbench.harness.stats import benjamini_hochberg
+    from costbench.core.stats import benjamini_hochberg
 
     # m=4: raw*m/rank = [0.04, 0.04, 0.04, 0.8] for sorted p = [0.01, 0.02, 0.03, 0.8]; monotone from the top.
     q = benjamini_hochberg([0.03, 0.8, 0.01, 0.02])
@@ -113,7 +113,7 @@ def test_benjamini_hochberg_hand_computed():
 
 
 def test_compare_samples_detects_a_real_shift_and_not_noise():
-    from costbench.harness.stats import compare_samples
+    from costbench.core.stats import compare_samples
 
     rng = np.random.default_rng()
     base = rng.normal(1.0, 0.02, size=300)
@@ -127,7 +127,7 @@ def test_compare_samples_detects_a_real_shift_and_not_noise():
 
 
 def test_mann_whitney_matches_hand_computed_exact_value():
-    from costbench.harness.stats import mann_whitney_p
+    from costbench.core.stats import mann_whitney_p
 
     # Every NEW value above every BASE value, n=m=3: U=0 is the most extreme of C(6,3)=20 orderings;
     # two-sided exact p = 2/20.

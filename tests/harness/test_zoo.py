@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from costbench.harness.artifacts import InputSpec, file_sha256
+from costbench.core.artifacts import InputSpec, file_sha256
 from costbench.harness.suite import ModelSpec
 from costbench.harness.zoo import digits as digits_mod
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH

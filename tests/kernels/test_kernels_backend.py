@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from costbench.backends.registry import get_backend, load_registry
-from costbench.harness.artifacts import FORMAT_TORCH, Artifact, InputSpec
+from costbench.core.artifacts import FORMAT_TORCH, Artifact, InputSpec
 
 
 def test_registered_and_available():

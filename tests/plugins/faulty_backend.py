@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 
 from costbench.backends.base import Availability, Backend, BackendOptions, Capabilities, Session
-from costbench.harness.artifacts import FORMAT_ONNX, Artifact
+from costbench.core.artifacts import FORMAT_ONNX, Artifact
 
 
 class FaultyOptions(BackendOptions):

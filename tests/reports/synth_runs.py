@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from costbench.harness.env import env_id_of
-from costbench.harness.stats import summarize
+from costbench.core.stats import summarize
 from costbench.harness.store import RunFile
 
 

@@ -5,10 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from costbench.harness.cli import app
+from costbench.commands.cli import app
 from costbench.harness.reports.compare import compare_runs, render_markdown, verdict
 from costbench.harness.reports.data import load_selection
-from costbench.harness.stats import benjamini_hochberg, mann_whitney_p
+from costbench.core.stats import benjamini_hochberg, mann_whitney_p
 from synth_runs import case, make_env, write_run
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from costbench.harness.cli import app
+from costbench.commands.cli import app
 from costbench.harness.reports.dashboard import build_dashboard, changes_frame, write_dashboard
 from costbench.harness.reports.data import load_selection
 from costbench.harness.store import load_results

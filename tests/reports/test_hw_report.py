@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from costbench.harness.cli import app
+from costbench.commands.cli import app
 from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
 from costbench.harness.reports.hardware import Criteria, build_report, pareto_front
 from costbench.harness.reports.hardware_pages import render_html, render_markdown, to_csv_frame, write_report

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from costbench.harness.cli import app
+from costbench.commands.cli import app
 from costbench.harness.reports.data import load_selection
 from costbench.harness.reports.interop_pytest_benchmark import (
     InteropError, export_run, import_file, pytest_benchmark_stats,
 )
-from costbench.harness.stats import percentile
+from costbench.core.stats import percentile
 from costbench.harness.store import load_results
 from synth_runs import case, write_run
 

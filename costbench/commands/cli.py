@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure which hardware, backend and compression to deploy a model on.")
 store_app = typer.Typer(no_args_is_help=True, help="The DuckDB store built from run files.")
 app.add_typer(store_app, name="store")
-app.add_typer(__import__("costbench.kernels.cli", fromlist=["app"]).app, name="kernels")
+app.add_typer(__import__("costbench.commands.kernels", fromlist=["app"]).app, name="kernels")
 # Piped output (CI logs, files) gets a width that fits the results table instead of rich's 80.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
@@ -119,7 +119,7 @@ def run(
     force: bool = typer.Option(False, "--force", help="With --resume: resume even on a different environment."),
 ) -> None:
     """Run a suite: each case in its own process with a timeout; results appended as each case ends."""
-    from costbench.harness.report import render
+    from costbench.harness.reports.run_table import render
     from costbench.harness.runner import ResumeError, find_run, plan_remaining, resume_run, run_plan
     from costbench.harness.store import load_results
 
@@ -184,7 +184,7 @@ def results(
     csv: Optional[Path] = typer.Option(None, help="Also write the long-form rows to this CSV file."),
 ) -> None:
     """List runs, or show one run as a table per model."""
-    from costbench.harness.report import render
+    from costbench.harness.reports.run_table import render
     from costbench.harness.store import list_runs, load_results
 
     if not results_dir.exists():
@@ -228,7 +228,7 @@ def compress(
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
 ) -> None:
     """Build variants, measure them, and name per backend the fastest one within the accuracy budget."""
-    from costbench.harness.compress import select
+    from costbench.commands import compress as select
 
     split = lambda items: [x.strip() for item in items for x in item.split(",") if x.strip()]  # noqa: E731
     try:
@@ -256,7 +256,7 @@ def store_rebuild(results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Resu
 
 
 # report, compare, dashboard, prices, pytest-benchmark: their own module, registered here.
-from costbench.harness.reports.cli import register as _register_reports  # noqa: E402
+from costbench.commands.reports import register as _register_reports  # noqa: E402
 
 _register_reports(app)
 
