@@ -2,20 +2,19 @@
 
 Third parties add a backend with a pip install that declares an entry point. For development
 and tests, ``COSTBENCH_EXTRA_BACKENDS="name=package.module:Class,..."`` adds more without
-installing; being an environment variable, it reaches the per-case child processes too.
+installing (the same mechanism as recipes and zoo models: :mod:`costbench.core.plugins`).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 
 from costbench.backends.base import Availability, Backend
+from costbench.core.plugins import PluginGroup, load_class
 
-ENTRY_POINT_GROUP = "costbench.backends"
-EXTRA_ENV = "COSTBENCH_EXTRA_BACKENDS"
+BACKENDS = PluginGroup("costbench.backends", "COSTBENCH_EXTRA_BACKENDS", "backend")
+ENTRY_POINT_GROUP = BACKENDS.group
+EXTRA_ENV = BACKENDS.extra_env
 
 
 @dataclass(frozen=True)
@@ -36,32 +35,12 @@ class BackendEntry:
             return Availability.missing(f"probe raised {type(exc).__name__}: {exc}")
 
 
-def _load(target: str) -> type[Backend]:
-    module_name, _, attr = target.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    if not (isinstance(obj, type) and issubclass(obj, Backend)):
-        raise TypeError(f"{target} is not a costbench Backend subclass")
-    return obj
-
-
-def _targets() -> dict[str, str]:
-    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
-    for item in filter(None, (s.strip() for s in os.environ.get(EXTRA_ENV, "").split(","))):
-        name, sep, target = item.partition("=")
-        if not sep or ":" not in target:
-            raise ValueError(f"{EXTRA_ENV}: expected name=package.module:Class, got {item!r}")
-        found[name.strip()] = target.strip()
-    return found
-
-
 def load_registry() -> dict[str, BackendEntry]:
     """All registered backends by name. A backend whose module fails to import is kept with the error."""
     entries: dict[str, BackendEntry] = {}
-    for name, target in sorted(_targets().items()):
+    for name, target in sorted(BACKENDS.targets().items()):
         try:
-            cls = _load(target)
+            cls = load_class(target, Backend)
             entries[name] = BackendEntry(name, target, cls())
         except Exception as exc:
             entries[name] = BackendEntry(name, target, None, f"could not import {target}: {type(exc).__name__}: {exc}")

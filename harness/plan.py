@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 from costbench.backends.registry import BackendEntry, load_registry
-from costbench.harness.compress.base import get_recipe
-from costbench.harness.suite import Suite
+from costbench.harness.compress.registry import get_recipe
+from costbench.harness.suite_schema import Suite
 from costbench.harness.zoo.registry import source_kind
 
 PLANNED = "planned"

@@ -25,7 +25,7 @@ from costbench.core.artifacts import default_cache_dir
 from costbench.harness.env import fingerprint
 from costbench.harness.plan import PLANNED, Case
 from costbench.harness.store import RunFile, Store
-from costbench.harness.suite import Suite
+from costbench.harness.suite_schema import Suite
 
 STDERR_TAIL_LINES = 25
 

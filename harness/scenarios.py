@@ -26,7 +26,7 @@ import numpy as np
 
 from costbench.backends.base import Session
 from costbench.core.stats import percentile
-from costbench.harness.suite import SCENARIO_SPECS, OfflineSpec, ServerSpec, SingleStreamSpec
+from costbench.harness.suite_schema import SCENARIO_SPECS, OfflineSpec, ServerSpec, SingleStreamSpec
 from costbench.harness.zoo.base import SampleSet
 
 _ROTATE = 8  # distinct input batches cycled through while measuring

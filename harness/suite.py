@@ -1,292 +1,44 @@
-"""Suite files: TOML validated by pydantic, with errors that name the file, the key and what was expected."""
+"""Loading a suite: its schema (:mod:`.suite_schema`), then what only the registries can tell.
+
+The schema imports no registry, so the zoo, the recipes and the scenarios can all use its specs. Here,
+above them, the names a suite uses are checked against the registries that were loaded: that its
+models, recipes and backends exist, and that their options are valid. Errors name the file and the key.
+"""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
-from costbench.core.artifacts import InputSpec
+from costbench.backends.registry import load_registry
+from costbench.harness.compress.registry import get_recipe
+from costbench.harness.zoo.registry import zoo_names
+from costbench.harness.suite_schema import (ModelSpec, Suite, SuiteError, error_location, parse_schema,
+                                            read_suite_file)
 
-
-class SuiteError(ValueError):
-    """A suite file is unusable; the message names the file, the key and what was expected."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+__all__ = ["ModelSpec", "Suite", "SuiteError", "check_names", "load_suite", "parse_suite"]
 
 
-class InputSpecModel(_Strict):
-    """One model input as written in a suite: per-sample shape, the batch dimension is added in front."""
-
-    name: str = Field(description="Input name as the model knows it.")
-    shape: list[int] = Field(description="Per-sample shape, without the batch dimension, e.g. [3, 224, 224].")
-    dtype: Literal["float32", "float16", "int64", "int32", "uint8", "int8", "bool"] = "float32"
-
-    @field_validator("shape")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(d <= 0 for d in v):
-            raise ValueError(f"every dimension must be a positive integer, got {v}")
-        return v
-
-    def to_spec(self) -> InputSpec:
-        return InputSpec(self.name, tuple(self.shape), self.dtype)
-
-
-class ModelSpec(_Strict):
-    """A model to benchmark: a zoo name, or one the user brings (an ONNX file or a torch factory)."""
-
-    id: str = Field(description="Zoo name (e.g. 'digits-cnn'), or your own name for a custom model.")
-    source: Literal["zoo", "onnx", "torch"] = Field("zoo", description="Where the model comes from.")
-    path: Path | None = Field(None, description="source='onnx': the .onnx file (relative to the suite file).")
-    factory: str | None = Field(None, description="source='torch': 'package.module:function' returning an nn.Module.")
-    inputs: list[InputSpecModel] | None = Field(None, description="Input specs; required for source='torch'.")
-    data: Path | None = Field(None, description="Optional .npz of real samples keyed by input name (+ 'labels').")
-    eval_samples: int | None = Field(None, ge=1, description="Cap on samples used for accuracy.")
-    calibration_samples: int | None = Field(None, ge=1, description="Cap on samples used for calibration.")
-
-    @model_validator(mode="after")
-    def _source_fields(self) -> "ModelSpec":
-        if self.source == "onnx" and self.path is None:
-            raise ValueError("source='onnx' needs 'path' to the .onnx file")
-        if self.source == "torch":
-            if not self.factory or ":" not in self.factory:
-                raise ValueError("source='torch' needs 'factory' as 'package.module:function'")
-            if not self.inputs:
-                raise ValueError("source='torch' needs 'inputs' (name, shape, dtype of each input)")
-        if self.source == "zoo" and (self.path or self.factory):
-            raise ValueError("'path'/'factory' only apply to source='onnx'/'torch'")
-        return self
-
-
-class VariantSpec(BaseModel):
-    """A variant: a name, the recipe that builds it, and that recipe's options (any other keys)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(description="Label shown in results, e.g. 'int8' or 'int8-per-tensor'.")
-    recipe: str | None = Field(None, description="Recipe name; defaults to the variant name.")
-
-    @property
-    def recipe_name(self) -> str:
-        return self.recipe or self.name
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class BackendSpec(BaseModel):
-    """A backend configuration: registered name, optional label, device, and backend options (other keys)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(description="Registered backend name, e.g. 'onnxruntime'.")
-    label: str | None = Field(None, description="Distinguishes two configs of one backend, e.g. 'openvino-tput'.")
-    device: str = Field("cpu", description="Device to run on.")
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-class SingleStreamSpec(_Strict):
-    """One query at a time; latency percentiles."""
-
-    kind: Literal["single_stream"] = "single_stream"
-    name: str | None = None
-    warmup_count: int = Field(5, ge=0, description="Untimed queries before measuring.")
-    min_count: int = Field(50, ge=1, description="Measure at least this many queries...")
-    min_duration_s: float = Field(1.0, ge=0, description="...and for at least this long.")
-    max_duration_s: float = Field(60.0, gt=0, description="Stop here even if min_count is not met (the result is then marked invalid).")
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
-
-
-class OfflineSpec(_Strict):
-    """All samples as fast as possible; throughput in samples per second over the wall time."""
-
-    kind: Literal["offline"] = "offline"
-    name: str | None = None
-    warmup_count: int = Field(2, ge=0)
-    min_count: int = Field(10, ge=1, description="At least this many batches...")
-    min_duration_s: float = Field(1.0, ge=0, description="...and at least this long.")
-    max_duration_s: float = Field(60.0, gt=0)
-    concurrency: int | Literal["auto"] = Field(
-        1, description="Queries in flight at once, each from its own thread (OpenVINO: its own infer request). "
-        "'auto' asks the runtime (OpenVINO's optimal request count; 1 elsewhere).")
-
-    @field_validator("concurrency")
-    @classmethod
-    def _positive_concurrency(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("concurrency must be >= 1 or 'auto'")
-        return v
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
-
-
-class ServerSpec(_Strict):
-    """Poisson arrivals at a target QPS from a fixed seed; latency from arrival, queueing included; an SLO.
-
-    With ``search = true`` the target is found instead: the highest QPS whose ``slo_percentile``
-    latency stays within ``slo_ms``.
-    """
-
-    kind: Literal["server"] = "server"
-    name: str | None = None
-    target_qps: float | None = Field(None, gt=0, description="Mean arrival rate (queries per second).")
-    slo_ms: float = Field(gt=0, description="Latency objective, arrival to completion.")
-    slo_percentile: float = Field(99.0, gt=0, le=100, description="Which percentile must meet slo_ms.")
-    search: bool = Field(False, description="Find the highest QPS that meets the SLO (binary search).")
-    search_iterations: int = Field(7, ge=2, le=30, description="Bisection steps of the search.")
-    seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
-    warmup_count: int = Field(5, ge=0)
-    min_count: int = Field(200, ge=1, description="Queries per trial, at least...")
-    min_duration_s: float = Field(2.0, ge=0, description="...and enough for this long at the target rate.")
-    max_duration_s: float = Field(60.0, gt=0, description="An overloaded trial stops issuing here (invalid).")
-    concurrency: int = Field(1, ge=1, description="Queries served at once (worker threads).")
-
-    @model_validator(mode="after")
-    def _target_or_search(self) -> "ServerSpec":
-        if self.target_qps is None and not self.search:
-            raise ValueError("server scenario needs target_qps, or search = true to find the highest QPS within the SLO")
-        return self
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
-
-
-ScenarioSpec = Annotated[SingleStreamSpec | OfflineSpec | ServerSpec, Field(discriminator="kind")]
-SCENARIO_SPECS: dict[str, type[BaseModel]] = {"single_stream": SingleStreamSpec, "offline": OfflineSpec, "server": ServerSpec}
-
-
-class Suite(_Strict):
-    """A validated suite: the plan is the product models x variants x backends x scenarios x batch sizes."""
-
-    name: str
-    description: str = ""
-    models: list[ModelSpec] = Field(min_length=1)
-    variants: list[VariantSpec] = Field(min_length=1)
-    backends: list[BackendSpec] = Field(min_length=1)
-    scenarios: list[ScenarioSpec] = Field(default_factory=lambda: [SingleStreamSpec()], min_length=1)
-    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
-    timeout_s: float = Field(600.0, gt=0, description="Per-case limit: build, load, accuracy and measurement.")
-    accuracy: bool = Field(True, description="Measure accuracy against the fp32 reference in every case.")
-    exclude: list[dict[str, Any]] = Field(default_factory=list, description="Cases to drop: tables of key = value (glob).")
-    memory_limit_mb: float | None = Field(None, gt=0, description="Kill a case whose process tree's RSS exceeds this.")
-    source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
-
-    @field_validator("variants", mode="before")
-    @classmethod
-    def _variant_shorthand(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("backends", mode="before")
-    @classmethod
-    def _backend_shorthand(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _model_shorthand(cls, v: Any) -> Any:
-        return [{"id": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("scenarios", mode="before")
-    @classmethod
-    def _scenario_shorthand(cls, v: Any) -> Any:
-        return [{"kind": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("batch_sizes")
-    @classmethod
-    def _positive_batches(cls, v: list[int]) -> list[int]:
-        if any(b < 1 for b in v):
-            raise ValueError(f"batch sizes must be >= 1, got {v}")
-        return v
-
-    @field_validator("exclude")
-    @classmethod
-    def _exclude_keys(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        allowed = ("model", "variant", "backend", "device", "scenario", "batch_size")
-        for i, table in enumerate(v):
-            bad = sorted(set(table) - set(allowed))
-            if bad or not table:
-                raise ValueError(f"exclude[{i}]: keys {bad or '(none)'} are not among {', '.join(allowed)}")
-        return v
-
-    @model_validator(mode="after")
-    def _unique_labels(self) -> "Suite":
-        for what, labels in (
-            ("models", [m.id for m in self.models]),
-            ("variants", [v.name for v in self.variants]),
-            ("backends", [b.display for b in self.backends]),
-            ("scenarios", [s.label for s in self.scenarios]),
-        ):
-            dupes = sorted({x for x in labels if labels.count(x) > 1})
-            if dupes:
-                raise ValueError(f"{what}: duplicate names {dupes}; give each a distinct name/label")
-        return self
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("single_stream", "offline", "server") or str(part).startswith("function-after["):
-            continue  # union/validator tags pydantic adds; not keys the user wrote
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _format_errors(path: Path, exc: ValidationError, data: dict[str, Any]) -> str:
-    lines = [f"{path}: invalid suite ({exc.error_count()} problem{'s' if exc.error_count() > 1 else ''}):"]
-    for err in exc.errors():
-        got = f" (got {err['input']!r})" if err["type"] not in ("missing",) and not isinstance(err["input"], dict) else ""
-        lines.append(f"  {_loc(tuple(err['loc']))}: {err['msg']}{got}")
-    return "\n".join(lines)
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; every failure is a SuiteError naming the file and the key."""
+    data, resolved = read_suite_file(path)
+    return parse_suite(data, resolved)
 
 
 def parse_suite(data: dict[str, Any], path: Path) -> Suite:
     """Validate a suite's data structure and everything it names; raise SuiteError listing every problem."""
-    try:
-        suite = Suite.model_validate(data)
-    except ValidationError as exc:
-        raise SuiteError(_format_errors(path, exc, data)) from None
-    suite.source = path
-    base = path.parent
-    for m in suite.models:
-        for attr in ("path", "data"):
-            value = getattr(m, attr)
-            if value is not None and not value.is_absolute():
-                setattr(m, attr, (base / value).resolve())
-    problems = _check_names(suite)
+    suite = parse_schema(data, path)
+    problems = check_names(suite)
     if problems:
         raise SuiteError("\n".join([f"{path}: invalid suite ({len(problems)} problem{'s' if len(problems) > 1 else ''}):",
                                     *(f"  {p}" for p in problems)]))
     return suite
 
 
-def _check_names(suite: Suite) -> list[str]:
+def check_names(suite: Suite) -> list[str]:
     """Check what the schema cannot: that models, recipes and backends exist and their options are valid."""
-    from costbench.backends.registry import load_registry
-    from costbench.harness.compress.base import get_recipe
-    from costbench.harness.zoo.registry import zoo_names
-
     problems: list[str] = []
     known_models = zoo_names()
     for i, m in enumerate(suite.models):
@@ -308,7 +60,7 @@ def _check_names(suite: Suite) -> list[str]:
         try:
             recipe.parse_config(v.options)
         except ValidationError as exc:
-            problems += [f"variants[{i}].{_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+            problems += [f"variants[{i}].{error_location(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
     registry = load_registry()
     for i, b in enumerate(suite.backends):
         entry = registry.get(b.name)
@@ -320,8 +72,10 @@ def _check_names(suite: Suite) -> list[str]:
         try:
             entry.backend.parse_options(b.options)
         except ValidationError as exc:
-            problems += [f"backends[{i}].{_loc(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+            problems += [f"backends[{i}].{error_location(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
     return problems
+
+
 
 
 def _onnx_problem(path: Path) -> str | None:
@@ -336,19 +90,3 @@ def _onnx_problem(path: Path) -> str | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"{path} is not a valid ONNX model: {first}"
     return None
-
-
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite file; every failure is a SuiteError naming the file and the key."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SuiteError(f"{path}: suite file not found") from None
-    except OSError as exc:
-        raise SuiteError(f"{path}: cannot read suite file: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SuiteError(f"{path}: not valid TOML: {exc}") from None
-    return parse_suite(data, path.resolve())

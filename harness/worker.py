@@ -101,10 +101,10 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     from costbench.backends.registry import get_backend
     from costbench.harness.accuracy import collect_outputs, compare
     from costbench.core.artifacts import ArtifactCache, artifact_summary
-    from costbench.harness.compress.base import get_recipe
+    from costbench.harness.compress.registry import get_recipe
     from costbench.harness.reference import cached_reference
     from costbench.harness.scenarios import make_scenario
-    from costbench.harness.suite import ModelSpec
+    from costbench.harness.suite_schema import ModelSpec
     from costbench.harness.zoo.registry import load_bundle
 
     metrics: list[dict[str, Any]] = []
@@ -206,9 +206,9 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
 def build(case: Case, cache_dir: Path) -> dict[str, Any]:
     """What a case needs from the cache, built (artifact, and the fp32 reference when accuracy is on)."""
     from costbench.core.artifacts import ArtifactCache
-    from costbench.harness.compress.base import get_recipe
+    from costbench.harness.compress.registry import get_recipe
     from costbench.harness.reference import reference_outputs
-    from costbench.harness.suite import ModelSpec
+    from costbench.harness.suite_schema import ModelSpec
     from costbench.harness.zoo.registry import load_bundle
 
     bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)

@@ -167,7 +167,7 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
 def compression_suite(model: str, recipes: list[str], backends: list[str], options: dict[str, dict[str, Any]],
                       batch_size: int, timeout_s: float, min_count: int, min_duration_s: float):
     """The suite ``compress`` runs: fp32 plus ``recipes`` on ``backends``, single-stream, with accuracy."""
-    from costbench.harness.suite import Suite
+    from costbench.harness.suite_schema import Suite
 
     names = [BASELINE] + [r for r in dict.fromkeys(recipes) if r != BASELINE]
     unknown = set(options) - set(names)

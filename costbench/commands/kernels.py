@@ -92,70 +92,120 @@ def bench(
         raise typer.Exit(bench_gpu(device, quick=quick, rounds=rounds, console=console, json_out=json_out))
     import numpy as np
 
-    from costbench.core.stats import ratio_of_medians_ci
-    from costbench.kernels.bench import bench_minilm, bench_peers, bench_shape, default_shapes, measure_peaks
+    from costbench.kernels.bench import measure_peaks
 
     t = _threads(threads)
     rng = np.random.default_rng()
     peaks = measure_peaks(t)
+    console.print(_peaks_table(peaks, t))
+    record = {"threads": t, "peaks": peaks, "shapes": _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)}
+    if minilm:
+        r = _bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
+        if r is not None:
+            record["minilm"] = r
+    if json_out:
+        _write_record(record, json_out)
+
+
+def _peaks_table(peaks: dict[str, dict[int, float]], threads: int) -> Table:
+    """Each path's register-only int8 multiply-add rate on 1 thread and on ``threads``."""
     pk = Table(title="int8 peak: register-only multiply-add loop per path (GOPS)", title_justify="left")
     pk.add_column("path")
-    for n in sorted({1, t}):
+    for n in sorted({1, threads}):
         pk.add_column(f"{n} thread{'s' if n > 1 else ''}")
     for isa, by_t in peaks.items():
         pk.add_row(isa, *(f"{by_t[n]:.0f}" for n in sorted(by_t)))
-    console.print(pk)
+    return pk
+
+
+# The peers the GEMM table has a ratio column for: (column heading, series name).
+_VS_COLUMNS = [("vs ORT MatMulInteger", "onnxruntime MatMulInteger"), ("vs torch _int_mm", "torch _int_mm"),
+               ("vs torch dyn. linear", "torch linear_dynamic x86"), ("vs openvino", "openvino int8 MatMul")]
+
+
+def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds: int, min_time: float, quick: bool,
+                       rng) -> list[dict]:
+    """Time ours and every peer on each shape, print the per-shape table, and return the shapes' records."""
+    from costbench.kernels.bench import bench_peers, bench_shape, default_shapes
+
     peers = bench_peers()
     ours_name, best = peers[0].name, peers[0].isa
-    peak = peaks[best][t]
-    record = {"threads": t, "peaks": peaks, "shapes": []}
-    table = Table(title=f"GEMM, {t} thread(s), median of {rounds} interleaved rounds; ratio = peer time / our time "
-                        f"(>1: ours faster), 95% bootstrap interval", title_justify="left")
-    for col in ("shape", "M", "K", "N", f"ours GOPS ({best})", "% peak", "vs ORT MatMulInteger", "vs torch _int_mm",
-                "vs torch dyn. linear", "vs openvino", "other paths GOPS"):
+    peak = peaks[best][threads]
+    table = Table(title=f"GEMM, {threads} thread(s), median of {rounds} interleaved rounds; ratio = peer time / our "
+                        f"time (>1: ours faster), 95% bootstrap interval", title_justify="left")
+    for col in ("shape", "M", "K", "N", f"ours GOPS ({best})", "% peak", *(c for c, _ in _VS_COLUMNS),
+                "other paths GOPS"):
         table.add_column(col, overflow="fold")
+    shapes = []
     for label, m, k, n in default_shapes(quick):
-        series = {s.name: s for s in bench_shape(m, k, n, peers, t, rounds, min_time, rng)}
-        ops = 2.0 * m * k * n
-        ours = series.get(ours_name)
-        med = float(np.median(ours.times))
-
-        def vs(name: str) -> str:
-            s = series.get(name)
-            if s is None or not s.times:
-                return "-" if s is None else s.note[:30]
-            lo, hi = ratio_of_medians_ci(ours.times, s.times)
-            return f"{np.median(s.times) / med:.2f} [{lo:.2f}–{hi:.2f}]"
-
-        others = "  ".join(f"{nm.split()[-1]} {ops / np.median(s.times) / 1e9:.0f}" for nm, s in series.items()
-                           if nm.startswith("costbench") and nm != ours_name and s.times)
-        table.add_row(label, str(m), str(k), str(n), f"{ops / med / 1e9:.0f}", f"{100 * ops / med / 1e9 / peak:.0f}%",
-                      vs("onnxruntime MatMulInteger"), vs("torch _int_mm"), vs("torch linear_dynamic x86"),
-                      vs("openvino int8 MatMul"), others)
-        record["shapes"].append({"label": label, "m": m, "k": k, "n": n,
-                                 "series": {nm: {"a_type": s.a_type, "times_s": s.times, "note": s.note}
-                                            for nm, s in series.items()}})
+        series = {s.name: s for s in bench_shape(m, k, n, peers, threads, rounds, min_time, rng)}
+        table.add_row(label, str(m), str(k), str(n), *_gemm_cells(2.0 * m * k * n, series, ours_name, peak))
+        shapes.append({"label": label, "m": m, "k": k, "n": n,
+                       "series": {nm: {"a_type": s.a_type, "times_s": s.times, "note": s.note}
+                                  for nm, s in series.items()}})
     console.print(table)
-    if minilm:
-        try:
-            r = bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
-        except Exception as exc:
-            console.print(f"[yellow]MiniLM skipped[/]: {type(exc).__name__}: {exc}")
-        else:
-            record["minilm"] = r
-            mt = Table(title=f"all-MiniLM-L6-v2 end to end: batch {r['batch']} x {r['seq_len']} tokens, "
-                             f"{r['int8_layers']} Linear layers on {r['isa']}; parity over {r['sentences']} sentences",
-                       title_justify="left")
-            for col in ("model", "median ms", "speed-up vs torch dynamic int8 [95%]", "mean cos vs fp32",
-                        "min cos vs fp32"):
-                mt.add_column(col)
-            base = r["times"]["torch dynamic int8"]
-            for name, ts in r["times"].items():
-                lo, hi = ratio_of_medians_ci(ts, base)
-                par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
-                mt.add_row(name, f"{1e3 * np.median(ts):.1f}", f"{np.median(base) / np.median(ts):.2f} [{lo:.2f}–{hi:.2f}]",
-                           f"{par['mean_cos']:.5f}", f"{par['min_cos']:.5f}")
-            console.print(mt)
-    if json_out:
-        json_out.write_text(json.dumps(record, indent=1, default=float))
-        console.print(f"wrote {json_out}")
+    return shapes
+
+
+def _gemm_cells(ops: float, series: dict, ours_name: str, peak: float) -> list[str]:
+    """One shape's row after M, K, N: our GOPS, % of peak, the ratio to each peer, our other paths' GOPS."""
+    import numpy as np
+
+    from costbench.core.stats import ratio_of_medians_ci
+
+    ours = series.get(ours_name)
+    med = float(np.median(ours.times))
+
+    def vs(name: str) -> str:
+        s = series.get(name)
+        if s is None or not s.times:
+            return "-" if s is None else s.note[:30]
+        lo, hi = ratio_of_medians_ci(ours.times, s.times)
+        return f"{np.median(s.times) / med:.2f} [{lo:.2f}–{hi:.2f}]"
+
+    others = "  ".join(f"{nm.split()[-1]} {ops / np.median(s.times) / 1e9:.0f}" for nm, s in series.items()
+                       if nm.startswith("costbench") and nm != ours_name and s.times)
+    return [f"{ops / med / 1e9:.0f}", f"{100 * ops / med / 1e9 / peak:.0f}%", *(vs(nm) for _, nm in _VS_COLUMNS),
+            others]
+
+
+def _bench_minilm(threads: int, batch: int, rounds: int, min_time: float, rng) -> Optional[dict]:
+    """all-MiniLM-L6-v2 from the zoo, end to end: print its table and return its record (None when skipped)."""
+    from costbench.core.artifacts import default_cache_dir
+    from costbench.harness.zoo.registry import zoo_model
+    from costbench.kernels.bench import bench_minilm
+
+    try:
+        bundle = zoo_model("all-minilm-l6-v2").load(default_cache_dir())
+        r = bench_minilm(bundle.torch_module(), bundle.evaluation.inputs, threads, batch, rounds, min_time, rng)
+    except Exception as exc:
+        console.print(f"[yellow]MiniLM skipped[/]: {type(exc).__name__}: {exc}")
+        return None
+    console.print(_minilm_table(r))
+    return r
+
+
+def _minilm_table(r: dict) -> Table:
+    """MiniLM's median latency, speed-up over torch dynamic int8 and embedding parity with fp32, per model."""
+    import numpy as np
+
+    from costbench.core.stats import ratio_of_medians_ci
+
+    mt = Table(title=f"all-MiniLM-L6-v2 end to end: batch {r['batch']} x {r['seq_len']} tokens, "
+                     f"{r['int8_layers']} Linear layers on {r['isa']}; parity over {r['sentences']} sentences",
+               title_justify="left")
+    for col in ("model", "median ms", "speed-up vs torch dynamic int8 [95%]", "mean cos vs fp32", "min cos vs fp32"):
+        mt.add_column(col)
+    base = r["times"]["torch dynamic int8"]
+    for name, ts in r["times"].items():
+        lo, hi = ratio_of_medians_ci(ts, base)
+        par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
+        mt.add_row(name, f"{1e3 * np.median(ts):.1f}", f"{np.median(base) / np.median(ts):.2f} [{lo:.2f}–{hi:.2f}]",
+                   f"{par['mean_cos']:.5f}", f"{par['min_cos']:.5f}")
+    return mt
+
+
+def _write_record(record: dict, json_out: Path) -> None:
+    """Every sample of the run, as JSON."""
+    json_out.write_text(json.dumps(record, indent=1, default=float))
+    console.print(f"wrote {json_out}")

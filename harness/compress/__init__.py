@@ -1,5 +1,6 @@
-"""Compression recipes: typed configs mapped through a registry to handlers that emit artifacts."""
+"""Compression recipes: typed configs mapped through a registry to handlers that emit artifacts.
 
-from costbench.harness.compress.base import Recipe, RecipeConfig, get_recipe, recipe_names, register_recipe
-
-__all__ = ["Recipe", "RecipeConfig", "get_recipe", "recipe_names", "register_recipe"]
+:mod:`.base` holds the :class:`~.base.Recipe` contract; :mod:`.registry` finds recipes through the
+``costbench.recipes`` entry-point group (see :mod:`costbench.core.plugins`); each other module is one
+family of recipes.
+"""

@@ -96,33 +96,3 @@ class Recipe(abc.ABC):
             },
         )
         return art
-
-
-_RECIPES: dict[str, type[Recipe]] = {}
-
-
-def register_recipe(cls: type[Recipe]) -> type[Recipe]:
-    """Class decorator: make a recipe available by its ``name``."""
-    if cls.name in _RECIPES and _RECIPES[cls.name] is not cls:
-        raise ValueError(f"recipe name {cls.name!r} registered twice")
-    _RECIPES[cls.name] = cls
-    return cls
-
-
-def get_recipe(name: str) -> Recipe:
-    """An instance of the recipe named ``name``; KeyError lists the known ones."""
-    _load_builtins()
-    try:
-        return _RECIPES[name]()
-    except KeyError:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(_RECIPES))}") from None
-
-
-def recipe_names() -> list[str]:
-    _load_builtins()
-    return sorted(_RECIPES)
-
-
-def _load_builtins() -> None:
-    # Imported lazily: importing the handlers pulls in onnxruntime/nncf, which planning does not need.
-    from costbench.harness.compress import builtin  # noqa: F401

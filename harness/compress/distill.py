@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from costbench.harness.compress.base import RecipeConfig, RecipeNotApplicable, register_recipe
+from costbench.harness.compress.base import RecipeConfig, RecipeNotApplicable
 from costbench.harness.compress.torch_variant import TorchVariantRecipe, module_facts
 from costbench.harness.compress.training import Objective, distillation_loss, predict, train
 from costbench.harness.zoo.base import ModelBundle
@@ -66,7 +66,6 @@ def train_student(bundle: ModelBundle, teacher, cfg: DistillConfig, alpha: float
     return student, {**objective.description, **log}
 
 
-@register_recipe
 class DistillRecipe(TorchVariantRecipe):
     """Knowledge distillation into the zoo's student architecture, compared against training without it."""
 

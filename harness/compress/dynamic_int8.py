@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.compress.ort_int8 import count_quantization, decide_reduce_range
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
@@ -49,7 +49,6 @@ class TorchDynamicConfig(RecipeConfig):
 
 
 
-@register_recipe
 class OrtDynamicInt8Recipe(Recipe):
     """int8 weights with run-time activation quantization (ONNX Runtime)."""
 
@@ -119,7 +118,6 @@ def count_integer_ops(path: Path) -> dict[str, int]:
             **{k: v for k, v in count_quantization(path).items() if k == "quantize_linear"}}
 
 
-@register_recipe
 class TorchDynamicInt8Recipe(Recipe):
     """torch.ao dynamic int8 on every nn.Linear (torch backend)."""
 

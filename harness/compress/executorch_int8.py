@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.executorch_export import (EXPORT_VERSION, MAX_BATCH, dist_version, export_pte,
                                                           export_program)
 from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash
@@ -161,7 +161,6 @@ def count_quant_nodes(graph_module: Any) -> dict[str, int]:
     }
 
 
-@register_recipe
 class XnnpackInt8Recipe(Recipe):
     """Static int8 PTQ with PT2E and XNNPACKQuantizer, as an ExecuTorch .pte delegated to XNNPACK."""
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact,
                                          ArtifactCache)
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
@@ -32,7 +32,6 @@ class Fp32Config(RecipeConfig):
     """fp32 has no options: it is the model as trained."""
 
 
-@register_recipe
 class Fp32Recipe(Recipe):
     """The unmodified fp32 model in every format a backend may need."""
 

@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_OPENVINO, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.compress.nncf_int8 import _PRESETS, stdout_to_stderr
 from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash
@@ -61,7 +61,6 @@ def _metric_name(bundle: ModelBundle, data: SampleSet) -> str:
     return "mean cosine similarity to fp32 outputs"
 
 
-@register_recipe
 class NncfAccuracyControlRecipe(Recipe):
     """NNCF int8 with accuracy control (max_drop) for OpenVINO."""
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Literal
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_OPENVINO, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
@@ -67,7 +67,6 @@ def stdout_to_stderr() -> Iterator[None]:
                 handler.setStream(stream)
 
 
-@register_recipe
 class NncfInt8Recipe(Recipe):
     """Static int8 PTQ with NNCF for OpenVINO (IR with FakeQuantize)."""
 

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_ONNX, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
 from costbench.harness.compress.fp32 import fp32_onnx, library_version
 from costbench.harness.env import has_vnni, int8_isa
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
@@ -107,7 +107,6 @@ def count_quantization(path: Path) -> dict[str, int]:
             "int8_weight_tensors": len(weights)}
 
 
-@register_recipe
 class OrtInt8Recipe(Recipe):
     """Static int8 PTQ with ONNX Runtime (Q/DQ ONNX)."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, register_recipe
+from costbench.harness.compress.base import Recipe, RecipeConfig
 from costbench.harness.compress.fp32 import FILENAMES, fp32_onnx, library_version
 from costbench.harness.env import cpu_flags
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
@@ -131,7 +131,6 @@ class _HalfRecipe(Recipe):
         return {**common, **openvino_fp16(bundle, cache, path)}
 
 
-@register_recipe
 class Fp16Recipe(_HalfRecipe):
     """fp16 weights: ONNX (converted), OpenVINO IR (compressed weights), torch (half module)."""
 
@@ -148,7 +147,6 @@ class Fp16Recipe(_HalfRecipe):
                 SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO)}.get(source_kind, ())
 
 
-@register_recipe
 class Bf16Recipe(_HalfRecipe):
     """bf16 weights in a torch module (ONNX Runtime's CPU provider has no bf16 kernels; OpenVINO takes bf16 as a
     backend option)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
-from costbench.harness.compress.base import RecipeConfig, register_recipe
+from costbench.harness.compress.base import RecipeConfig
 from costbench.harness.compress.fp32 import library_version
 from costbench.harness.compress.torch_variant import (TorchVariantRecipe, evaluation_summary, layer_shapes,
                                                       module_facts, weight_layers)
@@ -91,7 +91,6 @@ def execution_order(module, bundle: ModelBundle) -> list[str]:
     return order
 
 
-@register_recipe
 class UnstructuredPruneRecipe(TorchVariantRecipe):
     """Global L1-magnitude unstructured pruning, fine-tuned, made permanent."""
 
@@ -130,7 +129,6 @@ class UnstructuredPruneRecipe(TorchVariantRecipe):
         }
 
 
-@register_recipe
 class StructuredPruneRecipe(TorchVariantRecipe):
     """Channel pruning with torch-pruning that removes channels, then a short fine-tune."""
 

@@ -51,7 +51,7 @@ def layer_shapes(module) -> dict[str, list[int]]:
 
 def module_facts(module, bundle: ModelBundle) -> dict[str, Any]:
     """Parameters, FLOPs (one sample, same counting as the zoo's) and sparsity of a transformed module."""
-    from costbench.harness.zoo.registry import torch_cost
+    from costbench.harness.zoo.cost import torch_cost
 
     cost = torch_cost(module, bundle.evaluation.batch(1), bundle.inputs)
     return {"parameters": cost["parameters"], "flops": cost["flops"], "flops_method": cost["flops_method"],

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from costbench.core.artifacts import InputSpec, file_sha256
-from costbench.harness.suite import ModelSpec
+from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
 
 SYNTHETIC_SEED = 0

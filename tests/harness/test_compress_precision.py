@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH
-from costbench.harness.compress.base import get_recipe
+from costbench.harness.compress.registry import get_recipe
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH
-from costbench.harness.compress.base import get_recipe
+from costbench.harness.compress.registry import get_recipe
 
 
 def build(bundle, recipe_name, fmt, cache, **options):

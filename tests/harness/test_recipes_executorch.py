@@ -11,7 +11,7 @@ import torch  # noqa: E402
 
 from costbench.backends.executorch_backend import ExecuTorchBackend  # noqa: E402
 from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache, InputSpec  # noqa: E402
-from costbench.harness.compress.base import get_recipe  # noqa: E402
+from costbench.harness.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.compress.executorch_export import MAX_BATCH, ExecuTorchExportError  # noqa: E402
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import InputSpec, file_sha256
-from costbench.harness.suite import ModelSpec
+from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo import digits as digits_mod
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH
 from costbench.harness.zoo.images import imagenet_samples
@@ -47,7 +47,7 @@ def test_unknown_zoo_name_lists_known_ones():
 
 def test_planning_imports_nothing_heavy():
     code = ("import sys; from costbench.harness.zoo.registry import source_kind, zoo_names; "
-            "from costbench.harness.suite import ModelSpec; zoo_names(); source_kind(ModelSpec(id='digits-cnn')); "
+            "from costbench.harness.suite_schema import ModelSpec; zoo_names(); source_kind(ModelSpec(id='digits-cnn')); "
             "print([m for m in ('torch', 'sklearn', 'onnx', 'onnxruntime', 'openvino', 'PIL') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
