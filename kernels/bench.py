@@ -112,45 +112,54 @@ def measure_peaks(threads: int) -> dict[str, dict[int, float]]:
 # ------------------------------------------------------------------------------------ MiniLM end to end
 
 
-def minilm_models(threads: int):
-    """(fp32 module, torch dynamic int8 module, costbench-kernels module, inputs) for all-MiniLM-L6-v2."""
+def int8_variants(fp32_module, threads: int):
+    """(fp32 module, torch dynamic int8 module, costbench-kernels module, swapped layers) from an fp32 module.
+
+    ``fp32_module`` is left as it is apart from ``eval()``; the two int8 modules are deep copies of it.
+    """
     import copy
-    import os
-    import tempfile
 
     import torch
 
-    from costbench.harness.zoo.registry import zoo_model
     from costbench.kernels.linear import swap_linear_layers
 
     torch.set_num_threads(threads)
-    cache = os.environ.get("COSTBENCH_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "costbench-kernels-bench")
-    from pathlib import Path
-
-    bundle = zoo_model("all-minilm-l6-v2").load(Path(cache))
-    fp32 = bundle.torch_module().eval()
+    fp32 = fp32_module.eval()
     tq = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
     ours = copy.deepcopy(fp32)
     swapped = swap_linear_layers(ours, threads=threads)
-    return fp32, tq, ours, swapped, bundle.evaluation
+    return fp32, tq, ours, swapped
 
 
-def bench_minilm(threads: int, batch: int, rounds: int, min_time: float, rng: np.random.Generator) -> dict:
-    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels."""
+def first_batch(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """The first ``batch`` samples of every input array, wrapping around when there are fewer."""
+    n = len(next(iter(inputs.values())))
+    idx = np.arange(batch) % n
+    return {k: np.ascontiguousarray(v[idx]) for k, v in inputs.items()}
+
+
+def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch: int, rounds: int,
+                 min_time: float, rng: np.random.Generator) -> dict:
+    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels.
+
+    ``fp32_module`` is the fp32 sentence embedder (a torch module called with the input arrays as keyword
+    tensors); ``inputs`` are its sample arrays keyed by input name: parity is taken over all of them, speed
+    on the first ``batch``. The caller loads both (``costbench kernels bench`` takes them from the zoo).
+    """
     import torch
 
-    fp32, tq, ours, swapped, data = minilm_models(threads)
-    inputs = {k: torch.from_numpy(v) for k, v in data.batch(batch).items()}
-    everything = {k: torch.from_numpy(v) for k, v in data.inputs.items()}
+    fp32, tq, ours, swapped = int8_variants(fp32_module, threads)
+    batched = {k: torch.from_numpy(v) for k, v in first_batch(inputs, batch).items()}
+    everything = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.inference_mode():
         ref = fp32(**everything).numpy()
         embs = {"torch dynamic int8": tq(**everything).numpy(), "costbench-kernels": ours(**everything).numpy()}
-        fns = {"torch fp32": lambda: fp32(**inputs), "torch dynamic int8": lambda: tq(**inputs),
-               "costbench-kernels": lambda: ours(**inputs)}
+        fns = {"torch fp32": lambda: fp32(**batched), "torch dynamic int8": lambda: tq(**batched),
+               "costbench-kernels": lambda: ours(**batched)}
         times = time_interleaved(fns, rounds, min_time, rng)
     parity = {}
     for name, e in embs.items():
         cos = (e * ref).sum(1) / (np.linalg.norm(e, axis=1) * np.linalg.norm(ref, axis=1))
         parity[name] = {"mean_cos": float(cos.mean()), "min_cos": float(cos.min())}
-    return {"batch": batch, "seq_len": int(inputs["input_ids"].shape[1]), "sentences": len(ref),
+    return {"batch": batch, "seq_len": int(batched["input_ids"].shape[1]), "sentences": len(ref),
             "times": times, "parity": parity, "int8_layers": len(swapped), "isa": gemm.best_isa()}

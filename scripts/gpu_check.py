@@ -268,19 +268,15 @@ def pycuda_stage(quick: bool, run: Run) -> dict[str, Any]:
     return out
 
 
-def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
-    """all-MiniLM-L6-v2 (compact pack) on CUDA: fp32, fp16, and Int8Linear (the Triton int8 GEMM)."""
-    import copy
-
+def _minilm_fp32(pack: Path) -> Any:
+    """The fp32 embedder (eval mode, on the CPU) from the compact pack: fp16-rounded weights, and word
+    embeddings restricted to the rows the bundled sentences use (every other row stays zero)."""
     import torch
     from transformers import BertConfig, BertModel
 
     from costbench.harness.zoo.minilm import _embedder_class
-    from costbench.kernels.linear import swap_linear_layers
 
-    pack = CARRY / "minilm"
     weights = np.load(pack / "weights_fp16.npz")
-    data = np.load(pack / "sentences.npz")
     config = BertConfig.from_json_file(str(pack / "config.json"))
     bert = BertModel(config, add_pooling_layer=False)
     state = {}
@@ -296,7 +292,69 @@ def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
     missing, unexpected = bert.load_state_dict(state, strict=False)
     if unexpected or [m for m in missing if "position_ids" not in m]:
         raise RuntimeError(f"MiniLM weights did not load: missing {missing}, unexpected {unexpected}")
-    fp32 = _embedder_class()(bert).eval()
+    return _embedder_class()(bert).eval()
+
+
+def _embed(model: Any, ids: Any, mask: Any) -> Any:
+    """Embeddings of every sentence, 64 at a time, as fp32."""
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, ids.shape[0], 64):
+            outs.append(model(ids[i:i + 64], mask[i:i + 64]).float())
+    return torch.cat(outs)
+
+
+def _retrieval(e: Any, labels: np.ndarray) -> float:
+    """Share of sentences whose nearest other sentence (by dot product) carries the same label."""
+    sim = e @ e.T
+    sim.fill_diagonal_(-2)
+    nearest = sim.argmax(1).cpu().numpy()
+    return float(np.mean(labels[nearest] == labels))
+
+
+def _parity(e: Any, ref: Any) -> dict[str, float]:
+    """Mean and least cosine (dot product of the normalised embeddings) between ``e`` and ``ref``."""
+    cos = (e * ref).sum(1)
+    return {"mean_cos": float(cos.mean()), "min_cos": float(cos.min())}
+
+
+def _latency(model: Any, ids: Any, mask: Any) -> dict[str, float]:
+    """Milliseconds per forward of one batch after 5 warm-ups: CUDA events over 30 runs on a GPU; one host-
+    clock run elsewhere (a dry run on the CPU)."""
+    import torch
+
+    with torch.inference_mode():
+        for _ in range(5):
+            model(ids, mask)
+        if ids.device.type != "cuda":
+            t = time.perf_counter()
+            model(ids, mask)
+            return {"median_ms": (time.perf_counter() - t) * 1e3, "p90_ms": float("nan")}
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(30):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            model(ids, mask)
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e))
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+
+
+def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
+    """all-MiniLM-L6-v2 (compact pack) on CUDA: fp32, fp16, and Int8Linear (the Triton int8 GEMM)."""
+    import copy
+
+    import torch
+
+    from costbench.kernels.linear import swap_linear_layers
+
+    pack = CARRY / "minilm"
+    data = np.load(pack / "sentences.npz")
+    fp32 = _minilm_fp32(pack)
     int8 = copy.deepcopy(fp32)
     swapped = swap_linear_layers(int8)  # CPU Int8Linear modules; on CUDA inputs they dispatch to Triton
     dev = torch.device(device)
@@ -306,56 +364,17 @@ def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
     ids = torch.from_numpy(data["evaluation_input_ids"]).to(dev)
     mask = torch.from_numpy(data["evaluation_attention_mask"]).to(dev)
     labels = data["evaluation_labels"]
-
-    def embed(model, dtype=None):
-        outs = []
-        with torch.inference_mode():
-            for i in range(0, ids.shape[0], 64):
-                outs.append(model(ids[i:i + 64], mask[i:i + 64]).float())
-        return torch.cat(outs)
-
-    e32, e16, e8 = embed(fp32), embed(fp16), embed(int8)
-
-    def retrieval(e: torch.Tensor) -> float:
-        sim = e @ e.T
-        sim.fill_diagonal_(-2)
-        nearest = sim.argmax(1).cpu().numpy()
-        return float(np.mean(labels[nearest] == labels))
-
-    def parity(e: torch.Tensor) -> dict[str, float]:
-        cos = (e * e32).sum(1)
-        return {"mean_cos": float(cos.mean()), "min_cos": float(cos.min())}
-
-    batch = 32
-    bi, bm = ids[:batch], mask[:batch]
-
-    def latency(model) -> dict[str, float]:
-        with torch.inference_mode():
-            for _ in range(5):
-                model(bi, bm)
-            if dev.type != "cuda":  # a dry run on the CPU: host clock, few repetitions
-                t = time.perf_counter()
-                model(bi, bm)
-                return {"median_ms": (time.perf_counter() - t) * 1e3, "p90_ms": float("nan")}
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(30):
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                model(bi, bm)
-                e.record()
-                torch.cuda.synchronize()
-                times.append(s.elapsed_time(e))
-        return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
-
+    e32, e16, e8 = _embed(fp32, ids, mask), _embed(fp16, ids, mask), _embed(int8, ids, mask)
+    bi, bm = ids[:32], mask[:32]
     result = {
         "weights": json.loads((pack / "README.json").read_text()),
         "int8_layers": len(swapped),
         "sentences": int(ids.shape[0]),
-        "retrieval_accuracy": {"fp32": retrieval(e32), "fp16": retrieval(e16), "int8 (Int8Linear, Triton)": retrieval(e8)},
-        "parity_vs_fp32": {"fp16": parity(e16), "int8 (Int8Linear, Triton)": parity(e8)},
-        "latency_batch32_seq64": {"fp32 eager": latency(fp32), "fp16 eager": latency(fp16),
-                                  "int8 Int8Linear (Triton) eager": latency(int8)},
+        "retrieval_accuracy": {"fp32": _retrieval(e32, labels), "fp16": _retrieval(e16, labels),
+                               "int8 (Int8Linear, Triton)": _retrieval(e8, labels)},
+        "parity_vs_fp32": {"fp16": _parity(e16, e32), "int8 (Int8Linear, Triton)": _parity(e8, e32)},
+        "latency_batch32_seq64": {"fp32 eager": _latency(fp32, bi, bm), "fp16 eager": _latency(fp16, bi, bm),
+                                  "int8 Int8Linear (Triton) eager": _latency(int8, bi, bm)},
         "timing": "CUDA events around one forward of 32 sentences x 64 tokens, inputs on the device, after 5 warm-ups",
     }
     print(json.dumps(result, indent=1))

@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from costbench.kernels.gpu import probe
+from costbench.kernels.gpu.probe import find_nvcc  # the lookup lives in probe (which imports nothing of ours)
+
 SOURCE = Path(__file__).with_name("int8_mma_gemm.cu")
 ALIGN = 16
 STAGE_K = 64  # bytes of K per pipeline stage (kStageK in the source)
@@ -62,19 +65,6 @@ def kernel_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ build
-
-
-def find_nvcc() -> str | None:
-    """nvcc from $CUDACXX, $CUDA_HOME/$CUDA_PATH, PATH, or /usr/local/cuda; None if absent."""
-    candidates = [os.environ.get("CUDACXX")]
-    for var in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
-        if os.environ.get(var):
-            candidates.append(os.path.join(os.environ[var], "bin", "nvcc"))
-    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
 
 
 def find_cuobjdump(nvcc: str | None = None) -> str | None:
@@ -310,16 +300,12 @@ class CupyLauncher(Launcher):
 
 def available_launchers() -> dict[str, str | None]:
     """{'pycuda': None or why not, 'cupy': None or why not}: importability only (no device needed)."""
-    from costbench.kernels.gpu import probe
-
     return {"pycuda": probe.pycuda_reason(), "cupy": probe.cupy_reason()}
 
 
 def make_launcher(which: str = "auto", *, device_index: int = 0, build_result: BuildResult | None = None,
                   capability: tuple[int, int] | None = None) -> Launcher:
     """A launcher for the compiled kernel: 'pycuda', 'cupy', or 'auto' (PyCUDA when installed, else CuPy)."""
-    from costbench.kernels.gpu import probe
-
     reasons = available_launchers()
     if which == "auto":
         which = "pycuda" if reasons["pycuda"] is None else "cupy"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import shutil
 from typing import Any
 
 
@@ -62,10 +64,21 @@ def triton_reason() -> str | None:
     return None if why is None else f"triton {why}: pip install triton"
 
 
+def find_nvcc() -> str | None:
+    """nvcc from $CUDACXX, $CUDA_HOME/$CUDA_PATH, PATH, or /usr/local/cuda; None if absent."""
+    candidates = [os.environ.get("CUDACXX")]
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
+        if os.environ.get(var):
+            candidates.append(os.path.join(os.environ[var], "bin", "nvcc"))
+    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
 def nvcc_reason() -> str | None:
     """None when nvcc is found (CUDA_HOME, PATH or /usr/local/cuda)."""
-    from costbench.kernels.gpu.cuda_gemm import find_nvcc
-
     if find_nvcc() is None:
         return "nvcc not found: install the CUDA toolkit and put nvcc on PATH (or set CUDA_HOME)"
     return None
