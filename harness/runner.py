@@ -1,21 +1,17 @@
-"""The runner: each planned case in its own child process with a timeout, one at a time.
+"""The runner: each planned case measured by an executor (:mod:`.executor`), one at a time, in plan order.
 
 One case measures at a time, so none steals another's cores or memory bandwidth. A case that
 crashes, hangs or raises costs that case only: it is recorded as failed with what happened,
-the run goes on, and every finished case is already on disk.
+the run goes on, and every finished case is already on disk (the run file, then the store).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -23,12 +19,11 @@ from typing import Any, Callable
 import costbench
 from costbench.core.artifacts import default_cache_dir
 from costbench.harness.env import fingerprint
+# CaseOutcome and run_case_in_child are re-exported: callers know them from here.
+from costbench.harness.executor import CaseOutcome, Executor, LocalExecutor, run_case_in_child  # noqa: F401
 from costbench.harness.plan import PLANNED, Case
 from costbench.harness.store import RunFile, Store
 from costbench.harness.suite_schema import Suite
-
-STDERR_TAIL_LINES = 25
-
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -44,138 +39,6 @@ def git_commit(cwd: Path | None = None) -> str | None:
         return out + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-@dataclass
-class CaseOutcome:
-    """What happened to one case, as written to the run file."""
-
-    case: Case
-    status: str  # ok | failed | skipped
-    reason: str = ""
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    stderr_tail: str = ""
-
-    def record(self, run_id: str) -> dict[str, Any]:
-        return {"type": "case", "run_id": run_id, "case": self.case.to_dict(), "status": self.status,
-                "reason": self.reason, "elapsed_s": self.elapsed_s, "metrics": self.metrics, "info": self.info,
-                "stderr_tail": self.stderr_tail,
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -code == signal.SIGKILL else ""
-        return f"child process killed by {name}{hint}"
-    return f"child process exited with code {code}"
-
-
-def _tail(path: Path, lines: int = STDERR_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it if the runner dies (kill -9 included).
-
-    Without this a case started in its own session would outlive a killed runner and keep
-    measuring, stealing cores from whatever runs next (a resumed run, say).
-    """
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: the timeout still bounds an orphan
-
-
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (0 once it is gone)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
-def _wait(proc: subprocess.Popen, timeout_s: float, memory_limit_mb: float | None) -> tuple[int | None, str]:
-    """Wait for the child; return (exit code, '') or (None, why it was killed)."""
-    timed_out = f"timeout: no result after {timeout_s:g} s; process group killed"
-    if memory_limit_mb is None:
-        try:
-            return proc.wait(timeout=timeout_s), ""
-        except subprocess.TimeoutExpired:
-            return None, timed_out
-    # With a limit, poll the process tree's RSS; 50 ms costs well under 1% of one core.
-    deadline = time.monotonic() + timeout_s
-    limit = memory_limit_mb * 2**20
-    peak = 0
-    while True:
-        try:
-            return proc.wait(timeout=0.05), ""
-        except subprocess.TimeoutExpired:
-            pass
-        if time.monotonic() > deadline:
-            return None, timed_out
-        rss = _tree_rss(proc.pid)
-        peak = max(peak, rss)
-        if rss > limit:
-            return None, (f"out of memory: the case's processes reached {rss / 2**20:.0f} MiB RSS, over "
-                          f"memory_limit_mb={memory_limit_mb:g}; process group killed")
-
-
-def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None) -> CaseOutcome:
-    """Run one case in a fresh Python process; turn every way it can end into an outcome."""
-    job = workdir / f"{case.case_id}.job.json"
-    result = workdir / f"{case.case_id}.result.json"
-    errlog = workdir / f"{case.case_id}.stderr.log"
-    job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache_dir)}))
-    result.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    with open(errlog, "wb") as err:
-        # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
-        proc = subprocess.Popen([sys.executable, "-m", "costbench.harness.worker", str(job), str(result)],
-                                stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-        code, killed = _wait(proc, case.timeout_s, memory_limit_mb)
-        if code is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            return CaseOutcome(case, "failed", killed, elapsed_s=time.perf_counter() - t0, stderr_tail=_tail(errlog))
-    elapsed = time.perf_counter() - t0
-    tail = _tail(errlog)
-    if code != 0 or not result.exists():
-        return CaseOutcome(case, "failed", _describe_exit(code) + (f"; last stderr: {tail.splitlines()[-1]}" if tail else ""),
-                           elapsed_s=elapsed, stderr_tail=tail)
-    payload = json.loads(result.read_text())
-    if payload["status"] == "skipped":
-        return CaseOutcome(case, "skipped", payload["reason"], elapsed_s=elapsed)
-    if payload["status"] != "ok":
-        return CaseOutcome(case, "failed", payload.get("reason", "unknown error"), elapsed_s=elapsed,
-                           stderr_tail=payload.get("traceback", tail))
-    return CaseOutcome(case, "ok", "", payload["metrics"], payload["info"], elapsed)
 
 
 @dataclass
@@ -210,7 +73,8 @@ def flag_instability(store: Store, outcome: CaseOutcome, env_id: str, run_id: st
 
 
 def _execute(run_file: RunFile, header: dict[str, Any], cases: list[Case], results_dir: Path, cache_dir: Path,
-             memory_limit_mb: float | None, on_start, on_done) -> list[CaseOutcome]:
+             memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None) -> list[CaseOutcome]:
+    executor = executor or LocalExecutor()
     store = Store(results_dir)
     outcomes = []
     with tempfile.TemporaryDirectory(prefix=f"costbench-{header['run_id']}-") as tmp:
@@ -220,7 +84,7 @@ def _execute(run_file: RunFile, header: dict[str, Any], cases: list[Case], resul
             if case.status != PLANNED:
                 outcome = CaseOutcome(case, case.status, case.reason)
             else:
-                outcome = run_case_in_child(case, cache_dir, Path(tmp), memory_limit_mb)
+                outcome = executor.run_case(case, cache_dir, Path(tmp), memory_limit_mb)
                 if outcome.status == "ok":
                     flag = flag_instability(store, outcome, header["env_id"], header["run_id"])
                     if flag:
@@ -242,8 +106,12 @@ def run_plan(
     on_done: Callable[[int, CaseOutcome], None] | None = None,
     only: list[dict[str, str]] | None = None,
     timeout_override: float | None = None,
+    executor: Executor | None = None,
 ) -> RunSummary:
-    """Run every case in order, appending each outcome to a new run file as soon as it is known."""
+    """Run every case in order, appending each outcome to a new run file as soon as it is known.
+
+    ``executor`` measures each case (default: :class:`LocalExecutor`, a child process here).
+    """
     cache_dir = cache_dir or default_cache_dir()
     results_dir.mkdir(parents=True, exist_ok=True)
     env = fingerprint()
@@ -264,7 +132,8 @@ def run_plan(
         "argv": sys.argv,
     }
     run_file = RunFile.create(results_dir, header)
-    outcomes = _execute(run_file, header, cases, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done)
+    outcomes = _execute(run_file, header, cases, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
+                        executor)
     return RunSummary(run_id, run_file.path, outcomes)
 
 
@@ -308,6 +177,7 @@ def resume_run(
     on_start: Callable[[int, Case], None] | None = None,
     on_done: Callable[[int, CaseOutcome], None] | None = None,
     force: bool = False,
+    executor: Executor | None = None,
 ) -> RunSummary:
     """Finish an interrupted run in its own run file, without redoing the cases it recorded."""
     run_file = find_run(results_dir, run_id)
@@ -318,5 +188,5 @@ def resume_run(
                           f"{env_id}: its cases would not be comparable (use --force to resume anyway)")
     run_file.repair_tail()
     outcomes = _execute(run_file, header, todo, results_dir, cache_dir or default_cache_dir(), suite.memory_limit_mb,
-                        on_start, on_done)
+                        on_start, on_done, executor)
     return RunSummary(header["run_id"], run_file.path, outcomes)
