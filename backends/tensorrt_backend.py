@@ -1,6 +1,6 @@
 """TensorRT: engines built from the ONNX artifacts, cached by content hash, run with ``execute_async_v3``.
 
-Precision comes from the artifact (DESIGN.md: TensorRT accepts symmetric int8 only):
+Precision comes from the artifact (docs/architecture.md: TensorRT accepts symmetric int8 only):
 
 - ``typing = "strong"`` (the default where TensorRT has ``STRONGLY_TYPED`` networks, 9.x+, and the
   only mode in 11.x): the ONNX types decide. The fp32 artifact builds an fp32 engine (TF32 where

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-# ISA features that decide int8 speed and exactness on x86 (see DESIGN.md, "Numerics that matter").
+# ISA features that decide int8 speed and exactness on x86 (see docs/architecture.md, "Numerics that matter").
 INT8_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                   "amx_tile", "amx_int8", "amx_bf16")
 # Everything that can change a measured number: runtimes, the code generators behind torch.compile and

@@ -1,4 +1,4 @@
-"""The exact reference for int8 GEMM: numpy int64 matmul, and the affine quantization in DESIGN.md."""
+"""The exact reference for int8 GEMM: numpy int64 matmul, and the affine quantization in docs/architecture.md."""
 
 from __future__ import annotations
 

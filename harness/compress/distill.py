@@ -1,6 +1,6 @@
 """``distill``: Hinton knowledge distillation of the model into the smaller student its zoo entry defines.
 
-The student is trained on the model's labelled training data with DESIGN.md's loss
+The student is trained on the model's labelled training data with docs/architecture.md's loss
 (:func:`~costbench.harness.compress.training.distillation_loss`), the fp32 model as teacher in eval
 mode without gradients. The same student is also trained without distillation (alpha = 0: plain
 cross-entropy) from the same initial weights, seed, data order and epochs, so the provenance

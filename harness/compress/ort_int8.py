@@ -6,7 +6,7 @@ ranges calibrated on the bundle's real calibration samples. Calibration runs one
 (ONNX Runtime's ``CalibStridedMinMax`` stride, which applies to every method): ranges and
 histograms merge pass by pass, so memory holds one batch's activations, not every sample's. ``reduce_range`` (7-bit
 weights) follows the ISA unless the suite sets it: on x86 without VNNI, u8 x s8 kernels built
-on ``vpmaddubsw`` saturate int16 on full-range inputs (DESIGN.md, "Numerics that matter").
+on ``vpmaddubsw`` saturate int16 on full-range inputs (docs/architecture.md, "Numerics that matter").
 The Q/DQ file also runs in OpenVINO, which reads Q/DQ ONNX directly.
 """
 

@@ -12,7 +12,7 @@
   the instructions (avx512_fp16/amx_fp16 for fp16, avx512_bf16/amx_bf16 for bf16) and falls back
   to slow reference kernels where it does not; the provenance records which.
 
-DESIGN.md: benchmark fp16/bf16 where the hardware computes in it (GPU); on an x86 CPU report the
+docs/architecture.md: benchmark fp16/bf16 where the hardware computes in it (GPU); on an x86 CPU report the
 ONNX and IR variants as size-only. Each artifact's provenance has ``cpu_compute`` saying so.
 """
 

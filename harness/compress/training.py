@@ -1,6 +1,6 @@
 """Training loops the recipes share: Hinton distillation, and the short fine-tune after pruning.
 
-The distillation loss is DESIGN.md's, exactly:
+The distillation loss is docs/architecture.md's, exactly:
 ``L = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)``, with the
 teacher in eval mode under ``no_grad`` and the KL averaged over the batch (``reduction="batchmean"``).
 

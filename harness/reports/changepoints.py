@@ -1,6 +1,6 @@
 """Change points in a series' history: binary segmentation on run medians, each split tested on the raw samples.
 
-Within one environment (results from different env_ids are not comparable, DESIGN.md), the runs
+Within one environment (results from different env_ids are not comparable, docs/architecture.md), the runs
 of a series are split where the CUSUM of their log medians is largest; the split is tested with
 Mann–Whitney U on the pooled raw samples either side and kept when p < alpha and the ratio of the
 pooled medians is beyond the practical threshold; then each side is searched again. Afterwards

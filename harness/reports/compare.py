@@ -1,7 +1,7 @@
 """Compare two runs series by series: ratio of medians with an interval, Mann–Whitney p, BH across series, a verdict.
 
 A change is claimed only when it is significant after Benjamini–Hochberg correction (q below
-``SIGNIFICANCE_ALPHA``, DESIGN.md) AND the ratio of medians is beyond a practical threshold. A
+``SIGNIFICANCE_ALPHA``, docs/architecture.md) AND the ratio of medians is beyond a practical threshold. A
 series whose spread is far above the other run's is called unstable, not regressed.
 """
 

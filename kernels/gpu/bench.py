@@ -1,6 +1,6 @@
 """GPU benchmarks of the int8 GEMMs: ours (Triton, CUDA C) against cuBLASLt, fp16 GEMM and ``_int_mm`` + dequantize.
 
-How it times, and why (DESIGN.md's measurement rules, on a GPU):
+How it times, and why (docs/architecture.md's measurement rules, on a GPU):
 
 - CUDA events around each call, after warm-up (autotuning and compilation happen in warm-up).
 - Cold L2: before each timed call a buffer twice the L2's size is cleared (outside the event pair),
