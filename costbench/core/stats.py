@@ -111,7 +111,7 @@ def summarize(samples: Sequence[float] | np.ndarray, confidence: float = 0.95) -
 
 # --- Comparison of two samples (used by `costbench compare` and the dashboard) -------------------
 
-SIGNIFICANCE_ALPHA = 0.002  # DESIGN.md: claim a change only below this p-value (after correction)
+SIGNIFICANCE_ALPHA = 0.002  # docs/architecture.md: claim a change only below this p-value (after correction)
 
 
 @dataclass(frozen=True)
