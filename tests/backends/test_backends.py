@@ -48,8 +48,8 @@ def _reference(tiny, x: np.ndarray) -> np.ndarray:
         return tiny.module(torch.from_numpy(x)).numpy()
 
 
-def _fresh_input(shape: tuple[int, ...], batch_size: int) -> np.ndarray:
-    return np.random.default_rng().standard_normal((batch_size, *shape)).astype(np.float32)
+def _fresh_input(rng: np.random.Generator, shape: tuple[int, ...], batch_size: int) -> np.ndarray:
+    return rng.standard_normal((batch_size, *shape)).astype(np.float32)
 
 
 def test_registry_loads_builtins_through_entry_points():
@@ -93,10 +93,10 @@ def test_registry_import_does_not_load_runtimes():
 
 @pytest.mark.parametrize("name, fmt, options", RUNS, ids=[f"{n}-{f}" for n, f, _ in RUNS])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_outputs_match_torch_eager(tiny, restore_torch_threads, name, fmt, options, batch_size):
+def test_outputs_match_torch_eager(tiny, restore_torch_threads, name, fmt, options, batch_size, rng):
     session = _prepare(name, tiny.artifacts[fmt], options, batch_size)
     for _ in range(2):  # fresh inputs each time: a stale or cached output cannot pass
-        x = _fresh_input(tiny.input_shape, batch_size)
+        x = _fresh_input(rng, tiny.input_shape, batch_size)
         outputs = session.run({"input": x})
         assert len(outputs) == 1
         assert isinstance(outputs[0], np.ndarray)
@@ -106,36 +106,36 @@ def test_outputs_match_torch_eager(tiny, restore_torch_threads, name, fmt, optio
 
 
 @pytest.mark.parametrize("name, fmt, options", RUNS, ids=[f"{n}-{f}" for n, f, _ in RUNS])
-def test_inputs_of_another_dtype_are_cast(tiny, restore_torch_threads, name, fmt, options):
+def test_inputs_of_another_dtype_are_cast(tiny, restore_torch_threads, name, fmt, options, rng):
     session = _prepare(name, tiny.artifacts[fmt], options, 2)
-    x = _fresh_input(tiny.input_shape, 2)
+    x = _fresh_input(rng, tiny.input_shape, 2)
     out = session.run({"input": x.astype(np.float64)})
     np.testing.assert_allclose(out[0], _reference(tiny, x), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name, fmt, options", RUNS, ids=[f"{n}-{f}" for n, f, _ in RUNS])
-def test_missing_input_names_the_expected_inputs(tiny, restore_torch_threads, name, fmt, options):
+def test_missing_input_names_the_expected_inputs(tiny, restore_torch_threads, name, fmt, options, rng):
     session = _prepare(name, tiny.artifacts[fmt], options, 1)
     with pytest.raises(KeyError, match="'input'"):
-        session.run({"image": _fresh_input(tiny.input_shape, 1)})
+        session.run({"image": _fresh_input(rng, tiny.input_shape, 1)})
 
 
 @pytest.mark.parametrize("name, fmt", [("onnxruntime", FORMAT_ONNX), ("openvino", FORMAT_OPENVINO)])
-def test_inputs_fall_back_to_order_when_names_differ(tiny, name, fmt):
+def test_inputs_fall_back_to_order_when_names_differ(tiny, name, fmt, rng):
     src = tiny.artifacts[fmt]
     renamed = Artifact(
         format=fmt, path=src.path, key="test", inputs=[InputSpec("pixels", tiny.input_shape)], outputs=["logits"]
     )
     session = _prepare(name, renamed, {"inference_precision": "f32"} if name == "openvino" else {}, 2)
-    x = _fresh_input(tiny.input_shape, 2)
+    x = _fresh_input(rng, tiny.input_shape, 2)
     np.testing.assert_allclose(session.run({"pixels": x})[0], _reference(tiny, x), atol=1e-4, rtol=0)
 
 
-def test_openvino_outputs_of_consecutive_runs_do_not_alias(tiny):
+def test_openvino_outputs_of_consecutive_runs_do_not_alias(tiny, rng):
     # OpenVINO writes every inference into the same output tensor; a returned view would
     # silently change under the caller when the next query runs.
     session = _prepare("openvino", tiny.artifacts[FORMAT_OPENVINO], {"inference_precision": "f32"}, 2)
-    x1, x2 = _fresh_input(tiny.input_shape, 2), _fresh_input(tiny.input_shape, 2)
+    x1, x2 = _fresh_input(rng, tiny.input_shape, 2), _fresh_input(rng, tiny.input_shape, 2)
     first = session.run({"input": x1})[0]
     kept = first.copy()
     second = session.run({"input": x2})[0]
@@ -152,11 +152,11 @@ class _MultiOutput(torch.nn.Module):
         return {"sum": x.sum(dim=(1, 2, 3)), "pair": (x * 2, x.mean(dim=1))}
 
 
-def test_torch_flattens_dict_and_tuple_outputs(tmp_path):
+def test_torch_flattens_dict_and_tuple_outputs(tmp_path, rng):
     path = tmp_path / "multi.pt"
     torch.save(_MultiOutput(), path)
     artifact = Artifact(format=FORMAT_TORCH, path=path, key="test", inputs=[InputSpec("input", (3, 4, 5))], outputs=[])
-    x = _fresh_input((3, 4, 5), 2)
+    x = _fresh_input(rng, (3, 4, 5), 2)
     out = _prepare("torch", artifact, {}, 2).run({"input": x})
     assert [o.shape for o in out] == [(2,), (2, 3, 4, 5), (2, 4, 5)]
     np.testing.assert_allclose(out[1], x * 2)

@@ -76,8 +76,8 @@ def _prepare(artifact, batch_size, **options):
     return backend.prepare(artifact, backend.parse_options(options), batch_size)
 
 
-def _fresh(batch_size: int) -> np.ndarray:
-    return np.random.default_rng().standard_normal((batch_size, *SHAPE)).astype(np.float32)
+def _fresh(rng: np.random.Generator, batch_size: int) -> np.ndarray:
+    return rng.standard_normal((batch_size, *SHAPE)).astype(np.float32)
 
 
 def _eager(module, x: np.ndarray) -> np.ndarray:
@@ -119,35 +119,35 @@ def test_probe_names_a_missing_xnnpack_delegate(monkeypatch):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 20])  # 20: above the 15 that torch's conv guard would plan for
-def test_outputs_match_torch_eager(tiny_pte, batch_size):
+def test_outputs_match_torch_eager(tiny_pte, batch_size, rng):
     module, artifact = tiny_pte
     session = _prepare(artifact, batch_size)
     for _ in range(2):  # fresh inputs each time: a stale or cached output cannot pass
-        x = _fresh(batch_size)
+        x = _fresh(rng, batch_size)
         out = session.run({"input": x})
         assert len(out) == 1 and isinstance(out[0], np.ndarray) and out[0].shape == (batch_size, 10)
         np.testing.assert_allclose(out[0], _eager(module, x), atol=1e-5, rtol=0)
     session.close()
 
 
-def test_inputs_of_another_dtype_are_cast(tiny_pte):
+def test_inputs_of_another_dtype_are_cast(tiny_pte, rng):
     module, artifact = tiny_pte
-    x = _fresh(2)
+    x = _fresh(rng, 2)
     out = _prepare(artifact, 2).run({"input": x.astype(np.float64)})
     np.testing.assert_allclose(out[0], _eager(module, x), atol=1e-5, rtol=0)
 
 
-def test_missing_input_names_the_expected_inputs(tiny_pte):
+def test_missing_input_names_the_expected_inputs(tiny_pte, rng):
     with pytest.raises(KeyError, match="'input'"):
-        _prepare(tiny_pte[1], 1).run({"image": _fresh(1)})
+        _prepare(tiny_pte[1], 1).run({"image": _fresh(rng, 1)})
 
 
-def test_outputs_of_consecutive_runs_do_not_alias(tiny_pte):
+def test_outputs_of_consecutive_runs_do_not_alias(tiny_pte, rng):
     # The program writes every call into the same planned output buffer; a returned view would
     # change under the caller when the next query runs.
     module, artifact = tiny_pte
     session = _prepare(artifact, 2)
-    x1, x2 = _fresh(2), _fresh(2)
+    x1, x2 = _fresh(rng, 2), _fresh(rng, 2)
     first = session.run({"input": x1})[0]
     kept = first.copy()
     second = session.run({"input": x2})[0]
@@ -161,7 +161,7 @@ def test_a_batch_above_the_program_bound_is_refused_with_the_bound(tiny_pte):
         _prepare(tiny_pte[1], MAX_BATCH + 1)
 
 
-def test_a_static_batch_program_says_why_it_is_static(tmp_path):
+def test_a_static_batch_program_says_why_it_is_static(tmp_path, rng):
     # Flattening the batch into the features cannot take a dynamic batch: the export falls back to batch 1.
     module = _PerSampleFlatten().eval()
     path = tmp_path / "model.pte"
@@ -169,18 +169,18 @@ def test_a_static_batch_program_says_why_it_is_static(tmp_path):
     assert provenance["batch"] == "static" and provenance["max_batch"] == 1
     assert provenance["dynamic_batch_error"]
     artifact = _artifact(path, provenance)
-    x = _fresh(1)
+    x = _fresh(rng, 1)
     np.testing.assert_allclose(_prepare(artifact, 1).run({"input": x})[0], _eager(module, x), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="at most 1 .*static batch; a dynamic batch did not export"):
         _prepare(artifact, 2)
 
 
-def test_threads_size_the_threadpool(tiny_pte, restore_threadpool):
+def test_threads_size_the_threadpool(tiny_pte, restore_threadpool, rng):
     session = _prepare(tiny_pte[1], 1, threads=1)
     info = session.info()
     assert info["threads"] == 1
     assert (info["delegate"], info["batch_size"], info["program_max_batch"]) == ("XnnpackBackend", 1, MAX_BATCH)
-    x = _fresh(1)
+    x = _fresh(rng, 1)
     np.testing.assert_allclose(session.run({"input": x})[0], _eager(tiny_pte[0], x), atol=1e-5, rtol=0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 
@@ -161,9 +162,10 @@ def test_tensorrt_engine_key_covers_what_changes_the_engine(tmp_path, tiny):
 
 def test_tensorrt_options_and_device_checks(tiny):
     backend = TensorRTBackend()
-    with pytest.raises(ValueError, match="device 'cpu' is not supported"):
+    with pytest.raises(ValueError, match=r"^tensorrt backend: device 'cpu' is not supported; supported: cuda$"):
         backend.prepare(tiny.artifacts[FORMAT_ONNX], TensorRTOptions(), 1, "cpu")
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError,
+                       match=r"for TensorRTOptions\ntyping\n  Input should be 'strong' or 'weak'"):
         backend.parse_options({"typing": "loose"})
     assert backend.probe_device("cpu").reason == "tensorrt runs on CUDA GPUs, not 'cpu'"
 
@@ -203,12 +205,12 @@ def restore_torch_threads():
     torch.set_num_threads(before)
 
 
-def test_torch_compile_option_wraps_the_module(tiny, restore_torch_threads):
+def test_torch_compile_option_wraps_the_module(tiny, restore_torch_threads, rng):
     backend = TorchBackend()
     # The 'eager' dynamo backend traces without code generation: the wiring, in seconds.
     session = backend.prepare(tiny.artifacts[FORMAT_TORCH], backend.parse_options(
         {"compile": True, "compile_backend": "eager"}), 2, "cpu")
-    x = np.random.default_rng().standard_normal((2, *tiny.input_shape)).astype(np.float32)
+    x = rng.standard_normal((2, *tiny.input_shape)).astype(np.float32)
     with torch.inference_mode():
         expected = tiny.module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(session.run({"input": x})[0], expected, rtol=1e-5, atol=1e-5)

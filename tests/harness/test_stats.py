@@ -12,8 +12,7 @@ def test_nearest_rank_textbook_example(p, expected):
     assert percentile([40, 15, 35, 20, 50], p) == expected
 
 
-def test_percentile_is_always_an_observed_sample():
-    rng = np.random.default_rng()
+def test_percentile_is_always_an_observed_sample(rng):
     x = rng.exponential(size=101)
     for p in (1, 50, 90, 99, 99.9):
         assert percentile(x, p) in x
@@ -45,8 +44,8 @@ def test_bootstrap_constant_and_single():
     assert bootstrap_ci([7.0]) == (7.0, 7.0)
 
 
-def test_bootstrap_is_deterministic_and_brackets_median():
-    x = np.random.default_rng().normal(10, 1, size=500)
+def test_bootstrap_is_deterministic_and_brackets_median(rng):
+    x = rng.normal(10, 1, size=500)
     lo, hi = bootstrap_ci(x)
     assert (lo, hi) == bootstrap_ci(x)
     assert lo <= percentile(x, 50) <= hi
@@ -54,9 +53,8 @@ def test_bootstrap_is_deterministic_and_brackets_median():
 
 
 @pytest.mark.parametrize("p", [50, 90, 99])
-def test_exact_bootstrap_matches_a_large_monte_carlo_bootstrap(p):
+def test_exact_bootstrap_matches_a_large_monte_carlo_bootstrap(p, rng):
     """The closed form is what resampling converges to: compare with 20 000 resamples, ends within a few ranks."""
-    rng = np.random.default_rng()
     x = np.round(rng.lognormal(0.0, 0.3, size=300), 3)  # rounded: ties, as real timer samples have
     k = int(np.ceil(p / 100 * x.size))
     stats = np.sort(np.sort(x[rng.integers(0, x.size, size=(20_000, x.size))], axis=1)[:, k - 1])
@@ -68,8 +66,7 @@ def test_exact_bootstrap_matches_a_large_monte_carlo_bootstrap(p):
     assert lo <= percentile(x, p) <= hi
 
 
-def test_exact_ratio_of_medians_interval_matches_a_large_monte_carlo_bootstrap():
-    rng = np.random.default_rng()
+def test_exact_ratio_of_medians_interval_matches_a_large_monte_carlo_bootstrap(rng):
     base = np.round(rng.lognormal(0.0, 0.2, size=250), 3)
     new = np.round(rng.lognormal(0.05, 0.2, size=180), 3)
     draws = 20_000
@@ -112,10 +109,9 @@ def test_benjamini_hochberg_hand_computed():
     assert benjamini_hochberg([0.9, 0.9]) == pytest.approx([0.9, 0.9])
 
 
-def test_compare_samples_detects_a_real_shift_and_not_noise():
+def test_compare_samples_detects_a_real_shift_and_not_noise(rng):
     from costbench.core.stats import compare_samples
 
-    rng = np.random.default_rng()
     base = rng.normal(1.0, 0.02, size=300)
     slower = rng.normal(1.1, 0.02, size=300)
     c = compare_samples(base, slower)

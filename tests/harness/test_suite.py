@@ -43,9 +43,18 @@ def test_good_suite_and_shorthands(tmp_path):
     assert {c.backend for c in cases} == {"onnxruntime", "ov-tput"}
 
 
+SHIPPED_SUITES = {"smoke.toml", "compression.toml"}  # the README's suites; scripts/gpu_check_suite.toml is
+# validated (and planned) in tests/backends/test_nvidia_probes.py::test_gpu_check_suite_file_plans
+
+
 def test_shipped_suites_validate():
-    for path in sorted((REPO / "suites").glob("*.toml")):
-        load_suite(path)
+    paths = sorted((REPO / "suites").glob("*.toml"))
+    missing = SHIPPED_SUITES - {p.name for p in paths}
+    assert not missing, f"shipped suites missing from {REPO / 'suites'}: {sorted(missing)}"
+    for path in paths:
+        suite = load_suite(path)
+        assert suite.name and suite.models and suite.variants and suite.backends, path
+        assert make_plan(suite), f"{path} plans no case"
 
 
 def test_missing_file(tmp_path):

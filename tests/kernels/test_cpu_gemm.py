@@ -20,11 +20,6 @@ def _poisoned(m, n):
     return np.full((m, n), POISON, np.int32)
 
 
-@pytest.fixture
-def rng():
-    return np.random.default_rng()  # fresh inputs every run
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("a_type", ["s8", "u8"])
 def test_random_full_range_is_exact(isa, a_type, rng):
@@ -70,9 +65,22 @@ def test_all_paths_agree(rng):
         np.testing.assert_array_equal(r, results[0])
 
 
-def test_best_path_is_first_and_generic_always_there():
-    assert ISAS[-1] == "generic"
-    assert gemm.best_isa() == ISAS[0] or gemm.best_isa() in ISAS
+# fastest first: the order of preference kernels/csrc/gemm.c lists paths in (descending ISA id)
+PREFERENCE = ["amx", "avx512vnni", "avx2", "generic"]
+
+
+def test_best_path_is_first_and_generic_always_there(monkeypatch, rng):
+    assert PREFERENCE == sorted(gemm.ISA_IDS, key=gemm.ISA_IDS.__getitem__, reverse=True)
+    assert ISAS == [isa for isa in PREFERENCE if isa in ISAS], f"not in order of preference: {ISAS}"
+    assert len(set(ISAS)) == len(ISAS) and set(ISAS) <= set(PREFERENCE), ISAS
+    assert ISAS[-1] == "generic"  # the portable path runs everywhere
+    assert "amx" not in ISAS or "avx512vnni" in ISAS  # AMX packs run short calls on the VNNI kernel
+    monkeypatch.delenv("COSTBENCH_KERNELS_ISA", raising=False)
+    assert gemm.best_isa() == ISAS[0]
+    b = rng.integers(-128, 128, (8, 4), dtype=np.int8)
+    assert gemm.PackedWeight.pack(b).isa == ISAS[0]  # no path asked for: the best one
+    monkeypatch.setenv("COSTBENCH_KERNELS_ISA", "generic")  # forced: the portable path, wherever it runs
+    assert gemm.best_isa() == "generic" and gemm.PackedWeight.pack(b).isa == "generic"
 
 
 def test_unpacked_weight_and_empty_m(rng):

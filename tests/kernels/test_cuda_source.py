@@ -135,8 +135,7 @@ def _emulate_warp_stage(a_tile: np.ndarray, bt_tile: np.ndarray) -> np.ndarray:
     return c
 
 
-def test_fragment_mapping_with_k_permutation_reproduces_the_product():
-    rng = np.random.default_rng()
+def test_fragment_mapping_with_k_permutation_reproduces_the_product(rng):
     a = rng.integers(-128, 128, (16, 64), dtype=np.int8)
     bt = rng.integers(-128, 128, (8, 64), dtype=np.int8)
     assert np.array_equal(_emulate_warp_stage(a, bt), int8_gemm_reference(a, np.ascontiguousarray(bt.T)))

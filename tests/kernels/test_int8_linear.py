@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,8 +13,8 @@ from costbench.kernels.linear import Int8Linear, swap_linear_layers
 
 
 @pytest.mark.parametrize("isa", gemm.supported_isas())
-def test_close_to_fp32_linear(isa):
-    torch.manual_seed(np.random.default_rng().integers(1 << 30))
+def test_close_to_fp32_linear(isa, seed):
+    torch.manual_seed(seed)  # the layer's initialisation and the input
     lin = nn.Linear(384, 96)
     q = Int8Linear.from_linear(lin, isa=isa)
     x = torch.randn(3, 17, 384)
@@ -26,7 +25,8 @@ def test_close_to_fp32_linear(isa):
     assert cos > 0.999
 
 
-def test_without_bias_and_one_row():
+def test_without_bias_and_one_row(seed):
+    torch.manual_seed(seed)
     lin = nn.Linear(5, 3, bias=False)
     q = Int8Linear.from_linear(lin)
     x = torch.randn(1, 5)
@@ -38,7 +38,8 @@ def test_without_bias_and_one_row():
     assert torch.allclose(yq, y, atol=scale * (1 / 127 + 2 / 255) + 1e-6)
 
 
-def test_swap_and_pickle_roundtrip():
+def test_swap_and_pickle_roundtrip(seed):
+    torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Sequential(nn.Linear(32, 8)))
     x = torch.randn(4, 16)
     swapped = swap_linear_layers(model)

@@ -18,7 +18,7 @@ def test_registered_and_available():
     assert "generic" in p.versions["kernel_paths"]
 
 
-def test_runs_a_torch_artifact(tmp_path):
+def test_runs_a_torch_artifact(tmp_path, rng):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 10)).eval()
     path = tmp_path / "model.pt"
@@ -26,7 +26,7 @@ def test_runs_a_torch_artifact(tmp_path):
     art = Artifact(FORMAT_TORCH, path, "k", [InputSpec("x", (64,))], ["y"])
     backend = get_backend("costbench-kernels")
     session = backend.prepare(art, backend.parse_options({"threads": 2}), batch_size=8)
-    x = np.random.default_rng().standard_normal((8, 64)).astype(np.float32)
+    x = rng.standard_normal((8, 64)).astype(np.float32)
     (y,) = session.run({"x": x})
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()

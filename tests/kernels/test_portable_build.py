@@ -28,7 +28,7 @@ CHILD = textwrap.dedent("""
     from costbench.kernels import gemm
     from costbench.kernels.reference import int8_gemm_reference
     assert gemm.supported_isas() == ["generic"], gemm.supported_isas()
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(int(sys.argv[2]))  # the test session's seed
     for m, k, n in [(1, 1, 1), (7, 33, 1000), (33, 129, 7), (64, 256, 48)]:
         a = rng.integers(-128, 128, (m, k), dtype=np.int8)
         b = rng.integers(-128, 128, (k, n), dtype=np.int8)
@@ -55,7 +55,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_portable_only_build_is_exact(tmp_path):
+def test_portable_only_build_is_exact(tmp_path, seed):
     cc = sysconfig.get_config_var("CC") or "cc"
     if shutil.which(cc.split()[0]) is None:
         pytest.skip(f"no C compiler ({cc}) to build the portable variant")
@@ -65,5 +65,6 @@ def test_portable_only_build_is_exact(tmp_path):
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
     assert "immintrin" not in build.stderr
-    run = subprocess.run([sys.executable, "-c", CHILD, str(so)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", CHILD, str(so), str(seed)], capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0 and "portable ok" in run.stdout, run.stdout + run.stderr
