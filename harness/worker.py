@@ -9,18 +9,34 @@ Anything it prints goes to stderr, which the parent keeps the tail of when a cas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from costbench.core.artifacts import write_json_atomic
+from costbench.backends.base import Backend, BackendOptions, Session, TimingConvention
+from costbench.backends.registry import get_backend
+from costbench.core.artifacts import Artifact, ArtifactCache, artifact_summary, content_key, write_json_atomic
+from costbench.core.stats import summarize
+from costbench.harness import gpu
+from costbench.harness.accuracy import collect_outputs, compare
+from costbench.harness.compress.base import RecipeNotApplicable
+from costbench.harness.compress.registry import get_recipe
 from costbench.harness.plan import Case
+from costbench.harness.reference import cached_reference, reference_outputs
+from costbench.harness.scenarios import make_scenario
+from costbench.harness.suite_schema import ModelSpec
+from costbench.harness.zoo.base import ModelBundle, SampleSet
+from costbench.harness.zoo.registry import load_bundle
 
 
 def _metric(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
@@ -47,8 +63,6 @@ def _reset_peak_rss() -> bool:
 
 
 def _percentile_rows(prefix: str, ms: np.ndarray, common: dict[str, Any], keep_samples: bool) -> list[dict[str, Any]]:
-    from costbench.core.stats import summarize
-
     s = summarize(ms)
     return [
         _metric(f"{prefix}_p50", s.p50, "ms", ci_low=s.p50_ci_low, ci_high=s.p50_ci_high,
@@ -96,121 +110,232 @@ def _timing_metrics(result, timing: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
-def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
-    """Measure one case; returns {'metrics': [...], 'info': {...}}. Raises on failure."""
-    from costbench.backends.registry import get_backend
-    from costbench.harness.accuracy import collect_outputs, compare
-    from costbench.core.artifacts import ArtifactCache, artifact_summary
-    from costbench.harness.compress.registry import get_recipe
-    from costbench.harness.reference import cached_reference
-    from costbench.harness.scenarios import make_scenario
-    from costbench.harness.suite_schema import ModelSpec
-    from costbench.harness.zoo.registry import load_bundle
+@dataclass
+class CaseInputs:
+    """What a case measures, loaded from the cache."""
 
-    metrics: list[dict[str, Any]] = []
+    bundle: ModelBundle
+    artifact: Artifact
+    reference: np.ndarray | None  # fp32 outputs on the evaluation data; None when accuracy is off
+    built: dict[str, Any]  # the build process's report when this case built something, else empty
+
+
+@dataclass
+class MemoryBaseline:
+    """The RSS high-water mark of setup, read just before it was reset for the session."""
+
+    setup_hwm_kb: int | None
+    rss_reset: bool  # False where the kernel cannot reset it: peak_rss then covers the whole process
+
+
+@dataclass
+class SessionResult:
+    """What measuring through one session gave: its rows, its ``info()`` and its timing convention."""
+
+    metrics: list[dict[str, Any]]
+    info: dict[str, Any]
+    timing: TimingConvention
+
+
+def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
+    """Measure one case; returns {'metrics': [...], 'info': {...}}. Raises on failure.
+
+    In measuring order: load the inputs (building what the cache lacks in another process), take the
+    GPU's start state, reset the RSS high-water mark, load the session and measure on it (it is
+    closed however that ends), take the GPU's end state, read peak memory.
+    """
     t0 = time.perf_counter()
-    built_here: dict[str, Any] = {}
+    inputs = load_inputs(case, cache_dir)
+    metrics = artifact_metrics(inputs.artifact, inputs.built)
+    setup_s = time.perf_counter() - t0
+    with gpu_monitor(case.device) as gpu_state:
+        gpu_start = gpu_state()
+        backend = get_backend(case.backend_name)
+        options = backend.parse_options(case.backend_options)
+        baseline = mark_memory_baseline()
+        session, load_row = load_session(backend, options, inputs.artifact, case)
+        measured = measure_session(session, case, inputs)
+        gpu_end = gpu_state()
+    metrics += [load_row, *measured.metrics, *gpu_metrics(gpu_start, gpu_end), *memory_metrics(baseline)]
+    return {"metrics": metrics, "info": case_info(inputs, measured, gpu_start, gpu_end, setup_s)}
+
+
+def load_inputs(case: Case, cache_dir: Path) -> CaseInputs:
+    """The model bundle, its artifact and (accuracy on) the fp32 reference; what the cache lacks is built first."""
+    built: dict[str, Any] = {}
     # Whatever this case needs and the cache lacks (a trained zoo model, the artifact, the fp32
     # reference) is built in a separate process, so the memory of this one (peak RSS) is the same
     # whether the cache was cold or warm: no trainer's, quantizer's or exporter's heap stays
     # resident here. The stamp says a build for these inputs succeeded before; the lookups below
     # catch what it cannot see (a changed source model).
     if not _stamp_holds(case, cache_dir):
-        built_here = _build_in_child(case, cache_dir)
-    bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
-    fixed = bundle.details.get("fixed_batch")
-    if fixed and fixed != case.batch_size:
-        raise ValueError(f"model {case.model!r} has a fixed batch size of {fixed} in its ONNX graph; this case asks "
-                         f"for batch {case.batch_size} (set batch_sizes = [{fixed}] for it, or export it with a "
-                         "dynamic batch dimension)")
+        built = _build_in_child(case, cache_dir)
+    bundle = load_model(case, cache_dir)
     recipe = get_recipe(case.recipe)
     config = recipe.parse_config(case.recipe_options)
     cache = ArtifactCache(cache_dir)
 
-    def from_cache() -> tuple[Any, Any, bool]:
+    def from_cache() -> tuple[Artifact | None, np.ndarray | None, bool]:
         art = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
         ref = cached_reference(bundle, cache_dir) if case.measure_accuracy else None
         return art, ref, art is not None and (ref is not None or not case.measure_accuracy)
 
     artifact, reference, complete = from_cache()
     if not complete:
-        built_here = _build_in_child(case, cache_dir)
+        built = _build_in_child(case, cache_dir)
         artifact, reference, complete = from_cache()
         if not complete:
             raise RuntimeError(f"the build process finished but {case.recipe!r} or the fp32 reference is not in "
                                f"the cache {cache_dir}")
-    metrics.append(_metric("model_size", artifact.size_bytes, "bytes"))
-    if built_here.get("build_time_s") is not None:
-        artifact.build_time_s, artifact.cached = built_here["build_time_s"], False
-        metrics.append(_metric("build_time", artifact.build_time_s, "s"))
-    setup_s = time.perf_counter() - t0
+    return CaseInputs(bundle, artifact, reference, built)
 
-    from costbench.harness import gpu
 
-    gpu_start = gpu.snapshot() if case.device != "cpu" else {"gpus": [], "reason": "CPU case"}
-    backend = get_backend(case.backend_name)
-    options = backend.parse_options(case.backend_options)
+def load_model(case: Case, cache_dir: Path) -> ModelBundle:
+    """The case's model bundle; raises ValueError when its ONNX graph fixes a batch size other than the case's."""
+    bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
+    fixed = bundle.details.get("fixed_batch")
+    if fixed and fixed != case.batch_size:
+        raise ValueError(f"model {case.model!r} has a fixed batch size of {fixed} in its ONNX graph; this case asks "
+                         f"for batch {case.batch_size} (set batch_sizes = [{fixed}] for it, or export it with a "
+                         "dynamic batch dimension)")
+    return bundle
+
+
+def artifact_metrics(artifact: Artifact, built: dict[str, Any]) -> list[dict[str, Any]]:
+    """The artifact's size, and its build time when this case built it (the artifact is then marked not cached)."""
+    rows = [_metric("model_size", artifact.size_bytes, "bytes")]
+    if built.get("build_time_s") is not None:
+        artifact.build_time_s, artifact.cached = built["build_time_s"], False
+        rows.append(_metric("build_time", artifact.build_time_s, "s"))
+    return rows
+
+
+@contextlib.contextmanager
+def gpu_monitor(device: str) -> Iterator[Callable[[], dict[str, Any]]]:
+    """A function that snapshots the GPUs (NVML) at a case's start and end; NVML is shut down however it ends.
+
+    A CPU case snapshots nothing: ``{"gpus": [], "reason": "CPU case"}``.
+    """
+    if device == "cpu":
+        yield lambda: {"gpus": [], "reason": "CPU case"}
+        return
+    nvml, why = gpu._nvml()  # initialised once for both snapshots, so it can be shut down once
+    try:
+        yield (lambda: gpu.snapshot(nvml)) if nvml is not None else (lambda: {"gpus": [], "reason": why})
+    finally:
+        if nvml is not None:
+            try:
+                nvml.nvmlShutdown()
+            except Exception as exc:  # the case's result does not depend on it
+                print(f"NVML shutdown failed: {exc!r}", file=sys.stderr)
+
+
+def mark_memory_baseline() -> MemoryBaseline:
+    """Read the RSS high-water mark of setup, then reset it, so ``peak_rss`` covers only what follows."""
     setup_hwm_kb = _read_status_kb("VmHWM")  # read before the reset: it resets ru_maxrss too
-    rss_reset = _reset_peak_rss()
+    return MemoryBaseline(setup_hwm_kb, _reset_peak_rss())
+
+
+def load_session(backend: Backend, options: BackendOptions, artifact: Artifact, case: Case) -> tuple[Session, dict]:
+    """The prepared session and its ``load_time`` row."""
     t_load = time.perf_counter()
     session = backend.prepare(artifact, options, case.batch_size, case.device)
-    metrics.append(_metric("load_time", (time.perf_counter() - t_load) * 1e3, "ms"))
-    first = bundle.evaluation.batch(case.batch_size)
+    return session, _metric("load_time", (time.perf_counter() - t_load) * 1e3, "ms")
+
+
+def measure_session(session: Session, case: Case, inputs: CaseInputs) -> SessionResult:
+    """First inference, accuracy and the scenario on ``session``, which this closes however they end."""
+    with _closing(session):
+        metrics = [first_inference(session, inputs.bundle.evaluation, case.batch_size)]
+        metrics += accuracy_metrics(session, inputs.bundle, inputs.reference, case.batch_size)
+        scenario = make_scenario(case.scenario_spec)
+        result = scenario.run(session, inputs.bundle.evaluation, case.batch_size)
+        metrics += _timing_metrics(result, session.timing.as_dict())
+        info = session.info()
+        metrics += device_memory_metrics(session)
+    return SessionResult(metrics, info, session.timing)
+
+
+@contextlib.contextmanager
+def _closing(session: Session) -> Iterator[Session]:
+    """Close ``session`` when the block ends; a close that fails after the block failed does not hide its error."""
+    try:
+        yield session
+    except BaseException:
+        try:
+            session.close()
+        except Exception as exc:
+            print(f"closing the session after the failure below failed too: {exc!r}", file=sys.stderr)
+        raise
+    session.close()
+
+
+def first_inference(session: Session, data: SampleSet, batch_size: int) -> dict[str, Any]:
+    """The ``first_inference`` row: one batch, run and synchronised, on a freshly loaded session."""
+    first = data.batch(batch_size)
     t_first = time.perf_counter_ns()
     session.run(first)
     session.synchronize()
-    metrics.append(_metric("first_inference", (time.perf_counter_ns() - t_first) / 1e6, "ms"))
+    return _metric("first_inference", (time.perf_counter_ns() - t_first) / 1e6, "ms")
 
-    if reference is not None:
-        outputs = collect_outputs(session, bundle.evaluation, case.batch_size)
-        metrics += [_metric(m.name, m.value, m.unit, details={"description": m.description})
-                    for m in compare(outputs, reference, bundle.evaluation.labels, bundle.task)]
 
-    scenario = make_scenario(case.scenario_spec)
-    result = scenario.run(session, bundle.evaluation, case.batch_size)
-    metrics += _timing_metrics(result, session.timing.as_dict())
-    session_info = session.info()
+def accuracy_metrics(session: Session, bundle: ModelBundle, reference: np.ndarray | None,
+                     batch_size: int) -> list[dict[str, Any]]:
+    """Task accuracy and parity with the fp32 reference over the evaluation data (no rows without a reference)."""
+    if reference is None:
+        return []
+    outputs = collect_outputs(session, bundle.evaluation, batch_size)
+    return [_metric(m.name, m.value, m.unit, details={"description": m.description})
+            for m in compare(outputs, reference, bundle.evaluation.labels, bundle.task)]
+
+
+def device_memory_metrics(session: Session) -> list[dict[str, Any]]:
+    """The session's peak device memory, where its device reports one."""
     device_peak = session.peak_device_memory()
-    if device_peak is not None:
-        metrics.append(_metric("peak_device_memory", device_peak / 2**20, "MiB"))
-    session.close()
+    return [] if device_peak is None else [_metric("peak_device_memory", device_peak / 2**20, "MiB")]
 
-    gpu_end = gpu.snapshot() if case.device != "cpu" else gpu_start
-    slowdowns = gpu.throttled(gpu_start, gpu_end)
-    if gpu_start["gpus"]:
-        metrics.append(_metric("gpu_throttled", float(bool(slowdowns)), "bool", details={"slowdowns": slowdowns}))
 
+def gpu_metrics(start: dict[str, Any], end: dict[str, Any]) -> list[dict[str, Any]]:
+    """Whether a GPU slowed down (thermal, power) at either end of the case; no row without GPUs."""
+    slowdowns = gpu.throttled(start, end)
+    if not start["gpus"]:
+        return []
+    return [_metric("gpu_throttled", float(bool(slowdowns)), "bool", details={"slowdowns": slowdowns})]
+
+
+def memory_metrics(baseline: MemoryBaseline) -> list[dict[str, Any]]:
+    """Peak RSS since the baseline (``peak_rss``) and of the whole process (``process_peak_rss``)."""
+    rows = []
     hwm_kb = _read_status_kb("VmHWM")
     if hwm_kb is not None:
         scope = ("load+inference (high-water mark reset once the model, artifact and reference were in memory)"
-                 if rss_reset else "whole measuring process")
-        metrics.append(_metric("peak_rss", hwm_kb / 1024, "MiB", details={"scope": scope}))
-    process_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, setup_hwm_kb or 0, hwm_kb or 0)
-    metrics.append(_metric("process_peak_rss", process_kb / 1024, "MiB",
-                           details={"scope": "whole measuring process: imports, model, reference, load and "
-                                                "inference; builds run in a separate process"}))
-    info = {
-        "artifact": artifact_summary(artifact),
-        "provenance": artifact.provenance,
-        "model_details": bundle.details,
-        "session": session_info,
-        "timing": session.timing.as_dict(),
+                 if baseline.rss_reset else "whole measuring process")
+        rows.append(_metric("peak_rss", hwm_kb / 1024, "MiB", details={"scope": scope}))
+    process_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, baseline.setup_hwm_kb or 0, hwm_kb or 0)
+    rows.append(_metric("process_peak_rss", process_kb / 1024, "MiB",
+                        details={"scope": "whole measuring process: imports, model, reference, load and "
+                                          "inference; builds run in a separate process"}))
+    return rows
+
+
+def case_info(inputs: CaseInputs, measured: SessionResult, gpu_start: dict[str, Any], gpu_end: dict[str, Any],
+              setup_s: float) -> dict[str, Any]:
+    """The case's ``info``: artifact, provenance, model, session and timing convention, GPU state, setup time, data."""
+    return {
+        "artifact": artifact_summary(inputs.artifact),
+        "provenance": inputs.artifact.provenance,
+        "model_details": inputs.bundle.details,
+        "session": measured.info,
+        "timing": measured.timing.as_dict(),
         "gpu": {"start": gpu_start, "end": gpu_end},
         "setup_s": setup_s,
-        "evaluation_samples": len(bundle.evaluation),
-        "evaluation_data": bundle.evaluation.description,
+        "evaluation_samples": len(inputs.bundle.evaluation),
+        "evaluation_data": inputs.bundle.evaluation.description,
     }
-    return {"metrics": metrics, "info": info}
 
 
 def build(case: Case, cache_dir: Path) -> dict[str, Any]:
     """What a case needs from the cache, built (artifact, and the fp32 reference when accuracy is on)."""
-    from costbench.core.artifacts import ArtifactCache
-    from costbench.harness.compress.registry import get_recipe
-    from costbench.harness.reference import reference_outputs
-    from costbench.harness.suite_schema import ModelSpec
-    from costbench.harness.zoo.registry import load_bundle
-
     bundle = load_bundle(ModelSpec.model_validate(case.model_spec), cache_dir)
     recipe = get_recipe(case.recipe)
     artifact = recipe.artifact(bundle, recipe.parse_config(case.recipe_options), case.artifact_format,
@@ -225,8 +350,6 @@ def build(case: Case, cache_dir: Path) -> dict[str, Any]:
 
 def _build_stamp(case: Case, cache_dir: Path) -> Path:
     """A file that exists once a build for exactly these inputs has succeeded in this cache."""
-    from costbench.core.artifacts import content_key
-
     key = content_key({"model": case.model_spec, "recipe": case.recipe, "options": case.recipe_options,
                        "format": case.artifact_format, "reference": case.measure_accuracy})
     return cache_dir / "built" / key
@@ -234,8 +357,6 @@ def _build_stamp(case: Case, cache_dir: Path) -> Path:
 
 def _stamp_holds(case: Case, cache_dir: Path) -> bool:
     """The build stamp exists and the artifact it names is still in the cache (it may have been pruned)."""
-    from costbench.core.artifacts import ArtifactCache
-
     stamp = _build_stamp(case, cache_dir)
     try:
         key = stamp.read_text().strip()
@@ -246,9 +367,6 @@ def _stamp_holds(case: Case, cache_dir: Path) -> bool:
 
 def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
     """Run :func:`build` in a child process (same process group: the case's timeout covers it)."""
-    import subprocess
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="costbench-build-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache_dir)}))
@@ -258,8 +376,6 @@ def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
             raise RuntimeError(f"the build process for {case.recipe!r} exited with {proc.returncode} and no result")
         payload = json.loads(result.read_text())
     if payload["status"] == "skipped":
-        from costbench.harness.compress.base import RecipeNotApplicable
-
         raise RecipeNotApplicable(payload["reason"])
     if payload["status"] != "ok":
         raise RuntimeError(f"build failed: {payload['reason']}")
@@ -275,8 +391,6 @@ def main(argv: list[str]) -> int:
     case = Case.from_dict(job["case"])
     # Keep stdout for nothing: libraries that print go to stderr, which the parent tails on failure.
     sys.stdout = sys.stderr
-    from costbench.harness.compress.base import RecipeNotApplicable
-
     try:
         payload = {"status": "ok", **step(case, Path(job["cache_dir"]))}
     except RecipeNotApplicable as exc:  # the combination does not exist: skipped, with why

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from costbench.harness.reports.data import Selection, describe_env, row_details
-from costbench.harness.reports.prices import PriceTable, cost_per_million, energy_cost_per_million
+from costbench.harness.reports.prices import Machine, PriceTable, cost_per_million, energy_cost_per_million
 
 CONFIG_KEYS = ["env_id", "machine", "model", "backend", "variant", "device", "batch_size"]
 LATENCY_CHOICES = ("p50", "p99")
@@ -92,80 +92,109 @@ def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, li
     if df.empty:
         return pd.DataFrame(), notes
     runs = sel.runs.set_index("run_id")
-    machine_of = {}
-    for run_id, r in runs.iterrows():
-        m = prices.machine_for(str(r["env_id"]), str(run_id))
-        machine_of[run_id] = m
+    machine_of = {run_id: prices.machine_for(str(r["env_id"]), str(run_id)) for run_id, r in runs.iterrows()}
     df = df.assign(machine=df["run_id"].map(lambda r: machine_of[r].name if machine_of[r] else ""),
                    _order=df["run_id"].map({r: i for i, r in enumerate(sel.runs["run_id"])}))
     out = []
     repeated = 0
     for key, g in df.groupby(CONFIG_KEYS, sort=False, dropna=False):
-        ran = g[g["status"] == "ok"]
-        # The latest run that measured it wins; older repeats stay in the store for `compare` and the dashboard.
-        chosen = (ran if len(ran) else g)["_order"].max()
         repeated += g["_order"].nunique() > 1
-        g = g[g["_order"] == chosen]
+        g = _latest_run(g)
         run_id = g["run_id"].iloc[0]
-        env_id, machine_name, model, backend, variant, device, batch = key
-        m = machine_of[run_id]
-        ok = (g["status"] == "ok").any()
-        # One reason per distinct cause: a skip usually applies to every scenario of the configuration.
-        problems = list(dict.fromkeys(f"{r.status}: {r.reason}" for r in g[g["status"] != "ok"].itertuples()))
-        lat50 = _metric_row(g, "latency_p50", "single_stream")
-        lat99 = _metric_row(g, "latency_p99", "single_stream")
-        thr = _metric_row(g, "throughput", "offline")
-        thr_scenario = "offline"
-        if thr is None:
-            thr, thr_scenario = _metric_row(g, "throughput", "single_stream"), "single_stream"
-        server = server_capacity(g, int(batch))
-        rss = g[(g["metric"] == "peak_rss") & (g["status"] == "ok")]["value"]
-        size = _metric_row(g, "model_size")
-        delta = _metric_row(g, "task_accuracy_delta")
-        top1 = _metric_row(g, "top1_agreement")
-        power = _metric_row(g, "power_w")
-        if delta is not None:
-            drop, basis = -100.0 * float(delta["value"]) + 0.0, "task accuracy vs fp32"  # + 0.0: no "-0.00"
-        elif top1 is not None:
-            drop, basis = 100.0 * (1.0 - float(top1["value"])) + 0.0, "top-1 disagreement with fp32"
-        else:
-            drop, basis = None, ""
-        throughput = _val(thr)
-        hourly = m.hourly if m else None
-        cost = cost_per_million(hourly, throughput)
-        energy = None
-        if m is not None and not m.energy_included:
-            energy = energy_cost_per_million(_val(power), throughput, prices.energy_price_per_kwh)
-        total = None if cost is None and energy is None else (cost or 0.0) + (energy or 0.0)
-        slo_thr = server["slo_throughput"]
-        slo_cost = cost_per_million(hourly, slo_thr)
-        slo_energy = None
-        if m is not None and not m.energy_included:
-            slo_energy = energy_cost_per_million(_val(power), slo_thr, prices.energy_price_per_kwh)
-        slo_total = None if slo_cost is None and slo_energy is None else (slo_cost or 0.0) + (slo_energy or 0.0)
-        valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
-        out.append({
-            "model": model, "machine": machine_name or None,
-            "machine_label": machine_label(machine_name, env_id, runs.loc[run_id, "env"]),
-            "env_id": env_id, "run_id": run_id, "backend": backend, "variant": variant, "device": device,
-            "batch_size": int(batch), "status": "ok" if ok else str(g["status"].iloc[0]),
-            "reason": "; ".join(problems),
-            "p50_ms": _val(lat50), "p50_ci_low": _val(lat50, "ci_low"), "p50_ci_high": _val(lat50, "ci_high"),
-            "p99_ms": _val(lat99), "p99_ci_low": _val(lat99, "ci_low"), "p99_ci_high": _val(lat99, "ci_high"),
-            "latency_valid": valid, "unstable": bool(((g["metric"] == "unstable") & (g["value"] == 1.0)).any()),
-            "throughput": throughput,
-            "throughput_scenario": thr_scenario if thr is not None else None,
-            "peak_rss_mib": float(rss.max()) if len(rss) else None,
-            "size_mb": None if size is None else float(size["value"]) / 1e6,
-            "accuracy_drop_pt": drop, "accuracy_basis": basis,
-            "top1_agreement": _val(top1), "power_w": _val(power),
-            "hourly": hourly, "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
-            **server, "cost_per_m_at_slo": slo_total,
-        })
+        out.append(_configuration(key, g, machine_of[run_id], runs.loc[run_id, "env"], prices))
     if repeated:
         notes.append(f"{repeated} configuration(s) were measured in more than one selected run; each shows its "
                      "latest run (compare runs with `costbench compare`).")
     return pd.DataFrame(out), notes
+
+
+def _latest_run(g: pd.DataFrame) -> pd.DataFrame:
+    """A configuration's rows from the latest run that measured it (that tried it, when none measured it)."""
+    ran = g[g["status"] == "ok"]
+    # The latest run that measured it wins; older repeats stay in the store for `compare` and the dashboard.
+    chosen = (ran if len(ran) else g)["_order"].max()
+    return g[g["_order"] == chosen]
+
+
+def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: dict | None,
+                   prices: PriceTable) -> dict[str, Any]:
+    """The report's row for one configuration (``key`` as CONFIG_KEYS), from its rows in one run."""
+    thr, thr_scenario = _throughput_row(g)
+    throughput = _val(thr)
+    power = _val(_metric_row(g, "power_w"))
+    server = server_capacity(g, int(key[-1]))
+    cost, energy, total = _cost_per_million(machine, throughput, power, prices)
+    *_, slo_total = _cost_per_million(machine, server["slo_throughput"], power, prices)
+    rss = g[(g["metric"] == "peak_rss") & (g["status"] == "ok")]["value"]
+    size = _metric_row(g, "model_size")
+    top1 = _metric_row(g, "top1_agreement")
+    return {
+        **_identity(key, g, env), **_latency(g),
+        "throughput": throughput,
+        "throughput_scenario": thr_scenario if thr is not None else None,
+        "peak_rss_mib": float(rss.max()) if len(rss) else None,
+        "size_mb": None if size is None else float(size["value"]) / 1e6,
+        **_accuracy_drop(_metric_row(g, "task_accuracy_delta"), top1),
+        "top1_agreement": _val(top1), "power_w": power,
+        "hourly": machine.hourly if machine else None,
+        "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
+        **server, "cost_per_m_at_slo": slo_total,
+    }
+
+
+def _identity(key: tuple, g: pd.DataFrame, env: dict | None) -> dict[str, Any]:
+    """Which configuration a row is (model, machine, run, backend, variant, device, batch) and whether it ran."""
+    env_id, machine_name, model, backend, variant, device, batch = key
+    ok = (g["status"] == "ok").any()
+    # One reason per distinct cause: a skip usually applies to every scenario of the configuration.
+    problems = list(dict.fromkeys(f"{r.status}: {r.reason}" for r in g[g["status"] != "ok"].itertuples()))
+    return {
+        "model": model, "machine": machine_name or None, "machine_label": machine_label(machine_name, env_id, env),
+        "env_id": env_id, "run_id": g["run_id"].iloc[0], "backend": backend, "variant": variant, "device": device,
+        "batch_size": int(batch), "status": "ok" if ok else str(g["status"].iloc[0]), "reason": "; ".join(problems),
+    }
+
+
+def _latency(g: pd.DataFrame) -> dict[str, Any]:
+    """Single-stream p50 and p99 with confidence intervals, whether they are valid, whether the run was unstable."""
+    lat50 = _metric_row(g, "latency_p50", "single_stream")
+    lat99 = _metric_row(g, "latency_p99", "single_stream")
+    valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
+    return {
+        "p50_ms": _val(lat50), "p50_ci_low": _val(lat50, "ci_low"), "p50_ci_high": _val(lat50, "ci_high"),
+        "p99_ms": _val(lat99), "p99_ci_low": _val(lat99, "ci_low"), "p99_ci_high": _val(lat99, "ci_high"),
+        "latency_valid": valid, "unstable": bool(((g["metric"] == "unstable") & (g["value"] == 1.0)).any()),
+    }
+
+
+def _throughput_row(g: pd.DataFrame) -> tuple[pd.Series | None, str]:
+    """The throughput row and its scenario: offline's, else single-stream's."""
+    thr = _metric_row(g, "throughput", "offline")
+    if thr is not None:
+        return thr, "offline"
+    return _metric_row(g, "throughput", "single_stream"), "single_stream"
+
+
+def _accuracy_drop(delta: pd.Series | None, top1: pd.Series | None) -> dict[str, Any]:
+    """The accuracy drop against fp32 in points, and its basis: task accuracy where labelled, else top-1 agreement."""
+    if delta is not None:
+        drop, basis = -100.0 * float(delta["value"]) + 0.0, "task accuracy vs fp32"  # + 0.0: no "-0.00"
+    elif top1 is not None:
+        drop, basis = 100.0 * (1.0 - float(top1["value"])) + 0.0, "top-1 disagreement with fp32"
+    else:
+        drop, basis = None, ""
+    return {"accuracy_drop_pt": drop, "accuracy_basis": basis}
+
+
+def _cost_per_million(machine: Machine | None, throughput: float | None, power_w: float | None,
+                      prices: PriceTable) -> tuple[float | None, float | None, float | None]:
+    """(machine, energy, total) cost per million inferences at ``throughput``; energy only where the price omits it."""
+    cost = cost_per_million(machine.hourly if machine else None, throughput)
+    energy = None
+    if machine is not None and not machine.energy_included:
+        energy = energy_cost_per_million(power_w, throughput, prices.energy_price_per_kwh)
+    total = None if cost is None and energy is None else (cost or 0.0) + (energy or 0.0)
+    return cost, energy, total
 
 
 def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
