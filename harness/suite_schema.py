@@ -67,10 +67,21 @@ class ModelSpec(_Strict):
         return self
 
 
-class VariantSpec(BaseModel):
-    """A variant: a name, the recipe that builds it, and that recipe's options (any other keys)."""
+class _WithOptions(BaseModel):
+    """A spec whose keys beyond its own fields are options for what it names (a recipe, a backend).
+
+    They are validated by that recipe or backend once the registries are loaded (:mod:`.suite`).
+    """
 
     model_config = ConfigDict(extra="allow")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class VariantSpec(_WithOptions):
+    """A variant: a name, the recipe that builds it, and that recipe's options (any other keys)."""
 
     name: str = Field(description="Label shown in results, e.g. 'int8' or 'int8-per-tensor'.")
     recipe: str | None = Field(None, description="Recipe name; defaults to the variant name.")
@@ -79,15 +90,9 @@ class VariantSpec(BaseModel):
     def recipe_name(self) -> str:
         return self.recipe or self.name
 
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
-
-class BackendSpec(BaseModel):
+class BackendSpec(_WithOptions):
     """A backend configuration: registered name, optional label, device, and backend options (other keys)."""
-
-    model_config = ConfigDict(extra="allow")
 
     name: str = Field(description="Registered backend name, e.g. 'onnxruntime'.")
     label: str | None = Field(None, description="Distinguishes two configs of one backend, e.g. 'openvino-tput'.")
@@ -96,10 +101,6 @@ class BackendSpec(BaseModel):
     @property
     def display(self) -> str:
         return self.label or self.name
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class SingleStreamSpec(_Strict):
