@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,15 @@ LIBRARIES = ("costbench", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-
              "executorch", "torchao", "triton", "tensorrt", "nvidia-cuda-runtime-cu12", "transformers",
              "scikit-learn", "duckdb", "pandas", "scipy")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+# NVIDIA's wheels change names with CUDA and TensorRT majors: TensorRT 10/11 ship as tensorrt-cu12 and
+# tensorrt-cu13 (plus -libs/-bindings, with `tensorrt` only a metapackage), and CUDA 13's libraries drop the
+# suffix (nvidia-cuda-runtime, nvidia-cublas, nvidia-cudnn-cu13). Whichever of these families is installed
+# joins the key under its own name, so a CUDA 12 and a CUDA 13 machine never share an env_id. Names that
+# are not installed are left out (unlike LIBRARIES), so a machine without them keeps the env_id it had.
+NVIDIA_WHEEL_FAMILIES = re.compile(
+    r"^(tensorrt(-cu\d+)?(-libs|-bindings)?"
+    r"|nvidia-(cuda-runtime|cuda-nvrtc|cublas|cudnn|nccl)(-cu\d+)?"
+    r"|onnxruntime-gpu|cupy-cuda\w+|cuda-python|cuda-bindings)$")
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,13 +93,30 @@ def memory_bytes() -> int:
         return 0
 
 
+def _normalized(name: str) -> str:
+    """A distribution name as PEP 503 compares them: lower case, runs of '-', '_' and '.' as one '-'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def nvidia_wheels() -> dict[str, str]:
+    """Installed NVIDIA wheels of the families in :data:`NVIDIA_WHEEL_FAMILIES`, by normalized name."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = _normalized(dist.metadata.get("Name") or "")
+        if name and NVIDIA_WHEEL_FAMILIES.match(name) and name not in LIBRARIES:
+            found[name] = dist.version
+    return dict(sorted(found.items()))
+
+
 def library_versions() -> dict[str, str]:
+    """Every name in :data:`LIBRARIES` (version or "not installed"), then the NVIDIA wheels installed here."""
     out = {}
     for lib in LIBRARIES:
         try:
             out[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             out[lib] = "not installed"
+    out.update(nvidia_wheels())
     return out
 
 
