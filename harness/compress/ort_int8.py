@@ -7,6 +7,9 @@ ranges calibrated on the bundle's real calibration samples. Calibration runs one
 histograms merge pass by pass, so memory holds one batch's activations, not every sample's. ``reduce_range`` (7-bit
 weights) follows the ISA unless the suite sets it: on x86 without VNNI, u8 x s8 kernels built
 on ``vpmaddubsw`` saturate int16 on full-range inputs (docs/architecture.md, "Numerics that matter").
+Biases are int32 ``DequantizeLinear`` inputs in the CPU variant and stay float32 in the symmetric
+(TensorRT-bound) one (``QuantizeBias: False``): TensorRT's ONNX parser has rejected int32 bias Q/DQ in
+several releases. The provenance records which, and why.
 The Q/DQ file also runs in OpenVINO, which reads Q/DQ ONNX directly.
 """
 
@@ -53,6 +56,11 @@ class OrtInt8Config(RecipeConfig):
         None, description="7-bit weights. None decides from the CPU: on x86 without VNNI, True (avoids int16 "
         "saturation in vpmaddubsw); otherwise False.",
     )
+    quantize_bias: bool | None = Field(
+        None, description="Quantize biases to int32 (a DequantizeLinear per bias, ONNX Runtime's QuantizeBias). "
+        "None: False with activation_symmetric (the TensorRT-bound variant: TensorRT's ONNX parser has rejected "
+        "int32 bias DequantizeLinear in several releases), True otherwise.",
+    )
 
 
 def decide_reduce_range(setting: bool | None) -> tuple[bool, str]:
@@ -68,6 +76,17 @@ def decide_reduce_range(setting: bool | None) -> tuple[bool, str]:
         return False, f"CPU has VNNI ({present}): int8 dot products accumulate exactly with 8-bit weights"
     simd = "avx2" if isa.get("avx2") else "no avx2"
     return True, f"no VNNI on this CPU ({simd} only): 7-bit weights avoid int16 saturation in vpmaddubsw"
+
+
+def decide_quantize_bias(cfg: OrtInt8Config) -> tuple[bool, str]:
+    """(quantize_bias, why): the suite's setting, else float biases for the TensorRT-bound symmetric variant."""
+    if cfg.quantize_bias is not None:
+        return cfg.quantize_bias, "set by suite"
+    if cfg.activation_symmetric:
+        return False, ("symmetric (TensorRT-bound) variant: biases stay float32, because TensorRT's ONNX parser "
+                       "has rejected int32 bias DequantizeLinear in several releases; TensorRT fuses the float "
+                       "bias into the int8 layer itself")
+    return True, "asymmetric (CPU) variant: int32 biases (scale = activation scale x weight scale), ONNX Runtime's default"
 
 
 def calibration_subset(bundle: ModelBundle, n: int) -> SampleSet:
@@ -103,15 +122,17 @@ def count_quantization(path: Path) -> dict[str, int]:
     low_precision = {t.name for t in model.graph.initializer
                      if t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and int(np.prod(t.dims)) > 1}
     weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in low_precision}
+    int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    biases = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int32]
     return {"quantize_linear": ops.count("QuantizeLinear"), "dequantize_linear": ops.count("DequantizeLinear"),
-            "int8_weight_tensors": len(weights)}
+            "int8_weight_tensors": len(weights), "int32_bias_dequantize": len(biases)}
 
 
 class OrtInt8Recipe(Recipe):
     """Static int8 PTQ with ONNX Runtime (Q/DQ ONNX)."""
 
     name = "int8"
-    version = 2
+    version = 3  # 3: float biases in the symmetric variant (quantize_bias)
     precision = "int8"
     Config = OrtInt8Config
     description = "int8 static PTQ with ONNX Runtime: Q/DQ ONNX, per-channel symmetric int8 weights, uint8 activations"
@@ -144,6 +165,7 @@ class OrtInt8Recipe(Recipe):
 
         cfg = self.own_config(config)
         reduce_range, why = decide_reduce_range(cfg.reduce_range)
+        quantize_bias, bias_why = decide_quantize_bias(cfg)
         samples = calibration_subset(bundle, cfg.calibration_samples)
         # A graph pinned to one batch size can only be calibrated at that size.
         batch_size = bundle.details.get("fixed_batch") or cfg.calibration_batch_size
@@ -183,7 +205,7 @@ class OrtInt8Recipe(Recipe):
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, cfg.calibration_method),
                 extra_options={"ActivationSymmetric": cfg.activation_symmetric, "WeightSymmetric": True,
-                               "CalibStridedMinMax": 1},
+                               "CalibStridedMinMax": 1, "QuantizeBias": quantize_bias},
             )
         return {
             "method": "static PTQ (ONNX Runtime, QDQ)",
@@ -196,6 +218,9 @@ class OrtInt8Recipe(Recipe):
             "activation_symmetric": cfg.activation_symmetric,
             "reduce_range": reduce_range,
             "reduce_range_reason": why,
+            "quantize_bias": quantize_bias,
+            "bias": "int32 (DequantizeLinear)" if quantize_bias else "float32 (not quantized)",
+            "quantize_bias_reason": bias_why,
             "calibration": {
                 "description": samples.description,
                 "samples": len(samples),

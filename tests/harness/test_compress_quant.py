@@ -48,8 +48,19 @@ def test_symmetric_activations_for_tensorrt(digits, shared_cache):
     # Calibration choices are recorded as made: method, samples, batch size, batches, one batch per pass.
     assert p["calibration"] == {"description": p["calibration"]["description"], "samples": 48, "batch_size": 16,
                                 "batches": 3, "batches_per_pass": 1, "method": "Entropy"}
-    labels = digits.evaluation.labels
+    # TensorRT-bound: biases stay float (no int32 bias DequantizeLinear, which TensorRT's parser rejects)
+    assert _int32_bias_dequantize(model, init) == []
+    float_biases = [n.input[2] for n in model.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]
+    assert float_biases and all(init[b].dtype == np.float32 for b in float_biases)
+    assert p["quantize_bias"] is False and p["bias"] == "float32 (not quantized)" and p["int32_bias_dequantize"] == 0
+    assert "TensorRT" in p["quantize_bias_reason"]
+    labels = digits.evaluation.labels  # and ONNX Runtime still runs it, accurately
     assert (ort_outputs(art.path, digits.evaluation).argmax(1) == labels).mean() >= 0.95
+
+
+def _int32_bias_dequantize(model, init):
+    return [n.name for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in init and init[n.input[0]].dtype == np.int32]
 
 
 def test_default_activations_stay_asymmetric_uint8(digits, shared_cache):
@@ -57,6 +68,9 @@ def test_default_activations_stay_asymmetric_uint8(digits, shared_cache):
     model, init = _initializers(art.path)
     assert {init[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"} == {np.dtype(np.uint8)}
     assert art.provenance["activation_symmetric"] is False
+    # CPU variant: int32 biases, as ONNX Runtime quantizes them by default
+    n_bias = len(_int32_bias_dequantize(model, init))
+    assert n_bias > 0 and art.provenance["quantize_bias"] is True and art.provenance["int32_bias_dequantize"] == n_bias
     assert art.provenance["calibration"]["batches"] == 8  # 64 samples in batches of 8, one per pass
 
 
