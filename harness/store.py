@@ -1,137 +1,52 @@
-"""Run files (the source of truth) and the DuckDB store built from them.
+"""The stores built from run files: DuckDB (embedded, per results folder) and PostgreSQL (a team's).
 
-A run file is JSON lines under ``DIR/runs/RUN_ID.jsonl``: one ``run`` header, then one
-``case`` line per finished case, appended and fsync'd as each case ends, so a crash loses at
-most the case in flight. The store ``DIR/costbench.duckdb`` is a queryable copy: ``sync``
-re-ingests any run file that changed since it was last read, and deleting the store file
-simply rebuilds it.
+Run files (:mod:`.runfile`) are the source of truth. The store ``DIR/costbench.duckdb`` is a
+queryable copy: ``sync`` re-ingests any run file that changed since it was last read, and
+deleting the store file simply rebuilds it. A ``postgresql://`` URL names a team store that runs
+are pushed to (:mod:`.store_pg`). Both serve the same frames through :class:`ResultStore`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import pandas as pd
 
+# Run files, the row vocabulary and the store interface are re-exported: callers know them from here.
+from costbench.harness.runfile import (  # noqa: F401
+    FRAME_DTYPES, RESULT_COLUMNS, RESULT_TYPES, RUNS_DIR, SCHEMA_VERSION, RunFile, case_rows_of, frame_of, redact,
+    rows_of, run_files, run_row_of,
+)
+from costbench.harness.store_base import (  # noqa: F401
+    CASE_COLUMNS, RUN_COLUMNS, RUN_LIST_COLUMNS, ResultStore, StoreError, as_frame, is_url,
+)
+
 STORE_FILE = "costbench.duckdb"
-SCHEMA_VERSION = 4  # bump when any table's columns change: older stores are then rebuilt from the run files
-RUNS_DIR = "runs"
-RESULT_COLUMNS = [
-    "run_id", "env_id", "case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
-    "metric", "value", "unit", "status", "reason", "ci_low", "ci_high", "valid", "samples", "details",
-    "recipe", "created", "commit", "seq",
-]
-RESULT_TYPES = {c: "VARCHAR" for c in RESULT_COLUMNS} | {
-    "batch_size": "BIGINT", "value": "DOUBLE", "ci_low": "DOUBLE", "ci_high": "DOUBLE", "valid": "BOOLEAN",
-    "samples": "DOUBLE[]", "seq": "INTEGER",
-}
 
 
-class RunFile:
-    """Append-only JSON-lines file of one run."""
+def open_store(source: str | Path) -> ResultStore:
+    """The store a results folder or a ``postgresql://`` URL names."""
+    if is_url(source):
+        from costbench.harness.store_pg import PgStore  # psycopg only when a team store is used
 
-    def __init__(self, path: Path):
-        self.path = path
-
-    @classmethod
-    def create(cls, results_dir: Path, header: dict[str, Any]) -> "RunFile":
-        runs = results_dir / RUNS_DIR
-        runs.mkdir(parents=True, exist_ok=True)
-        path = runs / f"{header['run_id']}.jsonl"
-        if path.exists():
-            raise FileExistsError(f"run file {path} already exists")
-        rf = cls(path)
-        rf.append({"type": "run", **header})
-        return rf
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one record as one line and force it to disk before returning."""
-        line = json.dumps(record, default=str, allow_nan=True) + "\n"
-        # O_APPEND makes each write land at the end even if another writer holds the file open.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def repair_tail(self) -> bool:
-        """Cut a torn last line (a writer killed mid-record) so the next append starts a clean line."""
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if not data or data.endswith(b"\n"):
-                return False
-            f.truncate(data.rfind(b"\n") + 1)
-            f.flush()
-            os.fsync(f.fileno())
-        return True
-
-    def records(self) -> Iterator[dict[str, Any]]:
-        """Every complete record; a torn last line (the writer was killed mid-write) is skipped."""
-        with open(self.path, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                if i < len(lines) - 2:  # only the final line may legitimately be torn
-                    warnings.warn(f"{self.path}:{i + 1}: unreadable record skipped")
-
-    def header(self) -> dict[str, Any]:
-        for rec in self.records():
-            if rec.get("type") == "run":
-                return rec
-        raise ValueError(f"{self.path}: no run header")
-
-    def cases(self) -> list[dict[str, Any]]:
-        return [r for r in self.records() if r.get("type") == "case"]
-
-
-def run_files(results_dir: Path) -> list[RunFile]:
-    return [RunFile(p) for p in sorted((results_dir / RUNS_DIR).glob("*.jsonl"))]
-
-
-def rows_of(run: RunFile) -> list[dict[str, Any]]:
-    """Long-form result rows of one run file: one per case and metric (one status row for skipped/failed)."""
-    header = run.header()
-    base = {"run_id": header["run_id"], "env_id": header["env_id"], "created": header.get("created"),
-            "commit": header.get("commit")}
-    rows = []
-    for seq, rec in enumerate(run.cases()):
-        c = rec["case"]
-        ident = {k: c[k] for k in ("case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
-                                   "recipe")}
-        common = {**base, **ident, "status": rec["status"], "reason": rec.get("reason", ""), "seq": seq}
-        metrics = rec.get("metrics") or [{"metric": "case", "value": None, "unit": ""}]
-        for m in metrics:
-            rows.append({
-                **common, "metric": m["metric"], "value": m.get("value"), "unit": m.get("unit", ""),
-                "ci_low": m.get("ci_low"), "ci_high": m.get("ci_high"), "valid": m.get("valid"),
-                "samples": m.get("samples"), "details": json.dumps(m["details"]) if m.get("details") else None,
-            })
-    return rows
-
-
-def frame_of(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-    df["batch_size"] = df["batch_size"].astype("Int64")
-    df["value"] = pd.to_numeric(df["value"], errors="coerce")
-    return df
+        return PgStore(str(source))
+    return Store(Path(source))
 
 
 @dataclass
-class Store:
+class Store(ResultStore):
     """The DuckDB copy of a results folder's run files."""
 
     results_dir: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.results_dir)
 
     @property
     def path(self) -> Path:
@@ -182,8 +97,8 @@ class Store:
                 if seen.get(str(rf.path)) == (st.st_size, st.st_mtime_ns):
                     continue
                 try:
-                    header = rf.header()
-                    rows = rows_of(rf)
+                    header, records = rf.read()
+                    rows = rows_of(rf, header, records)
                 except (ValueError, KeyError) as exc:
                     warnings.warn(f"{rf.path}: not a costbench run file ({exc}); skipped")
                     continue
@@ -196,17 +111,15 @@ class Store:
                 con.unregister("incoming")
                 con.execute("DELETE FROM runs WHERE run_id = ?", [header["run_id"]])
                 con.execute("DELETE FROM cases WHERE run_id = ?", [header["run_id"]])
-                case_rows = [[header["run_id"], seq, rec["case"].get("case_id"), rec.get("status"), rec.get("elapsed_s"),
-                              rec.get("finished"), json.dumps(rec["case"], default=str),
-                              json.dumps(rec.get("info") or {}, default=str)] for seq, rec in enumerate(rf.cases())]
+                case_rows = case_rows_of(header["run_id"], records)
                 if case_rows:  # DuckDB's executemany rejects an empty list
                     con.executemany("INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)", case_rows)
+                run = run_row_of(header)
                 con.execute(
                     "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [header["run_id"], str(rf.path), st.st_size, st.st_mtime_ns, header.get("created"),
-                     header.get("commit"), header.get("harness_version"), header["env_id"],
-                     (header.get("suite") or {}).get("name"), json.dumps(header.get("env")),
-                     len(case_rows), (header.get("suite") or {}).get("source"), json.dumps(header.get("argv"))],
+                    [run["run_id"], str(rf.path), st.st_size, st.st_mtime_ns, run["created"], run["commit"],
+                     run["harness_version"], run["env_id"], run["suite"], run["env"], len(case_rows),
+                     run["suite_source"], run["argv"]],
                 )
                 con.execute("COMMIT")
                 ingested += 1
@@ -246,23 +159,34 @@ class Store:
         return self.sync()
 
 
-def load_results(results_dir: str | Path = "results", run_id: str | None = None) -> pd.DataFrame:
-    """All results under ``results_dir`` (or one run) as a long-form DataFrame, one row per case and metric."""
-    results_dir = Path(results_dir)
-    store = Store(results_dir)
-    if not run_files(results_dir):
-        return frame_of([])
-    store.sync()
-    where, params = ("WHERE run_id = ?", [run_id]) if run_id else ("", [])
-    df = store.query(f"SELECT * FROM results {where} ORDER BY created, run_id, seq, metric", params)
-    df["batch_size"] = df["batch_size"].astype("Int64")
-    return df[RESULT_COLUMNS]
+    # --- ResultStore: what reports read ---------------------------------------------------------------
+
+    def runs(self) -> pd.DataFrame:
+        if not run_files(self.results_dir):
+            return pd.DataFrame(columns=RUN_COLUMNS)
+        self.sync()
+        return self.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY created, run_id")
+
+    def results(self, run_ids: Sequence[str] | None = None) -> pd.DataFrame:
+        if not run_files(self.results_dir) or (run_ids is not None and not run_ids):
+            return as_frame(frame_of([]))
+        self.sync()
+        where, params = ("", []) if run_ids is None else (f"WHERE run_id IN ({', '.join('?' * len(run_ids))})",
+                                                          list(run_ids))
+        return as_frame(self.query(f"SELECT * FROM results {where} ORDER BY created, run_id, seq, metric", params))
+
+    def cases(self, run_ids: Sequence[str]) -> pd.DataFrame:
+        if not run_files(self.results_dir) or not run_ids:
+            return pd.DataFrame(columns=CASE_COLUMNS)
+        return self.query(f"SELECT {', '.join(CASE_COLUMNS)} FROM cases WHERE run_id IN "
+                          f"({', '.join('?' * len(run_ids))})", list(run_ids))
 
 
-def list_runs(results_dir: str | Path = "results") -> pd.DataFrame:
+def load_results(source: str | Path = "results", run_id: str | None = None) -> pd.DataFrame:
+    """All results of a results folder or a ``postgresql://`` store (or one run), one row per case and metric."""
+    return open_store(source).results(None if run_id is None else [run_id])
+
+
+def list_runs(source: str | Path = "results") -> pd.DataFrame:
     """One row per run: id, time, commit, environment, suite, cases recorded."""
-    store = Store(Path(results_dir))
-    if not run_files(Path(results_dir)):
-        return pd.DataFrame(columns=["run_id", "created", "commit", "env_id", "suite", "cases_done"])
-    store.sync()
-    return store.query("SELECT run_id, created, commit, env_id, suite, cases_done FROM runs ORDER BY created")
+    return open_store(source).runs()[RUN_LIST_COLUMNS].reset_index(drop=True)
