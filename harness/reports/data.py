@@ -1,4 +1,4 @@
-"""What reports read: runs, result rows and per-case provenance from one or more results stores."""
+"""What reports read: runs, result rows and per-case provenance from results folders and team stores."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from costbench.harness.store import RESULT_COLUMNS, Store, run_files
+from costbench.harness.store import (
+    CASE_COLUMNS, RESULT_COLUMNS, RUN_COLUMNS as STORE_RUN_COLUMNS, ResultStore, as_frame, is_url, open_store, run_files,
+)
 
 # A series is everything that names one measured quantity except the run it was measured in.
 CASE_KEYS = ["model", "variant", "backend", "device", "scenario", "batch_size"]
 SERIES_KEYS = CASE_KEYS + ["metric"]
-RUN_COLUMNS = ["run_id", "created", "commit", "env_id", "suite", "suite_source", "argv", "env", "results_dir"]
+RUN_COLUMNS = [c for c in STORE_RUN_COLUMNS if c != "cases_done"] + ["results_dir"]
 
 
 class RunNotFound(LookupError):
@@ -49,26 +51,35 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def _stores(results_dirs: Sequence[Path]) -> list[Store]:
+Source = str | Path  # a results folder, or a postgresql:// URL of a team store
+
+
+def _stores(sources: Sequence[Source]) -> list[ResultStore]:
+    """The store of each source: a results folder's DuckDB copy, or a team store (``postgresql://...``)."""
     stores = []
-    for d in results_dirs:
-        d = Path(d)
+    for src in sources:
+        if is_url(src):
+            stores.append(open_store(src))
+            continue
+        d = Path(src)
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such results folder")
         if run_files(d):
-            s = Store(d)
-            s.sync()  # the store follows its run files; a fresh checkout has run files but no store yet
-            stores.append(s)
+            stores.append(open_store(d))
     return stores
 
 
-def list_all_runs(results_dirs: Sequence[Path]) -> pd.DataFrame:
-    """Every run in the given results folders, oldest first; a run id found twice is taken from the first folder."""
+def list_all_runs(sources: Sequence[Source]) -> pd.DataFrame:
+    """Every run in the given results folders and stores, oldest first; a run id found twice is taken from the first.
+
+    ``results_dir`` names the store each run comes from (a folder, or a store URL without its password).
+    """
     frames = []
-    for s in _stores(results_dirs):
-        df = s.query("SELECT run_id, created, commit, env_id, suite, suite_source, argv, env FROM runs")
-        df["results_dir"] = str(s.results_dir)
+    for s in _stores(sources):
+        df = s.runs()
+        df["results_dir"] = s.name
         frames.append(df)
+    frames = [f for f in frames if not f.empty]
     if not frames:
         return pd.DataFrame(columns=RUN_COLUMNS)
     runs = pd.concat(frames, ignore_index=True).drop_duplicates("run_id", keep="first")
@@ -101,29 +112,26 @@ def resolve_runs(refs: Iterable[str], runs: pd.DataFrame) -> list[str]:
     return out
 
 
-def load_selection(results_dirs: Sequence[Path], run_ids: Sequence[str] | None = None,
+def load_selection(sources: Sequence[Source], run_ids: Sequence[str] | None = None,
                    runs: pd.DataFrame | None = None) -> Selection:
-    """Result rows, runs and cases of ``run_ids`` (all runs when None) from the stores of ``results_dirs``.
+    """Result rows, runs and cases of ``run_ids`` (all runs when None) from the stores of ``sources``.
 
-    ``runs`` is ``list_all_runs(results_dirs)`` when the caller already has it.
+    ``runs`` is ``list_all_runs(sources)`` when the caller already has it.
     """
-    runs = list_all_runs(results_dirs) if runs is None else runs
+    runs = list_all_runs(sources) if runs is None else runs
     if run_ids is not None:
         runs = runs[runs["run_id"].isin(list(run_ids))]
+    stores = {s.name: s for s in _stores(sources)}
     results, cases = [], []
-    for results_dir, group in runs.groupby("results_dir", sort=False):
-        store = Store(Path(results_dir))
+    for name, group in runs.groupby("results_dir", sort=False):
+        store = stores.get(name) or open_store(Path(name))
         ids = group["run_id"].tolist()
-        marks = ", ".join("?" * len(ids))
-        results.append(store.query(f"SELECT * FROM results WHERE run_id IN ({marks}) ORDER BY created, run_id, seq, "
-                                   "metric", ids))
-        cases.append(store.query(f"SELECT run_id, seq, case_id, status, spec, info FROM cases WHERE run_id IN ({marks})",
-                                 ids))
-    res = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=RESULT_COLUMNS)
+        results.append(store.results(ids))
+        cases.append(store.cases(ids))
+    res = pd.concat(results, ignore_index=True) if results else as_frame(pd.DataFrame(columns=RESULT_COLUMNS))
     res["batch_size"] = res["batch_size"].astype("Int64")
     res["value"] = pd.to_numeric(res["value"], errors="coerce")
-    cas = pd.concat(cases, ignore_index=True) if cases else pd.DataFrame(
-        columns=["run_id", "seq", "case_id", "status", "spec", "info"])
+    cas = pd.concat(cases, ignore_index=True) if cases else pd.DataFrame(columns=CASE_COLUMNS)
     cas["spec"] = cas["spec"].map(_json)
     cas["info"] = cas["info"].map(lambda v: _json(v) or {})
     return Selection(res[RESULT_COLUMNS].reset_index(drop=True), runs.reset_index(drop=True), cas)
