@@ -15,7 +15,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure which hardware, backend and compression to deploy a model on.")
-store_app = typer.Typer(no_args_is_help=True, help="The DuckDB store built from run files.")
+store_app = typer.Typer(no_args_is_help=True, help="The stores built from run files: DuckDB, and a team's PostgreSQL.")
 app.add_typer(store_app, name="store")
 app.add_typer(__import__("costbench.commands.kernels", fromlist=["app"]).app, name="kernels")
 # Piped output (CI logs, files) gets a width that fits the results table instead of rich's 80.
@@ -28,6 +28,19 @@ DEFAULT_RESULTS = Path("results")
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+STORE_HELP = ("Team store: postgresql://USER@HOST:PORT/DB (or ...?host=SOCKET_DIR); the password from ~/.pgpass, "
+              "PGPASSWORD or the URL, never recorded.")
+
+
+def _store_url(url: str) -> str:
+    """``url`` when it names a PostgreSQL store; otherwise a clear error before anything runs."""
+    from costbench.harness.store import is_url, redact
+
+    if not is_url(url):
+        _fail(f"--store {redact(url)}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
+    return url
 
 
 @app.command()
@@ -97,6 +110,32 @@ def _plan_table(cases) -> Table:
     return t
 
 
+def _publisher(store: str | None, out: Path, resume: str | None):
+    """A RunPublisher for ``run --store`` (None without it); a wrong URL, password or schema fails here."""
+    if not store:
+        return None
+    from costbench.harness.runner import find_run
+    from costbench.harness.store import StoreError, redact
+    from costbench.harness.store_pg import RunPublisher
+
+    sys.argv[:] = [redact(a) for a in sys.argv]  # the run header records argv: never a password
+    try:
+        return RunPublisher(_store_url(store), out, find_run(out, resume).path if resume else None)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+def _publish_end(publisher, run_file: Path) -> None:
+    if publisher is None:
+        return
+    pushed = publisher.finish(run_file)
+    if pushed is None:
+        err.print(f"[bold yellow]warning:[/] not pushed to the team store: {escape(publisher.failed or '')}",
+                  highlight=False)
+    else:
+        console.print(f"pushed {pushed.cases} case(s) to {publisher.store.name}", highlight=False)
+
+
 ONLY_HELP = "Keep only cases matching KEY=GLOB (model, variant, backend, device, scenario, batch_size); repeatable."
 
 
@@ -117,6 +156,7 @@ def run(
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue this interrupted run (id or prefix) in --out."),
     force: bool = typer.Option(False, "--force", help="With --resume: resume even on a different environment."),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP + " Each case is pushed there as it ends."),
 ) -> None:
     """Run a suite: each case in its own process with a timeout; results appended as each case ends."""
     from costbench.harness.reports.run_table import render
@@ -142,6 +182,7 @@ def run(
         runnable = sum(c.status == "planned" for c in cases)
         console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, "
                       f"{len(cases) - runnable} skipped) -> {out}/")
+    publisher = _publisher(store, out, resume)  # a bad store URL stops here, before any case runs
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -158,6 +199,8 @@ def run(
                 progress.console.print(f"[red]failed[/] {c.model} / {c.variant} / {c.backend} / {c.scenario}: "
                                        f"{escape(outcome.reason)}", highlight=False)
             progress.advance(task)
+            if publisher:
+                publisher.case_done()
 
         if resume is not None:
             try:
@@ -169,6 +212,7 @@ def run(
 
             summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done,
                                only=parse_filters(only), timeout_override=timeout)
+    _publish_end(publisher, summary.run_file)
     render(load_results(out, summary.run_id), console)
     console.print(f"run [bold]{summary.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
                   f"{counts['failed']} failed; run file {summary.run_file}")
@@ -182,20 +226,27 @@ def results(
     run_id: Optional[str] = typer.Option(None, "--run", help="Show this run as a table (default: list runs)."),
     last: bool = typer.Option(False, "--last", help="Show the most recent run."),
     csv: Optional[Path] = typer.Option(None, help="Also write the long-form rows to this CSV file."),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP + " Read it instead of RESULTS_DIR."),
 ) -> None:
     """List runs, or show one run as a table per model."""
     from costbench.harness.reports.run_table import render
-    from costbench.harness.store import list_runs, load_results
+    from costbench.harness.store import StoreError, list_runs, load_results, redact
 
-    if not results_dir.exists():
+    source = _store_url(store) if store else results_dir
+    where = redact(store) if store else str(results_dir)
+    if not store and not results_dir.exists():
         _fail(f"{results_dir}: no such results folder")
-    runs = list_runs(results_dir)
+    try:
+        runs = list_runs(source)
+    except StoreError as exc:
+        _fail(str(exc))
     if runs.empty:
-        _fail(f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
+        _fail(f"{where}: no runs yet (costbench store push RESULTS_DIR --to URL)" if store else
+              f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
     if last:
         run_id = str(runs["run_id"].iloc[-1])
     if run_id is None:
-        t = Table(title=f"runs in {results_dir}", title_justify="left")
+        t = Table(title=f"runs in {where}", title_justify="left")
         for col in runs.columns:
             t.add_column(col)
         for row in runs.itertuples(index=False):
@@ -205,7 +256,10 @@ def results(
     matches = [r for r in runs["run_id"] if str(r).startswith(run_id)]
     if len(matches) != 1:
         _fail(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous: ' + ', '.join(matches)}")
-    df = load_results(results_dir, matches[0])
+    try:
+        df = load_results(source, matches[0])
+    except StoreError as exc:
+        _fail(str(exc))
     render(df, console)
     if csv:
         df.drop(columns=["samples"]).to_csv(csv, index=False)
@@ -253,6 +307,32 @@ def store_rebuild(results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Resu
 
     n = Store(results_dir).rebuild()
     console.print(f"ingested {n} run file(s) into {results_dir / 'costbench.duckdb'}")
+
+
+@store_app.command("push")
+def store_push(
+    results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Results folder whose run files to publish."),
+    to: str = typer.Option(..., "--to", help=STORE_HELP),
+    run_id: list[str] = typer.Option([], "--run", help="Push only this run (id or prefix); repeatable."),
+) -> None:
+    """Publish run files to a team's PostgreSQL store; pushing a run again adds only what the store lacks."""
+    from costbench.harness.store import StoreError, run_files
+    from costbench.harness.store_pg import PgStore
+
+    if not (results_dir / "runs").is_dir() or not run_files(results_dir):
+        _fail(f"{results_dir}: no run files to push")
+    pg = PgStore(_store_url(to))
+    try:
+        pushed = pg.push(results_dir, run_id or None)
+    except StoreError as exc:
+        _fail(str(exc))
+    if not pushed:
+        _fail(f"{results_dir}: no run matches {', '.join(run_id)}")
+    for r in pushed:
+        state = "complete" if r.complete else "incomplete"
+        what = f"{r.cases_added} case(s), {r.rows_added} row(s) added" if r.cases_added else "already in the store"
+        console.print(f"{r.run_id}: {what} ({r.cases} cases, {state})", highlight=False)
+    console.print(f"pushed {len(pushed)} run(s) to {pg.name}", highlight=False)
 
 
 # report, compare, dashboard, prices, pytest-benchmark: their own module, registered here.
