@@ -31,7 +31,18 @@ def _warn(message: str) -> None:
     err.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
-def _dirs(results: list[Path]) -> list[Path]:
+STORE_HELP = ("Team store to read, postgresql://USER@HOST:PORT/DB (repeatable; the password from ~/.pgpass, "
+              "PGPASSWORD or the URL). With --store, results/ is read only when --results names it.")
+
+
+def _dirs(results: list[Path], stores: list[str] | None = None) -> list:
+    if stores:
+        from costbench.harness.store import is_url, redact
+
+        bad = [redact(s) for s in stores if not is_url(s)]
+        if bad:
+            _fail(f"--store {bad[0]}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
+        return [*results, *stores]
     if results:
         return results
     dirs = [DEFAULT_RESULTS]
@@ -40,19 +51,20 @@ def _dirs(results: list[Path]) -> list[Path]:
     return dirs
 
 
-def _select(refs: list[str], results: list[Path]):
+def _select(refs: list[str], results: list[Path], stores: list[str] | None = None):
     """(selection of the referenced runs, their ids in the order given); errors exit with a message."""
     from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
+    from costbench.harness.store import StoreError, redact
 
-    dirs = _dirs(results)
+    dirs = _dirs(results, stores)
     try:
         runs = list_all_runs(dirs)
         if runs.empty:
-            _fail(f"no runs in {', '.join(map(str, dirs))} (costbench run SUITE --out {dirs[0]})")
+            _fail(f"no runs in {', '.join(redact(str(d)) for d in dirs)} (costbench run SUITE --out {dirs[0]})")
         ids = resolve_runs(refs, runs)
-    except (FileNotFoundError, RunNotFound) as exc:
+        return load_selection(dirs, ids, runs), ids
+    except (FileNotFoundError, RunNotFound, StoreError) as exc:
         _fail(str(exc))
-    return load_selection(dirs, ids, runs), ids
 
 
 def report(
@@ -67,6 +79,7 @@ def report(
                                           "(`costbench prices` prints them)."),
     machine_type: list[str] = typer.Option([], "--machine-type", "-m", help="Machine type the runs ran on: TYPE for "
                                            "every unassigned run, or ENV_ID=TYPE / RUN_ID=TYPE; repeatable."),
+    store: list[str] = typer.Option([], "--store", help=STORE_HELP),
 ) -> None:
     """Hardware-selection report: cost, Pareto frontier and a recommendation per model (HTML, Markdown, CSV)."""
     from costbench.harness.reports.hardware import Criteria, build_report
@@ -77,7 +90,7 @@ def report(
         _fail(f"--max-drop {max_drop}: the accuracy budget is a drop in percentage points, >= 0")
     if latency not in ("p50", "p99"):
         _fail(f"--latency {latency!r}: expected p50 or p99")
-    sel, ids = _select(runs, results)
+    sel, ids = _select(runs, results, store)
     try:
         table = load_prices(prices).with_assignments(machine_type, list(zip(sel.runs["run_id"], sel.runs["env_id"])))
         rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency))
@@ -99,13 +112,14 @@ def compare(
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when any series regressed."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write it as Markdown."),
+    store: list[str] = typer.Option([], "--store", help=STORE_HELP),
 ) -> None:
     """Compare two runs series by series (only cases in both): ratio with CI, Mann–Whitney p, BH, verdict."""
     from rich.table import Table
 
     from costbench.harness.reports.compare import compare_runs, render_markdown
 
-    sel, ids = _select([base, new], results)
+    sel, ids = _select([base, new], results, store)
     if len(ids) < 2:
         _fail(f"BASE and NEW are the same run ({ids[0]})")
     try:
@@ -146,17 +160,22 @@ def dashboard(
     results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Results folder whose history to show."),
     out: Path = typer.Option(Path("site"), "--out", "-o", help="Folder for index.html, changes.csv, dashboard.json."),
     threshold: float = typer.Option(0.05, "--threshold", help="Practical threshold for change points (fraction)."),
+    store: Optional[str] = typer.Option(None, "--store", help="Team store whose history to show instead of "
+                                        "RESULTS_DIR, postgresql://USER@HOST:PORT/DB."),
 ) -> None:
     """History of every series across runs, with change points, environment changes and filters."""
     from costbench.harness.reports.dashboard import build_dashboard, changes_frame, write_dashboard
     from costbench.harness.reports.data import load_selection
+    from costbench.harness.store import StoreError, redact
 
+    sources = _dirs([], [store]) if store else [results_dir]
     try:
-        sel = load_selection([results_dir])
-    except FileNotFoundError as exc:
+        sel = load_selection(sources)
+    except (FileNotFoundError, StoreError) as exc:
         _fail(str(exc))
     if sel.runs.empty:
-        _fail(f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
+        _fail(f"{redact(store)}: no runs yet (costbench store push RESULTS_DIR --to URL)" if store else
+              f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
     dash = build_dashboard(sel, threshold=threshold)
     paths = write_dashboard(dash, out)
     changes = changes_frame(dash)
