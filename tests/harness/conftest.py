@@ -61,3 +61,22 @@ def tiny_onnx(tmp_path, factory_path) -> Path:
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A real PostgreSQL server for the team-store tests: initdb + pg_ctl on a Unix socket, stopped at the end.
+
+    Skips only when no PostgreSQL server binaries are installed (.ci/run installs Debian's postgresql).
+    """
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from pg_cluster import server_bin, start_cluster
+
+    if server_bin() is None:
+        pytest.skip("no PostgreSQL server binaries (initdb/pg_ctl) on this machine: apt-get install -y postgresql "
+                    "(.ci/run does)")
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
