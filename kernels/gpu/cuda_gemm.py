@@ -18,12 +18,15 @@ an activation that does not qualify is copied into a padded buffer per call.
 from __future__ import annotations
 
 import abc
+import atexit
 import hashlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -203,17 +206,55 @@ def count_instructions(text: str, pattern: str) -> int:
 
 
 class Launcher(abc.ABC):
-    """Loads a cubin and launches its kernels on device pointers; one implementation per CUDA binding."""
+    """Loads a cubin and launches its kernels on device pointers; one implementation per CUDA binding.
+
+    A context manager: ``with make_launcher(...) as launcher:`` releases it however the block ends.
+    :meth:`close` is idempotent (later calls do nothing) and runs :meth:`_release` once.
+    """
 
     name: str
+    _closed: bool = False
 
     @abc.abstractmethod
     def launch(self, kernel: str, grid: tuple[int, int, int], block: tuple[int, int, int], smem: int,
                args: Sequence[tuple[str, Any]]) -> None:
         """Launch ``kernel``; ``args`` are (kind, value) with kind 'ptr' (int address) or 'i32'."""
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
-        """Release the module and any context this launcher pushed."""
+        """Release the module and any context this launcher pushed; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """What :meth:`close` releases, once (nothing by default)."""
+
+    def __enter__(self) -> "Launcher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# PyCUDA launchers not yet closed. PyCUDA aborts the process (SIGABRT, exit 134) at interpreter exit when
+# its context stack is not empty ("PyCUDA ERROR: The context stack was not empty upon module cleanup"), so
+# a launcher that was never closed is closed here, before that cleanup. The owners close them first
+# (``with`` blocks); this only keeps a forgotten one from turning a finished run into a crash.
+_OPEN_PYCUDA: "weakref.WeakSet[PyCudaLauncher]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_pycuda_launchers() -> None:
+    for launcher in list(_OPEN_PYCUDA):
+        try:
+            launcher.close()
+        except Exception as exc:  # at exit: say so, do not mask the process's own status
+            print(f"costbench: closing a PyCUDA launcher at exit failed: {exc!r}", file=sys.stderr)
 
 
 class PyCudaLauncher(Launcher):
@@ -231,11 +272,17 @@ class PyCudaLauncher(Launcher):
 
         drv.init()
         self._drv = drv
-        self._ctx = drv.Device(device_index).retain_primary_context()
-        self._ctx.push()
-        self._module = drv.module_from_buffer(cubin)
         self._functions: dict[str, Any] = {}
         self._smem_set: dict[str, int] = {}
+        self._module = None
+        self._ctx = drv.Device(device_index).retain_primary_context()  # retained, not yet pushed
+        self._ctx.push()
+        try:
+            self._module = drv.module_from_buffer(cubin)
+        except BaseException:
+            self.close()  # pop what was pushed: a failed load must not leave PyCUDA's stack non-empty
+            raise
+        _OPEN_PYCUDA.add(self)
 
     def _function(self, kernel: str, kinds: Sequence[str]) -> Any:
         fn = self._functions.get(kernel)
@@ -252,13 +299,29 @@ class PyCudaLauncher(Launcher):
             self._smem_set[kernel] = smem
         fn.prepared_call(grid, block, *[int(v) for _, v in args], shared_size=smem)
 
-    def close(self) -> None:
-        if self._ctx is not None:
-            self._module = None
+    def _release(self) -> None:
+        """Pop the context pushed in ``__init__``, then release the retained primary context.
+
+        PyCUDA's ``Context.pop()`` is static: it pops the top of this thread's context stack, which is
+        ours (launches never push). The module is dropped first, while its context is still current.
+        ``detach()`` on the (no longer current) primary context pushes it on the driver's stack and calls
+        ``cuDevicePrimaryCtxRelease``, which does not pop: the primary context stays current on the driver's
+        stack (as PyTorch's runtime had it), PyCUDA's own stack is empty, and PyTorch's retain keeps the
+        context alive for PyTorch.
+        """
+        _OPEN_PYCUDA.discard(self)
+        ctx, self._ctx = self._ctx, None
+        if ctx is None:
+            return
+        try:
             self._functions.clear()
-            self._ctx.pop()
-            self._ctx.detach()
-            self._ctx = None
+            self._module = None
+            self._drv.Context.synchronize()  # launches still queued finish while their module exists
+        finally:
+            try:
+                ctx.pop()
+            finally:
+                ctx.detach()
 
 
 class CupyLauncher(Launcher):
@@ -360,7 +423,12 @@ def _aligned_operand(a: Any) -> Any:
 
 
 class CudaInt8Gemm:
-    """The CUDA C kernel behind a launcher: ``gemm`` (int32 out) and ``gemm_fused`` (fp32/fp16/bf16 out)."""
+    """The CUDA C kernel behind a launcher: ``gemm`` (int32 out) and ``gemm_fused`` (fp32/fp16/bf16 out).
+
+    Use it as a context manager (``with CudaInt8Gemm("pycuda") as engine:``) or close it in a ``finally``:
+    the PyCUDA launcher pushes a CUDA context, and PyCUDA aborts the process at exit if it is still pushed.
+    ``close()`` is idempotent. A launcher passed in is closed with the engine (the engine owns it).
+    """
 
     def __init__(self, launcher: str | Launcher = "auto", device_index: int = 0):
         import torch
@@ -454,4 +522,13 @@ class CudaInt8Gemm:
                 "resources": self.build.resources if self.build else None}
 
     def close(self) -> None:
-        self.launcher.close()
+        """Close the launcher (pops PyCUDA's context); a second call does nothing."""
+        launcher = getattr(self, "launcher", None)
+        if launcher is not None:
+            launcher.close()
+
+    def __enter__(self) -> "CudaInt8Gemm":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
