@@ -21,6 +21,7 @@ FORMAT_TORCH = "torch-module"  # a pickled torch.nn.Module (torch.save), loaded 
 FORMAT_ONNX = "onnx"  # an ONNX model file
 FORMAT_OPENVINO = "openvino-ir"  # OpenVINO IR: model.xml + model.bin
 FORMAT_EXECUTORCH = "executorch-pte"  # an ExecuTorch program (.pte), lowered to XNNPACK
+FORMAT_TFLITE = "tflite"  # a LiteRT (TensorFlow Lite) flatbuffer model (.tflite)
 
 _MANIFEST = "artifact.json"
 

@@ -14,6 +14,7 @@ from costbench.core.artifacts import InputSpec
 
 SOURCE_TORCH = "torch"  # the model is a torch.nn.Module (zoo model or user factory)
 SOURCE_ONNX = "onnx"  # the model is a user-supplied ONNX file; there is no torch module
+SOURCE_TFLITE = "tflite"  # the model is a user-supplied LiteRT (.tflite) file; there is no torch module
 
 
 @dataclass
