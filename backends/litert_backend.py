@@ -144,6 +144,14 @@ def read_inputs(path: Path) -> list[dict[str, Any]]:
             for d in interpreter.get_input_details()]
 
 
+def read_outputs(path: Path) -> list[dict[str, Any]]:
+    """The model's outputs as written in the file: name, shape signature, dtype, quantization."""
+    interpreter = open_interpreter(path, kernels="builtin")
+    return [{"name": d["name"], "shape_signature": [int(s) for s in d.get("shape_signature", d["shape"])],
+             "dtype": np.dtype(d["dtype"]).name, "quantization": quant_params(d)}
+            for d in interpreter.get_output_details()]
+
+
 class LiteRTSession(Session):
     """One interpreter, its inputs resized to the case's batch; feeds the artifact's inputs in the model's order."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from costbench.harness.zoo.base import SOURCE_ONNX, ModelBundle
+from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, ModelBundle
 
 REFERENCE_BATCH = 16
 
@@ -25,10 +25,24 @@ def _data_hash(bundle: ModelBundle) -> str:
 
 
 def _compute(bundle: ModelBundle) -> np.ndarray:
-    """fp32 outputs: PyTorch eager for torch models, ONNX Runtime's CPU provider for ONNX files."""
+    """fp32 outputs: PyTorch eager for torch models, ONNX Runtime's CPU provider for ONNX files, the LiteRT
+    interpreter (XNNPACK, one sample at a time: a .tflite usually has a static batch) for .tflite files."""
     parts = []
     batch = bundle.details.get("fixed_batch") or REFERENCE_BATCH  # an ONNX file may accept one batch size only
-    if bundle.source_kind == SOURCE_ONNX:
+    if bundle.source_kind == SOURCE_TFLITE:
+        from costbench.backends.litert_backend import LiteRTBackend
+        from costbench.core.artifacts import FORMAT_TFLITE, Artifact
+
+        backend = LiteRTBackend()
+        art = Artifact(format=FORMAT_TFLITE, path=Path(bundle.details["tflite_path"]), key="reference",
+                       inputs=list(bundle.inputs), outputs=list(bundle.outputs))
+        session = backend.prepare(art, backend.parse_options({}), 1)
+        try:
+            for feed, real in bundle.evaluation.batches(1):
+                parts.append(np.asarray(session.run(feed)[0], dtype=np.float64)[:real])
+        finally:
+            session.close()
+    elif bundle.source_kind == SOURCE_ONNX:
         import onnxruntime as ort
 
         sess = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])

@@ -45,8 +45,8 @@ class ModelSpec(_Strict):
     """A model to benchmark: a zoo name, or one the user brings (an ONNX file or a torch factory)."""
 
     id: str = Field(description="Zoo name (e.g. 'digits-cnn'), or your own name for a custom model.")
-    source: Literal["zoo", "onnx", "torch"] = Field("zoo", description="Where the model comes from.")
-    path: Path | None = Field(None, description="source='onnx': the .onnx file (relative to the suite file).")
+    source: Literal["zoo", "onnx", "torch", "tflite"] = Field("zoo", description="Where the model comes from.")
+    path: Path | None = Field(None, description="source='onnx'/'tflite': the .onnx/.tflite file (relative to the suite file).")
     factory: str | None = Field(None, description="source='torch': 'package.module:function' returning an nn.Module.")
     inputs: list[InputSpecModel] | None = Field(None, description="Input specs; required for source='torch'.")
     data: Path | None = Field(None, description="Optional .npz of real samples keyed by input name (+ 'labels').")
@@ -57,13 +57,18 @@ class ModelSpec(_Strict):
     def _source_fields(self) -> "ModelSpec":
         if self.source == "onnx" and self.path is None:
             raise ValueError("source='onnx' needs 'path' to the .onnx file")
+        if self.source == "tflite":
+            if self.path is None:
+                raise ValueError("source='tflite' needs 'path' to the .tflite file")
+            if self.factory:
+                raise ValueError("'factory' only applies to source='torch'")
         if self.source == "torch":
             if not self.factory or ":" not in self.factory:
                 raise ValueError("source='torch' needs 'factory' as 'package.module:function'")
             if not self.inputs:
                 raise ValueError("source='torch' needs 'inputs' (name, shape, dtype of each input)")
         if self.source == "zoo" and (self.path or self.factory):
-            raise ValueError("'path'/'factory' only apply to source='onnx'/'torch'")
+            raise ValueError("'path'/'factory' only apply to source='onnx'/'tflite'/'torch'")
         return self
 
 

@@ -1,4 +1,5 @@
-"""Models users bring: an ONNX file (``source="onnx"``) or a torch factory (``source="torch"``).
+"""Models users bring: an ONNX file (``source="onnx"``), a LiteRT file (``source="tflite"``) or a torch factory
+(``source="torch"``).
 
 Data comes from the suite's ``.npz`` when given (arrays keyed by input name, optional
 ``labels``; the first half calibrates, the second half evaluates), else synthetic inputs from a
@@ -19,7 +20,7 @@ import numpy as np
 
 from costbench.core.artifacts import InputSpec, file_sha256
 from costbench.harness.suite_schema import ModelSpec
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
+from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, SampleSet
 
 SYNTHETIC_SEED = 0
 SYNTHETIC_SAMPLES = 64  # half calibration, half evaluation
@@ -164,6 +165,61 @@ def _onnx_run_rank(path: Path, samples: SampleSet, batch: int) -> int:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, samples.batch(batch))[0].ndim
+
+
+# -------------------------------------------------------------------------------------------- tflite
+
+
+def tflite_inputs(model_id: str, path: Path, details: list[dict[str, Any]]) -> list[InputSpec]:
+    """Input specs read from a .tflite. Axis 0 is the batch; any other dynamic axis (-1) is an error asking for
+    ``inputs`` in the suite. A quantized integer input (int8/uint8 with a scale) is declared float32: the data
+    is real-valued and the litert backend quantizes it with the model's scale and zero point."""
+    specs = []
+    for d in details:
+        where = f"model {model_id!r}: input {d['name']!r} of {path}"
+        signature = d["shape_signature"]
+        if not signature:
+            raise ValueError(f"{where} is a scalar; give its shape in the suite's 'inputs'")
+        dynamic = [i for i, s in enumerate(signature[1:], 1) if s < 0]
+        if dynamic:
+            raise ValueError(f"{where} has dynamic dimensions at axes {dynamic} (shape signature {signature}; only "
+                             "axis 0, the batch, may be dynamic); give its per-sample shape in the suite's 'inputs'")
+        dtype = "float32" if d["quantization"] is not None else d["dtype"]
+        specs.append(InputSpec(d["name"], tuple(signature[1:]), dtype))
+    return specs
+
+
+def load_tflite_model(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
+    """A bundle for a user's .tflite; inputs from the suite or, failing that, from the file."""
+    from costbench.backends.litert_backend import read_inputs, read_outputs
+
+    path = Path(spec.path)
+    try:
+        details, outputs = read_inputs(path), read_outputs(path)
+    except ValueError as err:
+        raise ValueError(f"model {spec.id!r}: {err}") from None
+    if spec.inputs:
+        inputs = [i.to_spec() for i in spec.inputs]
+        names = [d["name"] for d in details]
+        if len(inputs) != len(names):
+            raise ValueError(f"model {spec.id!r}: suite 'inputs' {[i.name for i in inputs]} do not match the inputs "
+                             f"{names} of {path}")
+    else:
+        inputs = tflite_inputs(spec.id, path, details)
+    calibration, evaluation, data_details = sample_sets(spec, inputs)
+    rank = len(outputs[0]["shape_signature"]) if outputs else 0
+    return ModelBundle(
+        name=spec.id,
+        task="classification" if rank == 2 else "generic",
+        inputs=inputs,
+        outputs=[o["name"] for o in outputs],
+        calibration=calibration,
+        evaluation=evaluation,
+        source_hash=file_sha256(path),
+        source_kind=SOURCE_TFLITE,
+        details={**data_details, "tflite_path": str(path),
+                 "tflite_io": {"inputs": details, "outputs": outputs}},
+    )
 
 
 # --------------------------------------------------------------------------------------------- torch

@@ -13,7 +13,7 @@ from typing import Callable
 
 from costbench.core.plugins import PluginGroup
 from costbench.harness.suite_schema import ModelSpec
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, ZooModel
+from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, ZooModel
 from costbench.harness.zoo.cost import cached_model_cost
 
 MODELS = PluginGroup("costbench.models", "COSTBENCH_EXTRA_MODELS", "zoo model")
@@ -40,11 +40,12 @@ _SOURCE_KINDS: dict[str, Callable[[ModelSpec], str]] = {
     "zoo": _zoo_kind,
     "onnx": lambda spec: SOURCE_ONNX,
     "torch": lambda spec: SOURCE_TORCH,
+    "tflite": lambda spec: SOURCE_TFLITE,
 }
 
 
 def source_kind(spec: ModelSpec) -> str:
-    """SOURCE_TORCH or SOURCE_ONNX for a spec, without loading the model (planning needs it)."""
+    """SOURCE_TORCH, SOURCE_ONNX or SOURCE_TFLITE for a spec, without loading the model (planning needs it)."""
     return _SOURCE_KINDS[spec.source](spec)
 
 
@@ -72,10 +73,17 @@ def _load_torch(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
     return load_torch_model(spec, cache_dir)
 
 
+def _load_tflite(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
+    from costbench.harness.zoo.custom import load_tflite_model
+
+    return load_tflite_model(spec, cache_dir)
+
+
 _LOADERS: dict[str, Callable[[ModelSpec, Path], ModelBundle]] = {
     "zoo": _load_zoo,
     "onnx": _load_onnx,
     "torch": _load_torch,
+    "tflite": _load_tflite,
 }
 
 
