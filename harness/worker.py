@@ -281,12 +281,16 @@ def first_inference(session: Session, data: SampleSet, batch_size: int) -> dict[
 
 def accuracy_metrics(session: Session, bundle: ModelBundle, reference: np.ndarray | None,
                      batch_size: int) -> list[dict[str, Any]]:
-    """Task accuracy and parity with the fp32 reference over the evaluation data (no rows without a reference)."""
+    """Parity with the fp32 reference and, where labelled, task accuracy over the evaluation data (no rows
+    without a reference). A row's interval goes in ci_low/ci_high; its kind, sample count and the rest in details."""
     if reference is None:
         return []
     outputs = collect_outputs(session, bundle.evaluation, batch_size)
-    return [_metric(m.name, m.value, m.unit, details={"description": m.description})
-            for m in compare(outputs, reference, bundle.evaluation.labels, bundle.task)]
+    rows = []
+    for m in compare(outputs, reference, bundle.evaluation.labels, bundle.task):
+        interval = {} if m.ci_low is None else {"ci_low": m.ci_low, "ci_high": m.ci_high}
+        rows.append(_metric(m.name, m.value, m.unit, **interval, details={"description": m.description, **m.details}))
+    return rows
 
 
 def device_memory_metrics(session: Session) -> list[dict[str, Any]]:
