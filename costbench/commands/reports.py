@@ -72,8 +72,13 @@ def report(
     results: list[Path] = typer.Option([], "--results", "-r", help=RESULTS_HELP),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.html, report.md, report.csv."),
     slo_ms: Optional[float] = typer.Option(None, "--slo-ms", help="Latency SLO in ms (at --latency)."),
-    max_drop: Optional[float] = typer.Option(1.0, "--max-drop", help="Accuracy budget: largest drop against fp32, "
-                                             "in percentage points (negative values not allowed)."),
+    max_drop: Optional[float] = typer.Option(1.0, "--max-drop", help="Task-accuracy budget (models with labels): "
+                                             "largest drop in task accuracy against fp32, in percentage points."),
+    max_parity_loss: Optional[float] = typer.Option(1.0, "--max-parity-loss", help="Parity budget (models without "
+                                                    "labels): largest top-1 disagreement with fp32 on the samples "
+                                                    "where fp32 is confident, in percentage points."),
+    infer_machine: bool = typer.Option(True, "--infer-machine/--no-infer-machine", help="Infer a run's machine type "
+                                       "from its fingerprint when nothing assigns one (the report says so)."),
     latency: str = typer.Option("p99", "--latency", help="Single-stream percentile for the SLO and frontier: p50 or p99."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="Price table TOML laid over the defaults "
                                           "(`costbench prices` prints them)."),
@@ -87,13 +92,16 @@ def report(
     from costbench.harness.reports.prices import PriceError, load_prices
 
     if max_drop is not None and max_drop < 0:
-        _fail(f"--max-drop {max_drop}: the accuracy budget is a drop in percentage points, >= 0")
+        _fail(f"--max-drop {max_drop}: the task-accuracy budget is a drop in percentage points, >= 0")
+    if max_parity_loss is not None and max_parity_loss < 0:
+        _fail(f"--max-parity-loss {max_parity_loss}: the parity budget is in percentage points, >= 0")
     if latency not in ("p50", "p99"):
         _fail(f"--latency {latency!r}: expected p50 or p99")
     sel, ids = _select(runs, results, store)
     try:
         table = load_prices(prices).with_assignments(machine_type, list(zip(sel.runs["run_id"], sel.runs["env_id"])))
-        rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency))
+        rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency,
+                                                   max_parity_loss_pt=max_parity_loss, infer_machines=infer_machine))
     except PriceError as exc:
         _fail(str(exc))
     paths = write_report(rep, out)

@@ -8,6 +8,14 @@ Where the server scenario ran, the configuration also has the throughput it sust
 scenario's latency SLO (Poisson arrivals, queueing included) and the cost at that rate. Offline
 throughput ignores latency; the SLO-bound rate is what a latency-bound service can really bill for,
 so a model whose priced configurations all have it is ranked by that cost.
+
+The accuracy budget names its basis (DESIGN.md, "Accuracy and parity"): where the model has labels,
+the drop in task accuracy against fp32 with its paired 95% interval (``max_drop_pt``); where it has
+none, a parity budget (``max_parity_loss_pt``) on top-1 disagreement with fp32 on the samples where
+fp32 is confident. A configuration within its budget on the point estimate qualifies; when the
+interval straddles the budget the report says the data cannot decide it. A run's machine type,
+when nothing assigns one, is inferred from its fingerprint where the price table supports it
+(:func:`~costbench.harness.reports.prices.infer_machine`), and the report says so.
 """
 
 from __future__ import annotations
@@ -19,8 +27,11 @@ from typing import Any
 
 import pandas as pd
 
+from costbench.harness.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
+                                               Judgement, judge)
 from costbench.harness.reports.data import Selection, describe_env, row_details
-from costbench.harness.reports.prices import Machine, PriceTable, cost_per_million, energy_cost_per_million
+from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
+                                              energy_cost_per_million, infer_machine)
 
 CONFIG_KEYS = ["env_id", "machine", "model", "backend", "variant", "device", "batch_size"]
 LATENCY_CHOICES = ("p50", "p99")
@@ -31,13 +42,24 @@ class Criteria:
     """What a configuration must meet to be recommended."""
 
     slo_ms: float | None = None  # latency (at ``latency``) must not exceed this
-    max_drop_pt: float | None = 1.0  # accuracy may drop at most this many percentage points against fp32
+    max_drop_pt: float | None = 1.0  # labelled models: task accuracy may drop at most this many points against fp32
     latency: str = "p99"  # which single-stream percentile the SLO and the latency frontier use
+    # unlabelled models: top-1 disagreement with fp32 on the samples where fp32 is confident, at most this (points)
+    max_parity_loss_pt: float | None = 1.0
+    infer_machines: bool = True  # infer a run's machine type from its fingerprint when nothing assigns one
 
     def describe(self) -> str:
         slo = f"single-stream {self.latency} ≤ {self.slo_ms:g} ms" if self.slo_ms is not None else "no latency SLO"
-        acc = f"accuracy drop ≤ {self.max_drop_pt:g} pt" if self.max_drop_pt is not None else "no accuracy budget"
-        return f"{slo}; {acc}"
+        acc = (f"task-accuracy drop ≤ {self.max_drop_pt:g} pt where labelled" if self.max_drop_pt is not None
+               else "no task-accuracy budget")
+        parity = (f"parity loss ≤ {self.max_parity_loss_pt:g} pt where unlabelled (top-1 disagreement with fp32 "
+                  "where fp32 is confident)" if self.max_parity_loss_pt is not None else "no parity budget")
+        return f"{slo}; {acc}; {parity}"
+
+    def budget_for(self, basis: str | None) -> float | None:
+        """The budget (a fraction) for a basis: task accuracy or parity."""
+        pt = self.max_drop_pt if basis == TASK else self.max_parity_loss_pt if basis == PARITY else None
+        return None if pt is None else pt / 100.0
 
 
 @dataclass
@@ -63,6 +85,14 @@ class HardwareReport:
     runs: pd.DataFrame
     notes: list[str]
     generated: str
+    # run_id -> (machine type or None, "assigned" / "inferred" / "none", the inference's sentence)
+    machines: dict[str, tuple[Machine | None, str, str]] = field(default_factory=dict)
+
+    def machine_of(self, run_id: str, env_id: str) -> Machine | None:
+        """The machine type a run is priced as (assigned, else inferred)."""
+        if run_id in self.machines:
+            return self.machines[run_id][0]
+        return self.prices.machine_for(env_id, run_id)
 
 
 def _metric_row(g: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.Series | None:
@@ -85,14 +115,39 @@ def machine_label(machine: str | None, env_id: str, env: dict | None) -> str:
     return f"{describe_env(env)} ({env_id[:6]})"
 
 
-def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, list[str]]:
+def run_machines(sel: Selection, prices: PriceTable, infer: bool = True) -> tuple[dict[str, tuple], list[str]]:
+    """Per run: (machine type, "assigned" | "inferred" | "none", sentence); plus one note per environment inferred
+    or left without a price."""
+    out: dict[str, tuple] = {}
+    notes: dict[str, str] = {}
+    for r in sel.runs.to_dict("records"):
+        run_id, env_id = str(r["run_id"]), str(r["env_id"])
+        assigned = prices.machine_for(env_id, run_id)
+        if assigned is not None:
+            out[run_id] = (assigned, "assigned", "")
+            continue
+        if not infer:
+            out[run_id] = (None, "none", "")
+            continue
+        guess: MachineGuess = infer_machine(r.get("env"), prices)
+        sentence = guess.describe(env_id, prices.currency)
+        out[run_id] = (guess.machine, "inferred" if guess.machine else "none", sentence)
+        notes.setdefault(env_id, sentence)
+    return out, list(notes.values())
+
+
+def configurations(sel: Selection, prices: PriceTable,
+                   machines: dict[str, tuple] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One row per configuration, from the latest selected run that measured it; plus notes on what was merged."""
     notes: list[str] = []
     df = sel.results
     if df.empty:
         return pd.DataFrame(), notes
     runs = sel.runs.set_index("run_id")
-    machine_of = {run_id: prices.machine_for(str(r["env_id"]), str(run_id)) for run_id, r in runs.iterrows()}
+    if machines is None:
+        machines, _ = run_machines(sel, prices, infer=False)
+    machine_of = {run_id: machines[str(run_id)][0] for run_id in runs.index}
+    how_of = {run_id: machines[str(run_id)][1] for run_id in runs.index}
     df = df.assign(machine=df["run_id"].map(lambda r: machine_of[r].name if machine_of[r] else ""),
                    _order=df["run_id"].map({r: i for i, r in enumerate(sel.runs["run_id"])}))
     out = []
@@ -101,7 +156,8 @@ def configurations(sel: Selection, prices: PriceTable) -> tuple[pd.DataFrame, li
         repeated += g["_order"].nunique() > 1
         g = _latest_run(g)
         run_id = g["run_id"].iloc[0]
-        out.append(_configuration(key, g, machine_of[run_id], runs.loc[run_id, "env"], prices))
+        out.append({**_configuration(key, g, machine_of[run_id], runs.loc[run_id, "env"], prices),
+                    "machine_inferred": how_of[run_id] == "inferred"})
     if repeated:
         notes.append(f"{repeated} configuration(s) were measured in more than one selected run; each shows its "
                      "latest run (compare runs with `costbench compare`).")
@@ -134,8 +190,9 @@ def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: di
         "throughput_scenario": thr_scenario if thr is not None else None,
         "peak_rss_mib": float(rss.max()) if len(rss) else None,
         "size_mb": None if size is None else float(size["value"]) / 1e6,
-        **_accuracy_drop(_metric_row(g, "task_accuracy_delta"), top1),
-        "top1_agreement": _val(top1), "power_w": power,
+        **accuracy_loss(g),
+        "top1_agreement": _val(top1), "top1_agreement_confident": _val(_metric_row(g, CONFIDENT_METRIC)),
+        "power_w": power,
         "hourly": machine.hourly if machine else None,
         "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
         **server, "cost_per_m_at_slo": slo_total,
@@ -175,15 +232,50 @@ def _throughput_row(g: pd.DataFrame) -> tuple[pd.Series | None, str]:
     return _metric_row(g, "throughput", "single_stream"), "single_stream"
 
 
-def _accuracy_drop(delta: pd.Series | None, top1: pd.Series | None) -> dict[str, Any]:
-    """The accuracy drop against fp32 in points, and its basis: task accuracy where labelled, else top-1 agreement."""
-    if delta is not None:
-        drop, basis = -100.0 * float(delta["value"]) + 0.0, "task accuracy vs fp32"  # + 0.0: no "-0.00"
-    elif top1 is not None:
-        drop, basis = 100.0 * (1.0 - float(top1["value"])) + 0.0, "top-1 disagreement with fp32"
-    else:
-        drop, basis = None, ""
-    return {"accuracy_drop_pt": drop, "accuracy_basis": basis}
+ACCURACY_METRICS = (TASK_METRIC, CONFIDENT_METRIC, *PARITY_FALLBACKS)
+
+
+def accuracy_loss(g: pd.DataFrame) -> dict[str, Any]:
+    """The loss against fp32 on the budget's basis, in points, with its 95% interval and sample count.
+
+    ``loss_*`` hold it whatever the basis; ``accuracy_drop_pt`` only where it is task accuracy (labels),
+    ``parity_loss_pt`` only where it is parity, so that no column calls parity an accuracy drop.
+    """
+    rows = {}
+    for name in ACCURACY_METRICS:
+        r = _metric_row(g, name)
+        if r is not None:
+            rows[name] = r.to_dict()
+    j = judge(rows, None, None)
+
+    def pt(v: float | None) -> float | None:
+        return None if v is None else 100.0 * v + 0.0  # + 0.0: no "-0.00"
+
+    if j is None:
+        return {"loss_basis": None, "loss_measure": None, "loss_metric": None, "loss_pt": None, "loss_low_pt": None,
+                "loss_high_pt": None, "loss_samples": None, "accuracy_drop_pt": None, "parity_loss_pt": None,
+                "accuracy_basis": ""}
+    return {"loss_basis": j.basis, "loss_measure": j.measure, "loss_metric": j.metric, "loss_pt": pt(j.loss),
+            "loss_low_pt": pt(j.low), "loss_high_pt": pt(j.high),
+            "loss_samples": None if j.samples is None else int(j.samples),
+            "accuracy_drop_pt": pt(j.loss) if j.basis == TASK else None,
+            "parity_loss_pt": pt(j.loss) if j.basis == PARITY else None,
+            "accuracy_basis": j.basis}
+
+
+def judgement_of(row: dict[str, Any], criteria: Criteria) -> Judgement | None:
+    """A configuration's loss against fp32 as a Judgement under ``criteria``'s budget for its basis."""
+    if not row.get("loss_basis") or _num(row.get("loss_pt")) is None:
+        return None
+
+    def frac(key: str) -> float | None:
+        v = _num(row.get(key))
+        return None if v is None else v / 100.0
+
+    samples = _num(row.get("loss_samples"))
+    return Judgement(row["loss_basis"], str(row.get("loss_measure") or ""), str(row.get("loss_metric") or ""),
+                     frac("loss_pt"), frac("loss_low_pt"), frac("loss_high_pt"),
+                     None if samples is None else int(samples), criteria.budget_for(row["loss_basis"]))
 
 
 def _cost_per_million(machine: Machine | None, throughput: float | None, power_w: float | None,
@@ -267,12 +359,15 @@ def rejection_reasons(row: dict[str, Any], criteria: Criteria, objective: str) -
         reasons.append("latency invalid: the run stopped at max_duration_s before min_count")
     if lat is not None and criteria.slo_ms is not None and lat > criteria.slo_ms:
         reasons.append(f"{criteria.latency} {lat:.3f} ms > SLO {criteria.slo_ms:g} ms")
-    drop = _num(row.get("accuracy_drop_pt"))
-    if criteria.max_drop_pt is not None:
-        if drop is None:
-            reasons.append("accuracy against fp32 not measured")
-        elif drop > criteria.max_drop_pt + 1e-12:
-            reasons.append(f"accuracy drop {drop:.2f} pt > budget {criteria.max_drop_pt:g} pt ({row['accuracy_basis']})")
+    j = judgement_of(row, criteria)
+    if j is None:
+        if criteria.max_drop_pt is not None or criteria.max_parity_loss_pt is not None:
+            reasons.append("neither task accuracy nor parity with fp32 measured")
+    elif j.budget is not None and not j.passes:
+        why = f"{j.describe()} > {j.basis} budget {j.budget_text()}"
+        if j.verdict == "undecided":
+            why += f"; undecided: the data cannot decide a budget of {j.budget_text()}"
+        reasons.append(why)
     if objective == "cost_at_slo" and row.get("server_valid") is False:
         reasons.append("server result invalid (overloaded, or the load generator fell behind its schedule on a "
                        "busy machine)")
@@ -305,7 +400,8 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
         unmeasured = [(r, r["reason"] or r["status"]) for r in rows if r["status"] != "ok"]
         objective = "cost" if any(_num(r["cost_per_m"]) is not None for r in measured) else "latency"
         note = "" if objective == "cost" else (
-            "No machine of these runs has a price, so configurations are ranked by latency; assign machine types "
+            "No machine of these runs has a price (none assigned, and none could be inferred from its fingerprint: "
+            "see the notes above), so configurations are ranked by latency; assign machine types "
             "with --machine-type ENV=TYPE or [assign] in a price file to rank by cost.")
         priced = [r for r in measured if r.get("hourly") is not None]
         with_server = [r for r in priced if r.get("server_slo_met") is not None]
@@ -325,7 +421,7 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
             big = float("inf")
             return (_num(r[obj_key]) if _num(r[obj_key]) is not None else big,
                     _num(r[lat_key]) if _num(r[lat_key]) is not None else big,
-                    _num(r["accuracy_drop_pt"]) if _num(r["accuracy_drop_pt"]) is not None else big,
+                    _num(r["loss_pt"]) if _num(r["loss_pt"]) is not None else big,
                     config_name(r))
 
         reasons = {id(r): rejection_reasons(r, criteria, objective) for r in measured}
@@ -348,7 +444,7 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
                     return [f"costs {mine:.4g} {currency}/M inferences at the SLO, more than the pick's {theirs:.4g}"]
                 if objective == "latency" and mine is not None and theirs is not None and mine > theirs:
                     return [f"{criteria.latency} {mine:.3f} ms, slower than the pick's {theirs:.3f} ms"]
-                return ["ties with the pick on the objective; ranks lower on latency, then accuracy drop"]
+                return ["ties with the pick on the objective; ranks lower on latency, then loss against fp32"]
 
             rejected = [(r, reasons[id(r)] or lost(r)) for r in sorted(measured, key=rank)
                         if r is not pick and (better(r, lat_key) or better(r, "cost_per_m")
@@ -361,7 +457,12 @@ def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> Hard
     """Configurations, Pareto flags and recommendations for the selected runs."""
     if criteria.latency not in LATENCY_CHOICES:
         raise ValueError(f"latency percentile {criteria.latency!r}: expected one of {', '.join(LATENCY_CHOICES)}")
-    configs, notes = configurations(sel, prices)
+    machines, machine_notes = run_machines(sel, prices, criteria.infer_machines)
+    configs, notes = configurations(sel, prices, machines)
+    notes = machine_notes + notes
+    if not configs.empty:
+        verdicts = [judgement_of(r, criteria) for r in configs.to_dict("records")]
+        configs["budget_verdict"] = [None if j is None else j.verdict for j in verdicts]
     recs = recommend(configs, criteria, prices.currency)
     if not configs.empty:
         configs["frontier_latency"] = False
@@ -372,11 +473,11 @@ def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> Hard
             lat = [v if o else None for v, o in zip(sub[f"{criteria.latency}_ms"], ok)]
             rec_cost = "cost_per_m_at_slo" if recs[str(model)].objective == "cost_at_slo" else "cost_per_m"
             cost = [v if o and v else None for v, o in zip(sub[rec_cost], ok)]
-            drop = sub["accuracy_drop_pt"].tolist()
+            drop = sub["loss_pt"].tolist()
             configs.loc[idx, "frontier_latency"] = pareto_front(lat, drop)
             configs.loc[idx, "frontier_cost"] = pareto_front(cost, drop)
     return HardwareReport(configs, recs, criteria, prices, sel.runs, notes,
-                          datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                          datetime.now(timezone.utc).isoformat(timespec="seconds"), machines)
 
 
 def slug(text: str) -> str:

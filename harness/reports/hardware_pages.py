@@ -8,14 +8,16 @@ from typing import Any
 import pandas as pd
 
 from costbench.harness.reports.data import describe_env, short_commit
-from costbench.harness.reports.hardware import HardwareReport, Recommendation, config_name, slug
+from costbench.harness.accuracy_budget import PARITY, TASK
+from costbench.harness.reports.hardware import HardwareReport, Recommendation, config_name, judgement_of, slug
 from costbench.harness.reports.html import Column, bullet_list, esc, figure_div, fmt, is_missing, page, table
 
 CSV_COLUMNS = [
     "model", "machine_label", "machine", "env_id", "run_id", "backend", "variant", "device", "batch_size", "status",
     "reason", "p50_ms", "p50_ci_low", "p50_ci_high", "p99_ms", "p99_ci_low", "p99_ci_high", "latency_valid",
-    "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "accuracy_basis",
-    "top1_agreement", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
+    "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "parity_loss_pt",
+    "accuracy_basis", "loss_measure", "loss_pt", "loss_low_pt", "loss_high_pt", "loss_samples", "budget_verdict",
+    "top1_agreement", "top1_agreement_confident", "machine_inferred", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
     "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "cost_per_m_at_slo",
     "frontier_latency", "frontier_cost", "recommended",
 ]
@@ -33,6 +35,27 @@ def _ci(row: dict[str, Any], p: str) -> str:
 
 def _money(v: Any, currency: str = "") -> str:
     return "-" if is_missing(v) else f"{v:.4g}" + (f" {currency}" if currency else "")
+
+
+# How the loss against fp32 is named, by basis: never "accuracy drop" for parity.
+LOSS_SHORT = {TASK: "task-accuracy drop", PARITY: "parity loss"}
+LOSS_AXIS = {TASK: "task-accuracy drop vs fp32 (pt, lower is better)",
+             PARITY: "parity loss: top-1 disagreement with fp32 where fp32 is confident (pt, lower is better)"}
+
+
+def _basis_of(mdf: pd.DataFrame) -> str:
+    """The basis the model's configurations are judged on (task accuracy where any has labels)."""
+    bases = [b for b in mdf.get("loss_basis", pd.Series(dtype=object)).dropna().unique()]
+    return TASK if TASK in bases else PARITY if bases else ""
+
+
+def _loss_short(basis: str) -> str:
+    return LOSS_SHORT.get(basis, "loss vs fp32")
+
+
+def _loss_ci(row: dict[str, Any]) -> str:
+    lo, hi = row.get("loss_low_pt"), row.get("loss_high_pt")
+    return "-" if is_missing(lo) or is_missing(hi) else f"{lo:+.2f} to {hi:+.2f}"
 
 
 def _has_server(report: HardwareReport) -> bool:
@@ -57,7 +80,7 @@ def _columns(report: HardwareReport) -> list[Column]:
         Column("p99_ms", "p99 ms", _ms, True), Column("throughput", "samples/s", lambda v: fmt(v, ".1f"), True),
         Column("peak_rss_mib", "peak RSS MiB", lambda v: fmt(v, ".1f"), True),
         Column("size_mb", "size MB", lambda v: fmt(v, ".2f"), True),
-        Column("accuracy_drop_pt", "acc drop pt", lambda v: fmt(v, "+.2f"), True),
+        *_accuracy_columns(report),
         Column("hourly", f"{cur}/h", lambda v: _money(v), True),
         Column("cost_per_m", f"{cur} / M inferences", lambda v: _money(v), True),
     ]
@@ -67,10 +90,26 @@ def _columns(report: HardwareReport) -> list[Column]:
     return cols + [Column("status_text", "status", wrap=True)]
 
 
+def _accuracy_columns(report: HardwareReport) -> list[Column]:
+    """Task-accuracy drop where labelled, parity loss where not (each only when some configuration has it), then
+    the interval, the sample count and what the evidence says about the budget."""
+    c = report.configs
+    cols = []
+    if not c.empty and c["accuracy_drop_pt"].notna().any():
+        cols.append(Column("accuracy_drop_pt", "task-acc drop pt", lambda v: fmt(v, "+.2f"), True))
+    if not c.empty and c["parity_loss_pt"].notna().any():
+        cols.append(Column("parity_loss_pt", "parity loss pt", lambda v: fmt(v, "+.2f"), True))
+    if cols:
+        cols += [Column("loss_ci", "95% CI pt"), Column("loss_samples", "n", lambda v: fmt(v, ".0f"), True),
+                 Column("budget_verdict", "budget")]
+    return cols
+
+
 def _display_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for r in df.to_dict("records"):
         r["p50_ci"] = _ci(r, "p50")
+        r["loss_ci"] = _loss_ci(r)
         r["slo_rate"] = _slo_rate(r)
         flags = []
         if r.get("frontier_latency"):
@@ -96,8 +135,16 @@ def _pick_text(rec: Recommendation, report: HardwareReport) -> str:
                 f"({_slo_rate(p)} samples/s within it)")
     else:
         cost = "" if is_missing(p.get("cost_per_m")) else f", {_money(p['cost_per_m'], cur)} per million inferences"
-    return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} samples/s, "
-            f"accuracy drop {fmt(p['accuracy_drop_pt'], '+.2f')} pt")
+    return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} samples/s; "
+            f"{_basis_text(p, report)}")
+
+
+def _basis_text(row: dict[str, Any], report: HardwareReport) -> str:
+    """Which basis decided the budget for this configuration, with its loss, interval, sample count and verdict."""
+    j = judgement_of(row, report.criteria)
+    if j is None:
+        return "no task accuracy or parity with fp32 measured"
+    return f"budget decided on {j.basis}: {j.describe_verdict()}"
 
 
 def _prices_text(report: HardwareReport) -> str:
@@ -111,37 +158,42 @@ def _scatter(mdf: pd.DataFrame, report: HardwareReport, x_key: str, x_title: str
              rec: Recommendation, vline: float | None):
     import plotly.graph_objects as go
 
-    ok = mdf[(mdf["status"] == "ok") & mdf[x_key].notna() & mdf["accuracy_drop_pt"].notna()]
+    ok = mdf[(mdf["status"] == "ok") & mdf[x_key].notna() & mdf["loss_pt"].notna()]
+    basis = _basis_of(mdf)
+    short = _loss_short(basis)
     fig = go.Figure()
     backends = list(dict.fromkeys(mdf["backend"]))
     for label, g in ok.groupby("machine_label", sort=False):
         fig.add_trace(go.Scatter(
-            x=g[x_key], y=g["accuracy_drop_pt"], mode="markers", name=str(label),
+            x=g[x_key], y=g["loss_pt"], mode="markers", name=str(label),
+            error_y={"type": "data", "symmetric": False, "array": (g["loss_high_pt"] - g["loss_pt"]).fillna(0),
+                     "arrayminus": (g["loss_pt"] - g["loss_low_pt"]).fillna(0), "thickness": 1},
             marker={"size": 11, "symbol": [SYMBOLS[backends.index(b) % len(SYMBOLS)] for b in g["backend"]]},
             text=[config_name(r) for r in g.to_dict("records")],
             customdata=g[["p50_ms", "p99_ms", "throughput", "cost_per_m"]].to_numpy(),
             hovertemplate="%{text}<br>p50 %{customdata[0]:.3f} ms · p99 %{customdata[1]:.3f} ms<br>"
                           "%{customdata[2]:.1f} samples/s · cost/M %{customdata[3]:.4g}<br>"
-                          "accuracy drop %{y:.2f} pt<extra></extra>"))
-    front = ok[ok[frontier_key]].sort_values([x_key, "accuracy_drop_pt"])
+                          + short + " %{y:.2f} pt<extra></extra>"))
+    front = ok[ok[frontier_key]].sort_values([x_key, "loss_pt"])
     if len(front):
-        fig.add_trace(go.Scatter(x=front[x_key], y=front["accuracy_drop_pt"], mode="lines", name="Pareto frontier",
+        fig.add_trace(go.Scatter(x=front[x_key], y=front["loss_pt"], mode="lines", name="Pareto frontier",
                                  line={"shape": "hv", "dash": "dot", "color": "#555"}, hoverinfo="skip"))
-    if rec.pick is not None and not is_missing(rec.pick.get(x_key)) and not is_missing(rec.pick.get("accuracy_drop_pt")):
-        fig.add_trace(go.Scatter(x=[rec.pick[x_key]], y=[rec.pick["accuracy_drop_pt"]], mode="markers",
+    if rec.pick is not None and not is_missing(rec.pick.get(x_key)) and not is_missing(rec.pick.get("loss_pt")):
+        fig.add_trace(go.Scatter(x=[rec.pick[x_key]], y=[rec.pick["loss_pt"]], mode="markers",
                                  name="recommended", marker={"symbol": "star", "size": 20, "color": "gold",
                                                              "line": {"color": "#333", "width": 1}},
                                  hovertemplate=f"recommended: {esc(config_name(rec.pick))}<extra></extra>"))
     if vline is not None:
         fig.add_vline(x=vline, line_dash="dash", line_color="#b3261e", annotation_text="SLO")
-    if report.criteria.max_drop_pt is not None:
-        fig.add_hline(y=report.criteria.max_drop_pt, line_dash="dash", line_color="#a15c00",
-                      annotation_text="accuracy budget")
+    budget = report.criteria.budget_for(basis)
+    if budget is not None:
+        fig.add_hline(y=100 * budget, line_dash="dash", line_color="#a15c00",
+                      annotation_text="task-accuracy budget" if basis == TASK else "parity budget")
     xs = ok[x_key].astype(float)
     log = len(xs) > 1 and xs.min() > 0 and xs.max() / xs.min() > 20
     fig.update_layout(height=420, margin={"t": 30, "l": 60, "r": 20, "b": 50}, legend={"orientation": "h", "y": -0.2},
                       xaxis={"title": {"text": x_title}, "type": "log" if log else "linear"},
-                      yaxis={"title": {"text": "accuracy drop vs fp32 (pt, lower is better)"}})
+                      yaxis={"title": {"text": LOSS_AXIS.get(basis, "loss vs fp32 (pt, lower is better)")}})
     return fig
 
 
@@ -215,9 +267,12 @@ def side_by_side_rows(mdf: pd.DataFrame, currency: str) -> tuple[list[dict[str, 
 def _runs_table(report: HardwareReport) -> str:
     rows = []
     for r in report.runs.to_dict("records"):
-        machine = report.prices.machine_for(str(r["env_id"]), str(r["run_id"]))
+        machine = report.machine_of(str(r["run_id"]), str(r["env_id"]))
+        how = report.machines.get(str(r["run_id"]), (None, "assigned", ""))[1]
         rows.append({"run_id": r["run_id"], "created": r["created"], "commit": short_commit(r["commit"]),
-                     "env_id": r["env_id"], "machine": machine.name if machine else "(no machine type)",
+                     "env_id": r["env_id"],
+                     "machine": (machine.name + (" (inferred)" if how == "inferred" else "")) if machine
+                     else "(no machine type)",
                      "hourly": machine.hourly if machine else None, "described": describe_env(r["env"]),
                      "suite": r["suite"], "results_dir": r["results_dir"]})
     cols = [Column("run_id", "run"), Column("created", "created"), Column("commit", "commit"), Column("env_id", "env_id"),
@@ -253,8 +308,8 @@ def _frontier_list(mdf: pd.DataFrame, key: str, x_key: str, x_fmt, list_id: str)
     front = mdf[mdf[key]].sort_values(x_key)
     if front.empty:
         return '<p class="note">No configuration has both values.</p>'
-    return bullet_list([f"{esc(config_name(r))}: {esc(x_fmt(r[x_key]))}, drop {fmt(r['accuracy_drop_pt'], '+.2f')} pt"
-                        for r in front.to_dict("records")], list_id)
+    return bullet_list([f"{esc(config_name(r))}: {esc(x_fmt(r[x_key]))}, {_loss_short(r.get('loss_basis') or '')} "
+                        f"{fmt(r['loss_pt'], '+.2f')} pt" for r in front.to_dict("records")], list_id)
 
 
 def render_html(report: HardwareReport) -> str:
@@ -286,21 +341,21 @@ def render_html(report: HardwareReport) -> str:
                     "data-backend": r["backend"], "data-variant": r["variant"], "data-device": r["device"],
                     "data-batch": str(r["batch_size"])}
 
-        basis = ", ".join(sorted({b for b in mdf["accuracy_basis"] if b}))
+        short = _loss_short(_basis_of(mdf))
         body.append(f'<h2 id="model-{sid}">{esc(model)}</h2>')
         body.append(_rec_html(rec, report, sid))
         fig = _scatter(mdf, report, f"{lat}_ms", f"single-stream {lat} ms", "frontier_latency", rec,
                        report.criteria.slo_ms)
-        body.append(f"<h3>Latency against accuracy</h3>{figure_div(fig, f'fig-latency-{sid}')}")
-        body.append("<p>Pareto frontier (latency vs accuracy drop):</p>"
+        body.append(f"<h3>Latency against {short}</h3>{figure_div(fig, f'fig-latency-{sid}')}")
+        body.append(f"<p>Pareto frontier (latency vs {short}):</p>"
                     + _frontier_list(mdf, "frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms",
                                      f"frontier-latency-{sid}"))
         cost_key, cost_title = (("cost_per_m_at_slo", f"{cur} per million inferences at the server SLO")
                                 if rec.objective == "cost_at_slo" else ("cost_per_m", f"{cur} per million inferences"))
         if mdf[cost_key].notna().any():
             fig = _scatter(mdf, report, cost_key, cost_title, "frontier_cost", rec, None)
-            body.append(f"<h3>Cost against accuracy</h3>{figure_div(fig, f'fig-cost-{sid}')}")
-            body.append("<p>Pareto frontier (cost vs accuracy drop):</p>"
+            body.append(f"<h3>Cost against {short}</h3>{figure_div(fig, f'fig-cost-{sid}')}")
+            body.append(f"<p>Pareto frontier (cost vs {short}):</p>"
                         + _frontier_list(mdf, "frontier_cost", cost_key, lambda v: f"{v:.4g} {cur}/M",
                                          f"frontier-cost-{sid}"))
         else:
@@ -311,7 +366,7 @@ def render_html(report: HardwareReport) -> str:
                         '<p class="note">Each point is one trial at a Poisson arrival rate; × marks a trial that '
                         "missed the SLO. The highest ● under the line is the rate the cost at the SLO bills.</p>")
         body.append(f"<h3>All configurations</h3>{table(rows, _columns(report), f'configs-{sid}', attrs)}")
-        body.append(f'<p class="note">Accuracy drop basis: {esc(basis or "not measured")}. '
+        body.append(f'<p class="note">{esc(_basis_note(mdf, report))} '
                     "* invalid: the run stopped at max_duration_s before min_count. ~ unstable: the runner found "
                     "its spread far above this case's history on that machine.</p>")
         sbs_rows, sbs_cols = side_by_side_rows(mdf, cur)
@@ -322,6 +377,26 @@ def render_html(report: HardwareReport) -> str:
     subtitle = (f"generated {esc(report.generated)} from the results store · {len(report.runs)} run(s) · "
                 f"{c['env_id'].nunique() if not c.empty else 0} environment(s)")
     return page("costbench hardware-selection report", "".join(body), subtitle)
+
+
+def _basis_note(mdf: pd.DataFrame, report: HardwareReport) -> str:
+    """Which basis the model's budget is on, what it measures, on how many samples."""
+    ok = mdf[mdf["loss_basis"].notna()] if "loss_basis" in mdf else mdf.iloc[0:0]
+    if ok.empty:
+        return "Budget basis: nothing measured against fp32."
+    parts = []
+    for basis, g in ok.groupby("loss_basis", sort=False):
+        measure = g["loss_measure"].iloc[0]
+        n = sorted({int(v) for v in g["loss_samples"].dropna()})
+        budget = report.criteria.max_drop_pt if basis == TASK else report.criteria.max_parity_loss_pt
+        parts.append(f"{basis} ({measure}; {'/'.join(map(str, n)) or '?'} samples; budget "
+                     f"{'none' if budget is None else f'{budget:g} pt'})")
+    text = "Budget basis: " + "; ".join(parts) + "."
+    if TASK not in set(ok["loss_basis"]):
+        text += (" The model has no labels here, so the budget is on parity with fp32, not on task accuracy; "
+                 "top-1 disagreement on every sample is only a loose bound on an accuracy drop.")
+    return text + " A configuration within its budget on the point estimate qualifies; 'undecided' means the 95% " \
+                  "interval straddles the budget, so the data cannot decide it."
 
 
 # --- Markdown and CSV --------------------------------------------------------------------------------
@@ -342,9 +417,11 @@ def render_markdown(report: HardwareReport) -> str:
            f"Prices: {_prices_text(report)}.",
            ""]
     for r in report.runs.to_dict("records"):
-        m = report.prices.machine_for(str(r["env_id"]), str(r["run_id"]))
+        m = report.machine_of(str(r["run_id"]), str(r["env_id"]))
+        inferred = " (inferred)" if report.machines.get(str(r["run_id"]), (None, "", ""))[1] == "inferred" else ""
         out.append(f"- run `{r['run_id']}` ({r['created']}, commit {short_commit(r['commit'])}): env `{r['env_id']}`, "
-                   f"{m.name + f' at {m.hourly:g} {cur}/h' if m else 'no machine type'}; {describe_env(r['env'])}")
+                   f"{m.name + inferred + f' at {m.hourly:g} {cur}/h' if m else 'no machine type'}; "
+                   f"{describe_env(r['env'])}")
     out += [""] + [f"> {n}" for n in report.notes]
     c = report.configs
     for model, mdf in (c.groupby("model", sort=False) if not c.empty else []):
@@ -360,14 +437,15 @@ def render_markdown(report: HardwareReport) -> str:
         if rec.unmeasured:
             out += ["", "Not measured:", ""] + [f"- {config_name(r)}: {why}" for r, why in rec.unmeasured]
         cols = [col for col in _columns(report) if col.key != "p50_ci"]
-        out += ["", _md_table(_display_rows(mdf), cols), ""]
+        out += ["", _md_table(_display_rows(mdf), cols), "", _basis_note(mdf, report), ""]
+        short = _loss_short(_basis_of(mdf))
         cost_key = "cost_per_m_at_slo" if rec.objective == "cost_at_slo" else "cost_per_m"
         for key, x_key, x_fmt, name in (("frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms", "latency"),
                                         ("frontier_cost", cost_key, lambda v: f"{v:.4g} {cur}/M", "cost")):
             front = mdf[mdf[key]].sort_values(x_key)
             if len(front):
-                out += [f"Pareto frontier ({name} vs accuracy drop): " + "; ".join(
-                    f"{config_name(r)} ({x_fmt(r[x_key])}, drop {fmt(r['accuracy_drop_pt'], '+.2f')} pt)"
+                out += [f"Pareto frontier ({name} vs {short}): " + "; ".join(
+                    f"{config_name(r)} ({x_fmt(r[x_key])}, {short} {fmt(r['loss_pt'], '+.2f')} pt)"
                     for r in front.to_dict("records")), ""]
         sbs_rows, sbs_cols = side_by_side_rows(mdf, cur)
         if mdf["machine_label"].nunique() > 1:
@@ -392,7 +470,7 @@ def terminal_summary(report: HardwareReport) -> list[str]:
             lines.append(f"  {len(rec.unmeasured)} configuration(s) not measured (skipped or failed; see the report)")
         front = mdf[mdf["frontier_latency"]].sort_values(f"{lat}_ms")
         if len(front):
-            lines.append("  latency/accuracy frontier: " + "; ".join(config_name(r) for r in front.to_dict("records")))
+            lines.append(f"  latency/{_loss_short(_basis_of(mdf))} frontier: " + "; ".join(config_name(r) for r in front.to_dict("records")))
     return lines
 
 
