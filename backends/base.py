@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from costbench.backends.timing import DeviceTimer
-from costbench.core.artifacts import Artifact, InputSpec
+from costbench.core.artifacts import Artifact, InputSpec, default_cache_dir
 
 
 def import_runtime(module: str, pip_name: str | None = None) -> Any:
@@ -186,6 +187,37 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Load/compile ``artifact`` into a session for ``batch_size`` on ``device``."""
+
+    def builds_for(self, options: BackendOptions, device: str) -> bool:
+        """Whether :meth:`build_cache` has anything to build for these options on ``device`` (default: no).
+
+        The harness then runs the hook in its build process and keys its build stamp on the backend's
+        options, batch size and device as well as on the artifact.
+        """
+        return False
+
+    def build_cache(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str,
+                    cache_dir: Path) -> dict[str, Any] | None:
+        """Build what ``prepare`` would otherwise build in the measured process (a TensorRT engine, an
+        execution provider's engine cache, a compiler's on-disk cache), so ``load_time`` and ``peak_rss``
+        do not contain it. Runs in the harness's build process, before the measured process starts; the
+        measured process's ``prepare`` reuses what it left in ``cache_dir``.
+
+        Returns facts to record (``what``, ``cached`` when nothing had to be built, ...), or None when there
+        is nothing to build (the default). The harness times the call and reports it as ``backend_build_time``.
+        """
+        return None
+
+    @staticmethod
+    def cache_root(artifact: Artifact) -> Path:
+        """The cache an artifact came from (``<cache>/artifacts/<key>/<file>``), else the default cache.
+
+        Where ``prepare`` (which is not given the cache folder) and :meth:`build_cache` agree to keep
+        what a backend builds.
+        """
+        if artifact.path.parent.parent.name == "artifacts":
+            return artifact.path.parent.parent.parent
+        return default_cache_dir()
 
     def parse_options(self, raw: dict[str, Any]) -> BackendOptions:
         """Validate suite options against this backend's Options model (raises pydantic.ValidationError)."""
