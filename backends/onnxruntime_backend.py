@@ -2,14 +2,28 @@
 
 On ``device = "cuda"`` the ``provider`` option picks ``CUDAExecutionProvider`` (default) or
 ``TensorrtExecutionProvider``; both need the GPU build (``onnxruntime-gpu``), and a session that
-silently fell back to the CPU is refused. The timed region then includes ONNX Runtime's own copies
-to and from the device (inputs and outputs stay host numpy arrays).
+silently fell back to the CPU is refused.
+
+On CUDA, with a CUDA build of torch (as the other NVIDIA backends), the session runs on a stream of its
+own: a ``torch.cuda.Stream`` handed to the provider as ``user_compute_stream``; inputs are copied into
+device buffers on that stream, bound with I/O binding (``bind_input``/``bind_output`` on device
+pointers, ``run_with_iobinding``), and outputs copied back on it. CUDA events recorded on that stream
+around the same region give ``device_latency_*`` as for the torch and TensorRT sessions. (A dedicated
+stream, not torch's default one: ONNX Runtime reads a 0 handle as "no user stream".) Without a CUDA
+torch the session falls back to ``run()`` with host arrays and no device timer, and says so in its info.
+
+With the TensorRT provider, ONNX Runtime builds TensorRT engines when the session first sees an input
+shape. The harness builds them in its build process (:meth:`OnnxRuntimeBackend.build_cache`: one run at
+the case's batch size with the engine cache on), into a folder keyed by the ONNX file, ONNX Runtime's
+and TensorRT's versions, the TensorRT options and the batch size; the measured process's session loads
+the engines from there instead of building them.
 
 onnxruntime is imported inside the methods so that loading the registry stays cheap.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +31,7 @@ from pydantic import Field
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, Session, TimingConvention,
                                      import_runtime, never_raises, ordered_inputs)
-from costbench.core.artifacts import FORMAT_ONNX, Artifact
+from costbench.core.artifacts import FORMAT_ONNX, Artifact, content_key, file_sha256
 
 _CPU_PROVIDER = "CPUExecutionProvider"
 _GPU_PROVIDERS = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -65,7 +79,8 @@ class OnnxRuntimeOptions(BackendOptions):
     )
     trt_fp16: bool = Field(default=False, description="provider='tensorrt': allow fp16 kernels (trt_fp16_enable).")
     trt_engine_cache_dir: str | None = Field(
-        default=None, description="provider='tensorrt': cache built engines here (trt_engine_cache_enable).",
+        default=None, description="provider='tensorrt': where the engine cache (trt_engine_cache_enable) goes; "
+        "default: the artifact cache. The harness fills it in its build process.",
     )
 
 
@@ -185,34 +200,230 @@ class OnnxRuntimeBackend(Backend):
             so.inter_op_num_threads = opts.inter_op_threads
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[opts.graph_optimization])
         so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[opts.execution_mode])
-        providers = gpu_providers(opts, device) if device != "cpu" else [_CPU_PROVIDER]
-        # A path (not bytes) lets ONNX Runtime find external-data files next to the model.
-        session = ort.InferenceSession(str(artifact.path), so, providers=providers)
         if device == "cpu":
+            # A path (not bytes) lets ONNX Runtime find external-data files next to the model.
+            session = ort.InferenceSession(str(artifact.path), so, providers=[_CPU_PROVIDER])
             return OnnxRuntimeSession(session, artifact, batch_size, opts)
+        stream, why_not = device_stream(device)
+        engines = self.engine_cache_dir(artifact, opts, batch_size) if opts.provider == "tensorrt" else None
+        providers = gpu_providers(opts, device, engines, None if stream is None else stream.cuda_stream)
+        session = ort.InferenceSession(str(artifact.path), so, providers=providers)
         wanted = _GPU_PROVIDERS[opts.provider]
         if session.get_providers()[0] != wanted:
             raise RuntimeError(f"onnxruntime backend: asked for {wanted}, the session runs on "
                                f"{session.get_providers()} (missing CUDA/TensorRT libraries?)")
-        return OnnxRuntimeGpuSession(session, artifact, batch_size, opts)
+        if stream is None:
+            return OnnxRuntimeGpuHostSession(session, artifact, batch_size, opts, why_not, engines)
+        return OnnxRuntimeGpuSession(session, artifact, batch_size, opts, device, stream, engines)
+
+    def builds_for(self, options: BackendOptions, device: str) -> bool:
+        """The TensorRT provider on CUDA: its engines are built in the build process."""
+        return device != "cpu" and self.own_options(options).provider == "tensorrt"
+
+    def build_cache(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str,
+                    cache_dir: Path) -> dict[str, Any] | None:
+        """Fill the TensorRT provider's engine cache: a session with the cache on, run once at ``batch_size``."""
+        if not self.builds_for(options, device):
+            return None
+        opts: OnnxRuntimeOptions = self.own_options(options)
+        engines = self.engine_cache_dir(artifact, opts, batch_size)
+        before = sorted(p.name for p in engines.glob("*")) if engines.is_dir() else []
+        session = self.prepare(artifact, opts, batch_size, device)
+        try:
+            session.run(zero_inputs(artifact, batch_size))
+            session.synchronize()
+        finally:
+            session.close()
+        after = sorted(p.name for p in engines.glob("*"))
+        return {"what": "ONNX Runtime TensorRT provider engine cache", "engine_cache_dir": str(engines),
+                "files": after, "cached": bool(before) and before == after}
+
+    def engine_cache_dir(self, artifact: Artifact, opts: "OnnxRuntimeOptions", batch_size: int) -> Path:
+        """The TensorRT provider's engine cache for this artifact, ONNX Runtime and TensorRT versions, the
+        TensorRT options and the batch size (ONNX Runtime names its files by graph and compute capability only)."""
+        from importlib import metadata
+
+        ort = _import_ort()
+        try:
+            trt_version = metadata.version("tensorrt")
+        except metadata.PackageNotFoundError:
+            trt_version = "system"
+        root = Path(opts.trt_engine_cache_dir).expanduser() if opts.trt_engine_cache_dir else \
+            self.cache_root(artifact) / "ort-tensorrt-engines"
+        key = content_key({"onnx_sha256": file_sha256(artifact.path), "onnxruntime": ort.__version__,
+                           "tensorrt": trt_version, "trt_fp16": opts.trt_fp16, "batch_size": batch_size})
+        path = root / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
 
-def gpu_providers(opts: OnnxRuntimeOptions, device: str) -> list:
-    """The provider list for a GPU session: the chosen provider with its options, then CUDA, then CPU."""
+def gpu_providers(opts: OnnxRuntimeOptions, device: str, engine_cache: Path | str | None = None,
+                  stream: int | None = None) -> list:
+    """The provider list for a GPU session: the chosen provider with its options, then CUDA, then CPU.
+
+    ``engine_cache``: the TensorRT provider's engine cache folder (else ``trt_engine_cache_dir``, else none).
+    ``stream``: a CUDA stream handle (not 0) both providers compute on (``user_compute_stream``, which also
+    sets ``has_user_compute_stream``), so CUDA events on it time the session's work.
+    """
     index = int(device.partition(":")[2] or 0)
-    cuda = (_GPU_PROVIDERS["cuda"], {"device_id": index})
+    on_stream = {} if not stream else {"user_compute_stream": str(int(stream))}
+    cuda = (_GPU_PROVIDERS["cuda"], {"device_id": index, **on_stream})
     if opts.provider == "cuda":
         return [cuda, _CPU_PROVIDER]
-    trt_options: dict[str, Any] = {"device_id": index, "trt_fp16_enable": opts.trt_fp16}
-    if opts.trt_engine_cache_dir:
-        trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=opts.trt_engine_cache_dir)
+    trt_options: dict[str, Any] = {"device_id": index, "trt_fp16_enable": opts.trt_fp16, **on_stream}
+    cache = engine_cache or opts.trt_engine_cache_dir
+    if cache:
+        trt_options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache))
     return [(_GPU_PROVIDERS["tensorrt"], trt_options), cuda, _CPU_PROVIDER]
 
 
-class OnnxRuntimeGpuSession(OnnxRuntimeSession):
-    """An InferenceSession on the CUDA or TensorRT provider; host numpy in and out, copies included."""
+def device_stream(device: str) -> tuple[Any, str]:
+    """(a new ``torch.cuda.Stream`` on ``device``, "") when torch is a CUDA build that sees it, else (None, why not)."""
+    try:
+        import torch
+    except ImportError:
+        return None, "torch is not installed (device buffers and CUDA events come from a CUDA build of torch)"
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return None, (f"torch {torch.__version__} has no usable CUDA (device buffers and CUDA events come from a "
+                      "CUDA build of torch)")
+    dev = torch.device(device)
+    return torch.cuda.Stream(dev), ""
+
+
+def zero_inputs(artifact: Artifact, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros of every artifact input at ``batch_size`` (what a build-time run feeds)."""
+    return {s.name: np.zeros(s.batched(batch_size), dtype=s.dtype) for s in artifact.inputs}
+
+
+# ONNX type -> torch dtype name, for device buffers; and the element type I/O binding takes for each
+# (a numpy type, or the ONNX enum where numpy has none: bfloat16 is TensorProto.BFLOAT16 = 16).
+_TORCH_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+                 "tensor(double)": "float64", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+                 "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
+                 "tensor(bool)": "bool"}
+_ONNX_BFLOAT16 = 16
+
+
+def binding_element_type(ort_type: str) -> Any:
+    """What ``IOBinding.bind_input``/``bind_output`` take as element type for an ONNX type string."""
+    if ort_type == "tensor(bfloat16)":
+        return _ONNX_BFLOAT16
+    if ort_type not in _ORT_DTYPES:
+        raise TypeError(f"ONNX type {ort_type} cannot be bound to a device buffer here")
+    return _ORT_DTYPES[ort_type]
+
+
+def torch_dtype(torch: Any, ort_type: str) -> Any:
+    """The torch dtype of a device buffer for an ONNX type string."""
+    if ort_type not in _TORCH_DTYPES:
+        raise TypeError(f"ONNX type {ort_type} has no torch dtype here")
+    return getattr(torch, _TORCH_DTYPES[ort_type])
+
+
+class OnnxRuntimeGpuHostSession(OnnxRuntimeSession):
+    """The CUDA or TensorRT provider fed host arrays through ``run()`` (no CUDA torch here for device buffers)."""
 
     timing = TimingConvention(
         boundary="host numpy inputs -> ONNX Runtime copies to the device -> run -> copies back -> host numpy outputs",
         clock="host time.perf_counter_ns (run() returns after the outputs are on the host)",
     )
+
+    def __init__(self, session: Any, artifact: Artifact, batch_size: int, options: OnnxRuntimeOptions,
+                 why_no_device_timer: str, engine_cache: Path | None = None):
+        super().__init__(session, artifact, batch_size, options)
+        self._why_no_device_timer = why_no_device_timer
+        self._engine_cache = engine_cache
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "io": "run() with host arrays", "device_timer": f"none: {self._why_no_device_timer}",
+                **({"trt_engine_cache": str(self._engine_cache)} if self._engine_cache else {})}
+
+
+class OnnxRuntimeGpuSession(OnnxRuntimeSession):
+    """The CUDA or TensorRT provider on a stream of its own, with device buffers bound by I/O binding.
+
+    Per query, all on the session's stream: copy each host input into its device buffer, run with the
+    binding, copy each output back. Output buffers are allocated at the first run, from the shapes and
+    types ONNX Runtime produced then (the batch size is fixed per session), and bound from then on.
+    """
+
+    timing = TimingConvention(
+        boundary="host numpy inputs -> host-to-device copy (session stream) -> run_with_iobinding on device "
+                 "buffers -> device-to-host copy -> host numpy outputs",
+        clock="host time.perf_counter_ns (CUDA events recorded on the session's stream around the same region "
+              "as the device clock)",
+    )
+
+    def __init__(self, session: Any, artifact: Artifact, batch_size: int, options: OnnxRuntimeOptions, device: str,
+                 stream: Any, engine_cache: Path | None = None):
+        import torch
+
+        super().__init__(session, artifact, batch_size, options)
+        self._torch = torch
+        self._device = torch.device(device)
+        self._index = self._device.index or 0
+        self._stream = stream
+        self._engine_cache = engine_cache
+        torch.cuda.reset_peak_memory_stats(self._device)
+        model_inputs = {i.name: i for i in session.get_inputs()}
+        self._inputs = []  # (ORT name, device buffer, element type)
+        for name, spec in zip(self._ort_names, artifact.inputs):
+            ort_type = model_inputs[name].type
+            buf = torch.empty(spec.batched(batch_size), dtype=torch_dtype(torch, ort_type), device=self._device)
+            self._inputs.append((name, buf, binding_element_type(ort_type)))
+        self._output_names = [o.name for o in session.get_outputs()]
+        self._outputs: list[Any] | None = None  # device buffers, from the first run
+        self._binding = session.io_binding()
+        for name, buf, etype in self._inputs:
+            self._binding.bind_input(name, "cuda", self._index, etype, tuple(buf.shape), buf.data_ptr())
+        for name in self._output_names:
+            self._binding.bind_output(name, "cuda", self._index)  # ONNX Runtime allocates, first run only
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        torch = self._torch
+        arrays = ordered_inputs(inputs, self._plan)
+        with torch.cuda.stream(self._stream):
+            for (_, buf, _), array in zip(self._inputs, arrays):
+                buf.copy_(torch.from_numpy(np.ascontiguousarray(array)).to(buf.dtype))
+            self._session.run_with_iobinding(self._binding)
+            if self._outputs is None:
+                return self._bind_outputs()
+            return [b.cpu().numpy() for b in self._outputs]  # .cpu() waits for the stream
+
+    def _bind_outputs(self) -> list[np.ndarray]:
+        """After the first run: device buffers of the shapes and types produced, bound for every later run."""
+        torch = self._torch
+        host = list(self._binding.copy_outputs_to_cpu())
+        produced = self._binding.get_outputs()
+        self._outputs = []
+        self._binding.clear_binding_outputs()
+        for name, value in zip(self._output_names, produced):
+            ort_type = value.data_type()
+            buf = torch.empty(tuple(value.shape()), dtype=torch_dtype(torch, ort_type), device=self._device)
+            self._binding.bind_output(name, "cuda", self._index, binding_element_type(ort_type), tuple(buf.shape),
+                                      buf.data_ptr())
+            self._outputs.append(buf)
+        return host
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize(self._device)
+
+    def device_timer(self):
+        from costbench.backends.timing import CudaEventTimer
+
+        return CudaEventTimer(stream=self._stream)  # the events bracket the work on the session's stream
+
+    def peak_device_memory(self) -> int | None:
+        """Torch-allocated I/O buffers at peak (ONNX Runtime's own arena is not in it)."""
+        return int(self._torch.cuda.max_memory_allocated(self._device))
+
+    def close(self) -> None:
+        self._binding = None
+        self._inputs, self._outputs = [], None
+        super().close()
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "io": "I/O binding on device buffers (torch), on the session's own stream",
+                "device_timer": "CUDA events on the session's stream (user_compute_stream)",
+                "device": str(self._device), "peak_device_memory_note": "torch-allocated I/O buffers only",
+                **({"trt_engine_cache": str(self._engine_cache)} if self._engine_cache else {})}

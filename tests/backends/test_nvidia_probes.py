@@ -16,6 +16,7 @@ from costbench.backends import load_registry
 from costbench.backends.onnxruntime_backend import OnnxRuntimeBackend, gpu_providers
 from costbench.backends.tensorrt_backend import TensorRTBackend, TensorRTOptions, qdq_report
 from costbench.backends.torch_backend import TorchBackend
+from costbench.backends.base import Session
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH, Artifact
 from costbench.kernels.gpu import probe
 
@@ -256,3 +257,71 @@ def test_gpu_check_without_a_gpu_exits_2_and_records_the_probes(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     record = json.loads((tmp_path / "gpu_check.json").read_text())
     assert record["stages"]["environment"]["probes"]["torch CUDA"] == probe.torch_cuda_reason()
+
+
+# ------------------------------------------------------------------------------------------------ ORT on CUDA: device time
+
+
+def test_onnxruntime_gpu_providers_compute_on_the_sessions_stream():
+    from costbench.backends.onnxruntime_backend import gpu_providers
+
+    backend = OnnxRuntimeBackend()
+    cuda = gpu_providers(backend.parse_options({}), "cuda:1", stream=0x7F00)
+    assert cuda == [("CUDAExecutionProvider", {"device_id": 1, "user_compute_stream": str(0x7F00)}),
+                    "CPUExecutionProvider"]
+    trt = gpu_providers(backend.parse_options({"provider": "tensorrt"}), "cuda", "/cache/engines", 0x7F00)
+    assert trt[0] == ("TensorrtExecutionProvider", {"device_id": 0, "trt_fp16_enable": False,
+                                                    "user_compute_stream": str(0x7F00), "trt_engine_cache_enable": True,
+                                                    "trt_engine_cache_path": "/cache/engines"})
+    assert trt[1] == ("CUDAExecutionProvider", {"device_id": 0, "user_compute_stream": str(0x7F00)})
+    # Stream 0 is torch's default stream, which ONNX Runtime reads as "no user stream": never passed.
+    assert gpu_providers(backend.parse_options({}), "cuda", stream=0)[0] == ("CUDAExecutionProvider", {"device_id": 0})
+
+
+def test_onnxruntime_gpu_session_times_on_the_device_and_the_host_fallback_says_why_not(tiny):
+    import onnxruntime as ort
+
+    from costbench.backends import onnxruntime_backend as ob
+
+    # The I/O-binding session's convention names the device clock on its own stream; the fallback's does not.
+    assert "CUDA events recorded on the session's stream" in ob.OnnxRuntimeGpuSession.timing.clock
+    assert "run_with_iobinding on device buffers" in ob.OnnxRuntimeGpuSession.timing.boundary
+    assert ob.OnnxRuntimeGpuHostSession.timing.clock.startswith("host time.perf_counter_ns")
+    assert ob.OnnxRuntimeGpuSession.device_timer is not Session.device_timer
+    stream, why = ob.device_stream("cuda")
+    if NO_CUDA:
+        assert stream is None and "has no usable CUDA" in why
+    # The fallback runs (shown here on a CPU InferenceSession) and records why there is no device timer.
+    art = tiny.artifacts[FORMAT_ONNX]
+    cpu = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    session = ob.OnnxRuntimeGpuHostSession(cpu, art, 2, OnnxRuntimeBackend().parse_options({}), "no CUDA torch here")
+    out = session.run(ob.zero_inputs(art, 2))
+    assert out[0].shape[0] == 2 and session.device_timer() is None
+    assert session.info()["device_timer"] == "none: no CUDA torch here"
+
+
+def test_io_binding_element_types_and_device_buffer_dtypes():
+    from costbench.backends import onnxruntime_backend as ob
+
+    assert ob.binding_element_type("tensor(float)") is np.float32
+    assert ob.binding_element_type("tensor(float16)") is np.float16
+    assert ob.binding_element_type("tensor(bfloat16)") == 16  # onnx.TensorProto.BFLOAT16: numpy has none
+    assert ob.torch_dtype(torch, "tensor(bfloat16)") is torch.bfloat16
+    assert ob.torch_dtype(torch, "tensor(int64)") is torch.int64
+    with pytest.raises(TypeError, match=r"tensor\(string\)"):
+        ob.binding_element_type("tensor(string)")
+
+
+def test_build_hooks_need_the_gpu_and_say_so(tiny):
+    from pathlib import Path
+
+    if not NO_CUDA:
+        pytest.skip("a usable GPU is here: scripts/gpu_check.py runs these hooks for real")
+    art = tiny.artifacts[FORMAT_ONNX]
+    with pytest.raises(RuntimeError, match=r"^tensorrt backend: "):
+        TensorRTBackend().build_cache(art, TensorRTOptions(), 1, "cuda", Path("/nonexistent"))
+    ort_backend = OnnxRuntimeBackend()
+    with pytest.raises(RuntimeError, match=r"^onnxruntime backend: "):
+        ort_backend.build_cache(art, ort_backend.parse_options({"provider": "tensorrt"}), 1, "cuda",
+                                Path("/nonexistent"))
+    assert ort_backend.build_cache(art, ort_backend.parse_options({}), 1, "cpu", Path("/nonexistent")) is None
