@@ -459,6 +459,7 @@ def model_cases(run: Run, reference_image: bool = False) -> dict[str, Any]:
                          "metrics": {k: v for k, v in metrics.items()
                                      if k.endswith(("_p50", "_p99")) or k in ("throughput", "peak_device_memory",
                                                                                "first_inference", "load_time",
+                                                                               "backend_build_time", "build_time",
                                                                                "top1_agreement", "min_cosine")},
                          "session": (outcome.info or {}).get("session")})
             p50, dev = metrics.get("latency_p50"), metrics.get("device_latency_p50")
