@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from costbench.harness.reports.data import row_details
+
 _GROUP = ["backend", "variant", "device", "batch_size"]
 
 
@@ -36,8 +38,35 @@ def _server_summary(g: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+def _accuracy_cells(g: pd.DataFrame, labelled: bool) -> dict[str, str]:
+    """Task accuracy against fp32 where the model has labels, parity otherwise, each under its own name.
+
+    Labelled: "acc Δ", the change in task accuracy with its paired 95% interval. Unlabelled: "agree@conf",
+    top-1 agreement with fp32 on the samples where fp32 is confident (the count in brackets), beside
+    "top-1 agree" on every sample; neither is an accuracy change.
+    """
+    top1 = _value(g, "top1_agreement")
+    cells = {"top-1 agree": _fmt(None if top1 is None else 100 * top1["value"], ".1f", "%")}
+    if labelled:
+        delta = _value(g, "task_accuracy_delta")
+        text = _fmt(None if delta is None else 100 * delta["value"], "+.1f", " pt")
+        if delta is not None and not pd.isna(delta.get("ci_low")) and not pd.isna(delta.get("ci_high")):
+            text += f" [{100 * delta['ci_low']:+.1f}, {100 * delta['ci_high']:+.1f}]"
+        cells["acc Δ"] = text
+        return cells
+    conf = _value(g, "top1_agreement_confident")
+    n = row_details(conf).get("samples") if conf is not None else None
+    cells["agree@conf"] = _fmt(None if conf is None else 100 * conf["value"], ".1f",
+                               "%" + (f" ({n})" if n is not None else ""))
+    return cells
+
+
 def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Per model: latency p50 with its 95% CI, throughput, size, accuracy change; plus numbered notes.
+    """Per model: latency p50 with its 95% CI, throughput, size, accuracy against fp32; plus numbered notes.
+
+    Accuracy: where the model has labels, the change in task accuracy with its 95% interval ("acc Δ");
+    where it has none, parity with fp32 under its own name ("agree@conf": top-1 agreement where fp32 is
+    confident, with the sample count), never shown as an accuracy change.
 
     Latency comes from the single_stream scenario, throughput from offline (falling back to
     single_stream's when there is no offline case). Cases that were skipped or failed point to a
@@ -50,6 +79,7 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
     df = df.sort_values("seq", kind="stable") if "seq" in df else df
     for model, mdf in df.groupby("model", sort=False):
         lines = []
+        labelled = (mdf["metric"] == "task_accuracy_delta").any()
         for (backend, variant, device, batch), g in mdf.groupby(_GROUP, sort=False, dropna=False):
             line = {"backend": backend if device == "cpu" else f"{backend} ({device})", "variant": variant,
                     "batch": int(batch)}
@@ -71,10 +101,7 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
                 line["server"] = server
             size = _value(g, "model_size")
             line["MB"] = _fmt(None if size is None else size["value"] / 1e6, ".2f")
-            top1 = _value(g, "top1_agreement")
-            line["top-1"] = _fmt(None if top1 is None else 100 * top1["value"], ".1f", "%")
-            delta = _value(g, "task_accuracy_delta")
-            line["acc Δ"] = _fmt(None if delta is None else 100 * delta["value"], "+.1f", " pt")
+            line.update(_accuracy_cells(g, labelled))
             cos = _value(g, "cosine_similarity_min")
             line["min cos"] = _fmt(None if cos is None else cos["value"], ".4f")
             problems = g[g["status"] != "ok"].drop_duplicates("scenario")
@@ -105,6 +132,13 @@ def render(df: pd.DataFrame, console) -> None:
         for _, row in table.iterrows():
             t.add_row(*[str(v) for v in row.tolist()])
         console.print(t)
+    columns = {c for table in tables.values() for c in table.columns}
+    if "acc Δ" in columns:
+        console.print(escape("acc Δ: task accuracy minus fp32's on the same labelled samples [paired 95% interval]"),
+                      highlight=False)
+    if "agree@conf" in columns:
+        console.print("agree@conf: parity, not accuracy: top-1 agreement with fp32 on the samples where fp32 is "
+                      "confident (top-1 probability ≥ 0.5; their count in brackets)", highlight=False)
     for i, note in enumerate(notes, 1):
         console.print(escape(f"[{i}] {note}"), highlight=False, soft_wrap=True)  # notes quote 'pkg[extra]' hints
     if not df.empty and "valid" in df and (df["valid"] == False).any():  # noqa: E712 (pandas elementwise)
