@@ -17,6 +17,7 @@ every backend hands the harness the same float outputs.
 
 from __future__ import annotations
 
+import os
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +43,11 @@ QUANTIZING_BOUNDARY = ("host numpy float inputs -> quantized to the model's inte
 
 
 class LiteRTOptions(BackendOptions):
-    """Options for the litert backend: the interpreter's threads (``threads``) and which kernels run the ops."""
+    """Options for the litert backend: the interpreter's threads (``threads``) and which kernels run the ops.
+
+    ``threads = None`` means every core this process may use, as for the other CPU backends: LiteRT's
+    own default (``num_threads=None``) is one thread for its kernels and XNNPACK alike.
+    """
 
     kernels: Literal["xnnpack", "builtin", "reference"] = Field(
         "xnnpack", description="'xnnpack': the XNNPACK delegate takes the ops it supports (LiteRT's default on CPU); "
@@ -112,6 +117,14 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(lines[:3]) if lines else type(exc).__name__
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask), the thread count when none is asked for."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def quant_params(detail: dict[str, Any]) -> tuple[float, int] | None:
     """(scale, zero point) of a per-tensor quantized integer tensor, or None for a float/plain integer one."""
     if np.dtype(detail["dtype"]).type not in QUANTIZED_IO:
@@ -160,7 +173,8 @@ class LiteRTSession(Session):
         self._artifact = artifact
         self._batch_size = batch_size
         self._opts = opts
-        self._interpreter = open_interpreter(self._path, opts.kernels, opts.threads)
+        self._threads = opts.threads or usable_cores()
+        self._interpreter = open_interpreter(self._path, opts.kernels, self._threads)
         details = self._interpreter.get_input_details()
         self._names = _match_inputs(self._path, artifact.inputs, details)
         self._resized = _resize(self._interpreter, self._path, artifact.inputs, details, batch_size)
@@ -208,7 +222,7 @@ class LiteRTSession(Session):
             "delegate": "XNNPACK" if "DELEGATE" in ops else "none",
             # The op list keeps the nodes a delegate replaced, so only the delegate's own nodes can be counted.
             "delegated_partitions": ops.count("DELEGATE"),
-            "threads": self._opts.threads if self._opts.threads is not None else "runtime default",
+            "threads": self._threads,
             "batch_size": self._batch_size,
             "resized_inputs": self._resized,
             "quantized_inputs": {n: {"dtype": dt.name, "scale": q[0], "zero_point": q[1]}

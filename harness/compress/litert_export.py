@@ -70,7 +70,8 @@ def _first_lines(exc: BaseException, n: int = 6) -> str:
 @contextlib.contextmanager
 def _quiet():
     """litert-torch prints a progress line per pass and absl logs; keep the build log readable."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         warnings.simplefilter("ignore")
         yield
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -138,6 +139,7 @@ def test_threads_are_passed_to_the_interpreter(conv_tflite, rng):
     module, artifact = conv_tflite
     session = _prepare(artifact, 1, threads=1)
     assert session.info()["threads"] == 1
+    assert _prepare(artifact, 1).info()["threads"] == len(os.sched_getaffinity(0))  # None: every usable core
     x = _fresh(rng, 1)
     np.testing.assert_allclose(session.run({"input": x})[0], _eager(module, x), atol=1e-5, rtol=0)
 
