@@ -270,7 +270,11 @@ def results(
 def compress(
     model: str = typer.Argument(..., help="Zoo model, e.g. digits-cnn, efficientnet-lite0, all-minilm-l6-v2."),
     recipes: list[str] = typer.Option(..., "--recipes", help="Recipes to try besides fp32 (comma-separated, repeatable)."),
-    max_drop: float = typer.Option(0.01, "--max-drop", help="Largest accuracy drop allowed (0.01 = 1 point)."),
+    max_drop: float = typer.Option(0.01, "--max-drop", help="Task-accuracy budget, for models with labels: largest "
+                                   "drop in task accuracy against fp32 (0.01 = 1 point)."),
+    max_parity_loss: float = typer.Option(0.01, "--max-parity-loss", help="Parity budget, for models without labels: "
+                                          "largest top-1 disagreement with fp32 on the samples where fp32 is "
+                                          "confident (0.01 = 1 point)."),
     backends: list[str] = typer.Option(["torch,onnxruntime,openvino"], "--backends", help="Backends (comma-separated)."),
     option: list[str] = typer.Option([], "--option", help="Recipe option as RECIPE.KEY=VALUE; repeatable."),
     batch_size: int = typer.Option(1, "--batch-size", min=1, help="Batch size for latency and accuracy."),
@@ -281,22 +285,24 @@ def compress(
     min_duration: float = typer.Option(1.0, help="Seconds to measure at least."),
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
 ) -> None:
-    """Build variants, measure them, and name per backend the fastest one within the accuracy budget."""
+    """Build variants, measure them, and name per backend the fastest one within budget: task accuracy where the
+    model has labels, parity with fp32 where it has none; the output says which basis decided each pick."""
     from costbench.commands import compress as select
 
     split = lambda items: [x.strip() for item in items for x in item.split(",") if x.strip()]  # noqa: E731
     try:
         summary, res, choices = select.run_compress(
-            model, split(recipes), max_drop, backends=split(backends), options=select.parse_options(option),
+            model, split(recipes), max_drop, max_parity_loss=max_parity_loss, backends=split(backends),
+            options=select.parse_options(option),
             batch_size=batch_size, out=out, cache_dir=cache_dir, timeout_s=timeout, min_count=min_count,
             min_duration_s=min_duration,
             on_start=lambda i, c: err.print(f"[{i + 1}] {c.variant} / {c.backend}", highlight=False),
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))
-    select.render(model, max_drop, res, choices, console)
+    select.render(model, max_drop, res, choices, console, max_parity_loss)
     if json_out:
-        select.write_json(json_out, select.report_json(model, max_drop, summary.run_id, res, choices))
+        select.write_json(json_out, select.report_json(model, max_drop, summary.run_id, res, choices, max_parity_loss))
     console.print(f"run [bold]{summary.run_id}[/]; run file {summary.run_file}")
 
 

@@ -1,15 +1,20 @@
 """Accuracy-aware selection: build a model's variants, measure each, and name per backend the fastest one
-whose accuracy drop stays within a budget (the fastest, not the first that passes).
+whose loss against fp32 stays within its budget (the fastest, not the first that passes).
 
-``costbench compress MODEL --recipes ... --max-drop 0.01`` runs fp32 plus the given recipes on
-every given backend through the ordinary runner (each case in its own process, results in a
-normal run file), then for each backend ranks the variants that finished by single-stream p50
-latency and keeps those whose drop is within ``--max-drop``. The drop is measured against the
-fp32 PyTorch reference on the model's evaluation data:
+``costbench compress MODEL --recipes ... --max-drop 0.01 --max-parity-loss 0.01`` runs fp32 plus the
+given recipes on every given backend through the ordinary runner (each case in its own process,
+results in a normal run file), then for each backend ranks the variants that finished by
+single-stream p50 latency and keeps those within budget. The loss is measured against the fp32
+reference on the model's evaluation data, on one of two bases (DESIGN.md, "Accuracy and parity"):
 
-- labelled data: the fall in task accuracy (``-task_accuracy_delta``), e.g. 0.01 = one point;
-- a classifier without labels: ``1 - top1_agreement`` with fp32;
-- anything else: ``1 - mean cosine similarity`` with fp32.
+- **task accuracy** (labelled data): the fall in task accuracy (``-task_accuracy_delta``) with its
+  paired 95% interval, against ``--max-drop`` (0.01 = one point);
+- **parity** (no labels), against ``--max-parity-loss``: for a classifier, top-1 disagreement with
+  fp32 on the samples where fp32 is confident (Wilson interval, with the count); else top-1 (nearest
+  neighbour) disagreement, else ``1 - mean cosine similarity``.
+
+A variant is within budget on its point estimate; when the interval straddles the budget the output
+says "undecided: the data cannot decide a budget of X", with the basis and the sample count.
 
 Every row carries the variant's provenance summary: recipe and version, parameters, FLOPs,
 sparsity, calibration set and size, teacher, and accuracy retained.
@@ -22,6 +27,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from costbench.harness.accuracy_budget import TASK, Judgement, judge
 
 BASELINE = "fp32"
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -39,11 +46,24 @@ class VariantResult:
     latency_ms: float | None = None
     latency_ci: tuple[float, float] | None = None
     size_bytes: float | None = None
-    metric: str | None = None  # what the drop is measured on
+    basis: str | None = None  # "task accuracy" (labels) or "parity" (against fp32)
+    metric: str | None = None  # the result row the loss comes from
+    measure: str | None = None  # what the loss is, in words
     value: float | None = None  # that metric's value for this variant
-    drop: float | None = None  # accuracy lost against fp32 (positive = worse)
-    retained: float | None = None  # accuracy as a fraction of fp32's
+    loss: float | None = None  # lost against fp32 on the basis (positive = worse; 0.01 = one point)
+    loss_ci: tuple[float, float] | None = None  # its 95% interval
+    samples: int | None = None  # how many samples it rests on
+    retained: float | None = None  # task accuracy as a fraction of fp32's
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def judgement(self, max_drop: float | None, max_parity_loss: float | None) -> Judgement | None:
+        """This variant's loss under the budget for its basis."""
+        if self.basis is None:
+            return None
+        lo, hi = self.loss_ci or (None, None)
+        return Judgement(self.basis, self.measure or "", self.metric or "", self.loss, lo, hi, self.samples,
+                         max_drop if self.basis == TASK else max_parity_loss,
+                         "--max-drop" if self.basis == TASK else "--max-parity-loss")
 
 
 @dataclass
@@ -54,23 +74,17 @@ class Choice:
     variant: str | None
     latency_ms: float | None
     speedup_vs_fp32: float | None
-    drop: float | None
+    loss: float | None
     reason: str
     within_budget: list[str]
+    basis: str | None = None  # which basis decided the pick
+    evidence: str = ""  # the pick's loss, interval, sample count and verdict
+    undecided: list[str] = field(default_factory=list)  # variants whose interval straddles their budget
 
 
-def accuracy_drop(metrics: dict[str, float]) -> tuple[str | None, float | None, float | None, float | None]:
-    """(metric, value, drop, retained) from a case's accuracy metrics (see the module docstring)."""
-    if "task_accuracy_delta" in metrics:
-        delta = metrics["task_accuracy_delta"]
-        return "task_accuracy", metrics.get("task_accuracy"), -delta, metrics.get("accuracy_retained")
-    if "top1_agreement" in metrics:
-        agree = metrics["top1_agreement"]
-        return "top1_agreement", agree, 1.0 - agree, agree
-    if "cosine_similarity_mean" in metrics:
-        cos = metrics["cosine_similarity_mean"]
-        return "cosine_similarity_mean", cos, 1.0 - cos, cos
-    return None, None, None, None
+def accuracy_loss(metrics: dict[str, dict[str, Any]]) -> Judgement | None:
+    """The loss against fp32 from a case's metric rows (name -> row), on its basis (see the module docstring)."""
+    return judge(metrics, None, None)
 
 
 def provenance_summary(provenance: dict[str, Any], retained: float | None) -> dict[str, Any]:
@@ -107,42 +121,63 @@ def results_from_outcomes(outcomes) -> list[VariantResult]:
         m = {x["metric"]: x for x in o.metrics}
         values = {k: v.get("value") for k, v in m.items()}
         lat = m.get("latency_p50")
-        metric, value, drop, retained = accuracy_drop(values)
-        drop = None if drop is None else drop + 0.0  # no "-0.00"
+        j = accuracy_loss(m)
+        retained = values.get("accuracy_retained")
         prov = (o.info or {}).get("provenance") or {}
         out.append(VariantResult(
             variant=c.variant, recipe=c.recipe, backend=c.backend, status=o.status, reason=o.reason,
             latency_ms=None if lat is None else lat["value"],
             latency_ci=None if lat is None or lat.get("ci_low") is None else (lat["ci_low"], lat["ci_high"]),
-            size_bytes=values.get("model_size"), metric=metric, value=value, drop=drop, retained=retained,
+            size_bytes=values.get("model_size"), basis=None if j is None else j.basis,
+            metric=None if j is None else j.metric, measure=None if j is None else j.measure,
+            value=None if j is None else values.get(j.metric), loss=None if j is None else j.loss,
+            loss_ci=None if j is None or not j.has_interval else (j.low, j.high),
+            samples=None if j is None else j.samples, retained=retained,
             provenance=provenance_summary(prov, retained) if prov else {},
         ))
     return out
 
 
-def choose(results: list[VariantResult], max_drop: float) -> list[Choice]:
-    """Per backend, the fastest ok variant whose drop is within ``max_drop`` (ties broken by smaller size)."""
+def describe_budgets(max_drop: float | None, max_parity_loss: float | None) -> str:
+    """'task-accuracy drop ≤ 1 pt (labelled), parity loss ≤ 1 pt (unlabelled)'."""
+    def pt(v: float | None) -> str:
+        return "none" if v is None else f"{100 * v:g} pt"
+    return f"task-accuracy drop ≤ {pt(max_drop)} (labelled), parity loss ≤ {pt(max_parity_loss)} (unlabelled)"
+
+
+def choose(results: list[VariantResult], max_drop: float | None,
+           max_parity_loss: float | None = None) -> list[Choice]:
+    """Per backend, the fastest ok variant within the budget for its basis (ties broken by smaller size).
+
+    ``max_drop`` bounds the task-accuracy drop of labelled models, ``max_parity_loss`` the parity loss of
+    unlabelled ones (fractions: 0.01 = one point); a basis without a budget is unconstrained. A variant is
+    within on its point estimate; one whose interval straddles its budget is listed as undecided.
+    """
+    budgets = describe_budgets(max_drop, max_parity_loss)
     choices = []
     for backend in dict.fromkeys(r.backend for r in results):
         rows = [r for r in results if r.backend == backend]
         ok = [r for r in rows if r.status == "ok" and r.latency_ms is not None]
-        within = [r for r in ok if r.drop is not None and r.drop <= max_drop + 1e-12]
+        judged = {id(r): r.judgement(max_drop, max_parity_loss) for r in ok}
+        within = [r for r in ok if judged[id(r)] is not None and judged[id(r)].passes]
+        undecided = [r.variant for r in ok if judged[id(r)] is not None and judged[id(r)].verdict == "undecided"]
         base = next((r for r in ok if r.variant == BASELINE), None)
         if not within:
-            why = "no variant finished" if not ok else f"no variant within a drop of {max_drop:g}"
-            choices.append(Choice(backend, None, None, None, None, why, []))
+            why = "no variant finished" if not ok else f"no variant within budget ({budgets})"
+            choices.append(Choice(backend, None, None, None, None, why, [], undecided=undecided))
             continue
         within.sort(key=lambda r: (r.latency_ms, r.size_bytes or math.inf))
         best = within[0]
+        j = judged[id(best)]
         speedup = base.latency_ms / best.latency_ms if base and best.latency_ms else None
-        reason = f"fastest of {len(within)} variant(s) within a drop of {max_drop:g}"
+        reason = f"fastest of {len(within)} variant(s) within budget; decided on {j.basis}"
         if len(within) > 1 and best.latency_ci and within[1].latency_ci and within[1].latency_ci[0] <= best.latency_ci[1]:
             reason += f"; its 95% CI overlaps {within[1].variant!r}'s"
         excluded = [r.variant for r in ok if r not in within and r.latency_ms < best.latency_ms]
         if excluded:
             reason += f"; faster but over budget: {', '.join(excluded)}"
-        choices.append(Choice(backend, best.variant, best.latency_ms, speedup, best.drop, reason,
-                              [r.variant for r in within]))
+        choices.append(Choice(backend, best.variant, best.latency_ms, speedup, best.loss, reason,
+                              [r.variant for r in within], j.basis, j.describe_verdict(), undecided))
     return choices
 
 
@@ -187,7 +222,8 @@ def compression_suite(model: str, recipes: list[str], backends: list[str], optio
     })
 
 
-def run_compress(model: str, recipes: list[str], max_drop: float, *, backends: list[str] | None = None,
+def run_compress(model: str, recipes: list[str], max_drop: float | None, *, max_parity_loss: float | None = 0.01,
+                 backends: list[str] | None = None,
                  options: dict[str, dict[str, Any]] | None = None, batch_size: int = 1, out: Path = Path("results"),
                  cache_dir: Path | None = None, timeout_s: float = 1800.0, min_count: int = 50,
                  min_duration_s: float = 1.0, on_start: Callable | None = None, on_done: Callable | None = None):
@@ -200,30 +236,33 @@ def run_compress(model: str, recipes: list[str], max_drop: float, *, backends: l
     cases = make_plan(suite)
     summary = run_plan(suite, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done)
     results = results_from_outcomes(summary.outcomes)
-    return summary, results, choose(results, max_drop)
+    return summary, results, choose(results, max_drop, max_parity_loss)
 
 
-def report_json(model: str, max_drop: float, run_id: str, results: list[VariantResult],
-                choices: list[Choice]) -> dict[str, Any]:
+def report_json(model: str, max_drop: float | None, run_id: str, results: list[VariantResult],
+                choices: list[Choice], max_parity_loss: float | None = None) -> dict[str, Any]:
     """Everything ``compress`` decided, as JSON-friendly data."""
-    return {"model": model, "max_drop": max_drop, "run_id": run_id,
+    return {"model": model, "max_drop": max_drop, "max_parity_loss": max_parity_loss, "run_id": run_id,
             "choices": [asdict(c) for c in choices], "results": [asdict(r) for r in results]}
 
 
-def render(model: str, max_drop: float, results: list[VariantResult], choices: list[Choice], console) -> None:
-    """Per backend: every variant with latency, size, accuracy drop and provenance; then the choice."""
+def render(model: str, max_drop: float | None, results: list[VariantResult], choices: list[Choice], console,
+           max_parity_loss: float | None = None) -> None:
+    """Per backend: every variant with latency, size, loss against fp32 on its basis (interval, samples) and
+    provenance; then the choice, the basis that decided it, and any budget the data cannot decide."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     def fmt(v, spec, suffix=""):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec) + suffix
 
     for choice in choices:
-        t = Table(title=f"{model} on {choice.backend} (max drop {max_drop:g})", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-        for col in ("variant", "p50 ms", "MB", "metric", "drop", "retained", "params", "MFLOPs", "sparsity",
-                    "calibration", "teacher", "status"):
-            t.add_column(col, justify="left" if col in ("variant", "metric", "calibration", "teacher", "status")
+        t = Table(title=f"{model} on {choice.backend} ({describe_budgets(max_drop, max_parity_loss)})",
+                  title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for col in ("variant", "p50 ms", "MB", "basis", "loss pt", "95% CI pt", "n", "retained", "params", "MFLOPs",
+                    "sparsity", "calibration", "teacher", "status"):
+            t.add_column(col, justify="left" if col in ("variant", "basis", "calibration", "teacher", "status")
                          else "right", no_wrap=col not in ("calibration", "status"))
         rows = sorted((r for r in results if r.backend == choice.backend and r.status != "skipped"),
                       key=lambda r: (r.latency_ms is None, r.latency_ms or 0))
@@ -233,12 +272,15 @@ def render(model: str, max_drop: float, results: list[VariantResult], choices: l
             cal = p.get("calibration")
             status = r.status if r.status != "ok" else (
                 "chosen" if r.variant == choice.variant else "within budget" if r.variant in choice.within_budget
-                else "over budget" if r.drop is not None else "no accuracy")
+                else "over budget" if r.loss is not None else "no accuracy")
+            if r.variant in choice.undecided:
+                status += " (undecided)"
             if r.status != "ok":
                 status += f": {r.reason}"
+            ci = "-" if not r.loss_ci else f"{100 * r.loss_ci[0] + 0.0:+.2f} to {100 * r.loss_ci[1] + 0.0:+.2f}"
             t.add_row(r.variant, fmt(r.latency_ms, ".3f"), fmt(None if r.size_bytes is None else r.size_bytes / 1e6, ".2f"),
-                      r.metric or "-", fmt(None if r.drop is None else 100 * r.drop, "+.2f", " pt"),
-                      fmt(r.retained, ".4f"), fmt(p.get("parameters"), ",d"),
+                      r.basis or "-", fmt(None if r.loss is None else 100 * r.loss + 0.0, "+.2f"), ci,
+                      fmt(r.samples, "d"), fmt(r.retained, ".4f"), fmt(p.get("parameters"), ",d"),
                       fmt(None if p.get("flops") is None else p["flops"] / 1e6, ".2f"),
                       fmt(p.get("sparsity"), ".0%"),
                       "-" if not cal else f"{cal.get('samples')} ({str(cal.get('method')).split(' (')[0]})",
@@ -248,11 +290,17 @@ def render(model: str, max_drop: float, results: list[VariantResult], choices: l
             console.print(f"not run on {choice.backend}: " + "; ".join(f"{r.variant} ({r.reason})" for r in skipped),
                           highlight=False, soft_wrap=True)
         if choice.variant is None:
-            console.print(f"[bold]{choice.backend}[/]: none chosen: {choice.reason}", highlight=False)
+            console.print(f"[bold]{choice.backend}[/]: none chosen: {escape(choice.reason)}", highlight=False)
         else:
             speed = f", {choice.speedup_vs_fp32:.2f}x fp32's speed" if choice.speedup_vs_fp32 else ""
-            console.print(f"[bold]{choice.backend}[/]: [green]{choice.variant}[/] ({choice.latency_ms:.3f} ms p50{speed}, "
-                          f"drop {100 * choice.drop:+.2f} pt): {choice.reason}", highlight=False)
+            console.print(f"[bold]{choice.backend}[/]: [green]{choice.variant}[/] ({choice.latency_ms:.3f} ms p50{speed}): "
+                          f"{escape(choice.reason)}", highlight=False, soft_wrap=True)
+            console.print(f"  {escape(choice.evidence)}", highlight=False, soft_wrap=True)
+        by_name = {r.variant: r for r in rows}
+        for v in choice.undecided:
+            j = by_name[v].judgement(max_drop, max_parity_loss) if v in by_name else None
+            if j is not None and v != choice.variant:
+                console.print(f"  {v}: {escape(j.describe_verdict())}", highlight=False, soft_wrap=True)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
