@@ -5,7 +5,8 @@ the schema ``costbench`` of the database the URL names, and serve the same ``loa
 Run files stay the source of truth on the machine that wrote them; pushing one is:
 
 - **idempotent**: a run's cases are keyed by (run_id, seq) and its rows by (run_id, seq, pos);
-  a push adds only what the store lacks (``ON CONFLICT DO NOTHING``), so pushing twice changes nothing;
+  a push adds only the cases past what the store holds of that run (and any row already there is
+  skipped, ``ON CONFLICT DO NOTHING``), so pushing twice changes nothing;
 - **atomic**: one run is one transaction (rows, cases and the run's ``cases_done``/``complete``
   together), so a reader never sees part of a push, and a push that dies leaves nothing;
 - **safe with many writers**: pushes of one run are serialised by a transaction-scoped advisory
@@ -17,6 +18,8 @@ never written into results: the URL kept and shown is :func:`redact`'ed, and so 
 
 from __future__ import annotations
 
+import json
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,8 @@ PG_TYPES = {"VARCHAR": "text", "BIGINT": "bigint", "DOUBLE": "double precision",
             "DOUBLE[]": "double precision[]", "INTEGER": "integer"}
 RESULT_PG_COLUMNS = RESULT_COLUMNS + ["pos"]  # pos: the row's place within its case, so no row ever collides
 CASE_PG_COLUMNS = ["run_id", "seq", "case_id", "status", "elapsed_s", "finished", "spec", "info"]
+COLUMN_TYPES = {"results": [RESULT_TYPES[c] for c in RESULT_COLUMNS] + ["INTEGER"],
+                "cases": ["VARCHAR", "INTEGER", "VARCHAR", "VARCHAR", "DOUBLE", "VARCHAR", "VARCHAR", "VARCHAR"]}
 # JSON goes in text columns: run files may hold NaN, which PostgreSQL's json types reject.
 DDL = [
     f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}",
@@ -67,6 +72,80 @@ class PushResult:
 def _clean(value: Any) -> Any:
     # PostgreSQL text cannot hold NUL; a reason copied from a crashed child's stderr might.
     return value.replace("\x00", "\\x00") if isinstance(value, str) else value
+
+
+# COPY's text format, written by hand: psycopg's per-value adaptation of 200-sample arrays is what a
+# 100,000-row push would otherwise spend most of its time on.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\\\x00"})
+
+
+def _text(v: Any) -> str:
+    return "\\N" if v is None else str(v).translate(_COPY_ESCAPES)
+
+
+def _float(v: Any) -> str:
+    return "\\N" if v is None else repr(float(v))  # repr: the shortest text that reads back to the same double
+
+
+def _int(v: Any) -> str:
+    return "\\N" if v is None else str(int(v))
+
+
+def _bool(v: Any) -> str:
+    return "\\N" if v is None else ("t" if v else "f")
+
+
+def _floats(v: Any) -> str:
+    # json.dumps writes the list in C: "[1.5, NaN, null]" is the array literal "{1.5, NaN, null}". The values
+    # came from a run file's JSON, so they are numbers or null already.
+    return "\\N" if v is None else "{" + json.dumps(v)[1:-1] + "}"
+
+
+_ENCODERS = {"VARCHAR": _text, "DOUBLE": _float, "BIGINT": _int, "INTEGER": _int, "BOOLEAN": _bool,
+             "DOUBLE[]": _floats}
+
+
+def _copy_text(rows: list[list[Any]], types: list[str]) -> str:
+    """``rows`` in COPY's text format, each column written by the encoder of its type."""
+    # Most text values repeat from row to row (run id, environment, model, metric...): escape each once.
+    memo: dict[str, str] = {}
+
+    def text(v: Any) -> str:
+        if v is None:
+            return "\\N"
+        out = memo.get(v)
+        if out is None:
+            out = memo[v] = str(v).translate(_COPY_ESCAPES)
+        return out
+
+    enc = [text if t == "VARCHAR" else _ENCODERS[t] for t in types]
+    return "".join("\t".join([f(v) for f, v in zip(enc, r)]) + "\n" for r in rows)
+
+
+def _lines(path: Path) -> int:
+    """Non-empty lines of a file, without parsing them."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _load_float8_array(data) -> np.ndarray | None:
+    """PostgreSQL's binary float8[] as a float64 array in one numpy call (psycopg's loader goes value by value)."""
+    ndim, has_null, _ = struct.unpack_from(">iii", data)
+    if ndim == 0:
+        return np.empty(0, dtype=np.float64)
+    n = struct.unpack_from(">i", data, 12)[0]
+    if ndim == 1 and not has_null:
+        return np.frombuffer(data, dtype=_ELEMENT, count=n, offset=20)["v"].astype(np.float64)
+    values, off = [], 12 + 8 * ndim  # NULL elements (never written by costbench): read them one by one
+    while off < len(data):
+        size = struct.unpack_from(">i", data, off)[0]
+        off += 4
+        values.append(np.nan if size < 0 else struct.unpack_from(">d", data, off)[0])
+        off += max(size, 0)
+    return np.asarray(values, dtype=np.float64)
+
+
+_ELEMENT = np.dtype([("n", ">i4"), ("v", ">f8")])
 
 
 def explain_connect_error(url: str, exc: Exception) -> str:
@@ -174,8 +253,16 @@ class PgStore(ResultStore):
             files = [f for f in files if any(f.path.stem.startswith(p) for p in prefixes)]
         with self.connect() as conn:
             self._ensure(conn, create=True)
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT run_id, cases_done FROM {SCHEMA}.runs WHERE complete")
+                complete = dict(cur.fetchall())
+            conn.commit()
             out = []
             for rf in files:
+                done = complete.get(rf.path.stem)
+                if done is not None and _lines(rf.path) - 1 <= done:  # the store has all this file can hold
+                    out.append(PushResult(rf.path.stem, done, 0, 0, True))
+                    continue
                 try:
                     header, cases = rf.read()
                 except ValueError as exc:
@@ -230,9 +317,9 @@ class PgStore(ResultStore):
                 pos = pos + 1 if r["seq"] == last else 0
                 last = r["seq"]
                 if r["seq"] >= done:
-                    rows.append([_clean(r[c]) for c in RESULT_COLUMNS] + [pos])
+                    rows.append([r[c] for c in RESULT_COLUMNS] + [pos])
             cases_added = self._insert(cur, "cases", CASE_PG_COLUMNS, ["run_id", "seq"],
-                                       [[_clean(v) for v in r] for r in new_cases])
+                                       new_cases)
             rows_added = self._insert(cur, "results", RESULT_PG_COLUMNS, ["run_id", "seq", "pos"], rows)
             run = {k: _clean(v) for k, v in run_row_of(header).items()}
             cur.execute(
@@ -248,14 +335,28 @@ class PgStore(ResultStore):
 
     @staticmethod
     def _insert(cur, table: str, columns: list[str], key: list[str], rows: list[list[Any]]) -> int:
-        """COPY ``rows`` into a scratch table, then add those the store lacks; returns how many were added."""
+        """Add the ``rows`` the store lacks; returns how many were added.
+
+        They are the cases past the run's ``cases_done``, read under the run's lock, so none is there
+        yet and one COPY adds them all. Should one be there after all, the COPY is undone to its
+        savepoint and the rows go through a scratch table with ``ON CONFLICT DO NOTHING``.
+        """
+        import psycopg
+
         if not rows:
             return 0
         cols = ", ".join(f'"{c}"' for c in columns)
+        data = _copy_text(rows, COLUMN_TYPES[table])
+        try:
+            with cur.connection.transaction():  # a savepoint
+                with cur.copy(f"COPY {SCHEMA}.{table} ({cols}) FROM STDIN") as copy:
+                    copy.write(data)
+            return len(rows)
+        except psycopg.errors.UniqueViolation:
+            pass
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS incoming_{table} (LIKE {SCHEMA}.{table}) ON COMMIT DROP")
         with cur.copy(f"COPY incoming_{table} ({cols}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(r)
+            copy.write(data)
         cur.execute(f"INSERT INTO {SCHEMA}.{table} ({cols}) SELECT {cols} FROM incoming_{table} "
                     f"ON CONFLICT ({', '.join(key)}) DO NOTHING")
         added = cur.rowcount
@@ -264,11 +365,22 @@ class PgStore(ResultStore):
 
     # --- reading (ResultStore) ----------------------------------------------------------------------
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[Any] = (), binary: bool = False) -> list[tuple]:
         with self.connect() as conn:
             if not self._ensure(conn, create=False):
                 return []
-            with conn.cursor() as cur:
+            if binary:
+                from psycopg.adapt import Loader
+                from psycopg.pq import Format
+
+                class Float8ArrayLoader(Loader):
+                    format = Format.BINARY
+
+                    def load(self, data):
+                        return _load_float8_array(bytes(data))
+
+                conn.adapters.register_loader(1022, Float8ArrayLoader)  # float8[]
+            with conn.cursor(binary=binary) as cur:
                 cur.execute(sql, list(params))
                 return cur.fetchall()
 
@@ -290,9 +402,10 @@ class PgStore(ResultStore):
         rows = self._read(
             f"SELECT {', '.join(f'r.{c}' for c in RESULT_COLUMNS)} FROM {SCHEMA}.results r "
             f"JOIN {SCHEMA}.runs USING (run_id) {where} "
-            'ORDER BY r.created COLLATE "C", r.run_id COLLATE "C", r.seq, r.metric COLLATE "C", r.pos', params)
+            'ORDER BY r.created COLLATE "C", r.run_id COLLATE "C", r.seq, r.metric COLLATE "C", r.pos', params,
+            binary=True)
         df = pd.DataFrame.from_records(rows, columns=RESULT_COLUMNS)
-        df["samples"] = [pd.NA if s is None else np.asarray(s, dtype=np.float64) for s in df["samples"]]
+        df["samples"] = [pd.NA if s is None else s for s in df["samples"]]
         return as_frame(df)
 
     def cases(self, run_ids: Sequence[str]) -> pd.DataFrame:

@@ -298,3 +298,19 @@ def test_run_pushes_each_case_as_it_ends(tmp_path, pg_url):
     assert "s3cret" not in next(out.glob("runs/*.jsonl")).read_text()
     with psycopg.connect(pg_url) as conn:
         assert conn.execute(f"SELECT cases_done, complete FROM {SCHEMA}.runs").fetchall() == [(2, True)]
+
+
+def test_rows_already_in_the_store_are_skipped_not_doubled(tmp_path, pg_url):
+    """Should the store hold rows past a run's cases_done (it never writes them so), a push adds only the rest."""
+    d = mixed_runs(tmp_path / "results")
+    store = PgStore(pg_url)
+    store.push(d)
+    before = table_dump(pg_url)
+    with psycopg.connect(pg_url) as conn:
+        conn.execute(f"UPDATE {SCHEMA}.runs SET cases_done = 1, complete = false")
+        conn.execute(f"DELETE FROM {SCHEMA}.results WHERE run_id LIKE '%mixed' AND seq = 2")
+    again = store.push(d)
+    assert {p.run_id: p.rows_added for p in again if p.rows_added} == {"20260108-000000-mixed": 1}
+    after = table_dump(pg_url)
+    assert after["results"] == before["results"] and after["cases"] == before["cases"]
+    assert_same_frame(load_results(d), load_results(pg_url))
