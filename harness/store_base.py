@@ -49,7 +49,8 @@ def as_frame(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with the load_results columns, order and dtypes (so every store serves the same frame)."""
     df = df.reindex(columns=RESULT_COLUMNS)
     for col, dtype in FRAME_DTYPES.items():
-        if col == "samples":
+        if col == "samples":  # arrays (or NA) in an object column, even when there are no rows
+            df[col] = df[col].astype(object)
             continue
         if dtype == "str":
             df[col] = df[col].astype("str").where(df[col].notna())

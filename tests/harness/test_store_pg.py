@@ -314,3 +314,23 @@ def test_rows_already_in_the_store_are_skipped_not_doubled(tmp_path, pg_url):
     after = table_dump(pg_url)
     assert after["results"] == before["results"] and after["cases"] == before["cases"]
     assert_same_frame(load_results(d), load_results(pg_url))
+
+
+def test_an_empty_store_reads_as_no_runs(tmp_path, pg_url):
+    empty_local = load_results(tmp_path)
+    team = load_results(pg_url)
+    assert team.empty and team.dtypes.to_dict() == empty_local.dtypes.to_dict()
+    assert list_runs(pg_url).empty and list(list_runs(pg_url).columns) == list(list_runs(tmp_path).columns)
+    res = CliRunner().invoke(app, ["results", "--store", pg_url])
+    assert res.exit_code == 2 and "no runs yet" in res.output
+
+
+def test_redact_hides_passwords_in_urls_and_options():
+    from costbench.harness.runfile import redact
+
+    assert redact("postgresql://bob:pa%40ss@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert redact("--store=postgres://bob:pw@/x?host=/tmp&password=pw2&port=5") == \
+        "--store=postgres://bob:***@/x?host=/tmp&password=***&port=5"
+    assert redact("host=db password=pw user=bob") == "host=db password=*** user=bob"
+    assert redact("postgresql://bob@db/x") == "postgresql://bob@db/x"
+    assert redact("suites/smoke.toml") == "suites/smoke.toml"
