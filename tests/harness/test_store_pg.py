@@ -334,3 +334,36 @@ def test_redact_hides_passwords_in_urls_and_options():
     assert redact("host=db password=pw user=bob") == "host=db password=*** user=bob"
     assert redact("postgresql://bob@db/x") == "postgresql://bob@db/x"
     assert redact("suites/smoke.toml") == "suites/smoke.toml"
+
+
+def test_publisher_pushes_each_case_and_only_warns_when_the_store_goes(tmp_path, pg_cluster, pg_url):
+    from costbench.harness.store_pg import RunPublisher
+
+    d = tmp_path / "results"
+    write_run(d, "20260101-000000-old", [case()])  # already there before the run: not the run's file
+    pub = RunPublisher(pg_url, d)
+    rf = write_run(d, "20260102-000000-live", [case(variant="fp32")], created="2026-01-02T00:00:00+00:00")
+    rf.path.write_text(rf.path.read_text().replace('"planned_cases": 1', '"planned_cases": 3'))
+
+    def state():
+        with psycopg.connect(pg_url) as conn:
+            return conn.execute(f"SELECT run_id, cases_done, complete FROM {SCHEMA}.runs").fetchall()
+
+    pub.case_done()
+    assert state() == [("20260102-000000-live", 1, False)]
+    rf.append({**case(variant="int8"), "run_id": "20260102-000000-live"})
+    pub.case_done()
+    assert state() == [("20260102-000000-live", 2, False)]
+    rf.append({**case(variant="fp16"), "run_id": "20260102-000000-live"})
+    assert pub.finish(rf.path).complete and state() == [("20260102-000000-live", 3, True)]
+
+    # The store goes away mid-run: the run goes on, the push only warns and says how to send it later.
+    db = pg_url.split("?")[0].rsplit("/", 1)[1]
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+    rf.append({**case(variant="bf16"), "run_id": "20260102-000000-live"})
+    pub.case_done()
+    assert pub.finish(rf.path) is None
+    assert "no such database" in pub.failed and f"costbench store push {d} --to" in pub.failed
+    assert "s3cret" not in pub.failed
+    assert len(RunFile(rf.path).cases()) == 4  # the run file has everything
