@@ -103,7 +103,7 @@ class Judgement:
     """
 
     basis: str  # TASK or PARITY
-    measure: str  # what the loss is, e.g. "confident-sample disagreement with fp32 (p ≥ 0.5)"
+    measure: str  # what the loss is, e.g. "task accuracy: drop vs fp32", "parity loss: top-1 disagreement …"
     metric: str  # the result row it comes from
     loss: float | None
     low: float | None = None
@@ -142,7 +142,7 @@ class Judgement:
         return self.loss is not None and (self.budget is None or self.loss <= self.budget + 1e-12)
 
     def describe(self) -> str:
-        """E.g. 'task-accuracy drop vs fp32 0.28 pt (95% CI -0.55 to 1.10 pt, 360 samples)'."""
+        """E.g. 'task accuracy: drop vs fp32 0.28 pt (95% CI -0.55 to 1.10 pt, 360 samples)'."""
         if self.loss is None:
             return f"{self.measure}: not measured"
         parts = []
@@ -188,7 +188,7 @@ def judge(rows: Mapping[str, Mapping[str, Any]], max_drop: float | None, max_par
         d = _details(task)
         lo, hi = _num(task.get("ci_low")), _num(task.get("ci_high"))
         delta = float(task["value"])
-        return Judgement(TASK, "task-accuracy drop vs fp32", TASK_METRIC, -delta + 0.0,
+        return Judgement(TASK, "task accuracy: drop vs fp32", TASK_METRIC, -delta + 0.0,
                          None if hi is None else -hi + 0.0, None if lo is None else -lo + 0.0,
                          d.get("samples"), max_drop, drop_flag)
     conf = rows.get(CONFIDENT_METRIC)
@@ -196,7 +196,7 @@ def judge(rows: Mapping[str, Mapping[str, Any]], max_drop: float | None, max_par
         d = _details(conf)
         lo, hi = _num(conf.get("ci_low")), _num(conf.get("ci_high"))
         thr = d.get("threshold")
-        measure = ("parity: top-1 disagreement with fp32 where fp32 is confident"
+        measure = ("parity loss: top-1 disagreement with fp32 where fp32 is confident"
                    + (f" (top-1 probability ≥ {thr:g})" if isinstance(thr, (int, float)) else ""))
         return Judgement(PARITY, measure, CONFIDENT_METRIC, 1.0 - float(conf["value"]) + 0.0,
                          None if hi is None else 1.0 - hi + 0.0, None if lo is None else 1.0 - lo + 0.0,
@@ -207,9 +207,9 @@ def judge(rows: Mapping[str, Mapping[str, Any]], max_drop: float | None, max_par
             continue
         d = _details(row)
         lo, hi = _num(row.get("ci_low")), _num(row.get("ci_high"))
-        measure = {"top1_agreement": "parity: top-1 disagreement with fp32 on all samples (a loose bound, "
+        measure = {"top1_agreement": "parity loss: top-1 disagreement with fp32 on all samples (a loose bound, "
                                      "not an accuracy drop)",
-                   "cosine_similarity_mean": "parity: 1 − mean cosine similarity to fp32"}[name]
+                   "cosine_similarity_mean": "parity loss: 1 − mean cosine similarity to fp32"}[name]
         return Judgement(PARITY, measure, name, 1.0 - float(row["value"]) + 0.0,
                          None if hi is None else 1.0 - hi + 0.0, None if lo is None else 1.0 - lo + 0.0,
                          d.get("samples"), max_parity_loss, parity_flag)

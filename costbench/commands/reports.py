@@ -107,7 +107,7 @@ def report(
     paths = write_report(rep, out)
     # The terminal gets the decisions; the tables are in the files.
     for line in rep.notes + terminal_summary(rep):
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)  # notes name "[assign]"
     console.print(f"wrote {paths['html']}, {paths['markdown']}, {paths['csv']}", highlight=False)
 
 

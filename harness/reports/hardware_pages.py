@@ -144,7 +144,7 @@ def _basis_text(row: dict[str, Any], report: HardwareReport) -> str:
     j = judgement_of(row, report.criteria)
     if j is None:
         return "no task accuracy or parity with fp32 measured"
-    return f"budget decided on {j.basis}: {j.describe_verdict()}"
+    return f"budget decided on {j.describe_verdict()}"
 
 
 def _prices_text(report: HardwareReport) -> str:

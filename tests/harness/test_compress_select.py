@@ -16,14 +16,14 @@ from costbench.commands.compress import (VariantResult, accuracy_loss, choose, c
 def row(variant, backend, latency, drop, status="ok", ci=None, loss_ci=None, samples=None):
     return VariantResult(variant=variant, recipe=variant, backend=backend, status=status, latency_ms=latency,
                          latency_ci=ci, size_bytes=1.0, basis=None if drop is None else "task accuracy",
-                         metric="task_accuracy_delta", measure="task-accuracy drop vs fp32", loss=drop,
+                         metric="task_accuracy_delta", measure="task accuracy: drop vs fp32", loss=drop,
                          loss_ci=loss_ci, samples=samples)
 
 
 def parity_row(variant, backend, latency, loss, loss_ci, samples):
     return VariantResult(variant=variant, recipe=variant, backend=backend, status="ok", latency_ms=latency,
                          size_bytes=1.0, basis="parity", metric="top1_agreement_confident",
-                         measure="parity: top-1 disagreement with fp32 where fp32 is confident (top-1 probability ≥ 0.5)",
+                         measure="parity loss: top-1 disagreement with fp32 where fp32 is confident (top-1 probability ≥ 0.5)",
                          loss=loss, loss_ci=loss_ci, samples=samples)
 
 
@@ -91,7 +91,7 @@ def test_labelled_budget_straddled_by_the_interval_is_undecided(capsys):
                row("int8", "ort", 0.5, 3 / 360, loss_ci=(-0.0027, 0.0242), samples=360)]
     (choice,) = choose(results, max_drop=0.01, max_parity_loss=0.01)
     assert choice.variant == "int8" and choice.basis == "task accuracy" and choice.undecided == ["int8"]
-    assert ("task-accuracy drop vs fp32 0.83 pt (95% CI -0.27 to 2.42 pt, 360 samples); undecided: the data cannot "
+    assert ("task accuracy: drop vs fp32 0.83 pt (95% CI -0.27 to 2.42 pt, 360 samples); undecided: the data cannot "
             "decide a budget of 1 pt") in choice.evidence
     render("digits-cnn", 0.01, results, [choice], Console(width=250, force_terminal=False), 0.01)
     out = capsys.readouterr().out

@@ -61,7 +61,7 @@ def test_values_come_from_the_store_and_cost_follows_the_formula(results):
     assert r.throughput == thr == 1800.0
     assert r.cost_per_m == pytest.approx(0.08925 / (3600 * 1800.0) * 1e6)
     assert r.accuracy_drop_pt == pytest.approx(0.2) and r.accuracy_basis == "task accuracy"
-    assert pd.isna(r.parity_loss_pt) and r.loss_measure == "task-accuracy drop vs fp32"
+    assert pd.isna(r.parity_loss_pt) and r.loss_measure == "task accuracy: drop vs fp32"
     assert row(rep, "torch", "fp32").machine == "aws/g5.xlarge"
     assert set(rep.configs.env_id) == {CPU["env_id"], GPU["env_id"]}  # two machines side by side
     skipped = row(rep, "torch", "int8")
@@ -75,7 +75,7 @@ def test_pick_and_why_each_faster_or_cheaper_option_lost(results):
     assert (rec.pick["backend"], rec.pick["variant"], rec.pick["device"]) == ("onnxruntime", "int8", "cpu")
     why = {(r["backend"], r["variant"]): reasons for r, reasons in rec.rejected}
     assert set(why) == {("openvino", "int8"), ("torch", "fp32")}  # fp32 on the CPU is slower and dearer: not listed
-    assert "task-accuracy drop vs fp32 2.00 pt (no interval stored) > task accuracy budget 1 pt" in why[("openvino", "int8")][0]
+    assert "task accuracy: drop vs fp32 2.00 pt (no interval stored) > task accuracy budget 1 pt" in why[("openvino", "int8")][0]
     assert why[("torch", "fp32")][0].startswith("costs 0.03493 USD/M inferences, more than the pick's 0.01377")
     assert [r["backend"] for r, _ in rec.unmeasured] == ["torch"]
 
@@ -108,7 +108,7 @@ def test_markdown_and_csv(results, tmp_path):
     rep = build(results, Criteria(slo_ms=0.8, max_drop_pt=1.0))
     md = render_markdown(rep)
     assert "**Recommended:** onnxruntime int8 b1 on aws/c7i.large" in md
-    assert "openvino int8 b1 on aws/c7i.large" in md and "task-accuracy drop vs fp32 2.00 pt" in md
+    assert "openvino int8 b1 on aws/c7i.large" in md and "task accuracy: drop vs fp32 2.00 pt" in md
     assert "budget decided on task accuracy" in md and "Budget basis: task accuracy" in md
     assert "Pareto frontier (cost vs task-accuracy drop)" in md and "Side by side" in md
     csv = to_csv_frame(rep)
@@ -278,7 +278,7 @@ def test_unlabelled_classifier_is_judged_on_confident_parity_not_called_accuracy
     assert r.accuracy_basis == "parity" and r.parity_loss_pt == 0.0 and pd.isna(r.accuracy_drop_pt)
     assert r.loss_high_pt == pytest.approx(9.2) and r.loss_samples == 38 and r.budget_verdict == "undecided"
     why = {(x["variant"]): reasons for x, reasons in rec.rejected}
-    assert "parity: top-1 disagreement with fp32 where fp32 is confident (top-1 probability ≥ 0.5) 20.00 pt" in why["int8-bad"][0]
+    assert "parity loss: top-1 disagreement with fp32 where fp32 is confident (top-1 probability ≥ 0.5) 20.00 pt" in why["int8-bad"][0]
     assert "> parity budget 1 pt" in why["int8-bad"][0]
     md, html = render_markdown(rep), render_html(rep)
     for text in (md, html):
@@ -308,7 +308,7 @@ def test_labelled_budget_the_data_cannot_decide(tmp_path):
     rec = rep.recommendations["digits-cnn"]
     assert rec.pick["variant"] == "int8" and rec.pick["budget_verdict"] == "undecided"
     text = render_markdown(rep)
-    assert ("budget decided on task accuracy: task-accuracy drop vs fp32 0.83 pt (95% CI -0.27 to 2.42 pt, "
+    assert ("budget decided on task accuracy: drop vs fp32 0.83 pt (95% CI -0.27 to 2.42 pt, "
             "360 samples); undecided: the data cannot decide a budget of 1 pt") in text
     tight = build_report(sel, prices, Criteria(max_drop_pt=0.5)).recommendations["digits-cnn"]
     assert tight.pick["variant"] == "fp32"
