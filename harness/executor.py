@@ -1,11 +1,13 @@
-"""Executors: how the runner gets one case measured. ``local`` (the default) runs it in a child process here.
+"""Executors: how the runner gets cases measured. ``local`` (the default) runs each in a child process here.
 
-The contract (:class:`Executor`) is one call: a planned case in, a :class:`CaseOutcome` out, with every
-way the case can end (ok, skipped, failed: crashed, hung, out of memory, raised) turned into an outcome,
-never an exception. A case and its outcome are plain, serialisable data (``Case.to_dict``,
-``CaseOutcome.record``), so an executor may measure the case elsewhere: a fleet executor sends it to a
-node that can run it and runs the same worker there. The runner keeps the rest: order, the run file,
-the store and the instability flag.
+The contract (:class:`Executor`): ``plan`` fits a suite's cases to where this executor measures;
+``run_cases`` takes the planned cases and yields one :class:`CaseOutcome` per case as each ends, with
+every way a case can end (ok, skipped, failed: crashed, hung, out of memory, raised, node lost) turned
+into an outcome, never an exception. A case and its outcome are plain, serialisable data
+(``Case.to_dict``, ``CaseOutcome.record``), so an executor may measure cases elsewhere and several at
+once: the Ray executor (:mod:`.executor_ray`) sends each to a node that can run it, one measuring case
+per node, and runs the same :func:`run_case_in_child` there. The runner keeps the rest: the run file,
+the store and the instability flag, written in the order outcomes arrive.
 
 The local executor measures one case at a time, each in a fresh process with its own session (so a
 timeout kills whatever the runtime forked), a memory limit over the process tree, and a parent-death
@@ -24,9 +26,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
-from costbench.harness.plan import Case
+from costbench.harness.plan import PLANNED, Case
+
+if TYPE_CHECKING:
+    from costbench.harness.suite_schema import Suite
 
 STDERR_TAIL_LINES = 25
 
@@ -42,12 +47,22 @@ class CaseOutcome:
     info: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
     stderr_tail: str = ""
+    # The env_id of the machine that measured the case when that is not the run's own (fleet runs; the
+    # node's identity is then in info["node"]). None: the machine in the run header.
+    env_id: str | None = None
 
     def record(self, run_id: str) -> dict[str, Any]:
-        return {"type": "case", "run_id": run_id, "case": self.case.to_dict(), "status": self.status,
-                "reason": self.reason, "elapsed_s": self.elapsed_s, "metrics": self.metrics, "info": self.info,
-                "stderr_tail": self.stderr_tail,
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        rec = {"type": "case", "run_id": run_id, "case": self.case.to_dict(), "status": self.status,
+               "reason": self.reason, "elapsed_s": self.elapsed_s, "metrics": self.metrics, "info": self.info,
+               "stderr_tail": self.stderr_tail,
+               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        if self.env_id is not None:
+            rec["env_id"] = self.env_id
+        return rec
+
+
+class ExecutorError(RuntimeError):
+    """An executor cannot start (cluster unreachable, no node able to run the cases); raised before any case runs."""
 
 
 def _describe_exit(code: int) -> str:
@@ -128,8 +143,12 @@ def _wait(proc: subprocess.Popen, timeout_s: float, memory_limit_mb: float | Non
                           f"memory_limit_mb={memory_limit_mb:g}; process group killed")
 
 
-def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None) -> CaseOutcome:
-    """Run one case in a fresh Python process; turn every way it can end into an outcome."""
+def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
+                      env: dict[str, str] | None = None) -> CaseOutcome:
+    """Run one case in a fresh Python process; turn every way it can end into an outcome.
+
+    ``env``: the child's environment (default: this process's).
+    """
     job = workdir / f"{case.case_id}.job.json"
     result = workdir / f"{case.case_id}.result.json"
     errlog = workdir / f"{case.case_id}.stderr.log"
@@ -140,7 +159,7 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
         # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
         proc = subprocess.Popen([sys.executable, "-m", "costbench.harness.worker", str(job), str(result)],
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent, env=env)
         code, killed = _wait(proc, case.timeout_s, memory_limit_mb)
         if code is None:
             try:
@@ -163,14 +182,57 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     return CaseOutcome(case, "ok", "", payload["metrics"], payload["info"], elapsed)
 
 
+OnStart = Callable[[Case], None]
+
+
 class Executor(abc.ABC):
-    """How a planned case gets measured; registered by ``name``."""
+    """How planned cases get measured; registered by ``name``.
+
+    Subclasses implement :meth:`run_case` (one case, here) or override :meth:`run_cases` (many at once,
+    elsewhere). An executor that holds resources (a cluster connection) releases them in :meth:`close`.
+    """
 
     name: ClassVar[str]
+    #: Whether cases are measured on the machine that runs the runner (then a resumed run must be on it too).
+    measures_here: ClassVar[bool] = True
 
-    @abc.abstractmethod
+    def plan(self, suite: "Suite", only: list[dict[str, str]] | None = None) -> list[Case]:
+        """The suite's cases as this executor will run them (default: probed and planned on this machine)."""
+        from costbench.harness.plan import make_plan
+
+        return make_plan(suite, only)
+
+    def describe(self) -> dict[str, Any]:
+        """What the run header records about where the cases ran."""
+        return {"kind": self.name}
+
     def run_case(self, case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None) -> CaseOutcome:
-        """Measure ``case`` and return its outcome; never raises for anything the case did."""
+        """Measure one planned ``case`` and return its outcome; never raises for anything the case did."""
+        raise NotImplementedError(f"executor {self.name!r} measures cases through run_cases")
+
+    def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
+                  on_start: OnStart | None = None) -> Iterator[CaseOutcome]:
+        """One outcome per case, each yielded as soon as it is known (in any order); ``on_start`` as each starts.
+
+        A case the plan skipped yields its skipped outcome without being measured. The default
+        measures one case at a time, in plan order, with :meth:`run_case`.
+        """
+        for case in cases:
+            if on_start:
+                on_start(case)
+            if case.status != PLANNED:
+                yield CaseOutcome(case, case.status, case.reason)
+            else:
+                yield self.run_case(case, cache_dir, workdir, memory_limit_mb)
+
+    def close(self) -> None:
+        """Release what the executor holds (nothing, by default)."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class LocalExecutor(Executor):

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from costbench.backends.base import Availability
 from costbench.backends.registry import BackendEntry, load_registry
 from costbench.harness.compress.registry import get_recipe
 from costbench.harness.suite_schema import Suite
@@ -45,10 +46,15 @@ class Case:
     status: str = PLANNED
     reason: str = ""
     case_id: str = field(default="")
+    # Fleet runs: the env_id of the machine class this case is planned for (one case per class); None when
+    # the case runs wherever the run runs (the local executor).
+    machine: str | None = None
 
     def __post_init__(self) -> None:
         if not self.case_id:
             ident = [self.model, self.variant, self.backend, self.device, self.scenario, self.batch_size]
+            if self.machine is not None:
+                ident.append(self.machine)
             self.case_id = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
 
     def key(self) -> dict[str, Any]:
@@ -61,6 +67,51 @@ class Case:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Case":
         return cls(**data)
+
+
+def probe_machine() -> dict[str, Availability]:
+    """What this machine can run: every registered backend's probe, and ``name@device`` for each of its devices.
+
+    The same table :func:`make_plan` fills as it goes; a fleet node sends it to the driver (as
+    :func:`availability_to_dict`) so the driver can plan that node's cases without probing it.
+    """
+    table: dict[str, Availability] = {}
+    for name, entry in load_registry().items():
+        table[name] = entry.probe()
+        if table[name].available and entry.backend is not None:
+            for device in entry.backend.capabilities.devices:
+                table[f"{name}@{device}"] = entry.backend.probe_device(device)
+    return table
+
+
+def availability_to_dict(table: dict[str, Availability]) -> dict[str, dict[str, Any]]:
+    return {k: {"available": a.available, "reason": a.reason, "versions": dict(a.versions)} for k, a in table.items()}
+
+
+def availability_from_dict(data: dict[str, dict[str, Any]]) -> dict[str, Availability]:
+    return {k: Availability(bool(v["available"]), v.get("reason", ""), dict(v.get("versions") or {}))
+            for k, v in data.items()}
+
+
+class _Probes:
+    """Backend probes, each made once: on this machine, or read from another machine's table."""
+
+    def __init__(self, table: dict[str, Availability] | None = None):
+        self.remote = table is not None
+        self.table: dict[str, Availability] = dict(table or {})
+
+    def _get(self, key: str, probe) -> Availability:
+        if key not in self.table:
+            # A machine's table lists every backend registered there; one it lacks is not installed there.
+            self.table[key] = (Availability.missing(f"{key.split('@')[0]} is not registered on that machine")
+                               if self.remote else probe())
+        return self.table[key]
+
+    def backend(self, entry: BackendEntry) -> Availability:
+        return self._get(entry.name, entry.probe)
+
+    def device(self, entry: BackendEntry, device: str) -> Availability:
+        return self._get(f"{entry.name}@{device}", lambda: entry.backend.probe_device(device))
 
 
 def parse_filters(items: Iterable[str]) -> list[dict[str, str]]:
@@ -85,23 +136,21 @@ def _matches(case: Case, table: dict[str, Any]) -> bool:
 
 
 def _skip_reason(entry: BackendEntry | None, backend_name: str, device: str, formats: tuple[str, ...],
-                 recipe_name: str, probe_cache: dict[str, Any]) -> tuple[str | None, str]:
+                 recipe_name: str, probes: _Probes) -> tuple[str | None, str]:
     """(chosen artifact format, reason to skip or '')."""
     if entry is None:
         return None, f"backend {backend_name!r} is not registered"
-    if backend_name not in probe_cache:
-        probe_cache[backend_name] = entry.probe()
-    availability = probe_cache[backend_name]
+    availability = probes.backend(entry)
     if not availability.available:
         return None, f"backend {backend_name} unavailable: {availability.reason}"
+    if entry.backend is None:  # available on another machine, but its class does not import where we plan
+        return None, f"backend {backend_name} cannot be planned here: {entry.load_error}"
     caps = entry.backend.capabilities
     if device not in caps.devices:
         return None, f"backend {backend_name} runs on {', '.join(caps.devices)}, not {device!r}"
-    device_key = f"{backend_name}@{device}"
-    if device_key not in probe_cache:
-        probe_cache[device_key] = entry.backend.probe_device(device)
-    if not probe_cache[device_key].available:
-        return None, f"backend {backend_name} cannot use {device}: {probe_cache[device_key].reason}"
+    on_device = probes.device(entry, device)
+    if not on_device.available:
+        return None, f"backend {backend_name} cannot use {device}: {on_device.reason}"
     if not formats:
         return None, f"recipe {recipe_name!r} does not apply to this model"
     fmt = entry.backend.accepts(formats)
@@ -111,10 +160,15 @@ def _skip_reason(entry: BackendEntry | None, backend_name: str, device: str, for
     return fmt, ""
 
 
-def make_plan(suite: Suite, only: list[dict[str, str]] | None = None) -> list[Case]:
-    """Every case of the suite, in a stable order, after the suite's excludes and the ``only`` filters."""
+def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
+              probes: dict[str, Availability] | None = None, machine: str | None = None) -> list[Case]:
+    """Every case of the suite, in a stable order, after the suite's excludes and the ``only`` filters.
+
+    Backends are probed here, unless ``probes`` gives another machine's table (:func:`probe_machine`);
+    ``machine`` is then that machine class's env_id, and part of each case's id.
+    """
     registry = load_registry()
-    probes: dict[str, Any] = {}
+    checked = _Probes(probes)
     cases: list[Case] = []
     for model, variant, backend, scenario, batch in itertools.product(
         suite.models, suite.variants, suite.backends, suite.scenarios, suite.batch_sizes
@@ -122,14 +176,14 @@ def make_plan(suite: Suite, only: list[dict[str, str]] | None = None) -> list[Ca
         recipe = get_recipe(variant.recipe_name)
         formats = recipe.formats_for(source_kind(model))
         fmt, reason = _skip_reason(registry.get(backend.name), backend.name, backend.device, formats,
-                                   recipe.name, probes)
+                                   recipe.name, checked)
         case = Case(
             model=model.id, variant=variant.name, backend=backend.display, device=backend.device,
             scenario=scenario.label, batch_size=batch, backend_name=backend.name, recipe=recipe.name,
             recipe_options=variant.options, backend_options=backend.options,
             model_spec=model.model_dump(mode="json"), scenario_spec=scenario.model_dump(mode="json"),
             artifact_format=fmt, timeout_s=suite.timeout_s, measure_accuracy=suite.accuracy,
-            status=SKIPPED if reason else PLANNED, reason=reason,
+            status=SKIPPED if reason else PLANNED, reason=reason, machine=machine,
         )
         if any(_matches(case, t) for t in suite.exclude):
             continue

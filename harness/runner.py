@@ -1,8 +1,10 @@
-"""The runner: each planned case measured by an executor (:mod:`.executor`), one at a time, in plan order.
+"""The runner: planned cases measured by an executor (:mod:`.executor`), each outcome recorded as it ends.
 
-One case measures at a time, so none steals another's cores or memory bandwidth. A case that
-crashes, hangs or raises costs that case only: it is recorded as failed with what happened,
-the run goes on, and every finished case is already on disk (the run file, then the store).
+One case measures at a time on a machine, so none steals another's cores or memory bandwidth: the
+local executor runs them one after another in plan order; the Ray executor runs one per node at a
+time and its outcomes arrive as they end. A case that crashes, hangs, raises or loses its node costs
+that case only: it is recorded as failed with what happened, the run goes on, and every finished case
+is already on disk (the run file, then the store).
 """
 
 from __future__ import annotations
@@ -20,10 +22,28 @@ import costbench
 from costbench.core.artifacts import default_cache_dir
 from costbench.harness.env import fingerprint
 # CaseOutcome and run_case_in_child are re-exported: callers know them from here.
-from costbench.harness.executor import CaseOutcome, Executor, LocalExecutor, run_case_in_child  # noqa: F401
+from costbench.harness.executor import (CaseOutcome, Executor, ExecutorError, LocalExecutor,  # noqa: F401
+                                        run_case_in_child)
 from costbench.harness.plan import PLANNED, Case
+from costbench.harness.suite_schema import ExecutorSpec
 from costbench.harness.store import RunFile, Store
 from costbench.harness.suite_schema import Suite
+
+def executor_for(spec: ExecutorSpec | dict[str, Any] | None) -> Executor:
+    """The executor a suite's (or a run header's) ``executor`` section names; local when there is none.
+
+    The Ray executor is imported only here, so a local run never imports Ray.
+    """
+    if spec is None:
+        return LocalExecutor()
+    if isinstance(spec, dict):
+        spec = ExecutorSpec.model_validate({k: v for k, v in spec.items() if k in ExecutorSpec.model_fields})
+    if spec.kind == "ray":
+        from costbench.harness.executor_ray import RayExecutor
+
+        return RayExecutor(spec.address, placement=spec.placement, retry_lost=spec.retry_lost)
+    return LocalExecutor()
+
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
@@ -76,23 +96,19 @@ def _execute(run_file: RunFile, header: dict[str, Any], cases: list[Case], resul
              memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None) -> list[CaseOutcome]:
     executor = executor or LocalExecutor()
     store = Store(results_dir)
+    index = {c.case_id: i for i, c in enumerate(cases)}  # callbacks get the case's place in the plan
     outcomes = []
     with tempfile.TemporaryDirectory(prefix=f"costbench-{header['run_id']}-") as tmp:
-        for i, case in enumerate(cases):
-            if on_start:
-                on_start(i, case)
-            if case.status != PLANNED:
-                outcome = CaseOutcome(case, case.status, case.reason)
-            else:
-                outcome = executor.run_case(case, cache_dir, Path(tmp), memory_limit_mb)
-                if outcome.status == "ok":
-                    flag = flag_instability(store, outcome, header["env_id"], header["run_id"])
-                    if flag:
-                        outcome.metrics.append(flag)
+        started = (lambda case: on_start(index[case.case_id], case)) if on_start else None
+        for outcome in executor.run_cases(cases, cache_dir, Path(tmp), memory_limit_mb, on_start=started):
+            if outcome.status == "ok":
+                flag = flag_instability(store, outcome, outcome.env_id or header["env_id"], header["run_id"])
+                if flag:
+                    outcome.metrics.append(flag)
             run_file.append(outcome.record(header["run_id"]))
             outcomes.append(outcome)
             if on_done:
-                on_done(i, outcome)
+                on_done(index[outcome.case.case_id], outcome)
     store.sync()
     return outcomes
 
@@ -108,11 +124,13 @@ def run_plan(
     timeout_override: float | None = None,
     executor: Executor | None = None,
 ) -> RunSummary:
-    """Run every case in order, appending each outcome to a new run file as soon as it is known.
+    """Run every case, appending each outcome to a new run file as soon as it is known.
 
-    ``executor`` measures each case (default: :class:`LocalExecutor`, a child process here).
+    ``executor`` measures the cases (default: :class:`LocalExecutor`, one at a time in a child process
+    here); ``cases`` must come from its :meth:`~Executor.plan`.
     """
     cache_dir = cache_dir or default_cache_dir()
+    executor = executor or LocalExecutor()
     results_dir.mkdir(parents=True, exist_ok=True)
     env = fingerprint()
     run_id = new_run_id()
@@ -130,6 +148,8 @@ def run_plan(
         "timeout_override": timeout_override,
         "planned_cases": len(cases),
         "argv": sys.argv,
+        # Where the cases ran; a fleet run's cases carry their own machine's env_id (the header's is the driver's).
+        "executor": executor.describe(),
     }
     run_file = RunFile.create(results_dir, header)
     outcomes = _execute(run_file, header, cases, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
@@ -153,16 +173,32 @@ def find_run(results_dir: Path, run_id: str) -> RunFile:
     return RunFile(matches[0])
 
 
-def plan_remaining(run_file: RunFile) -> tuple[Suite, dict[str, Any], list[Case], int]:
-    """Re-plan a run from its stored suite; drop the cases it already recorded. (suite, header, todo, done)."""
-    from costbench.harness.plan import make_plan
+def recorded_executor(header: dict[str, Any], address: str | None = None) -> Executor:
+    """The executor a run was measured with (from its header), at ``address`` if given."""
+    spec = dict(header.get("executor") or {"kind": "local"})
+    if address is not None:
+        spec["address"] = address
+    return executor_for(spec)
+
+
+def plan_remaining(run_file: RunFile, executor: Executor | None = None) -> tuple[Suite, dict[str, Any], list[Case], int]:
+    """Re-plan a run from its stored suite; drop the cases it already recorded. (suite, header, todo, done).
+
+    ``executor`` plans it (default: local); a fleet run re-plans on the cluster as it is now, and the
+    cases of a machine class it recorded keep their ids.
+    """
     from costbench.harness.suite import parse_suite
 
     header = run_file.header()
     stored = header["suite"]
     source = Path(stored["source"]) if stored.get("source") else run_file.path
     suite = parse_suite(stored["spec"], source)
-    cases = make_plan(suite, header.get("only") or None)
+    kind = (header.get("executor") or {}).get("kind", "local")
+    executor = executor or LocalExecutor()
+    if executor.name != kind:
+        raise ResumeError(f"run {header['run_id']} was measured with the {kind} executor; resume it with "
+                          f"--executor {kind}, not {executor.name}")
+    cases = executor.plan(suite, header.get("only") or None)
     if header.get("timeout_override") is not None:
         for c in cases:
             c.timeout_s = header["timeout_override"]
@@ -179,11 +215,15 @@ def resume_run(
     force: bool = False,
     executor: Executor | None = None,
 ) -> RunSummary:
-    """Finish an interrupted run in its own run file, without redoing the cases it recorded."""
+    """Finish an interrupted run in its own run file, without redoing the cases it recorded.
+
+    ``executor``: the one the run was measured with (default: local); see :func:`recorded_executor`.
+    """
     run_file = find_run(results_dir, run_id)
-    suite, header, todo, _ = plan_remaining(run_file)
+    executor = executor or LocalExecutor()
+    suite, header, todo, _ = plan_remaining(run_file, executor)
     env_id = fingerprint()["env_id"]
-    if env_id != header["env_id"] and not force:
+    if executor.measures_here and env_id != header["env_id"] and not force:
         raise ResumeError(f"run {header['run_id']} was measured on env_id {header['env_id']}, this machine is "
                           f"{env_id}: its cases would not be comparable (use --force to resume anyway)")
     run_file.repair_tail()

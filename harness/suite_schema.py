@@ -184,6 +184,36 @@ ScenarioSpec = Annotated[SingleStreamSpec | OfflineSpec | ServerSpec, Field(disc
 SCENARIO_SPECS: dict[str, type[BaseModel]] = {"single_stream": SingleStreamSpec, "offline": OfflineSpec, "server": ServerSpec}
 
 
+class ExecutorSpec(_Strict):
+    """Where the cases are measured: ``local`` (a child process here) or ``ray`` (the nodes of a Ray cluster)."""
+
+    kind: Literal["local", "ray"] = Field("local", description="'local' (default) or 'ray'.")
+    address: str | None = Field(None, description="ray: the cluster's address 'HOST:PORT' (default: $RAY_ADDRESS, "
+                                "else the cluster `ray start` started on this machine).")
+    placement: list[str] = Field(default_factory=lambda: ["every-class"], description=(
+        "ray: 'every-class' runs each case once on every distinct machine class (env_id) of the cluster; "
+        "selectors keep only matching nodes (all must match): 'label:KEY=VALUE', 'isa:FLAG', 'gpu:NAME', 'host:GLOB'."))
+    retry_lost: bool = Field(False, description="ray: re-run a case once on another node of the same class when "
+                             "its node dies mid-case (else it is recorded failed, 'node lost').")
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _one_selector(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("placement")
+    @classmethod
+    def _selectors(cls, v: list[str]) -> list[str]:
+        for sel in v:
+            kind, sep, value = sel.partition(":")
+            if sel == "every-class":
+                continue
+            if not sep or kind not in ("label", "isa", "gpu", "host") or not value or (kind == "label" and "=" not in value):
+                raise ValueError(f"placement {sel!r}: expected 'every-class' or a selector 'label:KEY=VALUE', "
+                                 "'isa:FLAG', 'gpu:NAME' or 'host:GLOB'")
+        return v
+
+
 class Suite(_Strict):
     """A validated suite: the plan is the product models x variants x backends x scenarios x batch sizes."""
 
@@ -198,6 +228,7 @@ class Suite(_Strict):
     accuracy: bool = Field(True, description="Measure accuracy against the fp32 reference in every case.")
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="Cases to drop: tables of key = value (glob).")
     memory_limit_mb: float | None = Field(None, gt=0, description="Kill a case whose process tree's RSS exceeds this.")
+    executor: ExecutorSpec | None = Field(None, description="Where cases are measured (default: here, one at a time).")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 
     @field_validator("variants", mode="before")

@@ -83,30 +83,81 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
     console.print(b)
 
 
-def _load_plan(suite_path: Path, only: list[str]):
-    from costbench.harness.plan import make_plan, parse_filters
+def _load_plan(suite_path: Path, only: list[str], executor_opts: dict | None = None):
+    """(suite, cases, executor): the executor is the suite's [executor] with the command line's options over it."""
+    from costbench.harness.executor import ExecutorError
+    from costbench.harness.plan import parse_filters
     from costbench.harness.suite import SuiteError, load_suite
 
+    executor = None
     try:
         suite = load_suite(suite_path)
         filters = parse_filters(only)
-        cases = make_plan(suite, filters)
+        executor = _executor(suite.executor, **(executor_opts or {}))
+        cases = executor.plan(suite, filters)
     except SuiteError as exc:
+        _fail(str(exc))
+    except ExecutorError as exc:
+        executor.close()
         _fail(str(exc))
     except ValueError as exc:
         _fail(f"{suite_path}: {exc}")
     if not cases:
         _fail(f"{suite_path}: the filters leave no case to run")
-    return suite, cases
+    return suite, cases, executor
 
 
-def _plan_table(cases) -> Table:
+EXECUTOR_HELP = "Where cases are measured: 'local' (here, the default) or 'ray' (a Ray cluster's nodes)."
+ADDRESS_HELP = "With --executor ray: the cluster's HOST:PORT (default: the suite's, $RAY_ADDRESS or the local cluster)."
+PLACEMENT_HELP = ("With --executor ray: 'every-class' (each case on every machine class, the default) or a node "
+                  "selector 'label:KEY=VALUE', 'isa:FLAG', 'gpu:NAME', 'host:GLOB'; repeatable (all must match).")
+
+
+def _executor(spec, executor: Optional[str] = None, address: Optional[str] = None, placement: Optional[list] = None):
+    """The executor a suite's [executor] section names, with --executor/--address/--placement over it."""
+    from costbench.harness.runner import executor_for
+    from costbench.harness.suite_schema import ExecutorSpec
+
+    data = spec.model_dump() if spec is not None else {}
+    if executor:
+        data["kind"] = executor
+    if address:
+        data["address"] = address
+    if placement:
+        data["placement"] = placement
+    if data.get("kind", "local") != "ray" and (address or placement):
+        _fail("--address and --placement are for --executor ray")
+    try:
+        return executor_for(ExecutorSpec.model_validate(data) if data else None)
+    except ValueError as exc:
+        _fail(f"executor: {exc}")
+
+
+def _plan_table(cases, executor=None) -> Table:
+    where = getattr(executor, "placement_of", None)  # a fleet executor says which nodes may run each case
     t = Table(title=f"{len(cases)} cases", title_justify="left")
-    for col in ("#", "model", "variant", "backend", "scenario", "batch", "plan"):
+    for col in ("#", "model", "variant", "backend", "scenario", "batch", "plan") + (("machine", "nodes") if where else ()):
         t.add_column(col, overflow="fold")
     for i, c in enumerate(cases, 1):
         plan = f"{c.artifact_format}" if c.status == "planned" else f"[yellow]skip[/]: {escape(c.reason)}"
-        t.add_row(str(i), c.model, c.variant, c.backend, c.scenario, str(c.batch_size), plan)
+        nodes = (c.machine or "", ", ".join(f"{n.hostname}/{n.node_id[:8]}" for n in where(c))) if where else ()
+        t.add_row(str(i), c.model, c.variant, c.backend, c.scenario, str(c.batch_size), plan, *nodes)
+    return t
+
+
+def _machines_table(executor) -> Table | None:
+    """A fleet executor's nodes: machine class (env_id), CPU, GPUs, backends it lacks, or why it is not used."""
+    if not getattr(executor, "nodes", None):
+        return None
+    t = Table(title=f"{len(executor.nodes)} Ray nodes", title_justify="left")
+    for col in ("node", "host", "machine (env_id)", "CPU", "GPU", "labels", "cannot run / not used"):
+        t.add_column(col, overflow="fold")
+    for n in executor.nodes:
+        key = n.fingerprint.get("key", {})
+        lacking = ", ".join(k for k, a in n.probes.items() if "@" not in k and not a.available)
+        t.add_row(n.node_id[:12], f"{n.hostname} ({n.ip})", n.env_id if not n.unusable else "-",
+                  escape(str(key.get("cpu_model", "?"))), ", ".join(g["name"] for g in key.get("gpus", [])) or "-",
+                  " ".join(f"{k}={v}" for k, v in n.labels.items()), escape(n.unusable or lacking or "-"))
     return t
 
 
@@ -141,10 +192,17 @@ ONLY_HELP = "Keep only cases matching KEY=GLOB (model, variant, backend, device,
 
 @app.command()
 def plan(suite: Path = typer.Argument(..., help="Suite TOML file."),
-         only: list[str] = typer.Option([], "--only", help=ONLY_HELP)) -> None:
-    """Validate a suite and show the cases it would run, without running them."""
-    _, cases = _load_plan(suite, only)
-    console.print(_plan_table(cases))
+         only: list[str] = typer.Option([], "--only", help=ONLY_HELP),
+         executor: Optional[str] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
+         address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+         placement: list[str] = typer.Option([], "--placement", help=PLACEMENT_HELP)) -> None:
+    """Validate a suite and show the cases it would run (and, on a Ray cluster, where), without running them."""
+    _, cases, ex = _load_plan(suite, only, {"executor": executor, "address": address, "placement": placement})
+    with ex:
+        machines = _machines_table(ex)
+        if machines is not None:
+            console.print(machines)
+        console.print(_plan_table(cases, ex))
 
 
 @app.command()
@@ -157,25 +215,37 @@ def run(
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue this interrupted run (id or prefix) in --out."),
     force: bool = typer.Option(False, "--force", help="With --resume: resume even on a different environment."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP + " Each case is pushed there as it ends."),
+    executor: Optional[str] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP + " With --resume: where the cluster is now."),
+    placement: list[str] = typer.Option([], "--placement", help=PLACEMENT_HELP),
 ) -> None:
     """Run a suite: each case in its own process with a timeout; results appended as each case ends."""
+    from costbench.harness.executor import ExecutorError
     from costbench.harness.reports.run_table import render
-    from costbench.harness.runner import ResumeError, find_run, plan_remaining, resume_run, run_plan
+    from costbench.harness.runner import ResumeError, find_run, plan_remaining, recorded_executor, resume_run, run_plan
     from costbench.harness.store import load_results
 
     if resume is not None:
         if suite is not None or only or timeout is not None:
             _fail("--resume continues a run as it was planned: give no SUITE, --only or --timeout with it")
+        if executor or placement:
+            _fail("--resume continues a run where it was planned: give no --executor or --placement with it")
+        ex = None
         try:
-            _, header, todo, done = plan_remaining(find_run(out, resume))
-        except (ResumeError, ValueError) as exc:
+            run_file = find_run(out, resume)
+            ex = recorded_executor(run_file.header(), address)
+            _, header, todo, done = plan_remaining(run_file, ex)
+        except (ResumeError, ValueError, ExecutorError) as exc:
+            if ex is not None:
+                ex.close()
             _fail(str(exc))
         name, cases = header["suite"]["name"], todo
         console.print(f"[bold]resuming {header['run_id']}[/] ({name}): {done} cases recorded, {len(todo)} to go")
     else:
         if suite is None:
             _fail("give a SUITE file, or --resume RUN")
-        suite_obj, cases = _load_plan(suite, only)
+        suite_obj, cases, ex = _load_plan(suite, only, {"executor": executor, "address": address,
+                                                         "placement": placement})
         if timeout is not None:
             for c in cases:
                 c.timeout_s = timeout
@@ -204,14 +274,16 @@ def run(
 
         if resume is not None:
             try:
-                summary = resume_run(out, resume, cache_dir=cache_dir, on_start=on_start, on_done=on_done, force=force)
+                summary = resume_run(out, resume, cache_dir=cache_dir, on_start=on_start, on_done=on_done, force=force,
+                                     executor=ex)
             except ResumeError as exc:
                 _fail(str(exc))
         else:
             from costbench.harness.plan import parse_filters
 
             summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done,
-                               only=parse_filters(only), timeout_override=timeout)
+                               only=parse_filters(only), timeout_override=timeout, executor=ex)
+    ex.close()
     _publish_end(publisher, summary.run_file)
     render(load_results(out, summary.run_id), console)
     console.print(f"run [bold]{summary.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
