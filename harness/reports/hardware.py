@@ -400,8 +400,10 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
         unmeasured = [(r, r["reason"] or r["status"]) for r in rows if r["status"] != "ok"]
         objective = "cost" if any(_num(r["cost_per_m"]) is not None for r in measured) else "latency"
         note = "" if objective == "cost" else (
-            "No machine of these runs has a price (none assigned, and none could be inferred from its fingerprint: "
-            "see the notes above), so configurations are ranked by latency; assign machine types "
+            "No machine of these runs has a price ("
+            + ("none assigned, and none could be inferred from its fingerprint: see the notes above"
+               if criteria.infer_machines else "none assigned, and inferring it from the fingerprint is off")
+            + "), so configurations are ranked by latency; assign machine types "
             "with --machine-type ENV=TYPE or [assign] in a price file to rank by cost.")
         priced = [r for r in measured if r.get("hourly") is not None]
         with_server = [r for r in priced if r.get("server_slo_met") is not None]

@@ -335,3 +335,22 @@ def test_machine_type_is_inferred_from_the_fingerprint_and_said_so(tmp_path):
     assert row(build_report(sel, prices, Criteria()), "onnxruntime", "fp32").machine == "aws/m7i.xlarge"
     off = build_report(sel, load_prices(), Criteria(infer_machines=False))
     assert row(off, "onnxruntime", "fp32").machine is None
+
+
+def test_cli_budget_and_machine_flags(tmp_path):
+    write_run(tmp_path, "20260101-000000-eff002", [
+        *parity_config("fp32", "openvino", 3.0, 330.0, 1.0, confident(1.0, 0.908, 1.0)),
+        *parity_config("int8", "openvino", 1.5, 660.0, 0.9, confident(0.974, 0.865, 0.995)),  # one of 38 flipped
+    ], env=make_env("Intel(R) Xeon(R) Platinum 8488C", 2))
+    args = ["report", "last", "--results", str(tmp_path), "-o", str(tmp_path / "rep")]
+    strict = CliRunner().invoke(app, args)
+    assert strict.exit_code == 0, strict.output
+    assert "recommended openvino fp32" in strict.output and "inferred as aws/c7i.large" in strict.output
+    assert "[assign] in a price file" in strict.output  # printed as text, not read as markup
+    loose = CliRunner().invoke(app, [*args, "--max-parity-loss", "3", "--no-infer-machine"])
+    assert loose.exit_code == 0, loose.output
+    assert "recommended openvino int8" in loose.output and "parity loss ≤ 3 pt" in loose.output
+    assert "inferred as" not in loose.output and "ranked by latency" in loose.output
+    assert "inferring it from the fingerprint is off" in loose.output
+    bad = CliRunner().invoke(app, [*args, "--max-parity-loss", "-1"])
+    assert bad.exit_code == 2 and "parity budget" in bad.output
