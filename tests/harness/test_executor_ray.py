@@ -309,3 +309,19 @@ def test_a_local_run_never_imports_ray(tmp_path):
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_bad_executor_section_names_the_key(tmp_path):
+    from costbench.harness.suite_schema import SuiteError
+
+    path = write_suite(tmp_path / "bad.toml", """
+name = "bad"
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = ["onnxruntime"]
+[executor]
+kind = "ray"
+placement = "rack=a"
+""")
+    with pytest.raises(SuiteError, match=r"executor\.placement.*'label:KEY=VALUE'"):
+        load_suite(path)
