@@ -18,9 +18,9 @@ never written into results: the URL kept and shown is :func:`redact`'ed, and so 
 
 from __future__ import annotations
 
-import json
 import struct
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -74,52 +74,71 @@ def _clean(value: Any) -> Any:
     return value.replace("\x00", "\\x00") if isinstance(value, str) else value
 
 
-# COPY's text format, written by hand: psycopg's per-value adaptation of 200-sample arrays is what a
-# 100,000-row push would otherwise spend most of its time on.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\\\\x00"})
+# COPY's binary format, written by hand: formatting and parsing 2.9 million samples as decimal text (or
+# psycopg adapting them one by one) is what a 100,000-row push would otherwise spend most of its time on.
+COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+_NULL = struct.pack(">i", -1)
+_FLOAT8_OID = 701
+_ELEMENT = np.dtype([("n", ">i4"), ("v", ">f8")])  # one float8[] element: its length (8), its value
 
 
-def _text(v: Any) -> str:
-    return "\\N" if v is None else str(v).translate(_COPY_ESCAPES)
+def _float(v: Any) -> bytes:
+    return _NULL if v is None else b"\x00\x00\x00\x08" + struct.pack(">d", float(v))
 
 
-def _float(v: Any) -> str:
-    return "\\N" if v is None else repr(float(v))  # repr: the shortest text that reads back to the same double
+def _int4(v: Any) -> bytes:
+    return _NULL if v is None else b"\x00\x00\x00\x04" + struct.pack(">i", int(v))
 
 
-def _int(v: Any) -> str:
-    return "\\N" if v is None else str(int(v))
+def _int8(v: Any) -> bytes:
+    return _NULL if v is None else b"\x00\x00\x00\x08" + struct.pack(">q", int(v))
 
 
-def _bool(v: Any) -> str:
-    return "\\N" if v is None else ("t" if v else "f")
+def _bool(v: Any) -> bytes:
+    return _NULL if v is None else (b"\x00\x00\x00\x01\x01" if v else b"\x00\x00\x00\x01\x00")
 
 
-def _floats(v: Any) -> str:
-    # json.dumps writes the list in C: "[1.5, NaN, null]" is the array literal "{1.5, NaN, null}". The values
-    # came from a run file's JSON, so they are numbers or null already.
-    return "\\N" if v is None else "{" + json.dumps(v)[1:-1] + "}"
+def _floats(v: Any) -> bytes:
+    """A float8[] in one numpy call (the values came from a run file's JSON: numbers, or null)."""
+    if v is None:
+        return _NULL
+    if not v:
+        payload = struct.pack(">iii", 0, 0, _FLOAT8_OID)
+    elif None in v:  # a null element (costbench never writes one): element by element
+        body = b"".join(_NULL if x is None else struct.pack(">id", 8, float(x)) for x in v)
+        payload = struct.pack(">iiiii", 1, 1, _FLOAT8_OID, len(v), 1) + body
+    else:
+        arr = np.empty(len(v), dtype=_ELEMENT)
+        arr["n"] = 8
+        arr["v"] = v
+        payload = struct.pack(">iiiii", 1, 0, _FLOAT8_OID, len(v), 1) + arr.tobytes()
+    return struct.pack(">i", len(payload)) + payload
 
 
-_ENCODERS = {"VARCHAR": _text, "DOUBLE": _float, "BIGINT": _int, "INTEGER": _int, "BOOLEAN": _bool,
-             "DOUBLE[]": _floats}
+_ENCODERS = {"DOUBLE": _float, "BIGINT": _int8, "INTEGER": _int4, "BOOLEAN": _bool, "DOUBLE[]": _floats}
 
 
-def _copy_text(rows: list[list[Any]], types: list[str]) -> str:
-    """``rows`` in COPY's text format, each column written by the encoder of its type."""
-    # Most text values repeat from row to row (run id, environment, model, metric...): escape each once.
-    memo: dict[str, str] = {}
+def _copy_rows(rows: list[list[Any]], types: list[str], memo: dict[str, bytes] | None = None) -> bytes:
+    """``rows`` as tuples of COPY's binary format (no header or trailer), each column by its type's encoder.
 
-    def text(v: Any) -> str:
+    Most text values repeat from row to row (run id, environment, model, metric...): ``memo`` keeps
+    each one's encoded form across calls.
+    """
+    memo = {} if memo is None else memo
+
+    def text(v: Any) -> bytes:
         if v is None:
-            return "\\N"
+            return _NULL
         out = memo.get(v)
         if out is None:
-            out = memo[v] = str(v).translate(_COPY_ESCAPES)
+            raw = _clean(str(v)).encode()
+            out = memo[v] = struct.pack(">i", len(raw)) + raw
         return out
 
     enc = [text if t == "VARCHAR" else _ENCODERS[t] for t in types]
-    return "".join("\t".join([f(v) for f, v in zip(enc, r)]) + "\n" for r in rows)
+    count = struct.pack(">h", len(types))
+    return b"".join(count + b"".join([f(v) for f, v in zip(enc, r)]) for r in rows)
 
 
 def _lines(path: Path) -> int:
@@ -145,8 +164,6 @@ def _load_float8_array(data) -> np.ndarray | None:
     return np.asarray(values, dtype=np.float64)
 
 
-_ELEMENT = np.dtype([("n", ">i4"), ("v", ">f8")])
-
 
 def explain_connect_error(url: str, exc: Exception) -> str:
     """One line that says what is wrong with connecting to ``url`` (without its password)."""
@@ -171,6 +188,41 @@ def explain_connect_error(url: str, exc: Exception) -> str:
     else:
         why = text.splitlines()[0] if text else type(exc).__name__
     return f"PostgreSQL store {where}: {why}"
+
+
+@dataclass
+class Prepared:
+    """One run file read and encoded for COPY, case by case (a push sends the cases the store lacks)."""
+
+    path: Path
+    header: dict[str, Any]
+    case_ids: list[str]
+    case_data: list[bytes]  # the cases table's row of each case, by seq (COPY binary tuples)
+    result_data: list[bytes]  # the results table's rows of each case, by seq
+    result_rows: list[int]
+
+
+def prepare(rf: RunFile) -> Prepared:
+    """Read a run file and encode its rows; ValueError/KeyError when it is not a costbench run file."""
+    header, cases = rf.read()
+    run_id = header["run_id"]
+    by_seq: list[list[list[Any]]] = [[] for _ in cases]
+    for r in rows_of(rf, header, cases):
+        rows = by_seq[r["seq"]]
+        rows.append([r[c] for c in RESULT_COLUMNS] + [len(rows)])
+    memo: dict[str, bytes] = {}
+    return Prepared(
+        rf.path, header, [rec["case"].get("case_id") for rec in cases],
+        [_copy_rows([row], COLUMN_TYPES["cases"], memo) for row in case_rows_of(run_id, cases)],
+        [_copy_rows(rows, COLUMN_TYPES["results"], memo) for rows in by_seq], [len(rows) for rows in by_seq])
+
+
+def _prepare_or_none(rf: RunFile) -> Prepared | None:
+    try:
+        return prepare(rf)
+    except (ValueError, KeyError) as exc:
+        warnings.warn(f"{rf.path}: not a costbench run file ({exc!r}); skipped")
+        return None
 
 
 class PgStore(ResultStore):
@@ -257,71 +309,67 @@ class PgStore(ResultStore):
                 cur.execute(f"SELECT run_id, cases_done FROM {SCHEMA}.runs WHERE complete")
                 complete = dict(cur.fetchall())
             conn.commit()
-            out = []
+            out, todo = [], []
             for rf in files:
                 done = complete.get(rf.path.stem)
                 if done is not None and _lines(rf.path) - 1 <= done:  # the store has all this file can hold
                     out.append(PushResult(rf.path.stem, done, 0, 0, True))
-                    continue
-                try:
-                    header, cases = rf.read()
-                except ValueError as exc:
-                    warnings.warn(f"{rf.path}: not a costbench run file ({exc}); skipped")
-                    continue
-                out.append(self._push_one(conn, rf, header, cases))
-            return out
+                else:
+                    todo.append(rf)
+            # The next file is read and encoded in a thread while the server takes this one: the
+            # wait on the server releases the GIL, so the two overlap.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                ahead = pool.submit(_prepare_or_none, todo[0]) if todo else None
+                for i in range(len(todo)):
+                    prepared = ahead.result()
+                    ahead = pool.submit(_prepare_or_none, todo[i + 1]) if i + 1 < len(todo) else None
+                    if prepared is not None:
+                        out.append(self._push_one(conn, prepared))
+            return sorted(out, key=lambda r: r.run_id)
 
     def push_run(self, run_file: RunFile) -> PushResult:
         """Push one run file (what it holds so far: a run still going is pushed again as it grows)."""
-        header, cases = run_file.read()
+        prepared = prepare(run_file)
         with self.connect() as conn:
             self._ensure(conn, create=True)
-            return self._push_one(conn, run_file, header, cases)
+            return self._push_one(conn, prepared)
 
-    def _push_one(self, conn, rf: RunFile, header: dict[str, Any], cases: list[dict[str, Any]],
-                  attempts: int = 5) -> PushResult:
+    def _push_one(self, conn, prepared: "Prepared", attempts: int = 5) -> PushResult:
         import psycopg
 
         for attempt in range(attempts):
             try:
                 with conn.transaction():
-                    return self._write_run(conn, rf, header, cases)
+                    return self._write_run(conn, prepared)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 if attempt == attempts - 1:
                     raise
         raise AssertionError("unreachable")
 
-    def _write_run(self, conn, rf: RunFile, header: dict[str, Any], cases: list[dict[str, Any]]) -> PushResult:
+    def _write_run(self, conn, run: "Prepared") -> PushResult:
         """Write one run inside the caller's transaction."""
-        run_id = header["run_id"]
-        planned = header.get("planned_cases")
-        complete = len(cases) >= planned if isinstance(planned, int) else True
+        run_id, n = run.header["run_id"], len(run.case_ids)
+        planned = run.header.get("planned_cases")
+        complete = n >= planned if isinstance(planned, int) else True
         with conn.cursor() as cur:
             # Pushes of the same run wait for each other; the lock goes with the transaction.
             cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [run_id])
             cur.execute(f"SELECT cases_done, complete FROM {SCHEMA}.runs WHERE run_id = %s", [run_id])
             row = cur.fetchone()
             done = row[0] if row else 0
-            if row and done >= len(cases) and (row[1] or not complete):
-                return PushResult(run_id, len(cases), 0, 0, bool(row[1]))
+            if row and done >= n and (row[1] or not complete):
+                return PushResult(run_id, n, 0, 0, bool(row[1]))
             if done:  # the store's cases must be the run file's: the same run id from elsewhere is refused
                 cur.execute(f"SELECT seq, case_id FROM {SCHEMA}.cases WHERE run_id = %s ORDER BY seq", [run_id])
                 stored = cur.fetchall()
-                mine = [(seq, rec["case"].get("case_id")) for seq, rec in enumerate(cases[:len(stored)])]
-                if stored != mine:
-                    raise StoreError(f"run {run_id} in {self.name} holds other cases than {rf.path}: "
+                if stored != list(enumerate(run.case_ids[:len(stored)])):
+                    raise StoreError(f"run {run_id} in {self.name} holds other cases than {run.path}: "
                                      "two different runs share this id; nothing was pushed")
-            new_cases = [r for r in case_rows_of(run_id, cases) if r[1] >= done]
-            rows, pos, last = [], 0, None
-            for r in rows_of(rf, header, cases):
-                pos = pos + 1 if r["seq"] == last else 0
-                last = r["seq"]
-                if r["seq"] >= done:
-                    rows.append([r[c] for c in RESULT_COLUMNS] + [pos])
             cases_added = self._insert(cur, "cases", CASE_PG_COLUMNS, ["run_id", "seq"],
-                                       new_cases)
-            rows_added = self._insert(cur, "results", RESULT_PG_COLUMNS, ["run_id", "seq", "pos"], rows)
-            run = {k: _clean(v) for k, v in run_row_of(header).items()}
+                                       b"".join(run.case_data[done:]), n - done)
+            rows_added = self._insert(cur, "results", RESULT_PG_COLUMNS, ["run_id", "seq", "pos"],
+                                      b"".join(run.result_data[done:]), sum(run.result_rows[done:]))
+            values = {k: _clean(v) for k, v in run_row_of(run.header).items()}
             cur.execute(
                 f"""INSERT INTO {SCHEMA}.runs (run_id, created, commit, harness_version, env_id, suite, env,
                         cases_done, suite_source, argv, planned_cases, complete)
@@ -329,13 +377,13 @@ class PgStore(ResultStore):
                             %(env)s, %(done)s, %(suite_source)s, %(argv)s, %(planned)s, %(complete)s)
                     ON CONFLICT (run_id) DO UPDATE SET cases_done = GREATEST(runs.cases_done, EXCLUDED.cases_done),
                         complete = runs.complete OR EXCLUDED.complete, pushed_at = now()""",
-                {**run, "done": len(cases), "planned": planned if isinstance(planned, int) else None,
+                {**values, "done": n, "planned": planned if isinstance(planned, int) else None,
                  "complete": complete})
-        return PushResult(run_id, len(cases), cases_added, rows_added, complete)
+        return PushResult(run_id, n, cases_added, rows_added, complete)
 
     @staticmethod
-    def _insert(cur, table: str, columns: list[str], key: list[str], rows: list[list[Any]]) -> int:
-        """Add the ``rows`` the store lacks; returns how many were added.
+    def _insert(cur, table: str, columns: list[str], key: list[str], data: bytes, n_rows: int) -> int:
+        """Add the rows (``data``, COPY binary tuples) the store lacks; returns how many were added.
 
         They are the cases past the run's ``cases_done``, read under the run's lock, so none is there
         yet and one COPY adds them all. Should one be there after all, the COPY is undone to its
@@ -343,20 +391,19 @@ class PgStore(ResultStore):
         """
         import psycopg
 
-        if not rows:
+        if not n_rows:
             return 0
         cols = ", ".join(f'"{c}"' for c in columns)
-        data = _copy_text(rows, COLUMN_TYPES[table])
         try:
             with cur.connection.transaction():  # a savepoint
-                with cur.copy(f"COPY {SCHEMA}.{table} ({cols}) FROM STDIN") as copy:
-                    copy.write(data)
-            return len(rows)
+                with cur.copy(f"COPY {SCHEMA}.{table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.write(COPY_HEADER + data + COPY_TRAILER)
+            return n_rows
         except psycopg.errors.UniqueViolation:
             pass
         cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS incoming_{table} (LIKE {SCHEMA}.{table}) ON COMMIT DROP")
-        with cur.copy(f"COPY incoming_{table} ({cols}) FROM STDIN") as copy:
-            copy.write(data)
+        with cur.copy(f"COPY incoming_{table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(COPY_HEADER + data + COPY_TRAILER)
         cur.execute(f"INSERT INTO {SCHEMA}.{table} ({cols}) SELECT {cols} FROM incoming_{table} "
                     f"ON CONFLICT ({', '.join(key)}) DO NOTHING")
         added = cur.rowcount

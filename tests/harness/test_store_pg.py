@@ -22,7 +22,7 @@ from costbench.commands.cli import app  # noqa: E402
 from costbench.harness.reports.data import list_all_runs, load_selection  # noqa: E402
 from costbench.harness.runfile import SCHEMA_VERSION, RunFile  # noqa: E402
 from costbench.harness.store import StoreError, list_runs, load_results  # noqa: E402
-from costbench.harness.store_pg import SCHEMA, PgStore  # noqa: E402
+from costbench.harness.store_pg import SCHEMA, PgStore, prepare  # noqa: E402
 
 psycopg = pytest.importorskip("psycopg", reason="the team store needs psycopg: pip install -e '.[fleet]'")
 
@@ -38,6 +38,8 @@ def mixed_runs(root: Path) -> Path:
     history_dir(root)
     nan_case = case(variant="int8-dynamic", seed=5)
     nan_case["metrics"][0]["value"] = float("nan")
+    nan_case["metrics"][2]["samples"] = [1, 2.5, float("nan"), float("inf"), -0.0]  # ints, NaN, inf, -0 kept as such
+    nan_case["metrics"][3]["samples"] = []
     write_run(root, "20260108-000000-mixed", [
         case(variant="fp32", runner_unstable=True, power_w=30.0),
         case(variant="int8", backend="openvino", status="skipped", reason="no VNNI [here]"),
@@ -65,7 +67,10 @@ def assert_same_frame(a: pd.DataFrame, b: pd.DataFrame) -> None:
         if x is pd.NA:
             assert y is pd.NA
         else:
-            assert isinstance(y, np.ndarray) and y.dtype == np.float64 and np.array_equal(x, y)
+            # DuckDB hands a NaN sample back masked; PostgreSQL keeps it NaN: the same missing sample.
+            x = np.ma.filled(np.ma.asarray(x, dtype=np.float64), np.nan)
+            assert isinstance(y, np.ndarray) and y.dtype == np.float64 and np.array_equal(x, y, equal_nan=True)
+            assert np.array_equal(np.signbit(x), np.signbit(y))
 
 
 def test_push_then_read_back_equals_duckdb(tmp_path, pg_url):
@@ -159,10 +164,9 @@ def test_a_push_in_flight_or_interrupted_is_invisible(tmp_path, pg_url):
                    created="2026-01-02T00:00:00+00:00")
     store = PgStore(pg_url)
     store.push(d, ["20260101"])
-    header, cases = rf.read()
     writer = store.connect()
     with writer.transaction():
-        store._write_run(writer, rf, header, cases)  # every row written, not yet committed
+        store._write_run(writer, prepare(rf))  # every row written, not yet committed
         seen = load_results(pg_url)
         assert set(seen["run_id"]) == {"20260101-000000-done"}
         assert list(list_runs(pg_url)["run_id"]) == ["20260101-000000-done"]
