@@ -331,19 +331,17 @@ class RayExecutor(Executor):
             dispatch()  # keep the nodes busy before the runner writes this outcome
             if outcome is not None:
                 yield outcome
-            if not running and queue:  # what is left has no live node to go to
-                for case in list(queue):
-                    queue.remove(case)
-                    if on_start and case.case_id not in tried:
-                        on_start(case)
-                    able = [n for n in self.nodes if n.node_id in self._targets.get(case.case_id, ())]
-                    if not able:  # a case this executor's plan() did not place: a caller's mistake, said plainly
-                        yield CaseOutcome(case, "failed", "not placed on any node: plan the cases with this "
-                                          "executor's plan() before running them")
-                        continue
-                    yield CaseOutcome(case, "failed", "node lost: every node that could run it died ("
-                                      + "; ".join(n.describe() for n in able) + ")",
-                                      info={"lost_nodes": [n.identity() for n in able]}, env_id=able[0].env_id)
+        for case in queue:  # nothing runs and nothing more can start: no live node is left for these
+            if on_start and case.case_id not in tried:
+                on_start(case)
+            able = [n for n in self.nodes if n.node_id in self._targets.get(case.case_id, ())]
+            if not able:  # a case this executor's plan() did not place: a caller's mistake, said plainly
+                yield CaseOutcome(case, "failed", "not placed on any node: plan the cases with this executor's "
+                                  "plan() before running them")
+                continue
+            yield CaseOutcome(case, "failed", "node lost: every node that could run it died ("
+                              + "; ".join(n.describe() for n in able) + ")",
+                              info={"lost_nodes": [n.identity() for n in able]}, env_id=able[0].env_id)
 
     def _outcome(self, ray, ref, case: Case, node: Node, submitted: float, tried: list[Node],
                  queue: list[Case]) -> CaseOutcome | None:

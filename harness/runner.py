@@ -24,7 +24,7 @@ from costbench.harness.env import fingerprint
 # CaseOutcome and run_case_in_child are re-exported: callers know them from here.
 from costbench.harness.executor import (CaseOutcome, Executor, ExecutorError, LocalExecutor,  # noqa: F401
                                         run_case_in_child)
-from costbench.harness.plan import PLANNED, Case
+from costbench.harness.plan import Case
 from costbench.harness.suite_schema import ExecutorSpec
 from costbench.harness.store import RunFile, Store
 from costbench.harness.suite_schema import Suite
