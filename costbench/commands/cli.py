@@ -417,6 +417,7 @@ def store_push(
 from costbench.commands.reports import register as _register_reports  # noqa: E402
 
 _register_reports(app)
+__import__("costbench.commands.crosscheck", fromlist=["register"]).register(app)  # costbench crosscheck
 
 
 def main() -> None:
