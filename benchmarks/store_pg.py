@@ -3,7 +3,8 @@
     python benchmarks/store_pg.py [--rows 100000] [--url postgresql://...]
 
 - 100,000 result rows (run files shaped like the runner's: 7 metric rows per case, 200 raw samples on
-  each p50 row) pushed with ``PgStore.push`` and read back through ``load_results(URL)``; the DuckDB
+  each p50 row) pushed with ``PgStore.push`` and read back through ``load_results(URL)``, three times
+  into fresh databases (the median is printed, and each); the DuckDB
   store's sync + read of the same run files is printed beside it;
 - two pushes at once, from two processes, of overlapping sets of runs into an empty store: rows and
   cases in the store against what the run files hold (nothing lost, nothing twice).
@@ -18,6 +19,7 @@ import argparse
 import json
 import multiprocessing
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -67,6 +69,7 @@ def _push(url: str, results_dir: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3, help="Push and read back this many times (median shown).")
     ap.add_argument("--url", help="An existing server to create two scratch databases on (default: a throwaway one).")
     args = ap.parse_args()
 
@@ -89,13 +92,16 @@ def main() -> None:
 
         full = tmp / "all"
         paths = write_runs(full, args.rows)
-        url = new_db()
-        t0 = time.perf_counter()
-        pushed = PgStore(url).push(full)
-        t_push = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        df = load_results(url)
-        t_read = time.perf_counter() - t0
+        pushes, reads = [], []
+        for _ in range(args.repeat):  # each into a fresh database: this machine's load varies from minute to minute
+            url = new_db()
+            t0 = time.perf_counter()
+            pushed = PgStore(url).push(full)
+            pushes.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            df = load_results(url)
+            reads.append(time.perf_counter() - t0)
+        t_push, t_read = statistics.median(pushes), statistics.median(reads)
         t0 = time.perf_counter()
         local = load_results(full)
         t_duck = time.perf_counter() - t0
@@ -131,6 +137,8 @@ def main() -> None:
         out = {
             "rows": rows, "samples_per_p50_row": len(df["samples"].dropna().iloc[0]),
             "push_s": round(t_push, 2), "read_s": round(t_read, 2), "push_plus_read_s": round(t_push + t_read, 2),
+            "push_s_each": [round(t, 2) for t in pushes], "read_s_each": [round(t, 2) for t in reads],
+            "push_plus_read_s_each": [round(a + b, 2) for a, b in zip(pushes, reads)],
             "push_again_s": round(t_again, 2), "push_again_rows_added": sum(p.rows_added for p in again),
             "duckdb_sync_plus_read_s": round(t_duck, 2),
             "concurrent": {"processes": [p.exitcode for p in procs], "s": round(t_conc, 2),
@@ -138,8 +146,9 @@ def main() -> None:
                            "cases_in_run_files": expected_cases, "cases_stored": stored_cases,
                            "runs_complete": complete, "runs": len(paths)},
         }
+        each = ", ".join(f"{a + b:.1f}" for a, b in zip(pushes, reads))
         print(f"{rows:,} rows: push {t_push:.2f} s + read back (load_results) {t_read:.2f} s = {t_push + t_read:.2f} s "
-              f"(goal < 10 s); push again {t_again:.2f} s, {out['push_again_rows_added']} rows added; "
+              f"(median of {len(pushes)}: {each} s; goal < 10 s); push again {t_again:.2f} s, {out['push_again_rows_added']} rows added; "
               f"DuckDB sync + read of the same files {t_duck:.2f} s")
         print(f"two concurrent overlapping pushes ({t_conc:.2f} s): {stored_rows:,} rows stored ({distinct:,} distinct) "
               f"of {rows:,} in the run files; {stored_cases:,} of {expected_cases:,} cases; "
