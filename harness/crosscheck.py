@@ -47,10 +47,6 @@ DEFAULT_TIME_S = 12.0  # benchmark_app -t 12: a median that repeats within 1% on
 _PRIMARY = {"single_stream": "latency_p50", "offline": "batch_latency_p50"}
 
 
-class CrosscheckError(RuntimeError):
-    """Nothing to cross-check (no such run, no case a vendor tool covers); the message says what to do."""
-
-
 # --- What is compared -------------------------------------------------------------------------------------
 
 @dataclass
@@ -256,8 +252,9 @@ class BenchmarkApp(VendorTool):
             cfg.write_text(json.dumps({"CPU": config}))
             argv += ["-load_config", str(cfg)]
             settings["load_config"] = config
-        argv += ["-t", f"{time_s:g}", "-report_type", "no_counters", "-report_folder", str(workdir), "-json_stats"]
-        settings["time_s"] = time_s
+        seconds = max(1, math.ceil(time_s))  # benchmark_app's -t takes whole seconds
+        argv += ["-t", str(seconds), "-report_type", "no_counters", "-report_folder", str(workdir), "-json_stats"]
+        settings["time_s"] = seconds
         return argv, settings
 
     def parse(self, workdir: Path, log: str) -> VendorResult:
