@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -114,6 +115,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(numbers, indent=2))
     finally:
         cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
