@@ -439,6 +439,8 @@ def targets_from_selection(sel: Any, run_ids: Sequence[str]) -> tuple[list[Targe
                        for r in mine.itertuples(index=False)]
             t = target_from_record(spec, case.info or {}, metrics, f"run {run_id}")
             if case.status != "ok":
+                if spec.get("artifact_format") is None and _never_runs_reason(spec.get("reason") or ""):
+                    continue
                 skipped.append(Pair(t, TOOLS[backend_name].name, "skipped",
                                     f"the case was {case.status} in run {run_id}: nothing to compare"))
             else:
@@ -446,14 +448,27 @@ def targets_from_selection(sel: Any, run_ids: Sequence[str]) -> tuple[list[Targe
     return targets, skipped
 
 
-def cases_from_suite(path: Path, only: list[dict[str, str]] | None = None) -> tuple[list[Any], list[Any]]:
-    """(planned cases a vendor tool covers, cases of those backends the plan skipped) of a suite file."""
+def _never_runs(case: Any) -> bool:
+    """A combination that can never run (the variant's format is not one the backend loads, or the recipe does not
+    apply): not a result, so not a row; a case skipped for a reason the user can fix (a missing package) is."""
+    return case.artifact_format is None and _never_runs_reason(case.reason)
+
+
+def _never_runs_reason(reason: str) -> bool:
+    return " comes as " in reason or "does not apply to this model" in reason
+
+
+def cases_from_suite(path: Path, only: list[dict[str, str]] | None = None) -> tuple[list[Any], list[Any], int]:
+    """(planned cases a vendor tool covers, those the plan skipped for a fixable reason, how many combinations can
+    never run) of a suite file."""
     from costbench.harness.plan import PLANNED, make_plan
     from costbench.harness.suite import load_suite
 
     cases = [c for c in make_plan(load_suite(path), only)
              if c.backend_name in TOOLS and c.scenario in _PRIMARY]
-    return [c for c in cases if c.status == PLANNED], [c for c in cases if c.status != PLANNED]
+    never = [c for c in cases if c.status != PLANNED and _never_runs(c)]
+    return ([c for c in cases if c.status == PLANNED],
+            [c for c in cases if c.status != PLANNED and c not in never], len(never))
 
 
 def measure_case(case_dict: dict[str, Any], cache_dir: Path, workdir: Path) -> tuple[Target | None, str]:

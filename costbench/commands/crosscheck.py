@@ -60,9 +60,12 @@ def _suite_targets(path: Path, only: list[str]):
     from costbench.harness.suite import SuiteError
 
     try:
-        planned, not_planned = cases_from_suite(path, parse_filters(only))
+        planned, not_planned, never = cases_from_suite(path, parse_filters(only))
     except (SuiteError, ValueError) as exc:
         _fail(str(exc))
+    if never:
+        err.print(f"{never} combination(s) of the suite can never run (the variant's format is not one the backend "
+                  "loads): left out", highlight=False)
     skipped = [Pair(target_from_record(c.to_dict(), {}, [], "suite"), TOOLS[c.backend_name].name, "skipped", c.reason)
                for c in not_planned]
     return [target_from_record(c.to_dict(), {}, [], "suite") for c in planned], skipped

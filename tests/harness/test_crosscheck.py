@@ -209,3 +209,31 @@ def test_breakdown_times_each_step_on_one_compiled_model(measured):
     for step in bd["steps"].values():
         assert step["samples"] == 10 and step["host_median_ms"] > 0 and step["runtime_latency_median_ms"] > 0
     assert bd["steps"]["a_fixed_tensor"]["over_a_ms"] == 0
+
+
+def test_a_suites_vendor_cases_are_planned_and_combinations_that_never_run_left_out():
+    planned, skipped, never = cc.cases_from_suite(Path(__file__).parents[2] / "suites" / "smoke.toml",
+                                                  [{"backend": "openvino"}])
+    assert never == 4  # int8-xnnpack comes as an ExecuTorch program: 2 models x 2 scenarios
+    assert skipped == [] and len(planned) == 12
+    assert {c.variant for c in planned} == {"fp32", "int8", "int8-nncf"}
+    assert {c.scenario for c in planned} == {"single_stream", "offline"}
+
+
+def test_the_command_measures_a_suites_cases_afresh(tmp_path, monkeypatch):
+    from costbench.commands.cli import app
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(
+        'name = "cc-tiny"\nbatch_sizes = [2]\nvariants = ["fp32"]\nmodels = [{ id = "tiny", source = "torch", '
+        'factory = "tiny_factory:make_tiny", inputs = [{ name = "input", shape = [3, 8, 8] }] }]\n'
+        'backends = [{ name = "openvino", threads = 1 }, { name = "onnxruntime" }]\n'
+        '[[scenarios]]\nkind = "single_stream"\nwarmup_count = 2\nmin_count = 30\nmin_duration_s = 0.05\n')
+    out = tmp_path / "cc.json"
+    res = CliRunner().invoke(app, ["crosscheck", str(suite), "-t", "1", "--json", str(out),
+                                   "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    (p,) = json.loads(out.read_text())["pairs"]
+    assert p["status"] == "ok" and p["source"] == "measured now" and p["costbench"]["p50_ms"] > 0
+    assert p["artifact"]["path"].startswith(str(tmp_path / "cache"))
