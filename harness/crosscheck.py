@@ -357,7 +357,7 @@ class Trtexec(VendorTool):
                     flags.append("--int8")
             argv += flags
             settings["precision_flags"] = flags
-            argv.append(f"--shapes={shapes}")
+        argv.append(f"--shapes={shapes}")  # the engine's profile is fixed at the case's batch: the same shapes
         settings["shapes"] = shapes
         device = target.device.partition(":")[2] or "0"
         times = workdir / "times.json"
@@ -482,7 +482,10 @@ def measure_case(case_dict: dict[str, Any], cache_dir: Path, workdir: Path) -> t
     data = dict(case_dict)
     data["measure_accuracy"] = False
     data["status"], data["reason"] = "planned", ""
-    case = Case.from_dict(data)
+    try:
+        case = Case.from_dict(data)
+    except TypeError as exc:  # a hand-made or older run file whose case record lacks fields
+        return None, f"the run's case record cannot be measured again ({exc})"
     outcome = run_case_in_child(case, cache_dir, workdir)
     if outcome.status != "ok":
         return None, f"costbench's measurement {outcome.status}: {outcome.reason}"

@@ -198,6 +198,7 @@ def test_trtexec_command_uses_its_real_flags(measured, tmp_path):
     engine.write_bytes(b"x")
     argv, settings = Trtexec().command(t, tmp_path, 5)
     assert f"--loadEngine={engine}" in argv and not any(a.startswith("--onnx") for a in argv)
+    assert "--shapes=input:2x3x8x8" in argv and "--stronglyTyped" not in argv  # the engine decides precision
     (tmp_path / "times.json").write_text(json.dumps([{"latencyMs": v} for v in (1.0, 3.0, 2.0)]))
     r = Trtexec().parse(tmp_path, "[I] Throughput: 512.5 qps\n")
     assert r.median_ms == 2.0 and r.throughput == 512.5 and r.iterations == 3
