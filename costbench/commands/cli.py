@@ -410,7 +410,9 @@ def store_push(
         state = "complete" if r.complete else "incomplete"
         what = f"{r.cases_added} case(s), {r.rows_added} row(s) added" if r.cases_added else "already in the store"
         console.print(f"{r.run_id}: {what} ({r.cases} cases, {state})", highlight=False)
-    console.print(f"pushed {len(pushed)} run(s) to {pg.name}", highlight=False)
+    fresh = sum(1 for r in pushed if r.cases_added)
+    console.print(f"pushed {len(pushed)} run(s) to {pg.name}: {fresh} with new cases, "
+                  f"{len(pushed) - fresh} already there", highlight=False)
 
 
 # report, compare, dashboard, prices, pytest-benchmark: their own module, registered here.
