@@ -165,14 +165,14 @@ def _publisher(store: str | None, out: Path, resume: str | None):
     """A RunPublisher for ``run --store`` (None without it); a wrong URL, password or schema fails here."""
     if not store:
         return None
-    from costbench.harness.runner import find_run
+    from costbench.harness.runner import ResumeError, find_run
     from costbench.harness.store import StoreError, redact
     from costbench.harness.store_pg import RunPublisher
 
     sys.argv[:] = [redact(a) for a in sys.argv]  # the run header records argv: never a password
     try:
         return RunPublisher(_store_url(store), out, find_run(out, resume).path if resume else None)
-    except StoreError as exc:
+    except (StoreError, ResumeError) as exc:
         _fail(str(exc))
 
 
@@ -225,6 +225,7 @@ def run(
     from costbench.harness.runner import ResumeError, find_run, plan_remaining, recorded_executor, resume_run, run_plan
     from costbench.harness.store import load_results
 
+    publisher = _publisher(store, out, resume)  # a bad store stops here, before a cluster is reached or a case runs
     if resume is not None:
         if suite is not None or only or timeout is not None:
             _fail("--resume continues a run as it was planned: give no SUITE, --only or --timeout with it")
@@ -252,7 +253,6 @@ def run(
         runnable = sum(c.status == "planned" for c in cases)
         console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, "
                       f"{len(cases) - runnable} skipped) -> {out}/")
-    publisher = _publisher(store, out, resume)  # a bad store URL stops here, before any case runs
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
