@@ -234,8 +234,10 @@ def signature_feeds(path: Path, inputs: Sequence[InputSpec], samples: SampleSet,
         ours = dict(zip(names, inputs))
     else:
         raise ValueError(f"{path}: signature {key!r} takes inputs {names}; the model declares {list(specs)}")
+    # In the model's own dtypes: litert-torch turns int64 inputs (token ids) into int32.
+    dtypes = {n: np.dtype(d["dtype"]) for n, d in interpreter.get_signature_runner(key).get_input_details().items()}
     feeds = []
     for start in range(0, max(1, len(samples) - batch + 1), batch):  # full batches only: the batch is static
         feed = samples.batch(batch, start)
-        feeds.append({n: feed[spec.name].astype(spec.dtype, copy=False) for n, spec in ours.items()})
+        feeds.append({n: feed[spec.name].astype(dtypes.get(n, spec.dtype), copy=False) for n, spec in ours.items()})
     return {key: feeds}

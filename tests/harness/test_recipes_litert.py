@@ -217,3 +217,33 @@ def test_bad_user_tflite_files_are_named(tmp_path, user_tflite):
     spec = ModelSpec(id="dyn", source="tflite", path=dynamic,
                      inputs=[{"name": "serving_default_args_0", "shape": [1, 8, 8]}])
     assert load_bundle(spec, tmp_path).inputs[0].shape == (1, 8, 8)
+
+
+class _Tokens(torch.nn.Module):
+    """int64 token ids through an embedding, as a text model takes them; litert-torch makes the input int32."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(10, 8)
+        self.linear = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.linear(self.embed(ids).mean(1))
+
+
+def test_integer_inputs_calibrate_in_the_models_own_dtype(tmp_path, rng):
+    data = SampleSet({"ids": np.random.default_rng(0).integers(0, 10, (16, 6)).astype(np.int64)})
+    bundle = ModelBundle(name="tokens", task="generic", inputs=[InputSpec("ids", (6,), "int64")], outputs=["out"],
+                         calibration=data, evaluation=data, source_hash="test-tokens",
+                         module_factory=lambda: _Tokens().eval())
+    cache = ArtifactCache(tmp_path)
+    fp32, int8 = build(bundle, "tflite-fp32", cache), build(bundle, "tflite-int8", cache, calibration_samples=16)
+    backend = LiteRTBackend()
+    ids = rng.integers(0, 10, (1, 6)).astype(np.int64)  # the harness's int64 ids, cast to the file's int32
+    with torch.no_grad():
+        ref = _Tokens().eval()(torch.from_numpy(ids)).numpy()
+    got = backend.prepare(fp32, backend.parse_options({}), 1).run({"ids": ids})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert int8.provenance["calibration"]["samples"] == 16
+    assert np.isfinite(backend.prepare(int8, backend.parse_options({}), 1).run({"ids": ids})[0]).all()
