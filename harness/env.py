@@ -24,6 +24,9 @@ INT8_ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "
 LIBRARIES = ("costbench", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
              "executorch", "torchao", "triton", "tensorrt", "nvidia-cuda-runtime-cu12", "transformers",
              "scikit-learn", "duckdb", "pandas", "scipy")
+# Runtimes added after env_ids were first recorded: they join the key only where installed, so a machine
+# without them keeps its env_id, and one with them is told apart by their versions.
+LIBRARIES_IF_INSTALLED = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 # NVIDIA's wheels change names with CUDA and TensorRT majors: TensorRT 10/11 ship as tensorrt-cu12 and
 # tensorrt-cu13 (plus -libs/-bindings, with `tensorrt` only a metapackage), and CUDA 13's libraries drop the
@@ -109,13 +112,19 @@ def nvidia_wheels() -> dict[str, str]:
 
 
 def library_versions() -> dict[str, str]:
-    """Every name in :data:`LIBRARIES` (version or "not installed"), then the NVIDIA wheels installed here."""
+    """Every name in :data:`LIBRARIES` (version or "not installed"), then those of
+    :data:`LIBRARIES_IF_INSTALLED` and the NVIDIA wheels installed here."""
     out = {}
     for lib in LIBRARIES:
         try:
             out[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             out[lib] = "not installed"
+    for lib in LIBRARIES_IF_INSTALLED:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
     out.update(nvidia_wheels())
     return out
 
