@@ -3,8 +3,8 @@
 - **Connect.** ``ray.init`` to the cluster (an unreachable address is one clear error, before anything
   is planned). Each node runs a probe task pinned to it (node affinity) that reports, from a fresh
   process with the node's own environment, its fingerprint (:func:`costbench.harness.env.fingerprint`)
-  and every backend's availability (:func:`costbench.harness.plan.probe_machine`). Nodes with the same
-  env_id form a machine class.
+  and the availability of the suite's backends (:func:`costbench.harness.plan.probe_machine`; only those,
+  so runtimes the suite does not use are not imported). Nodes with the same env_id form a machine class.
 - **Plan.** The suite is planned against each node's probes (:func:`~costbench.harness.plan.make_plan`
   with that node's table), so a node that lacks a backend is never sent that backend's cases, and a
   case no node of a class can run is kept, skipped, with the reason. By default every case runs once
@@ -58,10 +58,10 @@ def _node_environ() -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def _probe_task() -> dict[str, Any]:
-    """On a node: its fingerprint and backend probes, from a fresh process with the node's environment."""
-    proc = subprocess.run([sys.executable, "-m", "costbench.harness.executor_ray", "--probe"], env=_node_environ(),
-                          capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+def _probe_task(backends: list[str]) -> dict[str, Any]:
+    """On a node: its fingerprint and the probes of ``backends``, from a fresh process with the node's environment."""
+    proc = subprocess.run([sys.executable, "-m", "costbench.harness.executor_ray", "--probe", ",".join(backends)],
+                          env=_node_environ(), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": f"probe exited with code {proc.returncode}: {' / '.join(tail)}"}
@@ -95,6 +95,7 @@ class Node:
     probes: dict[str, Any] = field(default_factory=dict)  # name or name@device -> Availability
     unusable: str = ""  # why no case is sent here ('' when it measures)
     alive: bool = True
+    probed_all: bool = False  # probes holds every backend registered there (not only a suite's)
 
     @property
     def env_id(self) -> str:
@@ -164,7 +165,7 @@ class RayExecutor(Executor):
     # -- connecting ---------------------------------------------------------------------------------------
 
     def connect(self) -> list[Node]:
-        """Join the cluster and probe every node (once); ExecutorError names what is wrong."""
+        """Join the cluster and list its nodes (once); ExecutorError names what is wrong."""
         if self._connected:
             return self.nodes
         address = self.address or os.environ.get("RAY_ADDRESS") or "auto"
@@ -186,21 +187,35 @@ class RayExecutor(Executor):
         except Exception as exc:  # Ray raises several types for a bad address or a cluster that will not talk
             raise ExecutorError(f"cannot join the Ray cluster at {address!r}: {type(exc).__name__}: {exc}") from None
         self._connected = True
-        self.nodes = self._probe_nodes(ray)
-        return self.nodes
-
-    def _probe_nodes(self, ray) -> list[Node]:
-        nodes = [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), dict(n.get("Resources") or {}),
-                      {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")},
-                      hostname=n.get("NodeManagerHostname") or "?")
-                 for n in ray.nodes() if n.get("Alive")]
-        probe = ray.remote(_probe_task)
-        refs = {}
-        for node in nodes:
+        self.nodes = [Node(n["NodeID"], n.get("NodeManagerAddress", "?"), dict(n.get("Resources") or {}),
+                           {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")},
+                           hostname=n.get("NodeManagerHostname") or "?")
+                      for n in ray.nodes() if n.get("Alive")]
+        for node in self.nodes:
             if node.resources.get("CPU", 0) < 1:
                 node.unusable = "offers Ray no CPU (started with --num-cpus=0?): not used for measuring"
-                continue
-            refs[probe.options(**node.request()).remote()] = node
+        return self.nodes
+
+    def probe(self, backends: Iterable[str] | None = None) -> list[Node]:
+        """Connect, then have every measuring node report its fingerprint and these backends' probes (None: all).
+
+        Probing only the backends a suite uses keeps heavy runtimes a suite does not need from being
+        imported; a node's answers are kept, so planning again asks only for what is new.
+        """
+        import ray
+
+        self.connect()
+        wanted = None if backends is None else sorted(set(backends))
+        todo = [n for n in self.nodes if not n.unusable and n.alive and
+                (not n.fingerprint or wanted is None and not n.probed_all or
+                 wanted is not None and not set(wanted) <= set(n.probes))]
+        self._probe_nodes(ray, todo, wanted)
+        self.nodes.sort(key=lambda n: (n.unusable != "", n.hostname, n.ip, n.node_id))
+        return self.nodes
+
+    def _probe_nodes(self, ray, nodes: list[Node], backends: list[str] | None) -> None:
+        probe = ray.remote(_probe_task)
+        refs = {probe.options(**node.request()).remote(backends or []): node for node in nodes}
         ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=PROBE_TIMEOUT_S) if refs else ([], [])
         for ref in pending:
             refs[ref].unusable = f"its probe did not answer within {PROBE_TIMEOUT_S:g} s (busy? measuring for another run?)"
@@ -217,8 +232,8 @@ class RayExecutor(Executor):
                 continue
             node.fingerprint = report["fingerprint"]
             node.hostname = node.fingerprint.get("recorded", {}).get("hostname", node.hostname)
-            node.probes = availability_from_dict(report["probes"])
-        return sorted(nodes, key=lambda n: (n.unusable != "", n.hostname, n.ip, n.node_id))
+            node.probes.update(availability_from_dict(report["probes"]))
+            node.probed_all = node.probed_all or backends is None
 
     # -- planning ---------------------------------------------------------------------------------------
 
@@ -233,7 +248,7 @@ class RayExecutor(Executor):
     def plan(self, suite: Suite, only: list[dict[str, str]] | None = None) -> list[Case]:
         """Each case once per machine class, planned against that class's nodes; skipped with the reason where
         none of them can run it. ExecutorError when no node is selected, or no case can run anywhere."""
-        self.connect()
+        self.probe(b.name for b in suite.backends)
         classes = self.machine_classes()
         if not classes:
             listing = "; ".join(f"{n.describe()}: {n.unusable or 'not selected'}" for n in self.nodes) or "no nodes"
@@ -403,14 +418,16 @@ def _class_name(members: list[Node]) -> str:
     return f"env_id {members[0].env_id} ({', '.join(hosts)})"
 
 
-def _probe_main() -> None:
-    """``python -m costbench.harness.executor_ray --probe``: this machine's fingerprint and backend probes as JSON."""
+def _probe_main(backends: list[str]) -> None:
+    """``python -m costbench.harness.executor_ray --probe [NAME,...]``: this machine's fingerprint and the probes
+    of those backends (default: all) as JSON."""
     from costbench.harness.env import fingerprint
 
-    print(json.dumps({"fingerprint": fingerprint(), "probes": availability_to_dict(probe_machine())}, default=str))
+    table = probe_machine(backends or None)
+    print(json.dumps({"fingerprint": fingerprint(), "probes": availability_to_dict(table)}, default=str))
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--probe"]:
-        sys.exit("usage: python -m costbench.harness.executor_ray --probe")
-    _probe_main()
+    if len(sys.argv) not in (2, 3) or sys.argv[1] != "--probe":
+        sys.exit("usage: python -m costbench.harness.executor_ray --probe [BACKEND,...]")
+    _probe_main([b for b in (sys.argv[2] if len(sys.argv) == 3 else "").split(",") if b])

@@ -69,14 +69,21 @@ class Case:
         return cls(**data)
 
 
-def probe_machine() -> dict[str, Availability]:
-    """What this machine can run: every registered backend's probe, and ``name@device`` for each of its devices.
+def probe_machine(backends: Iterable[str] | None = None) -> dict[str, Availability]:
+    """What this machine can run: each registered backend's probe (of ``backends``, default all), and
+    ``name@device`` for each of its devices. A named backend not registered here is reported missing.
 
     The same table :func:`make_plan` fills as it goes; a fleet node sends it to the driver (as
     :func:`availability_to_dict`) so the driver can plan that node's cases without probing it.
     """
     table: dict[str, Availability] = {}
-    for name, entry in load_registry().items():
+    registry = load_registry()
+    wanted = list(registry) if backends is None else list(backends)
+    for name in wanted:
+        entry = registry.get(name)
+        if entry is None:
+            table[name] = Availability.missing(f"backend {name!r} is not registered on that machine")
+            continue
         table[name] = entry.probe()
         if table[name].available and entry.backend is not None:
             for device in entry.backend.capabilities.devices:
