@@ -1,9 +1,9 @@
 """What the Ray executor costs over the local one, printed (never asserted).
 
-    python benchmarks/executor_overhead.py [--rounds 2] [--suite FILE] [--json FILE]
+    python benchmarks/executor_overhead.py [--rounds 2] [--suite FILE [--only KEY=GLOB ...]] [--json FILE]
 
 Runs one digits suite (digits-cnn, fp32 and int8, ONNX Runtime and OpenVINO, single-stream and
-offline; or ``--suite``) with the local executor and with ``--executor ray`` on a one-node Ray
+offline; or ``--suite``, e.g. ``--suite suites/smoke.toml --only model=digits-cnn``) with the local executor and with ``--executor ray`` on a one-node Ray
 cluster on this machine, interleaved (local, ray, local, ray...), both with a warm artifact cache, and
 prints:
 
@@ -51,8 +51,9 @@ min_duration_s = 0.5
 """
 
 
-def one_run(suite_path: Path, out: Path, executor) -> tuple[float, list[dict]]:
+def one_run(suite_path: Path, out: Path, executor, only: list[str]) -> tuple[float, list[dict]]:
     """Plan and run the suite with ``executor``; (wall seconds, case records)."""
+    from costbench.harness.plan import parse_filters
     from costbench.harness.runner import run_plan
     from costbench.harness.store import RunFile
     from costbench.harness.suite import load_suite
@@ -60,8 +61,8 @@ def one_run(suite_path: Path, out: Path, executor) -> tuple[float, list[dict]]:
     t0 = time.perf_counter()
     suite = load_suite(suite_path)
     with executor:
-        cases = executor.plan(suite)
-        summary = run_plan(suite, cases, out, executor=executor)
+        cases = executor.plan(suite, parse_filters(only))
+        summary = run_plan(suite, cases, out, executor=executor, only=parse_filters(only))
     wall = time.perf_counter() - t0
     return wall, RunFile(summary.run_file).cases()
 
@@ -70,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2, help="local/ray pairs (interleaved)")
     ap.add_argument("--suite", type=Path, help="suite file (default: the digits suite above)")
+    ap.add_argument("--only", action="append", default=[], help="KEY=GLOB filters on the suite's cases")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args()
 
@@ -89,13 +91,13 @@ def main() -> None:
                                                             "include_dashboard": False})
     try:
         print(f"suite {suite_path}; one Ray node at {cluster.address} with {cpus} CPUs; warming the cache...")
-        one_run(suite_path, work / "warm", LocalExecutor())
+        one_run(suite_path, work / "warm", LocalExecutor(), args.only)
         walls: dict[str, list[float]] = {"local": [], "ray": []}
         overheads: list[float] = []
         for i in range(args.rounds):
             for kind in ("local", "ray"):
                 ex = LocalExecutor() if kind == "local" else RayExecutor(cluster.address)
-                wall, records = one_run(suite_path, work / f"{kind}-{i}", ex)
+                wall, records = one_run(suite_path, work / f"{kind}-{i}", ex, args.only)
                 walls[kind].append(wall)
                 ok = [r for r in records if r["status"] == "ok"]
                 print(f"  round {i + 1} {kind:5s}: {wall:6.1f} s, {len(ok)} ok of {len(records)}")
