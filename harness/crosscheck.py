@@ -633,8 +633,9 @@ def table_rows(pairs: Sequence[Pair]) -> list[dict[str, str]]:
 COLUMNS = ("case", "scenario", "costbench", "vendor", "ratio", "verdict", "tool", "settings")
 
 
-def to_markdown(pairs: Sequence[Pair], header: dict[str, Any]) -> str:
-    """A Markdown page: what was compared, on which machine, with which command, then the table."""
+def to_markdown(pairs: Sequence[Pair], header: dict[str, Any],
+                breakdowns: dict[str, dict[str, Any]] | None = None) -> str:
+    """A Markdown page: what was compared, on which machine, with which command, the table, and any breakdowns."""
     lines = ["# costbench vs the vendors' own tools", ""]
     for k, v in header.items():
         lines.append(f"- {k}: {v}")
@@ -646,6 +647,13 @@ def to_markdown(pairs: Sequence[Pair], header: dict[str, Any]) -> str:
     notes = [f"- {p.target.label}: {n}" for p in pairs for n in p.notes]
     if notes:
         lines += ["", "Notes:", *notes]
+    for label, bd in (breakdowns or {}).items():
+        lines += ["", f"Where the time goes, {label} ({bd['rounds']} interleaved rounds x {bd['per_round']} calls "
+                  "per step; medians):", "",
+                  "| step | host ms | over a | runtime `request.latency` ms | what |", "|---|---|---|---|---|"]
+        for name, st in bd["steps"].items():
+            lines.append(f"| {name} | {st['host_median_ms']:.4f} | {st['over_a_ms'] * 1000:+.1f} µs "
+                         f"({st['over_a_pct']:+.1f}%) | {st['runtime_latency_median_ms']:.4f} | {st['what']} |")
     cmds = [f"- {p.target.label}: `{shlex.join(p.command)}`" for p in pairs if p.command]
     if cmds:
         lines += ["", "Commands:", *cmds]

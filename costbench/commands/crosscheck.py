@@ -183,7 +183,7 @@ def crosscheck(
             console.print(f"wrote {json_out}", highlight=False)
         if md_out:
             md_out.parent.mkdir(parents=True, exist_ok=True)
-            md_out.write_text(to_markdown(pairs, header))
+            md_out.write_text(to_markdown(pairs, header, breakdowns))
             console.print(f"wrote {md_out}", highlight=False)
     if any(p.status == "failed" for p in pairs):
         raise typer.Exit(1)

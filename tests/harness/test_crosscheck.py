@@ -210,6 +210,8 @@ def test_breakdown_times_each_step_on_one_compiled_model(measured):
     for step in bd["steps"].values():
         assert step["samples"] == 10 and step["host_median_ms"] > 0 and step["runtime_latency_median_ms"] > 0
     assert bd["steps"]["a_fixed_tensor"]["over_a_ms"] == 0
+    md = cc.to_markdown([], {"machine": "here"}, {"tiny": bd})
+    assert "Where the time goes, tiny" in md and "| e_session_run |" in md
 
 
 def test_a_suites_vendor_cases_are_planned_and_combinations_that_never_run_left_out():
