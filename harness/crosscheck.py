@@ -41,6 +41,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 
 from costbench.core.stats import percentile
+from costbench.harness.skips import can_never_run
 
 AGREE_WITHIN = 0.05  # the goal: within 5% of the vendor's tool
 DEFAULT_TIME_S = 12.0  # benchmark_app -t 12: a median that repeats within 1% on an idle machine (FACTS.md)
@@ -455,7 +456,7 @@ def _never_runs(case: Any) -> bool:
 
 
 def _never_runs_reason(reason: str) -> bool:
-    return " comes as " in reason or "does not apply to this model" in reason
+    return can_never_run(reason)
 
 
 def cases_from_suite(path: Path, only: list[dict[str, str]] | None = None) -> tuple[list[Any], list[Any], int]:

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 from costbench.backends.base import Availability
 from costbench.backends.registry import BackendEntry, load_registry
 from costbench.harness.compress.registry import get_recipe
+from costbench.harness.skips import format_mismatch, not_applicable
 from costbench.harness.suite_schema import Suite
 from costbench.harness.zoo.registry import source_kind
 
@@ -147,6 +148,11 @@ def _skip_reason(entry: BackendEntry | None, backend_name: str, device: str, for
     """(chosen artifact format, reason to skip or '')."""
     if entry is None:
         return None, f"backend {backend_name!r} is not registered"
+    # What can never run is said first, whatever this machine has: it is a fact of the combination.
+    if not formats:
+        return None, not_applicable(recipe_name)
+    if entry.backend is not None and entry.backend.accepts(formats) is None:
+        return None, format_mismatch(recipe_name, formats, backend_name, entry.backend.capabilities.formats)
     availability = probes.backend(entry)
     if not availability.available:
         return None, f"backend {backend_name} unavailable: {availability.reason}"
@@ -158,13 +164,7 @@ def _skip_reason(entry: BackendEntry | None, backend_name: str, device: str, for
     on_device = probes.device(entry, device)
     if not on_device.available:
         return None, f"backend {backend_name} cannot use {device}: {on_device.reason}"
-    if not formats:
-        return None, f"recipe {recipe_name!r} does not apply to this model"
-    fmt = entry.backend.accepts(formats)
-    if fmt is None:
-        return None, (f"variant built by {recipe_name!r} comes as {'/'.join(formats)}; "
-                      f"backend {backend_name} loads {'/'.join(caps.formats)}")
-    return fmt, ""
+    return entry.backend.accepts(formats), ""
 
 
 def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,

@@ -137,7 +137,9 @@ def rows_of(run: RunFile, header: dict[str, Any] | None = None,
         c = rec["case"]
         ident = {k: c[k] for k in ("case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
                                    "recipe")}
-        common = {**base, **ident, "status": rec["status"], "reason": rec.get("reason", ""), "seq": seq}
+        # A fleet run measures on several machines: each case record carries its node's env_id.
+        common = {**base, "env_id": rec.get("env_id") or base["env_id"], **ident, "status": rec["status"],
+                  "reason": rec.get("reason", ""), "seq": seq}
         metrics = rec.get("metrics") or [{"metric": "case", "value": None, "unit": ""}]
         for m in metrics:
             rows.append({
@@ -163,7 +165,26 @@ def run_row_of(header: dict[str, Any]) -> dict[str, Any]:
         argv = [redact(str(a)) for a in argv]
     return {"run_id": header["run_id"], "created": header.get("created"), "commit": header.get("commit"),
             "harness_version": header.get("harness_version"), "env_id": header["env_id"], "suite": suite.get("name"),
-            "env": json.dumps(header.get("env")), "suite_source": suite.get("source"), "argv": json.dumps(argv)}
+            "env": json.dumps(run_env(header)), "suite_source": suite.get("source"), "argv": json.dumps(argv)}
+
+
+def run_env(header: dict[str, Any]) -> dict[str, Any] | None:
+    """The driver's fingerprint, with, for a fleet run, each machine class's under ``machines`` (env_id -> fingerprint).
+
+    Reports find the machine a case ran on from its row's env_id (:func:`env_of`).
+    """
+    env = header.get("env")
+    classes = ((header.get("executor") or {}).get("machines")) or {}
+    if not classes or env is None:
+        return env
+    return {**env, "machines": {env_id: c.get("fingerprint") for env_id, c in classes.items()}}
+
+
+def env_of(run_env: dict[str, Any] | None, env_id: str) -> dict[str, Any] | None:
+    """The fingerprint of machine ``env_id`` within a run's stored env (the driver's own, or a fleet class's)."""
+    if run_env is None or run_env.get("env_id") == env_id:
+        return run_env
+    return (run_env.get("machines") or {}).get(env_id) or run_env
 
 
 def frame_of(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -87,7 +87,7 @@ def report(
     store: list[str] = typer.Option([], "--store", help=STORE_HELP),
 ) -> None:
     """Hardware-selection report: cost, Pareto frontier and a recommendation per model (HTML, Markdown, CSV)."""
-    from costbench.harness.reports.hardware import Criteria, build_report
+    from costbench.harness.reports.hardware import Criteria, build_report, run_environments
     from costbench.harness.reports.hardware_pages import terminal_summary, write_report
     from costbench.harness.reports.prices import PriceError, load_prices
 
@@ -99,7 +99,8 @@ def report(
         _fail(f"--latency {latency!r}: expected p50 or p99")
     sel, ids = _select(runs, results, store)
     try:
-        table = load_prices(prices).with_assignments(machine_type, list(zip(sel.runs["run_id"], sel.runs["env_id"])))
+        machines = [(r["run_id"], env_id) for r, env_id, _ in run_environments(sel.runs, sel.results)]
+        table = load_prices(prices).with_assignments(machine_type, machines)
         rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency,
                                                    max_parity_loss_pt=max_parity_loss, infer_machines=infer_machine))
     except PriceError as exc:

@@ -32,6 +32,8 @@ from costbench.harness.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_
 from costbench.harness.reports.data import Selection, describe_env, row_details
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
                                               energy_cost_per_million, infer_machine)
+from costbench.harness.runfile import env_of
+from costbench.harness.skips import can_never_run, never_run_note
 
 CONFIG_KEYS = ["env_id", "machine", "model", "backend", "variant", "device", "batch_size"]
 LATENCY_CHOICES = ("p50", "p99")
@@ -85,14 +87,22 @@ class HardwareReport:
     runs: pd.DataFrame
     notes: list[str]
     generated: str
-    # run_id -> (machine type or None, "assigned" / "inferred" / "none", the inference's sentence)
-    machines: dict[str, tuple[Machine | None, str, str]] = field(default_factory=dict)
+    # (run_id, env_id) -> (machine type or None, "assigned" / "inferred" / "none", the inference's sentence)
+    machines: dict[tuple[str, str], tuple[Machine | None, str, str]] = field(default_factory=dict)
 
     def machine_of(self, run_id: str, env_id: str) -> Machine | None:
-        """The machine type a run is priced as (assigned, else inferred)."""
-        if run_id in self.machines:
-            return self.machines[run_id][0]
+        """The machine type a run's machine ``env_id`` is priced as (assigned, else inferred)."""
+        if (run_id, env_id) in self.machines:
+            return self.machines[(run_id, env_id)][0]
         return self.prices.machine_for(env_id, run_id)
+
+    def how_priced(self, run_id: str, env_id: str) -> str:
+        """"assigned", "inferred" or "none"."""
+        return self.machines.get((run_id, env_id), (None, "assigned", ""))[1]
+
+    def environments(self) -> list[tuple[dict[str, Any], str, dict | None]]:
+        """(run row, env_id, fingerprint) of every machine the selected runs measured on."""
+        return run_environments(self.runs, self.configs)
 
 
 def _metric_row(g: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.Series | None:
@@ -115,29 +125,47 @@ def machine_label(machine: str | None, env_id: str, env: dict | None) -> str:
     return f"{describe_env(env)} ({env_id[:6]})"
 
 
-def run_machines(sel: Selection, prices: PriceTable, infer: bool = True) -> tuple[dict[str, tuple], list[str]]:
-    """Per run: (machine type, "assigned" | "inferred" | "none", sentence); plus one note per environment inferred
-    or left without a price."""
-    out: dict[str, tuple] = {}
+def run_environments(runs: pd.DataFrame, results: pd.DataFrame) -> list[tuple[dict[str, Any], str, dict | None]]:
+    """(run row, env_id, fingerprint) for every machine each run measured on.
+
+    A local run measures on its own machine; a fleet run on each machine class its cases went to (the rows
+    carry the node's env_id, the run's stored env each class's fingerprint).
+    """
+    measured: dict[str, list[str]] = {}
+    if not results.empty and "env_id" in results:
+        for run_id, env_id in results[["run_id", "env_id"]].drop_duplicates().itertuples(index=False):
+            measured.setdefault(str(run_id), []).append(str(env_id))
+    out = []
+    for r in runs.to_dict("records"):
+        for env_id in measured.get(str(r["run_id"])) or [str(r["env_id"])]:
+            out.append((r, env_id, env_of(r.get("env"), env_id)))
+    return out
+
+
+def run_machines(sel: Selection, prices: PriceTable,
+                 infer: bool = True) -> tuple[dict[tuple[str, str], tuple], list[str]]:
+    """Per (run, env_id): (machine type, "assigned" | "inferred" | "none", sentence); plus one note per
+    environment inferred or left without a price."""
+    out: dict[tuple[str, str], tuple] = {}
     notes: dict[str, str] = {}
-    for r in sel.runs.to_dict("records"):
-        run_id, env_id = str(r["run_id"]), str(r["env_id"])
+    for r, env_id, env in run_environments(sel.runs, sel.results):
+        run_id = str(r["run_id"])
         assigned = prices.machine_for(env_id, run_id)
         if assigned is not None:
-            out[run_id] = (assigned, "assigned", "")
+            out[(run_id, env_id)] = (assigned, "assigned", "")
             continue
         if not infer:
-            out[run_id] = (None, "none", "")
+            out[(run_id, env_id)] = (None, "none", "")
             continue
-        guess: MachineGuess = infer_machine(r.get("env"), prices)
+        guess: MachineGuess = infer_machine(env, prices)
         sentence = guess.describe(env_id, prices.currency)
-        out[run_id] = (guess.machine, "inferred" if guess.machine else "none", sentence)
+        out[(run_id, env_id)] = (guess.machine, "inferred" if guess.machine else "none", sentence)
         notes.setdefault(env_id, sentence)
     return out, list(notes.values())
 
 
 def configurations(sel: Selection, prices: PriceTable,
-                   machines: dict[str, tuple] | None = None) -> tuple[pd.DataFrame, list[str]]:
+                   machines: dict[tuple[str, str], tuple] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """One row per configuration, from the latest selected run that measured it; plus notes on what was merged."""
     notes: list[str] = []
     df = sel.results
@@ -146,18 +174,28 @@ def configurations(sel: Selection, prices: PriceTable,
     runs = sel.runs.set_index("run_id")
     if machines is None:
         machines, _ = run_machines(sel, prices, infer=False)
-    machine_of = {run_id: machines[str(run_id)][0] for run_id in runs.index}
-    how_of = {run_id: machines[str(run_id)][1] for run_id in runs.index}
-    df = df.assign(machine=df["run_id"].map(lambda r: machine_of[r].name if machine_of[r] else ""),
+    never = df[(df["status"] == "skipped") & df["reason"].map(can_never_run)]
+    for model, g in never.groupby("model", sort=False):
+        combos = list(dict.fromkeys(f"{r.backend}×{r.variant}" for r in g.itertuples()))
+        notes.append(f"{model}: " + never_run_note(len(combos), combos))
+    df = df.drop(never.index)
+    if df.empty:
+        return pd.DataFrame(), notes
+
+    def priced(run_id: Any, env_id: Any) -> tuple:
+        return machines.get((str(run_id), str(env_id)), (None, "none", ""))
+
+    df = df.assign(machine=[m.name if m else "" for m in (priced(r, e)[0] for r, e in zip(df["run_id"], df["env_id"]))],
                    _order=df["run_id"].map({r: i for i, r in enumerate(sel.runs["run_id"])}))
     out = []
     repeated = 0
     for key, g in df.groupby(CONFIG_KEYS, sort=False, dropna=False):
         repeated += g["_order"].nunique() > 1
         g = _latest_run(g)
-        run_id = g["run_id"].iloc[0]
-        out.append({**_configuration(key, g, machine_of[run_id], runs.loc[run_id, "env"], prices),
-                    "machine_inferred": how_of[run_id] == "inferred"})
+        run_id, env_id = g["run_id"].iloc[0], g["env_id"].iloc[0]
+        machine, how, _ = priced(run_id, env_id)
+        out.append({**_configuration(key, g, machine, env_of(runs.loc[run_id, "env"], str(env_id)), prices),
+                    "machine_inferred": how == "inferred"})
     if repeated:
         notes.append(f"{repeated} configuration(s) were measured in more than one selected run; each shows its "
                      "latest run (compare runs with `costbench compare`).")

@@ -266,14 +266,14 @@ def side_by_side_rows(mdf: pd.DataFrame, currency: str) -> tuple[list[dict[str, 
 
 def _runs_table(report: HardwareReport) -> str:
     rows = []
-    for r in report.runs.to_dict("records"):
-        machine = report.machine_of(str(r["run_id"]), str(r["env_id"]))
-        how = report.machines.get(str(r["run_id"]), (None, "assigned", ""))[1]
+    for r, env_id, env in report.environments():
+        machine = report.machine_of(str(r["run_id"]), env_id)
+        how = report.how_priced(str(r["run_id"]), env_id)
         rows.append({"run_id": r["run_id"], "created": r["created"], "commit": short_commit(r["commit"]),
-                     "env_id": r["env_id"],
+                     "env_id": env_id,
                      "machine": (machine.name + (" (inferred)" if how == "inferred" else "")) if machine
                      else "(no machine type)",
-                     "hourly": machine.hourly if machine else None, "described": describe_env(r["env"]),
+                     "hourly": machine.hourly if machine else None, "described": describe_env(env),
                      "suite": r["suite"], "results_dir": r["results_dir"]})
     cols = [Column("run_id", "run"), Column("created", "created"), Column("commit", "commit"), Column("env_id", "env_id"),
             Column("machine", "machine type"), Column("hourly", f"{report.prices.currency}/h", _money, True),
@@ -416,12 +416,12 @@ def render_markdown(report: HardwareReport) -> str:
            f"Generated {report.generated} from {len(report.runs)} run(s). Criteria: {report.criteria.describe()}. "
            f"Prices: {_prices_text(report)}.",
            ""]
-    for r in report.runs.to_dict("records"):
-        m = report.machine_of(str(r["run_id"]), str(r["env_id"]))
-        inferred = " (inferred)" if report.machines.get(str(r["run_id"]), (None, "", ""))[1] == "inferred" else ""
-        out.append(f"- run `{r['run_id']}` ({r['created']}, commit {short_commit(r['commit'])}): env `{r['env_id']}`, "
+    for r, env_id, env in report.environments():
+        m = report.machine_of(str(r["run_id"]), env_id)
+        inferred = " (inferred)" if report.how_priced(str(r["run_id"]), env_id) == "inferred" else ""
+        out.append(f"- run `{r['run_id']}` ({r['created']}, commit {short_commit(r['commit'])}): env `{env_id}`, "
                    f"{m.name + inferred + f' at {m.hourly:g} {cur}/h' if m else 'no machine type'}; "
-                   f"{describe_env(r['env'])}")
+                   f"{describe_env(env)}")
     out += [""] + [f"> {n}" for n in report.notes]
     c = report.configs
     for model, mdf in (c.groupby("model", sort=False) if not c.empty else []):

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from costbench.harness.reports.data import row_details
+from costbench.harness.skips import can_never_run, never_run_note
 
 _GROUP = ["backend", "variant", "device", "batch_size"]
 
@@ -77,12 +78,22 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
     if df.empty:
         return tables, notes
     df = df.sort_values("seq", kind="stable") if "seq" in df else df
+    # A fleet run measures on several machines: each machine's rows are its own lines.
+    fleet = "env_id" in df and df["env_id"].nunique() > 1
+    group = ["env_id", *_GROUP] if fleet else _GROUP
     for model, mdf in df.groupby("model", sort=False):
         lines = []
         labelled = (mdf["metric"] == "task_accuracy_delta").any()
-        for (backend, variant, device, batch), g in mdf.groupby(_GROUP, sort=False, dropna=False):
-            line = {"backend": backend if device == "cpu" else f"{backend} ({device})", "variant": variant,
-                    "batch": int(batch)}
+        never = mdf[(mdf["status"] == "skipped") & mdf["reason"].map(can_never_run)]
+        if not never.empty:
+            combos = list(dict.fromkeys(f"{r.backend}×{r.variant}" for r in never.itertuples()))
+            notes.append(f"{model}: " + never_run_note(len(combos), combos))
+            mdf = mdf.drop(never.index)
+        for key, g in mdf.groupby(group, sort=False, dropna=False):
+            backend, variant, device, batch = key[-4:]
+            line = {"machine": str(key[0])[:12]} if fleet else {}
+            line.update({"backend": backend if device == "cpu" else f"{backend} ({device})", "variant": variant,
+                         "batch": int(batch)})
             # Scenario labels are the user's; tell the kinds apart by the metrics each one reports.
             kinds = g.groupby("scenario")["metric"].agg(set)
             servers = {sc for sc, ms in kinds.items() if "target_qps" in ms}
@@ -113,7 +124,8 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
                 status.append(f"{r.status} [{notes.index(reason) + 1}]")
             line["status"] = ", ".join(dict.fromkeys(status)) or "ok"
             lines.append(line)
-        tables[str(model)] = pd.DataFrame(lines)
+        if lines:
+            tables[str(model)] = pd.DataFrame(lines)
     return tables, notes
 
 
@@ -127,7 +139,7 @@ def render(df: pd.DataFrame, console) -> None:
     for model, table in tables.items():
         t = Table(title=model, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
         for col in table.columns:
-            t.add_column(str(col), justify="left" if col in ("backend", "variant", "status") else "right",
+            t.add_column(str(col), justify="left" if col in ("machine", "backend", "variant", "status") else "right",
                          no_wrap=True)
         for _, row in table.iterrows():
             t.add_row(*[str(v) for v in row.tolist()])

@@ -31,6 +31,8 @@ def results(tmp_path):
         *config("int8", "onnxruntime", 0.6, 1800.0, 0.2),
         *config("int8", "openvino", 0.5, 2000.0, 2.0),
         case(variant="int8", backend="torch", status="skipped", reason="variant built by 'int8' comes as onnx"),
+        case(variant="fp32", backend="executorch", status="skipped",
+             reason="backend executorch unavailable: executorch is not installed: pip install 'costbench[edge]'"),
     ], created="2026-01-01T00:00:00+00:00", env=CPU)
     write_run(tmp_path, "20260102-000000-gpu001", [*config("fp32", "torch", 0.3, 8000.0, 0.0, device="cuda")],
               created="2026-01-02T00:00:00+00:00", env=GPU)
@@ -64,8 +66,9 @@ def test_values_come_from_the_store_and_cost_follows_the_formula(results):
     assert pd.isna(r.parity_loss_pt) and r.loss_measure == "task accuracy: drop vs fp32"
     assert row(rep, "torch", "fp32").machine == "aws/g5.xlarge"
     assert set(rep.configs.env_id) == {CPU["env_id"], GPU["env_id"]}  # two machines side by side
-    skipped = row(rep, "torch", "int8")
-    assert skipped.status == "skipped" and "comes as onnx" in skipped.reason
+    # A combination that can never run is not a configuration: one note per model stands for it.
+    assert rep.configs[(rep.configs.backend == "torch") & (rep.configs.variant == "int8")].empty
+    assert any(n.startswith("digits-cnn: 1 combination(s) can never run") and "torch×int8" in n for n in rep.notes)
 
 
 def test_pick_and_why_each_faster_or_cheaper_option_lost(results):
@@ -77,7 +80,7 @@ def test_pick_and_why_each_faster_or_cheaper_option_lost(results):
     assert set(why) == {("openvino", "int8"), ("torch", "fp32")}  # fp32 on the CPU is slower and dearer: not listed
     assert "task accuracy: drop vs fp32 2.00 pt (no interval stored) > task accuracy budget 1 pt" in why[("openvino", "int8")][0]
     assert why[("torch", "fp32")][0].startswith("costs 0.03493 USD/M inferences, more than the pick's 0.01377")
-    assert [r["backend"] for r, _ in rec.unmeasured] == ["torch"]
+    assert [r["backend"] for r, _ in rec.unmeasured] == ["executorch"]  # a fixable skip; torch×int8 can never run
 
     tight = build(results, Criteria(slo_ms=0.4, max_drop_pt=1.0)).recommendations["digits-cnn"]
     assert tight.pick["backend"] == "torch" and tight.pick["device"] == "cuda"
@@ -170,7 +173,7 @@ def test_store_keeps_case_provenance_and_run_source(results):
     assert sel.runs.argv.iloc[0] == ["costbench", "run", "suites/smoke.toml"]
     info = sel.info("20260101-000000-cpu001", "digits-cnn-int8-onnxruntime-cpu-single_stream-b1")
     assert info["artifact"]["format"] == "onnx" and info["provenance"]["recipe"] == "int8"
-    assert len(sel.cases) == 9 and set(sel.cases.status) == {"ok", "skipped"}
+    assert len(sel.cases) == 10 and set(sel.cases.status) == {"ok", "skipped"}
 
 
 def test_server_scenario_ranks_by_cost_at_the_slo(tmp_path):
@@ -354,3 +357,37 @@ def test_cli_budget_and_machine_flags(tmp_path):
     assert "inferring it from the fingerprint is off" in loose.output
     bad = CliRunner().invoke(app, [*args, "--max-parity-loss", "-1"])
     assert bad.exit_code == 2 and "parity budget" in bad.output
+
+
+# ------------------------------------------------------------------------------------------- fleet runs
+
+
+def test_a_fleet_run_is_reported_per_machine_class(tmp_path):
+    """A Ray run measures the same case on two machine classes: two configurations, each with its own machine."""
+    intel, amd = make_env(cpu="Intel(R) Xeon(R) Platinum 8488C", cores=2), make_env(cpu="AMD EPYC 7R13 Processor", cores=4)
+    driver = make_env(cpu="driver laptop", cores=8)
+    cases = []
+    for env, median in ((intel, 1.0), (amd, 2.0)):
+        for c in config("fp32", "onnxruntime", median, 1000.0 / median, 0.0):
+            cases.append({**c, "env_id": env["env_id"], "case": {**c["case"], "case_id": c["case"]["case_id"] + env["env_id"]}})
+    rf = write_run(tmp_path, "20260103-000000-fleet1", cases, env=driver)
+    header = rf.header()  # the Ray executor records each machine class's fingerprint in the header
+    header["executor"] = {"kind": "ray", "machines": {e["env_id"]: {"fingerprint": e, "nodes": []} for e in (intel, amd)}}
+    lines = rf.path.read_text().splitlines()
+    import json as _json
+    lines[0] = _json.dumps({**_json.loads(lines[0]), **header})
+    rf.path.write_text("\n".join(lines) + "\n")
+
+    runs = list_all_runs([tmp_path])
+    sel = load_selection([tmp_path], list(runs.run_id), runs)
+    assert set(sel.results["env_id"]) == {intel["env_id"], amd["env_id"]}  # the rows carry the node's env_id
+    rep = build_report(sel, load_prices(), Criteria(max_drop_pt=1.0))
+    by_env = rep.configs.set_index("env_id")
+    assert set(by_env.index) == {intel["env_id"], amd["env_id"]}
+    assert "8488C" in by_env.loc[intel["env_id"], "machine_label"] or by_env.loc[intel["env_id"], "machine"]
+    assert by_env.loc[amd["env_id"], "p50_ms"] > by_env.loc[intel["env_id"], "p50_ms"]
+    envs = {env_id: env for _, env_id, env in rep.environments()}
+    assert envs[intel["env_id"]]["key"]["cpu_model"].startswith("Intel")
+    assert envs[amd["env_id"]]["key"]["cpu_model"].startswith("AMD")
+    md = render_markdown(rep)
+    assert f"env `{intel['env_id']}`" in md and f"env `{amd['env_id']}`" in md and "driver laptop" not in md
