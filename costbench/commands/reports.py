@@ -18,8 +18,8 @@ err = Console(stderr=True)
 
 DEFAULT_RESULTS = Path("results")
 REFERENCE_RESULTS = DEFAULT_RESULTS / "reference"  # committed reference runs from real hardware
-RESULTS_HELP = ("Results folder to read (repeatable). Default: results/, plus results/reference/ "
-                "(committed reference runs) when it exists.")
+RESULTS_HELP = ("Results folder to read (repeatable). Default: results/, plus every committed reference folder "
+                "under results/reference/.")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -45,10 +45,15 @@ def _dirs(results: list[Path], stores: list[str] | None = None) -> list:
         return [*results, *stores]
     if results:
         return results
-    dirs = [DEFAULT_RESULTS]
-    if (REFERENCE_RESULTS / "runs").is_dir():
-        dirs.append(REFERENCE_RESULTS)
-    return dirs
+    return [DEFAULT_RESULTS, *reference_dirs()]
+
+
+def reference_dirs(root: Path = REFERENCE_RESULTS) -> list[Path]:
+    """Every committed reference results folder under ``root``: each folder with a ``runs/`` folder of its own
+    (``results/reference/<date>-<machine>/<what>/runs/``)."""
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.glob("**/runs") if p.is_dir())
 
 
 def _select(refs: list[str], results: list[Path], stores: list[str] | None = None):
@@ -177,7 +182,8 @@ def dashboard(
     from costbench.harness.reports.data import load_selection
     from costbench.harness.store import StoreError, redact
 
-    sources = _dirs([], [store]) if store else [results_dir]
+    # The default folder brings the committed reference runs with it, as for report and compare.
+    sources = _dirs([], [store]) if store else _dirs([] if results_dir == DEFAULT_RESULTS else [results_dir])
     try:
         sel = load_selection(sources)
     except (FileNotFoundError, StoreError) as exc:
