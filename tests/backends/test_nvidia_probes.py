@@ -104,11 +104,14 @@ def test_plan_keeps_gpu_cases_as_skipped_with_the_reason(tmp_path):
     path.write_text(GPU_SUITE)
     cases = make_plan(load_suite(path))
     assert len(cases) == 6 and all(c.status == SKIPPED for c in cases)
-    reasons = {c.backend: c.reason for c in cases}
-    assert reasons["tensorrt"].startswith("backend tensorrt unavailable: tensorrt is not installed") or \
-        reasons["tensorrt"].startswith("backend tensorrt cannot use cuda:")
-    assert reasons["ort-trt"].startswith("backend onnxruntime cannot use cuda: onnxruntime ")
-    assert reasons["torch-cuda"].startswith("backend torch cannot use cuda: ")
+    reasons = {(c.backend, c.variant): c.reason for c in cases}
+    for variant in ("fp32", "int8-sym"):
+        assert reasons[("tensorrt", variant)].startswith("backend tensorrt unavailable: tensorrt is not installed") or \
+            reasons[("tensorrt", variant)].startswith("backend tensorrt cannot use cuda:")
+        assert reasons[("ort-trt", variant)].startswith("backend onnxruntime cannot use cuda: onnxruntime ")
+    assert reasons[("torch-cuda", "fp32")].startswith("backend torch cannot use cuda: ")
+    # An ONNX Q/DQ variant can never run on torch, GPU or not: that is said first, on every machine.
+    assert reasons[("torch-cuda", "int8-sym")].startswith("variant built by 'int8' comes as onnx")
 
 
 # ------------------------------------------------------------------------------------------------ TensorRT
