@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
@@ -18,8 +19,8 @@ from costbench.backends.executorch_backend import ExecuTorchBackend, ExecuTorchO
 from costbench.core.artifacts import FORMAT_EXECUTORCH, FORMAT_ONNX, Artifact, InputSpec  # noqa: E402
 from costbench.harness.compress.executorch_export import MAX_BATCH, export_pte  # noqa: E402
 from costbench.harness.zoo.base import SampleSet  # noqa: E402
-
-SHAPE = (3, 16, 16)
+from edge_helpers import SHAPE, prepare  # noqa: E402
+from edge_helpers import eager as _eager, fresh as _fresh  # noqa: E402
 
 
 class _PerSampleFlatten(torch.nn.Module):
@@ -71,18 +72,7 @@ def restore_threadpool():
         _C._unsafe_reset_threadpool(before)
 
 
-def _prepare(artifact, batch_size, **options):
-    backend = ExecuTorchBackend()
-    return backend.prepare(artifact, backend.parse_options(options), batch_size)
-
-
-def _fresh(rng: np.random.Generator, batch_size: int) -> np.ndarray:
-    return rng.standard_normal((batch_size, *SHAPE)).astype(np.float32)
-
-
-def _eager(module, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return module(torch.from_numpy(x)).numpy()
+_prepare = functools.partial(prepare, ExecuTorchBackend)
 
 
 def test_registered_through_the_entry_point():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -21,8 +22,9 @@ from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TFLITE, Artifact, Input
 from costbench.harness.compress.litert_export import (convert_tflite, quantize_tflite,  # noqa: E402
                                                       signature_feeds)
 from costbench.harness.zoo.base import SampleSet  # noqa: E402
+from edge_helpers import SHAPE, prepare  # noqa: E402
+from edge_helpers import eager as _eager, fresh as _fresh  # noqa: E402
 
-SHAPE = (3, 16, 16)
 HINT = "pip install 'costbench[litert]'"
 
 
@@ -82,18 +84,7 @@ def int8_tflite(conv_tflite, tmp_path_factory):
     return _artifact(path)
 
 
-def _prepare(artifact, batch_size, **options):
-    backend = LiteRTBackend()
-    return backend.prepare(artifact, backend.parse_options(options), batch_size)
-
-
-def _fresh(rng: np.random.Generator, batch_size: int) -> np.ndarray:
-    return rng.standard_normal((batch_size, *SHAPE)).astype(np.float32)
-
-
-def _eager(module, x: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return module(torch.from_numpy(x)).numpy()
+_prepare = functools.partial(prepare, LiteRTBackend)
 
 
 def test_registered_through_the_entry_point():
