@@ -14,6 +14,7 @@ from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache, InputSpec
 from costbench.harness.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.compress.executorch_export import MAX_BATCH, ExecuTorchExportError  # noqa: E402
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
+from tiny_factory import Branchy  # noqa: E402
 
 
 def build(bundle, recipe_name, cache, **options):
@@ -170,21 +171,8 @@ def test_int8_keeps_integer_arithmetic_integer(tmp_path, rng, torch_rng):
     assert np.max(np.abs(got - ref)) < 0.05 * max(1.0, float(np.max(np.abs(ref))))
 
 
-class _Branchy(torch.nn.Module):
-    """Data-dependent control flow: torch.export cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 2)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.linear(x)
-        return -self.linear(x)
-
-
 def test_an_unexportable_model_fails_with_the_exporters_reason(tmp_path):
-    bundle = tiny_bundle(lambda: _Branchy().eval(), "branchy", shape=(4,))
+    bundle = tiny_bundle(lambda: Branchy().eval(), "branchy", shape=(4,))
     cache = ArtifactCache(tmp_path)
     with pytest.raises(ExecuTorchExportError, match="torch.export could not export 'branchy' for ExecuTorch: .*data"):
         build(bundle, "fp32", cache)

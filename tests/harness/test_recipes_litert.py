@@ -19,6 +19,7 @@ from costbench.harness.reference import reference_outputs  # noqa: E402
 from costbench.harness.suite_schema import ModelSpec  # noqa: E402
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
 from costbench.harness.zoo.registry import load_bundle, source_kind  # noqa: E402
+from tiny_factory import Branchy  # noqa: E402
 
 RECIPES = ("tflite-fp32", "tflite-dynamic-int8", "tflite-int8", "tflite-fp16")
 
@@ -121,24 +122,11 @@ def test_quantized_digits_variants(digits, shared_cache):
     assert per_tensor.key != int8.key and per_tensor.provenance["weight_granularity"] == "per-tensor"
 
 
-class _Branchy(torch.nn.Module):
-    """Data-dependent control flow: torch.export (and so litert-torch) cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 2)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.linear(x)
-        return -self.linear(x)
-
-
 def test_a_model_that_cannot_convert_is_not_applicable_with_the_converters_reason(tmp_path):
     data = SampleSet({"input": np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)})
     bundle = ModelBundle(name="branchy", task="generic", inputs=[InputSpec("input", (4,))], outputs=["out"],
                          calibration=data, evaluation=data, source_hash="test-branchy",
-                         module_factory=lambda: _Branchy().eval())
+                         module_factory=lambda: Branchy().eval())
     cache = ArtifactCache(tmp_path)
     for name in ("tflite-fp32", "tflite-int8"):
         with pytest.raises(RecipeNotApplicable, match=r"litert-torch 0\.10\.0 cannot convert 'branchy' to LiteRT: .*"):

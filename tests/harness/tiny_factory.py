@@ -23,3 +23,16 @@ def make_unseeded() -> nn.Module:
 def not_a_module():
     """A factory that returns the wrong thing."""
     return "model"
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow: torch.export (and so ExecuTorch's and LiteRT's converters) cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.linear(x)
+        return -self.linear(x)
