@@ -188,8 +188,8 @@ OnStart = Callable[[Case], None]
 class Executor(abc.ABC):
     """How planned cases get measured; registered by ``name``.
 
-    Subclasses implement :meth:`run_case` (one case, here) or override :meth:`run_cases` (many at once,
-    elsewhere). An executor that holds resources (a cluster connection) releases them in :meth:`close`.
+    Subclasses implement :meth:`run_cases`. An executor that holds resources (a cluster connection)
+    releases them in :meth:`close`.
     """
 
     name: ClassVar[str]
@@ -206,24 +206,14 @@ class Executor(abc.ABC):
         """What the run header records about where the cases ran."""
         return {"kind": self.name}
 
-    def run_case(self, case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None) -> CaseOutcome:
-        """Measure one planned ``case`` and return its outcome; never raises for anything the case did."""
-        raise NotImplementedError(f"executor {self.name!r} measures cases through run_cases")
-
+    @abc.abstractmethod
     def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
                   on_start: OnStart | None = None) -> Iterator[CaseOutcome]:
         """One outcome per case, each yielded as soon as it is known (in any order); ``on_start`` as each starts.
 
-        A case the plan skipped yields its skipped outcome without being measured. The default
-        measures one case at a time, in plan order, with :meth:`run_case`.
+        A case the plan skipped yields its skipped outcome without being measured; nothing a case does
+        raises out of here.
         """
-        for case in cases:
-            if on_start:
-                on_start(case)
-            if case.status != PLANNED:
-                yield CaseOutcome(case, case.status, case.reason)
-            else:
-                yield self.run_case(case, cache_dir, workdir, memory_limit_mb)
 
     def close(self) -> None:
         """Release what the executor holds (nothing, by default)."""
@@ -236,9 +226,16 @@ class Executor(abc.ABC):
 
 
 class LocalExecutor(Executor):
-    """Each case in a fresh child process on this machine, one at a time (the default)."""
+    """Each case in a fresh child process on this machine, one at a time, in plan order (the default)."""
 
     name = "local"
 
-    def run_case(self, case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None) -> CaseOutcome:
-        return run_case_in_child(case, cache_dir, workdir, memory_limit_mb)
+    def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
+                  on_start: OnStart | None = None) -> Iterator[CaseOutcome]:
+        for case in cases:
+            if on_start:
+                on_start(case)
+            if case.status != PLANNED:
+                yield CaseOutcome(case, case.status, case.reason)
+            else:
+                yield run_case_in_child(case, cache_dir, workdir, memory_limit_mb)

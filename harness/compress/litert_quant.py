@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,9 @@ class _LiteRTQuantRecipe(Recipe):
         """model.tflite."""
         return FILENAME
 
+    @abc.abstractmethod
     def quantizer_recipe(self, cfg: RecipeConfig) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        """The AI Edge Quantizer recipe (its JSON form) this variant applies."""
 
     def calibration(self, bundle: ModelBundle, cfg: RecipeConfig, float_path: Path, batch: int):
         """Calibration feeds for the quantizer, or None (dynamic and weight-only recipes need none)."""
@@ -69,8 +71,9 @@ class _LiteRTQuantRecipe(Recipe):
         return {**super().cache_material(bundle, config), "libraries": library_versions(), "export": EXPORT_VERSION,
                 "quantizer_recipe": self.quantizer_recipe(cfg)}
 
+    @abc.abstractmethod
     def provenance(self, bundle: ModelBundle, cfg: RecipeConfig) -> dict[str, Any]:
-        raise NotImplementedError
+        """Method, bits, granularity, activations and calibration, recorded with every result."""
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
         """Quantize the fp32 .tflite, then run both on LiteRT over the calibration samples to record the difference."""
