@@ -7,25 +7,28 @@ around the same region); inputs are prepared host arrays rotated through real sa
 - ``single_stream``: one query at a time; each query's latency.
 - ``offline``: batches back to back, optionally from several threads at once; throughput over
   the wall time from the first start to the last end.
-- ``server``: Poisson arrivals at a target rate from a fixed seed; latency is measured from the
-  scheduled arrival, so time spent queued behind earlier queries counts; pass/fail against an
-  SLO, and optionally a search for the highest rate that meets it.
+- ``server``: Poisson arrivals at a target rate from a fixed seed, optionally grouped into batches
+  by a dynamic batcher (``max_batch``, ``max_queue_delay_ms``, ``preferred_batch_sizes``); latency
+  is measured per query from its scheduled arrival, so time spent queued or waiting for a batch
+  counts; the SLO percentile carries its bootstrap interval and the verdict is meets, misses or
+  undecided; optionally a search for the highest rate that meets it, with an interval.
 """
 
 from __future__ import annotations
 
 import abc
+import bisect
 import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
 from costbench.backends.base import Session
-from costbench.core.stats import percentile
+from costbench.core.stats import bootstrap_ci, percentile
 from costbench.harness.suite_schema import SCENARIO_SPECS, OfflineSpec, ServerSpec, SingleStreamSpec
 from costbench.harness.zoo.base import SampleSet
 
@@ -189,19 +192,32 @@ class Offline(Scenario):
 
 @dataclass
 class _Trial:
+    """One server run at one arrival rate: per query (arrival order) and per batch timings."""
+
     qps: float
-    latency_ns: list[int]
-    queue_ns: list[int]
-    lateness_ns: list[int]
+    planned: int  # arrivals planned (min_count, or fewer where max_duration_s at this rate allows fewer)
+    latency_ns: list[int]  # per query: scheduled arrival -> end of its batch
+    queue_ns: list[int]  # per query: scheduled arrival -> start of its batch
+    lateness_ns: list[int]  # per batch: start minus the moment it was due (the load generator's error)
+    batch_sizes: list[int]  # per batch: queries in it
+    service_ns: list[int]  # per batch: start -> end
     wall_ns: int
-    complete: bool  # every planned query was issued before max_duration_s
+    complete: bool  # every planned query was served: the server never fell hopelessly behind
+    stop_reason: str = ""
 
     def latency_at(self, p: float) -> float:
         return percentile(self.latency_ns, p)
 
     def lateness_at(self, p: float) -> float:
-        """The load generator's own error: how late queries started that found the server idle."""
+        """The load generator's own error: how late batches started after the moment they were due."""
         return percentile(self.lateness_ns, p) if self.lateness_ns else 0.0
+
+    def backlog_growth_ns(self) -> float:
+        """Median queue wait of the last quarter of queries minus that of the first: ~0 in a stable queue."""
+        q = len(self.queue_ns) // 4
+        if q < 5:
+            return 0.0
+        return float(np.median(self.queue_ns[-q:]) - np.median(self.queue_ns[:q]))
 
 
 def poisson_arrivals(qps: float, count: int, seed: int) -> np.ndarray:
@@ -214,167 +230,384 @@ def poisson_arrivals(qps: float, count: int, seed: int) -> np.ndarray:
 # its wake-up error) is invalid: the verdict would measure the harness's scheduling, not the model.
 LATENESS_SLO_FRACTION = 0.05
 
+# A search trial gives up once a query has waited this many SLOs (and at least GIVE_UP_MIN_NS): a
+# rate the server sustains within its SLO practically never queues a query that long, and an
+# overloaded trial would otherwise run until max_duration_s for a verdict already known.
+GIVE_UP_SLOS = 20
+GIVE_UP_MIN_NS = 100_000_000
+
+MEETS, MISSES, UNDECIDED = "meets", "misses", "undecided"
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The dynamic batcher's rule, shared by the server loop and by simulations of it.
+
+    A free server takes the oldest waiting query and dispatches when ``fill`` queries wait (the
+    largest preferred size, else ``max_batch``) or when that query has waited ``delay_ns``,
+    whichever is first; the batch is then the largest preferred size that the waiting queries fill,
+    or all of them (at most ``max_batch``) when none does.
+    """
+
+    max_batch: int = 1
+    delay_ns: int = 0
+    preferred: tuple[int, ...] = ()
+
+    @property
+    def fill(self) -> int:
+        return max(self.preferred) if self.preferred else self.max_batch
+
+    def size(self, waiting: int) -> int:
+        """How many of ``waiting`` (>= 1) queries form the batch."""
+        cap = min(waiting, self.max_batch)
+        fits = [p for p in self.preferred if p <= cap]
+        return max(fits) if fits else cap
+
+    def due(self, arrivals: Sequence[int], i: int, free: int) -> int:
+        """When a server free at ``free`` dispatches the batch headed by query ``i`` (arrival times, ns)."""
+        ready = arrivals[i] + self.delay_ns
+        j = i + self.fill - 1
+        if j < len(arrivals):
+            ready = min(ready, arrivals[j])
+        return max(ready, free)
+
+
+@dataclass
+class _Pool:
+    """Every trial at one rate, judged together: more queries narrow the percentile's interval."""
+
+    qps: float
+    latency_ns: list[int] = field(default_factory=list)
+    overloaded: str = ""
+
 
 class Server(Scenario):
-    """Poisson arrivals at a target QPS; latency includes queueing; pass/fail against the SLO."""
+    """Poisson arrivals at a target QPS, optionally dynamically batched; latency includes queueing; SLO verdict."""
 
     kind = "server"
 
     def __init__(self, spec: ServerSpec):
         self.spec = spec
+        s = spec
+        self.policy = BatchPolicy(s.max_batch, int(round(s.max_queue_delay_ms * 1e6)), tuple(s.preferred_batch_sizes))
 
-    def _count(self, qps: float) -> int:
-        return max(self.spec.min_count, math.ceil(self.spec.min_duration_s * qps))
-
-    def trial(self, session: Session, batches: list[dict[str, np.ndarray]], qps: float, seed: int) -> _Trial:
-        """One run at ``qps``: the planned arrivals, served by ``concurrency`` workers in arrival order."""
+    def _count(self, qps: float, scale: int = 1) -> int:
+        """Queries to plan at ``qps``: min_count and min_duration_s, but no arrival after max_duration_s."""
         s = self.spec
-        offsets = poisson_arrivals(qps, self._count(qps), seed)
-        if s.concurrency == 1:
-            return self._serve_inline(session, batches, qps, offsets)
-        return self._serve_threads(session, batches, qps, offsets)
+        wanted = max(s.min_count, math.ceil(s.min_duration_s * qps)) * scale
+        return max(1, min(wanted, math.floor(s.max_duration_s * qps)))
 
-    def _serve_inline(self, session: Session, batches, qps: float, offsets: np.ndarray) -> _Trial:
-        # One server: no threads, so the only scheduler error is the wake-up of wait_until.
+    def trial(self, session: Session, feeds: dict[int, list[dict[str, np.ndarray]]], qps: float, seed: int,
+              scale: int = 1, give_up_ns: int | None = None) -> _Trial:
+        """One run at ``qps``: the planned arrivals, batched by the policy, served by ``concurrency`` workers."""
+        offsets = poisson_arrivals(qps, self._count(qps, scale), seed)
+        if self.spec.concurrency == 1:
+            return self._serve_inline(session, feeds, qps, offsets, give_up_ns)
+        return self._serve_threads(session, feeds, qps, offsets, give_up_ns)
+
+    def _limits(self, give_up_ns: int | None) -> tuple[int, int]:
+        """(most a waiting query may wait, latest a batch may start) before the trial stops as overloaded."""
         max_ns = int(self.spec.max_duration_s * 1e9)
-        latency, queued, late = [], [], []
+        if give_up_ns is None:
+            return 1 << 62, max_ns
+        return give_up_ns, max_ns + give_up_ns
+
+    def _serve_inline(self, session: Session, feeds, qps: float, offsets: np.ndarray,
+                      give_up_ns: int | None) -> _Trial:
+        # One server and no threads: the loop knows the arrival schedule, so it dispatches each batch
+        # exactly when the batcher would, and the only scheduler error is the wake-up of wait_until.
+        policy, n = self.policy, len(offsets)
+        wait_limit, end_limit = self._limits(give_up_ns)
         run, sync = session.run, session.synchronize
         start = clock()
-        complete = True
+        arrivals = (offsets + start).tolist()
+        latency, queued, late, sizes, service = [], [], [], [], []
+        complete, reason = True, ""
         end = start
-        for i, off in enumerate(offsets.tolist()):
-            target = start + off
+        i = 0
+        while i < n:
             free = clock()
-            if free - start > max_ns:
-                complete = False
+            if free - arrivals[i] > wait_limit or free - start > end_limit:
+                complete, reason = False, _overload_reason(free - arrivals[i], free - start, wait_limit)
                 break
-            if free < target:
-                wait_until(target)
+            due = policy.due(arrivals, i, free)
+            if free < due:
+                wait_until(due)
             t0 = clock()
-            run(batches[i % len(batches)])
+            k = policy.size(bisect.bisect_right(arrivals, t0, i, min(n, i + policy.max_batch)) - i)
+            run(feeds[k][i % len(feeds[k])])
             sync()
             end = clock()
-            latency.append(end - target)
-            queued.append(max(0, t0 - target))
-            late.append(t0 - max(target, free))
-        return _Trial(qps, latency, queued, late, end - start, complete)
+            for a in arrivals[i:i + k]:
+                latency.append(end - a)
+                queued.append(t0 - a)
+            late.append(t0 - due)
+            sizes.append(k)
+            service.append(end - t0)
+            i += k
+        return _Trial(qps, n, latency, queued, late, sizes, service, end - start, complete, reason)
 
-    def _serve_threads(self, session: Session, batches, qps: float, offsets: np.ndarray) -> _Trial:
-        n = self.spec.concurrency
-        max_ns = int(self.spec.max_duration_s * 1e9)
-        sessions = [session] + [session.fork() for _ in range(n - 1)]
-        work: queue.Queue = queue.Queue()
-        results: list[tuple[int, int, int, int]] = []  # (target, dispatched, started, ended)
+    def _serve_threads(self, session: Session, feeds, qps: float, offsets: np.ndarray,
+                       give_up_ns: int | None) -> _Trial:
+        # A dispatcher (this thread) forms each batch when a worker is free and hands it over; the
+        # workers run batches on their own sessions.
+        policy, n, c = self.policy, len(offsets), self.spec.concurrency
+        wait_limit, end_limit = self._limits(give_up_ns)
+        sessions = [session] + [session.fork() for _ in range(c - 1)]
+        free_workers: queue.SimpleQueue = queue.SimpleQueue()
+        inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(c)]
+        done: list[tuple[int, int, int, int, int]] = []  # (first query, size, due, start, end)
         lock = threading.Lock()
 
-        def worker(sess: Session) -> None:
+        def worker(w: int) -> None:
+            sess, inbox = sessions[w], inboxes[w]
             while True:
-                item = work.get()
+                item = inbox.get()
                 if item is None:
                     return
-                i, target, dispatched = item
+                i, k, due = item
                 t0 = clock()
-                sess.run(batches[i % len(batches)])
+                sess.run(feeds[k][i % len(feeds[k])])
                 sess.synchronize()
                 t1 = clock()
                 with lock:
-                    results.append((target, dispatched, t0, t1))
+                    done.append((i, k, due, t0, t1))
+                free_workers.put(w)
 
-        threads = [threading.Thread(target=worker, args=(sess,), daemon=True) for sess in sessions]
+        threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(c)]
         for t in threads:
             t.start()
+        for w in range(c):
+            free_workers.put(w)
         start = clock()
-        complete = True
-        for i, off in enumerate(offsets.tolist()):
-            target = start + off
-            if clock() - start > max_ns:
-                complete = False
+        arrivals = (offsets + start).tolist()
+        complete, reason = True, ""
+        i = 0
+        while i < n:
+            w = free_workers.get()
+            free = clock()
+            if free - arrivals[i] > wait_limit or free - start > end_limit:
+                complete, reason = False, _overload_reason(free - arrivals[i], free - start, wait_limit)
                 break
-            wait_until(target)
-            work.put((i, target, clock()))
-        for _ in threads:
-            work.put(None)
+            due = policy.due(arrivals, i, free)
+            if free < due:
+                wait_until(due)
+            k = policy.size(bisect.bisect_right(arrivals, clock(), i, min(n, i + policy.max_batch)) - i)
+            inboxes[w].put((i, k, due))
+            i += k
+        for inbox in inboxes:
+            inbox.put(None)
         for t in threads:
             t.join()
-        end = max(r[3] for r in results)
-        return _Trial(qps, [t1 - tg for tg, _, _, t1 in results], [max(0, t0 - tg) for tg, _, t0, _ in results],
-                      [d - tg for tg, d, _, _ in results], end - start, complete)
+        done.sort()
+        latency, queued = [], []
+        for i, k, _, t0, t1 in done:
+            for a in arrivals[i:i + k]:
+                latency.append(t1 - a)
+                queued.append(t0 - a)
+        end = max((d[4] for d in done), default=start)
+        return _Trial(qps, n, latency, queued, [max(0, t0 - due) for _, _, due, t0, _ in done],
+                      [k for _, k, _, _, _ in done], [t1 - t0 for _, _, _, t0, t1 in done], end - start,
+                      complete, reason)
+
+    # --- verdicts -------------------------------------------------------------------------------
+
+    def _overloaded(self, trial: _Trial) -> str:
+        """Why the queue grew during ``trial``, or "" when it did not (running out of time is not overload)."""
+        if not trial.complete:
+            return trial.stop_reason
+        growth = trial.backlog_growth_ns()
+        if growth > self.spec.slo_ms * 1e6:
+            return (f"overloaded: the median queue wait grew by {growth / 1e6:.3f} ms from the first to the last "
+                    "quarter of the trial, more than the SLO")
+        return ""
+
+    def _judge(self, latency_ns: Sequence[int], overloaded: str) -> dict[str, Any]:
+        """The SLO percentile with its interval, and the verdict: meets, misses or undecided."""
+        s = self.spec
+        slo = s.slo_ms * 1e6
+        value = percentile(latency_ns, s.slo_percentile)
+        low, high = bootstrap_ci(latency_ns, s.slo_percentile, s.confidence)
+        if overloaded or low > slo:
+            verdict = MISSES
+        elif high <= slo:
+            verdict = MEETS
+        else:
+            verdict = UNDECIDED
+        return {"verdict": verdict, "p_latency_ms": value / 1e6, "p_latency_ci_ms": [low / 1e6, high / 1e6],
+                "overloaded": overloaded}
 
     def _meets(self, trial: _Trial) -> bool:
-        return trial.complete and trial.latency_at(self.spec.slo_percentile) <= self.spec.slo_ms * 1e6
+        return self._judge(trial.latency_ns, self._overloaded(trial))["verdict"] == MEETS
 
-    def _search(self, session: Session, batches) -> tuple[_Trial, list[dict[str, Any]]]:
-        """Bisect on a log scale between a low rate and the service-time capacity; keep the best passing trial."""
-        s = self.spec
+    # --- search ---------------------------------------------------------------------------------
+
+    def _capacity_estimate(self, session: Session, feeds) -> float:
+        """Queries/s the workers sustain back to back at the largest batch: the search's upper bracket."""
+        k = self.policy.fill
         probe = []
         for i in range(20):
             t0 = clock()
-            session.run(batches[i % len(batches)])
+            session.run(feeds[k][i % len(feeds[k])])
             session.synchronize()
             probe.append(clock() - t0)
-        capacity = s.concurrency * 1e9 / percentile(probe, 50)
-        lo, hi = capacity * 0.02, capacity * 1.0
+        return self.spec.concurrency * k * 1e9 / percentile(probe, 50)
+
+    def _search(self, session: Session, feeds) -> tuple[_Trial, dict[str, Any]]:
+        """Bracket, then bisect on a log scale; each rate judged meets/misses/undecided from its interval.
+
+        An undecided rate is measured again (more queries each time) and its trials pooled; one still
+        undecided steers the bisection down (the answer must be a rate that met) but does not bound the
+        capacity from above: the interval is [highest rate that met, lowest rate that missed].
+        """
+        s = self.spec
+        capacity = self._capacity_estimate(session, feeds)
+        give_up = max(GIVE_UP_MIN_NS, int(GIVE_UP_SLOS * s.slo_ms * 1e6))
         trials: list[dict[str, Any]] = []
-        best: _Trial | None = None
-        first: _Trial | None = None
+        kept: dict[float, _Trial] = {}
+        pooled: dict[float, dict[str, Any]] = {}  # each rate's verdict on all its trials
+        seeds = iter(range(s.seed, s.seed + 10_000))
 
-        def attempt(qps: float, k: int) -> bool:
-            nonlocal best, first
-            t = self.trial(session, batches, qps, s.seed + k)
-            ok = self._meets(t)
-            trials.append({"qps": qps, "p_latency_ms": t.latency_at(s.slo_percentile) / 1e6, "meets_slo": ok,
-                           "complete": t.complete, "queries": len(t.latency_ns),
-                           "lateness_p99_ms": t.lateness_at(99) / 1e6})
-            first = first or t
-            if ok and (best is None or qps > best.qps):
-                best = t
-            return ok
+        def decide(qps: float) -> str:
+            pool = _Pool(qps)
+            judged: dict[str, Any] = {}
+            for r in range(s.search_remeasure + 1):
+                t = self.trial(session, feeds, qps, next(seeds), scale=2 ** r, give_up_ns=give_up)
+                over = self._overloaded(t)
+                pool.latency_ns += t.latency_ns
+                pool.overloaded = pool.overloaded or over
+                one = self._judge(t.latency_ns, over) if t.latency_ns else {"verdict": MISSES}
+                judged = self._judge(pool.latency_ns, pool.overloaded) if pool.latency_ns else one
+                trials.append({"qps": qps, "round": r, "queries": len(t.latency_ns), "planned": t.planned,
+                               "complete": t.complete, "p_latency_ms": one.get("p_latency_ms"),
+                               "p_latency_ci_ms": one.get("p_latency_ci_ms"), "trial_verdict": one["verdict"],
+                               "pooled_queries": len(pool.latency_ns), "verdict": judged["verdict"],
+                               "pooled_p_latency_ms": judged.get("p_latency_ms"),
+                               "pooled_p_latency_ci_ms": judged.get("p_latency_ci_ms"),
+                               "overloaded": over, "lateness_p99_ms": t.lateness_at(99) / 1e6,
+                               "mean_batch_size": float(np.mean(t.batch_sizes)) if t.batch_sizes else 0.0})
+                kept[qps] = t
+                pooled[qps] = judged
+                if judged["verdict"] != UNDECIDED:
+                    break
+            return judged["verdict"]
 
-        if not attempt(lo, 0):
-            return first, trials  # the SLO fails even at 2% of capacity
-        if attempt(hi, 1):
-            return best, trials
-        for k in range(2, s.search_iterations + 2):
-            mid = math.sqrt(lo * hi)
-            if attempt(mid, k):
-                lo = mid
-            else:
-                hi = mid
-        return best, trials
+        verdicts: dict[float, str] = {}
+
+        def attempt(qps: float) -> str:
+            verdicts[qps] = decide(qps)
+            return verdicts[qps]
+
+        # Lower bracket: a quarter of capacity, lower only if that misses (a tight SLO); the SLO is
+        # judged on the queries collected, so a low rate that cannot reach min_count still counts.
+        lo, hi = None, capacity
+        for fraction in (0.25, 0.05, 0.01):
+            if attempt(capacity * fraction) == MEETS:
+                lo = capacity * fraction
+                break
+            hi = capacity * fraction
+        if lo is not None and (hi in verdicts or attempt(hi) != MEETS):
+            for _ in range(s.search_iterations):
+                mid = math.sqrt(lo * hi)
+                if attempt(mid) == MEETS:
+                    lo = mid
+                else:
+                    hi = mid
+        met = [q for q, v in verdicts.items() if v == MEETS]
+        best = max(met) if met else None
+        summary: dict[str, Any] = {"trials": trials, "capacity_estimate_qps": capacity, "confidence": s.confidence}
+        if best is None:
+            summary.update(max_qps=0.0, interval=[0.0, min(verdicts)], judged=pooled[min(verdicts)], note=(
+                f"the SLO was not met even at {min(verdicts):.3g} queries/s ({min(verdicts) / capacity:.0%} of the "
+                "service-time capacity)"))
+            return kept[min(verdicts)], summary
+        missed = [q for q, v in verdicts.items() if v == MISSES and q > best]
+        high = min(missed) if missed else None
+        summary.update(max_qps=best, interval=[best, high], judged=pooled[best])
+        if high is None:
+            summary["note"] = ("no rate tried was shown to miss the SLO: the capacity is at least "
+                               f"{best:.4g} queries/s")
+        else:
+            summary["estimate_qps"] = math.sqrt(best * high)
+        return kept[best], summary
+
+    # --- scenario -------------------------------------------------------------------------------
+
+    def feeds(self, data: SampleSet, batch_size: int) -> dict[int, list[dict[str, np.ndarray]]]:
+        """Inputs per batch size (queries per batch): views into one array, so any size costs no copy."""
+        sizes = range(1, self.policy.max_batch + 1)
+        rows = (self.policy.max_batch + _ROTATE) * batch_size
+        full = data.batch(rows)
+        return {k: [{name: a[j * batch_size:(j + k) * batch_size] for name, a in full.items()} for j in range(_ROTATE)]
+                for k in sizes}
 
     def run(self, session: Session, data: SampleSet, batch_size: int) -> ScenarioResult:
         s = self.spec
-        batches = _batches(data, batch_size)
-        _warm_up(session, batches, s.warmup_count)
-        trials: list[dict[str, Any]] = []
+        feeds = self.feeds(data, batch_size)
+        _warm_up(session, feeds[1], s.warmup_count)
+        if self.policy.max_batch > 1:  # every batch shape the batcher can form, so no first-use cost is measured
+            for k in range(2, self.policy.max_batch + 1):
+                _warm_up(session, feeds[k], 1)
+        search: dict[str, Any] = {}
         if s.search:
-            trial, trials = self._search(session, batches)
+            trial, search = self._search(session, feeds)
         else:
-            trial = self.trial(session, batches, s.target_qps, s.seed)
-        meets = self._meets(trial)
-        notes = [] if trial.complete else [f"overloaded: stopped issuing at max_duration_s={s.max_duration_s}"]
+            trial = self.trial(session, feeds, s.target_qps, s.seed)
+        overloaded = self._overloaded(trial)
+        # A searched rate is judged on all its trials together, a fixed rate on its one trial.
+        judged = search.pop("judged") if s.search else self._judge(trial.latency_ns, overloaded)
+        notes = [overloaded] if overloaded else []
+        if trial.planned < s.min_count:
+            notes.append(f"{trial.planned} queries of min_count={s.min_count}: max_duration_s={s.max_duration_s} at "
+                         f"{trial.qps:.4g} queries/s allows no more; judged on those, with their interval")
         late_ms = trial.lateness_at(99) / 1e6
         on_schedule = late_ms <= LATENESS_SLO_FRACTION * s.slo_ms
         if not on_schedule:
             notes.append(f"the load generator fell behind its own schedule (wake-up lateness p99 {late_ms:.3f} ms, "
                          f"over {LATENESS_SLO_FRACTION:.0%} of the {s.slo_ms:g} ms SLO): the machine is busy, so the "
                          "SLO verdict measures the harness as much as the model; rerun on a quiet machine")
-        result = ScenarioResult(self.kind, batch_size, trial.latency_ns, trial.wall_ns, trial.complete and on_schedule,
-                                notes,
-                                {"queue_wait": trial.queue_ns, "scheduler_lateness": trial.lateness_ns})
+        series = {"queue_wait": trial.queue_ns, "scheduler_lateness": trial.lateness_ns}
+        if self.policy.max_batch > 1:
+            series["service_time"] = trial.service_ns
+        result = ScenarioResult(self.kind, batch_size, trial.latency_ns, trial.wall_ns,
+                                trial.complete and on_schedule, notes, series)
         result.scalars.update({
             "target_qps": (trial.qps, "queries/s"),
             "achieved_qps": (len(trial.latency_ns) / (trial.wall_ns / 1e9), "queries/s"),
-            "slo_met": (float(meets), "bool"),
-            "slo_latency": (trial.latency_at(s.slo_percentile) / 1e6, "ms"),  # at slo_percentile, arrival to end
+            "slo_met": (float(judged["verdict"] == MEETS), "bool"),
+            "slo_latency": (judged["p_latency_ms"], "ms"),  # at slo_percentile, arrival to end
+            "slo_latency_ci_low": (judged["p_latency_ci_ms"][0], "ms"),
+            "slo_latency_ci_high": (judged["p_latency_ci_ms"][1], "ms"),
         })
         if s.search:
-            found = any(t["meets_slo"] for t in trials)
-            result.scalars["max_qps_within_slo"] = (trial.qps if found else 0.0, "queries/s")
-            result.details["search"] = trials
+            result.scalars["max_qps_within_slo"] = (search["max_qps"], "queries/s")
+            low, high = search["interval"]
+            result.scalars["capacity_ci_low"] = (low, "queries/s")
+            if high is not None:
+                result.scalars["capacity_ci_high"] = (high, "queries/s")
+            if "estimate_qps" in search:
+                result.scalars["capacity_qps"] = (search["estimate_qps"], "queries/s")
+            result.details["search"] = search["trials"]
+            result.details["search_summary"] = {k: v for k, v in search.items() if k != "trials"}
+            if "note" in search:
+                result.notes.append(search["note"])
         result.details["slo"] = {"slo_ms": s.slo_ms, "percentile": s.slo_percentile, "seed": s.seed,
-                                 "concurrency": s.concurrency}
+                                 "concurrency": s.concurrency, "verdict": judged["verdict"],
+                                 "p_latency_ci_ms": judged["p_latency_ci_ms"], "confidence": s.confidence}
+        if self.policy.max_batch > 1:
+            sizes, counts = np.unique(trial.batch_sizes, return_counts=True)
+            result.details["batching"] = {
+                "max_batch": s.max_batch, "max_queue_delay_ms": s.max_queue_delay_ms,
+                "preferred_batch_sizes": list(s.preferred_batch_sizes),
+                "batch_size_histogram": {int(k): int(c) for k, c in zip(sizes, counts)}}
+            result.scalars["mean_batch_size"] = (float(np.mean(trial.batch_sizes)), "queries")
         return result
+
+
+def _overload_reason(waited_ns: int, elapsed_ns: int, wait_limit_ns: int) -> str:
+    if waited_ns > wait_limit_ns:
+        return f"overloaded: a query waited {waited_ns / 1e6:.1f} ms for service; the trial gave up"
+    return f"overloaded: still behind the arrivals {elapsed_ns / 1e9:.1f} s in, past max_duration_s"
 
 
 SCENARIOS: dict[str, type[Scenario]] = {SingleStream.kind: SingleStream, Offline.kind: Offline, Server.kind: Server}

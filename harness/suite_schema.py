@@ -164,16 +164,39 @@ class ServerSpec(_Strict):
     search_iterations: int = Field(7, ge=2, le=30, description="Bisection steps of the search.")
     seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
     warmup_count: int = Field(5, ge=0)
-    min_count: int = Field(200, ge=1, description="Queries per trial, at least...")
+    min_count: int = Field(200, ge=1, description="Queries per trial, at least (fewer where max_duration_s at the "
+                           "rate allows fewer: a trial is judged on what it collected)...")
     min_duration_s: float = Field(2.0, ge=0, description="...and enough for this long at the target rate.")
-    max_duration_s: float = Field(60.0, gt=0, description="An overloaded trial stops issuing here (invalid).")
-    concurrency: int = Field(1, ge=1, description="Queries served at once (worker threads).")
+    max_duration_s: float = Field(60.0, gt=0, description="Arrivals are planned within this time; a server still "
+                                  "behind its arrivals here is overloaded.")
+    concurrency: int = Field(1, ge=1, description="Batches served at once (worker threads).")
+    max_batch: int = Field(1, ge=1, description="Dynamic batching: the most queries run as one batch (1: no batching).")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="Dynamic batching: how long the oldest waiting query "
+                                      "may wait for others to join its batch.")
+    preferred_batch_sizes: list[int] = Field(default_factory=list, description="Dynamic batching: batch sizes to form "
+                                             "when more queries are waiting (each 1..max_batch); the largest one "
+                                             "dispatches a batch without waiting for the delay.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the SLO percentile's interval and of "
+                              "the searched capacity's interval.")
+    search_remeasure: int = Field(2, ge=0, le=5, description="Search: how often a rate whose interval straddles the "
+                                  "SLO is measured again, each time with twice as many queries.")
 
     @model_validator(mode="after")
     def _target_or_search(self) -> "ServerSpec":
         if self.target_qps is None and not self.search:
             raise ValueError("server scenario needs target_qps, or search = true to find the highest QPS within the SLO")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must each be between 1 and max_batch = {self.max_batch}")
+        if self.max_batch == 1 and self.max_queue_delay_ms > 0:
+            raise ValueError("max_queue_delay_ms needs max_batch > 1: with max_batch = 1 no query can join a batch, "
+                             "so the delay would only add latency")
         return self
+
+    @property
+    def batching(self) -> bool:
+        """Whether queries are served in dynamic batches (max_batch > 1)."""
+        return self.max_batch > 1
 
     @property
     def label(self) -> str:

@@ -201,7 +201,9 @@ def test_search_reports_capacity_when_every_rate_passes_and_zero_when_none_can()
     impossible = dict(easy, slo_ms=0.0001)
     r = make_scenario(impossible).run(Busy(0.002), DATA, 1)
     assert r.scalars["max_qps_within_slo"][0] == 0.0 and r.scalars["slo_met"][0] == 0.0
-    assert len(r.details["search"]) == 1  # the lowest rate already fails: no point searching above it
+    # The bracket goes down (25%, 5%, 1% of capacity), every rate decidedly missing: none measured twice.
+    assert [t["verdict"] for t in r.details["search"]] == ["misses"] * 3
+    assert "not met even at" in r.notes[-1]
 
 
 def test_server_spec_needs_a_target_or_a_search():
