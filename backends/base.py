@@ -132,6 +132,44 @@ class Session(abc.ABC):
         return {}
 
 
+class PerBatchSession(Session):
+    """Several sessions of one model, one per batch size (rows), run by the leading dimension of the inputs."""
+
+    def __init__(self, by_rows: dict[int, Session]):
+        self._by_rows = by_rows
+        self._first = by_rows[min(by_rows)]
+        self.timing = self._first.timing
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run on the session prepared for this many rows; a size not prepared is an error naming those that are."""
+        rows = len(next(iter(inputs.values())))
+        try:
+            session = self._by_rows[rows]
+        except KeyError:
+            raise ValueError(f"no session prepared for a batch of {rows}; prepared: {sorted(self._by_rows)}") from None
+        return session.run(inputs)
+
+    def synchronize(self) -> None:
+        for session in self._by_rows.values():
+            session.synchronize()
+
+    def fork(self) -> "PerBatchSession":
+        return PerBatchSession({rows: s.fork() for rows, s in self._by_rows.items()})
+
+    def preferred_concurrency(self) -> int:
+        return self._first.preferred_concurrency()
+
+    def peak_device_memory(self) -> int | None:
+        return self._first.peak_device_memory()
+
+    def close(self) -> None:
+        for session in self._by_rows.values():
+            session.close()
+
+    def info(self) -> dict[str, Any]:
+        return {**self._first.info(), "batch_sizes_prepared": sorted(self._by_rows)}
+
+
 def never_raises(probe: Callable[["Backend"], Availability]) -> Callable[["Backend"], Availability]:
     """Decorator for ``Backend.probe``: a probe never raises. An ImportError (from :func:`import_runtime`,
     which says what to install) becomes its message; anything else "<name> probe failed (...)"."""
@@ -187,6 +225,26 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def prepare(self, artifact: Artifact, options: BackendOptions, batch_size: int, device: str = "cpu") -> Session:
         """Load/compile ``artifact`` into a session for ``batch_size`` on ``device``."""
+
+    def prepare_batched(self, artifact: Artifact, options: BackendOptions, batch_size: int, max_batch: int,
+                        device: str = "cpu") -> Session:
+        """A session that runs any batch of 1..``max_batch`` queries of ``batch_size`` samples (dynamic batching).
+
+        By default one prepared session per batch size, chosen by the inputs' leading dimension: right
+        for runtimes that compile a static shape. A runtime whose artifact takes a dynamic batch axis
+        overrides this with one session; one that cannot batch raises ValueError saying why.
+        """
+        if max_batch < 1:
+            raise ValueError(f"{self.name} backend: max_batch must be >= 1, got {max_batch}")
+        sessions: dict[int, Session] = {}
+        try:
+            for k in range(1, max_batch + 1):
+                sessions[k * batch_size] = self.prepare(artifact, options, k * batch_size, device)
+        except BaseException:
+            for session in sessions.values():
+                session.close()
+            raise
+        return PerBatchSession(sessions)
 
     def builds_for(self, options: BackendOptions, device: str) -> bool:
         """Whether :meth:`build_cache` has anything to build for these options on ``device`` (default: no).

@@ -216,6 +216,21 @@ class OnnxRuntimeBackend(Backend):
             return OnnxRuntimeGpuHostSession(session, artifact, batch_size, opts, why_not, engines)
         return OnnxRuntimeGpuSession(session, artifact, batch_size, opts, device, stream, engines)
 
+    def prepare_batched(self, artifact: Artifact, options: BackendOptions, batch_size: int, max_batch: int,
+                        device: str = "cpu") -> Session:
+        """On the CPU one session serves every batch size when the ONNX graph's batch axis is dynamic; a graph
+        that fixes it cannot batch (ValueError). On a GPU, one session per batch size (their buffers are bound)."""
+        if device != "cpu":
+            return super().prepare_batched(artifact, options, batch_size, max_batch, device)
+        session = self.prepare(artifact, options, batch_size, device)
+        fixed = {i.name: i.shape[0] for i in session._session.get_inputs() if i.shape and isinstance(i.shape[0], int)}
+        if fixed and max_batch > 1:
+            session.close()
+            raise ValueError(f"onnxruntime backend: cannot batch up to {max_batch} queries: the ONNX graph "
+                             f"{artifact.path.name} fixes the batch dimension of {fixed}; export it with a dynamic "
+                             "batch axis")
+        return session
+
     def builds_for(self, options: BackendOptions, device: str) -> bool:
         """The TensorRT provider on CUDA: its engines are built in the build process."""
         return device != "cpu" and self.own_options(options).provider == "tensorrt"

@@ -50,6 +50,7 @@ class ScenarioResult:
     series_ns: dict[str, list[int]] = field(default_factory=dict)  # device time, queue wait, scheduler lateness
     scalars: dict[str, tuple[float, str]] = field(default_factory=dict)  # (value, unit): achieved QPS, SLO verdict
     details: dict[str, Any] = field(default_factory=dict)  # e.g. the QPS search's trials
+    batch_sizes: list[int] = field(default_factory=list)  # server: queries in each batch, in dispatch order
 
     @property
     def queries(self) -> int:
@@ -195,7 +196,7 @@ class _Trial:
     """One server run at one arrival rate: per query (arrival order) and per batch timings."""
 
     qps: float
-    planned: int  # arrivals planned (min_count, or fewer where max_duration_s at this rate allows fewer)
+    planned: int  # arrivals planned: min_count, or fewer where they would not all arrive within max_duration_s
     latency_ns: list[int]  # per query: scheduled arrival -> end of its batch
     queue_ns: list[int]  # per query: scheduled arrival -> start of its batch
     lateness_ns: list[int]  # per batch: start minus the moment it was due (the load generator's error)
@@ -301,16 +302,20 @@ class Server(Scenario):
               scale: int = 1, give_up_ns: int | None = None) -> _Trial:
         """One run at ``qps``: the planned arrivals, batched by the policy, served by ``concurrency`` workers."""
         offsets = poisson_arrivals(qps, self._count(qps, scale), seed)
+        # Judged on what arrives within max_duration_s: a low rate that cannot reach min_count is not overloaded.
+        offsets = offsets[:max(1, int(np.searchsorted(offsets, self.spec.max_duration_s * 1e9, side="right")))]
         if self.spec.concurrency == 1:
             return self._serve_inline(session, feeds, qps, offsets, give_up_ns)
         return self._serve_threads(session, feeds, qps, offsets, give_up_ns)
 
     def _limits(self, give_up_ns: int | None) -> tuple[int, int]:
-        """(most a waiting query may wait, latest a batch may start) before the trial stops as overloaded."""
-        max_ns = int(self.spec.max_duration_s * 1e9)
-        if give_up_ns is None:
-            return 1 << 62, max_ns
-        return give_up_ns, max_ns + give_up_ns
+        """(most a waiting query may wait, latest a batch may start) before the trial stops as overloaded.
+
+        Arrivals end by max_duration_s; a server still busy with them a give-up time later is behind.
+        """
+        grace = max(GIVE_UP_MIN_NS, int(GIVE_UP_SLOS * self.spec.slo_ms * 1e6))
+        end = int(self.spec.max_duration_s * 1e9) + grace
+        return (1 << 62 if give_up_ns is None else give_up_ns), end
 
     def _serve_inline(self, session: Session, feeds, qps: float, offsets: np.ndarray,
                       give_up_ns: int | None) -> _Trial:
@@ -330,7 +335,8 @@ class Server(Scenario):
             if free - arrivals[i] > wait_limit or free - start > end_limit:
                 complete, reason = False, _overload_reason(free - arrivals[i], free - start, wait_limit)
                 break
-            due = policy.due(arrivals, i, free)
+            # Due from the end of the last batch: this loop's own bookkeeping counts as lateness.
+            due = policy.due(arrivals, i, end)
             if free < due:
                 wait_until(due)
             t0 = clock()
@@ -349,66 +355,56 @@ class Server(Scenario):
 
     def _serve_threads(self, session: Session, feeds, qps: float, offsets: np.ndarray,
                        give_up_ns: int | None) -> _Trial:
-        # A dispatcher (this thread) forms each batch when a worker is free and hands it over; the
-        # workers run batches on their own sessions.
+        # Each worker, when free, forms the next batch itself under one lock (so batches leave in
+        # arrival order, the earliest free worker taking the next), then runs it on its own session.
+        # Forming the batch where it starts means no hand-over between threads is timed.
         policy, n, c = self.policy, len(offsets), self.spec.concurrency
         wait_limit, end_limit = self._limits(give_up_ns)
         sessions = [session] + [session.fork() for _ in range(c - 1)]
-        free_workers: queue.SimpleQueue = queue.SimpleQueue()
-        inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(c)]
-        done: list[tuple[int, int, int, int, int]] = []  # (first query, size, due, start, end)
-        lock = threading.Lock()
+        batcher = threading.Lock()
+        state = {"next": 0, "stop": ""}
+        done: list[list[tuple[int, int, int, int, int]]] = [[] for _ in range(c)]  # (first, size, due, start, end)
+        start = clock()
+        arrivals = (offsets + start).tolist()
 
         def worker(w: int) -> None:
-            sess, inbox = sessions[w], inboxes[w]
+            sess, out = sessions[w], done[w]
+            free = start
             while True:
-                item = inbox.get()
-                if item is None:
-                    return
-                i, k, due = item
-                t0 = clock()
+                with batcher:
+                    i = state["next"]
+                    if i >= n or state["stop"]:
+                        return
+                    now = clock()
+                    if now - arrivals[i] > wait_limit or now - start > end_limit:
+                        state["stop"] = _overload_reason(now - arrivals[i], now - start, wait_limit)
+                        return
+                    due = policy.due(arrivals, i, free)
+                    if now < due:
+                        wait_until(due)
+                    t0 = clock()
+                    k = policy.size(bisect.bisect_right(arrivals, t0, i, min(n, i + policy.max_batch)) - i)
+                    state["next"] = i + k
                 sess.run(feeds[k][i % len(feeds[k])])
                 sess.synchronize()
-                t1 = clock()
-                with lock:
-                    done.append((i, k, due, t0, t1))
-                free_workers.put(w)
+                free = clock()
+                out.append((i, k, due, t0, free))
 
         threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(c)]
         for t in threads:
             t.start()
-        for w in range(c):
-            free_workers.put(w)
-        start = clock()
-        arrivals = (offsets + start).tolist()
-        complete, reason = True, ""
-        i = 0
-        while i < n:
-            w = free_workers.get()
-            free = clock()
-            if free - arrivals[i] > wait_limit or free - start > end_limit:
-                complete, reason = False, _overload_reason(free - arrivals[i], free - start, wait_limit)
-                break
-            due = policy.due(arrivals, i, free)
-            if free < due:
-                wait_until(due)
-            k = policy.size(bisect.bisect_right(arrivals, clock(), i, min(n, i + policy.max_batch)) - i)
-            inboxes[w].put((i, k, due))
-            i += k
-        for inbox in inboxes:
-            inbox.put(None)
         for t in threads:
             t.join()
-        done.sort()
+        batches = sorted(b for per in done for b in per)
         latency, queued = [], []
-        for i, k, _, t0, t1 in done:
+        for i, k, _, t0, t1 in batches:
             for a in arrivals[i:i + k]:
                 latency.append(t1 - a)
                 queued.append(t0 - a)
-        end = max((d[4] for d in done), default=start)
-        return _Trial(qps, n, latency, queued, [max(0, t0 - due) for _, _, due, t0, _ in done],
-                      [k for _, k, _, _, _ in done], [t1 - t0 for _, _, _, t0, t1 in done], end - start,
-                      complete, reason)
+        end = max((b[4] for b in batches), default=start)
+        return _Trial(qps, n, latency, queued, [t0 - due for _, _, due, t0, _ in batches],
+                      [k for _, k, _, _, _ in batches], [t1 - t0 for _, _, _, t0, t1 in batches], end - start,
+                      not state["stop"], state["stop"])
 
     # --- verdicts -------------------------------------------------------------------------------
 
@@ -566,11 +562,10 @@ class Server(Scenario):
             notes.append(f"the load generator fell behind its own schedule (wake-up lateness p99 {late_ms:.3f} ms, "
                          f"over {LATENESS_SLO_FRACTION:.0%} of the {s.slo_ms:g} ms SLO): the machine is busy, so the "
                          "SLO verdict measures the harness as much as the model; rerun on a quiet machine")
-        series = {"queue_wait": trial.queue_ns, "scheduler_lateness": trial.lateness_ns}
-        if self.policy.max_batch > 1:
-            series["service_time"] = trial.service_ns
+        series = {"queue_wait": trial.queue_ns, "scheduler_lateness": trial.lateness_ns,
+                  "service_time": trial.service_ns}
         result = ScenarioResult(self.kind, batch_size, trial.latency_ns, trial.wall_ns,
-                                trial.complete and on_schedule, notes, series)
+                                trial.complete and on_schedule, notes, series, batch_sizes=trial.batch_sizes)
         result.scalars.update({
             "target_qps": (trial.qps, "queries/s"),
             "achieved_qps": (len(trial.latency_ns) / (trial.wall_ns / 1e9), "queries/s"),
@@ -607,7 +602,7 @@ class Server(Scenario):
 def _overload_reason(waited_ns: int, elapsed_ns: int, wait_limit_ns: int) -> str:
     if waited_ns > wait_limit_ns:
         return f"overloaded: a query waited {waited_ns / 1e6:.1f} ms for service; the trial gave up"
-    return f"overloaded: still behind the arrivals {elapsed_ns / 1e9:.1f} s in, past max_duration_s"
+    return f"overloaded: still serving a backlog {elapsed_ns / 1e9:.1f} s in, past max_duration_s"
 
 
 SCENARIOS: dict[str, type[Scenario]] = {SingleStream.kind: SingleStream, Offline.kind: Offline, Server.kind: Server}

@@ -82,6 +82,7 @@ _SERIES_MEANING = {
     "device": "device time of one query (device clock)",
     "queue_wait": "time from scheduled arrival to start of service",
     "scheduler_lateness": "start of service minus the earliest moment it could start (scheduler error)",
+    "service_time": "service time of one batch of queries (one query without dynamic batching), start to end",
 }
 
 
@@ -245,9 +246,15 @@ def mark_memory_baseline() -> MemoryBaseline:
 def load_session(backend: Backend, options: BackendOptions, artifact: Artifact, case: Case) -> tuple[Session, dict]:
     """The prepared session and its ``load_time`` row (what the backend's build process built is not in it)."""
     t_load = time.perf_counter()
-    session = backend.prepare(artifact, options, case.batch_size, case.device)
+    max_batch = int(case.scenario_spec.get("max_batch", 1))
+    if max_batch > 1:  # a dynamic batcher runs batches of 1..max_batch queries on this session
+        session = backend.prepare_batched(artifact, options, case.batch_size, max_batch, case.device)
+    else:
+        session = backend.prepare(artifact, options, case.batch_size, case.device)
     scope = ("prepare, reusing what the build process built (backend_build_time)"
              if backend.builds_for(options, case.device) else "prepare")
+    if max_batch > 1:
+        scope += f", for every batch of 1..{max_batch} queries"
     return session, _metric("load_time", (time.perf_counter() - t_load) * 1e3, "ms", details={"scope": scope})
 
 

@@ -107,4 +107,5 @@ def plugin_backends(monkeypatch):
     """Register the test-only backends in this process and in the per-case child processes."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
     monkeypatch.syspath_prepend(str(PLUGINS))
-    monkeypatch.setenv("COSTBENCH_EXTRA_BACKENDS", "faulty=faulty_backend:FaultyBackend")
+    monkeypatch.setenv("COSTBENCH_EXTRA_BACKENDS",
+                       "faulty=faulty_backend:FaultyBackend,linear-service=linear_service_backend:LinearServiceBackend")

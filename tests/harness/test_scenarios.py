@@ -152,7 +152,7 @@ def test_server_issues_every_planned_query_and_meets_a_loose_slo():
     r = make_scenario(spec).run(Noop(), DATA, 1)
     assert r.valid and r.queries == 60
     assert r.scalars["slo_met"] == (1.0, "bool") and r.scalars["target_qps"] == (400, "queries/s")
-    assert set(r.series_ns) == {"queue_wait", "scheduler_lateness"}
+    assert set(r.series_ns) == {"queue_wait", "scheduler_lateness", "service_time"}
     # Latency is measured from the scheduled arrival, so it can't be shorter than the queue wait.
     assert all(lat >= q for lat, q in zip(r.samples_ns, r.series_ns["queue_wait"]))
 
