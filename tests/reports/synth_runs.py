@@ -71,13 +71,16 @@ def case(model: str = "digits-cnn", variant: str = "fp32", backend: str = "onnxr
 def server_case(model: str = "digits-cnn", variant: str = "fp32", backend: str = "onnxruntime", device: str = "cpu",
                 batch_size: int = 1, max_qps: float | None = 100.0, target_qps: float | None = None,
                 slo_met: bool = True, slo_ms: float = 10.0, percentile: float = 99.0, median_ms: float = 1.0,
-                seed: int = 0, valid: bool = True) -> dict[str, Any]:
-    """A server-scenario case: a QPS search (``max_qps``) or one run at ``target_qps``, with its SLO verdict."""
-    rec = case(model=model, variant=variant, backend=backend, scenario="server", median_ms=median_ms, seed=seed,
+                seed: int = 0, valid: bool = True, scenario: str = "server",
+                batching: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A server-scenario case: a QPS search (``max_qps``) or one run at ``target_qps``, with its SLO verdict;
+    ``batching`` as the scenario records dynamic batching (max_batch, max_queue_delay_ms, ...)."""
+    rec = case(model=model, variant=variant, backend=backend, scenario=scenario, median_ms=median_ms, seed=seed,
                device=device, batch_size=batch_size, acc_delta=None, top1=None)
     common = {"valid": valid, "details": {"timing": {"clock": "perf_counter_ns"},
                                          "slo": {"slo_ms": slo_ms, "percentile": percentile, "seed": 0,
-                                                 "concurrency": 1}}}
+                                                 "concurrency": 1},
+                                         **({"batching": batching} if batching else {})}}
     rate = max_qps if target_qps is None else target_qps
     rec["metrics"] += [
         {"metric": "target_qps", "value": rate, "unit": "queries/s", **common},

@@ -225,6 +225,37 @@ def test_server_scenario_ranks_by_cost_at_the_slo(tmp_path):
     assert "≥ 500.0" in render_markdown(rep)
 
 
+def test_a_batched_server_scenario_is_the_rate_billed_and_both_curves_are_drawn(tmp_path):
+    """Where a configuration ran the server scenario with and without dynamic batching, the cost at the SLO
+    uses the batched rate (a deployment would batch), and the page draws both curves."""
+    batching = {"max_batch": 8, "max_queue_delay_ms": 4.0, "preferred_batch_sizes": [4, 8],
+                "batch_size_histogram": {4: 10, 8: 90}}
+    write_run(tmp_path, "20260101-000000-bat001", [
+        *config("int8", "openvino", 0.5, 3000.0, 0.0),
+        server_case(variant="int8", backend="openvino", max_qps=300.0),
+        server_case(variant="int8", backend="openvino", max_qps=1200.0, scenario="server-batched", batching=batching),
+        *config("int8", "onnxruntime", 0.6, 1800.0, 0.0),
+        server_case(variant="int8", backend="onnxruntime", max_qps=900.0),
+    ], env=CPU)
+    runs = list_all_runs([tmp_path])
+    sel = load_selection([tmp_path], resolve_runs(["20260101"], runs), runs)
+    prices = load_prices().with_assignments(["aws/c7i.large"], list(zip(sel.runs.run_id, sel.runs.env_id)))
+    rep = build_report(sel, prices, Criteria(max_drop_pt=1.0))
+    ov, ort = row(rep, "openvino", "int8"), row(rep, "onnxruntime", "int8")
+    assert ov.slo_throughput == 1200.0 and ov.server_batching == "max_batch 8, delay 4 ms, preferred 4/8"
+    assert ov.cost_per_m_at_slo == pytest.approx(ov.hourly / (3600 * 1200.0) * 1e6)
+    assert ort.slo_throughput == 900.0 and pd.isna(ort.server_batching)
+    # Unbatched, openvino (300/s) would cost more than onnxruntime (900/s); batched it is the pick.
+    rec = rep.recommendations["digits-cnn"]
+    assert rec.objective == "cost_at_slo" and rec.pick["backend"] == "openvino"
+    assert [c["batching"] for c in ov.server_curves] == [None, "max_batch 8, delay 4 ms, preferred 4/8"]
+    html = render_html(rep)
+    assert "batching max_batch 8, delay 4 ms" in html and "no batching" in html  # trace names (JSON escapes "/")
+    assert "dynamic batching" in render_markdown(rep)
+    assert to_csv_frame(rep).set_index(["backend", "variant"]).loc[("openvino", "int8"), "server_batching"] == \
+        "max_batch 8, delay 4 ms, preferred 4/8"
+
+
 def test_an_invalid_server_result_is_not_billed(tmp_path):
     write_run(tmp_path, "20260101-000000-srv003", [
         *config("int8", "openvino", 0.5, 3000.0, 0.0),
