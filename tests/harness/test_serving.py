@@ -155,3 +155,47 @@ def test_overload_is_a_growing_queue(linear, data):
 def test_bad_batching_options_name_the_key(bad, where):
     with pytest.raises(ValidationError, match=where):
         ServerSpec.model_validate({"kind": "server", "target_qps": 10, "slo_ms": 5, **bad})
+
+
+BATCHED_SUITE = """
+name = "batched"
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = ["onnxruntime", {name = "openvino", threads = 1}]
+batch_sizes = [1]
+timeout_s = 300
+
+[[scenarios]]
+kind = "server"
+name = "server-batched"
+target_qps = 5000
+slo_ms = 1000
+min_count = 300
+min_duration_s = 0
+max_batch = 4
+max_queue_delay_ms = 1.0
+"""
+
+
+def test_a_suite_runs_the_batched_server_scenario_end_to_end(tmp_path):
+    """From a suite file through the worker: the backend prepares every batch size, the rows say how it batched."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from costbench.harness.store import load_results
+
+    (tmp_path / "s.toml").write_text(BATCHED_SUITE)
+    proc = subprocess.run([sys.executable, "-m", "costbench.commands.cli", "run", str(tmp_path / "s.toml"), "--out",
+                           str(tmp_path / "results")], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0 and "2 ok" in proc.stdout, proc.stdout + proc.stderr
+    df = load_results(tmp_path / "results")
+    for backend in ("onnxruntime", "openvino"):
+        rows = df[(df.backend == backend) & (df.status == "ok")].set_index("metric")
+        assert rows.loc["mean_batch_size", "value"] >= 1.0 and rows.loc["queries", "value"] == 300
+        batching = json.loads(rows.loc["slo_met", "details"])["batching"]
+        assert batching["max_batch"] == 4 and sum(int(k) * c for k, c in batching["batch_size_histogram"].items()) == 300
+        assert "for every batch of 1..4 queries" in json.loads(rows.loc["load_time", "details"])["scope"]
+        assert rows.loc["service_time_p50", "value"] > 0
