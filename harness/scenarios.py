@@ -271,7 +271,7 @@ def percentile_interval(latency_ns: Sequence[int], p: float, confidence: float) 
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """The dynamic batcher's rule, shared by the server loop and by simulations of it.
+    """The dynamic batcher's rule (as Triton's dynamic batcher: a size cap, a queue delay, preferred sizes).
 
     A free server takes the oldest waiting query and dispatches when ``fill`` queries wait (the
     largest preferred size, else ``max_batch``) or when that query has waited ``delay_ns``,
