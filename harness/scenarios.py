@@ -462,9 +462,6 @@ class Server(Scenario):
         return {"verdict": verdict, "p_latency_ms": value / 1e6, "p_latency_ci_ms": [low / 1e6, high / 1e6],
                 "overloaded": overloaded}
 
-    def _meets(self, trial: _Trial) -> bool:
-        return self._judge(trial.latency_ns, self._overloaded(trial))["verdict"] == MEETS
-
     # --- search ---------------------------------------------------------------------------------
 
     def _capacity_estimate(self, session: Session, feeds) -> float:
