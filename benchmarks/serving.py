@@ -225,7 +225,14 @@ def models_part(args, out_dir: Path) -> dict:
             m = g[(g["scenario"] == label) & (g["metric"] == "max_qps_within_slo")]
             hist = g[(g["scenario"] == label) & (g["metric"] == "mean_batch_size")]
             qps = float(m["value"].iloc[0]) if len(m) else None
+
+            def metric(name: str) -> float | None:
+                v = g[(g["scenario"] == label) & (g["metric"] == name)]["value"]
+                return float(v.iloc[0]) if len(v) else None
+
             row[label] = {"max_qps_within_slo": qps, "cost_per_million": cost_per_million(hourly, qps),
+                          "capacity_interval": [metric("capacity_ci_low"), metric("capacity_ci_high")],
+                          "valid": bool(m["valid"].iloc[0]) if len(m) else None,
                           "mean_batch_size": float(hist["value"].iloc[0]) if len(hist) else None,
                           "status": "ok" if len(m) else "; ".join(sorted(set(g[g["scenario"] == label]["reason"]
                                                                               .dropna().astype(str))))}
@@ -293,17 +300,23 @@ def markdown(res: dict) -> str:
         m = res["models"]
         lines += [f"## EfficientNet-Lite0 int8, {m['slo']} (machine: {m['machine'] or 'unpriced'})", "",
                   f"Batched: max_batch {m['max_batch']}, max_queue_delay_ms {m['max_queue_delay_ms']}.", "",
-                  "| backend | variant | q/s unbatched | cost/M unbatched | q/s batched | mean batch | cost/M batched |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+                  "| backend | variant | q/s unbatched | interval | cost/M unbatched | q/s batched | interval | mean batch "
+                  "| cost/M batched | valid (unbatched/batched) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
         def f(v, spec):
             return "-" if v is None else format(v, spec)
 
+        def interval(x):
+            low, high = x.get("capacity_interval") or (None, None)
+            return f"[{f(low, '.1f')}, {f(high, '.1f')}]"
+
         for r in m["rows"]:
             u, b = r["server"], r["server-batched"]
-            lines.append(f"| {r['backend']} | {r['variant']} | {f(u['max_qps_within_slo'], '.1f')} | "
-                         f"{f(u['cost_per_million'], '.4f')} | {f(b['max_qps_within_slo'], '.1f')} | "
-                         f"{f(b['mean_batch_size'], '.2f')} | {f(b['cost_per_million'], '.4f')} |")
+            lines.append(f"| {r['backend']} | {r['variant']} | {f(u['max_qps_within_slo'], '.1f')} | {interval(u)} | "
+                         f"{f(u['cost_per_million'], '.4f')} | {f(b['max_qps_within_slo'], '.1f')} | {interval(b)} | "
+                         f"{f(b['mean_batch_size'], '.2f')} | {f(b['cost_per_million'], '.4f')} | "
+                         f"{u.get('valid')}/{b.get('valid')} |")
         lines.append("")
     if "issue" in res:
         lines += ["## Load generator issue rate (no-op backend)", "", "| rate | achieved | lateness p50 | p99 | max |",
