@@ -18,7 +18,8 @@ Generators (SOURCE is relative to the repository root):
 - ``pivot FOLDER``: per model, one row per variant and a p50 column per backend, with size and accuracy;
 - ``crosscheck FILE.json``: costbench against the vendor's tool, from ``costbench crosscheck --json``;
 - ``kernels-bench FILE.json``: the CPU GEMM benchmark, from ``costbench kernels bench --json``;
-- ``gpu-models FILE.json``: the model cases of ``scripts/gpu_check.py``'s ``gpu_check.json``.
+- ``gpu-models FILE.json``: the model cases of ``scripts/gpu_check.py``'s ``gpu_check.json``;
+- ``report FOLDER ARGS...``: what ``costbench report`` prints for the run in FOLDER with those arguments.
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ import difflib
 import io
 import json
 import math
+import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-BLOCK = re.compile(r"(<!-- generated: (?P<gen>[\w-]+) (?P<src>\S+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (?P<gen>[\w-]+) (?P<src>\S+)(?P<args>(?: [^>]*?)?) -->\n)(?P<body>.*?)"
+                   r"(<!-- end generated -->)", re.S)
 
 
 class SourceError(ValueError):
@@ -116,7 +120,7 @@ def _measured_groups(df):
         yield (*key, g)
 
 
-def gen_cases(src: Path) -> str:
+def gen_cases(src: Path, args: list[str]) -> str:
     _, _, df = run_frame(src)
     lines = ["| model | variant | backend | p50 ms [95% CI] | MB | top-1 vs fp32 | acc Δ / agree@conf | min cos "
              "| max abs err | load ms | 1st ms |",
@@ -129,7 +133,7 @@ def gen_cases(src: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_pivot(src: Path) -> str:
+def gen_pivot(src: Path, args: list[str]) -> str:
     _, _, df = run_frame(src)
     out = []
     for model, mdf in df.groupby("model", sort=False):
@@ -167,7 +171,7 @@ def gen_pivot(src: Path) -> str:
     return "\n".join(out)
 
 
-def gen_run_output(src: Path) -> str:
+def gen_run_output(src: Path, args: list[str]) -> str:
     from rich.console import Console
 
     from costbench.harness.reports.run_table import render
@@ -194,7 +198,7 @@ def _load_json(src: Path) -> Any:
         raise SourceError(f"{src}: not valid JSON: {exc}") from None
 
 
-def gen_crosscheck(src: Path) -> str:
+def gen_crosscheck(src: Path, args: list[str]) -> str:
     data = _load_json(src)
     lines = ["| case | scenario | costbench | vendor tool | ratio | verdict |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for p in data["pairs"]:
@@ -212,7 +216,7 @@ def gen_crosscheck(src: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_gpu_models(src: Path) -> str:
+def gen_gpu_models(src: Path, args: list[str]) -> str:
     data = _load_json(src)
     stage = next((v for k, v in data["stages"].items() if k.startswith("models")), None)
     if not stage or not isinstance(stage.get("result"), dict):
@@ -230,7 +234,7 @@ def gen_gpu_models(src: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_kernels_bench(src: Path) -> str:
+def gen_kernels_bench(src: Path, args: list[str]) -> str:
     data = _load_json(src)
     return _kernels_table(data)
 
@@ -274,13 +278,34 @@ def _kernels_table(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GENERATORS: dict[str, Callable[[Path], str]] = {
+def gen_report(src: Path, args: list[str]) -> str:
+    """What ``costbench report`` prints for the one run in FOLDER with the marker's extra arguments."""
+    import subprocess
+    import tempfile
+
+    header, _, _ = run_frame(src)
+    rel = src.relative_to(ROOT) if src.is_absolute() and src.is_relative_to(ROOT) else src
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "costbench.commands.cli", "report", header["run_id"], "-r", str(src), "-o", tmp,
+               *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+        if proc.returncode != 0:
+            raise SourceError(f"costbench report on {rel} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        text = proc.stdout.replace(tmp, "report")
+    shown = " ".join(["costbench report", header["run_id"][:15], "-r", str(rel), *map(shlex.quote, args)])
+    lines = [line.rstrip() for line in text.splitlines()]
+    return "```\n$ " + shown + "\n" + "\n".join(lines).strip("\n") + "\n```\n"
+
+
+GENERATORS: dict[str, Callable[[Path, list[str]], str]] = {
     "run-output": gen_run_output,
     "cases": gen_cases,
     "pivot": gen_pivot,
     "crosscheck": gen_crosscheck,
     "kernels-bench": gen_kernels_bench,
     "gpu-models": gen_gpu_models,
+    "report": gen_report,
 }
 
 
@@ -296,10 +321,10 @@ def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
         path = root / src
         if not path.exists():
             raise SourceError(f"README block '{label}': {src} does not exist")
-        body = GENERATORS[gen](path)
+        body = GENERATORS[gen](path, shlex.split(m["args"]))
         if body != m["body"]:
             changed.append(label)
-        return m.group(1) + body + m.group(5)
+        return m.group(1) + body + m.group(6)
 
     return BLOCK.sub(one, text), changed
 
