@@ -284,7 +284,8 @@ def gen_report(src: Path, args: list[str]) -> str:
     import tempfile
 
     header, _, _ = run_frame(src)
-    rel = src.relative_to(ROOT) if src.is_absolute() and src.is_relative_to(ROOT) else src
+    # shown as the marker names it: from results/ on, whichever checkout (or copy) the README is in
+    rel = str(src)[str(src).rfind("results/"):] if "results/" in str(src) else str(src)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "costbench.commands.cli", "report", header["run_id"], "-r", str(src), "-o", tmp,
                *args]
