@@ -301,3 +301,18 @@ def compare_processes(base: Sequence[float] | np.ndarray, new: Sequence[float] |
         lo, hi = diff - half, diff + half
     return Comparison(math.exp(float(b.mean())), math.exp(float(n.mean())), math.exp(diff), math.exp(lo),
                       math.exp(hi), p, int(b.size), int(n.size))
+
+
+def variance_ratio_p(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Two-sided F test p-value that two samples (>= 2 values each) have different variances."""
+    from scipy.special import fdtr
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    vx, vy = float(x.var(ddof=1)), float(y.var(ddof=1))
+    if vx == vy:
+        return 1.0
+    if vx == 0.0 or vy == 0.0:
+        return 0.0
+    f = vx / vy
+    lower = float(fdtr(x.size - 1, y.size - 1, f))
+    return min(1.0, 2.0 * min(lower, 1.0 - lower))
