@@ -49,10 +49,15 @@ def planned_processes(record: dict[str, Any]) -> int:
 
 
 def group_records(records: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Case records grouped by case, in the order each case first appears, each group in process order."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in records:
-        groups.setdefault(rec["case"]["case_id"], []).append(rec)
+    """Case records grouped by case, in the order each case first appears, each group in process order.
+
+    A case is its case_id on one machine class (a fleet run's records carry their node's env_id); a record
+    from before replication (no ``process`` key) is a case of its own.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for i, rec in enumerate(records):
+        key = (rec["case"]["case_id"], rec.get("env_id")) if "process" in rec else ("single", i)
+        groups.setdefault(key, []).append(rec)
     return [sorted(g, key=process_of) for g in groups.values()]
 
 
