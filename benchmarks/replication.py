@@ -46,17 +46,20 @@ NOMINAL_FDR = 0.002  # compare's BH level (docs/architecture.md)
 AA_SUITE = """
 name = "aa-smoke"
 description = "issue 17 A/A: the smoke models, fp32 and int8, three CPU backends, single-stream"
-models = ["digits-cnn", "efficientnet-lite0"]
+models = {models}
 variants = ["fp32", "int8"]
-backends = [{{name = "onnxruntime"}}, {{name = "openvino", hint = "latency"}}, {{name = "torch"}}]
+backends = {backends}
 processes = {processes}
 timeout_s = 600
 [[scenarios]]
 kind = "single_stream"
 warmup_count = 10
 min_count = 100
-min_duration_s = 1.0
+min_duration_s = {duration}
 """
+AA_FULL = {"models": '["digits-cnn", "efficientnet-lite0"]', "duration": 1.0,
+           "backends": '[{name = "onnxruntime"}, {name = "openvino", hint = "latency"}, {name = "torch"}]'}
+AA_QUICK = {"models": '["digits-cnn"]', "duration": 0.1, "backends": '[{name = "onnxruntime"}]'}
 
 SLEEPY_SUITE = """
 name = "sleepy"
@@ -75,7 +78,7 @@ timeout_s = 300
 kind = "single_stream"
 warmup_count = 20
 min_count = 200
-min_duration_s = 0.5
+min_duration_s = {duration}
 """
 
 
@@ -136,9 +139,9 @@ def single_process_verdicts(out: Path, base: str, new: str) -> dict[str, int]:
     return {"series": len(comps), "flagged": len(flagged), "regressed": sum(c.ratio > 1 for c in flagged)}
 
 
-def part_aa(work: Path, pairs: int, processes: int) -> dict:
+def part_aa(work: Path, pairs: int, processes: int, quick: bool) -> dict:
     suite = work / "aa-smoke.toml"
-    suite.write_text(AA_SUITE.format(processes=processes))
+    suite.write_text(AA_SUITE.format(processes=processes, **(AA_QUICK if quick else AA_FULL)))
     out = work / "aa"
     print(f"(a) A/A: {pairs + 1} runs of {suite.name}, processes = {processes}; warming the cache...", flush=True)
     run_suite(suite, work / "aa-warm", "--processes", "1")
@@ -173,12 +176,13 @@ def part_aa(work: Path, pairs: int, processes: int) -> dict:
                                    "pairs_with_a_flag": sum(r["single_process"]["flagged"] > 0 for r in results)}}
 
 
-def part_sensitivity(work: Path, trials: int, processes: int) -> dict:
+def part_sensitivity(work: Path, trials: int, processes: int, quick: bool) -> dict:
     out = work / "sens"
     suites = {}
     for planted in (False, True):
         p = work / f"sleepy-{'planted' if planted else 'base'}.toml"
-        p.write_text(SLEEPY_SUITE.format(s10=0.10 if planted else 0.0, s5=0.05 if planted else 0.0, processes=processes))
+        p.write_text(SLEEPY_SUITE.format(s10=0.10 if planted else 0.0, s5=0.05 if planted else 0.0, processes=processes,
+                                         duration=0.1 if quick else 0.5))
         suites[planted] = p
     print(f"(b) sensitivity: {trials + 1} runs alternating unplanted/planted, processes = {processes}", flush=True)
     run_suite(suites[False], work / "sens-warm", "--processes", "1")
@@ -322,6 +326,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=5, help="processes per case for (a) and (b): compare-grade")
     ap.add_argument("--parts", default="aa,sensitivity,smoke", help="comma-separated: aa, sensitivity, smoke")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--quick", action="store_true", help="a check that the script works, not a measurement: "
+                    "(a) digits-cnn on ONNX Runtime only, 0.1 s measuring a process in (a) and (b)")
     args = ap.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - {"aa", "sensitivity", "smoke"}
@@ -338,13 +344,13 @@ def main() -> None:
     # One warm cache for every run, apart from the user's.
     os.environ.setdefault("COSTBENCH_CACHE_DIR", str(work / "cache"))
     env = fingerprint()
-    res: dict = {"machine": describe_env(env), "env_id": env["env_id"], "commit": git_commit(ROOT),
+    res: dict = {"quick": args.quick, "machine": describe_env(env), "env_id": env["env_id"], "commit": git_commit(ROOT),
                  "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "work": str(work)}
     t0 = time.perf_counter()
     if "aa" in parts:
-        res["aa"] = part_aa(work, args.aa_pairs, args.processes)
+        res["aa"] = part_aa(work, args.aa_pairs, args.processes, args.quick)
     if "sensitivity" in parts:
-        res["sensitivity"] = part_sensitivity(work, args.trials, args.processes)
+        res["sensitivity"] = part_sensitivity(work, args.trials, args.processes, args.quick)
     if "smoke" in parts:
         res["smoke"] = part_smoke(work)
     res["total_s"] = time.perf_counter() - t0
