@@ -1,6 +1,7 @@
 """Does the regression gate hold? A/A false alarms, sensitivity to planted slowdowns, and the smoke suite's wall time.
 
     python benchmarks/replication.py OUT_DIR [--aa-pairs 10] [--trials 20] [--processes 5] [--parts aa,sensitivity,smoke]
+                                             [--smoke-only KEY=GLOB ...] [--quick] [--work DIR]
 
 Writes ``OUT_DIR/replication.json`` and ``OUT_DIR/replication.md`` (commit them under ``results/reference/``).
 Never asserts: it measures and reports, with counts. Issue 17's goals are printed beside each number.
@@ -235,7 +236,7 @@ def part_sensitivity(work: Path, trials: int, processes: int, quick: bool) -> di
             "plus0_unchanged": fa, "plus0_trials": n0}
 
 
-def part_smoke(work: Path) -> dict:
+def part_smoke(work: Path, only: list[str]) -> dict:
     """The smoke suite as shipped, against itself as it was before replication; warm caches, one timed run each."""
     import tomllib
 
@@ -252,16 +253,17 @@ def part_smoke(work: Path) -> dict:
     out = work / "smoke"
     print(f"(c) smoke wall time: {shipped} (processes = {data.get('processes')}) against {old.name}; warming...",
           flush=True)
-    run_suite(shipped, work / "smoke-warm")
-    run_suite(old, work / "smoke-warm")
+    filters = [x for f in only for x in ("--only", f)]
+    run_suite(shipped, work / "smoke-warm", *filters)
+    run_suite(old, work / "smoke-warm", *filters)
     times = {}
     for name, suite in (("before", old), ("now", shipped), ("before_again", old), ("now_again", shipped)):
-        _, wall = run_suite(suite, out)
+        _, wall = run_suite(suite, out, *filters)
         times[name] = wall
         print(f"  {name}: {wall:.0f} s", flush=True)
     before_s = (times["before"] + times["before_again"]) / 2
     now_s = (times["now"] + times["now_again"]) / 2
-    return {"walls_s": times, "before_s": before_s, "now_s": now_s, "ratio": now_s / before_s,
+    return {"walls_s": times, "before_s": before_s, "now_s": now_s, "ratio": now_s / before_s, "only": only,
             "smoke_processes": data.get("processes"), "goal_ratio": 1.5}
 
 
@@ -273,9 +275,11 @@ def markdown(res: dict) -> str:
         a = res["aa"]
         share = a["share_flagged"]
         old = a["single_process_way"]
+        what = ("digits-cnn; fp32, int8; ONNX Runtime; single-stream, 0.1 s a process: --quick, a check of the "
+                "script, not a measurement" if res.get("quick") else
+                "digits-cnn, EfficientNet-Lite0; fp32, int8; ONNX Runtime, OpenVINO, torch; single-stream")
         out += ["## (a) A/A: identical runs", "",
-                f"{a['pair_count'] + 1} runs of the reduced smoke suite (digits-cnn, EfficientNet-Lite0; fp32, int8; "
-                f"ONNX Runtime, OpenVINO, torch; single-stream), processes = {a['processes']}.", "",
+                f"{a['pair_count'] + 1} runs of the reduced smoke suite ({what}), processes = {a['processes']}.", "",
                 f"- `compare --fail-on-regression` exit 0: **{a['pairs_exit_0']} of {a['pair_count']} pairs** "
                 "(goal: all).",
                 f"- series flagged (regressed or improved): **{a['series_flagged']} of {a['series_compared']}** "
@@ -283,7 +287,7 @@ def markdown(res: dict) -> str:
                 else "- no series compared",
                 f"- the same runs judged the old way (first process only, raw samples): {old['series_flagged']} of "
                 f"{old['series_compared']} series flagged, in {old['pairs_with_a_flag']} of {a['pair_count']} pairs.",
-                "", "| base | new | exit | flagged | largest |log ratio| | single-process way |", "|---|---|---:|---:|---:|---:|"]
+                "", "| base | new | exit | flagged | largest abs(log ratio) | single-process way |", "|---|---|---:|---:|---:|---:|"]
         for p in a["pairs"]:
             out.append(f"| {p['base']} | {p['new']} | {p['exit_code']} | {p['flagged']} of {p['series']} | "
                        f"{p['max_abs_log_ratio']:.3f} | {p['single_process']['flagged']} of {p['single_process']['series']} |")
@@ -313,7 +317,8 @@ def markdown(res: dict) -> str:
         out += ["## (c) Smoke suite wall time", "",
                 f"`suites/smoke.toml` (processes = {m['smoke_processes']}): {m['now_s']:.0f} s; the same suite as it "
                 f"was before replication (one process, 1 s measuring): {m['before_s']:.0f} s; ratio "
-                f"**×{m['ratio']:.2f}** (goal <= ×{m['goal_ratio']}). Warm cache, mean of two timed runs each: "
+                f"**×{m['ratio']:.2f}** (goal <= ×{m['goal_ratio']}){' with --only ' + ' '.join(m['only']) if m['only'] else ''}. "
+                "Warm cache, mean of two timed runs each: "
                 + ", ".join(f"{k} {v:.0f} s" for k, v in m["walls_s"].items()) + ".", ""]
     return "\n".join(out)
 
@@ -326,6 +331,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=5, help="processes per case for (a) and (b): compare-grade")
     ap.add_argument("--parts", default="aa,sensitivity,smoke", help="comma-separated: aa, sensitivity, smoke")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--smoke-only", action="append", default=[], metavar="KEY=GLOB",
+                    help="(c): time only these smoke cases (costbench run --only); default: the whole suite")
     ap.add_argument("--quick", action="store_true", help="a check that the script works, not a measurement: "
                     "(a) digits-cnn on ONNX Runtime only, 0.1 s measuring a process in (a) and (b)")
     args = ap.parse_args()
@@ -341,8 +348,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="costbench-replication-"))
     work.mkdir(parents=True, exist_ok=True)
-    # One warm cache for every run, apart from the user's.
-    os.environ.setdefault("COSTBENCH_CACHE_DIR", str(work / "cache"))
+    # Every run uses the usual artifact cache ($COSTBENCH_CACHE_DIR or ~/.cache/costbench); each part warms it first.
     env = fingerprint()
     res: dict = {"quick": args.quick, "machine": describe_env(env), "env_id": env["env_id"], "commit": git_commit(ROOT),
                  "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "work": str(work)}
@@ -352,7 +358,7 @@ def main() -> None:
     if "sensitivity" in parts:
         res["sensitivity"] = part_sensitivity(work, args.trials, args.processes, args.quick)
     if "smoke" in parts:
-        res["smoke"] = part_smoke(work)
+        res["smoke"] = part_smoke(work, args.smoke_only)
     res["total_s"] = time.perf_counter() - t0
     (args.out / "replication.json").write_text(json.dumps(res, indent=1, default=str))
     (args.out / "replication.md").write_text(markdown(res))

@@ -366,7 +366,9 @@ def compress(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the selection and provenance as JSON."),
     timeout: float = typer.Option(1800.0, help="Per-case limit in seconds (training recipes build inside it)."),
     min_count: int = typer.Option(50, help="Single-stream queries to measure at least."),
-    min_duration: float = typer.Option(1.0, help="Seconds to measure at least."),
+    min_duration: float = typer.Option(1.0, help="Seconds to measure at least (in each process)."),
+    processes: int = typer.Option(3, "--processes", min=1, help="Fresh processes per variant x backend; the latency "
+                                  "interval is across them."),
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
 ) -> None:
     """Build variants, measure them, and name per backend the fastest one within budget: task accuracy where the
@@ -379,8 +381,10 @@ def compress(
             model, split(recipes), max_drop, max_parity_loss=max_parity_loss, backends=split(backends),
             options=select.parse_options(option),
             batch_size=batch_size, out=out, cache_dir=cache_dir, timeout_s=timeout, min_count=min_count,
-            min_duration_s=min_duration,
-            on_start=lambda i, c: err.print(f"[{i + 1}] {c.variant} / {c.backend}", highlight=False),
+            min_duration_s=min_duration, processes=processes,
+            on_start=lambda i, c: err.print(f"[{i + 1}] {c.variant} / {c.backend}"
+                                            + (f" (process {c.process + 1}/{c.processes})" if c.processes > 1 else ""),
+                                            highlight=False),
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))
