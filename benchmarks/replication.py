@@ -22,9 +22,11 @@ Never asserts: it measures and reports, with counts. Issue 17's goals are printe
     the same suite as it was before replication (one process, 1 s measuring), both with a warm cache.
     Goal: within 1.5x.
 
-Duration on a quiet 2-vCPU machine: (a) about 1.5–2.5 min a run, so 15–30 min for 10 pairs; (b) about
-25 s a run, about 9 min for 20 trials; (c) about 5 min (one warm-up run of each suite, then one timed run
-of each). Use ``--parts`` to run some.
+Duration on a quiet 2-vCPU machine with a warm cache: (a) 10 cases x 5 processes, about 1.5–2 min a run,
+so 17–25 min for 10 pairs; (b) 3 cases x 5 processes, about 25 s a run, about 9 min for 20 trials; (c) one
+warm-up and two timed runs of each smoke suite, about 10 min. About 40 min in all; a cold cache adds the
+builds (about 5 min, mostly ExecuTorch programs). ``--parts`` runs some; ``--quick`` checks the script in
+about a minute (not a measurement).
 """
 
 from __future__ import annotations
