@@ -149,7 +149,9 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
     rec["finished"] = max((r.get("finished") or "" for r in group), default="")
     if ok:
         rec["status"] = "ok"
-        rec["metrics"] = merge_metrics([r.get("metrics") or [] for r in ok])
+        # The runner's flag goes into the case's last record, which may be a failed process's.
+        flags = [m for r in bad for m in r.get("metrics") or [] if m["metric"] == "unstable"]
+        rec["metrics"] = merge_metrics([r.get("metrics") or [] for r in ok]) + flags
         rec["reason"] = (f"{len(bad)} of {planned} processes failed; first: {bad[0].get('reason', '')}" if bad else "")
     else:
         rec["reason"] = lead.get("reason", "")
