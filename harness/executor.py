@@ -52,7 +52,8 @@ class CaseOutcome:
     env_id: str | None = None
 
     def record(self, run_id: str) -> dict[str, Any]:
-        rec = {"type": "case", "run_id": run_id, "case": self.case.to_dict(), "status": self.status,
+        rec = {"type": "case", "run_id": run_id, "case": self.case.to_dict(), "process": self.case.process,
+               "status": self.status,
                "reason": self.reason, "elapsed_s": self.elapsed_s, "metrics": self.metrics, "info": self.info,
                "stderr_tail": self.stderr_tail,
                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -149,9 +150,9 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
 
     ``env``: the child's environment (default: this process's).
     """
-    job = workdir / f"{case.case_id}.job.json"
-    result = workdir / f"{case.case_id}.result.json"
-    errlog = workdir / f"{case.case_id}.stderr.log"
+    job = workdir / f"{case.job_id}.job.json"
+    result = workdir / f"{case.job_id}.result.json"
+    errlog = workdir / f"{case.job_id}.stderr.log"
     job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache_dir)}))
     result.unlink(missing_ok=True)
     t0 = time.perf_counter()

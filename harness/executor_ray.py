@@ -159,7 +159,7 @@ class RayExecutor(Executor):
         self.retry_lost = retry_lost
         self.nodes: list[Node] = []
         self._targets: dict[str, list[str]] = {}  # case_id -> node ids that can run it
-        self._in_flight: dict[str, Node] = {}  # case_id -> node measuring it
+        self._in_flight: dict[str, Node] = {}  # Case.job_id (case and process) -> node measuring it
         self._connected = False
 
     # -- connecting ---------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class RayExecutor(Executor):
         return [n for n in self.nodes if n.node_id in ids]
 
     def in_flight(self) -> dict[str, Node]:
-        """case_id -> the node measuring it now."""
+        """Case.job_id (a case's process) -> the node measuring it now."""
         return dict(self._in_flight)
 
     def describe(self) -> dict[str, Any]:
@@ -326,13 +326,13 @@ class RayExecutor(Executor):
                 if node.node_id in busy or not node.alive or node.unusable:
                     continue
                 for case in queue:
-                    if node.node_id in self._targets.get(case.case_id, ()) and node not in tried.get(case.case_id, []):
+                    if node.node_id in self._targets.get(case.case_id, ()) and node not in tried.get(case.job_id, []):
                         queue.remove(case)
-                        first = case.case_id not in tried
-                        tried.setdefault(case.case_id, []).append(node)
+                        first = case.job_id not in tried
+                        tried.setdefault(case.job_id, []).append(node)
                         ref = measure.options(**node.request()).remote(case.to_dict(), memory_limit_mb)
                         running[ref] = (case, node, time.time())
-                        self._in_flight[case.case_id] = node
+                        self._in_flight[case.job_id] = node
                         if first and on_start:
                             on_start(case)
                         break
@@ -341,13 +341,13 @@ class RayExecutor(Executor):
         while running:
             (ref,), _ = ray.wait(list(running), num_returns=1)
             case, node, submitted = running.pop(ref)
-            self._in_flight.pop(case.case_id, None)
-            outcome = self._outcome(ray, ref, case, node, submitted, tried[case.case_id], queue)
+            self._in_flight.pop(case.job_id, None)
+            outcome = self._outcome(ray, ref, case, node, submitted, tried[case.job_id], queue)
             dispatch()  # keep the nodes busy before the runner writes this outcome
             if outcome is not None:
                 yield outcome
         for case in queue:  # nothing runs and nothing more can start: no live node is left for these
-            if on_start and case.case_id not in tried:
+            if on_start and case.job_id not in tried:
                 on_start(case)
             able = [n for n in self.nodes if n.node_id in self._targets.get(case.case_id, ())]
             if not able:  # a case this executor's plan() did not place: a caller's mistake, said plainly

@@ -10,7 +10,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable
 
 from costbench.backends.base import Availability
@@ -50,6 +50,10 @@ class Case:
     # Fleet runs: the env_id of the machine class this case is planned for (one case per class); None when
     # the case runs wherever the run runs (the local executor).
     machine: str | None = None
+    # Replication: the case is measured in ``processes`` fresh processes; this Case is measurement number
+    # ``process`` (0-based). Every process of a case shares its case_id; only process 0 measures accuracy.
+    processes: int = 1
+    process: int = 0
 
     def __post_init__(self) -> None:
         if not self.case_id:
@@ -57,6 +61,16 @@ class Case:
             if self.machine is not None:
                 ident.append(self.machine)
             self.case_id = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:12]
+
+    @property
+    def job_id(self) -> str:
+        """Names one process of the case: unique among the processes of a run, where case_id is shared."""
+        return f"{self.case_id}.p{self.process}"
+
+    @property
+    def accuracy_here(self) -> bool:
+        """Whether this process measures accuracy: once per case (process 0), since it does not vary by process."""
+        return self.measure_accuracy and self.process == 0
 
     def key(self) -> dict[str, Any]:
         """The fields filters and result rows identify a case by."""
@@ -68,6 +82,24 @@ class Case:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Case":
         return cls(**data)
+
+
+def interleave(cases: Iterable[Case], done: set[tuple[str, int]] | None = None) -> list[Case]:
+    """One Case per process still to measure, round-robin over the cases: every case's process 0 in plan order,
+    then every case's process 1, and so on. A slow phase of the machine then spreads over all cases instead of
+    landing on one, and builds all happen in the first round (later processes find them in the cache).
+
+    A skipped case yields itself once (process 0). ``done``: (case_id, process) pairs already recorded.
+    """
+    done = done or set()
+    cases = list(cases)
+    out = []
+    for k in range(max((c.processes for c in cases), default=0)):
+        for c in cases:
+            if k >= (c.processes if c.status == PLANNED else 1) or (c.case_id, k) in done:
+                continue
+            out.append(replace(c, process=k))
+    return out
 
 
 def probe_machine(backends: Iterable[str] | None = None) -> dict[str, Availability]:
@@ -190,7 +222,7 @@ def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
             recipe_options=variant.options, backend_options=backend.options,
             model_spec=model.model_dump(mode="json"), scenario_spec=scenario.model_dump(mode="json"),
             artifact_format=fmt, timeout_s=suite.timeout_s, measure_accuracy=suite.accuracy,
-            status=SKIPPED if reason else PLANNED, reason=reason, machine=machine,
+            status=SKIPPED if reason else PLANNED, reason=reason, machine=machine, processes=suite.processes,
         )
         if any(_matches(case, t) for t in suite.exclude):
             continue

@@ -17,6 +17,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 
+from costbench.harness.replicates import merged_records
+
 SCHEMA_VERSION = 4  # bump when any table's columns change: older stores are then rebuilt from the run files
 RUNS_DIR = "runs"
 RESULT_COLUMNS = [
@@ -126,10 +128,13 @@ def rows_of(run: RunFile, header: dict[str, Any] | None = None,
             cases: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Long-form result rows of one run file: one per case and metric (one status row for skipped/failed).
 
+    A case measured in several processes gives one row per metric, over all its processes (:mod:`.replicates`).
+
     ``header`` and ``cases`` are ``run.read()`` when the caller already has them.
     """
     if header is None or cases is None:
         header, cases = run.read()
+    cases = merged_records(cases)  # one record per case, its processes merged
     base = {"run_id": header["run_id"], "env_id": header["env_id"], "created": header.get("created"),
             "commit": header.get("commit")}
     rows = []
@@ -151,7 +156,11 @@ def rows_of(run: RunFile, header: dict[str, Any] | None = None,
 
 
 def case_rows_of(run_id: str, cases: list[dict[str, Any]]) -> list[list[Any]]:
-    """Rows of the ``cases`` table (per-case provenance): run_id, seq, case_id, status, elapsed_s, finished, spec, info."""
+    """Rows of the ``cases`` table (per-case provenance): run_id, seq, case_id, status, elapsed_s, finished, spec, info.
+
+    ``cases``: the run file's case records; a case's processes become one row (:func:`merged_records`).
+    """
+    cases = merged_records(cases)
     return [[run_id, seq, rec["case"].get("case_id"), rec.get("status"), rec.get("elapsed_s"), rec.get("finished"),
              json.dumps(rec["case"], default=str), json.dumps(rec.get("info") or {}, default=str)]
             for seq, rec in enumerate(cases)]

@@ -13,7 +13,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +24,8 @@ from costbench.harness.env import fingerprint
 # CaseOutcome and run_case_in_child are re-exported: callers know them from here.
 from costbench.harness.executor import (CaseOutcome, Executor, ExecutorError, LocalExecutor,  # noqa: F401
                                         run_case_in_child)
-from costbench.harness.plan import Case
+from costbench.harness.plan import Case, interleave
+from costbench.harness.replicates import merge_metrics, merge_records, process_of
 from costbench.harness.suite_schema import ExecutorSpec
 from costbench.harness.store import RunFile, Store
 from costbench.harness.suite_schema import Suite
@@ -65,7 +66,7 @@ def git_commit(cwd: Path | None = None) -> str | None:
 class RunSummary:
     run_id: str
     run_file: Path
-    outcomes: list[CaseOutcome]
+    outcomes: list[CaseOutcome]  # one per case measured in this session, its processes merged
 
 
 UNSTABLE_CV_FACTOR = 3.0  # spread this many times the case's usual spread...
@@ -74,43 +75,77 @@ UNSTABLE_MIN_HISTORY = 3  # runs of the same case on the same env_id needed to k
 
 
 def flag_instability(store: Store, outcome: CaseOutcome, env_id: str, run_id: str) -> dict[str, Any] | None:
-    """An ``unstable`` metric row when this case's CV is far above its history on this environment."""
-    cv_row = next((m for m in outcome.metrics if m["metric"] in ("latency_cv", "batch_latency_cv")), None)
-    if cv_row is None or cv_row["value"] != cv_row["value"]:  # no timing, or NaN
+    """An ``unstable`` metric row when this case's processes disagree far more than in its history on this environment.
+
+    ``outcome`` holds the case's metrics over all its processes (:func:`costbench.harness.replicates.merge_metrics`).
+    With several processes the spread judged is between processes (``*_process_spread``, the standard
+    deviation of log per-process medians); a single-process case falls back to its samples' CV.
+    """
+    names = ("latency_process_spread", "batch_latency_process_spread", "latency_cv", "batch_latency_cv")
+    spread_row = next((m for n in names for m in outcome.metrics if m["metric"] == n), None)
+    if spread_row is None or spread_row["value"] != spread_row["value"]:  # no timing, or NaN
         return None
+    what = "process spread" if spread_row["metric"].endswith("_process_spread") else "cv"
     c = outcome.case
-    history = store.history(cv_row["metric"], env_id, exclude_run=run_id, model=c.model, variant=c.variant,
+    history = store.history(spread_row["metric"], env_id, exclude_run=run_id, model=c.model, variant=c.variant,
                             backend=c.backend, device=c.device, scenario=c.scenario, batch_size=c.batch_size)
-    details = {"cv": cv_row["value"], "history_runs": len(history),
-               "rule": f"cv > max({UNSTABLE_CV_FACTOR:g} x median of this case's earlier CVs on this env_id, "
+    details = {"metric": spread_row["metric"], "cv" if what == "cv" else "spread": spread_row["value"],
+               "history_runs": len(history),
+               "rule": f"{what} > max({UNSTABLE_CV_FACTOR:g} x median of this case's earlier values on this env_id, "
                        f"{UNSTABLE_CV_FLOOR:g}), with at least {UNSTABLE_MIN_HISTORY} earlier runs"}
     if len(history) < UNSTABLE_MIN_HISTORY:
         return {"metric": "unstable", "value": 0.0, "unit": "bool", "details": {**details, "judged": False}}
     usual = float(sorted(history)[(len(history) - 1) // 2])
-    unstable = cv_row["value"] > max(UNSTABLE_CV_FACTOR * usual, UNSTABLE_CV_FLOOR)
+    unstable = spread_row["value"] > max(UNSTABLE_CV_FACTOR * usual, UNSTABLE_CV_FLOOR)
     return {"metric": "unstable", "value": float(unstable), "unit": "bool",
-            "details": {**details, "judged": True, "history_median_cv": usual}}
+            "details": {**details, "judged": True, "history_median": usual,
+                        **({"history_median_cv": usual} if what == "cv" else {})}}
 
 
-def _execute(run_file: RunFile, header: dict[str, Any], cases: list[Case], results_dir: Path, cache_dir: Path,
+def _merged_outcome(outcomes: list[CaseOutcome]) -> CaseOutcome:
+    """One outcome per case from its processes' outcomes (the metrics merged as the store merges them)."""
+    if len(outcomes) == 1:
+        return outcomes[0]
+    rec = merge_records([o.record("") for o in outcomes])
+    first = outcomes[0]
+    return CaseOutcome(replace(first.case, process=0), rec["status"], rec["reason"], rec["metrics"], rec["info"],
+                       rec["elapsed_s"], rec.get("stderr_tail", ""), first.env_id)
+
+
+def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], results_dir: Path, cache_dir: Path,
              memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None) -> list[CaseOutcome]:
+    """Measure ``jobs`` (one Case per process, :func:`~costbench.harness.plan.interleave`); one merged outcome per case.
+
+    Each process's outcome is appended to the run file as it ends. When a case's last process ends, the
+    case is judged for instability over all its processes (those recorded before a resume included) and
+    the flag goes into that last process's record.
+    """
     executor = executor or LocalExecutor()
     store = Store(results_dir)
-    index = {c.case_id: i for i, c in enumerate(cases)}  # callbacks get the case's place in the plan
-    outcomes = []
+    index = {c.job_id: i for i, c in enumerate(jobs)}  # callbacks get the process's place in the schedule
+    earlier: dict[str, list[dict[str, Any]]] = {}
+    for rec in run_file.cases():
+        earlier.setdefault(rec["case"]["case_id"], []).append(rec)
+    by_case: dict[str, list[CaseOutcome]] = {}
     with tempfile.TemporaryDirectory(prefix=f"costbench-{header['run_id']}-") as tmp:
-        started = (lambda case: on_start(index[case.case_id], case)) if on_start else None
-        for outcome in executor.run_cases(cases, cache_dir, Path(tmp), memory_limit_mb, on_start=started):
-            if outcome.status == "ok":
-                flag = flag_instability(store, outcome, outcome.env_id or header["env_id"], header["run_id"])
-                if flag:
-                    outcome.metrics.append(flag)
+        started = (lambda case: on_start(index[case.job_id], case)) if on_start else None
+        for outcome in executor.run_cases(jobs, cache_dir, Path(tmp), memory_limit_mb, on_start=started):
+            c = outcome.case
+            mine = by_case.setdefault(c.case_id, [])
+            mine.append(outcome)
+            before = earlier.get(c.case_id, [])
+            if outcome.status != "skipped" and len(before) + len(mine) >= c.processes:
+                ok = [r for r in before if r["status"] == "ok"] + [o.record("") for o in mine if o.status == "ok"]
+                if ok:
+                    merged = replace(outcome, metrics=merge_metrics([r["metrics"] for r in sorted(ok, key=process_of)]))
+                    flag = flag_instability(store, merged, outcome.env_id or header["env_id"], header["run_id"])
+                    if flag:
+                        outcome.metrics.append(flag)
             run_file.append(outcome.record(header["run_id"]))
-            outcomes.append(outcome)
             if on_done:
-                on_done(index[outcome.case.case_id], outcome)
+                on_done(index[c.job_id], outcome)
     store.sync()
-    return outcomes
+    return [_merged_outcome(sorted(group, key=lambda o: o.case.process)) for group in by_case.values()]
 
 
 def run_plan(
@@ -152,7 +187,7 @@ def run_plan(
         "executor": executor.describe(),
     }
     run_file = RunFile.create(results_dir, header)
-    outcomes = _execute(run_file, header, cases, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
+    outcomes = _execute(run_file, header, interleave(cases), results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
                         executor)
     return RunSummary(run_id, run_file.path, outcomes)
 
@@ -182,7 +217,8 @@ def recorded_executor(header: dict[str, Any], address: str | None = None) -> Exe
 
 
 def plan_remaining(run_file: RunFile, executor: Executor | None = None) -> tuple[Suite, dict[str, Any], list[Case], int]:
-    """Re-plan a run from its stored suite; drop the cases it already recorded. (suite, header, todo, done).
+    """Re-plan a run from its stored suite; drop the processes it already recorded. (suite, header, todo, done):
+    ``todo`` is one Case per process still to measure, interleaved; ``done`` counts the processes recorded.
 
     ``executor`` plans it (default: local); a fleet run re-plans on the cluster as it is now, and the
     cases of a machine class it recorded keep their ids.
@@ -202,8 +238,10 @@ def plan_remaining(run_file: RunFile, executor: Executor | None = None) -> tuple
     if header.get("timeout_override") is not None:
         for c in cases:
             c.timeout_s = header["timeout_override"]
-    done = {r["case"]["case_id"] for r in run_file.cases()}
-    return suite, header, [c for c in cases if c.case_id not in done], len(done)
+    # A case is done when all its processes are recorded (ok or not); a resume measures only the missing processes.
+    recorded = run_file.cases()
+    done = {(r["case"]["case_id"], process_of(r)) for r in recorded}
+    return suite, header, interleave(cases, done), len(done)
 
 
 def resume_run(

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from costbench.harness.replicates import group_records, is_complete
 from costbench.harness.runfile import (
     RESULT_COLUMNS, RESULT_TYPES, SCHEMA_VERSION, RunFile, case_rows_of, redact, rows_of, run_files, run_row_of,
 )
@@ -204,15 +205,20 @@ class Prepared:
 
 def prepare(rf: RunFile) -> Prepared:
     """Read a run file and encode its rows; ValueError/KeyError when it is not a costbench run file."""
-    header, cases = rf.read()
+    header, records = rf.read()
+    # A push sends whole cases, in order: a case some of whose processes are still to come waits for them
+    # (its merged rows would change), and so does every case after it.
+    groups = group_records(records)
+    complete = next((i for i, g in enumerate(groups) if not is_complete(g)), len(groups))
+    cases = [r for g in groups[:complete] for r in g]
     run_id = header["run_id"]
-    by_seq: list[list[list[Any]]] = [[] for _ in cases]
+    by_seq: list[list[list[Any]]] = [[] for _ in groups[:complete]]
     for r in rows_of(rf, header, cases):
         rows = by_seq[r["seq"]]
         rows.append([r[c] for c in RESULT_COLUMNS] + [len(rows)])
     memo: dict[str, bytes] = {}
     return Prepared(
-        rf.path, header, [rec["case"].get("case_id") for rec in cases],
+        rf.path, header, [g[0]["case"].get("case_id") for g in groups[:complete]],
         [_copy_rows([row], COLUMN_TYPES["cases"], memo) for row in case_rows_of(run_id, cases)],
         [_copy_rows(rows, COLUMN_TYPES["results"], memo) for rows in by_seq], [len(rows) for rows in by_seq])
 

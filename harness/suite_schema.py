@@ -251,6 +251,10 @@ class Suite(_Strict):
     accuracy: bool = Field(True, description="Measure accuracy against the fp32 reference in every case.")
     exclude: list[dict[str, Any]] = Field(default_factory=list, description="Cases to drop: tables of key = value (glob).")
     memory_limit_mb: float | None = Field(None, gt=0, description="Kill a case whose process tree's RSS exceeds this.")
+    processes: int = Field(5, ge=1, le=1000, description=(
+        "Fresh processes each case is measured in, interleaved with the other cases; the process is the unit of "
+        "replication (intervals and compare's test are across processes). 5 is compare-grade; 1 gives the old "
+        "single-process numbers, whose intervals ignore the variation between process launches."))
     executor: ExecutorSpec | None = Field(None, description="Where cases are measured (default: here, one at a time).")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 

@@ -178,8 +178,9 @@ def load_inputs(case: Case, cache_dir: Path) -> CaseInputs:
 
     def from_cache() -> tuple[Artifact | None, np.ndarray | None, bool]:
         art = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
-        ref = cached_reference(bundle, cache_dir) if case.measure_accuracy else None
-        return art, ref, art is not None and (ref is not None or not case.measure_accuracy)
+        # Accuracy does not vary by process: only a case's first process loads the reference and measures it.
+        ref = cached_reference(bundle, cache_dir) if case.accuracy_here else None
+        return art, ref, art is not None and (ref is not None or not case.accuracy_here)
 
     artifact, reference, complete = from_cache()
     if not complete:

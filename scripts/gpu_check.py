@@ -60,8 +60,9 @@ CORRECTNESS_FLAGS = {"triton: validate every config": "all_ours_ok", "cuda-c: va
 class Run:
     """Stages under a deadline; results written after each stage."""
 
-    def __init__(self, out: Path, budget_s: float):
+    def __init__(self, out: Path, budget_s: float, only: list[str] | None = None):
         self.out = out
+        self.only = only or []  # stage-name prefixes to run; empty: all
         self.t0 = time.monotonic()
         self.deadline = self.t0 + budget_s
         self.record: dict[str, Any] = {"command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -71,6 +72,9 @@ class Run:
         return self.deadline - time.monotonic()
 
     def stage(self, name: str, fn: Callable[[], Any], needs_s: float = 0.0) -> Any:
+        if self.only and not any(name.startswith(p) for p in self.only):
+            self.record["stages"][name] = {"status": "not selected", "why": f"--stages {','.join(self.only)}"}
+            return None
         if self.left() < needs_s:
             self.record["stages"][name] = {"status": "skipped", "why": f"time budget: {self.left():.0f} s left, "
                                                                          f"stage needs ~{needs_s:.0f} s"}
@@ -522,10 +526,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes everywhere")
     parser.add_argument("--reference-image", action="store_true",
                         help="skip the TensorRT and onnxruntime-gpu cases: not installable on the reference image")
+    parser.add_argument("--stages", default="", help="comma-separated stage-name prefixes to run (e.g. "
+                        "'benchmark,models' to rerun those within a short budget); default: every stage")
     args = parser.parse_args()
     out = args.out or Path(os.environ.get("OUT") or ROOT / "results" / "gpu-check")
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(out, args.budget)
+    run = Run(out, args.budget, [p.strip() for p in args.stages.split(",") if p.strip()])
 
     import torch
 

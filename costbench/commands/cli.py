@@ -218,17 +218,20 @@ def run(
     executor: Optional[str] = typer.Option(None, "--executor", help=EXECUTOR_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP + " With --resume: where the cluster is now."),
     placement: list[str] = typer.Option([], "--placement", help=PLACEMENT_HELP),
+    processes: Optional[int] = typer.Option(None, "--processes", min=1, help=(
+        "Override the suite's processes per case (the unit of replication; 5 is compare-grade, 1 the fastest).")),
 ) -> None:
-    """Run a suite: each case in its own process with a timeout; results appended as each case ends."""
+    """Run a suite: each case in fresh processes with a timeout, interleaved; results appended as each process ends."""
     from costbench.harness.executor import ExecutorError
+    from costbench.harness.plan import interleave
     from costbench.harness.reports.run_table import render
     from costbench.harness.runner import ResumeError, find_run, plan_remaining, recorded_executor, resume_run, run_plan
     from costbench.harness.store import load_results
 
     publisher = _publisher(store, out, resume)  # a bad store stops here, before a cluster is reached or a case runs
     if resume is not None:
-        if suite is not None or only or timeout is not None:
-            _fail("--resume continues a run as it was planned: give no SUITE, --only or --timeout with it")
+        if suite is not None or only or timeout is not None or processes is not None:
+            _fail("--resume continues a run as it was planned: give no SUITE, --only, --timeout or --processes with it")
         if executor or placement:
             _fail("--resume continues a run where it was planned: give no --executor or --placement with it")
         ex = None
@@ -240,8 +243,8 @@ def run(
             if ex is not None:
                 ex.close()
             _fail(str(exc))
-        name, cases = header["suite"]["name"], todo
-        console.print(f"[bold]resuming {header['run_id']}[/] ({name}): {done} cases recorded, {len(todo)} to go")
+        name, jobs = header["suite"]["name"], todo
+        console.print(f"[bold]resuming {header['run_id']}[/] ({name}): {done} processes recorded, {len(todo)} to go")
     else:
         if suite is None:
             _fail("give a SUITE file, or --resume RUN")
@@ -250,23 +253,29 @@ def run(
         if timeout is not None:
             for c in cases:
                 c.timeout_s = timeout
+        if processes is not None:  # the header stores the suite as run, so a resume plans the same processes
+            suite_obj.processes = processes
+            for c in cases:
+                c.processes = processes
         runnable = sum(c.status == "planned" for c in cases)
+        jobs = interleave(cases)
         console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, "
-                      f"{len(cases) - runnable} skipped) -> {out}/")
+                      f"{len(cases) - runnable} skipped), {len(jobs)} processes -> {out}/")
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
-        task = progress.add_task("starting", total=len(cases))
+        task = progress.add_task("starting", total=len(jobs))
 
         def on_start(i, case):
+            of = f" · process {case.process + 1}/{case.processes}" if case.processes > 1 else ""
             progress.update(task, description=f"{case.model} / {case.variant} / {case.backend} / {case.scenario} "
-                                              f"/ b{case.batch_size}")
+                                              f"/ b{case.batch_size}{of}")
 
         def on_done(i, outcome):
-            counts[outcome.status] = counts.get(outcome.status, 0) + 1
             if outcome.status == "failed":
                 c = outcome.case
-                progress.console.print(f"[red]failed[/] {c.model} / {c.variant} / {c.backend} / {c.scenario}: "
+                of = f" (process {c.process + 1}/{c.processes})" if c.processes > 1 else ""
+                progress.console.print(f"[red]failed[/] {c.model} / {c.variant} / {c.backend} / {c.scenario}{of}: "
                                        f"{escape(outcome.reason)}", highlight=False)
             progress.advance(task)
             if publisher:
@@ -284,6 +293,9 @@ def run(
             summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done,
                                only=parse_filters(only), timeout_override=timeout, executor=ex)
     ex.close()
+    for o in summary.outcomes:  # one per case, its processes merged: ok when any process was
+        counts[o.status] = counts.get(o.status, 0) + 1
+        counts["failed"] += int(o.status == "ok" and bool(o.info.get("processes", {}).get("failed")))
     _publish_end(publisher, summary.run_file)
     render(load_results(out, summary.run_id), console)
     console.print(f"run [bold]{summary.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
@@ -354,7 +366,9 @@ def compress(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the selection and provenance as JSON."),
     timeout: float = typer.Option(1800.0, help="Per-case limit in seconds (training recipes build inside it)."),
     min_count: int = typer.Option(50, help="Single-stream queries to measure at least."),
-    min_duration: float = typer.Option(1.0, help="Seconds to measure at least."),
+    min_duration: float = typer.Option(1.0, help="Seconds to measure at least (in each process)."),
+    processes: int = typer.Option(3, "--processes", min=1, help="Fresh processes per variant x backend; the latency "
+                                  "interval is across them."),
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
 ) -> None:
     """Build variants, measure them, and name per backend the fastest one within budget: task accuracy where the
@@ -367,8 +381,10 @@ def compress(
             model, split(recipes), max_drop, max_parity_loss=max_parity_loss, backends=split(backends),
             options=select.parse_options(option),
             batch_size=batch_size, out=out, cache_dir=cache_dir, timeout_s=timeout, min_count=min_count,
-            min_duration_s=min_duration,
-            on_start=lambda i, c: err.print(f"[{i + 1}] {c.variant} / {c.backend}", highlight=False),
+            min_duration_s=min_duration, processes=processes,
+            on_start=lambda i, c: err.print(f"[{i + 1}] {c.variant} / {c.backend}"
+                                            + (f" (process {c.process + 1}/{c.processes})" if c.processes > 1 else ""),
+                                            highlight=False),
         )
     except (ValueError, KeyError) as exc:
         _fail(str(exc))

@@ -128,7 +128,8 @@ def compare(
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write it as Markdown."),
     store: list[str] = typer.Option([], "--store", help=STORE_HELP),
 ) -> None:
-    """Compare two runs series by series (only cases in both): ratio with CI, Mann–Whitney p, BH, verdict."""
+    """Compare two runs series by series (only cases in both), with the processes as replicates: ratio with CI,
+    Welch p on log per-process medians (single-process runs: Mann–Whitney on samples, said so), BH, verdict."""
     from rich.table import Table
 
     from costbench.harness.reports.compare import compare_runs, render_markdown
@@ -154,6 +155,11 @@ def compare(
                   f"{s.ratio_ci_low:.3f}–{s.ratio_ci_high:.3f}", f"{s.p_value:.2g}", f"{s.q_value:.2g}",
                   f"[{style[s.verdict]}]{s.verdict}[/]", s.reason)
     console.print(t)
+    fallback = sum(s.method == "samples" for s in result.series)
+    if fallback:
+        _warn(f"{fallback} of {len(result.series)} series were measured in a single process in BASE or NEW: tested on "
+              "raw samples, which cannot see the variation between process launches (over-confident; measure "
+              "with processes >= 2)")
     if not result.series:
         _warn("the two runs share no series with raw samples: nothing was compared")
     for title, items in (("only in BASE", result.only_base), ("only in NEW", result.only_new)):

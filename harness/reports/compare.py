@@ -1,8 +1,17 @@
-"""Compare two runs series by series: ratio of medians with an interval, Mann–Whitney p, BH across series, a verdict.
+"""Compare two runs series by series: a ratio with an interval, a p-value, BH across series, a verdict.
+
+The processes are the replicates: a series measured in several processes in both runs is tested with
+Welch's t test on the log per-process medians, and its ratio is that of their geometric means with the
+Welch interval (:func:`costbench.core.stats.compare_processes`). Thousands of samples within one process
+cannot see the variation between process launches, so a test on them calls changes that are not there.
+When either run measured the series in one process only (runs from before replication, or
+``processes = 1``), the comparison falls back to the raw samples (Mann–Whitney U, exact bootstrap
+interval of the ratio of medians) and its ``method`` and reason say so.
 
 A change is claimed only when it is significant after Benjamini–Hochberg correction (q below
-``SIGNIFICANCE_ALPHA``, docs/architecture.md) AND the ratio of medians is beyond a practical threshold. A
-series whose spread is far above the other run's is called unstable, not regressed.
+``SIGNIFICANCE_ALPHA``, docs/architecture.md) AND the ratio is beyond a practical threshold. A series whose
+spread (between processes; or within the one process) is far above the other run's is called unstable, not
+regressed.
 """
 
 from __future__ import annotations
@@ -13,15 +22,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from costbench.harness.replicates import process_values
 from costbench.harness.reports.data import (
-    SERIES_KEYS, Selection, env_differences, runner_flags, samples_of, series_label,
+    SERIES_KEYS, Selection, env_differences, row_details, runner_flags, samples_of, series_label,
 )
-from costbench.core.stats import SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_samples, percentile
+from costbench.core.stats import (
+    SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_processes, compare_samples, percentile, variance_ratio_p,
+)
 
 DEFAULT_THRESHOLD = 0.05  # 5%: smaller shifts are within what a re-run on the same machine moves
 UNSTABLE_SPREAD_FACTOR = 3.0  # spread this many times the other run's (and above the threshold): unstable
 HIGHER_IS_BETTER = {"throughput"}
 VERDICTS = ("regressed", "improved", "unstable", "unchanged")
+METHOD_PROCESSES = "processes"  # Welch t on log per-process medians
+METHOD_SAMPLES = "samples"  # single-process fallback: Mann-Whitney U on raw samples
+FALLBACK_NOTE = ("single process in {which}: tested on raw samples within one process, which cannot see the "
+                 "variation between process launches (measure with processes >= 2)")
 
 
 def relative_spread(samples: np.ndarray) -> float:
@@ -55,6 +71,7 @@ class SeriesResult:
     new_spread: float
     verdict: str
     reason: str
+    method: str = METHOD_PROCESSES  # what the replicates were: processes, or (fallback) one process's samples
 
     @property
     def label(self) -> str:
@@ -100,10 +117,13 @@ def _sample_series(df: pd.DataFrame) -> dict[tuple, pd.Series]:
 
 def verdict(ratio: float, lo: float, hi: float, q: float, base_spread: float, new_spread: float,
             base_valid: bool, new_valid: bool, threshold: float, alpha: float,
-            higher_is_better: bool = False, flagged: str = "") -> tuple[str, str]:
+            higher_is_better: bool = False, flagged: str = "",
+            spread_name: str = "spread (IQR/median)", spread_p: float | None = None) -> tuple[str, str]:
     """(verdict, reason) for one series; see the module docstring for the rule.
 
     ``flagged`` is the runner's own instability verdict for either run's case (empty when none).
+    ``spread_p``: with processes as replicates, the F test's p-value that the two runs' between-process
+    variances differ; a few processes' spread is itself noisy, so a larger spread alone is not "unstable".
     """
     if not base_valid or not new_valid:
         which = " and ".join(n for n, v in (("BASE", base_valid), ("NEW", new_valid)) if not v)
@@ -111,9 +131,9 @@ def verdict(ratio: float, lo: float, hi: float, q: float, base_spread: float, ne
     if flagged:
         return "unstable", flagged
     for name, mine, other in (("NEW", new_spread, base_spread), ("BASE", base_spread, new_spread)):
-        if mine > threshold and mine > UNSTABLE_SPREAD_FACTOR * other:
+        if mine > threshold and mine > UNSTABLE_SPREAD_FACTOR * other and (spread_p is None or spread_p < alpha):
             times = mine / other if other else float("inf")
-            return "unstable", f"{name}'s spread (IQR/median {mine:.1%}) is {times:.1f}× the other run's ({other:.1%})"
+            return "unstable", f"{name}'s {spread_name} {mine:.1%} is {times:.1f}× the other run's ({other:.1%})"
     worse = ratio >= 1 + threshold if not higher_is_better else ratio <= 1 - threshold
     better = ratio <= 1 - threshold if not higher_is_better else ratio >= 1 + threshold
     if q < alpha and (worse or better):
@@ -136,24 +156,36 @@ def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = D
     raw = []
     for k in shared:
         b, n = base_s[k], new_s[k]
-        c = compare_samples(samples_of(b["samples"]), samples_of(n["samples"]))
-        raw.append((k, b, n, c))
-    qs = benjamini_hochberg([c.p_value for *_, c in raw]) if raw else []
+        bp, np_ = process_values(row_details(b)), process_values(row_details(n))
+        if bp is not None and np_ is not None and np.all(bp > 0) and np.all(np_ > 0):
+            c, method = compare_processes(bp, np_), METHOD_PROCESSES
+        else:
+            c, method = compare_samples(samples_of(b["samples"]), samples_of(n["samples"])), METHOD_SAMPLES
+        raw.append((k, b, n, c, method, bp, np_))
+    qs = benjamini_hochberg([r[3].p_value for r in raw]) if raw else []
     flags = runner_flags(df[df["run_id"].isin([base_id, new_id])])
     series = []
-    for (k, b, n, c), q in zip(raw, qs):
-        bs, ns = relative_spread(samples_of(b["samples"])), relative_spread(samples_of(n["samples"]))
+    for (k, b, n, c, method, bp, np_), q in zip(raw, qs):
+        if method == METHOD_PROCESSES:  # the spread that matters: between processes (sd of log medians)
+            bs, ns = float(np.log(bp).std(ddof=1)), float(np.log(np_).std(ddof=1))
+        else:
+            bs, ns = relative_spread(samples_of(b["samples"])), relative_spread(samples_of(n["samples"]))
         key = dict(zip(SERIES_KEYS, k))
         flagged = "; ".join(f"{name}: {flags[(rid, *k[:-1])]}" for name, rid in (("BASE", base_id), ("NEW", new_id))
                             if (rid, *k[:-1]) in flags)
         v, why = verdict(c.ratio, c.ratio_ci_low, c.ratio_ci_high, float(q), bs, ns,
                          _is_valid(b["valid"]), _is_valid(n["valid"]),
-                         threshold, alpha, key["metric"] in HIGHER_IS_BETTER, flagged)
+                         threshold, alpha, key["metric"] in HIGHER_IS_BETTER, flagged,
+                         spread_name="process spread (sd of log medians)" if method == METHOD_PROCESSES else "spread (IQR/median)",
+                         spread_p=variance_ratio_p(np.log(bp), np.log(np_)) if method == METHOD_PROCESSES else None)
+        if method == METHOD_SAMPLES:
+            which = " and ".join(name for name, v in (("BASE", bp), ("NEW", np_)) if v is None) or "BASE or NEW"
+            why = f"{why}; {FALLBACK_NOTE.format(which=which)}"
         series.append(SeriesResult(**{**key, "batch_size": int(key["batch_size"])}, unit=str(b["unit"]),
                                    base_median=c.base_median, new_median=c.new_median, ratio=c.ratio,
                                    ratio_ci_low=c.ratio_ci_low, ratio_ci_high=c.ratio_ci_high, p_value=c.p_value,
                                    q_value=float(q), n_base=c.n_base, n_new=c.n_new, base_spread=bs, new_spread=ns,
-                                   verdict=v, reason=why))
+                                   verdict=v, reason=why, method=method))
     order = {v: i for i, v in enumerate(VERDICTS)}
     series.sort(key=lambda s: (order[s.verdict], -abs(np.log(s.ratio)) if s.ratio > 0 else 0, s.label))
     base, new = sel.run(base_id), sel.run(new_id)
@@ -175,10 +207,17 @@ def render_markdown(result: CompareResult) -> str:
            f"{c['unchanged']} unchanged** (threshold ±{result.threshold:.0%}, BH-corrected q < {result.alpha:g}).", ""]
     if result.env_warning:
         out += [f"> ⚠ {result.env_warning}"] + [f"> - {d}" for d in result.env_diffs] + [""]
-    out += ["| series | base | new | ratio (95% CI) | p | q | verdict | why |", "|---|---:|---:|---|---:|---:|---|---|"]
+    fallback = sum(s.method == METHOD_SAMPLES for s in result.series)
+    if fallback:
+        out += [f"> {fallback} of {len(result.series)} series were measured in a single process in BASE or NEW: they "
+                "are tested on raw samples, which cannot see the variation between process launches; their verdicts "
+                "are over-confident. Measure with `processes` ≥ 2 (default 5).", ""]
+    out += ["| series | base | new | ratio (95% CI) | p | q | replicates | verdict | why |",
+            "|---|---:|---:|---|---:|---:|---|---|---|"]
     for s in result.series:
+        reps = f"{s.n_base}+{s.n_new} processes" if s.method == METHOD_PROCESSES else f"{s.n_base}+{s.n_new} samples"
         out.append(f"| {s.label} | {s.base_median:.4g} {s.unit} | {s.new_median:.4g} {s.unit} | {s.ratio:.3f} "
-                   f"({s.ratio_ci_low:.3f}–{s.ratio_ci_high:.3f}) | {s.p_value:.2g} | {s.q_value:.2g} | "
+                   f"({s.ratio_ci_low:.3f}–{s.ratio_ci_high:.3f}) | {s.p_value:.2g} | {s.q_value:.2g} | {reps} | "
                    f"**{s.verdict}** | {s.reason} |")
     for title, items in (("Only in BASE", result.only_base), ("Only in NEW", result.only_new)):
         if items:

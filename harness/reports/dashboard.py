@@ -17,9 +17,10 @@ import pandas as pd
 
 from costbench.harness.reports.changepoints import ChangePoint, Point, detect
 from costbench.harness.reports.compare import HIGHER_IS_BETTER
+from costbench.harness.replicates import process_values
 from costbench.harness.reports.data import (
-    CASE_KEYS, SERIES_KEYS, Selection, env_differences, reproduce_command, runner_flags, samples_of, series_label,
-    short_commit,
+    CASE_KEYS, SERIES_KEYS, Selection, env_differences, reproduce_command, row_details, runner_flags, samples_of,
+    series_label, short_commit,
 )
 from costbench.harness.reports.html import Column, esc, fmt, page, table
 from costbench.core.stats import SIGNIFICANCE_ALPHA
@@ -32,7 +33,7 @@ FILTER_KEYS = ("model", "variant", "backend", "device", "metric")
 CHANGES_COLUMNS = ["series", "model", "variant", "backend", "device", "scenario", "batch_size", "metric", "verdict",
                    "last_good_run", "last_good_commit", "last_good_created", "first_bad_run", "first_bad_commit",
                    "first_bad_created", "ratio", "ratio_ci_low", "ratio_ci_high", "p_value", "q_value",
-                   "still_present", "env_id", "reproduce"]
+                   "still_present", "env_id", "reproduce", "method"]
 
 
 @dataclass
@@ -90,6 +91,7 @@ def build_dashboard(sel: Selection, threshold: float = 0.05, alpha: float = SIGN
                 ci_low=None if pd.isna(r["ci_low"]) else float(r["ci_low"]),
                 ci_high=None if pd.isna(r["ci_high"]) else float(r["ci_high"]),
                 samples=samples, valid=True if valid is None or pd.isna(valid) else bool(valid),
+                process_values=process_values(row_details(r)),
                 reproduce=reproduce_command(run, key_d, infos.get((r["run_id"], r["case_id"])))))
             flag = flags.get((r["run_id"], *(key_d[k] for k in CASE_KEYS)))
             if flag:  # the runner judged this case against its history when it ran: keep that verdict
@@ -117,7 +119,7 @@ def changes_frame(dash: Dashboard) -> pd.DataFrame:
                          "first_bad_commit": c.first_bad.commit, "first_bad_created": c.first_bad.created,
                          "ratio": c.ratio, "ratio_ci_low": c.ci_low, "ratio_ci_high": c.ci_high,
                          "p_value": c.p_value, "q_value": c.q_value, "still_present": c.still_present,
-                         "env_id": c.first_bad.env_id, "reproduce": c.first_bad.reproduce})
+                         "env_id": c.first_bad.env_id, "reproduce": c.first_bad.reproduce, "method": c.method})
     df = pd.DataFrame(rows, columns=CHANGES_COLUMNS)
     if len(df):
         df = df.sort_values(["verdict", "first_bad_created", "series"], ascending=[False, False, True], kind="stable")
@@ -364,7 +366,8 @@ def to_json(dash: Dashboard) -> dict[str, Any]:
                         "change_points": [{"verdict": c.verdict, "last_good": c.last_good.run_id,
                                            "first_bad": c.first_bad.run_id, "ratio": c.ratio, "ci_low": c.ci_low,
                                            "ci_high": c.ci_high, "p_value": c.p_value, "q_value": c.q_value,
-                                           "still_present": c.still_present} for c in s.change_points]}
+                                           "still_present": c.still_present, "method": c.method}
+                                          for c in s.change_points]}
                        for s in dash.series]}
 
 

@@ -214,7 +214,8 @@ def row_details(row: Any) -> dict[str, Any]:
 
 
 def runner_flags(df: pd.DataFrame) -> dict[tuple, str]:
-    """Cases the runner flagged unstable (an ``unstable`` row = 1: CV far above its history on that env_id).
+    """Cases the runner flagged unstable (an ``unstable`` row = 1: its processes' spread, or a single process's CV,
+    far above its history on that env_id).
 
     Keyed by (run_id, *CASE_KEYS); the value says why, for a person.
     """
@@ -223,8 +224,14 @@ def runner_flags(df: pd.DataFrame) -> dict[tuple, str]:
     for r in rows.to_dict("records"):
         d = row_details(r)
         cv, usual = d.get("cv"), d.get("history_median_cv")
-        why = (f"the runner flagged it unstable (CV {cv:.1%} vs {usual:.1%} usual on this machine)"
-               if isinstance(cv, float) and isinstance(usual, float) else "the runner flagged it unstable")
+        spread, usual_spread = d.get("spread"), d.get("history_median")
+        if isinstance(spread, float) and isinstance(usual_spread, float):
+            why = (f"the runner flagged it unstable (its processes disagree by {spread:.1%}, sd of log medians, vs "
+                   f"{usual_spread:.1%} usual on this machine)")
+        elif isinstance(cv, float) and isinstance(usual, float):
+            why = f"the runner flagged it unstable (CV {cv:.1%} vs {usual:.1%} usual on this machine)"
+        else:
+            why = "the runner flagged it unstable"
         out[(r["run_id"], *(r[k] for k in CASE_KEYS))] = why
     return out
 

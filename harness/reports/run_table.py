@@ -63,7 +63,8 @@ def _accuracy_cells(g: pd.DataFrame, labelled: bool) -> dict[str, str]:
 
 
 def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]]:
-    """Per model: latency p50 with its 95% CI, throughput, size, accuracy against fp32; plus numbered notes.
+    """Per model: latency p50 with its 95% CI, the share of its variance between processes, throughput, size,
+    accuracy against fp32; plus numbered notes.
 
     Accuracy: where the model has labels, the change in task accuracy with its 95% interval ("acc Δ");
     where it has none, parity with fp32 under its own name ("agree@conf": top-1 agreement where fp32 is
@@ -104,6 +105,8 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             mark = ("" if lat is None or lat["valid"] else "*") + ("~" if not unstable.empty else "")
             line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
             line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
+            share = _value(streams, "latency_process_share")
+            line["between"] = _fmt(None if share is None else 100 * share["value"], ".0f", "%")
             off = _value(g[g["scenario"].isin(offlines)], "throughput")
             off = off if off is not None else _value(streams, "throughput")
             line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
@@ -145,6 +148,9 @@ def render(df: pd.DataFrame, console) -> None:
             t.add_row(*[str(v) for v in row.tolist()])
         console.print(t)
     columns = {c for table in tables.values() for c in table.columns}
+    if "between" in columns and any((t["between"] != "-").any() for t in tables.values()):
+        console.print("95% CI: across processes (t interval on the per-process medians); between: share of the latency "
+                      "variance that lies between processes", highlight=False)
     if "acc Δ" in columns:
         console.print(escape("acc Δ: task accuracy minus fp32's on the same labelled samples [paired 95% interval]"),
                       highlight=False)

@@ -90,6 +90,7 @@ class Operands:
         self.s_col = torch.rand(n, device=device, generator=gen) * (1.0 / (128 * math.sqrt(k))) + 1e-6
         self.bias = torch.randn(n, device=device, generator=gen)
         self._exact: torch.Tensor | None = None
+        self.scratch: dict[tuple, torch.Tensor] = {}  # per-implementation buffers made from these operands
 
     def exact(self) -> torch.Tensor:
         """A·B on set 0, exactly (float64 sums of int8 products are exact below 2**53)."""
@@ -138,13 +139,15 @@ def implementations(device: Any, cuda_c: Any = None) -> list[Impl]:
     from costbench.kernels.gpu import triton_gemm as tg
 
     impls: list[Impl] = []
-    outs: dict[tuple[str, int, int], torch.Tensor] = {}
 
+    # Buffers derived from an operand set live on that Operands object (``ops.scratch``) and die with it. Keyed
+    # by id(ops) in a dict here they outlived it, and the next shape's Operands, given the same id, got the
+    # last shape's output buffer and padded A (the H200 check's M=16 and 4096³ rows failed that way).
     def out(tag: str, ops: Operands, i: int, dtype, rows: int | None = None) -> torch.Tensor:
-        key = (tag, id(ops), i)
-        if key not in outs:
-            outs[key] = torch.empty((rows or ops.m, ops.n), dtype=dtype, device=device)
-        return outs[key]
+        key = ("out", tag, i)
+        if key not in ops.scratch:
+            ops.scratch[key] = torch.empty((rows or ops.m, ops.n), dtype=dtype, device=device)
+        return ops.scratch[key]
 
     impls.append(Impl("triton int8 (int32 out)", "int32", True,
                       lambda ops, i: (lambda: tg.int8_gemm(ops.a[i], ops.b_nk[i], out=out("ti", ops, i, torch.int32))),
@@ -156,12 +159,10 @@ def implementations(device: Any, cuda_c: Any = None) -> list[Impl]:
     if cuda_c is not None:
         from costbench.kernels.gpu.cuda_gemm import pack_weight
 
-        packed: dict[tuple[int, int], torch.Tensor] = {}
-
         def w(ops: Operands, i: int) -> torch.Tensor:
-            if (id(ops), i) not in packed:
-                packed[(id(ops), i)] = pack_weight(ops.b[i])
-            return packed[(id(ops), i)]
+            if ("packed", i) not in ops.scratch:
+                ops.scratch[("packed", i)] = pack_weight(ops.b[i])
+            return ops.scratch[("packed", i)]
 
         graphable = cuda_c.launcher.name != "pycuda"
         note = "" if graphable else "PyCUDA launches on the legacy stream: per-call events, no graph"
@@ -174,28 +175,29 @@ def implementations(device: Any, cuda_c: Any = None) -> list[Impl]:
                           _check_fp16, graphable, note))
 
     # cuBLASLt through torch._int_mm needs M > 16: smaller M is padded to 32 rows (what a caller would do).
-    padded: dict[tuple[int, int], torch.Tensor] = {}
-
     def a_mm(ops: Operands, i: int) -> torch.Tensor:
         if ops.m > 16:
             return ops.a[i]
-        if (id(ops), i) not in padded:
+        if ("padded", i) not in ops.scratch:
             buf = torch.zeros((32, ops.k), dtype=torch.int8, device=device)
             buf[: ops.m] = ops.a[i]
-            padded[(id(ops), i)] = buf
-        return padded[(id(ops), i)]
+            ops.scratch[("padded", i)] = buf
+        return ops.scratch[("padded", i)]
 
+    # B goes in column-major (a transposed view of the N×K copy): cuBLASLt's int8 tensor-core kernels want
+    # the "TN" layout, and a row-major B sends it to a far slower kernel, which would flatter ours.
     def int_mm(ops, i):
-        return lambda: torch._int_mm(a_mm(ops, i), ops.b[i], out=out("mm", ops, i, torch.int32, a_mm(ops, i).shape[0]))
+        return lambda: torch._int_mm(a_mm(ops, i), ops.b_nk[i].t(), out=out("mm", ops, i, torch.int32,
+                                                                            a_mm(ops, i).shape[0]))
 
     def int_mm_dequant(ops, i):
         def run():
-            acc = torch._int_mm(a_mm(ops, i), ops.b[i])[: ops.m]
+            acc = torch._int_mm(a_mm(ops, i), ops.b_nk[i].t())[: ops.m]
             return (acc.float() * ops.s_row[:, None] * ops.s_col[None, :] + ops.bias).half()
         return run
 
     impls.append(Impl("cuBLASLt torch._int_mm (int32 out)", "int32", False, int_mm, _check_int32,
-                      note="M <= 16 padded to 32 rows", supports=_int_mm_support))
+                      note="M <= 16 padded to 32 rows; B column-major", supports=_int_mm_support))
     impls.append(Impl("torch._int_mm + separate dequantize (fp16 out)", "fp16", False, int_mm_dequant, _check_fp16,
                       note="eager: _int_mm, then float/mul/mul/add/half kernels", supports=_int_mm_support))
     impls.append(Impl("cuBLAS fp16 GEMM torch.mm (fp16 out)", "fp16", False,
@@ -264,6 +266,7 @@ def bench_shape(m: int, k: int, n: int, impls: list[Impl], timer: Timer, rounds:
     ops = Operands(m, k, n, timer.device, timer.l2_bytes, gen)
     series: dict[str, Series] = {}
     calls: dict[str, tuple[list[Callable[[], Any]], bool]] = {}
+    probes: dict[str, float] = {}  # µs of one cold call of each implementation that runs
     for impl in impls:
         s = Series(impl.name, impl.out, impl.ours, note=impl.note)
         series[impl.name] = s
@@ -285,11 +288,17 @@ def bench_shape(m: int, k: int, n: int, impls: list[Impl], timer: Timer, rounds:
         if problem:
             s.error = f"wrong result, not timed: {problem}"
             continue
-        probe_us = float(np.median(timer.per_call(fns[0], 5)))
-        use_graph = impl.capturable and probe_us < GRAPH_BELOW_US
-        s.method = (f"CUDA graph of calls over {ops.sets} rotated operand sets" if use_graph
-                    else "per-call CUDA events, L2 flushed before each call")
-        calls[impl.name] = (fns, use_graph)
+        probes[impl.name] = float(np.median(timer.per_call(fns[0], 5)))
+        calls[impl.name] = (fns, impl.capturable)
+    # One method per shape, so that every implementation that can be captured is timed the same way: a
+    # shape is "small" (graphed) when its fastest implementation runs under GRAPH_BELOW_US. Deciding per
+    # implementation once timed a slow first call of ours cold and per call, and cuBLASLt's warm in a graph.
+    small = bool(probes) and min(probes.values()) < GRAPH_BELOW_US
+    for name, (fns, capturable) in list(calls.items()):
+        use_graph = capturable and small
+        series[name].method = (f"CUDA graph of calls over {ops.sets} rotated operand sets" if use_graph
+                               else "per-call CUDA events, L2 flushed before each call")
+        calls[name] = (fns, use_graph)
     names = list(calls)
     for r in range(rounds):
         for idx in rng.permutation(len(names)):

@@ -145,6 +145,26 @@ def test_openvino_outputs_of_consecutive_runs_do_not_alias(tiny, rng):
     np.testing.assert_allclose(first, _reference(tiny, x1), atol=1e-4, rtol=0)
 
 
+def test_openvino_reused_input_arrays_are_read_afresh_every_call(tiny, rng):
+    # The session wraps each array the caller keeps feeding in one shared-memory tensor: a rotated batch,
+    # an array changed in place, a non-contiguous view and more arrays than it keeps must all be read as
+    # they are at the call.
+    session = _prepare("openvino", tiny.artifacts[FORMAT_OPENVINO], {"inference_precision": "f32"}, 2)
+    batches = [_fresh_input(rng, tiny.input_shape, 2) for _ in range(3)]
+    for _ in range(2):  # the second pass hits the kept tensors
+        for x in batches:
+            np.testing.assert_allclose(session.run({"input": x})[0], _reference(tiny, x), atol=1e-4, rtol=0)
+    batches[1][:] = _fresh_input(rng, tiny.input_shape, 2)  # in place: same object, new values
+    np.testing.assert_allclose(session.run({"input": batches[1]})[0], _reference(tiny, batches[1]), atol=1e-4, rtol=0)
+    wide = _fresh_input(rng, tiny.input_shape, 4)[::2]  # a strided view
+    np.testing.assert_allclose(session.run({"input": wide})[0], _reference(tiny, np.ascontiguousarray(wide)),
+                               atol=1e-4, rtol=0)
+    many = [_fresh_input(rng, tiny.input_shape, 2) for _ in range(40)]  # past what the session keeps
+    for x in many:
+        np.testing.assert_allclose(session.run({"input": x})[0], _reference(tiny, x), atol=1e-4, rtol=0)
+    assert len(session._tensors) <= 32
+
+
 class _MultiOutput(torch.nn.Module):
     """Returns a dict holding a tensor and a tuple, to exercise output flattening."""
 

@@ -90,6 +90,7 @@ variants = ["fp32"]
 backends = [{name = "onnxruntime", threads = 1}]
 batch_sizes = [1, 2]
 timeout_s = 300
+processes = 2
 """ + SCENARIOS))
     with RayExecutor(c.address) as ex:
         cases = ex.plan(suite)
@@ -99,9 +100,11 @@ timeout_s = 300
         assert all({n.node_id for n in ex.placement_of(x)} == all_ids for x in cases)
         streamed = []
         summary = run_plan(suite, cases, tmp_path / "fleet", executor=ex, on_done=lambda i, o: streamed.append(i))
-    assert sorted(streamed) == [0, 1, 2, 3]
+    assert sorted(streamed) == list(range(8))  # each case's two processes, each reported as it ends
     run = RunFile(summary.run_file)
     header, records = run.header(), run.cases()
+    assert sorted((r["case"]["case_id"], r["process"]) for r in records) == sorted(
+        (x.case_id, k) for x in cases for k in (0, 1))
     assert header["executor"]["kind"] == "ray" and env_id in header["executor"]["machines"]
     assert all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
     used = {r["info"]["node"]["node_id"] for r in records}
@@ -130,6 +133,7 @@ def test_a_node_without_a_backend_is_never_sent_its_cases(cluster, tmp_path, plu
     c, nodes, _ = cluster
     path = write_suite(tmp_path / "mixed.toml", """
 name = "mixed"
+processes = 1
 models = ["digits-cnn"]
 variants = ["fp32"]
 backends = [{name = "onnxruntime", threads = 1}, {name = "faulty", label = "only-on-b"}]
@@ -160,6 +164,7 @@ def test_bad_addresses_and_unrunnable_suites_fail_before_any_case(cluster, tmp_p
     c, _, _ = cluster
     path = write_suite(tmp_path / "s.toml", """
 name = "s"
+processes = 1
 models = ["digits-cnn"]
 variants = ["fp32"]
 backends = ["onnxruntime"]
@@ -177,6 +182,7 @@ backends = ["onnxruntime"]
         ex.placement = ["every-class"]
         trt = write_suite(tmp_path / "trt.toml", """
 name = "trt"
+processes = 1
 models = ["digits-cnn"]
 variants = ["fp32"]
 backends = [{name = "tensorrt", device = "cuda"}]
@@ -199,6 +205,7 @@ def test_the_driver_killed_mid_run_resumes_and_redoes_nothing(cluster, tmp_path,
     gate.touch()
     path = write_suite(tmp_path / "resumable.toml", f"""
 name = "resumable"
+processes = 1
 models = ["digits-cnn"]
 variants = ["fp32"]
 timeout_s = 300
@@ -236,7 +243,7 @@ min_duration_s = 0.0
     gate.unlink()
     resumed = subprocess.run([*cli, "run", "--resume", run_file.stem, "--out", str(out)], capture_output=True,
                              text=True, timeout=300, env=env)
-    assert resumed.returncode == 0 and "1 cases recorded, 2 to go" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0 and "1 processes recorded, 2 to go" in resumed.stdout, resumed.stdout + resumed.stderr
     records = RunFile(run_file).cases()
     assert sorted(r["case"]["backend"] for r in records) == ["first", "last", "slow"]
     assert all(r["status"] == "ok" and r["info"]["node"]["env_id"] == r["env_id"] for r in records)
@@ -254,6 +261,7 @@ def test_a_node_lost_mid_case_costs_that_case_or_is_rerun_once(cluster, tmp_path
         gate.touch()
         suite = load_suite(write_suite(tmp_path / f"doomed-{retry}.toml", f"""
 name = "doomed"
+processes = 1
 models = ["digits-cnn"]
 variants = ["fp32"]
 timeout_s = 300
@@ -274,9 +282,9 @@ min_duration_s = 0.0
 
             def kill_when_measuring():
                 deadline = time.monotonic() + 240
-                while time.monotonic() < deadline and not (case.case_id in ex.in_flight() and _measuring(case.case_id)):
+                while time.monotonic() < deadline and not (case.job_id in ex.in_flight() and _measuring(case.case_id)):
                     time.sleep(0.2)
-                node_id = ex.in_flight()[case.case_id].node_id
+                node_id = ex.in_flight()[case.job_id].node_id
                 victim = next(n for n in doomed if n.node_id == node_id)
                 killed["node_id"] = node_id
                 c.remove_node(victim, allow_graceful=False)
@@ -316,6 +324,7 @@ def test_a_bad_executor_section_names_the_key(tmp_path):
 
     path = write_suite(tmp_path / "bad.toml", """
 name = "bad"
+processes = 1
 models = ["digits-cnn"]
 variants = ["fp32"]
 backends = ["onnxruntime"]

@@ -19,6 +19,7 @@ variants = ["fp32", "int8"]
 backends = ["torch", "onnxruntime", {name = "openvino", threads = 1}]
 batch_sizes = [1]
 timeout_s = 300
+processes = 2
 
 [[scenarios]]
 kind = "single_stream"
@@ -71,6 +72,28 @@ def test_cli_run_end_to_end(tiny_run):
         assert (ok[ok.metric == metric]["value"] > 0).all(), metric
 
 
+def test_each_case_is_measured_in_interleaved_processes(tiny_run):
+    """processes = 2: two records per case, every case's first process before any second one; one row per metric
+    over both, with the per-process medians and sample counts; accuracy measured once, by the first process."""
+    _, out = tiny_run
+    (run_file,) = (out / "runs").glob("*.jsonl")
+    records = [r for r in RunFile(run_file).cases() if r["status"] == "ok"]
+    assert [r["process"] for r in records] == [0] * 10 + [1] * 10
+    assert [r["case"]["case_id"] for r in records[:10]] == [r["case"]["case_id"] for r in records[10:]]
+    for r in records:
+        has_accuracy = any(m["metric"] == "task_accuracy" for m in r["metrics"])
+        assert has_accuracy == (r["process"] == 0)
+    df = load_results(out)
+    ok = df[df.status == "ok"]
+    assert (ok.groupby(["case_id", "metric"]).size() == 1).all()
+    for row in ok[ok.metric == "latency_p50"].itertuples():
+        procs = json.loads(row.details)["processes"]
+        assert procs["count"] == 2 and sum(procs["sizes"]) == len(row.samples)
+        assert min(procs["values"]) <= row.value <= max(procs["values"])
+    share = ok[ok.metric.isin(["latency_process_share", "batch_latency_process_share"])]
+    assert len(share) == 10 and share["value"].between(0, 1).all()
+
+
 def test_results_command_lists_and_shows(tiny_run):
     _, out = tiny_run
     listing = subprocess.run([sys.executable, "-m", "costbench.commands.cli", "results", str(out)],
@@ -93,6 +116,7 @@ backends = [
   {name = "faulty", label = "fine"},
 ]
 timeout_s = 20
+processes = 1
 [[scenarios]]
 kind = "single_stream"
 warmup_count = 1
@@ -138,6 +162,7 @@ models = [
 variants = ["fp32", "int8", "distill"]
 backends = ["torch", "onnxruntime"]
 batch_sizes = [2, 4]
+processes = 1
 [[scenarios]]
 kind = "single_stream"
 warmup_count = 1

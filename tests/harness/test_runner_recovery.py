@@ -20,6 +20,7 @@ name = "{name}"
 models = ["digits-cnn"]
 variants = ["fp32"]
 timeout_s = 60
+processes = {processes}
 {extra}
 backends = [{backends}]
 [[scenarios]]
@@ -30,9 +31,9 @@ min_duration_s = 0.0
 """
 
 
-def suite_file(tmp_path, name, backends, extra=""):
+def suite_file(tmp_path, name, backends, extra="", processes=1):
     p = tmp_path / f"{name}.toml"
-    p.write_text(BASE.format(name=name, backends=backends, extra=extra))
+    p.write_text(BASE.format(name=name, backends=backends, extra=extra, processes=processes))
     return p
 
 
@@ -66,13 +67,13 @@ def test_resume_after_the_runner_is_killed(tmp_path, plugin_backends):
     backends = ('{name = "faulty", label = "first"}, '
                 f'{{name = "faulty", label = "slow", fail = "slow", block_while = "{gate}"}}, '
                 '{name = "faulty", label = "last"}')
-    path = suite_file(tmp_path, "resumable", backends)
+    path = suite_file(tmp_path, "resumable", backends, processes=2)
     out = tmp_path / "results"
     proc = cli("run", str(path), "--out", str(out))
     runs = out / "runs"
     deadline = time.monotonic() + 120
     run_file = None
-    while time.monotonic() < deadline:  # wait until the first case is on disk and the slow one is running
+    while time.monotonic() < deadline:  # wait until the first process is on disk and the slow one is running
         files = list(runs.glob("*.jsonl")) if runs.exists() else []
         if files and len(RunFile(files[0]).cases()) == 1:
             run_file = files[0]
@@ -94,15 +95,20 @@ def test_resume_after_the_runner_is_killed(tmp_path, plugin_backends):
     text, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 2 and "--resume continues a run as it was planned" in text
 
-    # Resuming re-plans from the suite stored in the run file and runs only what is missing.
+    # Resuming re-plans from the suite stored in the run file and runs only the processes that are missing,
+    # still interleaved: each case's second process after every case's first.
     resumed = cli("run", "--resume", run_id[:15], "--out", str(out))
     text, _ = resumed.communicate(timeout=300)
-    assert "resuming" in text and "1 cases recorded, 2 to go" in text, text
+    assert "resuming" in text and "1 processes recorded, 5 to go" in text, text
     records = RunFile(run_file).cases()
-    assert [r["case"]["backend"] for r in records] == ["first", "slow", "last"]
+    assert [(r["case"]["backend"], r["process"]) for r in records] == [
+        ("first", 0), ("slow", 0), ("last", 0), ("first", 1), ("slow", 1), ("last", 1)]
     assert all(r["status"] == "ok" for r in records), [r["reason"] for r in records]
     df = load_results(out)
     assert df["run_id"].nunique() == 1 and set(df["backend"]) == {"first", "slow", "last"}
+    lat = df[df.metric == "latency_p50"]  # one row per case, over both processes
+    assert sorted(lat["backend"]) == ["first", "last", "slow"]
+    assert all(json.loads(d)["processes"]["count"] == 2 for d in lat["details"])
 
 
 def test_two_runs_into_one_folder_lose_nothing(tmp_path, plugin_backends):
@@ -130,6 +136,23 @@ def _history_run(results, run_id, cv, env_id="e1"):
     rf = RunFile.create(results, {"run_id": run_id, "env_id": env_id, "created": run_id, "suite": {"name": "s"}})
     o = _outcome(cv)
     rf.append(o.record(run_id))
+
+
+def test_with_processes_instability_is_their_disagreement_against_the_case_history(tmp_path):
+    """A case measured in several processes is judged by how far its processes disagree, not by its samples' CV."""
+    def outcome(spread: float) -> CaseOutcome:
+        o = _outcome(0.5)  # a CV that would be flagged: it is not what is judged here
+        o.metrics.append({"metric": "latency_process_spread", "value": spread, "unit": "ratio"})
+        return o
+
+    store = Store(tmp_path)
+    for i, spread in enumerate([0.02, 0.03, 0.025]):
+        rf = RunFile.create(tmp_path, {"run_id": f"p{i}", "env_id": "e1", "created": f"p{i}", "suite": {"name": "s"}})
+        rf.append(outcome(spread).record(f"p{i}"))
+    far = flag_instability(store, outcome(0.2), "e1", "now")
+    assert far["value"] == 1.0 and far["details"]["metric"] == "latency_process_spread"
+    assert far["details"]["history_median"] == pytest.approx(0.025)
+    assert flag_instability(store, outcome(0.05), "e1", "now")["value"] == 0.0
 
 
 def test_instability_is_judged_against_the_case_history(tmp_path):

@@ -129,3 +129,76 @@ def test_mann_whitney_matches_hand_computed_exact_value():
     # two-sided exact p = 2/20.
     assert mann_whitney_p([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
     assert mann_whitney_p([2.0, 2.0], [2.0, 2.0]) == 1.0
+
+
+# --- Processes as replicates: checked against simulations with a known truth ---------------------------
+
+from costbench.core.stats import (  # noqa: E402
+    across_processes, between_process_share, bootstrap_ci as _within_ci, compare_processes, variance_ratio_p,
+)
+
+
+def _processes(rng, k, mu=np.log(2.0), sigma_between=0.05, sigma_within=0.1, n=200, shift=0.0):
+    """k processes: each draws a log-median offset N(0, sigma_between²) for its life, then n lognormal samples."""
+    return [np.exp(mu + shift + rng.normal(0, sigma_between) + rng.normal(0, sigma_within, n)) for _ in range(k)]
+
+
+@pytest.mark.parametrize("k", [3, 5, 10])
+def test_across_process_interval_covers_the_truth_95_percent(rng, k):
+    """The truth is exp(mu), the geometric mean of process medians over all launches; 2000 simulated runs."""
+    trials, hits, within_hits = 2000, 0, 0
+    for _ in range(trials):
+        procs = _processes(rng, k)
+        a = across_processes([np.median(p) for p in procs])
+        hits += a.ci_low <= 2.0 <= a.ci_high
+        if len(procs) == 5:
+            lo, hi = _within_ci(np.concatenate(procs))  # the old interval: samples as if independent
+            within_hits += lo <= 2.0 <= hi
+    # Binomial(2000, 0.95) has sd 0.0049: 0.93..0.97 is four of them either side.
+    assert 0.93 <= hits / trials <= 0.97, hits / trials
+    if k == 5:
+        assert within_hits / trials < 0.5  # why: the within-process interval ignores the process draw
+
+
+def test_across_processes_is_the_geometric_mean_and_rejects_too_few():
+    a = across_processes([1.0, 4.0])
+    assert a.center == pytest.approx(2.0) and a.ci_low < 2.0 < a.ci_high and a.processes == 2
+    with pytest.raises(ValueError, match="at least 2 processes"):
+        across_processes([1.0])
+    with pytest.raises(ValueError, match="positive"):
+        across_processes([1.0, 0.0])
+
+
+def test_compare_processes_false_alarms_at_the_nominal_rate_and_finds_a_10_percent_shift(rng):
+    """A/A: p < 0.05 in about 5% of 4000 simulated pairs (5 processes a side); a 10% shift with a 1.5% process
+    spread (plus the medians' own noise) is called at the gate's rule, p < 0.002 and ratio >= 1.05, in >= 90%
+    of 500 (theory: about 99%)."""
+    trials = 4000
+    false = sum(compare_processes([np.median(p) for p in _processes(rng, 5, sigma_between=0.03)],
+                                  [np.median(p) for p in _processes(rng, 5, sigma_between=0.03)]).p_value < 0.05
+                for _ in range(trials))
+    assert 0.035 <= false / trials <= 0.065, false / trials  # Welch is close to exact here; sd of the rate 0.0034
+    found = 0
+    for _ in range(500):
+        c = compare_processes([np.median(p) for p in _processes(rng, 5, sigma_between=0.015)],
+                              [np.median(p) for p in _processes(rng, 5, sigma_between=0.015, shift=np.log(1.1))])
+        found += c.p_value < 0.002 and c.ratio >= 1.05
+    assert found / 500 >= 0.9, found / 500
+
+
+def test_between_process_share_recovers_a_known_split(rng):
+    """Equal between- and within-process variance (share 0.5) over 60 processes; none between gives about 0."""
+    half = between_process_share(_processes(rng, 60, sigma_between=0.1, sigma_within=0.1, n=400))
+    assert 0.3 <= half <= 0.7, half
+    none = between_process_share(_processes(rng, 60, sigma_between=0.0, sigma_within=0.1, n=400))
+    assert none <= 0.05, none
+    assert np.isnan(between_process_share(_processes(rng, 1)))
+
+
+def test_variance_ratio_p_matches_the_f_distribution(rng):
+    from scipy import stats
+
+    a, b = rng.normal(size=5), 3 * rng.normal(size=7)
+    f = a.var(ddof=1) / b.var(ddof=1)
+    expected = 2 * min(stats.f.cdf(f, 4, 6), stats.f.sf(f, 4, 6))
+    assert variance_ratio_p(a, b) == pytest.approx(expected, rel=1e-9)

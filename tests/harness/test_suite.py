@@ -81,6 +81,29 @@ def test_negative_batch(tmp_path):
     assert "batch_sizes" in msg and ">= 1" in msg
 
 
+def test_processes_must_be_at_least_one(tmp_path):
+    msg = error_of(write(tmp_path, GOOD.replace("batch_sizes = [1, 4]", "batch_sizes = [1, 4]\nprocesses = 0")))
+    assert "processes" in msg and "greater than or equal to 1" in msg and "(got 0)" in msg
+
+
+def test_processes_default_and_interleaving(tmp_path):
+    """Compare-grade by default; the schedule is round-robin over cases, a skipped case once."""
+    from costbench.harness.plan import interleave, make_plan
+
+    suite = load_suite(write(tmp_path, GOOD))
+    assert suite.processes == 5
+    cases = make_plan(suite)
+    jobs = interleave(cases)
+    planned = [c for c in cases if c.status == "planned"]
+    assert len(jobs) == 5 * len(planned) + (len(cases) - len(planned))
+    first_round = [j for j in jobs if j.process == 0]
+    assert [j.case_id for j in first_round] == [c.case_id for c in cases]
+    assert [j.case_id for j in jobs[len(cases):len(cases) + len(planned)]] == [c.case_id for c in planned]
+    assert len({j.job_id for j in jobs}) == len(jobs)
+    rest = interleave(cases, done={(planned[0].case_id, 0), (planned[0].case_id, 1)})
+    assert len(rest) == len(jobs) - 2 and (planned[0].case_id, 2) in {(j.case_id, j.process) for j in rest}
+
+
 def test_unknown_backend(tmp_path):
     msg = error_of(write(tmp_path, GOOD.replace('"onnxruntime"', '"tensorflowlite"')))
     assert "backends[0].name: unknown backend 'tensorflowlite'" in msg and "onnxruntime" in msg

@@ -123,3 +123,19 @@ def history_dir(root: Path) -> Path:
             case(variant="int8", scenario="offline", median_ms=4 * m, batch_size=4, seed=10 * i + 3),
         ], created=f"2026-01-0{i + 1}T00:00:00+00:00", env=ENV_B if i == 6 else ENV_A, commit=f"{i}" * 40)
     return root
+
+
+def process_cases(rng: np.random.Generator, median_ms: float = 1.0, processes: int = 5, between: float = 0.03,
+                  within: float = 0.02, n: int = 400, **kw: Any) -> list[dict[str, Any]]:
+    """One case measured in ``processes`` processes, as the runner records it: one record per process, each with its
+    own launch offset exp(N(0, between²)) on the median and ``n`` samples of within-process spread ``within``."""
+    records = []
+    for k in range(processes):
+        offset = float(np.exp(rng.normal(0.0, between)))
+        rec = case(median_ms=median_ms * offset, n=n, spread=within, seed=int(rng.integers(2**31)), **kw)
+        rec["case"] = {**rec["case"], "processes": processes, "process": k}
+        rec["process"] = k
+        if k:  # accuracy is measured by the first process only
+            rec["metrics"] = [m for m in rec["metrics"] if m["metric"] not in ("task_accuracy_delta", "top1_agreement")]
+        records.append(rec)
+    return records

@@ -72,3 +72,40 @@ def test_mark_unstable_needs_a_history():
     pts = history([1.0], spreads=[0.5])
     mark_unstable(pts, 0.05)
     assert not pts[0].unstable
+
+
+def replicated_history(rng, medians, between=0.03, processes=5, drift=0.0, n=200):
+    """Runs of ``processes`` processes each: a launch offset N(0, between²) per process, a run offset N(0, drift²)."""
+    pts = []
+    for i, m in enumerate(medians):
+        run = np.exp(rng.normal(0.0, drift)) if drift else 1.0
+        procs = [latency_samples(m * run * np.exp(rng.normal(0.0, between)), n, 0.02, seed=int(rng.integers(2**31)))
+                 for _ in range(processes)]
+        values = np.array([np.median(p) for p in procs])
+        pts.append(Point(index=i, run_id=f"r{i}", created=f"2026-01-{i + 1:02d}", commit=f"c{i}", env_id="e1",
+                         value=float(np.exp(np.log(values).mean())), samples=np.concatenate(procs),
+                         process_values=values))
+    return pts
+
+
+def test_per_run_summaries_find_a_real_step_and_ignore_launch_noise(rng):
+    """Launch-to-launch noise of 3% in every run: no change point in a flat history (pooled samples would see
+    many), and a 20% step is found between the right runs, tested at the run level."""
+    flat = replicated_history(rng, [1.0] * 8)
+    step = replicated_history(rng, [1.0] * 4 + [1.2] * 4)
+    flat_cps, step_cps = detect([flat, step])
+    assert flat_cps == []
+    (c,) = step_cps
+    assert (c.last_good.run_id, c.first_bad.run_id) == ("r3", "r4") and c.method == "runs"
+    assert c.verdict == "regressed" and c.ci_low < c.ratio < c.ci_high and 1.1 < c.ratio < 1.3
+
+
+def test_a_run_whose_processes_disagree_is_unstable_not_a_change(rng):
+    pts = replicated_history(rng, [1.0] * 8, between=0.01)
+    wild = replicated_history(rng, [1.0], between=0.4)[0]
+    wild.index, wild.run_id = 5, "r5"
+    pts[5] = wild
+    (cps,) = detect([pts])
+    assert pts[5].unstable and "processes disagree" in pts[5].note
+    assert not any(p.unstable for i, p in enumerate(pts) if i != 5)
+    assert cps == []

@@ -98,3 +98,34 @@ def test_runner_instability_flag_makes_a_series_unstable(tmp_path):
     write_run(tmp_path, "b", [case(seed=2, median_ms=1.5, runner_unstable=True)], created="2026-01-02T00:00:00+00:00")
     (s,) = compare_runs(load_selection([tmp_path]), "a", "b").series
     assert s.verdict == "unstable" and "NEW: the runner flagged it unstable (CV 30.0% vs 2.0% usual" in s.reason
+
+
+def test_processes_are_the_replicates(tmp_path, rng):
+    """Identical runs whose launches differ by 3% (and whose samples are tight) are unchanged with processes as
+    replicates, although a single process's samples 'see' a difference; a 30% step is still called; a run from
+    before replication falls back to the samples and says so."""
+    from synth_runs import process_cases
+
+    base = process_cases(rng, variant="fp32") + process_cases(rng, variant="int8", median_ms=1.0)
+    new = process_cases(rng, variant="fp32") + process_cases(rng, variant="int8", median_ms=1.3)
+    write_run(tmp_path, "base-run", base, created="2026-01-01T00:00:00+00:00")
+    write_run(tmp_path, "new-run", new, created="2026-01-02T00:00:00+00:00")
+    write_run(tmp_path, "old-run", [case(variant="fp32", median_ms=1.0, seed=7)], created="2026-01-03T00:00:00+00:00")
+    sel = load_selection([tmp_path])
+    by = {s.variant: s for s in compare_runs(sel, "base-run", "new-run").series}
+    assert by["fp32"].method == by["int8"].method == "processes"
+    assert (by["fp32"].n_base, by["fp32"].n_new) == (5, 5)
+    assert by["fp32"].verdict in ("unchanged", "unstable")
+    assert by["int8"].verdict == "regressed" and 1.2 < by["int8"].ratio < 1.4
+    assert by["int8"].ratio_ci_low < by["int8"].ratio < by["int8"].ratio_ci_high
+    # The rows: one per metric over the 5 processes, the interval across them, accuracy from process 0.
+    rows = sel.results[(sel.results.run_id == "base-run") & (sel.results.variant == "fp32")]
+    lat = rows[rows.metric == "latency_p50"].iloc[0]
+    details = json.loads(lat["details"])["processes"]
+    assert details["count"] == 5 and sum(details["sizes"]) == len(lat["samples"]) == 2000
+    assert lat["ci_low"] < lat["value"] < lat["ci_high"]
+    assert (rows.metric == "top1_agreement").sum() == 1 and (rows.metric == "latency_process_share").sum() == 1
+    fallback = compare_runs(sel, "base-run", "old-run")
+    (s,) = fallback.series
+    assert s.method == "samples" and "single process in NEW" in s.reason
+    assert "measured in a single process" in render_markdown(fallback)

@@ -1,0 +1,172 @@
+"""A case measured in several processes: their records become one case record, their metric rows one row each.
+
+The run file holds one ``case`` record per process (``"process": k``), written as each process ends, so
+an interrupted run keeps every process it finished and ``--resume`` measures only the missing ones. Rows
+for the store are built per case, from all its processes (:func:`merge_records`):
+
+- a metric every process measured becomes one row: for timings and rates (ms, samples/s) the geometric
+  mean of the per-process values with a t interval across processes (:func:`costbench.core.stats.across_processes`),
+  for other quantities (memory, sizes, counts) the median of the per-process values;
+- a row with raw samples (a latency series' ``_p50``) keeps every sample, in process order, and
+  ``details["processes"]["sizes"]`` says how many came from each process, so per-process samples stay
+  recoverable; its ``values`` are the per-process medians that compare and the dashboard test;
+- each latency series gains ``<series>_process_share`` (the share of its variance that lies between
+  processes) and ``<series>_process_spread`` (the standard deviation of log per-process medians);
+- a metric only one process measured (accuracy, measured once per case; the build time; the runner's
+  ``unstable`` flag) is kept as it is.
+
+A single-process case (``processes = 1``, and every run from before replication) keeps its rows unchanged:
+its interval is the within-process bootstrap, and its details say so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+from costbench.core.stats import across_processes, between_process_share, percentile
+
+# Units whose per-process values are positive and multiplicative: summarised by a geometric mean and t interval.
+RATIO_SCALE_UNITS = ("ms", "samples/s", "s")
+SERIES_SUFFIX = "_p50"  # the row of a latency series that carries its raw samples
+INTERVAL_ACROSS = "t interval on log per-process values (df = processes - 1): the process is the unit of replication"
+INTERVAL_WITHIN = ("within one process (exact bootstrap of the median): does not include the variation between "
+                   "process launches")
+
+
+def process_of(record: dict[str, Any]) -> int:
+    """The process index of a case record (0 for records written before replication)."""
+    return int(record.get("process") or 0)
+
+
+def planned_processes(record: dict[str, Any]) -> int:
+    """How many processes the record's case was planned with (1 for a skipped case and for old records)."""
+    if record.get("status") == "skipped":
+        return 1
+    return int(record["case"].get("processes") or 1)
+
+
+def group_records(records: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Case records grouped by case, in the order each case first appears, each group in process order.
+
+    A case is its case_id on one machine class (a fleet run's records carry their node's env_id); a record
+    from before replication (no ``process`` key) is a case of its own.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for i, rec in enumerate(records):
+        key = (rec["case"]["case_id"], rec.get("env_id")) if "process" in rec else ("single", i)
+        groups.setdefault(key, []).append(rec)
+    return [sorted(g, key=process_of) for g in groups.values()]
+
+
+def is_complete(group: list[dict[str, Any]]) -> bool:
+    """Every planned process of the case is recorded (a skipped case: its one record)."""
+    return len({process_of(r) for r in group}) >= planned_processes(group[0])
+
+
+def _positive(values: list[float]) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return percentile(finite, 50) if finite else float("nan")
+
+
+def _merge_one(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One metric's rows from several processes (process order) as one row, plus a series' share and spread rows."""
+    first = rows[0]
+    values = [float(r["value"]) if r.get("value") is not None else float("nan") for r in rows]
+    info: dict[str, Any] = {"count": len(rows), "values": values}
+    merged = {k: v for k, v in first.items() if k not in ("value", "ci_low", "ci_high", "samples", "valid", "details")}
+    valid = [r.get("valid") for r in rows if r.get("valid") is not None]
+    if valid:
+        merged["valid"] = all(valid)
+    out_extra: list[dict[str, Any]] = []
+    if first.get("unit") in RATIO_SCALE_UNITS and _positive(values):
+        a = across_processes(values)
+        merged.update(value=a.center, ci_low=a.ci_low, ci_high=a.ci_high)
+        info.update(summary="geometric mean of the per-process values", interval=INTERVAL_ACROSS, log_sd=a.log_sd)
+    else:
+        merged["value"] = _median(values)
+        info["summary"] = "median of the per-process values"
+    samples = [r.get("samples") for r in rows]
+    if all(s is not None for s in samples):
+        merged["samples"] = [x for s in samples for x in s]
+        info["sizes"] = [len(s) for s in samples]
+        if name.endswith(SERIES_SUFFIX):
+            series = name[: -len(SERIES_SUFFIX)]
+            share = between_process_share(samples)
+            spread = info.get("log_sd", float("nan"))
+            common = {"valid": merged.get("valid"), "details": {"processes": len(rows), "series": series}}
+            out_extra = [
+                {"metric": f"{series}_process_share", "value": share, "unit": "ratio", **common,
+                 "details": {**common["details"], "description": (
+                     "share of the variance of log samples that lies between processes (robust one-way ANOVA)")}},
+                {"metric": f"{series}_process_spread", "value": spread, "unit": "ratio", **common,
+                 "details": {**common["details"], "description": (
+                     "standard deviation of the log per-process medians: the relative spread between processes")}},
+            ]
+            info["share"] = share
+    merged["details"] = {**(first.get("details") or {}), "processes": info}
+    return [merged, *out_extra]
+
+
+def merge_metrics(per_process: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The metric rows of one case's processes (in process order) as the case's rows; see the module docstring."""
+    if len(per_process) == 1:
+        return list(per_process[0])
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for metrics in per_process:
+        for m in metrics:
+            by_name.setdefault(m["metric"], []).append(m)
+    out: list[dict[str, Any]] = []
+    for name, rows in by_name.items():
+        out += list(rows) if len(rows) == 1 else _merge_one(name, rows)
+    return out
+
+
+def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """One case record from the records of its processes (process order); a lone record is returned as it is.
+
+    The case is ok when at least one process is; the processes that failed are counted in its reason and
+    listed in ``info["processes"]``. Info, case and env_id come from the first process (which also
+    measured accuracy).
+    """
+    if len(group) == 1 and planned_processes(group[0]) == 1:
+        return group[0]
+    ok = [r for r in group if r.get("status") == "ok"]
+    bad = [r for r in group if r.get("status") != "ok"]
+    lead = ok[0] if ok else group[0]
+    planned = planned_processes(group[0])
+    rec = dict(lead)
+    rec["info"] = {**(lead.get("info") or {}), "processes": {
+        "planned": planned, "recorded": len(group), "ok": len(ok),
+        "failed": [{"process": process_of(r), "status": r.get("status"), "reason": r.get("reason", "")} for r in bad]}}
+    rec["elapsed_s"] = float(sum(r.get("elapsed_s") or 0.0 for r in group))
+    rec["finished"] = max((r.get("finished") or "" for r in group), default="")
+    if ok:
+        rec["status"] = "ok"
+        # The runner's flag goes into the case's last record, which may be a failed process's.
+        flags = [m for r in bad for m in r.get("metrics") or [] if m["metric"] == "unstable"]
+        rec["metrics"] = merge_metrics([r.get("metrics") or [] for r in ok]) + flags
+        rec["reason"] = (f"{len(bad)} of {planned} processes failed; first: {bad[0].get('reason', '')}" if bad else "")
+    else:
+        rec["reason"] = lead.get("reason", "")
+    rec.pop("process", None)
+    return rec
+
+
+def merged_records(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every case of a run file once, its processes merged (:func:`merge_records`), in first-appearance order."""
+    return [merge_records(g) for g in group_records(records)]
+
+
+def process_values(details: dict[str, Any] | None) -> np.ndarray | None:
+    """The per-process values a merged row's details hold (e.g. each process's median), or None for one process."""
+    procs = (details or {}).get("processes")
+    if not isinstance(procs, dict) or not procs.get("values") or len(procs["values"]) < 2:
+        return None
+    return np.asarray(procs["values"], dtype=float)

@@ -1,0 +1,358 @@
+"""Regenerate the README's measured tables from the committed runs under ``results/reference/``.
+
+Every generated block in README.md sits between two markers that name the generator and its source::
+
+    <!-- generated: pivot results/reference/2026-11-30-amd-epyc-avx2-2vcpu/compression -->
+    ...the table, written by this script...
+    <!-- end generated -->
+
+``python scripts/readme_tables.py`` rewrites every block in place; ``--check`` rewrites nothing and exits 1
+naming each block that differs from what its source gives (the tests run it, so a table cannot drift from
+its run). A number outside such a block names its run in the sentence beside it.
+
+Generators (SOURCE is relative to the repository root):
+
+- ``run-output FOLDER``: the end-of-run table ``costbench run`` printed, for the one run in FOLDER/runs;
+- ``cases FOLDER``: one Markdown row per measured case (p50 with its interval, size, parity and accuracy,
+  load and first-inference time);
+- ``pivot FOLDER``: per model, one row per variant and a p50 column per backend, with size and accuracy;
+- ``crosscheck FILE.json``: costbench against the vendor's tool, from ``costbench crosscheck --json``;
+- ``kernels-bench FILE.json``: the CPU GEMM benchmark, from ``costbench kernels bench --json``;
+- ``gpu-models FILE.json``: the model cases of ``scripts/gpu_check.py``'s ``gpu_check.json``;
+- ``report FOLDER ARGS...``: what ``costbench report`` prints for the run in FOLDER with those arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import io
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- generated: (?P<gen>[\w-]+) (?P<src>\S+)(?P<args>(?: [^>]*?)?) -->\n)(?P<body>.*?)"
+                   r"(<!-- end generated -->)", re.S)
+
+
+class SourceError(ValueError):
+    """A block's source is missing or unusable; the message names the block and the file."""
+
+
+# ---------------------------------------------------------------------------------------------------- runs
+
+
+def run_frame(folder: Path):
+    """Long-form result rows of the one run in ``folder/runs`` (a reference folder holds exactly one)."""
+    from costbench.harness.runfile import RunFile, frame_of, rows_of
+
+    files = sorted((folder / "runs").glob("*.jsonl"))
+    if len(files) != 1:
+        raise SourceError(f"{folder}/runs: expected exactly one run file, found {len(files)}")
+    run = RunFile(files[0])
+    header, cases = run.read()
+    return header, cases, frame_of(rows_of(run, header, cases))
+
+
+def _metric(g, name: str):
+    rows = g[(g["metric"] == name) & g["value"].notna()]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _details(row) -> dict[str, Any]:
+    d = row["details"] if row is not None else None
+    return json.loads(d) if isinstance(d, str) else (d or {})
+
+
+def _ms(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}"
+
+
+def _p50(g) -> str:
+    # the single-stream latency, not an offline or server scenario's
+    lat = g[(g["metric"] == "latency_p50") & g["value"].notna()]
+    if lat.empty:
+        return "-"
+    r = lat.iloc[0]
+    ci = "" if r["ci_low"] is None or math.isnan(r["ci_low"]) else f" [{_ms(r['ci_low'])}–{_ms(r['ci_high'])}]"
+    return _ms(r["value"]) + ci + ("" if r["valid"] in (True, None) else "*")
+
+
+def _pct(row) -> str:
+    return "-" if row is None else f"{100 * row['value']:.1f}%"
+
+
+def _accuracy_cell(g) -> str:
+    """Task accuracy change with its interval where labelled, else agreement where fp32 is confident (parity)."""
+    delta = _metric(g, "task_accuracy_delta")
+    if delta is not None:
+        return f"{100 * delta['value']:+.1f} pt [{100 * delta['ci_low']:+.1f}, {100 * delta['ci_high']:+.1f}]"
+    conf = _metric(g, "top1_agreement_confident")
+    if conf is not None:
+        return f"{100 * conf['value']:.1f}% ({_details(conf).get('samples', '?')})"
+    return "-"
+
+
+def _num(row, spec: str, scale: float = 1.0) -> str:
+    return "-" if row is None else format(row["value"] * scale, spec)
+
+
+def _err(row) -> str:
+    if row is None:
+        return "-"
+    v = row["value"]
+    return f"{v:.1e}" if v < 0.01 else f"{v:.2g}"
+
+
+def _measured_groups(df):
+    """(model, variant, backend, rows) of each case that measured something, in run order."""
+    ok = df[df["status"] == "ok"].sort_values("seq", kind="stable")
+    for key, g in ok.groupby(["model", "variant", "backend"], sort=False):
+        yield (*key, g)
+
+
+def gen_cases(src: Path, args: list[str]) -> str:
+    _, _, df = run_frame(src)
+    lines = ["| model | variant | backend | p50 ms [95% CI] | MB | top-1 vs fp32 | acc Δ / agree@conf | min cos "
+             "| max abs err | load ms | 1st ms |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for model, variant, backend, g in _measured_groups(df):
+        lines.append(f"| {model} | {variant} | {backend} | {_p50(g)} | {_num(_metric(g, 'model_size'), '.2f', 1e-6)} "
+                     f"| {_pct(_metric(g, 'top1_agreement'))} | {_accuracy_cell(g)} "
+                     f"| {_num(_metric(g, 'cosine_similarity_min'), '.4f')} | {_err(_metric(g, 'max_abs_error'))} "
+                     f"| {_num(_metric(g, 'load_time'), '.0f')} | {_num(_metric(g, 'first_inference'), '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def gen_pivot(src: Path, args: list[str]) -> str:
+    _, _, df = run_frame(src)
+    out = []
+    for model, mdf in df.groupby("model", sort=False):
+        backends = list(dict.fromkeys(mdf["backend"]))
+        labelled = (mdf["metric"] == "task_accuracy_delta").any()
+        acc_head = "task accuracy (Δ vs fp32 [95% CI])" if labelled else "agree@conf (n) / top-1 vs fp32 / min cos"
+        out.append(f"**{model}**\n")
+        out.append("| variant | " + " | ".join(f"{b} ms" for b in backends) + f" | MB | {acc_head} |")
+        out.append("| --- | " + " | ".join("---:" for _ in backends) + " | ---: | --- |")
+        for variant, vdf in mdf.groupby("variant", sort=False):
+            cells, sizes, acc = [], [], None
+            for b in backends:
+                g = vdf[(vdf["backend"] == b) & (vdf["status"] == "ok")]
+                lat = _metric(g, "latency_p50")
+                cells.append("–" if lat is None else _ms(lat["value"]) + ("" if lat["valid"] in (True, None) else "*"))
+                size = _metric(g, "model_size")
+                if size is not None:
+                    sizes.append(f"{size['value'] / 1e6:.2f}")
+                if acc is None and not g.empty and _metric(g, "top1_agreement") is not None:
+                    acc = g
+            if all(c == "–" for c in cells):
+                reasons = sorted({r for r in vdf["reason"] if r})
+                out.append(f"| {variant} | " + " | ".join(cells) + f" | | not measured: {'; '.join(reasons)[:160]} |")
+                continue
+            if acc is None:
+                acc_cell = "-"
+            elif labelled:
+                ta = _metric(acc, "task_accuracy")
+                acc_cell = f"{_pct(ta)} ({_accuracy_cell(acc)})"
+            else:
+                acc_cell = (f"{_accuracy_cell(acc)} / {_pct(_metric(acc, 'top1_agreement'))} / "
+                            f"{_num(_metric(acc, 'cosine_similarity_min'), '.3f')}")
+            out.append(f"| {variant} | " + " | ".join(cells) + f" | {'/'.join(dict.fromkeys(sizes))} | {acc_cell} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def gen_run_output(src: Path, args: list[str]) -> str:
+    from rich.console import Console
+
+    from costbench.harness.reports.run_table import render
+
+    header, cases, df = run_frame(src)
+    buf = io.StringIO()
+    console = Console(file=buf, width=150, force_terminal=False, color_system=None, record=False)
+    render(df, console)
+    counts = {s: sum(1 for c in cases if c.get("status") == s) for s in ("ok", "skipped", "failed")}
+    text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
+    return (f"```\n{text}\nrun {header['run_id']}: {counts['ok']} ok, {counts['skipped']} skipped, "
+            f"{counts['failed']} failed\n```\n")
+
+
+# ---------------------------------------------------------------------------------------------- JSON files
+
+
+def _load_json(src: Path) -> Any:
+    try:
+        return json.loads(src.read_text())
+    except FileNotFoundError:
+        raise SourceError(f"{src}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"{src}: not valid JSON: {exc}") from None
+
+
+def gen_crosscheck(src: Path, args: list[str]) -> str:
+    data = _load_json(src)
+    lines = ["| case | scenario | costbench | vendor tool | ratio | verdict |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    for p in data["pairs"]:
+        case = f"{p['model']} {p['variant']} ({p['backend']})"
+        if p.get("status") != "ok" or p.get("ratio") is None:
+            lines.append(f"| {case} | {p['scenario']} | - | - | - | {p.get('status')}: {p.get('reason', '')} |")
+            continue
+        cb, vendor = p["costbench"], p["vendor"]
+        if p["scenario"] == "offline":  # throughput: samples per second
+            ours, theirs = f"{cb['throughput']:.1f}/s", f"{vendor['throughput']:.1f}/s"
+        else:
+            ours, theirs = f"{cb['p50_ms']:.4g} ms", f"{vendor['median_ms']:.4g} ms"
+        lines.append(f"| {case} | {p['scenario']} b{p['batch_size']} | {ours} | {theirs} ({p['tool']}) "
+                     f"| {p['ratio']:.2f} | {p['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def gen_gpu_models(src: Path, args: list[str]) -> str:
+    data = _load_json(src)
+    stage = next((v for k, v in data["stages"].items() if k.startswith("models")), None)
+    if not stage or not isinstance(stage.get("result"), dict):
+        raise SourceError(f"{src}: no models stage with results")
+    lines = ["| model | variant | backend | p50 ms | device p50 ms | top-1 vs fp32 | peak device MiB |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for c in stage["result"]["cases"]:
+        if c.get("status") != "ok":
+            continue
+        m = c["metrics"]
+        agree = m.get("top1_agreement")
+        lines.append(f"| {c['model']} | {c['variant']} | {c['backend']} | {m['latency_p50']:.3f} "
+                     f"| {m.get('device_latency_p50', float('nan')):.3f} "
+                     f"| {'-' if agree is None else f'{100 * agree:.1f}%'} | {m.get('peak_device_memory', float('nan')):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def gen_kernels_bench(src: Path, args: list[str]) -> str:
+    data = _load_json(src)
+    return _kernels_table(data)
+
+
+def _kernels_table(data: dict[str, Any]) -> str:
+    """The GEMM table ``costbench kernels bench`` prints, as Markdown, and the MiniLM line, from its JSON record."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from costbench.commands.kernels import _VS_COLUMNS, _gemm_cells
+    from costbench.core.stats import ratio_of_medians_ci
+
+    shapes, threads = data.get("shapes") or [], int(data["threads"])
+    if not shapes:
+        raise SourceError("kernels bench JSON: no 'shapes'")
+    ours_name = next(iter(shapes[0]["series"]))  # the bench lists ours (its best path) first
+    isa = ours_name.split()[-1]
+    peak = float(data["peaks"][isa][str(threads)])
+    lines = [f"| shape (M×K×N) | ours ({isa}) GOPS | % of {threads}-thread peak | "
+             + " | ".join(c for c, _ in _VS_COLUMNS) + " | other paths GOPS |",
+             "| --- | ---: | ---: | " + " | ".join("---:" for _ in _VS_COLUMNS) + " | --- |"]
+    for sh in shapes:
+        series = {nm: SimpleNamespace(times=s["times_s"], note=s.get("note", "")) for nm, s in sh["series"].items()}
+        cells = _gemm_cells(2.0 * sh["m"] * sh["k"] * sh["n"], series, ours_name, peak)
+        lines.append(f"| {sh['m']}×{sh['k']}×{sh['n']} ({sh['label']}) | " + " | ".join(cells) + " |")
+    r = data.get("minilm")
+    if r:
+        base = r["times"]["torch dynamic int8"]
+        lines.append("")
+        lines.append(f"all-MiniLM-L6-v2, batch {r['batch']} × {r['seq_len']} tokens, {r['int8_layers']} Linear layers "
+                     f"on {r['isa']}, same run:")
+        lines.append("")
+        lines.append("| model | median ms | speed-up vs torch dynamic int8 [95% CI] | mean / min cos vs fp32 |")
+        lines.append("| --- | ---: | ---: | ---: |")
+        for name, ts in r["times"].items():
+            lo, hi = ratio_of_medians_ci(ts, base)
+            par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
+            lines.append(f"| {name} | {1e3 * np.median(ts):.1f} | {np.median(base) / np.median(ts):.2f} "
+                         f"[{lo:.2f}–{hi:.2f}] | {par['mean_cos']:.5f} / {par['min_cos']:.5f} |")
+    return "\n".join(lines) + "\n"
+
+
+def gen_report(src: Path, args: list[str]) -> str:
+    """What ``costbench report`` prints for the one run in FOLDER with the marker's extra arguments."""
+    import subprocess
+    import tempfile
+
+    header, _, _ = run_frame(src)
+    # shown as the marker names it: from results/ on, whichever checkout (or copy) the README is in
+    rel = str(src)[str(src).rfind("results/"):] if "results/" in str(src) else str(src)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "costbench.commands.cli", "report", header["run_id"], "-r", str(src), "-o", tmp,
+               *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                              env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+        if proc.returncode != 0:
+            raise SourceError(f"costbench report on {rel} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+        text = proc.stdout.replace(tmp, "report")
+    shown = " ".join(["costbench report", header["run_id"][:15], "-r", str(rel), *map(shlex.quote, args)])
+    lines = [line.rstrip() for line in text.splitlines()]
+    return "```\n$ " + shown + "\n" + "\n".join(lines).strip("\n") + "\n```\n"
+
+
+GENERATORS: dict[str, Callable[[Path, list[str]], str]] = {
+    "run-output": gen_run_output,
+    "cases": gen_cases,
+    "pivot": gen_pivot,
+    "crosscheck": gen_crosscheck,
+    "kernels-bench": gen_kernels_bench,
+    "gpu-models": gen_gpu_models,
+    "report": gen_report,
+}
+
+
+def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
+    """README text with every generated block rebuilt from its source, and the labels of blocks that changed."""
+    changed: list[str] = []
+
+    def one(m: re.Match) -> str:
+        gen, src = m["gen"], m["src"]
+        label = f"{gen} {src}"
+        if gen not in GENERATORS:
+            raise SourceError(f"README block '{label}': unknown generator {gen!r} (known: {', '.join(GENERATORS)})")
+        path = root / src
+        if not path.exists():
+            raise SourceError(f"README block '{label}': {src} does not exist")
+        body = GENERATORS[gen](path, shlex.split(m["args"]))
+        if body != m["body"]:
+            changed.append(label)
+        return m.group(1) + body + m.group(6)
+
+    return BLOCK.sub(one, text), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
+    parser.add_argument("--readme", type=Path, default=README)
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    try:
+        new, changed = regenerate(text, args.readme.resolve().parent)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        for label in changed:
+            print(f"out of date: {label}")
+        if changed:
+            diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README.md", "regenerated", lineterm="", n=1)
+            print("\n".join(list(diff)[:80]))
+        return 1 if changed else 0
+    if changed:
+        args.readme.write_text(new)
+    print(f"{len(BLOCK.findall(text))} generated block(s); rewrote {len(changed)}: {', '.join(changed) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
