@@ -169,6 +169,7 @@ SUITE = """name = "serving-lite0"
 description = "EfficientNet-Lite0 int8 on ONNX Runtime and OpenVINO: sustained rate within p99 <= {slo} ms, with and without dynamic batching"
 batch_sizes = [1]
 timeout_s = 3600
+processes = 1  # a search is itself a dozen trials; one process per case keeps its trials and its answer together
 models = ["efficientnet-lite0"]
 variants = ["int8", "int8-nncf"]
 backends = [{{ name = "onnxruntime" }}, {{ name = "openvino", hint = "latency" }}]

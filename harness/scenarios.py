@@ -238,7 +238,7 @@ GIVE_UP_SLOS = 20
 GIVE_UP_MIN_NS = 100_000_000
 
 MEETS, MISSES, UNDECIDED = "meets", "misses", "undecided"
-_BLOCKS = 20  # batch means over this many consecutive blocks estimate the latencies' autocorrelation
+_BLOCKS = 10  # batch means over this many consecutive blocks estimate the latencies' autocorrelation
 
 
 def percentile_interval(latency_ns: Sequence[int], p: float, confidence: float) -> tuple[float, float]:
