@@ -19,11 +19,10 @@ from __future__ import annotations
 import abc
 import bisect
 import math
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
