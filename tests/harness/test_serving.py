@@ -97,7 +97,7 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
     # trial sees too few of them (see percentile_interval: its 99% interval's upper end holds the true
     # p99 in 99% of 5,000-query trials, in only 89% of 2,000-query ones).
     spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 5000, "min_duration_s": 0,
-            "search_iterations": 4, "search_remeasure": 1, "confidence": 0.99, "seed": seed % 2**31, **batching}
+            "max_duration_s": 10, "search_iterations": 4, "search_remeasure": 1, "confidence": 0.99, "seed": seed % 2**31, **batching}
     r = make_scenario(spec).run(linear(a_ms, b_ms, spec.get("max_batch", 1)), data, 1)
     low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
     excess = np.asarray(r.series_ns["service_time"]) - np.asarray([nominal(k) for k in r.batch_sizes])
