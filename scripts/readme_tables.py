@@ -178,7 +178,7 @@ def gen_run_output(src: Path, args: list[str]) -> str:
 
     header, cases, df = run_frame(src)
     buf = io.StringIO()
-    console = Console(file=buf, width=150, force_terminal=False, color_system=None, record=False)
+    console = Console(file=buf, width=170, force_terminal=False, color_system=None, record=False)
     render(df, console)
     counts = {s: sum(1 for c in cases if c.get("status") == s) for s in ("ok", "skipped", "failed")}
     text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines())

@@ -81,6 +81,7 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
     df = df.sort_values("seq", kind="stable") if "seq" in df else df
     # A fleet run measures on several machines: each machine's rows are its own lines.
     fleet = "env_id" in df and df["env_id"].nunique() > 1
+    replicated = (df["metric"] == "latency_process_share").any()
     group = ["env_id", *_GROUP] if fleet else _GROUP
     for model, mdf in df.groupby("model", sort=False):
         lines = []
@@ -105,8 +106,9 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             mark = ("" if lat is None or lat["valid"] else "*") + ("~" if not unstable.empty else "")
             line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
             line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
-            share = _value(streams, "latency_process_share")
-            line["between"] = _fmt(None if share is None else 100 * share["value"], ".0f", "%")
+            if replicated:  # a column of dashes says nothing for a run measured in one process per case
+                share = _value(streams, "latency_process_share")
+                line["between"] = _fmt(None if share is None else 100 * share["value"], ".0f", "%")
             off = _value(g[g["scenario"].isin(offlines)], "throughput")
             off = off if off is not None else _value(streams, "throughput")
             line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
