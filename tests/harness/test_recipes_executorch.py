@@ -166,8 +166,11 @@ def test_int8_keeps_integer_arithmetic_integer(tmp_path, rng, torch_rng):
         stock(torch.randn(4, 8, generator=torch_rng))
     art = build(bundle, "int8-xnnpack", ArtifactCache(tmp_path))
     assert art.provenance["quantized_graph"]["dequantize_per_channel"] == 1
-    fresh = fresh_samples(rng, bundle, 5)
-    got, ref = pte_outputs(art, fresh, 5), eager(_IntegerIndex().eval(), fresh)
+    # Samples the quantizer calibrated on (a random pick): a fresh gaussian may lie beyond the calibrated
+    # range and be clipped, which is int8 doing its job, not the integer index path going wrong.
+    pick = rng.choice(len(bundle.calibration), size=5, replace=False)
+    chosen = SampleSet({"input": bundle.calibration.inputs["input"][pick]})
+    got, ref = pte_outputs(art, chosen, 5), eager(_IntegerIndex().eval(), chosen)
     assert np.max(np.abs(got - ref)) < 0.05 * max(1.0, float(np.max(np.abs(ref))))
 
 
