@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from costbench.backends.base import Session
 from costbench.core.stats import percentile
 from costbench.harness.scenarios import make_scenario
 from costbench.harness.zoo.base import SampleSet
@@ -44,23 +43,11 @@ DATA = SampleSet({"x": np.zeros((64, 4), dtype=np.float32)})
 SLO_MS, SLO_P = 5.0, 99.0
 MODEL_SLO_MS = 20.0
 
+# The two sessions of known cost (a no-op, an exact busy-wait) are the overhead benchmark's.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import BusyWait, Noop  # noqa: E402
 
-class Noop(Session):
-    def run(self, inputs):
-        return []
 
-
-class BusyWait(Session):
-    """Holds the core for exactly ``seconds`` per run (a spin on perf_counter_ns): a deterministic server."""
-
-    def __init__(self, seconds: float):
-        self.ns = int(round(seconds * 1e9))
-
-    def run(self, inputs):
-        end = time.perf_counter_ns() + self.ns
-        while time.perf_counter_ns() < end:
-            pass
-        return []
 
 
 # --- M/D/1 -------------------------------------------------------------------------------------
