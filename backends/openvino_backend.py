@@ -65,6 +65,14 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _bound_infer(request: Any) -> Any:
+    """The compiled binding's InferRequest.infer (a base class of openvino.InferRequest), if there is one."""
+    for base in type(request).__mro__[1:]:
+        if base.__module__.startswith("openvino._pyopenvino") and "infer" in base.__dict__:
+            return base.__dict__["infer"]
+    return None
+
+
 # Input tensors kept per session: the harness rotates 8 batches, concurrency forks keep their own.
 _SHARED_TENSOR_CACHE = 32
 
@@ -86,6 +94,7 @@ class OpenVinoSession(Session):
         self._n_outputs = len(compiled.outputs)
         self._tensors: dict[int, tuple[np.ndarray, Any]] = {}  # id(array) -> (array, its shared ov.Tensor)
         self._fresh: list[np.ndarray] = []
+        self._bound_infer = _bound_infer(self._request)
 
     def fork(self) -> "OpenVinoSession":
         """A new InferRequest on the same compiled model: requests are not thread-safe, compiled models are."""
@@ -107,12 +116,19 @@ class OpenVinoSession(Session):
                 fresh.append(array)
                 request.set_input_tensor(idx, self._ov.Tensor(array, shared_memory=True))
         self._fresh = fresh
-        # start_async + wait is the runtime's own synchronous path (ov::InferRequest::infer is the same pair)
-        # without the Python layer of InferRequest.infer, which dispatches the inputs again and builds a
-        # result dict: on the digits CNN that layer and a Tensor made per call cost more than the model.
-        request.start_async()
-        request.wait()
+        # The binding's own synchronous infer, on the tensors just set: it runs on this thread, as
+        # benchmark_app's sync API does, without InferRequest.infer's Python layer (which dispatches the
+        # inputs again and wraps the results). start_async + wait would add a hand-over to a runtime thread.
+        # Digits CNN, interleaved in one process: 58 us a call before, 34 us this way, 51 us with start_async.
+        self._sync_infer(request)
         return [request.get_output_tensor(i).data.copy() for i in range(self._n_outputs)]
+
+    def _sync_infer(self, request: Any) -> None:
+        if self._bound_infer is not None:
+            self._bound_infer(request, {}, True, False)  # (inputs: none new, share_outputs, decode_strings)
+        else:  # a binding without that signature: the runtime's async pair, same work, one more hand-over
+            request.start_async()
+            request.wait()
 
     def _shared_tensor(self, array: np.ndarray) -> Any:
         """An ov.Tensor over the caller's ``array`` (no copy), made once per array the caller keeps feeding.
