@@ -354,11 +354,25 @@ class Server(Scenario):
         end = int(self.spec.max_duration_s * 1e9) + grace
         return (1 << 62 if give_up_ns is None else give_up_ns), end
 
+    def _next_batch(self, arrivals: list[int], i: int, free: int, start: int, wait_limit: int,
+                    end_limit: int) -> tuple[str, int, int, int]:
+        """Dispatch the batch headed by query ``i`` on a server free since ``free``: (why the trial stops as
+        overloaded, or ""; when the batch was due; when it starts; its size). Waits until it is due."""
+        now = clock()
+        if now - arrivals[i] > wait_limit or now - start > end_limit:
+            return _overload_reason(now - arrivals[i], now - start, wait_limit), 0, 0, 0
+        due = self.policy.due(arrivals, i, free)
+        if now < due:
+            wait_until(due)
+        t0 = clock()
+        n = len(arrivals)
+        return "", due, t0, self.policy.size(bisect.bisect_right(arrivals, t0, i, min(n, i + self.policy.max_batch)) - i)
+
     def _serve_inline(self, session: Session, feeds, qps: float, offsets: np.ndarray,
                       give_up_ns: int | None) -> _Trial:
         # One server and no threads: the loop knows the arrival schedule, so it dispatches each batch
         # exactly when the batcher would, and the only scheduler error is the wake-up of wait_until.
-        policy, n = self.policy, len(offsets)
+        n = len(offsets)
         wait_limit, end_limit = self._limits(give_up_ns)
         run, sync = session.run, session.synchronize
         start = clock()
@@ -368,16 +382,11 @@ class Server(Scenario):
         end = start
         i = 0
         while i < n:
-            free = clock()
-            if free - arrivals[i] > wait_limit or free - start > end_limit:
-                complete, reason = False, _overload_reason(free - arrivals[i], free - start, wait_limit)
-                break
             # Due from the end of the last batch: this loop's own bookkeeping counts as lateness.
-            due = policy.due(arrivals, i, end)
-            if free < due:
-                wait_until(due)
-            t0 = clock()
-            k = policy.size(bisect.bisect_right(arrivals, t0, i, min(n, i + policy.max_batch)) - i)
+            stop, due, t0, k = self._next_batch(arrivals, i, end, start, wait_limit, end_limit)
+            if stop:
+                complete, reason = False, stop
+                break
             run(feeds[k][i % len(feeds[k])])
             sync()
             end = clock()
@@ -395,7 +404,7 @@ class Server(Scenario):
         # Each worker, when free, forms the next batch itself under one lock (so batches leave in
         # arrival order, the earliest free worker taking the next), then runs it on its own session.
         # Forming the batch where it starts means no hand-over between threads is timed.
-        policy, n, c = self.policy, len(offsets), self.spec.concurrency
+        n, c = len(offsets), self.spec.concurrency
         wait_limit, end_limit = self._limits(give_up_ns)
         sessions = [session] + [session.fork() for _ in range(c - 1)]
         batcher = threading.Lock()
@@ -412,15 +421,10 @@ class Server(Scenario):
                     i = state["next"]
                     if i >= n or state["stop"]:
                         return
-                    now = clock()
-                    if now - arrivals[i] > wait_limit or now - start > end_limit:
-                        state["stop"] = _overload_reason(now - arrivals[i], now - start, wait_limit)
+                    stop, due, t0, k = self._next_batch(arrivals, i, free, start, wait_limit, end_limit)
+                    if stop:
+                        state["stop"] = stop
                         return
-                    due = policy.due(arrivals, i, free)
-                    if now < due:
-                        wait_until(due)
-                    t0 = clock()
-                    k = policy.size(bisect.bisect_right(arrivals, t0, i, min(n, i + policy.max_batch)) - i)
                     state["next"] = i + k
                 sess.run(feeds[k][i % len(feeds[k])])
                 sess.synchronize()
