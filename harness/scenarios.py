@@ -365,8 +365,8 @@ class Server(Scenario):
         if now < due:
             wait_until(due)
         t0 = clock()
-        n = len(arrivals)
-        return "", due, t0, self.policy.size(bisect.bisect_right(arrivals, t0, i, min(n, i + self.policy.max_batch)) - i)
+        waiting = bisect.bisect_right(arrivals, t0, i, min(len(arrivals), i + self.policy.max_batch)) - i
+        return "", due, t0, self.policy.size(waiting)
 
     def _serve_inline(self, session: Session, feeds, qps: float, offsets: np.ndarray,
                       give_up_ns: int | None) -> _Trial:
