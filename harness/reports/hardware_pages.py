@@ -373,7 +373,7 @@ def render_html(report: HardwareReport) -> str:
                         '<p class="note">Each point is one trial at a Poisson arrival rate; × marks a rate that '
                         "was not shown to meet the SLO (its interval reaches above it). Solid lines ran with dynamic "
                         "batching, dotted ones without. The highest ● under the line is the rate the cost at the "
-                        "SLO bills: the batched one where a configuration ran both.</p>")
+                        "SLO bills: of a configuration that ran both, the one that sustained more.</p>")
         body.append(f"<h3>All configurations</h3>{table(rows, _columns(report), f'configs-{sid}', attrs)}")
         body.append(f'<p class="note">{esc(_basis_note(mdf, report))} '
                     "* invalid: the run stopped at max_duration_s before min_count. ~ unstable: the runner found "
