@@ -237,6 +237,7 @@ GIVE_UP_SLOS = 20
 GIVE_UP_MIN_NS = 100_000_000
 
 MEETS, MISSES, UNDECIDED = "meets", "misses", "undecided"
+MIN_FRACTION = 0.01  # of the service-time capacity: the lowest rate a search tries before answering 0
 _BLOCKS = 10  # batch means over this many consecutive blocks estimate the latencies' autocorrelation
 
 
@@ -492,7 +493,8 @@ class Server(Scenario):
 
         An undecided rate is measured again (more queries each time) and its trials pooled; one still
         undecided steers the bisection down (the answer must be a rate that met) but does not bound the
-        capacity from above: the interval is [highest rate that met, lowest rate that missed].
+        capacity from above: the interval is [highest rate that met, lowest rate that missed]. Where no
+        rate above the answer missed, the service-time capacity is tried last, to bound it.
         """
         s = self.spec
         capacity = self._capacity_estimate(session, feeds)
@@ -536,14 +538,23 @@ class Server(Scenario):
             verdicts[qps] = decide(qps)
             return verdicts[qps]
 
-        # Lower bracket: a quarter of capacity, lower only if that misses (a tight SLO); the SLO is
-        # judged on the queries collected, so a low rate that cannot reach min_count still counts.
+        # Lower bracket: a quarter of capacity, lower only if that fails to meet, down to 1% of capacity.
+        # The SLO is judged on the queries collected, so a low rate that cannot reach min_count still
+        # counts. A rate that misses steps down 5x; one still undecided (its interval holds the SLO: the
+        # boundary is near) only 2x, because a lower rate collects fewer queries within max_duration_s,
+        # and a 5x drop would land where a noisy service's p99 cannot be decided either (measured on
+        # EfficientNet: undecided at 55 and at 11 queries/s, shown to meet only at 10).
         lo, hi = None, capacity
-        for fraction in (0.25, 0.05, 0.01):
-            if attempt(capacity * fraction) == MEETS:
+        fraction = 0.25
+        while True:
+            verdict = attempt(capacity * fraction)
+            if verdict == MEETS:
                 lo = capacity * fraction
                 break
             hi = capacity * fraction
+            if fraction <= MIN_FRACTION * 1.001:
+                break
+            fraction = max(MIN_FRACTION, fraction / (5 if verdict == MISSES else 2))
         if lo is not None and (hi in verdicts or attempt(hi) != MEETS):
             for _ in range(s.search_iterations):
                 mid = math.sqrt(lo * hi)
@@ -552,6 +563,11 @@ class Server(Scenario):
                 else:
                     hi = mid
         met = [q for q, v in verdicts.items() if v == MEETS]
+        # Bound the capacity from above when no rate over the answer missed (those above it were
+        # undecided): the service-time capacity itself, where the queue can only grow.
+        if met and not any(v == MISSES and q > max(met) for q, v in verdicts.items()) and capacity not in verdicts:
+            attempt(capacity)
+            met = [q for q, v in verdicts.items() if v == MEETS]
         best = max(met) if met else None
         summary: dict[str, Any] = {"trials": trials, "capacity_estimate_qps": capacity, "confidence": s.confidence}
         if best is None:
