@@ -19,7 +19,12 @@ Generators (SOURCE is relative to the repository root):
 - ``crosscheck FILE.json``: costbench against the vendor's tool, from ``costbench crosscheck --json``;
 - ``kernels-bench FILE.json``: the CPU GEMM benchmark, from ``costbench kernels bench --json``;
 - ``gpu-models FILE.json``: the model cases of ``scripts/gpu_check.py``'s ``gpu_check.json``;
-- ``report FOLDER ARGS...``: what ``costbench report`` prints for the run in FOLDER with those arguments.
+- ``report FOLDER ARGS...``: what ``costbench report`` prints for the run in FOLDER with those arguments;
+- ``compare BASE NEW [--rows N]``: ``costbench compare`` of the runs in folders BASE and NEW, its Markdown with
+  the N series that moved most and a count of the others' verdicts;
+- ``dashboard FOLDER...``: what ``costbench dashboard`` prints for the runs of those folders together;
+- ``serving FILE.json``: ``benchmarks/serving.py``'s tables, from its ``serving.json``;
+- ``overhead FILE.json``: the harness's own cost, from ``benchmarks/overhead.py --json``.
 """
 
 from __future__ import annotations
@@ -120,7 +125,7 @@ def _measured_groups(df):
         yield (*key, g)
 
 
-def gen_cases(src: Path, args: list[str]) -> str:
+def gen_cases(src: Path, args: list[str], root: Path = ROOT) -> str:
     _, _, df = run_frame(src)
     lines = ["| model | variant | backend | p50 ms [95% CI] | MB | top-1 vs fp32 | acc Δ / agree@conf | min cos "
              "| max abs err | load ms | 1st ms |",
@@ -133,7 +138,7 @@ def gen_cases(src: Path, args: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_pivot(src: Path, args: list[str]) -> str:
+def gen_pivot(src: Path, args: list[str], root: Path = ROOT) -> str:
     _, _, df = run_frame(src)
     out = []
     for model, mdf in df.groupby("model", sort=False):
@@ -171,7 +176,7 @@ def gen_pivot(src: Path, args: list[str]) -> str:
     return "\n".join(out)
 
 
-def gen_run_output(src: Path, args: list[str]) -> str:
+def gen_run_output(src: Path, args: list[str], root: Path = ROOT) -> str:
     from rich.console import Console
 
     from costbench.harness.reports.run_table import render
@@ -198,7 +203,7 @@ def _load_json(src: Path) -> Any:
         raise SourceError(f"{src}: not valid JSON: {exc}") from None
 
 
-def gen_crosscheck(src: Path, args: list[str]) -> str:
+def gen_crosscheck(src: Path, args: list[str], root: Path = ROOT) -> str:
     data = _load_json(src)
     lines = ["| case | scenario | costbench | vendor tool | ratio | verdict |", "| --- | --- | ---: | ---: | ---: | --- |"]
     for p in data["pairs"]:
@@ -216,7 +221,7 @@ def gen_crosscheck(src: Path, args: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_gpu_models(src: Path, args: list[str]) -> str:
+def gen_gpu_models(src: Path, args: list[str], root: Path = ROOT) -> str:
     data = _load_json(src)
     stage = next((v for k, v in data["stages"].items() if k.startswith("models")), None)
     if not stage or not isinstance(stage.get("result"), dict):
@@ -234,7 +239,7 @@ def gen_gpu_models(src: Path, args: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_kernels_bench(src: Path, args: list[str]) -> str:
+def gen_kernels_bench(src: Path, args: list[str], root: Path = ROOT) -> str:
     data = _load_json(src)
     return _kernels_table(data)
 
@@ -278,28 +283,127 @@ def _kernels_table(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gen_report(src: Path, args: list[str]) -> str:
+def gen_report(src: Path, args: list[str], root: Path = ROOT) -> str:
     """What ``costbench report`` prints for the one run in FOLDER with the marker's extra arguments."""
-    import subprocess
     import tempfile
 
     header, _, _ = run_frame(src)
-    # shown as the marker names it: from results/ on, whichever checkout (or copy) the README is in
-    rel = str(src)[str(src).rfind("results/"):] if "results/" in str(src) else str(src)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "costbench.commands.cli", "report", header["run_id"], "-r", str(src), "-o", tmp,
-               *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                              env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
-        if proc.returncode != 0:
-            raise SourceError(f"costbench report on {rel} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-        text = proc.stdout.replace(tmp, "report")
-    shown = " ".join(["costbench report", header["run_id"][:15], "-r", str(rel), *map(shlex.quote, args)])
+        text = _costbench(["report", header["run_id"], "-r", str(src), "-o", tmp, *args],
+                          f"costbench report on {_shown(src)}").replace(tmp, "report")
+    shown = " ".join(["costbench report", header["run_id"][:15], "-r", _shown(src), *map(shlex.quote, args)])
     lines = [line.rstrip() for line in text.splitlines()]
     return "```\n$ " + shown + "\n" + "\n".join(lines).strip("\n") + "\n```\n"
 
 
-GENERATORS: dict[str, Callable[[Path, list[str]], str]] = {
+def _shown(src: Path) -> str:
+    """A path as the marker names it: from results/ on, whichever checkout (or copy) the README is in."""
+    return str(src)[str(src).rfind("results/"):] if "results/" in str(src) else str(src)
+
+
+def _costbench(args: list[str], what: str) -> str:
+    """stdout of ``costbench ARGS`` run from the repository root, plain text at 200 columns."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "costbench.commands.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    if proc.returncode != 0:
+        raise SourceError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def gen_compare(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """``costbench compare`` of the one run in BASE (the source) and the one in NEW (first argument), abridged."""
+    import tempfile
+
+    parser = argparse.ArgumentParser(prog="compare block", add_help=False)
+    parser.add_argument("new", type=Path)
+    parser.add_argument("--rows", type=int, default=8)
+    opts = parser.parse_args(args)
+    new = root / opts.new
+    (base_header, _, _), (new_header, _, _) = run_frame(src), run_frame(new)
+    with tempfile.TemporaryDirectory() as tmp:
+        md = Path(tmp) / "compare.md"
+        _costbench(["compare", base_header["run_id"], new_header["run_id"], "-r", str(src), "-r", str(new),
+                    "--markdown", str(md)], f"costbench compare {_shown(src)} {_shown(new)}")
+        lines = md.read_text().splitlines()
+    table = [i for i, line in enumerate(lines) if line.startswith("| ")]
+    if not table:
+        raise SourceError(f"costbench compare {_shown(src)} {_shown(new)}: no series compared")
+    head, rows, tail = lines[1:table[0] + 2], lines[table[0] + 2:table[-1] + 1], lines[table[-1] + 1:]
+
+    def moved(row: str) -> float:  # |log ratio|, from the "ratio (95% CI)" cell
+        return abs(math.log(float(row.split("|")[4].split()[0])))
+
+    ranked = sorted(rows, key=moved, reverse=True)
+    shown, cut = ranked[:opts.rows], ranked[opts.rows:]
+    verdicts = [re.search(r"\*\*(\w+)\*\*", r)[1] for r in cut]
+    tally = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+    cmd = (f"$ costbench compare {base_header['run_id'][:15]} {new_header['run_id'][:15]} -r {_shown(src)} "
+           f"-r {_shown(opts.new)} --markdown compare.md")
+    note = [f"| … {len(cut)} more series, each moved less ({tally}) | | | | | | | | |"] if cut else []
+    return "```\n" + cmd + "\n```\n\n" + "\n".join([*head, *shown, *note, *tail]).strip("\n") + "\n"
+
+
+def gen_dashboard(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """What ``costbench dashboard`` prints for the runs of the source folder and the folders in ``args`` together."""
+    import shutil
+    import tempfile
+
+    folders = [src, *((root / a) for a in args)]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "runs").mkdir()
+        for folder in folders:
+            files = sorted((folder / "runs").glob("*.jsonl"))
+            if not files:
+                raise SourceError(f"{_shown(folder)}/runs: no run files")
+            for f in files:
+                shutil.copy(f, Path(tmp) / "runs" / f.name)
+        text = _costbench(["dashboard", tmp, "-o", str(Path(tmp) / "site")], "costbench dashboard")
+        text = text.replace(str(Path(tmp) / "site"), "site")
+    lines = [line.rstrip() for line in text.splitlines()]
+    shown = "costbench dashboard RESULTS -o site    # RESULTS: the runs of " + ", ".join(map(_shown, folders))
+    return "```\n$ " + shown + "\n" + "\n".join(lines).strip("\n") + "\n```\n"
+
+
+def gen_serving(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """The tables ``benchmarks/serving.py`` wrote to serving.md, from its serving.json (headings made bold)."""
+    import importlib.util
+
+    data = _load_json(src)
+    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    lines = module.markdown(data).splitlines()[1:]  # without its title
+    out = [f"**{line[3:]}**" if line.startswith("## ") else line for line in lines]
+    return "\n".join(out).strip("\n") + "\n"
+
+
+def gen_overhead(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """The harness's own cost, from ``benchmarks/overhead.py --json``."""
+    r = _load_json(src)["results"]
+    try:
+        rows = [
+            ("single_stream loop overhead per query (no-op session)",
+             f"{r['loop_overhead_per_query_us']:.2f} µs (timer floor {r['noop_timed_region_median_us']:.2f} µs)",
+             "< 5 µs"),
+            ("reported median vs. a known 1 ms query", f"{r['busy_1ms_median_error_pct']:+.2f}%", "within 1%"),
+            ("reported median vs. known 0.1 ms / 10 ms",
+             f"{r['busy_0.1ms_median_error_pct']:+.2f}% / {r['busy_10ms_median_error_pct']:+.2f}%", "—"),
+            ("server scheduler lateness p99 (max) at 100 QPS (Poisson)",
+             f"{r['server_100qps_lateness_p99_us']:.1f} µs ({r['server_100qps_lateness_max_us']:.0f} µs)", "—"),
+            ("server scheduler lateness p99 (max) at 1,000 QPS (Poisson)",
+             f"{r['server_1000qps_lateness_p99_us']:.1f} µs ({r['server_1000qps_lateness_max_us']:.0f} µs)",
+             "< 100 µs"),
+        ]
+    except KeyError as exc:
+        raise SourceError(f"{src}: no {exc} in 'results' (written by an older benchmarks/overhead.py?)") from None
+    lines = ["| measurement | result | goal |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+GENERATORS: dict[str, Callable[..., str]] = {
     "run-output": gen_run_output,
     "cases": gen_cases,
     "pivot": gen_pivot,
@@ -307,6 +411,10 @@ GENERATORS: dict[str, Callable[[Path, list[str]], str]] = {
     "kernels-bench": gen_kernels_bench,
     "gpu-models": gen_gpu_models,
     "report": gen_report,
+    "compare": gen_compare,
+    "dashboard": gen_dashboard,
+    "serving": gen_serving,
+    "overhead": gen_overhead,
 }
 
 
@@ -322,7 +430,7 @@ def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
         path = root / src
         if not path.exists():
             raise SourceError(f"README block '{label}': {src} does not exist")
-        body = GENERATORS[gen](path, shlex.split(m["args"]))
+        body = GENERATORS[gen](path, shlex.split(m["args"]), root=root)
         if body != m["body"]:
             changed.append(label)
         return m.group(1) + body + m.group(6)
