@@ -8,7 +8,7 @@ import pytest
 
 from costbench.backends.base import Session
 from costbench.backends.timing import CudaEventTimer, HostTimer
-from costbench.harness.scenarios import make_scenario, poisson_arrivals, wait_until
+from costbench.harness.scenarios import _Trial, make_scenario, poisson_arrivals, wait_until
 from costbench.harness.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.arange(40, dtype=np.float32).reshape(10, 4)})
@@ -204,6 +204,39 @@ def test_search_reports_capacity_when_every_rate_passes_and_zero_when_none_can()
     # The bracket goes down (25%, 5%, 1% of capacity), every rate decidedly missing: none measured twice.
     assert [t["verdict"] for t in r.details["search"]] == ["misses"] * 3
     assert "not met even at" in r.notes[-1]
+
+
+def test_search_steps_down_gently_from_an_undecided_rate_and_bounds_the_capacity():
+    """A p99 that cannot be decided near the SLO (a noisy service) is the boundary, not a miss: the bracket
+    halves the rate instead of dividing it by 5, and since no rate above the answer missed, the capacity
+    itself is tried to bound the interval. Trials are synthetic: latency as a function of the rate."""
+    slo_ms, capacity = 20.0, 1000.0
+
+    def fake_trial(session, feeds, qps, seed, scale=1, give_up_ns=None):
+        n = 1000 * scale
+        if qps > 400:  # decidedly over: every query 100 ms
+            lat = [100_000_000] * n
+        elif qps > 100:  # 1.5% of queries at 30 ms: the p99's interval holds the 20 ms SLO
+            slow = n * 15 // 1000
+            lat = [1_000_000] * (n - slow) + [30_000_000] * slow
+        else:
+            lat = [1_000_000] * n
+        return _Trial(qps, n, lat, [0] * n, [0] * n, [1] * n, [1_000_000] * n, int(n / qps * 1e9), True)
+
+    spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 1000, "min_duration_s": 0,
+            "search_iterations": 3, "search_remeasure": 1, "warmup_count": 1}
+    scenario = make_scenario(spec)
+    scenario.trial = fake_trial
+    scenario._capacity_estimate = lambda session, feeds: capacity
+    r = scenario.run(Busy(0.0001), DATA, 1)
+    rates = list(dict.fromkeys(t["qps"] for t in r.details["search"]))
+    assert rates[:3] == pytest.approx([250.0, 125.0, 62.5])  # 0.25, then halved twice; never 0.05 (50)
+    verdicts = {t["qps"]: t["verdict"] for t in r.details["search"]}
+    assert verdicts[250.0] == verdicts[125.0] == "undecided" and verdicts[62.5] == "meets"
+    best = r.scalars["max_qps_within_slo"][0]
+    assert 62.5 <= best <= 100 and verdicts[best] == "meets"
+    assert rates[-1] == capacity and verdicts[capacity] == "misses"
+    assert r.scalars["capacity_ci_low"][0] == best and r.scalars["capacity_ci_high"][0] == capacity
 
 
 def test_server_spec_needs_a_target_or_a_search():
