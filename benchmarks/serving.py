@@ -48,8 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import BusyWait, Noop  # noqa: E402
 
 
-
-
 # --- M/D/1 -------------------------------------------------------------------------------------
 
 def md1_wait_cdf(t: float, lam: float, d: float) -> float:

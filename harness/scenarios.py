@@ -562,13 +562,16 @@ class Server(Scenario):
                     lo = mid
                 else:
                     hi = mid
-        met = [q for q, v in verdicts.items() if v == MEETS]
+        def best_met() -> float | None:
+            return max((q for q, v in verdicts.items() if v == MEETS), default=None)
+
         # Bound the capacity from above when no rate over the answer missed (those above it were
         # undecided): the service-time capacity itself, where the queue can only grow.
-        if met and not any(v == MISSES and q > max(met) for q, v in verdicts.items()) and capacity not in verdicts:
+        best = best_met()
+        if best is not None and capacity not in verdicts and not any(
+                v == MISSES and q > best for q, v in verdicts.items()):
             attempt(capacity)
-            met = [q for q, v in verdicts.items() if v == MEETS]
-        best = max(met) if met else None
+            best = best_met()
         summary: dict[str, Any] = {"trials": trials, "capacity_estimate_qps": capacity, "confidence": s.confidence}
         if best is None:
             summary.update(max_qps=0.0, interval=[0.0, min(verdicts)], judged=pooled[min(verdicts)], note=(

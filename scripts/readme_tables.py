@@ -54,14 +54,26 @@ class SourceError(ValueError):
 # ---------------------------------------------------------------------------------------------------- runs
 
 
-def run_frame(folder: Path):
-    """Long-form result rows of the one run in ``folder/runs`` (a reference folder holds exactly one)."""
-    from costbench.harness.runfile import RunFile, frame_of, rows_of
+def _run_file(folder: Path):
+    """The one run file in ``folder/runs`` (a reference folder holds exactly one)."""
+    from costbench.harness.runfile import RunFile
 
     files = sorted((folder / "runs").glob("*.jsonl"))
     if len(files) != 1:
         raise SourceError(f"{folder}/runs: expected exactly one run file, found {len(files)}")
-    run = RunFile(files[0])
+    return RunFile(files[0])
+
+
+def run_header(folder: Path) -> dict[str, Any]:
+    """The header of the one run in ``folder/runs``, for generators that hand the run to costbench itself."""
+    return _run_file(folder).read()[0]
+
+
+def run_frame(folder: Path):
+    """Long-form result rows of the one run in ``folder/runs``."""
+    from costbench.harness.runfile import frame_of, rows_of
+
+    run = _run_file(folder)
     header, cases = run.read()
     return header, cases, frame_of(rows_of(run, header, cases))
 
@@ -287,7 +299,7 @@ def gen_report(src: Path, args: list[str], root: Path = ROOT) -> str:
     """What ``costbench report`` prints for the one run in FOLDER with the marker's extra arguments."""
     import tempfile
 
-    header, _, _ = run_frame(src)
+    header = run_header(src)
     with tempfile.TemporaryDirectory() as tmp:
         text = _costbench(["report", header["run_id"], "-r", str(src), "-o", tmp, *args],
                           f"costbench report on {_shown(src)}").replace(tmp, "report")
@@ -321,7 +333,7 @@ def gen_compare(src: Path, args: list[str], root: Path = ROOT) -> str:
     parser.add_argument("--rows", type=int, default=8)
     opts = parser.parse_args(args)
     new = root / opts.new
-    (base_header, _, _), (new_header, _, _) = run_frame(src), run_frame(new)
+    base_header, new_header = run_header(src), run_header(new)
     with tempfile.TemporaryDirectory() as tmp:
         md = Path(tmp) / "compare.md"
         _costbench(["compare", base_header["run_id"], new_header["run_id"], "-r", str(src), "-r", str(new),
