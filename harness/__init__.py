@@ -4,6 +4,11 @@
 planning and the per-case worker do not need.
 """
 
+if __name__ != "costbench.harness":  # imported by its bare name from a checkout: costbench/_checkout.py
+    from costbench._checkout import step_aside
+
+    step_aside(__name__, __file__)
+
 __all__ = ["load_results", "list_runs"]
 
 

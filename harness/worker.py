@@ -421,10 +421,22 @@ def _build_in_child(case: Case, cache_dir: Path) -> dict[str, Any]:
     return payload
 
 
+_USAGE = """usage: python -m costbench.harness.worker [--build] JOB.json RESULT.json
+
+Measure the case in JOB.json (written by the runner) and write RESULT.json atomically; with --build,
+build what the case needs into the cache instead. Run by costbench's executors, one case a process."""
+
+
 def main(argv: list[str]) -> int:
     step = execute
+    if argv and argv[0] in ("-h", "--help"):
+        print(_USAGE)
+        return 0
     if argv and argv[0] == "--build":
         step, argv = build, argv[1:]
+    if len(argv) != 2:
+        print(_USAGE, file=sys.stderr)
+        return 2
     job_path, result_path = Path(argv[0]), Path(argv[1])
     job = json.loads(job_path.read_text())
     case = Case.from_dict(job["case"])

@@ -12,6 +12,11 @@ not needed to import this package).
 
 from __future__ import annotations
 
+if __name__ != "costbench.kernels":  # imported by its bare name from a checkout: costbench/_checkout.py
+    from costbench._checkout import step_aside
+
+    step_aside(__name__, __file__)
+
 from typing import Any
 
 from costbench.kernels.reference import int8_gemm_reference, quantize_symmetric_per_channel
