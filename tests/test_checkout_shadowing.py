@@ -9,6 +9,7 @@ tests run in and against a non-editable install of the same tree.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,10 +69,16 @@ def test_editable_install_from_repository_root():
 
 
 def test_non_editable_install_from_repository_root(tmp_path):
-    target = tmp_path / "site"
+    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
+    source, target = tmp_path / "source", tmp_path / "site"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in ("costbench", "harness", "backends", "kernels"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(ROOT)],
+         "--target", str(target), str(source)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     # The installed tree first, as site-packages would be; the checkout's root still ahead of it (cwd).
