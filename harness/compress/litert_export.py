@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from costbench.core.artifacts import InputSpec
+from costbench.core.tflite_files import TFLiteRunner, allocate, open_interpreter
 from costbench.harness.compress.base import RecipeNotApplicable
 from costbench.harness.zoo.base import SampleSet
 
@@ -125,17 +126,12 @@ def torch_outputs(module: Any, args: tuple) -> list[np.ndarray]:
 
 
 def tflite_outputs(path: Path, inputs: Sequence[InputSpec], feed: dict[str, np.ndarray], batch: int) -> list[np.ndarray]:
-    """One batch through the litert backend's session (so the check runs what the measurement will)."""
-    from costbench.backends.litert_backend import LiteRTBackend
-    from costbench.core.artifacts import FORMAT_TFLITE, Artifact
-
-    backend = LiteRTBackend()
-    art = Artifact(format=FORMAT_TFLITE, path=Path(path), key="verify", inputs=list(inputs), outputs=[])
-    session = backend.prepare(art, backend.parse_options({}), batch)
+    """One batch on LiteRT as the litert backend's session runs it (its runner, XNNPACK, every core)."""
+    runner = TFLiteRunner(path, inputs, batch)
     try:
-        return session.run(feed)
+        return runner.run(feed)
     finally:
-        session.close()
+        runner.close()
 
 
 def compare(refs: list[np.ndarray], got: list[np.ndarray], path: Path, tolerance: float | None,
@@ -182,8 +178,6 @@ def ops_summary(path: Path) -> dict[str, Any]:
     LiteRT's op list keeps the nodes a delegate replaced, so which ops stay outside XNNPACK cannot be read
     from it; a partition count above one means something between them runs on LiteRT's own kernels.
     """
-    from costbench.backends.litert_backend import allocate, open_interpreter
-
     plain = open_interpreter(path, kernels="builtin")
     allocate(plain, path)
     ops: dict[str, int] = {}
@@ -219,8 +213,6 @@ def signature_feeds(path: Path, inputs: Sequence[InputSpec], samples: SampleSet,
     The model's signature names its inputs in the module's argument order (``args_0``...); a user's
     file keeps its own names. Inputs are matched by name where they agree with ``inputs``, else by position.
     """
-    from costbench.backends.litert_backend import open_interpreter
-
     interpreter = open_interpreter(path, kernels="builtin")
     signatures = interpreter.get_signature_list()
     if not signatures:

@@ -20,6 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_TFLITE, ArtifactCache
+from costbench.core.tflite_files import read_inputs
 from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
 from costbench.harness.compress.litert_export import (EXPORT_VERSION, compare, library_versions, ops_summary,
                                                       quantize_tflite, signature_feeds, tflite_outputs)
@@ -77,8 +78,6 @@ class _LiteRTQuantRecipe(Recipe):
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
         """Quantize the fp32 .tflite, then run both on LiteRT over the calibration samples to record the difference."""
-        from costbench.backends.litert_backend import read_inputs
-
         cfg = self.own_config(config)
         source = fp32_tflite(bundle, cache, cfg.batch_size)
         quantized_io = [i["name"] for i in read_inputs(source.path) if i["quantization"] is not None]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from costbench.core.artifacts import InputSpec, file_sha256
+from costbench.core.tflite_files import read_inputs, read_outputs
 from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, SampleSet
 
@@ -191,8 +192,6 @@ def tflite_inputs(model_id: str, path: Path, details: list[dict[str, Any]]) -> l
 
 def load_tflite_model(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
     """A bundle for a user's .tflite; inputs from the suite or, failing that, from the file."""
-    from costbench.backends.litert_backend import read_inputs, read_outputs
-
     path = Path(spec.path)
     try:
         details, outputs = read_inputs(path), read_outputs(path)

@@ -16,9 +16,9 @@ pytest.importorskip("litert_torch", reason="litert-torch is not installed: pip i
 import torch  # noqa: E402
 
 from costbench.backends import load_registry  # noqa: E402
-from costbench.backends.litert_backend import (LiteRTBackend, LiteRTOptions, dequantize,  # noqa: E402
-                                               quantize)
+from costbench.backends.litert_backend import LiteRTBackend, LiteRTOptions  # noqa: E402
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TFLITE, Artifact, InputSpec  # noqa: E402
+from costbench.core.tflite_files import dequantize, quantize  # noqa: E402
 from costbench.harness.compress.litert_export import (convert_tflite, quantize_tflite,  # noqa: E402
                                                       signature_feeds)
 from costbench.harness.zoo.base import SampleSet  # noqa: E402
@@ -245,7 +245,7 @@ def test_a_per_sample_shape_that_differs_is_refused(conv_tflite):
 def test_fork_is_an_independent_interpreter(conv_tflite, rng):
     session = _prepare(conv_tflite[1], 1)
     other = session.fork()
-    assert other is not session and other._interpreter is not session._interpreter
+    assert other is not session and other._runner.interpreter is not session._runner.interpreter
     x = _fresh(rng, 1)
     np.testing.assert_array_equal(other.run({"input": x})[0], session.run({"input": x})[0])
 
