@@ -1,7 +1,7 @@
 """``distill``: Hinton knowledge distillation of the model into the smaller student its zoo entry defines.
 
 The student is trained on the model's labelled training data with docs/architecture.md's loss
-(:func:`~costbench.harness.compress.training.distillation_loss`), the fp32 model as teacher in eval
+(:func:`~costbench.harness.training.distillation_loss`), the fp32 model as teacher in eval
 mode without gradients. The same student is also trained without distillation (alpha = 0: plain
 cross-entropy) from the same initial weights, seed, data order and epochs, so the provenance
 shows what distillation itself bought: both students' accuracy on the labelled evaluation split,
@@ -22,7 +22,7 @@ from pydantic import Field
 
 from costbench.harness.compress.base import RecipeConfig, RecipeNotApplicable
 from costbench.harness.compress.torch_variant import TorchVariantRecipe, module_facts
-from costbench.harness.compress.training import Objective, distillation_loss, predict, train
+from costbench.harness.training import Objective, distillation_loss, predict, train
 from costbench.harness.zoo.base import ModelBundle
 
 LOSS_FORMULA = "alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) [batchmean] + (1 - alpha) * CE(y, z_s)"

@@ -1,4 +1,4 @@
-"""Pruning recipes, each followed by a short fine-tune (:mod:`costbench.harness.compress.training`).
+"""Pruning recipes, each followed by a short fine-tune (:mod:`costbench.harness.training`).
 
 ``prune-unstructured``: global magnitude pruning (``torch.nn.utils.prune.global_unstructured``
 with L1 magnitude) over every Conv/Linear weight, fine-tuned with the masks in place, then made
@@ -26,7 +26,7 @@ from costbench.harness.compress.base import RecipeConfig
 from costbench.harness.compress.fp32 import library_version
 from costbench.harness.compress.torch_variant import (TorchVariantRecipe, evaluation_summary, layer_shapes,
                                                       module_facts, weight_layers)
-from costbench.harness.compress.training import fine_tune_objective, train
+from costbench.harness.training import fine_tune_objective, train
 from costbench.harness.zoo.base import ModelBundle
 
 LR_OWN_DATA = 1e-3  # a model costbench trained itself, fine-tuned on its own labelled training data

@@ -121,7 +121,7 @@ class TorchVariantRecipe(Recipe):
 
 def evaluation_summary(module, teacher, bundle: ModelBundle) -> dict[str, Any]:
     """How the transformed module scores on the evaluation split at build time, and the fp32 model's score."""
-    from costbench.harness.compress.training import predict, task_score
+    from costbench.harness.training import predict, task_score
 
     reference = predict(teacher, bundle, bundle.evaluation)
     got = predict(module, bundle, bundle.evaluation)

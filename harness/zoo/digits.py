@@ -140,7 +140,7 @@ def train(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Train a fresh DigitsCNN deterministically; returns its state_dict."""
     import torch
 
-    from costbench.harness.compress.training import threads_for
+    from costbench.harness.training import threads_for
 
     hp = HYPERPARAMETERS
     torch.manual_seed(hp["seed"])

@@ -1,4 +1,4 @@
-"""Training loops the recipes share: Hinton distillation, and the short fine-tune after pruning.
+"""Training the zoo and the recipes share: Hinton distillation, the fine-tune after pruning, threads for small models.
 
 The distillation loss is docs/architecture.md's, exactly:
 ``L = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(y, z_s)``, with the
