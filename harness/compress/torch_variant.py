@@ -51,10 +51,10 @@ def layer_shapes(module) -> dict[str, list[int]]:
 
 def module_facts(module, bundle: ModelBundle) -> dict[str, Any]:
     """Parameters, FLOPs (one sample, same counting as the zoo's) and sparsity of a transformed module."""
-    from costbench.harness.zoo.cost import torch_cost
+    from costbench.harness.zoo.flops import torch_flops
 
-    cost = torch_cost(module, bundle.evaluation.batch(1), bundle.inputs)
-    return {"parameters": cost["parameters"], "flops": cost["flops"], "flops_method": cost["flops_method"],
+    counts = torch_flops(module, bundle.evaluation.batch(1), bundle.inputs)
+    return {"parameters": counts["parameters"], "flops": counts["flops"], "flops_method": counts["flops_method"],
             **sparsity(module)}
 
 

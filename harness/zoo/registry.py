@@ -14,7 +14,7 @@ from typing import Callable
 from costbench.core.plugins import PluginGroup
 from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, ZooModel
-from costbench.harness.zoo.cost import cached_model_cost
+from costbench.harness.zoo.flops import cached_model_flops
 
 MODELS = PluginGroup("costbench.models", "COSTBENCH_EXTRA_MODELS", "zoo model")
 
@@ -95,7 +95,7 @@ def load_bundle(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
     if spec.eval_samples is not None:
         bundle.evaluation = bundle.evaluation.take(spec.eval_samples)
     if not {"parameters", "flops"} <= bundle.details.keys():  # a zoo model may bring its own (cached) count
-        bundle.details.update(cached_model_cost(bundle, Path(cache_dir)))
+        bundle.details.update(cached_model_flops(bundle, Path(cache_dir)))
     bundle.details["data"] = {
         "calibration": {"samples": len(bundle.calibration), "description": bundle.calibration.description},
         "evaluation": {"samples": len(bundle.evaluation), "description": bundle.evaluation.description,

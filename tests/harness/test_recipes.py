@@ -14,7 +14,7 @@ from costbench.harness.compress.ort_int8 import decide_reduce_range
 from costbench.harness.env import has_vnni
 from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH
-from costbench.harness.zoo.cost import onnx_cost
+from costbench.harness.zoo.flops import onnx_flops
 from costbench.harness.zoo.registry import load_bundle
 
 
@@ -73,7 +73,7 @@ def test_fp32_onnx_matches_torch_on_real_inputs(digits, tmp_path):
     assert p["opset"] == 17 and p["export_max_abs_error"] < 1e-4
     assert (p["parameters"], p["flops"], p["source_format"]) == (9930, digits.details["flops"], "torch module")
     # The torch counting and the ONNX graph counting agree on this model.
-    assert onnx_cost(art.path)["flops"] == digits.details["flops"]
+    assert onnx_flops(art.path)["flops"] == digits.details["flops"]
 
 
 def test_fp32_torch_and_openvino_artifacts_match_torch(digits, tmp_path):

@@ -21,32 +21,32 @@ FLOPS_METHOD_TORCH = "2 x MACs of Conv/Linear layers (forward hooks), one sample
 FLOPS_METHOD_ONNX = "2 x MACs of Conv/ConvTranspose/Gemm/MatMul nodes (ONNX shape inference), one sample; other ops not counted"
 
 
-def cached_model_cost(bundle: ModelBundle, cache_dir: Path) -> dict[str, Any]:
-    """:func:`model_cost`, kept per source model: counting runs the torch model, and a case whose artifact
+def cached_model_flops(bundle: ModelBundle, cache_dir: Path) -> dict[str, Any]:
+    """:func:`model_flops`, kept per source model: counting runs the torch model, and a case whose artifact
     is cached (an ONNX Runtime or OpenVINO case) should not have to import torch just for that."""
     key = content_key({"source": bundle.source_hash, "inputs": [(i.name, i.shape, i.dtype) for i in bundle.inputs],
                        "method": [FLOPS_METHOD_TORCH, FLOPS_METHOD_ONNX]})
-    path = cache_dir / "model-cost" / f"{bundle.name}-{key}.json"
+    path = cache_dir / "model-flops" / f"{bundle.name}-{key}.json"
     if path.exists():
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             pass  # damaged: count again and replace it
-    cost = model_cost(bundle)
-    write_json_atomic(path, cost)
-    return cost
+    counts = model_flops(bundle)
+    write_json_atomic(path, counts)
+    return counts
 
 
-def model_cost(bundle: ModelBundle) -> dict[str, Any]:
+def model_flops(bundle: ModelBundle) -> dict[str, Any]:
     """Parameter count and FLOPs for one sample, from the torch module or the ONNX graph."""
     if bundle.module_factory is not None:
-        return torch_cost(bundle.torch_module(), bundle.evaluation.batch(1), bundle.inputs)
+        return torch_flops(bundle.torch_module(), bundle.evaluation.batch(1), bundle.inputs)
     if bundle.onnx_path is not None:
-        return onnx_cost(bundle.onnx_path)
+        return onnx_flops(bundle.onnx_path)
     return {}
 
 
-def torch_cost(module, sample: dict[str, np.ndarray], inputs) -> dict[str, Any]:
+def torch_flops(module, sample: dict[str, np.ndarray], inputs) -> dict[str, Any]:
     """Parameters and 2 x MACs of Conv/Linear layers, counted by hooks during one forward pass."""
     import torch
     from torch import nn
@@ -78,7 +78,7 @@ def torch_cost(module, sample: dict[str, np.ndarray], inputs) -> dict[str, Any]:
     return {"parameters": int(params), "flops": int(2 * macs), "flops_method": FLOPS_METHOD_TORCH}
 
 
-def onnx_cost(path: Path) -> dict[str, Any]:
+def onnx_flops(path: Path) -> dict[str, Any]:
     """Parameters (initializer elements) and 2 x MACs of Conv/Gemm/MatMul nodes, via shape inference at batch 1."""
     import onnx
     from onnx import numpy_helper, shape_inference
