@@ -92,7 +92,7 @@ class Fp32Recipe(Recipe):
     def _onnx(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         if bundle.source_kind == SOURCE_ONNX:
             return copy_onnx(bundle.onnx_path, path)
-        from costbench.harness.compress.export import export_onnx
+        from costbench.harness.compress.onnx_export import export_onnx
 
         return export_onnx(bundle.torch_module(), bundle.inputs, bundle.outputs, bundle.calibration, path)
 

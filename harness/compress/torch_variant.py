@@ -106,7 +106,7 @@ class TorchVariantRecipe(Recipe):
         base = self.artifact(bundle, config, FORMAT_TORCH, cache)
         inherited = {k: v for k, v in base.provenance.items() if k not in _OWN_KEYS}
         if fmt == FORMAT_ONNX:
-            from costbench.harness.compress.export import export_onnx
+            from costbench.harness.compress.onnx_export import export_onnx
 
             module = torch.load(base.path, weights_only=False, map_location="cpu").eval()
             export = export_onnx(module, bundle.inputs, bundle.outputs, bundle.calibration, path)

@@ -9,7 +9,7 @@ import pytest
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.registry import get_recipe, recipe_names
-from costbench.harness.compress.export import ExportError, export_onnx
+from costbench.harness.compress.onnx_export import ExportError, export_onnx
 from costbench.harness.compress.ort_int8 import decide_reduce_range
 from costbench.harness.env import has_vnni
 from costbench.harness.suite_schema import ModelSpec
