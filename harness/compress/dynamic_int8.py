@@ -27,7 +27,8 @@ from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
-from costbench.harness.compress.fp32 import fp32_onnx, library_version
+from costbench.harness.compress.common import library_version
+from costbench.harness.compress.fp32 import fp32_onnx
 from costbench.harness.compress.ort_int8 import count_quantization, decide_reduce_range
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from costbench.core.artifacts import InputSpec
+from costbench.harness.compress.common import library_version
 from costbench.harness.zoo.base import SampleSet
 
 # Part of every ExecuTorch artifact's cache key: bump when the export below changes its bytes.
@@ -289,18 +290,8 @@ def export_pte(module: Any, inputs: Sequence[InputSpec], samples: SampleSet, pat
         **extra,
         **lowered,
         **checked,
-        "executorch": dist_version("executorch"),
-        "torchao": dist_version("torchao"),
+        "executorch": library_version("executorch"),
+        "torchao": library_version("torchao"),
         "torch": torch.__version__,
         "export_version": EXPORT_VERSION,
     }
-
-
-def dist_version(dist: str) -> str:
-    """Installed version of a distribution, without importing it."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"

@@ -26,9 +26,8 @@ from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
-from costbench.harness.compress.executorch_export import (EXPORT_VERSION, MAX_BATCH, dist_version, export_pte,
-                                                          export_program)
-from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash
+from costbench.harness.compress.common import calibration_batches, calibration_subset, library_version, samples_hash
+from costbench.harness.compress.executorch_export import EXPORT_VERSION, MAX_BATCH, export_pte, export_program
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle
 
 
@@ -184,9 +183,9 @@ class XnnpackInt8Recipe(Recipe):
         cfg = self.own_config(config)
         return {
             **super().cache_material(bundle, config),
-            "torch": dist_version("torch"),
-            "executorch": dist_version("executorch"),
-            "torchao": dist_version("torchao"),
+            "torch": library_version("torch"),
+            "executorch": library_version("executorch"),
+            "torchao": library_version("torchao"),
             "export": {"version": EXPORT_VERSION, "max_batch": MAX_BATCH},
             "calibration_data": samples_hash(calibration_subset(bundle, cfg.calibration_samples)),
         }

@@ -7,25 +7,17 @@ exported once per content hash and reused.
 from __future__ import annotations
 
 import shutil
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact,
                                          ArtifactCache)
 from costbench.harness.compress.base import Recipe, RecipeConfig
+from costbench.harness.compress.common import library_version
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
              FORMAT_EXECUTORCH: "model.pte"}
-
-
-def library_version(dist: str) -> str:
-    """Installed version of a distribution, without importing it."""
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 class Fp32Config(RecipeConfig):

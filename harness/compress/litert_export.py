@@ -25,6 +25,7 @@ import numpy as np
 from costbench.core.artifacts import InputSpec
 from costbench.core.tflite_files import TFLiteRunner, allocate, open_interpreter
 from costbench.harness.compress.base import RecipeNotApplicable
+from costbench.harness.compress.common import library_version
 from costbench.harness.zoo.base import SampleSet
 
 # Part of every LiteRT artifact's cache key: bump when the conversion below changes its bytes.
@@ -36,19 +37,9 @@ INSTALL_HINT = "pip install 'costbench[litert]'"
 DISTRIBUTIONS = ("litert-torch", "ai-edge-litert", "ai-edge-quantizer", "litert-converter")
 
 
-def dist_version(dist: str) -> str:
-    """Installed version of a distribution, without importing it."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that write a .tflite's bytes (cache material and provenance)."""
-    return {d: dist_version(d) for d in ("torch", *DISTRIBUTIONS)}
+    return {d: library_version(d) for d in ("torch", *DISTRIBUTIONS)}
 
 
 def _import(module: str) -> Any:
@@ -103,7 +94,7 @@ def convert_tflite(module: Any, inputs: Sequence[InputSpec], samples: SampleSet,
         raise
     except Exception as exc:  # torch.export, the JAX bridge and the MLIR converter raise many types
         raise RecipeNotApplicable(
-            f"litert-torch {dist_version('litert-torch')} cannot convert {name!r} to LiteRT: "
+            f"litert-torch {library_version('litert-torch')} cannot convert {name!r} to LiteRT: "
             f"{type(exc).__name__}: {_first_lines(exc)}") from None
     checked = verify_tflite(module, inputs, samples, path, batch_size, TOLERANCE)
     return {

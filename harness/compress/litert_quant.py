@@ -22,10 +22,10 @@ from pydantic import Field
 from costbench.core.artifacts import FORMAT_TFLITE, ArtifactCache
 from costbench.core.tflite_files import read_inputs
 from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
+from costbench.harness.compress.common import calibration_subset, samples_hash
 from costbench.harness.compress.litert_export import (EXPORT_VERSION, compare, library_versions, ops_summary,
                                                       quantize_tflite, signature_feeds, tflite_outputs)
 from costbench.harness.compress.litert_fp32 import FILENAME, LiteRTConfig, fp32_tflite
-from costbench.harness.compress.ort_int8 import calibration_subset, samples_hash
 from costbench.harness.zoo.base import SOURCE_TFLITE, SOURCE_TORCH, ModelBundle
 
 QUANTIZER = "ai_edge_quantizer.quantizer.Quantizer"

@@ -24,9 +24,9 @@ from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_OPENVINO, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
-from costbench.harness.compress.fp32 import fp32_onnx, library_version
+from costbench.harness.compress.common import calibration_batches, calibration_subset, library_version, samples_hash
+from costbench.harness.compress.fp32 import fp32_onnx
 from costbench.harness.compress.nncf_int8 import _PRESETS, stdout_to_stderr
-from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
 
 MIN_HELD_OUT = 32  # fewer validation samples than this after the calibration subset: validate on all of them

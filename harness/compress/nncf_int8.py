@@ -18,8 +18,8 @@ from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_OPENVINO, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
-from costbench.harness.compress.fp32 import fp32_onnx, library_version
-from costbench.harness.compress.ort_int8 import calibration_batches, calibration_subset, samples_hash
+from costbench.harness.compress.common import calibration_batches, calibration_subset, library_version, samples_hash
+from costbench.harness.compress.fp32 import fp32_onnx
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 _PRESETS = {"performance": "PERFORMANCE", "mixed": "MIXED"}

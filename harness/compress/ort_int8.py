@@ -16,21 +16,21 @@ The Q/DQ file also runs in OpenVINO, which reads Q/DQ ONNX directly.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from costbench.core.artifacts import FORMAT_ONNX, ArtifactCache
-from costbench.harness.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
-from costbench.harness.compress.fp32 import fp32_onnx, library_version
+from costbench.harness.compress.base import Recipe, RecipeConfig
+from costbench.harness.compress.common import calibration_batches, calibration_subset, library_version, samples_hash
+from costbench.harness.compress.fp32 import fp32_onnx
 from costbench.harness.env import has_vnni, int8_isa
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet
+from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 X86_MACHINES = {"x86_64", "amd64", "i386", "i686", "x86"}
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
@@ -87,30 +87,6 @@ def decide_quantize_bias(cfg: OrtInt8Config) -> tuple[bool, str]:
                        "has rejected int32 bias DequantizeLinear in several releases; TensorRT fuses the float "
                        "bias into the int8 layer itself")
     return True, "asymmetric (CPU) variant: int32 biases (scale = activation scale x weight scale), ONNX Runtime's default"
-
-
-def calibration_subset(bundle: ModelBundle, n: int) -> SampleSet:
-    """The first ``n`` calibration samples (all of them when the bundle has fewer)."""
-    if len(bundle.calibration) == 0:
-        raise RecipeNotApplicable(f"model {bundle.name!r} has no calibration samples; int8 recipes need some")
-    return bundle.calibration.take(n)
-
-
-def samples_hash(samples: SampleSet) -> str:
-    """SHA-256 of sample arrays (names, dtypes, shapes, bytes): calibration data decides int8 bytes."""
-    h = hashlib.sha256()
-    for name in sorted(samples.inputs):
-        arr = np.ascontiguousarray(samples.inputs[name])
-        h.update(f"{name}:{arr.dtype}:{arr.shape}".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def calibration_batches(samples: SampleSet, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every sample once, in order; the last batch is short rather than padded (padding would double-count)."""
-    n = len(samples)
-    for start in range(0, n, batch_size):
-        yield {k: np.ascontiguousarray(v[start:start + batch_size]) for k, v in samples.inputs.items()}
 
 
 def count_quantization(path: Path) -> dict[str, int]:

@@ -25,7 +25,8 @@ from typing import Any
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
-from costbench.harness.compress.fp32 import FILENAMES, fp32_onnx, library_version
+from costbench.harness.compress.common import library_version
+from costbench.harness.compress.fp32 import FILENAMES, fp32_onnx
 from costbench.harness.env import cpu_flags
 from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 

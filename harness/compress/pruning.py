@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import Field
 
 from costbench.harness.compress.base import RecipeConfig
-from costbench.harness.compress.fp32 import library_version
+from costbench.harness.compress.common import library_version
 from costbench.harness.compress.torch_variant import (TorchVariantRecipe, evaluation_summary, layer_shapes,
                                                       module_facts, weight_layers)
 from costbench.harness.training import fine_tune_objective, train

@@ -14,8 +14,8 @@ from typing import Any
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.compress.base import Recipe, RecipeConfig
-from costbench.harness.compress.fp32 import FILENAMES, library_version
-from costbench.harness.compress.ort_int8 import samples_hash
+from costbench.harness.compress.common import library_version, samples_hash
+from costbench.harness.compress.fp32 import FILENAMES
 from costbench.harness.zoo.base import SOURCE_TORCH, ModelBundle
 
 # Keys of the torch artifact's provenance that the ONNX/IR artifacts derived from it do not inherit.
