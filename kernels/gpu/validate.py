@@ -279,18 +279,6 @@ def validate(impls: Sequence[Impl], device: Any, shapes: Sequence[tuple[int, int
     return out
 
 
-def check_int32(impl: Impl, device: Any, shapes: Sequence[tuple[int, int, int]],
-                rng: np.random.Generator) -> Result:
-    """Exact int32 against the exact product on random full-range and extreme operands."""
-    return validate([impl], device, shapes, seed=int(rng.integers(1 << 62)), kinds=("int32",))[0]
-
-
-def check_fused(impl: Impl, device: Any, shapes: Sequence[tuple[int, int, int]], rng: np.random.Generator,
-                dtype: str) -> Result:
-    """The fused epilogue in ``dtype`` against fp64, with and without bias."""
-    return validate([impl], device, shapes, seed=int(rng.integers(1 << 62)), kinds=(f"fused {dtype}",))[0]
-
-
 def quantize_rows_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """numpy twin of ``triton_gemm.quantize_rows`` (fp32 arithmetic, correctly rounded divisions)."""
     x = np.asarray(x, dtype=np.float32)
