@@ -23,7 +23,7 @@ import numpy as np
 
 from costbench.backends.base import Session
 from costbench.harness.env import fingerprint
-from costbench.harness.scenarios import make_scenario
+from costbench.harness.scenarios.registry import make_scenario
 from costbench.core.stats import percentile
 from costbench.harness.zoo.base import SampleSet
 

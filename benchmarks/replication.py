@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from costbench.core.metrics import LATENCY
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
 NOMINAL_FDR = 0.002  # compare's BH level (docs/architecture.md)
@@ -131,7 +133,7 @@ def single_process_verdicts(out: Path, base: str, new: str) -> dict[str, int]:
             if rec["status"] != "ok" or (rec.get("process") or 0) != 0:
                 continue
             for m in rec["metrics"]:
-                if m["metric"] == "latency_p50" and m.get("samples"):
+                if m["metric"] == LATENCY.p50 and m.get("samples"):
                     series[(rec["case"]["case_id"])] = np.asarray(m["samples"])
         return series
 
@@ -199,7 +201,7 @@ def part_sensitivity(work: Path, trials: int, processes: int, quick: bool) -> di
     rows = []
     for a, b in zip(runs, runs[1:]):
         code, js = compare(out, a["run_id"], b["run_id"], work)
-        by = {s["backend"]: s for s in js["series"] if s["metric"] == "latency_p50"}
+        by = {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
         expect = "regressed" if b["planted"] else "improved"
         sign = 1 if b["planted"] else -1
         row = {"base": a["run_id"], "new": b["run_id"], "expected": expect, "exit_code": code}

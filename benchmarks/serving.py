@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from costbench.core.stats import percentile
-from costbench.harness.scenarios import make_scenario
+from costbench.harness.scenarios.registry import make_scenario
 from costbench.harness.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.zeros((64, 4), dtype=np.float32)})

@@ -24,15 +24,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from costbench.core.metrics import COSINE_MEAN, TASK_ACCURACY_DELTA, TOP1_AGREEMENT, TOP1_AGREEMENT_CONFIDENT
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 TASK = "task accuracy"
 PARITY = "parity"
 
 # The basis of a judgement: which metric row it reads, and how the loss is named.
-TASK_METRIC = "task_accuracy_delta"
-CONFIDENT_METRIC = "top1_agreement_confident"
-PARITY_FALLBACKS = ("top1_agreement", "cosine_similarity_mean")
+TASK_METRIC = TASK_ACCURACY_DELTA
+CONFIDENT_METRIC = TOP1_AGREEMENT_CONFIDENT
+PARITY_FALLBACKS = (TOP1_AGREEMENT, COSINE_MEAN)
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -40,12 +40,14 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
+from costbench.core.metrics import OFFLINE, SINGLE_STREAM, THROUGHPUT, catalogue
 from costbench.core.stats import percentile
+from costbench.harness.runfile import scenario_kind_of
 from costbench.harness.skips import can_never_run
 
 AGREE_WITHIN = 0.05  # the issue's goal: within 5% of the vendor's tool
 DEFAULT_TIME_S = 12.0  # benchmark_app -t 12: a median that repeats within 1% on an idle machine (FACTS.md)
-_PRIMARY = {"single_stream": "latency_p50", "offline": "batch_latency_p50"}
+CROSSCHECKED_KINDS = (SINGLE_STREAM, OFFLINE)  # the scenario kinds a vendor tool reproduces
 
 
 # --- What is compared -------------------------------------------------------------------------------------
@@ -59,17 +61,18 @@ class Target:
     backend: str
     backend_name: str
     device: str
-    scenario: str
+    scenario: str  # the suite's label
     batch_size: int
     backend_options: dict[str, Any]
     artifact: dict[str, Any]  # artifact_summary(): format, path, key, inputs, outputs
     session: dict[str, Any]  # the session's info(): the compiled model's actual properties
-    p50_ms: float | None  # costbench's median (latency_p50, or batch_latency_p50 for offline)
+    p50_ms: float | None  # costbench's median of the scenario's primary series (per query; per batch offline)
     ci_ms: tuple[float | None, float | None] = (None, None)
     throughput: float | None = None  # samples/s
     concurrency: int | None = None  # offline: requests in flight
     source: str = ""  # "run RUN_ID" or "measured now"
     case: dict[str, Any] | None = None  # the Case as plain data (for a fresh measurement)
+    kind: str = SINGLE_STREAM  # the scenario's registered kind
 
     @property
     def label(self) -> str:
@@ -113,7 +116,7 @@ class Pair:
         t, v = self.target, self.vendor
         if v is None:
             return None
-        if t.scenario == "offline" and t.throughput and v.throughput:
+        if t.kind == OFFLINE and t.throughput and v.throughput:
             return v.throughput / t.throughput
         if t.p50_ms and v.median_ms:
             return t.p50_ms / v.median_ms
@@ -231,7 +234,7 @@ class BenchmarkApp(VendorTool):
         opts = target.backend_options
         hint = opts.get("hint", "latency")
         precision = opts.get("inference_precision", "f32")
-        api = "sync" if target.scenario == "single_stream" else "async"
+        api = "sync" if target.kind == SINGLE_STREAM else "async"
         argv = [*self.executable(), "-m", str(target.artifact["path"]), "-d", "CPU", "-hint", hint, "-api", api]
         settings: dict[str, Any] = {"hint": hint, "api": api}
         if api == "async" and target.concurrency:
@@ -405,8 +408,9 @@ def _metric_row(metrics: Iterable[dict[str, Any]], name: str) -> dict[str, Any] 
 def target_from_record(spec: dict[str, Any], info: dict[str, Any], metrics: list[dict[str, Any]],
                        source: str) -> Target:
     """A Target from one case record (its spec, info and metric rows, as the run file holds them)."""
-    primary = _metric_row(metrics, _PRIMARY.get(spec["scenario"], "latency_p50"))
-    tput = _metric_row(metrics, "throughput")
+    kind = scenario_kind_of(spec)
+    primary = _metric_row(metrics, catalogue().primary_series(kind).p50)
+    tput = _metric_row(metrics, THROUGHPUT)
     conc = _metric_row(metrics, "concurrency")
     return Target(
         model=spec["model"], variant=spec["variant"], backend=spec["backend"],
@@ -418,7 +422,7 @@ def target_from_record(spec: dict[str, Any], info: dict[str, Any], metrics: list
         ci_ms=(_f(primary.get("ci_low")), _f(primary.get("ci_high"))) if primary else (None, None),
         throughput=_f(tput["value"]) if tput else None,
         concurrency=int(conc["value"]) if conc and conc.get("value") is not None else None,
-        source=source, case=spec)
+        source=source, case=spec, kind=kind)
 
 
 def targets_from_selection(sel: Any, run_ids: Sequence[str]) -> tuple[list[Target], list[Pair]]:
@@ -433,7 +437,7 @@ def targets_from_selection(sel: Any, run_ids: Sequence[str]) -> tuple[list[Targe
         for case in cases.itertuples(index=False):
             spec = case.spec or {}
             backend_name = spec.get("backend_name") or spec.get("backend")
-            if backend_name not in TOOLS or spec.get("scenario") not in _PRIMARY:
+            if backend_name not in TOOLS or scenario_kind_of(spec) not in CROSSCHECKED_KINDS:
                 continue
             mine = rows[rows.case_id == case.case_id]
             metrics = [{"metric": r.metric, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high}
@@ -466,7 +470,7 @@ def cases_from_suite(path: Path, only: list[dict[str, str]] | None = None) -> tu
     from costbench.harness.suite import load_suite
 
     cases = [c for c in make_plan(load_suite(path), only)
-             if c.backend_name in TOOLS and c.scenario in _PRIMARY]
+             if c.backend_name in TOOLS and c.scenario_spec["kind"] in CROSSCHECKED_KINDS]
     never = [c for c in cases if c.status != PLANNED and _never_runs(c)]
     return ([c for c in cases if c.status == PLANNED],
             [c for c in cases if c.status != PLANNED and c not in never], len(never))
@@ -615,7 +619,7 @@ def table_rows(pairs: Sequence[Pair]) -> list[dict[str, str]]:
     rows = []
     for p in pairs:
         t, v = p.target, p.vendor
-        offline = t.scenario == "offline"
+        offline = t.kind == OFFLINE
         settings = " ".join(f"{k}={v_}" for k, v_ in p.settings.items() if k not in ("time_s",)) if p.settings else ""
         rows.append({
             "case": f"{t.model} / {t.variant}",

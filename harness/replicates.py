@@ -26,11 +26,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from costbench.core.metrics import Series, catalogue
 from costbench.core.stats import across_processes, between_process_share, percentile
 
 # Units whose per-process values are positive and multiplicative: summarised by a geometric mean and t interval.
 RATIO_SCALE_UNITS = ("ms", "samples/s", "s")
-SERIES_SUFFIX = "_p50"  # the row of a latency series that carries its raw samples
 INTERVAL_ACROSS = "t interval on log per-process values (df = processes - 1): the process is the unit of replication"
 INTERVAL_WITHIN = ("within one process (exact bootstrap of the median): does not include the variation between "
                    "process launches")
@@ -96,16 +96,16 @@ def _merge_one(name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if all(s is not None for s in samples):
         merged["samples"] = [x for s in samples for x in s]
         info["sizes"] = [len(s) for s in samples]
-        if name.endswith(SERIES_SUFFIX):
-            series = name[: -len(SERIES_SUFFIX)]
+        series = _series_with_p50(name)  # the row of a latency series that carries its raw samples
+        if series is not None:
             share = between_process_share(samples)
             spread = info.get("log_sd", float("nan"))
-            common = {"valid": merged.get("valid"), "details": {"processes": len(rows), "series": series}}
+            common = {"valid": merged.get("valid"), "details": {"processes": len(rows), "series": series.name}}
             out_extra = [
-                {"metric": f"{series}_process_share", "value": share, "unit": "ratio", **common,
+                {"metric": series.process_share, "value": share, "unit": "ratio", **common,
                  "details": {**common["details"], "description": (
                      "share of the variance of log samples that lies between processes (robust one-way ANOVA)")}},
-                {"metric": f"{series}_process_spread", "value": spread, "unit": "ratio", **common,
+                {"metric": series.process_spread, "value": spread, "unit": "ratio", **common,
                  "details": {**common["details"], "description": (
                      "standard deviation of the log per-process medians: the relative spread between processes")}},
             ]
@@ -170,3 +170,8 @@ def process_values(details: dict[str, Any] | None) -> np.ndarray | None:
     if not isinstance(procs, dict) or not procs.get("values") or len(procs["values"]) < 2:
         return None
     return np.asarray(procs["values"], dtype=float)
+
+
+def _series_with_p50(name: str) -> Series | None:
+    """The catalogue series whose median row is ``name``, if any."""
+    return next((s for s in catalogue().series.values() if s.p50 == name), None)

@@ -19,10 +19,10 @@ import pandas as pd
 
 from costbench.harness.replicates import merged_records
 
-SCHEMA_VERSION = 4  # bump when any table's columns change: older stores are then rebuilt from the run files
+SCHEMA_VERSION = 5  # bump when any table's columns change: older stores are then rebuilt from the run files
 RUNS_DIR = "runs"
 RESULT_COLUMNS = [
-    "run_id", "env_id", "case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
+    "run_id", "env_id", "case_id", "model", "variant", "backend", "device", "scenario", "scenario_kind", "batch_size",
     "metric", "value", "unit", "status", "reason", "ci_low", "ci_high", "valid", "samples", "details",
     "recipe", "created", "commit", "seq",
 ]
@@ -142,6 +142,7 @@ def rows_of(run: RunFile, header: dict[str, Any] | None = None,
         c = rec["case"]
         ident = {k: c[k] for k in ("case_id", "model", "variant", "backend", "device", "scenario", "batch_size",
                                    "recipe")}
+        ident["scenario_kind"] = scenario_kind_of(c)
         # A fleet run measures on several machines: each case record carries its node's env_id.
         common = {**base, "env_id": rec.get("env_id") or base["env_id"], **ident, "status": rec["status"],
                   "reason": rec.get("reason", ""), "seq": seq}
@@ -153,6 +154,12 @@ def rows_of(run: RunFile, header: dict[str, Any] | None = None,
                 "samples": m.get("samples"), "details": json.dumps(m["details"]) if m.get("details") else None,
             })
     return rows
+
+
+def scenario_kind_of(case: dict[str, Any]) -> str:
+    """The registered kind of a case's scenario (its label is the user's); records without a spec go by the label."""
+    kind = (case.get("scenario_spec") or {}).get("kind")
+    return str(kind) if kind else str(case["scenario"])
 
 
 def case_rows_of(run_id: str, cases: list[dict[str, Any]]) -> list[list[Any]]:

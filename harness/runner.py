@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import costbench
+from costbench.core.metrics import UNSTABLE, catalogue
 from costbench.core.artifacts import default_cache_dir
 from costbench.harness.env import fingerprint
 # CaseOutcome and run_case_in_child are re-exported: callers know them from here.
@@ -81,7 +82,12 @@ def flag_instability(store: Store, outcome: CaseOutcome, env_id: str, run_id: st
     With several processes the spread judged is between processes (``*_process_spread``, the standard
     deviation of log per-process medians); a single-process case falls back to its samples' CV.
     """
-    names = ("latency_process_spread", "batch_latency_process_spread", "latency_cv", "batch_latency_cv")
+    cat = catalogue()
+    reports = cat.scenarios.get(outcome.case.scenario_spec.get("kind", outcome.case.scenario))
+    if reports is None:  # a scenario whose package registered no primary series: nothing to judge by
+        return None
+    primary = cat.series[reports.primary]
+    names = (primary.process_spread, primary.stat("cv"))
     spread_row = next((m for n in names for m in outcome.metrics if m["metric"] == n), None)
     if spread_row is None or spread_row["value"] != spread_row["value"]:  # no timing, or NaN
         return None
@@ -94,10 +100,10 @@ def flag_instability(store: Store, outcome: CaseOutcome, env_id: str, run_id: st
                "rule": f"{what} > max({UNSTABLE_CV_FACTOR:g} x median of this case's earlier values on this env_id, "
                        f"{UNSTABLE_CV_FLOOR:g}), with at least {UNSTABLE_MIN_HISTORY} earlier runs"}
     if len(history) < UNSTABLE_MIN_HISTORY:
-        return {"metric": "unstable", "value": 0.0, "unit": "bool", "details": {**details, "judged": False}}
+        return {"metric": UNSTABLE, "value": 0.0, "unit": "bool", "details": {**details, "judged": False}}
     usual = float(sorted(history)[(len(history) - 1) // 2])
     unstable = spread_row["value"] > max(UNSTABLE_CV_FACTOR * usual, UNSTABLE_CV_FLOOR)
-    return {"metric": "unstable", "value": float(unstable), "unit": "bool",
+    return {"metric": UNSTABLE, "value": float(unstable), "unit": "bool",
             "details": {**details, "judged": True, "history_median": usual,
                         **({"history_median_cv": usual} if what == "cv" else {})}}
 

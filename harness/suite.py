@@ -2,7 +2,7 @@
 
 The schema imports no registry, so the zoo, the recipes and the scenarios can all use its specs. Here,
 above them, the names a suite uses are checked against the registries that were loaded: that its
-models, recipes and backends exist, and that their options are valid. Errors name the file and the key.
+models, recipes, backends and scenarios exist, and that their options and settings are valid. Errors name the file and the key.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from costbench.backends.registry import load_registry
 from costbench.harness.compress.registry import get_recipe
 from costbench.harness.zoo.registry import zoo_names
-from costbench.harness.suite_schema import (ModelSpec, Suite, SuiteError, error_location, parse_schema,
+from costbench.harness.scenarios.registry import parse_settings
+from costbench.harness.suite_schema import (ModelSpec, ScenarioSpec, Suite, SuiteError, error_location, parse_schema,
                                             read_suite_file)
 
 __all__ = ["ModelSpec", "Suite", "SuiteError", "check_names", "load_suite", "parse_suite"]
@@ -73,6 +74,26 @@ def check_names(suite: Suite) -> list[str]:
             entry.backend.parse_options(b.options)
         except ValidationError as exc:
             problems += [f"backends[{i}].{error_location(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+    problems += _check_scenarios(suite)
+    return problems
+
+
+def _check_scenarios(suite: Suite) -> list[str]:
+    """Each scenario's kind is registered and its settings valid; each spec then holds its resolved settings."""
+    problems: list[str] = []
+    for i, s in enumerate(suite.scenarios):
+        try:
+            settings = parse_settings(s.model_dump(mode="json"))
+        except KeyError as exc:
+            problems.append(f"scenarios[{i}].kind: {exc.args[0]}")
+            continue
+        except ValidationError as exc:
+            for e in exc.errors():
+                got = "" if e["type"] == "missing" or isinstance(e["input"], dict) else f" (got {e['input']!r})"
+                problems.append(f"scenarios[{i}].{error_location(tuple(e['loc']))}: {e['msg']}{got}")
+            continue
+        # Every default written out, so the run header records what was measured, not only what was asked.
+        suite.scenarios[i] = ScenarioSpec.model_validate(settings.model_dump(mode="json"))
     return problems
 
 

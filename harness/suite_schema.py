@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -108,103 +108,29 @@ class BackendSpec(_WithOptions):
         return self.label or self.name
 
 
-class SingleStreamSpec(_Strict):
-    """One query at a time; latency percentiles."""
+class ScenarioSettings(_Strict):
+    """The base of every scenario's settings model; each scenario's own lives beside it (``harness/scenarios/``)."""
 
-    kind: Literal["single_stream"] = "single_stream"
-    name: str | None = None
-    warmup_count: int = Field(5, ge=0, description="Untimed queries before measuring.")
-    min_count: int = Field(50, ge=1, description="Measure at least this many queries...")
-    min_duration_s: float = Field(1.0, ge=0, description="...and for at least this long.")
-    max_duration_s: float = Field(60.0, gt=0, description="Stop here even if min_count is not met (the result is then marked invalid).")
+    kind: str = Field(description="Registered scenario kind, e.g. 'single_stream'.")
+    name: str | None = Field(None, description="Label shown in results; defaults to the kind.")
 
     @property
     def label(self) -> str:
         return self.name or self.kind
 
 
-class OfflineSpec(_Strict):
-    """All samples as fast as possible; throughput in samples per second over the wall time."""
+class ScenarioSpec(_WithOptions):
+    """A scenario as a suite writes it: its kind, an optional name, and that scenario's settings (other keys).
 
-    kind: Literal["offline"] = "offline"
-    name: str | None = None
-    warmup_count: int = Field(2, ge=0)
-    min_count: int = Field(10, ge=1, description="At least this many batches...")
-    min_duration_s: float = Field(1.0, ge=0, description="...and at least this long.")
-    max_duration_s: float = Field(60.0, gt=0)
-    concurrency: int | Literal["auto"] = Field(
-        1, description="Queries in flight at once, each from its own thread (OpenVINO: its own infer request). "
-        "'auto' asks the runtime (OpenVINO's optimal request count; 1 elsewhere).")
-
-    @field_validator("concurrency")
-    @classmethod
-    def _positive_concurrency(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("concurrency must be >= 1 or 'auto'")
-        return v
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
-
-
-class ServerSpec(_Strict):
-    """Poisson arrivals at a target QPS from a fixed seed; latency from arrival, queueing included; an SLO.
-
-    With ``search = true`` the target is found instead: the highest QPS whose ``slo_percentile``
-    latency stays within ``slo_ms``.
+    The settings are validated by the scenario's own model once the registry is loaded (:mod:`.suite`).
     """
 
-    kind: Literal["server"] = "server"
-    name: str | None = None
-    target_qps: float | None = Field(None, gt=0, description="Mean arrival rate (queries per second).")
-    slo_ms: float = Field(gt=0, description="Latency objective, arrival to completion.")
-    slo_percentile: float = Field(99.0, gt=0, le=100, description="Which percentile must meet slo_ms.")
-    search: bool = Field(False, description="Find the highest QPS that meets the SLO (binary search).")
-    search_iterations: int = Field(7, ge=2, le=30, description="Bisection steps of the search.")
-    seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
-    warmup_count: int = Field(5, ge=0)
-    min_count: int = Field(200, ge=1, description="Queries per trial, at least (fewer where max_duration_s at the "
-                           "rate allows fewer: a trial is judged on what it collected)...")
-    min_duration_s: float = Field(2.0, ge=0, description="...and enough for this long at the target rate.")
-    max_duration_s: float = Field(60.0, gt=0, description="Arrivals are planned within this time; a server still "
-                                  "behind its arrivals here is overloaded.")
-    concurrency: int = Field(1, ge=1, description="Batches served at once (worker threads).")
-    max_batch: int = Field(1, ge=1, description="Dynamic batching: the most queries run as one batch (1: no batching).")
-    max_queue_delay_ms: float = Field(0.0, ge=0, description="Dynamic batching: how long the oldest waiting query "
-                                      "may wait for others to join its batch.")
-    preferred_batch_sizes: list[int] = Field(default_factory=list, description="Dynamic batching: batch sizes to form "
-                                             "when more queries are waiting (each 1..max_batch); the largest one "
-                                             "dispatches a batch without waiting for the delay.")
-    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the SLO percentile's interval and of "
-                              "the searched capacity's interval.")
-    search_remeasure: int = Field(2, ge=0, le=5, description="Search: how often a rate whose interval straddles the "
-                                  "SLO is measured again, each time with twice as many queries.")
-
-    @model_validator(mode="after")
-    def _target_or_search(self) -> "ServerSpec":
-        if self.target_qps is None and not self.search:
-            raise ValueError("server scenario needs target_qps, or search = true to find the highest QPS within the SLO")
-        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch]
-        if bad:
-            raise ValueError(f"preferred_batch_sizes {bad} must each be between 1 and max_batch = {self.max_batch}")
-        if self.max_batch == 1 and self.max_queue_delay_ms > 0:
-            raise ValueError("max_queue_delay_ms needs max_batch > 1: with max_batch = 1 no query can join a batch, "
-                             "so the delay would only add latency")
-        return self
-
-    @property
-    def batching(self) -> bool:
-        """Whether queries are served in dynamic batches (max_batch > 1)."""
-        return self.max_batch > 1
+    kind: str = Field(description="Registered scenario kind, e.g. 'single_stream', 'offline', 'server'.")
+    name: str | None = Field(None, description="Label shown in results; defaults to the kind.")
 
     @property
     def label(self) -> str:
         return self.name or self.kind
-
-
-ScenarioSpec = Annotated[SingleStreamSpec | OfflineSpec | ServerSpec, Field(discriminator="kind")]
-SCENARIO_SPECS: dict[str, type[BaseModel]] = {"single_stream": SingleStreamSpec, "offline": OfflineSpec, "server": ServerSpec}
 
 
 class ExecutorSpec(_Strict):
@@ -245,7 +171,7 @@ class Suite(_Strict):
     models: list[ModelSpec] = Field(min_length=1)
     variants: list[VariantSpec] = Field(min_length=1)
     backends: list[BackendSpec] = Field(min_length=1)
-    scenarios: list[ScenarioSpec] = Field(default_factory=lambda: [SingleStreamSpec()], min_length=1)
+    scenarios: list[ScenarioSpec] = Field(default_factory=lambda: [ScenarioSpec(kind="single_stream")], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
     timeout_s: float = Field(600.0, gt=0, description="Per-case limit: build, load, accuracy and measurement.")
     accuracy: bool = Field(True, description="Measure accuracy against the fp32 reference in every case.")
@@ -314,8 +240,8 @@ def error_location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("single_stream", "offline", "server") or str(part).startswith("function-after["):
-            continue  # union/validator tags pydantic adds; not keys the user wrote
+        elif str(part).startswith("function-after["):
+            continue  # validator tags pydantic adds; not keys the user wrote
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"

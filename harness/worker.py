@@ -26,6 +26,7 @@ import numpy as np
 from costbench.backends.base import Backend, BackendOptions, Session, TimingConvention
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import Artifact, ArtifactCache, artifact_summary, content_key, write_json_atomic
+from costbench.core.metrics import DEVICE_LATENCY, THROUGHPUT, Series, catalogue
 from costbench.core.stats import summarize
 from costbench.harness import gpu
 from costbench.harness.accuracy import collect_outputs, compare
@@ -33,13 +34,15 @@ from costbench.harness.compress.base import RecipeNotApplicable
 from costbench.harness.compress.registry import get_recipe
 from costbench.harness.plan import Case
 from costbench.harness.reference import cached_reference, reference_outputs
-from costbench.harness.scenarios import make_scenario
+from costbench.harness.scenarios.registry import make_scenario
 from costbench.harness.suite_schema import ModelSpec
 from costbench.harness.zoo.base import ModelBundle, SampleSet
 from costbench.harness.zoo.registry import load_bundle
 
 
 def _metric(name: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
+    """A result row; its metric must be in the catalogue (KeyError names it), so no row carries an unknown name."""
+    catalogue().metric(name)
     return {"metric": name, "value": float(value), "unit": unit, **extra}
 
 
@@ -62,48 +65,38 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _percentile_rows(prefix: str, ms: np.ndarray, common: dict[str, Any], keep_samples: bool) -> list[dict[str, Any]]:
+def _percentile_rows(series: Series, ms: np.ndarray, common: dict[str, Any], keep_samples: bool) -> list[dict[str, Any]]:
     s = summarize(ms)
     return [
-        _metric(f"{prefix}_p50", s.p50, "ms", ci_low=s.p50_ci_low, ci_high=s.p50_ci_high,
+        _metric(series.p50, s.p50, "ms", ci_low=s.p50_ci_low, ci_high=s.p50_ci_high,
                 samples=ms.tolist() if keep_samples else None, **common),
-        _metric(f"{prefix}_p90", s.p90, "ms", **common),
-        _metric(f"{prefix}_p99", s.p99, "ms", ci_low=s.p99_ci_low, ci_high=s.p99_ci_high, **common),
-        _metric(f"{prefix}_mean", s.mean, "ms", **common),
-        _metric(f"{prefix}_cv", s.cv, "ratio", **common),
+        _metric(series.stat("p90"), s.p90, "ms", **common),
+        _metric(series.p99, s.p99, "ms", ci_low=s.p99_ci_low, ci_high=s.p99_ci_high, **common),
+        _metric(series.stat("mean"), s.mean, "ms", **common),
+        _metric(series.stat("cv"), s.cv, "ratio", **common),
     ]
-
-
-# The latency series each scenario reports, and what its samples mean.
-_PRIMARY = {"single_stream": "latency", "offline": "batch_latency", "server": "latency"}
-_SERIES_MEANING = {
-    "latency": "service time of one query",
-    "batch_latency": "service time of one batch (per worker thread)",
-    "device": "device time of one query (device clock)",
-    "queue_wait": "time from scheduled arrival to start of service",
-    "scheduler_lateness": "start of service minus the earliest moment it could start (scheduler error)",
-    "service_time": "service time of one batch of queries (one query without dynamic batching), start to end",
-}
 
 
 def _timing_metrics(result, timing: dict[str, str]) -> list[dict[str, Any]]:
     """Rows for a scenario result: percentiles of each latency series, throughput, and scenario scalars."""
     common = {"valid": result.valid, "details": {"timing": timing, "notes": result.notes, **result.details}}
-    primary = _PRIMARY[result.kind]
-    meaning = ("arrival to completion, queueing included" if result.kind == "server" else _SERIES_MEANING[primary])
+    cat = catalogue()
+    reports = cat.for_scenario(result.kind)
+    primary = cat.series[reports.primary]
     rows = _percentile_rows(primary, np.asarray(result.samples_ns, dtype=np.float64) / 1e6,
-                            {**common, "details": {**common["details"], "series": meaning}}, True)
+                            {**common, "details": {**common["details"], "series": reports.meaning or primary.description}},
+                            True)
     for name, values in result.series_ns.items():
         if values:
-            prefix = "device_latency" if name == "device" else name
-            details = {**common["details"], "series": _SERIES_MEANING[name]}
-            if name == "device":
+            series = cat.series[name]
+            details = {**common["details"], "series": series.description}
+            if series == DEVICE_LATENCY:
                 details["timing"] = {**timing, "clock": "CUDA events (device)"}
-            rows += _percentile_rows(prefix, np.asarray(values, dtype=np.float64) / 1e6,
+            rows += _percentile_rows(series, np.asarray(values, dtype=np.float64) / 1e6,
                                      {**common, "details": details}, True)
     throughput = result.batch_size * result.queries / (result.wall_ns / 1e9)
     rows += [
-        _metric("throughput", throughput, "samples/s", **common),
+        _metric(THROUGHPUT, throughput, "samples/s", **common),
         _metric("queries", result.queries, "count", **common),
         _metric("duration", result.wall_ns / 1e9, "s", **common),
     ]

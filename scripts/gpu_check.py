@@ -424,6 +424,7 @@ def model_cases(run: Run, reference_image: bool = False) -> dict[str, Any]:
     from datetime import datetime, timezone
 
     import costbench
+    from costbench.core.metrics import DEVICE_LATENCY, LATENCY
     from costbench.harness.env import fingerprint
     from costbench.harness.plan import PLANNED, make_plan
     from costbench.harness.executor import CaseOutcome, run_case_in_child
@@ -466,7 +467,7 @@ def model_cases(run: Run, reference_image: bool = False) -> dict[str, Any]:
                                                                                "backend_build_time", "build_time",
                                                                                "top1_agreement", "min_cosine")},
                          "session": (outcome.info or {}).get("session")})
-            p50, dev = metrics.get("latency_p50"), metrics.get("device_latency_p50")
+            p50, dev = metrics.get(LATENCY.p50), metrics.get(DEVICE_LATENCY.p50)
             print(f"{case.model:<20} {case.variant:<9} {case.backend:<18} {outcome.status:<8} "
                   + (f"p50 {p50:.3f} ms, device {dev:.3f} ms" if p50 is not None and dev is not None
                      else outcome.reason[:110]), flush=True)
@@ -477,6 +478,8 @@ def model_cases(run: Run, reference_image: bool = False) -> dict[str, Any]:
 
 
 def summary(record: dict[str, Any]) -> str:
+    from costbench.core.metrics import DEVICE_LATENCY, LATENCY
+
     lines = ["# costbench GPU check", "", f"command: `{record['command']}`", ""]
     env = record["stages"].get("environment", {}).get("result") or {}
     if env:
@@ -505,7 +508,7 @@ def summary(record: dict[str, Any]) -> str:
             m = c.get("metrics") or {}
             fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
             lines.append(f"| {c.get('model')} | {c.get('variant')} | {c.get('backend')} | {c.get('status')} | "
-                         f"{fmt(m.get('latency_p50'))} | {fmt(m.get('device_latency_p50'))} | "
+                         f"{fmt(m.get(LATENCY.p50))} | {fmt(m.get(DEVICE_LATENCY.p50))} | "
                          f"{str(c.get('reason') or '')[:120]} |")
     bench = record["stages"].get("benchmark", {}).get("result")
     if bench:

@@ -41,6 +41,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from costbench.core.metrics import DEVICE_LATENCY, LATENCY
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!-- generated: (?P<gen>[\w-]+) (?P<src>\S+)(?P<args>(?: [^>]*?)?) -->\n)(?P<body>.*?)"
@@ -96,7 +98,7 @@ def _ms(v: float | None) -> str:
 
 def _p50(g) -> str:
     # the single-stream latency, not an offline or server scenario's
-    lat = g[(g["metric"] == "latency_p50") & g["value"].notna()]
+    lat = g[(g["metric"] == LATENCY.p50) & g["value"].notna()]
     if lat.empty:
         return "-"
     r = lat.iloc[0]
@@ -164,7 +166,7 @@ def gen_pivot(src: Path, args: list[str], root: Path = ROOT) -> str:
             cells, sizes, acc = [], [], None
             for b in backends:
                 g = vdf[(vdf["backend"] == b) & (vdf["status"] == "ok")]
-                lat = _metric(g, "latency_p50")
+                lat = _metric(g, LATENCY.p50)
                 cells.append("–" if lat is None else _ms(lat["value"]) + ("" if lat["valid"] in (True, None) else "*"))
                 size = _metric(g, "model_size")
                 if size is not None:
@@ -245,8 +247,8 @@ def gen_gpu_models(src: Path, args: list[str], root: Path = ROOT) -> str:
             continue
         m = c["metrics"]
         agree = m.get("top1_agreement")
-        lines.append(f"| {c['model']} | {c['variant']} | {c['backend']} | {m['latency_p50']:.3f} "
-                     f"| {m.get('device_latency_p50', float('nan')):.3f} "
+        lines.append(f"| {c['model']} | {c['variant']} | {c['backend']} | {m[LATENCY.p50]:.3f} "
+                     f"| {m.get(DEVICE_LATENCY.p50, float('nan')):.3f} "
                      f"| {'-' if agree is None else f'{100 * agree:.1f}%'} | {m.get('peak_device_memory', float('nan')):.0f} |")
     return "\n".join(lines) + "\n"
 

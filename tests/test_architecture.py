@@ -25,6 +25,7 @@ REGISTRY_LOADERS = {
     "costbench.backends": "costbench.backends.registry",
     "costbench.recipes": "costbench.harness.compress.registry",
     "costbench.models": "costbench.harness.zoo.registry",
+    "costbench.scenarios": "costbench.harness.scenarios.registry",
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from costbench.core.metrics import catalogue
 from costbench.harness.replicates import process_values
 from costbench.harness.reports.data import (
     SERIES_KEYS, Selection, env_differences, row_details, runner_flags, samples_of, series_label,
@@ -32,7 +33,6 @@ from costbench.core.stats import (
 
 DEFAULT_THRESHOLD = 0.05  # 5%: smaller shifts are within what a re-run on the same machine moves
 UNSTABLE_SPREAD_FACTOR = 3.0  # spread this many times the other run's (and above the threshold): unstable
-HIGHER_IS_BETTER = {"throughput"}
 VERDICTS = ("regressed", "improved", "unstable", "unchanged")
 METHOD_PROCESSES = "processes"  # Welch t on log per-process medians
 METHOD_SAMPLES = "samples"  # single-process fallback: Mann-Whitney U on raw samples
@@ -175,7 +175,7 @@ def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = D
                             if (rid, *k[:-1]) in flags)
         v, why = verdict(c.ratio, c.ratio_ci_low, c.ratio_ci_high, float(q), bs, ns,
                          _is_valid(b["valid"]), _is_valid(n["valid"]),
-                         threshold, alpha, key["metric"] in HIGHER_IS_BETTER, flagged,
+                         threshold, alpha, catalogue().higher_is_better(key["metric"]), flagged,
                          spread_name="process spread (sd of log medians)" if method == METHOD_PROCESSES else "spread (IQR/median)",
                          spread_p=variance_ratio_p(np.log(bp), np.log(np_)) if method == METHOD_PROCESSES else None)
         if method == METHOD_SAMPLES:

@@ -16,7 +16,10 @@ import numpy as np
 import pandas as pd
 
 from costbench.harness.reports.changepoints import ChangePoint, Point, detect
-from costbench.harness.reports.compare import HIGHER_IS_BETTER
+from costbench.core.metrics import (
+    FIRST_INFERENCE, LATENCY, LOAD_TIME, MODEL_SIZE, PEAK_RSS, POWER, TASK_ACCURACY, THROUGHPUT, TOP1_AGREEMENT,
+    catalogue,
+)
 from costbench.harness.replicates import process_values
 from costbench.harness.reports.data import (
     CASE_KEYS, SERIES_KEYS, Selection, env_differences, reproduce_command, row_details, runner_flags, samples_of,
@@ -25,9 +28,9 @@ from costbench.harness.reports.data import (
 from costbench.harness.reports.html import Column, esc, fmt, page, table
 from costbench.core.stats import SIGNIFICANCE_ALPHA
 
-# Metrics with raw samples get change-point tests; the others are drawn as history only.
-DASHBOARD_METRICS = ("latency_p50", "batch_latency_p50", "latency_p99", "throughput", "peak_rss", "model_size",
-                     "load_time", "first_inference", "task_accuracy", "top1_agreement", "power_w")
+# Drawn besides every scenario's primary series and headline (dashboard_metrics). Metrics with raw samples get
+# change-point tests; the others are drawn as history only.
+ALWAYS_DRAWN = (THROUGHPUT, PEAK_RSS, MODEL_SIZE, LOAD_TIME, FIRST_INFERENCE, TASK_ACCURACY, TOP1_AGREEMENT, POWER)
 MAX_HOVER_SAMPLES = 300  # raw samples drawn per point (evenly spaced) so pages stay light
 FILTER_KEYS = ("model", "variant", "backend", "device", "metric")
 CHANGES_COLUMNS = ["series", "model", "variant", "backend", "device", "scenario", "batch_size", "metric", "verdict",
@@ -66,9 +69,20 @@ class Dashboard:
     generated: str
 
 
+def dashboard_metrics() -> tuple[str, ...]:
+    """What the dashboard draws: each scenario kind's primary p50 and p99 and headline, then ALWAYS_DRAWN."""
+    cat = catalogue()
+    drawn: list[str] = []
+    for scenario in cat.scenarios.values():
+        series = cat.series[scenario.primary]
+        drawn += [series.p50, series.p99, scenario.headline]
+    return tuple(dict.fromkeys([*drawn, *ALWAYS_DRAWN]))
+
+
 def build_dashboard(sel: Selection, threshold: float = 0.05, alpha: float = SIGNIFICANCE_ALPHA,
-                    metrics: tuple[str, ...] = DASHBOARD_METRICS) -> Dashboard:
-    """Histories and change points of every series in the selection."""
+                    metrics: tuple[str, ...] | None = None) -> Dashboard:
+    """Histories and change points of every series in the selection (``metrics``: default dashboard_metrics())."""
+    metrics = dashboard_metrics() if metrics is None else metrics
     runs = sel.runs.reset_index(drop=True)
     order = {r: i for i, r in enumerate(runs["run_id"])}
     run_rows = {r["run_id"]: r for r in runs.to_dict("records")}
@@ -102,7 +116,7 @@ def build_dashboard(sel: Selection, threshold: float = 0.05, alpha: float = SIGN
                 hist.env_changes.append((a, b, env_differences(run_rows[a.run_id]["env"], run_rows[b.run_id]["env"])))
         series.append(hist)
     cps = detect([s.points if s.has_samples else [] for s in series], threshold, alpha,
-                 [s.key["metric"] in HIGHER_IS_BETTER for s in series])
+                 [catalogue().higher_is_better(s.key["metric"]) for s in series])
     for s, c in zip(series, cps):
         s.change_points = c
     return Dashboard(series, runs, threshold, alpha, datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -239,7 +253,7 @@ def _filters(dash: Dashboard) -> str:
     parts = ['<div class="filters">']
     for k in FILTER_KEYS:
         values = sorted({str(s.key[k]) for s in dash.series})
-        default = "latency_p50" if k == "metric" and "latency_p50" in values else ""
+        default = LATENCY.p50 if k == "metric" and LATENCY.p50 in values else ""
         opts = ['<option value="">all</option>'] + [
             f'<option value="{esc(v)}"{" selected" if v == default else ""}>{esc(v)}</option>' for v in values]
         parts.append(f'<label>{k} <select name="{k}" id="filter-{k}">{"".join(opts)}</select></label>')

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from costbench.core.metrics import Series, catalogue
 from costbench.harness.store import (
     CASE_COLUMNS, RESULT_COLUMNS, RUN_COLUMNS as STORE_RUN_COLUMNS, ResultStore, as_frame, is_url, open_store, run_files,
 )
@@ -248,3 +249,25 @@ def short_commit(commit: Any) -> str:
         return "no-commit"
     c = str(commit)
     return c[:7] + ("+" if c.endswith("-dirty") else "")
+
+
+def scenarios_leading_with(df: pd.DataFrame, *kinds: str) -> list[str]:
+    """Labels of the scenarios in ``df`` (in order) whose kind leads with a metric of one of ``kinds``.
+
+    Scenario labels are the user's; each row carries its scenario's registered kind, and the metric
+    catalogue says what that kind leads with: "latency" (single-stream), "throughput" (offline),
+    "capacity" (server), or whatever a plugin scenario declares.
+    """
+    cat = catalogue()
+    labels = []
+    for label, kind in df.drop_duplicates("scenario")[["scenario", "scenario_kind"]].itertuples(index=False):
+        entry = cat.scenarios.get(kind)
+        if entry is not None and cat.metrics[entry.headline].kind in kinds:
+            labels.append(label)
+    return labels
+
+
+def primary_series(df: pd.DataFrame, label: str) -> Series:
+    """The primary latency series of scenario ``label`` in ``df``."""
+    kind = df.loc[df["scenario"] == label, "scenario_kind"].iloc[0]
+    return catalogue().primary_series(kind)

@@ -29,7 +29,8 @@ import pandas as pd
 
 from costbench.harness.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
                                                Judgement, judge)
-from costbench.harness.reports.data import Selection, describe_env, row_details
+from costbench.core.metrics import THROUGHPUT
+from costbench.harness.reports.data import Selection, describe_env, primary_series, row_details, scenarios_leading_with
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
                                               energy_cost_per_million, infer_machine)
 from costbench.harness.runfile import env_of
@@ -252,8 +253,10 @@ def _identity(key: tuple, g: pd.DataFrame, env: dict | None) -> dict[str, Any]:
 
 def _latency(g: pd.DataFrame) -> dict[str, Any]:
     """Single-stream p50 and p99 with confidence intervals, whether they are valid, whether the run was unstable."""
-    lat50 = _metric_row(g, "latency_p50", "single_stream")
-    lat99 = _metric_row(g, "latency_p99", "single_stream")
+    led = scenarios_leading_with(g, "latency")
+    series = primary_series(g, led[0]) if led else None
+    lat50 = None if series is None else _metric_row(g, series.p50, led[0])
+    lat99 = None if series is None else _metric_row(g, series.p99, led[0])
     valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
     return {
         "p50_ms": _val(lat50), "p50_ci_low": _val(lat50, "ci_low"), "p50_ci_high": _val(lat50, "ci_high"),
@@ -263,11 +266,12 @@ def _latency(g: pd.DataFrame) -> dict[str, Any]:
 
 
 def _throughput_row(g: pd.DataFrame) -> tuple[pd.Series | None, str]:
-    """The throughput row and its scenario: offline's, else single-stream's."""
-    thr = _metric_row(g, "throughput", "offline")
-    if thr is not None:
-        return thr, "offline"
-    return _metric_row(g, "throughput", "single_stream"), "single_stream"
+    """The throughput row and its scenario: from one that leads with throughput (offline), else with latency."""
+    for label in [*scenarios_leading_with(g, "throughput"), *scenarios_leading_with(g, "latency")]:
+        thr = _metric_row(g, THROUGHPUT, label)
+        if thr is not None:
+            return thr, label
+    return None, ""
 
 
 ACCURACY_METRICS = (TASK_METRIC, CONFIDENT_METRIC, *PARITY_FALLBACKS)
@@ -341,7 +345,7 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     none = {"server_slo": None, "slo_throughput": None, "slo_bound": None, "server_slo_met": None,
             "server_valid": None, "server_trials": [], "server_slo_ms": None, "server_batching": None,
             "server_curves": []}
-    labels = list(dict.fromkeys(g[(g["metric"] == "slo_met") & (g["status"] == "ok")]["scenario"]))
+    labels = scenarios_leading_with(g[g["status"] == "ok"], "capacity")
     found = [one_server_scenario(g, label, batch_size) for label in labels]
     if not found:
         return none

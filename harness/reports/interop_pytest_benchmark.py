@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from costbench.core.metrics import BATCH_LATENCY, LATENCY, SINGLE_STREAM, THROUGHPUT
 from costbench.harness.env import env_id_of
 from costbench.harness.reports.data import Selection, samples_of
 from costbench.core.stats import bootstrap_ci, percentile
 from costbench.harness.store import RUNS_DIR, RunFile
 
 BACKEND = "pytest-benchmark"
-EXPORT_METRICS = ("latency_p50", "batch_latency_p50")  # the rows that carry raw samples
+EXPORT_METRICS = (LATENCY.p50, BATCH_LATENCY.p50)  # the rows that carry raw samples
 
 
 class InteropError(ValueError):
@@ -59,8 +60,8 @@ def _case_record(run_id: str, bench: dict[str, Any], commit: str | None) -> dict
     module = fullname.split("::")[0]
     case = {"case_id": "pb-" + hashlib.sha256(fullname.encode()).hexdigest()[:10],
             "model": str(bench.get("group") or module), "variant": str(bench.get("name") or fullname),
-            "backend": BACKEND, "device": "cpu", "scenario": "single_stream", "batch_size": 1, "recipe": "",
-            "backend_name": BACKEND}
+            "backend": BACKEND, "device": "cpu", "scenario": SINGLE_STREAM, "batch_size": 1, "recipe": "",
+            "backend_name": BACKEND, "scenario_spec": {"kind": SINGLE_STREAM}}
     details = {"timing": {"clock": (bench.get("options") or {}).get("timer", "unknown"),
                           "boundary": "pytest-benchmark: one round's time / iterations"}, "source": BACKEND}
     data = stats.get("data")
@@ -69,13 +70,13 @@ def _case_record(run_id: str, bench: dict[str, Any], commit: str | None) -> dict
         ms = np.asarray(data, dtype=float) * 1e3
         lo50, hi50 = bootstrap_ci(ms, 50)
         lo99, hi99 = bootstrap_ci(ms, 99)
-        metrics += [_metric("latency_p50", percentile(ms, 50), "ms", ci_low=lo50, ci_high=hi50, valid=True,
+        metrics += [_metric(LATENCY.p50, percentile(ms, 50), "ms", ci_low=lo50, ci_high=hi50, valid=True,
                             samples=ms.tolist(), details=details),
-                    _metric("latency_p99", percentile(ms, 99), "ms", ci_low=lo99, ci_high=hi99, valid=True,
+                    _metric(LATENCY.p99, percentile(ms, 99), "ms", ci_low=lo99, ci_high=hi99, valid=True,
                             details=details)]
     elif "median" in stats:
         # Without raw data only pytest-benchmark's own (interpolated) median exists; say so.
-        metrics.append(_metric("latency_p50", stats["median"] * 1e3, "ms", valid=True,
+        metrics.append(_metric(LATENCY.p50, stats["median"] * 1e3, "ms", valid=True,
                                details={**details, "note": "pytest-benchmark median (interpolated); no raw data: "
                                                           "run pytest with --benchmark-save-data to import samples"}))
     if "mean" in stats:
@@ -83,7 +84,7 @@ def _case_record(run_id: str, bench: dict[str, Any], commit: str | None) -> dict
         if stats["mean"] and "stddev" in stats:
             metrics.append(_metric("latency_cv", stats["stddev"] / stats["mean"], "ratio", details=details))
     if stats.get("ops"):
-        metrics.append(_metric("throughput", stats["ops"], "samples/s", details=details))
+        metrics.append(_metric(THROUGHPUT, stats["ops"], "samples/s", details=details))
     if "rounds" in stats:
         metrics.append(_metric("queries", stats["rounds"], "count", details=details))
     at = f"git checkout {str(commit).removesuffix('-dirty')[:12]} && " if commit else ""

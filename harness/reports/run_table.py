@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from costbench.harness.reports.data import row_details
+from costbench.core.metrics import THROUGHPUT, catalogue
+from costbench.harness.reports.data import primary_series, row_details, scenarios_leading_with
 from costbench.harness.skips import can_never_run, never_run_note
 
 _GROUP = ["backend", "variant", "device", "batch_size"]
@@ -70,8 +71,8 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
     where it has none, parity with fp32 under its own name ("agree@conf": top-1 agreement where fp32 is
     confident, with the sample count), never shown as an accuracy change.
 
-    Latency comes from the single_stream scenario, throughput from offline (falling back to
-    single_stream's when there is no offline case). Cases that were skipped or failed point to a
+    Latency comes from the first scenario whose kind leads with latency (single_stream), throughput from
+    one that leads with throughput (offline; else the latency scenario's), per the metric catalogue. Cases that were skipped or failed point to a
     note with the reason.
     """
     tables: dict[str, pd.DataFrame] = {}
@@ -81,7 +82,7 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
     df = df.sort_values("seq", kind="stable") if "seq" in df else df
     # A fleet run measures on several machines: each machine's rows are its own lines.
     fleet = "env_id" in df and df["env_id"].nunique() > 1
-    replicated = (df["metric"] == "latency_process_share").any()
+    replicated = df["metric"].isin([s.process_share for s in catalogue().series.values()]).any()
     group = ["env_id", *_GROUP] if fleet else _GROUP
     for model, mdf in df.groupby("model", sort=False):
         lines = []
@@ -96,21 +97,20 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             line = {"machine": str(key[0])[:12]} if fleet else {}
             line.update({"backend": backend if device == "cpu" else f"{backend} ({device})", "variant": variant,
                          "batch": int(batch)})
-            # Scenario labels are the user's; tell the kinds apart by the metrics each one reports.
-            kinds = g.groupby("scenario")["metric"].agg(set)
-            servers = {sc for sc, ms in kinds.items() if "target_qps" in ms}
-            offlines = {sc for sc, ms in kinds.items() if "batch_latency_p50" in ms}
-            streams = g[~g["scenario"].isin(servers | offlines)]
-            lat = _value(streams, "latency_p50")
+            # Latency from the first scenario that leads with it, throughput from one that leads with throughput.
+            latency_led = scenarios_leading_with(g, "latency")
+            streams = g[g["scenario"].isin(latency_led[:1])]
+            series = primary_series(g, latency_led[0]) if latency_led else None
+            lat = None if series is None else _value(streams, series.p50)
             unstable = g[(g["metric"] == "unstable") & (g["value"] == 1.0)]
             mark = ("" if lat is None or lat["valid"] else "*") + ("~" if not unstable.empty else "")
             line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
             line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
             if replicated:  # a column of dashes says nothing for a run measured in one process per case
-                share = _value(streams, "latency_process_share")
+                share = None if series is None else _value(streams, series.process_share)
                 line["between"] = _fmt(None if share is None else 100 * share["value"], ".0f", "%")
-            off = _value(g[g["scenario"].isin(offlines)], "throughput")
-            off = off if off is not None else _value(streams, "throughput")
+            off = _value(g[g["scenario"].isin(scenarios_leading_with(g, "throughput"))], THROUGHPUT)
+            off = off if off is not None else _value(streams, THROUGHPUT)
             line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
             server = _server_summary(g)
             if server:

@@ -101,7 +101,7 @@ def test_property_log_parsing_reads_step_8_only():
 
 
 def test_offline_uses_the_async_api_with_costbenchs_requests_and_compares_throughput(measured, tmp_path):
-    t = Target(**{**measured.__dict__, "scenario": "offline", "concurrency": 1, "throughput": 1000.0})
+    t = Target(**{**measured.__dict__, "scenario": "offline", "kind": "offline", "concurrency": 1, "throughput": 1000.0})
     argv, settings = BenchmarkApp().command(t, tmp_path, 2.5)
     assert argv[argv.index("-api") + 1] == "async" and argv[argv.index("-nireq") + 1] == "1"
     assert argv[argv.index("-t") + 1] == "3"  # whole seconds, rounded up

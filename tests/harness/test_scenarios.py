@@ -8,7 +8,9 @@ import pytest
 
 from costbench.backends.base import Session
 from costbench.backends.timing import CudaEventTimer, HostTimer
-from costbench.harness.scenarios import _Trial, make_scenario, poisson_arrivals, wait_until
+from costbench.harness.scenarios.base import wait_until
+from costbench.harness.scenarios.registry import make_scenario
+from costbench.harness.scenarios.server import _Trial, poisson_arrivals
 from costbench.harness.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.arange(40, dtype=np.float32).reshape(10, 4)})
@@ -97,7 +99,7 @@ def test_single_stream_cap_marks_invalid():
 def test_device_timer_series_is_recorded():
     r = make_scenario({"kind": "single_stream", "warmup_count": 0, "min_count": 5, "min_duration_s": 0}).run(
         DeviceTimed(0.001), DATA, 1)
-    device = r.series_ns["device"]
+    device = r.series_ns["device_latency"]
     assert len(device) == r.queries
     # The fake device clock brackets the same work as the host clock, so it can never read longer.
     assert all(0.001e9 <= d <= h for d, h in zip(device, r.samples_ns))
@@ -159,7 +161,7 @@ def test_server_issues_every_planned_query_and_meets_a_loose_slo():
 
 def test_server_is_invalid_when_the_load_generator_falls_behind(monkeypatch):
     """A late wake-up is the harness's error, not the model's: the verdict is kept but marked invalid."""
-    import costbench.harness.scenarios as scenarios
+    import costbench.harness.scenarios.server as scenarios
 
     def oversleep(target_ns):
         wait_until(target_ns + 2_000_000)  # every idle wake-up 2 ms late: 20% of a 10 ms SLO

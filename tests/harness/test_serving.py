@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import FORMAT_ONNX, Artifact, InputSpec
-from costbench.harness.scenarios import make_scenario, poisson_arrivals
-from costbench.harness.suite_schema import ServerSpec
+from costbench.harness.scenarios.registry import make_scenario
+from costbench.harness.scenarios.server import poisson_arrivals
+from costbench.harness.scenarios.server import ServerSpec
 from costbench.harness.zoo.base import SampleSet
 from queue_sim import capacity, nearest_rank, simulate
 

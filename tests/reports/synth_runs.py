@@ -33,11 +33,11 @@ def case(model: str = "digits-cnn", variant: str = "fp32", backend: str = "onnxr
          batch_size: int = 1, throughput: float | None = None, size_bytes: float = 40_000.0,
          acc_delta: float | None = 0.0, top1: float | None = 1.0, rss_mib: float = 300.0, status: str = "ok",
          reason: str = "", valid: bool = True, power_w: float | None = None,
-         runner_unstable: bool = False) -> dict[str, Any]:
-    """One case record with the metrics the worker writes for it."""
+         runner_unstable: bool = False, kind: str | None = None) -> dict[str, Any]:
+    """One case record with the metrics the worker writes for it (``kind``: the scenario's, default its label)."""
     spec = {"case_id": f"{model}-{variant}-{backend}-{device}-{scenario}-b{batch_size}", "model": model,
             "variant": variant, "backend": backend, "device": device, "scenario": scenario, "batch_size": batch_size,
-            "recipe": variant, "backend_name": backend}
+            "recipe": variant, "backend_name": backend, "scenario_spec": {"kind": kind or scenario}}
     if status != "ok":
         return {"type": "case", "case": spec, "status": status, "reason": reason, "metrics": [], "info": {}}
     ms = latency_samples(median_ms, n, spread, seed)
@@ -76,7 +76,7 @@ def server_case(model: str = "digits-cnn", variant: str = "fp32", backend: str =
     """A server-scenario case: a QPS search (``max_qps``) or one run at ``target_qps``, with its SLO verdict;
     ``batching`` as the scenario records dynamic batching (max_batch, max_queue_delay_ms, ...)."""
     rec = case(model=model, variant=variant, backend=backend, scenario=scenario, median_ms=median_ms, seed=seed,
-               device=device, batch_size=batch_size, acc_delta=None, top1=None)
+               device=device, batch_size=batch_size, acc_delta=None, top1=None, kind="server")
     common = {"valid": valid, "details": {"timing": {"clock": "perf_counter_ns"},
                                          "slo": {"slo_ms": slo_ms, "percentile": percentile, "seed": 0,
                                                  "concurrency": 1},

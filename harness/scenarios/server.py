@@ -1,193 +1,77 @@
-"""Scenario loops: how queries are issued and timed. One timing convention for every backend.
+"""``server``: Poisson arrivals at a target rate from a fixed seed, optionally grouped into batches by a dynamic
+batcher (``max_batch``, ``max_queue_delay_ms``, ``preferred_batch_sizes``).
 
-The timed region is ``session.run(inputs)`` followed by ``session.synchronize()``, measured
-with the host clock ``time.perf_counter_ns`` (and, where the session offers one, a device timer
-around the same region); inputs are prepared host arrays rotated through real samples.
-
-- ``single_stream``: one query at a time; each query's latency.
-- ``offline``: batches back to back, optionally from several threads at once; throughput over
-  the wall time from the first start to the last end.
-- ``server``: Poisson arrivals at a target rate from a fixed seed, optionally grouped into batches
-  by a dynamic batcher (``max_batch``, ``max_queue_delay_ms``, ``preferred_batch_sizes``); latency
-  is measured per query from its scheduled arrival, so time spent queued or waiting for a batch
-  counts; the SLO percentile carries its bootstrap interval and the verdict is meets, misses or
-  undecided; optionally a search for the highest rate that meets it, with an interval.
+Latency is measured per query from its scheduled arrival, so time spent queued or waiting for a batch
+counts; the SLO percentile carries its bootstrap interval and the verdict is meets, misses or
+undecided; optionally a search for the highest rate that meets it, with an interval.
 """
 
 from __future__ import annotations
 
-import abc
 import bisect
 import math
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from costbench.backends.base import Session
 from costbench.core.stats import bootstrap_ci, percentile
-from costbench.harness.suite_schema import SCENARIO_SPECS, OfflineSpec, ServerSpec, SingleStreamSpec
+from costbench.harness.scenarios.base import ROTATE, Scenario, ScenarioResult, clock, wait_until, warm_up
+from costbench.harness.suite_schema import ScenarioSettings
 from costbench.harness.zoo.base import SampleSet
 
-_ROTATE = 8  # distinct input batches cycled through while measuring
-_SPIN_NS = 2_000_000  # sleep until this close to an arrival, then spin: sleep() overshoots by 50-100 µs
-clock = time.perf_counter_ns
 
+class ServerSpec(ScenarioSettings):
+    """Poisson arrivals at a target QPS from a fixed seed; latency from arrival, queueing included; an SLO.
 
-@dataclass
-class ScenarioResult:
-    """Raw timings from one scenario run, in nanoseconds, and whether the stopping rule was met."""
+    With ``search = true`` the target is found instead: the highest QPS whose ``slo_percentile``
+    latency stays within ``slo_ms``.
+    """
 
-    kind: str
-    batch_size: int
-    samples_ns: list[int]  # one per query: single_stream/offline: service time; server: arrival -> completion
-    wall_ns: int  # first timed query start -> last timed query end
-    valid: bool  # the stopping rule was met before max_duration_s
-    notes: list[str] = field(default_factory=list)
-    series_ns: dict[str, list[int]] = field(default_factory=dict)  # device time, queue wait, scheduler lateness
-    scalars: dict[str, tuple[float, str]] = field(default_factory=dict)  # (value, unit): achieved QPS, SLO verdict
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. the QPS search's trials
-    batch_sizes: list[int] = field(default_factory=list)  # server: queries in each batch, in dispatch order
+    kind: Literal["server"] = "server"
+    target_qps: float | None = Field(None, gt=0, description="Mean arrival rate (queries per second).")
+    slo_ms: float = Field(gt=0, description="Latency objective, arrival to completion.")
+    slo_percentile: float = Field(99.0, gt=0, le=100, description="Which percentile must meet slo_ms.")
+    search: bool = Field(False, description="Find the highest QPS that meets the SLO (binary search).")
+    search_iterations: int = Field(7, ge=2, le=30, description="Bisection steps of the search.")
+    seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
+    warmup_count: int = Field(5, ge=0)
+    min_count: int = Field(200, ge=1, description="Queries per trial, at least (fewer where max_duration_s at the "
+                           "rate allows fewer: a trial is judged on what it collected)...")
+    min_duration_s: float = Field(2.0, ge=0, description="...and enough for this long at the target rate.")
+    max_duration_s: float = Field(60.0, gt=0, description="Arrivals are planned within this time; a server still "
+                                  "behind its arrivals here is overloaded.")
+    concurrency: int = Field(1, ge=1, description="Batches served at once (worker threads).")
+    max_batch: int = Field(1, ge=1, description="Dynamic batching: the most queries run as one batch (1: no batching).")
+    max_queue_delay_ms: float = Field(0.0, ge=0, description="Dynamic batching: how long the oldest waiting query "
+                                      "may wait for others to join its batch.")
+    preferred_batch_sizes: list[int] = Field(default_factory=list, description="Dynamic batching: batch sizes to form "
+                                             "when more queries are waiting (each 1..max_batch); the largest one "
+                                             "dispatches a batch without waiting for the delay.")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the SLO percentile's interval and of "
+                              "the searched capacity's interval.")
+    search_remeasure: int = Field(2, ge=0, le=5, description="Search: how often a rate whose interval straddles the "
+                                  "SLO is measured again, each time with twice as many queries.")
+
+    @model_validator(mode="after")
+    def _target_or_search(self) -> "ServerSpec":
+        if self.target_qps is None and not self.search:
+            raise ValueError("server scenario needs target_qps, or search = true to find the highest QPS within the SLO")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch]
+        if bad:
+            raise ValueError(f"preferred_batch_sizes {bad} must each be between 1 and max_batch = {self.max_batch}")
+        if self.max_batch == 1 and self.max_queue_delay_ms > 0:
+            raise ValueError("max_queue_delay_ms needs max_batch > 1: with max_batch = 1 no query can join a batch, "
+                             "so the delay would only add latency")
+        return self
 
     @property
-    def queries(self) -> int:
-        return len(self.samples_ns)
-
-
-def _batches(data: SampleSet, batch_size: int) -> list[dict[str, np.ndarray]]:
-    return [data.batch(batch_size, start=i * batch_size) for i in range(_ROTATE)]
-
-
-def _warm_up(session: Session, batches: list[dict[str, np.ndarray]], count: int) -> None:
-    for i in range(count):
-        session.run(batches[i % len(batches)])
-        session.synchronize()
-
-
-def wait_until(target_ns: int) -> None:
-    """Sleep most of the way to ``target_ns`` (perf_counter_ns), then spin for sub-10 µs accuracy."""
-    remaining = target_ns - clock()
-    if remaining > _SPIN_NS:
-        time.sleep((remaining - _SPIN_NS) / 1e9)
-    while clock() < target_ns:
-        pass
-
-
-class Scenario(abc.ABC):
-    """A way of issuing queries; registered by its ``kind``."""
-
-    kind: ClassVar[str]
-
-    @abc.abstractmethod
-    def run(self, session: Session, data: SampleSet, batch_size: int) -> ScenarioResult:
-        """Warm up, then measure until the spec's stopping rule is met."""
-
-
-class SingleStream(Scenario):
-    """One query at a time, each waiting for the previous: latency."""
-
-    kind = "single_stream"
-
-    def __init__(self, spec: SingleStreamSpec):
-        self.spec = spec
-
-    def run(self, session: Session, data: SampleSet, batch_size: int) -> ScenarioResult:
-        s = self.spec
-        batches = _batches(data, batch_size)
-        _warm_up(session, batches, s.warmup_count)
-        timer = session.device_timer()
-        samples: list[int] = []
-        device: list[int] = []
-        min_ns, max_ns = int(s.min_duration_s * 1e9), int(s.max_duration_s * 1e9)
-        n_batches = len(batches)
-        run, sync = session.run, session.synchronize
-        start = clock()
-        i = 0
-        valid = False
-        while True:
-            feed = batches[i % n_batches]
-            if timer is None:
-                t0 = clock()
-                run(feed)
-                sync()
-                end = clock()
-            else:
-                t0 = clock()
-                timer.start()
-                run(feed)
-                timer.stop()
-                sync()
-                end = clock()
-                device.append(timer.elapsed_ns())
-            samples.append(end - t0)
-            i += 1
-            elapsed = end - start
-            if i >= s.min_count and elapsed >= min_ns:
-                valid = True
-                break
-            if elapsed >= max_ns:
-                break
-        notes = [] if valid else [f"stopped at max_duration_s={s.max_duration_s} with {i} of min_count={s.min_count}"]
-        series = {"device": device} if device else {}
-        return ScenarioResult(self.kind, batch_size, samples, end - start, valid, notes, series)
-
-
-class Offline(Scenario):
-    """Batches back to back from ``concurrency`` threads: throughput = samples / wall time."""
-
-    kind = "offline"
-
-    def __init__(self, spec: OfflineSpec):
-        self.spec = spec
-
-    def run(self, session: Session, data: SampleSet, batch_size: int) -> ScenarioResult:
-        s = self.spec
-        n = session.preferred_concurrency() if s.concurrency == "auto" else s.concurrency
-        batches = _batches(data, batch_size)
-        sessions = [session] + [session.fork() for _ in range(n - 1)]
-        for sess in sessions:
-            _warm_up(sess, batches, s.warmup_count)
-        min_ns, max_ns = int(s.min_duration_s * 1e9), int(s.max_duration_s * 1e9)
-        lock = threading.Lock()
-        issued = [0]
-        stop = threading.Event()
-        per_thread: list[list[tuple[int, int]]] = [[] for _ in sessions]
-        start = clock()
-
-        def worker(k: int) -> None:
-            sess, out = sessions[k], per_thread[k]
-            while not stop.is_set():
-                with lock:
-                    i = issued[0]
-                    issued[0] += 1
-                t0 = clock()
-                sess.run(batches[i % len(batches)])
-                sess.synchronize()
-                t1 = clock()
-                out.append((t0, t1))
-                with lock:
-                    done = sum(len(p) for p in per_thread)
-                elapsed = t1 - start
-                if (done >= s.min_count and elapsed >= min_ns) or elapsed >= max_ns:
-                    stop.set()
-
-        if n == 1:
-            worker(0)
-        else:
-            threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(n)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        spans = [span for p in per_thread for span in p]
-        wall = max(t1 for _, t1 in spans) - start
-        valid = len(spans) >= s.min_count and wall >= min_ns
-        notes = [] if valid else [f"stopped at max_duration_s={s.max_duration_s} with {len(spans)} batches"]
-        result = ScenarioResult(self.kind, batch_size, [t1 - t0 for t0, t1 in spans], wall, valid, notes)
-        result.scalars["concurrency"] = (float(n), "count")
-        return result
+    def batching(self) -> bool:
+        """Whether queries are served in dynamic batches (max_batch > 1)."""
+        return self.max_batch > 1
 
 
 @dataclass
@@ -323,10 +207,11 @@ class _Pool:
 class Server(Scenario):
     """Poisson arrivals at a target QPS, optionally dynamically batched; latency includes queueing; SLO verdict."""
 
+    Settings = ServerSpec
     kind = "server"
 
     def __init__(self, spec: ServerSpec):
-        self.spec = spec
+        super().__init__(spec)
         s = spec
         self.policy = BatchPolicy(s.max_batch, int(round(s.max_queue_delay_ms * 1e6)), tuple(s.preferred_batch_sizes))
 
@@ -593,18 +478,18 @@ class Server(Scenario):
     def feeds(self, data: SampleSet, batch_size: int) -> dict[int, list[dict[str, np.ndarray]]]:
         """Inputs per batch size (queries per batch): views into one array, so any size costs no copy."""
         sizes = range(1, self.policy.max_batch + 1)
-        rows = (self.policy.max_batch + _ROTATE) * batch_size
+        rows = (self.policy.max_batch + ROTATE) * batch_size
         full = data.batch(rows)
-        return {k: [{name: a[j * batch_size:(j + k) * batch_size] for name, a in full.items()} for j in range(_ROTATE)]
+        return {k: [{name: a[j * batch_size:(j + k) * batch_size] for name, a in full.items()} for j in range(ROTATE)]
                 for k in sizes}
 
     def run(self, session: Session, data: SampleSet, batch_size: int) -> ScenarioResult:
         s = self.spec
         feeds = self.feeds(data, batch_size)
-        _warm_up(session, feeds[1], s.warmup_count)
+        warm_up(session, feeds[1], s.warmup_count)
         if self.policy.max_batch > 1:  # every batch shape the batcher can form, so no first-use cost is measured
             for k in range(2, self.policy.max_batch + 1):
-                _warm_up(session, feeds[k], 1)
+                warm_up(session, feeds[k], 1)
         search: dict[str, Any] = {}
         if s.search:
             trial, search = self._search(session, feeds)
@@ -670,12 +555,3 @@ def _overload_reason(waited_ns: int, elapsed_ns: int, wait_limit_ns: int) -> str
     if waited_ns > wait_limit_ns:
         return f"overloaded: a query waited {waited_ns / 1e6:.1f} ms for service; the trial gave up"
     return f"overloaded: still serving a backlog {elapsed_ns / 1e9:.1f} s in, past max_duration_s"
-
-
-SCENARIOS: dict[str, type[Scenario]] = {SingleStream.kind: SingleStream, Offline.kind: Offline, Server.kind: Server}
-
-
-def make_scenario(spec: dict[str, Any]) -> Scenario:
-    """The scenario object for a serialised scenario spec."""
-    kind = spec["kind"]
-    return SCENARIOS[kind](SCENARIO_SPECS[kind].model_validate(spec))
