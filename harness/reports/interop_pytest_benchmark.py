@@ -80,9 +80,9 @@ def _case_record(run_id: str, bench: dict[str, Any], commit: str | None) -> dict
                                details={**details, "note": "pytest-benchmark median (interpolated); no raw data: "
                                                           "run pytest with --benchmark-save-data to import samples"}))
     if "mean" in stats:
-        metrics.append(_metric("latency_mean", stats["mean"] * 1e3, "ms", details=details))
+        metrics.append(_metric(LATENCY.stat("mean"), stats["mean"] * 1e3, "ms", details=details))
         if stats["mean"] and "stddev" in stats:
-            metrics.append(_metric("latency_cv", stats["stddev"] / stats["mean"], "ratio", details=details))
+            metrics.append(_metric(LATENCY.stat("cv"), stats["stddev"] / stats["mean"], "ratio", details=details))
     if stats.get("ops"):
         metrics.append(_metric(THROUGHPUT, stats["ops"], "samples/s", details=details))
     if "rounds" in stats:
