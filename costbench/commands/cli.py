@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from costbench.commands.common import fail
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Measure which hardware, backend and compression to deploy a model on.")
 store_app = typer.Typer(no_args_is_help=True, help="The stores built from run files: DuckDB, and a team's PostgreSQL.")
@@ -25,11 +27,6 @@ err = Console(stderr=True)
 DEFAULT_RESULTS = Path("results")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
 STORE_HELP = ("Team store: postgresql://USER@HOST:PORT/DB (or ...?host=SOCKET_DIR); the password from ~/.pgpass, "
               "PGPASSWORD or the URL, never recorded.")
 
@@ -39,7 +36,7 @@ def _store_url(url: str) -> str:
     from costbench.harness.store import is_url, redact
 
     if not is_url(url):
-        _fail(f"--store {redact(url)}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
+        fail(f"--store {redact(url)}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
     return url
 
 
@@ -96,14 +93,14 @@ def _load_plan(suite_path: Path, only: list[str], executor_opts: dict | None = N
         executor = _executor(suite.executor, **(executor_opts or {}))
         cases = executor.plan(suite, filters)
     except SuiteError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except ExecutorError as exc:
         executor.close()
-        _fail(str(exc))
+        fail(str(exc))
     except ValueError as exc:
-        _fail(f"{suite_path}: {exc}")
+        fail(f"{suite_path}: {exc}")
     if not cases:
-        _fail(f"{suite_path}: the filters leave no case to run")
+        fail(f"{suite_path}: the filters leave no case to run")
     return suite, cases, executor
 
 
@@ -126,11 +123,11 @@ def _executor(spec, executor: Optional[str] = None, address: Optional[str] = Non
     if placement:
         data["placement"] = placement
     if data.get("kind", "local") != "ray" and (address or placement):
-        _fail("--address and --placement are for --executor ray")
+        fail("--address and --placement are for --executor ray")
     try:
         return executor_for(ExecutorSpec.model_validate(data) if data else None)
     except ValueError as exc:
-        _fail(f"executor: {exc}")
+        fail(f"executor: {exc}")
 
 
 def _plan_table(cases, executor=None) -> Table:
@@ -173,7 +170,7 @@ def _publisher(store: str | None, out: Path, resume: str | None):
     try:
         return RunPublisher(_store_url(store), out, find_run(out, resume).path if resume else None)
     except (StoreError, ResumeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _publish_end(publisher, run_file: Path) -> None:
@@ -231,9 +228,9 @@ def run(
     publisher = _publisher(store, out, resume)  # a bad store stops here, before a cluster is reached or a case runs
     if resume is not None:
         if suite is not None or only or timeout is not None or processes is not None:
-            _fail("--resume continues a run as it was planned: give no SUITE, --only, --timeout or --processes with it")
+            fail("--resume continues a run as it was planned: give no SUITE, --only, --timeout or --processes with it")
         if executor or placement:
-            _fail("--resume continues a run where it was planned: give no --executor or --placement with it")
+            fail("--resume continues a run where it was planned: give no --executor or --placement with it")
         ex = None
         try:
             run_file = find_run(out, resume)
@@ -242,12 +239,12 @@ def run(
         except (ResumeError, ValueError, ExecutorError) as exc:
             if ex is not None:
                 ex.close()
-            _fail(str(exc))
+            fail(str(exc))
         name, jobs = header["suite"]["name"], todo
         console.print(f"[bold]resuming {header['run_id']}[/] ({name}): {done} processes recorded, {len(todo)} to go")
     else:
         if suite is None:
-            _fail("give a SUITE file, or --resume RUN")
+            fail("give a SUITE file, or --resume RUN")
         suite_obj, cases, ex = _load_plan(suite, only, {"executor": executor, "address": address,
                                                          "placement": placement})
         if timeout is not None:
@@ -286,7 +283,7 @@ def run(
                 summary = resume_run(out, resume, cache_dir=cache_dir, on_start=on_start, on_done=on_done, force=force,
                                      executor=ex)
             except ResumeError as exc:
-                _fail(str(exc))
+                fail(str(exc))
         else:
             from costbench.harness.plan import parse_filters
 
@@ -319,13 +316,13 @@ def results(
     source = _store_url(store) if store else results_dir
     where = redact(store) if store else str(results_dir)
     if not store and not results_dir.exists():
-        _fail(f"{results_dir}: no such results folder")
+        fail(f"{results_dir}: no such results folder")
     try:
         runs = list_runs(source)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if runs.empty:
-        _fail(f"{where}: no runs yet (costbench store push RESULTS_DIR --to URL)" if store else
+        fail(f"{where}: no runs yet (costbench store push RESULTS_DIR --to URL)" if store else
               f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
     if last:
         run_id = str(runs["run_id"].iloc[-1])
@@ -339,11 +336,11 @@ def results(
         return
     matches = [r for r in runs["run_id"] if str(r).startswith(run_id)]
     if len(matches) != 1:
-        _fail(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous: ' + ', '.join(matches)}")
+        fail(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous: ' + ', '.join(matches)}")
     try:
         df = load_results(source, matches[0])
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     render(df, console)
     if csv:
         df.drop(columns=["samples"]).to_csv(csv, index=False)
@@ -387,7 +384,7 @@ def compress(
                                             highlight=False),
         )
     except (ValueError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     select.render(model, max_drop, res, choices, console, max_parity_loss)
     if json_out:
         select.write_json(json_out, select.report_json(model, max_drop, summary.run_id, res, choices, max_parity_loss))
@@ -414,14 +411,14 @@ def store_push(
     from costbench.harness.store_pg import PgStore
 
     if not (results_dir / "runs").is_dir() or not run_files(results_dir):
-        _fail(f"{results_dir}: no run files to push")
+        fail(f"{results_dir}: no run files to push")
     pg = PgStore(_store_url(to))
     try:
         pushed = pg.push(results_dir, run_id or None)
     except StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not pushed:
-        _fail(f"{results_dir}: no run matches {', '.join(run_id)}")
+        fail(f"{results_dir}: no run matches {', '.join(run_id)}")
     for r in pushed:
         state = "complete" if r.complete else "incomplete"
         what = f"{r.cases_added} case(s), {r.rows_added} row(s) added" if r.cases_added else "already in the store"

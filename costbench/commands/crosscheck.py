@@ -16,16 +16,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from costbench.commands.common import fail
+
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 RESULTS_HELP = ("Results folder to find runs in (repeatable). Default: results/, plus results/reference/ when it "
                 "exists.")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _is_suite(ref: str) -> bool:
@@ -43,11 +40,11 @@ def _run_targets(refs: list[str], results: list[Path]):
     try:
         runs = list_all_runs(dirs)
         if runs.empty:
-            _fail(f"no runs in {', '.join(str(d) for d in dirs)} (costbench run SUITE, or give a suite file)")
+            fail(f"no runs in {', '.join(str(d) for d in dirs)} (costbench run SUITE, or give a suite file)")
         ids = resolve_runs(refs, runs)
         sel = load_selection(dirs, ids, runs)
     except (FileNotFoundError, RunNotFound, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     targets, skipped = targets_from_selection(sel, ids)
     env_ids = dict(zip(sel.runs["run_id"], sel.runs["env_id"]))
     return targets, skipped, env_ids
@@ -62,7 +59,7 @@ def _suite_targets(path: Path, only: list[str]):
     try:
         planned, not_planned, never = cases_from_suite(path, parse_filters(only))
     except (SuiteError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if never:
         err.print(f"{never} combination(s) of the suite can never run (the variant's format is not one the backend "
                   "loads): left out", highlight=False)
@@ -130,9 +127,9 @@ def crosscheck(
     cache = cache_dir or default_cache_dir()
     suite = len(run_or_suite) == 1 and _is_suite(run_or_suite[0])
     if suite and not Path(run_or_suite[0]).is_file():
-        _fail(f"{run_or_suite[0]}: no such suite file")
+        fail(f"{run_or_suite[0]}: no such suite file")
     if only and not suite:
-        _fail("--only is for a suite file; a run's cases are all cross-checked")
+        fail("--only is for a suite file; a run's cases are all cross-checked")
     fp = fingerprint()
     with tempfile.TemporaryDirectory(prefix="costbench-crosscheck-") as tmp:
         workdir = keep or Path(tmp)
@@ -143,7 +140,7 @@ def crosscheck(
         else:
             targets, pre, env_ids = _run_targets(run_or_suite, results)
         if not targets and not pre:
-            _fail("no case to cross-check: only " + ", ".join(sorted(TOOLS)) + " cases (single_stream, offline) "
+            fail("no case to cross-check: only " + ", ".join(sorted(TOOLS)) + " cases (single_stream, offline) "
                   "have a vendor tool")
         for name in sorted({t.backend_name for t in targets}):
             why = TOOLS[name]().probe()

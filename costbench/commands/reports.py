@@ -13,6 +13,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from costbench.commands.common import fail
+
 console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
@@ -20,11 +22,6 @@ DEFAULT_RESULTS = Path("results")
 REFERENCE_RESULTS = DEFAULT_RESULTS / "reference"  # committed reference runs from real hardware
 RESULTS_HELP = ("Results folder to read (repeatable). Default: results/, plus every committed reference folder "
                 "under results/reference/.")
-
-
-def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _warn(message: str) -> None:
@@ -41,7 +38,7 @@ def _dirs(results: list[Path], stores: list[str] | None = None) -> list:
 
         bad = [redact(s) for s in stores if not is_url(s)]
         if bad:
-            _fail(f"--store {bad[0]}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
+            fail(f"--store {bad[0]}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
         return [*results, *stores]
     if results:
         return results
@@ -65,11 +62,11 @@ def _select(refs: list[str], results: list[Path], stores: list[str] | None = Non
     try:
         runs = list_all_runs(dirs)
         if runs.empty:
-            _fail(f"no runs in {', '.join(redact(str(d)) for d in dirs)} (costbench run SUITE --out {dirs[0]})")
+            fail(f"no runs in {', '.join(redact(str(d)) for d in dirs)} (costbench run SUITE --out {dirs[0]})")
         ids = resolve_runs(refs, runs)
         return load_selection(dirs, ids, runs), ids
     except (FileNotFoundError, RunNotFound, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def report(
@@ -97,11 +94,11 @@ def report(
     from costbench.harness.reports.prices import PriceError, load_prices
 
     if max_drop is not None and max_drop < 0:
-        _fail(f"--max-drop {max_drop}: the task-accuracy budget is a drop in percentage points, >= 0")
+        fail(f"--max-drop {max_drop}: the task-accuracy budget is a drop in percentage points, >= 0")
     if max_parity_loss is not None and max_parity_loss < 0:
-        _fail(f"--max-parity-loss {max_parity_loss}: the parity budget is in percentage points, >= 0")
+        fail(f"--max-parity-loss {max_parity_loss}: the parity budget is in percentage points, >= 0")
     if latency not in ("p50", "p99"):
-        _fail(f"--latency {latency!r}: expected p50 or p99")
+        fail(f"--latency {latency!r}: expected p50 or p99")
     sel, ids = _select(runs, results, store)
     try:
         machines = [(r["run_id"], env_id) for r, env_id, _ in run_environments(sel.runs, sel.results)]
@@ -109,7 +106,7 @@ def report(
         rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency,
                                                    max_parity_loss_pt=max_parity_loss, infer_machines=infer_machine))
     except PriceError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     paths = write_report(rep, out)
     # The terminal gets the decisions; the tables are in the files.
     for line in rep.notes + terminal_summary(rep):
@@ -136,11 +133,11 @@ def compare(
 
     sel, ids = _select([base, new], results, store)
     if len(ids) < 2:
-        _fail(f"BASE and NEW are the same run ({ids[0]})")
+        fail(f"BASE and NEW are the same run ({ids[0]})")
     try:
         result = compare_runs(sel, ids[0], ids[1], threshold=threshold)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if result.env_warning:
         _warn(result.env_warning)
         for d in result.env_diffs:
@@ -193,9 +190,9 @@ def dashboard(
     try:
         sel = load_selection(sources)
     except (FileNotFoundError, StoreError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if sel.runs.empty:
-        _fail(f"{redact(store)}: no runs yet (costbench store push RESULTS_DIR --to URL)" if store else
+        fail(f"{redact(store)}: no runs yet (costbench store push RESULTS_DIR --to URL)" if store else
               f"{results_dir}: no runs yet (costbench run SUITE --out {results_dir})")
     dash = build_dashboard(sel, threshold=threshold)
     paths = write_dashboard(dash, out)
@@ -230,11 +227,11 @@ def pb_import(
 
     for f in files:
         if not f.is_file():
-            _fail(f"{f}: no such file")
+            fail(f"{f}: no such file")
         try:
             run_id = import_file(f, out)
         except InteropError as exc:
-            _fail(str(exc))
+            fail(str(exc))
         console.print(f"imported {f} as run {run_id}", highlight=False)
     Store(out).sync()
 
