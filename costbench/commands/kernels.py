@@ -41,7 +41,7 @@ def validate(
     """
     _quiet()
     if device != "cpu":
-        from costbench.kernels.gpu.commands import validate_gpu
+        from costbench.commands.kernels_gpu import validate_gpu
 
         raise typer.Exit(validate_gpu(device, quick=quick, seed=seed, console=console))
     from costbench.kernels.gemm import supported_isas
@@ -87,7 +87,7 @@ def bench(
     """GOPS of ours and every peer per shape, interleaved; ratio to each peer with a 95% interval; % of peak."""
     _quiet()
     if device != "cpu":
-        from costbench.kernels.gpu.commands import bench_gpu
+        from costbench.commands.kernels_gpu import bench_gpu
 
         raise typer.Exit(bench_gpu(device, quick=quick, rounds=rounds, console=console, json_out=json_out))
     import numpy as np

@@ -67,14 +67,14 @@ def test_every_engine_and_launcher_is_closed_by_a_with_block_or_an_exit_stack():
     sites = list(_construction_sites())
     # the known users are all found: the CLI's engines, the GPU check's validation and benchmark
     found = {str(p) for p, _, _ in sites}
-    assert {"kernels/gpu/commands.py", "scripts/gpu_check.py", "kernels/gpu/cuda_gemm.py"} <= found
+    assert {"costbench/commands/kernels_gpu.py", "scripts/gpu_check.py", "kernels/gpu/cuda_gemm.py"} <= found
     leaks = [f"{p}:{c.lineno}: {_called_name(c)}(...)" for p, c, parents in sites
              if not _released(c, parents) and not p.parts[0] == "tests"]
     assert leaks == [], "construct these in a `with` block or enter them on an ExitStack:\n" + "\n".join(leaks)
 
 
 def test_cuda_c_engines_takes_the_callers_exit_stack():
-    tree = ast.parse((ROOT / "kernels/gpu/commands.py").read_text())
+    tree = ast.parse((ROOT / "costbench/commands/kernels_gpu.py").read_text())
     calls = [c for c in ast.walk(tree) if isinstance(c, ast.Call) and _called_name(c) == "cuda_c_engines"]
     assert len(calls) == 2  # validate and bench
     parents = _parents(tree)

@@ -1,14 +1,16 @@
-"""``costbench kernels validate|bench --device cuda``: the GPU kernels, behind the CPU kernels' commands.
+"""``costbench kernels validate|bench --device cuda``: the GPU kernels' commands, behind the CPU kernels' ones.
 
-Both functions print rich tables, optionally write JSON, and return an exit code: 0 when ours is
-exact everywhere (validate) or the run completed (bench); 1 when ours is wrong somewhere; 2 when
-the GPU path cannot run here (the reason is printed).
+:mod:`costbench.commands.kernels` calls these when ``--device`` is not ``cpu``. Both print rich tables,
+optionally write JSON, and return an exit code: 0 when ours is exact everywhere (validate) or the run
+completed (bench); 1 when ours is wrong somewhere; 2 when the GPU path cannot run here (the reason is
+printed).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +154,8 @@ def bench_gpu(device: str = "cuda", *, quick: bool = False, rounds: int = 5, rep
             t_tri, t_trf = tops("triton int8 (int32"), tops("triton int8 fused")
             t_cc, t_mm = tops("cuda-c mma.sync int8 (int32"), tops("cuBLASLt")
             t_deq, t_h = tops("torch._int_mm + separate"), tops("cuBLAS fp16")
-            f = lambda x: "-" if math_isnan(x) else f"{x:.0f}"  # noqa: E731
-            r = lambda a, b: "-" if math_isnan(a) or math_isnan(b) else f"{a / b:.2f}"  # noqa: E731
+            f = lambda x: "-" if math.isnan(x) else f"{x:.0f}"  # noqa: E731
+            r = lambda a, b: "-" if math.isnan(a) or math.isnan(b) else f"{a / b:.2f}"  # noqa: E731
             table.add_row(label, str(m), str(k), str(n), f(t_tri), f(t_trf), f(t_cc), f(t_mm), f(t_deq), f(t_h),
                           r(t_tri, t_mm), r(t_cc, t_mm), r(t_trf, t_deq), f"{100 * t_tri / peak['tops']:.0f}%")
             record["shapes"].append({"label": label, "m": m, "k": k, "n": n, "series": [
@@ -166,7 +168,3 @@ def bench_gpu(device: str = "cuda", *, quick: bool = False, rounds: int = 5, rep
     if json_out:
         json_out.write_text(json.dumps(record, indent=1, default=str))
     return 0
-
-
-def math_isnan(x: float) -> bool:
-    return x != x
