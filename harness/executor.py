@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 from costbench.harness.plan import PLANNED, Case
+from costbench.harness.suite_schema import ExecutorSettings
 
 if TYPE_CHECKING:
     from costbench.harness.suite_schema import Suite
@@ -187,15 +188,21 @@ OnStart = Callable[[Case], None]
 
 
 class Executor(abc.ABC):
-    """How planned cases get measured; registered by ``name``.
+    """How planned cases get measured; registered by ``name`` (its kind) with its settings model ``Settings``.
 
-    Subclasses implement :meth:`run_cases`. An executor that holds resources (a cluster connection)
-    releases them in :meth:`close`.
+    Subclasses implement :meth:`run_cases`, and :meth:`from_settings` when their settings hold more than the
+    kind. An executor that holds resources (a cluster connection) releases them in :meth:`close`.
     """
 
     name: ClassVar[str]
+    Settings: ClassVar[type[ExecutorSettings]] = ExecutorSettings
     #: Whether cases are measured on the machine that runs the runner (then a resumed run must be on it too).
     measures_here: ClassVar[bool] = True
+
+    @classmethod
+    def from_settings(cls, settings: ExecutorSettings) -> "Executor":
+        """The executor for validated settings (by default it takes none beyond its kind)."""
+        return cls()
 
     def plan(self, suite: "Suite", only: list[dict[str, str]] | None = None) -> list[Case]:
         """The suite's cases as this executor will run them (default: probed and planned on this machine)."""

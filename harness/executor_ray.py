@@ -32,12 +32,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
+
+from pydantic import Field, field_validator
 
 from costbench.harness.executor import CaseOutcome, Executor, ExecutorError, OnStart, run_case_in_child
 from costbench.harness.plan import (PLANNED, SKIPPED, Case, availability_from_dict, availability_to_dict, make_plan,
                                     probe_machine)
-from costbench.harness.suite_schema import Suite
+from costbench.harness.suite_schema import ExecutorSettings, Suite
 
 INSTALL_HINT = "the Ray executor needs Ray: pip install 'costbench[fleet]'"
 PROBE_TIMEOUT_S = 300.0  # a node's probe imports every backend once; a busy node may take a while
@@ -147,11 +149,46 @@ def _check_reachable(address: str) -> None:
                             "`ray start --head` there, or check --address / the suite's [executor] address") from None
 
 
+class RaySettings(ExecutorSettings):
+    """The ``ray`` executor's settings: which cluster, which of its nodes, and what to do when one dies."""
+
+    kind: Literal["ray"] = "ray"
+    address: str | None = Field(None, description="the cluster's address 'HOST:PORT' (default: $RAY_ADDRESS, "
+                                "else the cluster `ray start` started on this machine).")
+    placement: list[str] = Field(default_factory=lambda: ["every-class"], description=(
+        "'every-class' runs each case once on every distinct machine class (env_id) of the cluster; "
+        "selectors keep only matching nodes (all must match): 'label:KEY=VALUE', 'isa:FLAG', 'gpu:NAME', 'host:GLOB'."))
+    retry_lost: bool = Field(False, description="re-run a case once on another node of the same class when "
+                             "its node dies mid-case (else it is recorded failed, 'node lost').")
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _one_selector(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("placement")
+    @classmethod
+    def _selectors(cls, v: list[str]) -> list[str]:
+        for sel in v:
+            kind, sep, value = sel.partition(":")
+            if sel == "every-class":
+                continue
+            if not sep or kind not in ("label", "isa", "gpu", "host") or not value or (kind == "label" and "=" not in value):
+                raise ValueError(f"placement {sel!r}: expected 'every-class' or a selector 'label:KEY=VALUE', "
+                                 "'isa:FLAG', 'gpu:NAME' or 'host:GLOB'")
+        return v
+
+
 class RayExecutor(Executor):
     """Cases measured on the nodes of a Ray cluster, one case per node at a time, outcomes streamed back."""
 
     name = "ray"
+    Settings = RaySettings
     measures_here = False
+
+    @classmethod
+    def from_settings(cls, settings: RaySettings) -> "RayExecutor":
+        return cls(settings.address, placement=settings.placement, retry_lost=settings.retry_lost)
 
     def __init__(self, address: str | None = None, placement: list[str] | None = None, retry_lost: bool = False):
         self.address = address

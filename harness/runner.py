@@ -27,25 +27,9 @@ from costbench.harness.executor import (CaseOutcome, Executor, ExecutorError, Lo
                                         run_case_in_child)
 from costbench.harness.plan import Case, interleave
 from costbench.harness.replicates import merge_metrics, merge_records, process_of
-from costbench.harness.suite_schema import ExecutorSpec
+from costbench.harness.executor_registry import executor_for
 from costbench.harness.store import RunFile, Store
 from costbench.harness.suite_schema import Suite
-
-def executor_for(spec: ExecutorSpec | dict[str, Any] | None) -> Executor:
-    """The executor a suite's (or a run header's) ``executor`` section names; local when there is none.
-
-    The Ray executor is imported only here, so a local run never imports Ray.
-    """
-    if spec is None:
-        return LocalExecutor()
-    if isinstance(spec, dict):
-        spec = ExecutorSpec.model_validate({k: v for k, v in spec.items() if k in ExecutorSpec.model_fields})
-    if spec.kind == "ray":
-        from costbench.harness.executor_ray import RayExecutor
-
-        return RayExecutor(spec.address, placement=spec.placement, retry_lost=spec.retry_lost)
-    return LocalExecutor()
-
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)

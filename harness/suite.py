@@ -2,7 +2,7 @@
 
 The schema imports no registry, so the zoo, the recipes and the scenarios can all use its specs. Here,
 above them, the names a suite uses are checked against the registries that were loaded: that its
-models, recipes, backends and scenarios exist, and that their options and settings are valid. Errors name the file and the key.
+models, recipes, backends, scenarios and the executor exist, and that their options and settings are valid. Errors name the file and the key.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from costbench.backends.registry import load_registry
 from costbench.harness.compress.registry import get_recipe
 from costbench.harness.zoo.registry import zoo_names
+from costbench.harness.executor_registry import parse_executor_settings
 from costbench.harness.scenarios.registry import parse_settings
-from costbench.harness.suite_schema import (ModelSpec, ScenarioSpec, Suite, SuiteError, error_location, parse_schema,
-                                            read_suite_file)
+from costbench.harness.suite_schema import (ExecutorSpec, ModelSpec, ScenarioSpec, Suite, SuiteError, error_location,
+                                            parse_schema, read_suite_file)
 
 __all__ = ["ModelSpec", "Suite", "SuiteError", "check_names", "load_suite", "parse_suite"]
 
@@ -75,7 +76,22 @@ def check_names(suite: Suite) -> list[str]:
         except ValidationError as exc:
             problems += [f"backends[{i}].{error_location(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
     problems += _check_scenarios(suite)
+    problems += _check_executor(suite)
     return problems
+
+
+def _check_executor(suite: Suite) -> list[str]:
+    """The executor section names a registered executor and its settings are valid; it then holds them resolved."""
+    if suite.executor is None:
+        return []
+    try:
+        settings = parse_executor_settings(suite.executor)
+    except KeyError as exc:
+        return [f"executor.kind: {exc.args[0]}"]
+    except ValidationError as exc:
+        return [f"executor.{error_location(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+    suite.executor = ExecutorSpec.model_validate(settings.model_dump(mode="json"))
+    return []
 
 
 def _check_scenarios(suite: Suite) -> list[str]:

@@ -133,34 +133,20 @@ class ScenarioSpec(_WithOptions):
         return self.name or self.kind
 
 
-class ExecutorSpec(_Strict):
-    """Where the cases are measured: ``local`` (a child process here) or ``ray`` (the nodes of a Ray cluster)."""
+class ExecutorSettings(_Strict):
+    """The base of every executor's settings model; each executor's own lives beside it (``harness/executor*.py``)."""
 
-    kind: Literal["local", "ray"] = Field("local", description="'local' (default) or 'ray'.")
-    address: str | None = Field(None, description="ray: the cluster's address 'HOST:PORT' (default: $RAY_ADDRESS, "
-                                "else the cluster `ray start` started on this machine).")
-    placement: list[str] = Field(default_factory=lambda: ["every-class"], description=(
-        "ray: 'every-class' runs each case once on every distinct machine class (env_id) of the cluster; "
-        "selectors keep only matching nodes (all must match): 'label:KEY=VALUE', 'isa:FLAG', 'gpu:NAME', 'host:GLOB'."))
-    retry_lost: bool = Field(False, description="ray: re-run a case once on another node of the same class when "
-                             "its node dies mid-case (else it is recorded failed, 'node lost').")
+    kind: str = Field("local", description="Registered executor kind, e.g. 'local' or 'ray'.")
 
-    @field_validator("placement", mode="before")
-    @classmethod
-    def _one_selector(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
 
-    @field_validator("placement")
-    @classmethod
-    def _selectors(cls, v: list[str]) -> list[str]:
-        for sel in v:
-            kind, sep, value = sel.partition(":")
-            if sel == "every-class":
-                continue
-            if not sep or kind not in ("label", "isa", "gpu", "host") or not value or (kind == "label" and "=" not in value):
-                raise ValueError(f"placement {sel!r}: expected 'every-class' or a selector 'label:KEY=VALUE', "
-                                 "'isa:FLAG', 'gpu:NAME' or 'host:GLOB'")
-        return v
+class ExecutorSpec(_WithOptions):
+    """Where the cases are measured: an executor kind and its settings (other keys).
+
+    The settings are validated by the executor's own model once the registry is loaded (:mod:`.suite`).
+    """
+
+    kind: str = Field("local", description="'local' (default: a child process here), 'ray' (the nodes of a Ray "
+                      "cluster), or a plugin's executor.")
 
 
 class Suite(_Strict):

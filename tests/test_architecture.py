@@ -26,6 +26,7 @@ REGISTRY_LOADERS = {
     "costbench.recipes": "costbench.harness.compress.registry",
     "costbench.models": "costbench.harness.zoo.registry",
     "costbench.scenarios": "costbench.harness.scenarios.registry",
+    "costbench.executors": "costbench.harness.executor_registry",
 }
 
 

@@ -311,7 +311,7 @@ min_duration_s = 0.0
 def test_a_local_run_never_imports_ray(tmp_path):
     code = ("import sys\n"
             "from costbench.commands import cli\n"
-            "from costbench.harness.runner import executor_for\n"
+            "from costbench.harness.executor_registry import executor_for\n"
             "from costbench.harness.suite_schema import ExecutorSpec\n"
             "executor_for(None); executor_for(ExecutorSpec())\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'\n")
