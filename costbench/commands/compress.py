@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from costbench.core.metrics import LATENCY
 from costbench.harness.accuracy_budget import TASK, Judgement, judge
 
 BASELINE = "fp32"
@@ -120,7 +121,7 @@ def results_from_outcomes(outcomes) -> list[VariantResult]:
         c = o.case
         m = {x["metric"]: x for x in o.metrics}
         values = {k: v.get("value") for k, v in m.items()}
-        lat = m.get("latency_p50")
+        lat = m.get(LATENCY.p50)
         j = accuracy_loss(m)
         retained = values.get("accuracy_retained")
         prov = (o.info or {}).get("provenance") or {}
