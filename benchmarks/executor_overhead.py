@@ -53,10 +53,10 @@ min_duration_s = 0.5
 
 def one_run(suite_path: Path, out: Path, executor, only: list[str]) -> tuple[float, list[dict]]:
     """Plan and run the suite with ``executor``; (wall seconds, case records)."""
-    from costbench.harness.plan import parse_filters
-    from costbench.harness.runner import run_plan
-    from costbench.harness.store import RunFile
-    from costbench.harness.suite import load_suite
+    from costbench.harness.execute.plan import parse_filters
+    from costbench.harness.execute.runner import run_plan
+    from costbench.harness.results.store import RunFile
+    from costbench.harness.execute.load import load_suite
 
     t0 = time.perf_counter()
     suite = load_suite(suite_path)
@@ -77,8 +77,8 @@ def main() -> None:
 
     from ray.cluster_utils import Cluster
 
-    from costbench.harness.executor import LocalExecutor
-    from costbench.harness.executor_ray import RayExecutor
+    from costbench.harness.execute.executor import LocalExecutor
+    from costbench.harness.execute.ray import RayExecutor
 
     work = Path(tempfile.mkdtemp(prefix="costbench-executor-overhead-"))
     suite_path = args.suite or work / "digits.toml"

@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 from costbench.backends.base import Session
-from costbench.harness.env import fingerprint
-from costbench.harness.scenarios.registry import make_scenario
+from costbench.harness.machine.env import fingerprint
+from costbench.harness.measure.scenarios.registry import make_scenario
 from costbench.core.stats import percentile
-from costbench.harness.zoo.base import SampleSet
+from costbench.harness.build.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.zeros((8, 4), dtype=np.float32)})
 

@@ -125,7 +125,7 @@ def compare(out: Path, base: str, new: str, work: Path) -> tuple[int, dict]:
 def single_process_verdicts(out: Path, base: str, new: str) -> dict[str, int]:
     """The old way, for contrast: each case's first process only, Mann–Whitney on its raw samples, BH, ±5%."""
     from costbench.core.stats import SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_samples
-    from costbench.harness.store import RunFile
+    from costbench.harness.results.store import RunFile
 
     def first_process(run_id: str) -> dict[tuple, np.ndarray]:
         series = {}
@@ -345,9 +345,9 @@ def main() -> None:
     if unknown:
         ap.error(f"--parts: unknown {sorted(unknown)}; choose from aa, sensitivity, smoke")
 
-    from costbench.harness.env import fingerprint
+    from costbench.harness.machine.env import fingerprint
     from costbench.harness.reports.data import describe_env
-    from costbench.harness.runner import git_commit
+    from costbench.harness.execute.runner import git_commit
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="costbench-replication-"))

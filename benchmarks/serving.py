@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from costbench.core.stats import percentile
-from costbench.harness.scenarios.registry import make_scenario
-from costbench.harness.zoo.base import SampleSet
+from costbench.harness.measure.scenarios.registry import make_scenario
+from costbench.harness.build.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.zeros((64, 4), dtype=np.float32)})
 SLO_MS, SLO_P = 5.0, 99.0
@@ -187,7 +187,7 @@ max_queue_delay_ms = {delay}
 
 def models_part(args, out_dir: Path) -> dict:
     from costbench.harness.reports.prices import cost_per_million
-    from costbench.harness.store import load_results
+    from costbench.harness.results.store import load_results
 
     suite = out_dir / "serving-lite0.toml"
     count, dur = (300, 0.5) if args.quick else (2000, 2.0)

@@ -31,9 +31,9 @@ sys.path[:0] = [str(ROOT / "tests" / "harness"), str(ROOT / "tests" / "reports")
 
 from synth_runs import case as synth_case, make_env  # noqa: E402
 
-from costbench.harness.runfile import RUNS_DIR  # noqa: E402
-from costbench.harness.store import load_results  # noqa: E402
-from costbench.harness.store_pg import SCHEMA, PgStore  # noqa: E402
+from costbench.harness.results.runfile import RUNS_DIR  # noqa: E402
+from costbench.harness.results.store import load_results  # noqa: E402
+from costbench.harness.results.store_pg import SCHEMA, PgStore  # noqa: E402
 
 ROWS_PER_CASE = 7
 

@@ -14,7 +14,7 @@ __all__ = ["load_results", "list_runs"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from costbench.harness import store
+        from costbench.harness.results import store
 
         return getattr(store, name)
     raise AttributeError(f"module 'costbench.harness' has no attribute {name!r}")

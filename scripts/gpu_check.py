@@ -124,7 +124,7 @@ def _cmd(args: list[str]) -> str:
 def environment() -> dict[str, Any]:
     import torch
 
-    from costbench.harness.env import fingerprint
+    from costbench.harness.machine.env import fingerprint
     from costbench.kernels.gpu import probe
 
     versions = {}
@@ -297,7 +297,7 @@ def _minilm_fp32(pack: Path) -> Any:
     import torch
     from transformers import BertConfig, BertModel
 
-    from costbench.harness.zoo.minilm import _embedder_class
+    from costbench.harness.build.zoo.minilm import _embedder_class
 
     weights = np.load(pack / "weights_fp16.npz")
     config = BertConfig.from_json_file(str(pack / "config.json"))
@@ -425,12 +425,12 @@ def model_cases(run: Run, reference_image: bool = False) -> dict[str, Any]:
 
     import costbench
     from costbench.core.metrics import DEVICE_LATENCY, LATENCY
-    from costbench.harness.env import fingerprint
-    from costbench.harness.plan import PLANNED, make_plan
-    from costbench.harness.executor import CaseOutcome, run_case_in_child
-    from costbench.harness.runner import git_commit, new_run_id
-    from costbench.harness.store import RunFile
-    from costbench.harness.suite import load_suite
+    from costbench.harness.machine.env import fingerprint
+    from costbench.harness.execute.plan import PLANNED, make_plan
+    from costbench.harness.execute.executor import CaseOutcome, run_case_in_child
+    from costbench.harness.execute.runner import git_commit, new_run_id
+    from costbench.harness.results.store import RunFile
+    from costbench.harness.execute.load import load_suite
 
     cache = Path(os.environ.get("COSTBENCH_CACHE_DIR", "/tmp/costbench-cache"))
     suite = load_suite(ROOT / "scripts" / "gpu_check_suite.toml")

@@ -78,7 +78,7 @@ done
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$CARRY"/wheels/*.whl || exit 4
 export PYTHONPATH="$SITE:$PYCUDA_SITE${PYTHONPATH:+:$PYTHONPATH}"
-# The case workers start as `python -m costbench.harness.worker`, which puts the working directory first on
+# The case workers start as `python -m costbench.harness.measure.worker`, which puts the working directory first on
 # sys.path; here that is the checkout, whose costbench/ folder (core and commands only) would shadow the
 # package installed above ("No module named 'costbench.harness'"). Python 3.11+ leaves it off with this.
 export PYTHONSAFEPATH=1

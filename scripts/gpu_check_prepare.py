@@ -70,7 +70,7 @@ def minilm_pack() -> None:
     import numpy as np
     import torch
 
-    from costbench.harness.zoo import minilm
+    from costbench.harness.build.zoo import minilm
 
     out = CARRY / "minilm"
     out.mkdir(parents=True, exist_ok=True)

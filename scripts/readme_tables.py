@@ -58,7 +58,7 @@ class SourceError(ValueError):
 
 def _run_file(folder: Path):
     """The one run file in ``folder/runs`` (a reference folder holds exactly one)."""
-    from costbench.harness.runfile import RunFile
+    from costbench.harness.results.runfile import RunFile
 
     files = sorted((folder / "runs").glob("*.jsonl"))
     if len(files) != 1:
@@ -73,7 +73,7 @@ def run_header(folder: Path) -> dict[str, Any]:
 
 def run_frame(folder: Path):
     """Long-form result rows of the one run in ``folder/runs``."""
-    from costbench.harness.runfile import frame_of, rows_of
+    from costbench.harness.results.runfile import frame_of, rows_of
 
     run = _run_file(folder)
     header, cases = run.read()

@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 COMMANDS = [
-    ["-m", "costbench.harness.worker", "--help"],
+    ["-m", "costbench.harness.measure.worker", "--help"],
     ["-c", "import costbench.harness, costbench.kernels, costbench.backends; print(costbench.harness.__file__)"],
     # Transformers >= 5.25 imports Hugging Face's `kernels` when it is installed: not our kernels/ folder.
     ["-c", "import transformers.integrations.hub_kernels"],

@@ -33,7 +33,7 @@ STORE_HELP = ("Team store: postgresql://USER@HOST:PORT/DB (or ...?host=SOCKET_DI
 
 def _store_url(url: str) -> str:
     """``url`` when it names a PostgreSQL store; otherwise a clear error before anything runs."""
-    from costbench.harness.store import is_url, redact
+    from costbench.harness.results.store import is_url, redact
 
     if not is_url(url):
         fail(f"--store {redact(url)}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
@@ -44,7 +44,7 @@ def _store_url(url: str) -> str:
 def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprint as JSON.")) -> None:
     """Print this machine's fingerprint and whether each registered backend can run here."""
     from costbench.backends.registry import load_registry
-    from costbench.harness.env import fingerprint
+    from costbench.harness.machine.env import fingerprint
 
     fp = fingerprint()
     registry = load_registry()
@@ -82,9 +82,9 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
 
 def _load_plan(suite_path: Path, only: list[str], executor_opts: dict | None = None):
     """(suite, cases, executor): the executor is the suite's [executor] with the command line's options over it."""
-    from costbench.harness.executor import ExecutorError
-    from costbench.harness.plan import parse_filters
-    from costbench.harness.suite import SuiteError, load_suite
+    from costbench.harness.execute.executor import ExecutorError
+    from costbench.harness.execute.plan import parse_filters
+    from costbench.harness.execute.load import SuiteError, load_suite
 
     executor = None
     try:
@@ -112,8 +112,8 @@ PLACEMENT_HELP = ("With --executor ray: 'every-class' (each case on every machin
 
 def _executor(spec, executor: Optional[str] = None, address: Optional[str] = None, placement: Optional[list] = None):
     """The executor a suite's [executor] section names, with --executor/--address/--placement over it."""
-    from costbench.harness.runner import executor_for
-    from costbench.harness.suite_schema import ExecutorSpec
+    from costbench.harness.execute.runner import executor_for
+    from costbench.harness.suite.schema import ExecutorSpec
 
     data = spec.model_dump() if spec is not None else {}
     if executor:
@@ -162,9 +162,9 @@ def _publisher(store: str | None, out: Path, resume: str | None):
     """A RunPublisher for ``run --store`` (None without it); a wrong URL, password or schema fails here."""
     if not store:
         return None
-    from costbench.harness.runner import ResumeError, find_run
-    from costbench.harness.store import StoreError, redact
-    from costbench.harness.store_pg import RunPublisher
+    from costbench.harness.execute.runner import ResumeError, find_run
+    from costbench.harness.results.store import StoreError, redact
+    from costbench.harness.results.store_pg import RunPublisher
 
     sys.argv[:] = [redact(a) for a in sys.argv]  # the run header records argv: never a password
     try:
@@ -219,11 +219,11 @@ def run(
         "Override the suite's processes per case (the unit of replication; 5 is compare-grade, 1 the fastest).")),
 ) -> None:
     """Run a suite: each case in fresh processes with a timeout, interleaved; results appended as each process ends."""
-    from costbench.harness.executor import ExecutorError
-    from costbench.harness.plan import interleave
+    from costbench.harness.execute.executor import ExecutorError
+    from costbench.harness.execute.plan import interleave
     from costbench.harness.reports.run_table import render
-    from costbench.harness.runner import ResumeError, find_run, plan_remaining, recorded_executor, resume_run, run_plan
-    from costbench.harness.store import load_results
+    from costbench.harness.execute.runner import ResumeError, find_run, plan_remaining, recorded_executor, resume_run, run_plan
+    from costbench.harness.results.store import load_results
 
     publisher = _publisher(store, out, resume)  # a bad store stops here, before a cluster is reached or a case runs
     if resume is not None:
@@ -285,7 +285,7 @@ def run(
             except ResumeError as exc:
                 fail(str(exc))
         else:
-            from costbench.harness.plan import parse_filters
+            from costbench.harness.execute.plan import parse_filters
 
             summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done,
                                only=parse_filters(only), timeout_override=timeout, executor=ex)
@@ -311,7 +311,7 @@ def results(
 ) -> None:
     """List runs, or show one run as a table per model."""
     from costbench.harness.reports.run_table import render
-    from costbench.harness.store import StoreError, list_runs, load_results, redact
+    from costbench.harness.results.store import StoreError, list_runs, load_results, redact
 
     source = _store_url(store) if store else results_dir
     where = redact(store) if store else str(results_dir)
@@ -394,7 +394,7 @@ def compress(
 @store_app.command("rebuild")
 def store_rebuild(results_dir: Path = typer.Argument(DEFAULT_RESULTS, help="Results folder.")) -> None:
     """Rebuild the DuckDB store from the run files (they are the source of truth)."""
-    from costbench.harness.store import Store
+    from costbench.harness.results.store import Store
 
     n = Store(results_dir).rebuild()
     console.print(f"ingested {n} run file(s) into {results_dir / 'costbench.duckdb'}")
@@ -407,8 +407,8 @@ def store_push(
     run_id: list[str] = typer.Option([], "--run", help="Push only this run (id or prefix); repeatable."),
 ) -> None:
     """Publish run files to a team's PostgreSQL store; pushing a run again adds only what the store lacks."""
-    from costbench.harness.store import StoreError, run_files
-    from costbench.harness.store_pg import PgStore
+    from costbench.harness.results.store import StoreError, run_files
+    from costbench.harness.results.store_pg import PgStore
 
     if not (results_dir / "runs").is_dir() or not run_files(results_dir):
         fail(f"{results_dir}: no run files to push")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from costbench.core.metrics import LATENCY
-from costbench.harness.accuracy_budget import TASK, Judgement, judge
+from costbench.harness.results.accuracy_budget import TASK, Judgement, judge
 
 BASELINE = "fp32"
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -207,7 +207,7 @@ def compression_suite(model: str, recipes: list[str], backends: list[str], optio
     ``processes``: 3 by default, not the suite default of 5: compress ranks variants whose latencies usually
     differ by far more than a regression gate's 5%, and its interval still spans the launches.
     """
-    from costbench.harness.suite_schema import Suite
+    from costbench.harness.suite.schema import Suite
 
     names = [BASELINE] + [r for r in dict.fromkeys(recipes) if r != BASELINE]
     unknown = set(options) - set(names)
@@ -235,8 +235,8 @@ def run_compress(model: str, recipes: list[str], max_drop: float | None, *, max_
                  min_duration_s: float = 1.0, on_start: Callable | None = None, on_done: Callable | None = None,
                  processes: int = 3):
     """Build, measure and select; returns (run summary, results, choices)."""
-    from costbench.harness.plan import make_plan
-    from costbench.harness.runner import run_plan
+    from costbench.harness.execute.plan import make_plan
+    from costbench.harness.execute.runner import run_plan
 
     suite = compression_suite(model, recipes, list(backends or DEFAULT_BACKENDS), options or {}, batch_size,
                               timeout_s, min_count, min_duration_s, processes)

@@ -32,9 +32,9 @@ def _is_suite(ref: str) -> bool:
 def _run_targets(refs: list[str], results: list[Path]):
     """(targets, skipped pairs, {run_id: env_id}) of the referenced runs, resolved as `costbench report` does."""
     from costbench.commands.reports import _dirs
-    from costbench.harness.crosscheck import targets_from_selection
+    from costbench.harness.crosscheck.vendor import targets_from_selection
     from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
-    from costbench.harness.store import StoreError
+    from costbench.harness.results.store import StoreError
 
     dirs = _dirs(results)
     try:
@@ -52,9 +52,9 @@ def _run_targets(refs: list[str], results: list[Path]):
 
 def _suite_targets(path: Path, only: list[str]):
     """Targets for a suite's cases (costbench measures each afresh), and skipped pairs for cases the plan skipped."""
-    from costbench.harness.crosscheck import TOOLS, Pair, cases_from_suite, target_from_record
-    from costbench.harness.plan import parse_filters
-    from costbench.harness.suite import SuiteError
+    from costbench.harness.crosscheck.vendor import TOOLS, Pair, cases_from_suite, target_from_record
+    from costbench.harness.execute.plan import parse_filters
+    from costbench.harness.execute.load import SuiteError
 
     try:
         planned, not_planned, never = cases_from_suite(path, parse_filters(only))
@@ -69,7 +69,7 @@ def _suite_targets(path: Path, only: list[str]):
 
 
 def _render(pairs) -> Table:
-    from costbench.harness.crosscheck import COLUMNS, table_rows
+    from costbench.harness.crosscheck.vendor import COLUMNS, table_rows
 
     t = Table(title="costbench vs the vendors' tools (ratio = costbench / tool; offline: by throughput)",
               title_justify="left")
@@ -121,8 +121,8 @@ def crosscheck(
     """Run the vendors' own benchmark tools (OpenVINO benchmark_app; trtexec on NVIDIA) on the same artifacts with
     the same threads, precision, hint and shape, and report each pair's medians and ratio."""
     from costbench.core.artifacts import default_cache_dir
-    from costbench.harness.crosscheck import TOOLS, crosscheck as run_crosscheck, openvino_breakdown, to_markdown
-    from costbench.harness.env import fingerprint
+    from costbench.harness.crosscheck.vendor import TOOLS, crosscheck as run_crosscheck, openvino_breakdown, to_markdown
+    from costbench.harness.machine.env import fingerprint
 
     cache = cache_dir or default_cache_dir()
     suite = len(run_or_suite) == 1 and _is_suite(run_or_suite[0])

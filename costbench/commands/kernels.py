@@ -172,7 +172,7 @@ def _gemm_cells(ops: float, series: dict, ours_name: str, peak: float) -> list[s
 def _bench_minilm(threads: int, batch: int, rounds: int, min_time: float, rng) -> Optional[dict]:
     """all-MiniLM-L6-v2 from the zoo, end to end: print its table and return its record (None when skipped)."""
     from costbench.core.artifacts import default_cache_dir
-    from costbench.harness.zoo.registry import zoo_model
+    from costbench.harness.build.zoo.registry import zoo_model
     from costbench.kernels.bench import bench_minilm
 
     try:

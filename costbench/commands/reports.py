@@ -34,7 +34,7 @@ STORE_HELP = ("Team store to read, postgresql://USER@HOST:PORT/DB (repeatable; t
 
 def _dirs(results: list[Path], stores: list[str] | None = None) -> list:
     if stores:
-        from costbench.harness.store import is_url, redact
+        from costbench.harness.results.store import is_url, redact
 
         bad = [redact(s) for s in stores if not is_url(s)]
         if bad:
@@ -56,7 +56,7 @@ def reference_dirs(root: Path = REFERENCE_RESULTS) -> list[Path]:
 def _select(refs: list[str], results: list[Path], stores: list[str] | None = None):
     """(selection of the referenced runs, their ids in the order given); errors exit with a message."""
     from costbench.harness.reports.data import RunNotFound, list_all_runs, load_selection, resolve_runs
-    from costbench.harness.store import StoreError, redact
+    from costbench.harness.results.store import StoreError, redact
 
     dirs = _dirs(results, stores)
     try:
@@ -183,7 +183,7 @@ def dashboard(
     """History of every series across runs, with change points, environment changes and filters."""
     from costbench.harness.reports.dashboard import build_dashboard, changes_frame, write_dashboard
     from costbench.harness.reports.data import load_selection
-    from costbench.harness.store import StoreError, redact
+    from costbench.harness.results.store import StoreError, redact
 
     # The default folder brings the committed reference runs with it, as for report and compare.
     sources = _dirs([], [store]) if store else _dirs([] if results_dir == DEFAULT_RESULTS else [results_dir])
@@ -223,7 +223,7 @@ def pb_import(
 ) -> None:
     """Add pytest-benchmark results to a results folder, one run per file."""
     from costbench.harness.reports.interop_pytest_benchmark import InteropError, import_file
-    from costbench.harness.store import Store
+    from costbench.harness.results.store import Store
 
     for f in files:
         if not f.is_file():

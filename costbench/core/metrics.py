@@ -63,7 +63,7 @@ class Series:
     kind: str = "latency"
 
     STATS = ("p50", "p90", "p99", "mean", "cv")
-    PROCESS_STATS = ("process_share", "process_spread")  # added across processes (costbench.harness.replicates)
+    PROCESS_STATS = ("process_share", "process_spread")  # added across processes (costbench.harness.results.replicates)
 
     @property
     def p50(self) -> str:
@@ -110,7 +110,7 @@ class ScenarioMetrics:
 Entry = Union[Metric, Series, ScenarioMetrics]
 
 
-# The built-in scenario kinds (harness/scenarios/), for reports that treat them apart.
+# The built-in scenario kinds (harness/measure/scenarios/), for reports that treat them apart.
 SINGLE_STREAM, OFFLINE, SERVER = "single_stream", "offline", "server"
 
 LATENCY = Series("latency", "service time of one query")
@@ -167,7 +167,7 @@ _SCALARS = [
     Metric("capacity_ci_low", "queries/s", "capacity", "higher", "lower end of the capacity's interval"),
     Metric("capacity_ci_high", "queries/s", "capacity", "higher", "upper end of the capacity's interval"),
     Metric("mean_batch_size", "queries", "setting", None, "queries per dynamic batch, on average"),
-    # accuracy and parity (costbench.harness.accuracy)
+    # accuracy and parity (costbench.harness.build.accuracy)
     Metric(TASK_ACCURACY, "ratio", "accuracy", "higher", "share of labelled samples right"),
     Metric(TASK_ACCURACY_DELTA, "ratio", "accuracy", "higher", "task accuracy minus fp32's, paired"),
     Metric("accuracy_retained", "ratio", "accuracy", "higher", "the variant's accuracy over fp32's"),

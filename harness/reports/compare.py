@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from costbench.core.metrics import catalogue
-from costbench.harness.replicates import process_values
+from costbench.harness.results.replicates import process_values
 from costbench.harness.reports.data import (
     SERIES_KEYS, Selection, env_differences, row_details, runner_flags, samples_of, series_label,
 )

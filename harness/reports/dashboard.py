@@ -20,7 +20,7 @@ from costbench.core.metrics import (
     FIRST_INFERENCE, LATENCY, LOAD_TIME, MODEL_SIZE, PEAK_RSS, POWER, TASK_ACCURACY, THROUGHPUT, TOP1_AGREEMENT,
     catalogue,
 )
-from costbench.harness.replicates import process_values
+from costbench.harness.results.replicates import process_values
 from costbench.harness.reports.data import (
     CASE_KEYS, SERIES_KEYS, Selection, env_differences, reproduce_command, row_details, runner_flags, samples_of,
     series_label, short_commit,

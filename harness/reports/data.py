@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from costbench.core.metrics import Series, catalogue
-from costbench.harness.store import (
+from costbench.harness.results.store import (
     CASE_COLUMNS, RESULT_COLUMNS, RUN_COLUMNS as STORE_RUN_COLUMNS, ResultStore, as_frame, is_url, open_store, run_files,
 )
 

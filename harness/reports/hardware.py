@@ -27,14 +27,14 @@ from typing import Any
 
 import pandas as pd
 
-from costbench.harness.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
+from costbench.harness.results.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
                                                Judgement, judge)
 from costbench.core.metrics import THROUGHPUT
 from costbench.harness.reports.data import Selection, describe_env, primary_series, row_details, scenarios_leading_with
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
                                               energy_cost_per_million, infer_machine)
-from costbench.harness.runfile import env_of
-from costbench.harness.skips import can_never_run, never_run_note
+from costbench.harness.results.runfile import env_of
+from costbench.harness.suite.skips import can_never_run, never_run_note
 
 CONFIG_KEYS = ["env_id", "machine", "model", "backend", "variant", "device", "batch_size"]
 LATENCY_CHOICES = ("p50", "p99")

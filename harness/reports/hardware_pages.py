@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from costbench.harness.reports.data import describe_env, short_commit
-from costbench.harness.accuracy_budget import PARITY, TASK
+from costbench.harness.results.accuracy_budget import PARITY, TASK
 from costbench.harness.reports.hardware import HardwareReport, Recommendation, config_name, judgement_of, slug
 from costbench.harness.reports.html import Column, bullet_list, esc, figure_div, fmt, is_missing, page, table
 

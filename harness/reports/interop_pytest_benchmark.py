@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from costbench.core.metrics import BATCH_LATENCY, LATENCY, SINGLE_STREAM, THROUGHPUT
-from costbench.harness.env import env_id_of
+from costbench.harness.machine.env import env_id_of
 from costbench.harness.reports.data import Selection, samples_of
 from costbench.core.stats import bootstrap_ci, percentile
-from costbench.harness.store import RUNS_DIR, RunFile
+from costbench.harness.results.store import RUNS_DIR, RunFile
 
 BACKEND = "pytest-benchmark"
 EXPORT_METRICS = (LATENCY.p50, BATCH_LATENCY.p50)  # the rows that carry raw samples

@@ -8,7 +8,7 @@ import pandas as pd
 
 from costbench.core.metrics import THROUGHPUT, catalogue
 from costbench.harness.reports.data import primary_series, row_details, scenarios_leading_with
-from costbench.harness.skips import can_never_run, never_run_note
+from costbench.harness.suite.skips import can_never_run, never_run_note
 
 _GROUP = ["backend", "variant", "device", "batch_size"]
 

@@ -11,8 +11,8 @@ from costbench.backends.onnxruntime_backend import OnnxRuntimeBackend
 from costbench.backends.openvino_backend import OpenVinoBackend
 from costbench.backends.torch_backend import TorchBackend
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact, InputSpec
-from costbench.harness.scenarios.registry import make_scenario
-from costbench.harness.zoo.base import SampleSet
+from costbench.harness.measure.scenarios.registry import make_scenario
+from costbench.harness.build.zoo.base import SampleSet
 
 CASES = [
     (OnnxRuntimeBackend, FORMAT_ONNX, {}),

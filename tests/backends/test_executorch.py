@@ -17,8 +17,8 @@ from costbench.backends import load_registry  # noqa: E402
 from costbench.backends.base import BackendOptions  # noqa: E402
 from costbench.backends.executorch_backend import ExecuTorchBackend, ExecuTorchOptions  # noqa: E402
 from costbench.core.artifacts import FORMAT_EXECUTORCH, FORMAT_ONNX, Artifact, InputSpec  # noqa: E402
-from costbench.harness.compress.executorch_export import MAX_BATCH, export_pte  # noqa: E402
-from costbench.harness.zoo.base import SampleSet  # noqa: E402
+from costbench.harness.build.compress.executorch_export import MAX_BATCH, export_pte  # noqa: E402
+from costbench.harness.build.zoo.base import SampleSet  # noqa: E402
 from edge_helpers import SHAPE, prepare  # noqa: E402
 from edge_helpers import eager as _eager, fresh as _fresh  # noqa: E402
 

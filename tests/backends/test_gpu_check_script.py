@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from costbench.harness.plan import make_plan
-from costbench.harness.suite import load_suite
+from costbench.harness.execute.plan import make_plan
+from costbench.harness.execute.load import load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,9 @@ from costbench.backends import load_registry  # noqa: E402
 from costbench.backends.litert_backend import LiteRTBackend, LiteRTOptions  # noqa: E402
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TFLITE, Artifact, InputSpec  # noqa: E402
 from costbench.core.tflite_files import dequantize, quantize  # noqa: E402
-from costbench.harness.compress.litert_export import (convert_tflite, quantize_tflite,  # noqa: E402
+from costbench.harness.build.compress.litert_export import (convert_tflite, quantize_tflite,  # noqa: E402
                                                       signature_feeds)
-from costbench.harness.zoo.base import SampleSet  # noqa: E402
+from costbench.harness.build.zoo.base import SampleSet  # noqa: E402
 from edge_helpers import SHAPE, prepare  # noqa: E402
 from edge_helpers import eager as _eager, fresh as _fresh  # noqa: E402
 

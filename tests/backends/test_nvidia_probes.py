@@ -97,8 +97,8 @@ batch_sizes = [1]
 
 @needs_no_gpu
 def test_plan_keeps_gpu_cases_as_skipped_with_the_reason(tmp_path):
-    from costbench.harness.plan import SKIPPED, make_plan
-    from costbench.harness.suite import load_suite
+    from costbench.harness.execute.plan import SKIPPED, make_plan
+    from costbench.harness.execute.load import load_suite
 
     path = tmp_path / "gpu.toml"
     path.write_text(GPU_SUITE)
@@ -235,8 +235,8 @@ def test_torch_precisions_include_half_types():
 def test_gpu_check_suite_file_plans(tmp_path):
     from pathlib import Path
 
-    from costbench.harness.plan import PLANNED, make_plan
-    from costbench.harness.suite import load_suite
+    from costbench.harness.execute.plan import PLANNED, make_plan
+    from costbench.harness.execute.load import load_suite
 
     suite = load_suite(Path(__file__).resolve().parents[2] / "scripts" / "gpu_check_suite.toml")
     cases = make_plan(suite)

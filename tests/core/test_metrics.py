@@ -61,7 +61,7 @@ def test_a_plugin_entry_joins_the_catalogue(monkeypatch):
 
 
 def test_the_worker_refuses_a_row_of_an_unknown_metric():
-    from costbench.harness.worker import _metric
+    from costbench.harness.measure.worker import _metric
 
     assert _metric(m.LATENCY.p50, 1.0, "ms")["metric"] == "latency_p50"
     with pytest.raises(KeyError, match="latency_p42"):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from costbench.core.artifacts import ArtifactCache
-from costbench.harness.suite_schema import ModelSpec
-from costbench.harness.zoo.registry import load_bundle
+from costbench.harness.suite.schema import ModelSpec
+from costbench.harness.build.zoo.registry import load_bundle
 
 HERE = Path(__file__).parent
 

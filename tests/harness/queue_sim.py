@@ -1,4 +1,4 @@
-"""A discrete-event simulation of the server scenario's queue, written apart from harness/scenarios/server.py.
+"""A discrete-event simulation of the server scenario's queue, written apart from harness/measure/scenarios/server.py.
 
 Poisson arrivals, a dynamic batcher (a free server takes the oldest waiting query and dispatches when
 ``fill`` queries wait or that query has waited ``delay``; the batch is the largest preferred size the

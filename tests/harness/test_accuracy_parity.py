@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from costbench.harness.accuracy import compare
-from costbench.harness.accuracy_budget import (PARITY, TASK, Z95, judge, paired_difference_interval,
+from costbench.harness.build.accuracy import compare
+from costbench.harness.results.accuracy_budget import (PARITY, TASK, Z95, judge, paired_difference_interval,
                                                wilson_interval)
-from costbench.harness.worker import accuracy_metrics
-from costbench.harness.zoo.base import SampleSet
+from costbench.harness.measure.worker import accuracy_metrics
+from costbench.harness.build.zoo.base import SampleSet
 
 
 def flipped_on_unsure(rng, n_confident=60, n_unsure=60, classes=10):

@@ -18,8 +18,8 @@ from costbench.backends.onnxruntime_backend import OnnxRuntimeBackend
 from costbench.backends.tensorrt_backend import TensorRTBackend
 from costbench.backends.torch_backend import TorchBackend
 from costbench.core.artifacts import FORMAT_TORCH, content_key
-from costbench.harness.plan import Case
-from costbench.harness.worker import _build_stamp
+from costbench.harness.execute.plan import Case
+from costbench.harness.measure.worker import _build_stamp
 
 HERE = Path(__file__).resolve().parent
 MODEL = {"id": "factory-net", "source": "torch", "factory": "tiny_factory:make_tiny",
@@ -45,7 +45,7 @@ def _worker(args: list[str], case: Case, cache: Path, tmp: Path) -> dict:
     job, result = tmp / "job.json", tmp / "result.json"
     job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache)}))
     result.unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "costbench.harness.worker", *args, str(job), str(result)],
+    proc = subprocess.run([sys.executable, "-m", "costbench.harness.measure.worker", *args, str(job), str(result)],
                           env=_env(cache), capture_output=True, text=True, timeout=900)
     assert result.exists(), proc.stderr[-3000:]
     payload = json.loads(result.read_text())

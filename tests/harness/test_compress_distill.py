@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import FORMAT_TORCH
-from costbench.harness.compress.registry import get_recipe
-from costbench.harness.compress.distill import DistillConfig, train_student
-from costbench.harness.training import distillation_loss
+from costbench.harness.build.compress.registry import get_recipe
+from costbench.harness.build.compress.distill import DistillConfig, train_student
+from costbench.harness.build.training import distillation_loss
 
 
 def _log_softmax(z):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH
-from costbench.harness.compress.registry import get_recipe
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH
+from costbench.harness.build.compress.registry import get_recipe
+from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TORCH
 
 
 def build(bundle, recipe_name, fmt, cache, **options):

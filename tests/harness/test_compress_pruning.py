@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_TORCH
-from costbench.harness.compress.registry import get_recipe
+from costbench.harness.build.compress.registry import get_recipe
 
 
 def build(bundle, recipe_name, fmt, cache, **options):
@@ -97,7 +97,7 @@ def test_structured_pruning_of_minilm_keeps_hidden_size(minilm, shared_cache):
 
 
 def test_fine_tune_without_labels_distils_from_fp32(minilm):
-    from costbench.harness.training import fine_tune_objective
+    from costbench.harness.build.training import fine_tune_objective
 
     objective = fine_tune_objective(minilm)
     assert objective.needs_teacher and objective.data is minilm.calibration

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH
-from costbench.harness.compress.registry import get_recipe
+from costbench.harness.build.compress.registry import get_recipe
 
 
 def build(bundle, recipe_name, fmt, cache, **options):

@@ -145,7 +145,7 @@ def test_compress_command_end_to_end(tmp_path, shared_cache_dir):
     assert choice["basis"] == "task accuracy" and "360 samples" in choice["evidence"]
     assert choice["variant"] == min(within, key=lambda r: r["latency_ms"])["variant"]
     prov = rows["int8"]["provenance"]
-    from costbench.harness.compress.registry import get_recipe
+    from costbench.harness.build.compress.registry import get_recipe
 
     assert prov["recipe"] == "int8" and prov["recipe_version"] == get_recipe("int8").version
     assert prov["parameters"] == 9930

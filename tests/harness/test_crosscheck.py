@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from costbench.harness import crosscheck as cc
-from costbench.harness.crosscheck import BenchmarkApp, Pair, Target, Trtexec
+from costbench.harness.crosscheck import vendor as cc
+from costbench.harness.crosscheck.vendor import BenchmarkApp, Pair, Target, Trtexec
 from costbench.harness.reports.data import list_all_runs, load_selection, resolve_runs
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +30,7 @@ OPTIONS = {"hint": "latency", "threads": 1}
 
 def _case(scenario: dict = SINGLE_STREAM) -> dict:
     from costbench.core.artifacts import FORMAT_OPENVINO
-    from costbench.harness.plan import Case
+    from costbench.harness.execute.plan import Case
 
     return Case(model="tiny", variant="fp32", backend="openvino", device="cpu", scenario=scenario["kind"],
                 batch_size=2, backend_name="openvino", recipe="fp32", recipe_options={}, backend_options=OPTIONS,

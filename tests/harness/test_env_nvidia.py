@@ -6,7 +6,7 @@ from importlib import metadata
 
 import pytest
 
-from costbench.harness import env
+from costbench.harness.machine import env
 
 
 class _Dist:

@@ -23,12 +23,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 ray = pytest.importorskip("ray", reason="the Ray executor's tests need Ray: pip install 'costbench[fleet]'")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from costbench.harness.executor import ExecutorError  # noqa: E402
-from costbench.harness.executor_ray import RayExecutor  # noqa: E402
-from costbench.harness.plan import make_plan  # noqa: E402
-from costbench.harness.runner import run_plan  # noqa: E402
-from costbench.harness.store import RunFile, load_results  # noqa: E402
-from costbench.harness.suite import load_suite  # noqa: E402
+from costbench.harness.execute.executor import ExecutorError  # noqa: E402
+from costbench.harness.execute.ray import RayExecutor  # noqa: E402
+from costbench.harness.execute.plan import make_plan  # noqa: E402
+from costbench.harness.execute.runner import run_plan  # noqa: E402
+from costbench.harness.results.store import RunFile, load_results  # noqa: E402
+from costbench.harness.execute.load import load_suite  # noqa: E402
 
 PLUGINS = Path(__file__).parents[1] / "plugins"
 FAULTY = {"COSTBENCH_EXTRA_BACKENDS": "faulty=faulty_backend:FaultyBackend",
@@ -194,7 +194,7 @@ backends = [{name = "tensorrt", device = "cuda"}]
 def _measuring(case_id: str) -> bool:
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "costbench.harness.worker" in cmd and case_id in cmd:
+        if "costbench.harness.measure.worker" in cmd and case_id in cmd:
             return True
     return False
 
@@ -311,8 +311,8 @@ min_duration_s = 0.0
 def test_a_local_run_never_imports_ray(tmp_path):
     code = ("import sys\n"
             "from costbench.commands import cli\n"
-            "from costbench.harness.executor_registry import executor_for\n"
-            "from costbench.harness.suite_schema import ExecutorSpec\n"
+            "from costbench.harness.execute.registry import executor_for\n"
+            "from costbench.harness.suite.schema import ExecutorSpec\n"
             "executor_for(None); executor_for(ExecutorSpec())\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -320,7 +320,7 @@ def test_a_local_run_never_imports_ray(tmp_path):
 
 
 def test_a_bad_executor_section_names_the_key(tmp_path):
-    from costbench.harness.suite_schema import SuiteError
+    from costbench.harness.suite.schema import SuiteError
 
     path = write_suite(tmp_path / "bad.toml", """
 name = "bad"

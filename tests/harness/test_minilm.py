@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from costbench.harness.accuracy import compare
+from costbench.harness.build.accuracy import compare
 from costbench.core.artifacts import InputSpec
-from costbench.harness.zoo import minilm as minilm_mod
-from costbench.harness.zoo.registry import source_kind, zoo_names
-from costbench.harness.suite_schema import ModelSpec
-from costbench.harness.zoo.base import SOURCE_TORCH
+from costbench.harness.build.zoo import minilm as minilm_mod
+from costbench.harness.build.zoo.registry import source_kind, zoo_names
+from costbench.harness.suite.schema import ModelSpec
+from costbench.harness.build.zoo.base import SOURCE_TORCH
 
 
 def _embed(bundle, samples):
@@ -75,8 +75,8 @@ def test_paraphrases_are_nearest_neighbours(minilm):
 
 
 def test_cached_load_does_not_import_transformers(minilm, shared_cache_dir):
-    code = ("import sys; from pathlib import Path; from costbench.harness.suite_schema import ModelSpec; "
-            "from costbench.harness.zoo.registry import load_bundle; "
+    code = ("import sys; from pathlib import Path; from costbench.harness.suite.schema import ModelSpec; "
+            "from costbench.harness.build.zoo.registry import load_bundle; "
             f"b = load_bundle(ModelSpec(id='all-minilm-l6-v2'), Path({str(shared_cache_dir)!r})); "
             "print(b.details['parameters'], 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

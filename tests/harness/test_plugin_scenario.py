@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from costbench.harness.store import load_results
+from costbench.harness.results.store import load_results
 
 PLUGIN = Path(__file__).resolve().parents[1] / "plugins" / "burst_plugin"
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
-from costbench.harness.compress.registry import get_recipe, recipe_names
-from costbench.harness.compress.onnx_export import ExportError, export_onnx
-from costbench.harness.compress.ort_int8 import decide_reduce_range
-from costbench.harness.env import has_vnni
-from costbench.harness.suite_schema import ModelSpec
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH
-from costbench.harness.zoo.flops import onnx_flops
-from costbench.harness.zoo.registry import load_bundle
+from costbench.harness.build.compress.registry import get_recipe, recipe_names
+from costbench.harness.build.compress.onnx_export import ExportError, export_onnx
+from costbench.harness.build.compress.ort_int8 import decide_reduce_range
+from costbench.harness.machine.env import has_vnni
+from costbench.harness.suite.schema import ModelSpec
+from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TORCH
+from costbench.harness.build.zoo.flops import onnx_flops
+from costbench.harness.build.zoo.registry import load_bundle
 
 
 def build(bundle, recipe_name, fmt, cache, **options):

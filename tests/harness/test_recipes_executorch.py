@@ -11,9 +11,9 @@ import torch  # noqa: E402
 
 from costbench.backends.executorch_backend import ExecuTorchBackend  # noqa: E402
 from costbench.core.artifacts import FORMAT_EXECUTORCH, ArtifactCache, InputSpec  # noqa: E402
-from costbench.harness.compress.registry import get_recipe  # noqa: E402
-from costbench.harness.compress.executorch_export import MAX_BATCH, ExecuTorchExportError  # noqa: E402
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
+from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
+from costbench.harness.build.compress.executorch_export import MAX_BATCH, ExecuTorchExportError  # noqa: E402
+from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
 from tiny_factory import Branchy  # noqa: E402
 
 
@@ -157,7 +157,7 @@ def test_int8_keeps_integer_arithmetic_integer(tmp_path, rng, torch_rng):
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from costbench.harness.compress.executorch_export import export_program
+    from costbench.harness.build.compress.executorch_export import export_program
 
     bundle = tiny_bundle(lambda: _IntegerIndex().eval(), "integer-index", shape=(8,))
     program, _ = export_program(_IntegerIndex().eval(), bundle.inputs, bundle.calibration, "integer-index")

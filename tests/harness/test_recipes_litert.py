@@ -13,12 +13,12 @@ import torch  # noqa: E402
 
 from costbench.backends.litert_backend import LiteRTBackend  # noqa: E402
 from costbench.core.artifacts import FORMAT_TFLITE, ArtifactCache, InputSpec  # noqa: E402
-from costbench.harness.compress.base import RecipeNotApplicable  # noqa: E402
-from costbench.harness.compress.registry import get_recipe  # noqa: E402
-from costbench.harness.reference import reference_outputs  # noqa: E402
-from costbench.harness.suite_schema import ModelSpec  # noqa: E402
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
-from costbench.harness.zoo.registry import load_bundle, source_kind  # noqa: E402
+from costbench.harness.build.compress.base import RecipeNotApplicable  # noqa: E402
+from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
+from costbench.harness.build.reference import reference_outputs  # noqa: E402
+from costbench.harness.suite.schema import ModelSpec  # noqa: E402
+from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, SampleSet  # noqa: E402
+from costbench.harness.build.zoo.registry import load_bundle, source_kind  # noqa: E402
 from tiny_factory import Branchy  # noqa: E402
 
 RECIPES = ("tflite-fp32", "tflite-dynamic-int8", "tflite-int8", "tflite-fp16")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from costbench.core.stats import across_processes
-from costbench.harness.replicates import group_records, is_complete, merge_records, merged_records
+from costbench.harness.results.replicates import group_records, is_complete, merge_records, merged_records
 
 
 def record(process, processes=3, status="ok", case_id="c1", p50=1.0, rss=300.0, samples=None, extra=(), reason=""):

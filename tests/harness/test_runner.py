@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from costbench.harness.plan import make_plan
-from costbench.harness.runner import run_plan
-from costbench.harness.store import RESULT_COLUMNS, RunFile, load_results
-from costbench.harness.suite import load_suite
+from costbench.harness.execute.plan import make_plan
+from costbench.harness.execute.runner import run_plan
+from costbench.harness.results.store import RESULT_COLUMNS, RunFile, load_results
+from costbench.harness.execute.load import load_suite
 
 TINY = """
 name = "tiny"
@@ -206,7 +206,7 @@ min_duration_s = 0.05
 
 def test_peak_rss_is_the_same_with_a_cold_or_a_warm_cache(tmp_path):
     """Training the zoo model and quantizing it happen in a build process, never in the measured one."""
-    from costbench.harness.runner import run_case_in_child
+    from costbench.harness.execute.runner import run_case_in_child
 
     (tmp_path / "s.toml").write_text(COLD_WARM)
     (case,) = [c for c in make_plan(load_suite(tmp_path / "s.toml")) if c.status == "planned"]
@@ -229,8 +229,8 @@ def test_peak_rss_is_the_same_with_a_cold_or_a_warm_cache(tmp_path):
     assert warm_m["process_peak_rss"] >= warm_m["peak_rss"]
 
     # With everything cached, an ONNX Runtime case never imports torch: its memory is the runtime's.
-    probe = ("import json, sys\nfrom pathlib import Path\nfrom costbench.harness.plan import Case\n"
-             "from costbench.harness.worker import execute\n"
+    probe = ("import json, sys\nfrom pathlib import Path\nfrom costbench.harness.execute.plan import Case\n"
+             "from costbench.harness.measure.worker import execute\n"
              "execute(Case.from_dict(json.loads(sys.argv[1])), Path(sys.argv[2]))\n"
              "print('torch imported:', 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe, json.dumps(case.to_dict()), str(cache)],

@@ -10,10 +10,10 @@ import time
 import psutil
 import pytest
 
-from costbench.harness.plan import Case, make_plan
-from costbench.harness.runner import CaseOutcome, flag_instability, run_plan
-from costbench.harness.store import RunFile, Store, load_results
-from costbench.harness.suite import load_suite
+from costbench.harness.execute.plan import Case, make_plan
+from costbench.harness.execute.runner import CaseOutcome, flag_instability, run_plan
+from costbench.harness.results.store import RunFile, Store, load_results
+from costbench.harness.execute.load import load_suite
 
 BASE = """
 name = "{name}"
@@ -56,7 +56,7 @@ def _worker_processes(marker: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "costbench.harness.worker" in cmd and marker in cmd:
+        if "costbench.harness.measure.worker" in cmd and marker in cmd:
             found.append(p)
     return found
 

@@ -8,10 +8,10 @@ import pytest
 
 from costbench.backends.base import Session
 from costbench.backends.timing import CudaEventTimer, HostTimer
-from costbench.harness.scenarios.base import wait_until
-from costbench.harness.scenarios.registry import make_scenario
-from costbench.harness.scenarios.server import _Trial, poisson_arrivals
-from costbench.harness.zoo.base import SampleSet
+from costbench.harness.measure.scenarios.base import wait_until
+from costbench.harness.measure.scenarios.registry import make_scenario
+from costbench.harness.measure.scenarios.server import _Trial, poisson_arrivals
+from costbench.harness.build.zoo.base import SampleSet
 
 DATA = SampleSet({"x": np.arange(40, dtype=np.float32).reshape(10, 4)})
 
@@ -161,7 +161,7 @@ def test_server_issues_every_planned_query_and_meets_a_loose_slo():
 
 def test_server_is_invalid_when_the_load_generator_falls_behind(monkeypatch):
     """A late wake-up is the harness's error, not the model's: the verdict is kept but marked invalid."""
-    import costbench.harness.scenarios.server as scenarios
+    import costbench.harness.measure.scenarios.server as scenarios
 
     def oversleep(target_ns):
         wait_until(target_ns + 2_000_000)  # every idle wake-up 2 ms late: 20% of a 10 ms SLO

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import FORMAT_ONNX, Artifact, InputSpec
-from costbench.harness.scenarios.registry import make_scenario
-from costbench.harness.scenarios.server import poisson_arrivals
-from costbench.harness.scenarios.server import ServerSpec
-from costbench.harness.zoo.base import SampleSet
+from costbench.harness.measure.scenarios.registry import make_scenario
+from costbench.harness.measure.scenarios.server import poisson_arrivals
+from costbench.harness.measure.scenarios.server import ServerSpec
+from costbench.harness.build.zoo.base import SampleSet
 from queue_sim import capacity, nearest_rank, simulate
 
 
@@ -192,7 +192,7 @@ def test_a_suite_runs_the_batched_server_scenario_end_to_end(tmp_path):
     import subprocess
     import sys
 
-    from costbench.harness.store import load_results
+    from costbench.harness.results.store import load_results
 
     (tmp_path / "s.toml").write_text(BATCHED_SUITE)
     proc = subprocess.run([sys.executable, "-m", "costbench.commands.cli", "run", str(tmp_path / "s.toml"), "--out",

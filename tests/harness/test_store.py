@@ -5,7 +5,7 @@ import threading
 
 import pandas as pd
 
-from costbench.harness.store import RESULT_COLUMNS, RunFile, Store, list_runs, load_results
+from costbench.harness.results.store import RESULT_COLUMNS, RunFile, Store, list_runs, load_results
 
 
 def make_run(results_dir, run_id, n_cases=2, value=1.0):

@@ -20,9 +20,9 @@ from synth_runs import case, history_dir, server_case, write_run  # noqa: E402
 
 from costbench.commands.cli import app  # noqa: E402
 from costbench.harness.reports.data import list_all_runs, load_selection  # noqa: E402
-from costbench.harness.runfile import SCHEMA_VERSION, RunFile  # noqa: E402
-from costbench.harness.store import StoreError, list_runs, load_results  # noqa: E402
-from costbench.harness.store_pg import SCHEMA, PgStore, prepare  # noqa: E402
+from costbench.harness.results.runfile import SCHEMA_VERSION, RunFile  # noqa: E402
+from costbench.harness.results.store import StoreError, list_runs, load_results  # noqa: E402
+from costbench.harness.results.store_pg import SCHEMA, PgStore, prepare  # noqa: E402
 
 psycopg = pytest.importorskip("psycopg", reason="the team store needs psycopg: pip install -e '.[fleet]'")
 
@@ -330,7 +330,7 @@ def test_an_empty_store_reads_as_no_runs(tmp_path, pg_url):
 
 
 def test_redact_hides_passwords_in_urls_and_options():
-    from costbench.harness.runfile import redact
+    from costbench.harness.results.runfile import redact
 
     assert redact("postgresql://bob:pa%40ss@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert redact("--store=postgres://bob:pw@/x?host=/tmp&password=pw2&port=5") == \
@@ -341,7 +341,7 @@ def test_redact_hides_passwords_in_urls_and_options():
 
 
 def test_publisher_pushes_each_case_and_only_warns_when_the_store_goes(tmp_path, pg_cluster, pg_url):
-    from costbench.harness.store_pg import RunPublisher
+    from costbench.harness.results.store_pg import RunPublisher
 
     d = tmp_path / "results"
     write_run(d, "20260101-000000-old", [case()])  # already there before the run: not the run's file

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from costbench.harness.plan import make_plan, parse_filters
-from costbench.harness.suite import SuiteError, load_suite
+from costbench.harness.execute.plan import make_plan, parse_filters
+from costbench.harness.execute.load import SuiteError, load_suite
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ def test_processes_must_be_at_least_one(tmp_path):
 
 def test_processes_default_and_interleaving(tmp_path):
     """Compare-grade by default; the schedule is round-robin over cases, a skipped case once."""
-    from costbench.harness.plan import interleave, make_plan
+    from costbench.harness.execute.plan import interleave, make_plan
 
     suite = load_suite(write(tmp_path, GOOD))
     assert suite.processes == 5

@@ -9,10 +9,10 @@ import pytest
 
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import FORMAT_ONNX, Artifact, InputSpec
-from costbench.harness.plan import Case
-from costbench.harness.worker import (CaseInputs, artifact_metrics, gpu_metrics, gpu_monitor, load_model,
+from costbench.harness.execute.plan import Case
+from costbench.harness.measure.worker import (CaseInputs, artifact_metrics, gpu_metrics, gpu_monitor, load_model,
                                       load_session, mark_memory_baseline, measure_session, memory_metrics)
-from costbench.harness.zoo.base import SOURCE_ONNX, ModelBundle, SampleSet
+from costbench.harness.build.zoo.base import SOURCE_ONNX, ModelBundle, SampleSet
 
 TABLE = np.arange(40, dtype=np.float32).reshape(10, 4)
 SINGLE_STREAM = {"kind": "single_stream", "warmup_count": 2, "min_count": 5, "min_duration_s": 0.0}
@@ -126,7 +126,7 @@ def test_artifact_metrics_report_a_build_only_when_this_case_built(lookup_onnx):
 
 
 def test_peak_rss_covers_what_follows_the_baseline():
-    from costbench.harness.worker import _read_status_kb
+    from costbench.harness.measure.worker import _read_status_kb
 
     baseline = mark_memory_baseline()
     if not baseline.rss_reset:

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from costbench.core.artifacts import InputSpec, file_sha256
-from costbench.harness.suite_schema import ModelSpec
-from costbench.harness.zoo import digits as digits_mod
-from costbench.harness.zoo.base import SOURCE_ONNX, SOURCE_TORCH
-from costbench.harness.zoo.images import imagenet_samples
-from costbench.harness.zoo.registry import load_bundle, source_kind, zoo_names
+from costbench.harness.suite.schema import ModelSpec
+from costbench.harness.build.zoo import digits as digits_mod
+from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TORCH
+from costbench.harness.build.zoo.images import imagenet_samples
+from costbench.harness.build.zoo.registry import load_bundle, source_kind, zoo_names
 
 # ImageNet classes for buildings like the temple in china.jpg.
 BUILDINGS = {442: "bell cote", 483: "castle", 497: "church", 538: "dome", 663: "monastery", 698: "palace",
@@ -46,8 +46,8 @@ def test_unknown_zoo_name_lists_known_ones():
 
 
 def test_planning_imports_nothing_heavy():
-    code = ("import sys; from costbench.harness.zoo.registry import source_kind, zoo_names; "
-            "from costbench.harness.suite_schema import ModelSpec; zoo_names(); source_kind(ModelSpec(id='digits-cnn')); "
+    code = ("import sys; from costbench.harness.build.zoo.registry import source_kind, zoo_names; "
+            "from costbench.harness.suite.schema import ModelSpec; zoo_names(); source_kind(ModelSpec(id='digits-cnn')); "
             "print([m for m in ('torch', 'sklearn', 'onnx', 'onnxruntime', 'openvino', 'PIL') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -103,7 +103,7 @@ def test_digits_cnn_class_pickles_by_public_name(tmp_path):
     import torch
 
     model = digits_mod.DigitsCNN()
-    assert type(model).__qualname__ == "DigitsCNN" and type(model).__module__ == "costbench.harness.zoo.digits"
+    assert type(model).__qualname__ == "DigitsCNN" and type(model).__module__ == "costbench.harness.build.zoo.digits"
     torch.save(model, tmp_path / "m.pt")
     assert type(torch.load(tmp_path / "m.pt", weights_only=False)) is digits_mod.DigitsCNN
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from costbench.harness.env import env_id_of
+from costbench.harness.machine.env import env_id_of
 from costbench.core.stats import summarize
-from costbench.harness.store import RunFile
+from costbench.harness.results.store import RunFile
 
 
 def make_env(cpu: str = "Synthetic Xeon 8488C", cores: int = 4, onnxruntime: str = "1.32.0",
              gpus: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """A fingerprint shaped like ``costbench.harness.env.fingerprint()``."""
+    """A fingerprint shaped like ``costbench.harness.machine.env.fingerprint()``."""
     key = {"cpu_model": cpu, "isa": {"avx2": True, "avx512_vnni": True}, "machine": "x86_64", "logical_cores": cores,
            "physical_cores": cores, "gpus": gpus or [], "libraries": {"onnxruntime": onnxruntime, "torch": "2.13.0"},
            "python": "3.11.7", "threads": {"OMP_NUM_THREADS": None}}

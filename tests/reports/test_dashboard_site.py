@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from costbench.commands.cli import app
 from costbench.harness.reports.dashboard import build_dashboard, changes_frame, write_dashboard
 from costbench.harness.reports.data import load_selection
-from costbench.harness.store import load_results
+from costbench.harness.results.store import load_results
 from cdp_browser import external_references
 from synth_runs import ENV_A, ENV_B, history_dir
 

@@ -10,7 +10,7 @@ from costbench.harness.reports.data import RunNotFound, list_all_runs, load_sele
 from costbench.harness.reports.hardware import Criteria, build_report, pareto_front
 from costbench.harness.reports.hardware_pages import render_html, render_markdown, to_csv_frame, write_report
 from costbench.harness.reports.prices import load_prices
-from costbench.harness.store import load_results
+from costbench.harness.results.store import load_results
 from synth_runs import case, make_env, server_case, write_run
 
 CPU = make_env("Synthetic Xeon 8488C", 2)

@@ -10,7 +10,7 @@ from costbench.harness.reports.data import load_selection
 from costbench.harness.reports.hardware import Criteria, build_report
 from costbench.harness.reports.hardware_pages import write_report
 from costbench.harness.reports.prices import load_prices
-from costbench.harness.store import load_results
+from costbench.harness.results.store import load_results
 from cdp_browser import external_references
 from synth_runs import history_dir
 

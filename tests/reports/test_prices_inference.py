@@ -10,7 +10,7 @@ ZEN4 = {"avx2": True, "avx512f": True, "avx512_vnni": True, "amx_tile": False}
 
 
 def env(cpu, cores, memory_gib, isa, gpus=()):
-    """A fingerprint shaped like ``costbench.harness.env.fingerprint()`` (the parts inference reads)."""
+    """A fingerprint shaped like ``costbench.harness.machine.env.fingerprint()`` (the parts inference reads)."""
     return {"key": {"cpu_model": cpu, "logical_cores": cores, "physical_cores": cores, "isa": isa, "gpus": list(gpus)},
             "recorded": {"memory_bytes": int(memory_gib * 2**30)}}
 

@@ -17,7 +17,7 @@ from costbench.harness.reports.interop_pytest_benchmark import (
     InteropError, export_run, import_file, pytest_benchmark_stats,
 )
 from costbench.core.stats import percentile
-from costbench.harness.store import load_results
+from costbench.harness.results.store import load_results
 from synth_runs import case, write_run
 
 pytest.importorskip("pytest_benchmark", reason="pytest-benchmark is not installed (pip install -e '.[test]')")

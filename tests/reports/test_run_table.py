@@ -5,7 +5,7 @@ import io
 from rich.console import Console
 
 from costbench.harness.reports.run_table import render, summary_tables
-from costbench.harness.store import load_results
+from costbench.harness.results.store import load_results
 from synth_runs import case, write_run
 
 
@@ -29,7 +29,7 @@ def test_accuracy_column_is_task_accuracy_or_named_parity(tmp_path):
 
 
 def test_combinations_that_can_never_run_are_one_note_not_rows(tmp_path):
-    from costbench.harness.skips import format_mismatch
+    from costbench.harness.suite.skips import format_mismatch
 
     never = case(variant="int8-xnnpack", backend="onnxruntime", status="skipped",
                  reason=format_mismatch("int8-xnnpack", ["executorch-pte"], "onnxruntime", ["onnx"]))

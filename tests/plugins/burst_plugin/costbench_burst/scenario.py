@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from costbench.harness.scenarios.base import Scenario, ScenarioResult, input_batches, warm_up
-from costbench.harness.suite_schema import ScenarioSettings
+from costbench.harness.measure.scenarios.base import Scenario, ScenarioResult, input_batches, warm_up
+from costbench.harness.suite.schema import ScenarioSettings
 
 
 class BurstSettings(ScenarioSettings):
