@@ -52,17 +52,13 @@ min_duration_s = 0.5
 
 
 def one_run(suite_path: Path, out: Path, executor, only: list[str]) -> tuple[float, list[dict]]:
-    """Plan and run the suite with ``executor``; (wall seconds, case records)."""
-    from costbench.harness.execute.plan import parse_filters
-    from costbench.harness.execute.runner import run_plan
+    """Plan and run the suite with ``executor`` (costbench.api.run); (wall seconds, case records)."""
+    import costbench.api as api
     from costbench.harness.results.store import RunFile
-    from costbench.harness.execute.load import load_suite
 
     t0 = time.perf_counter()
-    suite = load_suite(suite_path)
     with executor:
-        cases = executor.plan(suite, parse_filters(only))
-        summary = run_plan(suite, cases, out, executor=executor, only=parse_filters(only))
+        summary = api.run(suite_path, out, only=only, on=executor)
     wall = time.perf_counter() - t0
     return wall, RunFile(summary.run_file).cases()
 

@@ -33,9 +33,9 @@ STORE_HELP = ("Team store: postgresql://USER@HOST:PORT/DB (or ...?host=SOCKET_DI
 
 def _store_url(url: str) -> str:
     """``url`` when it names a PostgreSQL store; otherwise a clear error before anything runs."""
-    from costbench.harness.results.store import is_url, redact
+    from costbench.harness.results.store import redact, store_kind
 
-    if not is_url(url):
+    if store_kind(url) != "postgresql":
         fail(f"--store {redact(url)}: expected a PostgreSQL URL, postgresql://USER@HOST:PORT/DB")
     return url
 
@@ -80,54 +80,29 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
     console.print(b)
 
 
-def _load_plan(suite_path: Path, only: list[str], executor_opts: dict | None = None):
-    """(suite, cases, executor): the executor is the suite's [executor] with the command line's options over it."""
-    from costbench.harness.execute.executor import ExecutorError
-    from costbench.harness.execute.plan import parse_filters
-    from costbench.harness.execute.load import SuiteError, load_suite
+def _load_plan(suite_path: Path, only: list[str], executor: Optional[str] = None, address: Optional[str] = None,
+               placement: Optional[list] = None):
+    """(suite, cases, executor) from costbench.api.plan, with the command line's executor options over the suite's."""
+    import costbench.api as api
 
-    executor = None
     try:
-        suite = load_suite(suite_path)
-        filters = parse_filters(only)
-        executor = _executor(suite.executor, **(executor_opts or {}))
-        cases = executor.plan(suite, filters)
-    except SuiteError as exc:
+        return api.plan(suite_path, only=only, executor=_executor_overrides(executor, address, placement))
+    except (api.SuiteError, api.ExecutorError) as exc:
         fail(str(exc))
-    except ExecutorError as exc:
-        executor.close()
-        fail(str(exc))
-    except ValueError as exc:
+    except ValueError as exc:  # a malformed --only filter
         fail(f"{suite_path}: {exc}")
-    if not cases:
-        fail(f"{suite_path}: the filters leave no case to run")
-    return suite, cases, executor
+
+
+def _executor_overrides(executor: Optional[str], address: Optional[str], placement: Optional[list]) -> dict | None:
+    """--executor/--address/--placement as keys over the suite's [executor] (its settings model validates them)."""
+    data = {k: v for k, v in (("kind", executor), ("address", address), ("placement", placement or None)) if v}
+    return data or None
 
 
 EXECUTOR_HELP = "Where cases are measured: 'local' (here, the default) or 'ray' (a Ray cluster's nodes)."
 ADDRESS_HELP = "With --executor ray: the cluster's HOST:PORT (default: the suite's, $RAY_ADDRESS or the local cluster)."
 PLACEMENT_HELP = ("With --executor ray: 'every-class' (each case on every machine class, the default) or a node "
                   "selector 'label:KEY=VALUE', 'isa:FLAG', 'gpu:NAME', 'host:GLOB'; repeatable (all must match).")
-
-
-def _executor(spec, executor: Optional[str] = None, address: Optional[str] = None, placement: Optional[list] = None):
-    """The executor a suite's [executor] section names, with --executor/--address/--placement over it."""
-    from costbench.harness.execute.runner import executor_for
-    from costbench.harness.suite.schema import ExecutorSpec
-
-    data = spec.model_dump() if spec is not None else {}
-    if executor:
-        data["kind"] = executor
-    if address:
-        data["address"] = address
-    if placement:
-        data["placement"] = placement
-    if data.get("kind", "local") != "ray" and (address or placement):
-        fail("--address and --placement are for --executor ray")
-    try:
-        return executor_for(ExecutorSpec.model_validate(data) if data else None)
-    except ValueError as exc:
-        fail(f"executor: {exc}")
 
 
 def _plan_table(cases, executor=None) -> Table:
@@ -194,7 +169,7 @@ def plan(suite: Path = typer.Argument(..., help="Suite TOML file."),
          address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
          placement: list[str] = typer.Option([], "--placement", help=PLACEMENT_HELP)) -> None:
     """Validate a suite and show the cases it would run (and, on a Ray cluster, where), without running them."""
-    _, cases, ex = _load_plan(suite, only, {"executor": executor, "address": address, "placement": placement})
+    _, cases, ex = _load_plan(suite, only, executor, address, placement)
     with ex:
         machines = _machines_table(ex)
         if machines is not None:
@@ -219,11 +194,8 @@ def run(
         "Override the suite's processes per case (the unit of replication; 5 is compare-grade, 1 the fastest).")),
 ) -> None:
     """Run a suite: each case in fresh processes with a timeout, interleaved; results appended as each process ends."""
-    from costbench.harness.execute.executor import ExecutorError
-    from costbench.harness.execute.plan import interleave
+    import costbench.api as api
     from costbench.harness.reports.run_table import render
-    from costbench.harness.execute.runner import ResumeError, find_run, plan_remaining, recorded_executor, resume_run, run_plan
-    from costbench.harness.results.store import load_results
 
     publisher = _publisher(store, out, resume)  # a bad store stops here, before a cluster is reached or a case runs
     if resume is not None:
@@ -231,37 +203,22 @@ def run(
             fail("--resume continues a run as it was planned: give no SUITE, --only, --timeout or --processes with it")
         if executor or placement:
             fail("--resume continues a run where it was planned: give no --executor or --placement with it")
-        ex = None
-        try:
-            run_file = find_run(out, resume)
-            ex = recorded_executor(run_file.header(), address)
-            _, header, todo, done = plan_remaining(run_file, ex)
-        except (ResumeError, ValueError, ExecutorError) as exc:
-            if ex is not None:
-                ex.close()
-            fail(str(exc))
-        name, jobs = header["suite"]["name"], todo
-        console.print(f"[bold]resuming {header['run_id']}[/] ({name}): {done} processes recorded, {len(todo)} to go")
-    else:
-        if suite is None:
-            fail("give a SUITE file, or --resume RUN")
-        suite_obj, cases, ex = _load_plan(suite, only, {"executor": executor, "address": address,
-                                                         "placement": placement})
-        if timeout is not None:
-            for c in cases:
-                c.timeout_s = timeout
-        if processes is not None:  # the header stores the suite as run, so a resume plans the same processes
-            suite_obj.processes = processes
-            for c in cases:
-                c.processes = processes
-        runnable = sum(c.status == "planned" for c in cases)
-        jobs = interleave(cases)
-        console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, "
-                      f"{len(cases) - runnable} skipped), {len(jobs)} processes -> {out}/")
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    elif suite is None:
+        fail("give a SUITE file, or --resume RUN")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
-        task = progress.add_task("starting", total=len(jobs))
+        task = progress.add_task("planning", total=None)
+
+        def on_plan(suite_obj, jobs, done):
+            progress.update(task, total=len(jobs), description="starting")
+            if resume is not None:
+                progress.console.print(f"[bold]resuming {resume}[/] ({suite_obj.name}): {done} processes recorded, "
+                                       f"{len(jobs)} to go")
+                return
+            cases = {j.case_id: j.status for j in jobs}
+            runnable = sum(s == "planned" for s in cases.values())
+            progress.console.print(f"[bold]{suite_obj.name}[/]: {len(cases)} cases ({runnable} to run, "
+                                   f"{len(cases) - runnable} skipped), {len(jobs)} processes -> {out}/")
 
         def on_start(i, case):
             of = f" · process {case.process + 1}/{case.processes}" if case.processes > 1 else ""
@@ -278,25 +235,22 @@ def run(
             if publisher:
                 publisher.case_done()
 
-        if resume is not None:
-            try:
-                summary = resume_run(out, resume, cache_dir=cache_dir, on_start=on_start, on_done=on_done, force=force,
-                                     executor=ex)
-            except ResumeError as exc:
-                fail(str(exc))
-        else:
-            from costbench.harness.execute.plan import parse_filters
-
-            summary = run_plan(suite_obj, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done,
-                               only=parse_filters(only), timeout_override=timeout, executor=ex)
-    ex.close()
-    for o in summary.outcomes:  # one per case, its processes merged: ok when any process was
-        counts[o.status] = counts.get(o.status, 0) + 1
-        counts["failed"] += int(o.status == "ok" and bool(o.info.get("processes", {}).get("failed")))
-    _publish_end(publisher, summary.run_file)
-    render(load_results(out, summary.run_id), console)
-    console.print(f"run [bold]{summary.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
-                  f"{counts['failed']} failed; run file {summary.run_file}")
+        callbacks = {"cache_dir": cache_dir, "on_plan": on_plan, "on_start": on_start, "on_done": on_done}
+        try:
+            if resume is not None:
+                done = api.resume(resume, out, force=force, address=address, **callbacks)
+            else:
+                done = api.run(suite, out, only=only, processes=processes, timeout_s=timeout,
+                               executor=_executor_overrides(executor, address, placement), **callbacks)
+        except (api.SuiteError, api.ExecutorError, api.ResumeError) as exc:
+            fail(str(exc))
+        except ValueError as exc:  # a malformed --only filter
+            fail(f"{suite}: {exc}")
+    counts = done.counts
+    _publish_end(publisher, done.run_file)
+    render(done.results(), console)
+    console.print(f"run [bold]{done.run_id}[/]: {counts['ok']} ok, {counts['skipped']} skipped, "
+                  f"{counts['failed']} failed; run file {done.run_file}")
     if counts["failed"]:
         raise typer.Exit(1)
 

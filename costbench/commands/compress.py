@@ -207,13 +207,11 @@ def compression_suite(model: str, recipes: list[str], backends: list[str], optio
     ``processes``: 3 by default, not the suite default of 5: compress ranks variants whose latencies usually
     differ by far more than a regression gate's 5%, and its interval still spans the launches.
     """
-    from costbench.harness.suite.schema import Suite
-
     names = [BASELINE] + [r for r in dict.fromkeys(recipes) if r != BASELINE]
     unknown = set(options) - set(names)
     if unknown:
         raise ValueError(f"--option names recipe(s) {sorted(unknown)} that are not among --recipes {names}")
-    return Suite.model_validate({
+    return {
         "name": f"compress-{model}",
         "description": f"costbench compress {model}: fp32 + {', '.join(names[1:])}",
         "models": [model],
@@ -225,7 +223,7 @@ def compression_suite(model: str, recipes: list[str], backends: list[str], optio
         "timeout_s": timeout_s,
         "accuracy": True,
         "processes": processes,
-    })
+    }
 
 
 def run_compress(model: str, recipes: list[str], max_drop: float | None, *, max_parity_loss: float | None = 0.01,
@@ -234,14 +232,12 @@ def run_compress(model: str, recipes: list[str], max_drop: float | None, *, max_
                  cache_dir: Path | None = None, timeout_s: float = 1800.0, min_count: int = 50,
                  min_duration_s: float = 1.0, on_start: Callable | None = None, on_done: Callable | None = None,
                  processes: int = 3):
-    """Build, measure and select; returns (run summary, results, choices)."""
-    from costbench.harness.execute.plan import make_plan
-    from costbench.harness.execute.runner import run_plan
+    """Build, measure and select through costbench.api.run; returns (the run, results, choices)."""
+    import costbench.api as api
 
     suite = compression_suite(model, recipes, list(backends or DEFAULT_BACKENDS), options or {}, batch_size,
                               timeout_s, min_count, min_duration_s, processes)
-    cases = make_plan(suite)
-    summary = run_plan(suite, cases, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done)
+    summary = api.run(suite, out, cache_dir=cache_dir, on_start=on_start, on_done=on_done)
     results = results_from_outcomes(summary.outcomes)
     return summary, results, choose(results, max_drop, max_parity_loss)
 

@@ -477,24 +477,45 @@ def cases_from_suite(path: Path, only: list[dict[str, str]] | None = None) -> tu
 
 
 def measure_case(case_dict: dict[str, Any], cache_dir: Path, workdir: Path) -> tuple[Target | None, str]:
-    """Measure one case afresh the normal way (its own process; what the cache lacks built by ``worker --build``).
+    """Measure one case afresh through the runner, as ``costbench run`` would: a one-case suite made from the
+    case's own specs, its ``processes`` fresh processes, a run file under ``workdir`` and the rows merged
+    across processes. What the cache lacks is built by ``worker --build``.
 
     Accuracy is off: only the timing is compared. Returns (target, '') or (None, why it did not measure).
     """
-    from costbench.harness.execute.executor import run_case_in_child
-    from costbench.harness.execute.plan import Case
+    from costbench.harness.execute.executor import LocalExecutor
+    from costbench.harness.execute.load import SuiteError, parse_suite
+    from costbench.harness.execute.runner import run_plan
 
-    data = dict(case_dict)
-    data["measure_accuracy"] = False
-    data["status"], data["reason"] = "planned", ""
     try:
-        case = Case.from_dict(data)
-    except TypeError as exc:  # a hand-made or older run file whose case record lacks fields
+        suite = parse_suite(one_case_suite(case_dict), workdir / "crosscheck.toml")
+    except (KeyError, SuiteError) as exc:  # a hand-made or older run file whose case record lacks fields
         return None, f"the run's case record cannot be measured again ({exc})"
-    outcome = run_case_in_child(case, cache_dir, workdir)
+    with LocalExecutor() as executor:
+        summary = run_plan(suite, executor.plan(suite), workdir / "results", cache_dir=cache_dir, executor=executor)
+    (outcome,) = summary.outcomes
     if outcome.status != "ok":
         return None, f"costbench's measurement {outcome.status}: {outcome.reason}"
-    return target_from_record(case.to_dict(), outcome.info, outcome.metrics, "measured now"), ""
+    # The runner's outcome holds the case's processes merged: one row per metric over all of them.
+    return target_from_record(outcome.case.to_dict(), outcome.info, outcome.metrics, "measured now"), ""
+
+
+def one_case_suite(case: dict[str, Any]) -> dict[str, Any]:
+    """The suite (as data) that plans exactly ``case``: its model, recipe, backend, scenario and batch size."""
+    backend = {"name": case["backend_name"], "device": case["device"], **(case.get("backend_options") or {})}
+    if case["backend"] != case["backend_name"]:
+        backend["label"] = case["backend"]
+    return {
+        "name": f"crosscheck-{case['model']}",
+        "models": [case["model_spec"]],
+        "variants": [{"name": case["variant"], "recipe": case["recipe"], **(case.get("recipe_options") or {})}],
+        "backends": [backend],
+        "scenarios": [{**case["scenario_spec"], "name": case["scenario"]}],
+        "batch_sizes": [case["batch_size"]],
+        "timeout_s": case["timeout_s"],
+        "accuracy": False,
+        "processes": case.get("processes", 1),
+    }
 
 
 # --- Running the tools ------------------------------------------------------------------------------------

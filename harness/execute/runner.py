@@ -146,13 +146,15 @@ def run_plan(
     on_start: Callable[[int, Case], None] | None = None,
     on_done: Callable[[int, CaseOutcome], None] | None = None,
     only: list[dict[str, str]] | None = None,
-    timeout_override: float | None = None,
     executor: Executor | None = None,
+    on_plan: Callable[[Suite, list[Case], int], None] | None = None,
 ) -> RunSummary:
     """Run every case, appending each outcome to a new run file as soon as it is known.
 
     ``executor`` measures the cases (default: :class:`LocalExecutor`, one at a time in a child process
-    here); ``cases`` must come from its :meth:`~Executor.plan`.
+    here); ``cases`` must come from its :meth:`~Executor.plan`. ``on_plan(suite, jobs, 0)`` is called with
+    the processes to measure before the first starts. Overrides belong in the suite (:func:`costbench.api.load`),
+    never on the cases, so the header's suite is the one measured.
     """
     cache_dir = cache_dir or default_cache_dir()
     executor = executor or LocalExecutor()
@@ -170,14 +172,16 @@ def run_plan(
         "suite": {"name": suite.name, "source": str(suite.source) if suite.source else None,
                   "spec": suite.model_dump(mode="json")},
         "only": only or [],
-        "timeout_override": timeout_override,
         "planned_cases": len(cases),
         "argv": sys.argv,
         # Where the cases ran; a fleet run's cases carry their own machine's env_id (the header's is the driver's).
         "executor": executor.describe(),
     }
     run_file = RunFile.create(results_dir, header)
-    outcomes = _execute(run_file, header, interleave(cases), results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
+    jobs = interleave(cases)
+    if on_plan:
+        on_plan(suite, jobs, 0)
+    outcomes = _execute(run_file, header, jobs, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
                         executor)
     return RunSummary(run_id, run_file.path, outcomes)
 
@@ -225,7 +229,7 @@ def plan_remaining(run_file: RunFile, executor: Executor | None = None) -> tuple
         raise ResumeError(f"run {header['run_id']} was measured with the {kind} executor; resume it with "
                           f"--executor {kind}, not {executor.name}")
     cases = executor.plan(suite, header.get("only") or None)
-    if header.get("timeout_override") is not None:
+    if header.get("timeout_override") is not None:  # runs recorded before --timeout became a suite override
         for c in cases:
             c.timeout_s = header["timeout_override"]
     # A case is done when all its processes are recorded (ok or not); a resume measures only the missing processes.
@@ -242,19 +246,29 @@ def resume_run(
     on_done: Callable[[int, CaseOutcome], None] | None = None,
     force: bool = False,
     executor: Executor | None = None,
+    address: str | None = None,
+    on_plan: Callable[[Suite, list[Case], int], None] | None = None,
 ) -> RunSummary:
     """Finish an interrupted run in its own run file, without redoing the cases it recorded.
 
-    ``executor``: the one the run was measured with (default: local); see :func:`recorded_executor`.
+    ``executor``: default, the one the run was measured with (at ``address`` if given; see
+    :func:`recorded_executor`), closed here. ``on_plan(suite, todo, done)`` before the first process starts.
     """
     run_file = find_run(results_dir, run_id)
-    executor = executor or LocalExecutor()
-    suite, header, todo, _ = plan_remaining(run_file, executor)
-    env_id = fingerprint()["env_id"]
-    if executor.measures_here and env_id != header["env_id"] and not force:
-        raise ResumeError(f"run {header['run_id']} was measured on env_id {header['env_id']}, this machine is "
-                          f"{env_id}: its cases would not be comparable (use --force to resume anyway)")
-    run_file.repair_tail()
-    outcomes = _execute(run_file, header, todo, results_dir, cache_dir or default_cache_dir(), suite.memory_limit_mb,
-                        on_start, on_done, executor)
+    own = executor is None
+    executor = executor or recorded_executor(run_file.header(), address)
+    try:
+        suite, header, todo, done = plan_remaining(run_file, executor)
+        env_id = fingerprint()["env_id"]
+        if executor.measures_here and env_id != header["env_id"] and not force:
+            raise ResumeError(f"run {header['run_id']} was measured on env_id {header['env_id']}, this machine is "
+                              f"{env_id}: its cases would not be comparable (use --force to resume anyway)")
+        if on_plan:
+            on_plan(suite, todo, done)
+        run_file.repair_tail()
+        outcomes = _execute(run_file, header, todo, results_dir, cache_dir or default_cache_dir(),
+                            suite.memory_limit_mb, on_start, on_done, executor)
+    finally:
+        if own:
+            executor.close()
     return RunSummary(header["run_id"], run_file.path, outcomes)

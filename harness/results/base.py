@@ -19,13 +19,29 @@ class StoreError(RuntimeError):
     """A store that cannot be used: unreachable, refused, the wrong schema. The message says what to do."""
 
 
+_SCHEME_ALIASES = {"postgres": "postgresql"}
+
+
+def store_kind(source: str | Path) -> str:
+    """The registered store that serves ``source``: a URL's scheme (``postgresql``), ``duckdb`` for a folder."""
+    if isinstance(source, str) and "://" in source:
+        scheme = source.split("://", 1)[0].lower()
+        return _SCHEME_ALIASES.get(scheme, scheme)
+    return "duckdb"
+
+
 def is_url(source: str | Path) -> bool:
-    """Whether ``source`` names a PostgreSQL store rather than a results folder."""
-    return isinstance(source, str) and source.split("://", 1)[0].lower() in ("postgresql", "postgres")
+    """Whether ``source`` names a store by URL rather than a results folder."""
+    return store_kind(source) != "duckdb"
 
 
 class ResultStore(ABC):
     """What reports read: runs, their long-form result rows and per-case provenance, whichever database holds them."""
+
+    @classmethod
+    def open(cls, source: str | Path) -> "ResultStore":
+        """The store ``source`` names (a folder or a URL of this store's scheme)."""
+        return cls(str(source))
 
     @property
     @abstractmethod

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import costbench.api as api
 from costbench.commands.compress import (VariantResult, accuracy_loss, choose, compression_suite, parse_options,
                                          render, results_from_outcomes)
 
@@ -115,7 +116,7 @@ def test_results_from_outcomes_read_the_interval():
 def test_options_and_suite():
     opts = parse_options(["int8.calibration_method=Entropy", "int8.per_channel=false", "prune-structured.ratio=0.5"])
     assert opts == {"int8": {"calibration_method": "Entropy", "per_channel": False}, "prune-structured": {"ratio": 0.5}}
-    suite = compression_suite("digits-cnn", ["int8", "prune-structured"], ["onnxruntime"], opts, 1, 60, 10, 0.1)
+    suite = api.load(compression_suite("digits-cnn", ["int8", "prune-structured"], ["onnxruntime"], opts, 1, 60, 10, 0.1))
     assert [v.name for v in suite.variants] == ["fp32", "int8", "prune-structured"]
     assert suite.variants[1].options == {"calibration_method": "Entropy", "per_channel": False}
     with pytest.raises(ValueError, match="RECIPE.KEY=VALUE"):
