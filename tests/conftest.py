@@ -109,3 +109,9 @@ def plugin_backends(monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGINS))
     monkeypatch.setenv("COSTBENCH_EXTRA_BACKENDS",
                        "faulty=faulty_backend:FaultyBackend,linear-service=linear_service_backend:LinearServiceBackend")
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory) -> Path:
+    """One artifact cache for the whole session, so a zoo model is trained or exported once (EfficientNet)."""
+    return tmp_path_factory.mktemp("zoo-cache")

@@ -14,12 +14,6 @@ HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="session")
-def shared_cache_dir(tmp_path_factory) -> Path:
-    """One cache for session-scoped models, so EfficientNet is exported once."""
-    return tmp_path_factory.mktemp("zoo-cache")
-
-
-@pytest.fixture(scope="session")
 def shared_cache(shared_cache_dir) -> ArtifactCache:
     """The artifact cache inside ``shared_cache_dir``."""
     return ArtifactCache(shared_cache_dir)
