@@ -121,3 +121,15 @@ def test_checker_finds_an_upward_import(tmp_path):
                       "high/__init__.py": "", "high/x.py": "import low.m\n"})
     graph = build_graph({"low": tmp_path / "low", "high": tmp_path / "high"})
     assert graph.violations("low", ("high",)) == [f"{tmp_path / 'low' / 'm.py'}:2 low.m -> high.x"]
+
+
+def test_no_part_of_the_harness_holds_more_than_a_quarter_of_the_package():
+    """The harness stays split by responsibility: no subpackage grows into the whole (issue: 63% was one folder)."""
+    roots = _package_roots()
+    lines = {path: len(path.read_text().splitlines()) for root in roots.values() for path in root.rglob("*.py")}
+    total = sum(lines.values())
+    parts = [p for p in (ROOT / "harness").iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    assert len(parts) >= 6
+    for part in parts:
+        share = sum(n for path, n in lines.items() if path.is_relative_to(part)) / total
+        assert share <= 0.25, f"harness/{part.name} holds {share:.0%} of the package's {total} lines"
