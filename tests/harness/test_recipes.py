@@ -7,7 +7,7 @@ import platform
 import numpy as np
 import pytest
 
-from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache, content_key
 from costbench.harness.build.compress.registry import get_recipe, recipe_names
 from costbench.harness.build.compress.onnx_export import ExportError, export_onnx
 from costbench.harness.build.compress.ort_int8 import decide_reduce_range
@@ -63,6 +63,19 @@ def test_unknown_option_is_an_error():
 
 
 # ------------------------------------------------------------------------------------------------ fp32
+
+
+def test_a_torch_models_key_names_where_its_class_is_defined(digits):
+    """A pickled module names its class's module: moving that module must not serve the old pickle."""
+    import dataclasses
+
+    recipe = get_recipe("fp32")
+    config = recipe.parse_config({})
+    here = recipe.cache_material(digits, config)
+    assert here["torch_code"] == digits.module_factory.__module__ == "costbench.harness.build.zoo.digits"
+    moved = dataclasses.replace(digits, module_factory=lambda: digits.torch_module())  # defined in this test module
+    assert recipe.cache_material(moved, config)["torch_code"] == __name__ != here["torch_code"]
+    assert content_key(recipe.cache_material(moved, config)) != content_key(here)
 
 
 def test_fp32_onnx_matches_torch_on_real_inputs(digits, tmp_path):

@@ -63,13 +63,21 @@ class Recipe(abc.ABC):
         return config if isinstance(config, self.Config) else self.Config.model_validate(config.model_dump())
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
-        """Everything that decides the artifact's bytes. Subclasses add library versions they depend on."""
-        return {
+        """Everything that decides the artifact's bytes. Subclasses add library versions they depend on.
+
+        A torch model's artifacts may be whole pickled modules, which name the module that defines their
+        class: where that module is (the zoo's, or a user factory's) is part of the key, so moving it never
+        serves a pickle that names the old place.
+        """
+        material = {
             "source": bundle.source_hash,
             "recipe": self.name,
             "version": self.version,
             "config": config.model_dump(mode="json"),
         }
+        if bundle.module_factory is not None:
+            material["torch_code"] = getattr(bundle.module_factory, "__module__", None)
+        return material
 
     def cached_artifact(self, bundle: ModelBundle, config: RecipeConfig, fmt: str,
                         cache: ArtifactCache) -> Artifact | None:
