@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from costbench.harness.suite.schema import ModelSpec
 from costbench.harness.build.zoo.registry import load_bundle
 
 HERE = Path(__file__).parent
+# The helpers beside this file (tiny_factory.py, queue_sim.py, pg_cluster.py) for the tests in the subfolders,
+# which mirror harness/'s subpackages.
+sys.path.insert(0, str(HERE))
 
 
 @pytest.fixture(scope="session")

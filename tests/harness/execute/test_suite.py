@@ -7,7 +7,7 @@ import pytest
 from costbench.harness.execute.plan import make_plan, parse_filters
 from costbench.harness.execute.load import SuiteError, load_suite
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 GOOD = """
 name = "t"

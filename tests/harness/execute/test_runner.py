@@ -146,7 +146,7 @@ def test_bring_your_own_models_end_to_end(tmp_path, monkeypatch):
     """A user's torch factory and a user's ONNX file (fixed batch) run through plan, worker and store."""
     import torch
 
-    here = os.path.dirname(__file__)
+    here = os.path.dirname(os.path.dirname(__file__))  # tests/harness: tiny_factory.py
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     monkeypatch.syspath_prepend(here)
     from tiny_factory import make_tiny

@@ -30,7 +30,7 @@ from costbench.harness.execute.runner import run_plan  # noqa: E402
 from costbench.harness.results.store import RunFile, load_results  # noqa: E402
 from costbench.harness.execute.load import load_suite  # noqa: E402
 
-PLUGINS = Path(__file__).parents[1] / "plugins"
+PLUGINS = Path(__file__).parents[2] / "plugins"
 FAULTY = {"COSTBENCH_EXTRA_BACKENDS": "faulty=faulty_backend:FaultyBackend",
           "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))}
 PLAIN = {"COSTBENCH_EXTRA_BACKENDS": ""}
@@ -289,12 +289,16 @@ min_duration_s = 0.0
                 killed["node_id"] = node_id
                 c.remove_node(victim, allow_graceful=False)
                 doomed.remove(victim)
-                gate.unlink()  # a re-run elsewhere need not wait
+                if retry:  # a re-run elsewhere need not wait
+                    gate.unlink()
+                # Without retry the gate stays until the run ends: opened now, a loaded machine could let the
+                # dying node's case finish (ok) before Ray saw the node go, which is a race, not a lost node.
 
             killer = threading.Thread(target=kill_when_measuring)
             killer.start()
             summary = run_plan(suite, [case], tmp_path / f"results-{retry}", executor=ex)
             killer.join()
+            gate.unlink(missing_ok=True)
         return summary.outcomes[0], killed["node_id"], RunFile(summary.run_file).cases()[0]
 
     rerun, first_victim, _ = run_and_kill(retry=True)

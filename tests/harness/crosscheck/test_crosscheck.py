@@ -20,7 +20,7 @@ from costbench.harness.crosscheck import vendor as cc
 from costbench.harness.crosscheck.vendor import BenchmarkApp, Pair, Target, Trtexec
 from costbench.harness.reports.data import list_all_runs, load_selection, resolve_runs
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/harness: tiny_factory.py
 REPORTS = HERE.parent / "reports"
 MODEL = {"id": "tiny", "source": "torch", "factory": "tiny_factory:make_tiny",
          "inputs": [{"name": "input", "shape": [3, 8, 8]}]}
@@ -215,7 +215,7 @@ def test_breakdown_times_each_step_on_one_compiled_model(measured):
 
 
 def test_a_suites_vendor_cases_are_planned_and_combinations_that_never_run_left_out():
-    planned, skipped, never = cc.cases_from_suite(Path(__file__).parents[2] / "suites" / "smoke.toml",
+    planned, skipped, never = cc.cases_from_suite(Path(__file__).parents[3] / "suites" / "smoke.toml",
                                                   [{"backend": "openvino"}])
     assert never == 4  # int8-xnnpack comes as an ExecuTorch program: 2 models x 2 scenarios
     assert skipped == [] and len(planned) == 12

@@ -21,7 +21,7 @@ from costbench.core.artifacts import FORMAT_TORCH, content_key
 from costbench.harness.execute.plan import Case
 from costbench.harness.measure.worker import _build_stamp
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/harness: tiny_factory.py
 MODEL = {"id": "factory-net", "source": "torch", "factory": "tiny_factory:make_tiny",
          "inputs": [{"name": "input", "shape": [3, 8, 8]}]}
 SINGLE_STREAM = {"kind": "single_stream", "warmup_count": 1, "min_count": 3, "min_duration_s": 0.0}

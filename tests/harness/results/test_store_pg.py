@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports"))  # synth_runs.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "reports"))  # synth_runs.py
 
 from synth_runs import case, history_dir, server_case, write_run  # noqa: E402
 
