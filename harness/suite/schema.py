@@ -108,29 +108,30 @@ class BackendSpec(_WithOptions):
         return self.label or self.name
 
 
-class ScenarioSettings(_Strict):
-    """The base of every scenario's settings model; each scenario's own lives beside it (``harness/measure/scenarios/``)."""
+class _ScenarioLabel:
+    """A scenario's label in results: its name, else its kind."""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind  # type: ignore[attr-defined]
+
+
+class ScenarioSettings(_ScenarioLabel, _Strict):
+    """The base of every scenario's settings model; each scenario's own lives beside it (``measure/scenarios/``)."""
 
     kind: str = Field(description="Registered scenario kind, e.g. 'single_stream'.")
     name: str | None = Field(None, description="Label shown in results; defaults to the kind.")
 
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
 
-
-class ScenarioSpec(_WithOptions):
+class ScenarioSpec(_ScenarioLabel, _WithOptions):
     """A scenario as a suite writes it: its kind, an optional name, and that scenario's settings (other keys).
 
-    The settings are validated by the scenario's own model once the registry is loaded (:mod:`.suite`).
+    The settings are validated by the scenario's own model once the registry is loaded
+    (:mod:`costbench.harness.execute.load`).
     """
 
     kind: str = Field(description="Registered scenario kind, e.g. 'single_stream', 'offline', 'server'.")
     name: str | None = Field(None, description="Label shown in results; defaults to the kind.")
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
 
 
 class ExecutorSettings(_Strict):
