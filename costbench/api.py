@@ -92,22 +92,24 @@ def load(suite: SuiteSource, **overrides: Any) -> Suite:
     return parse_suite(data, path)
 
 
-def plan(suite: SuiteSource, *, only: list[str] | None = None, **overrides: Any) -> tuple[Suite, list[Case], Executor]:
-    """(suite, cases, executor): the suite as it would run, planned by its executor, which the caller closes.
+def plan(suite: SuiteSource, *, only: list[str] | None = None, on: Executor | None = None,
+         **overrides: Any) -> tuple[Suite, list[Case], Executor]:
+    """(suite, cases, executor): the suite as it would run, planned by ``on`` or by the suite's own executor
+    (built here; the caller closes it).
 
     Raises SuiteError (bad suite, or filters that leave nothing), ExecutorError (the executor cannot start).
     """
     chosen = load(suite, **overrides)
     filters = parse_filters(list(only or []))
-    ex = executor_for(chosen.executor)
+    ex = on or executor_for(chosen.executor)
     try:
         cases = ex.plan(chosen, filters)
+        if not cases:
+            raise SuiteError(f"{chosen.source}: the filters leave no case to run")
     except BaseException:
-        ex.close()
+        if on is None:
+            ex.close()
         raise
-    if not cases:
-        ex.close()
-        raise SuiteError(f"{chosen.source}: the filters leave no case to run")
     return chosen, cases, ex
 
 
@@ -122,13 +124,7 @@ def run(suite: SuiteSource, out: str | Path = "results", *, only: list[str] | No
     ``executor={"kind": "ray", "address": "10.0.0.5:6379"}``.
     Raises SuiteError (bad suite or filters), ExecutorError (the executor cannot start).
     """
-    if on is None:
-        chosen, cases, ex = plan(suite, only=only, **overrides)
-    else:
-        chosen, ex = load(suite, **overrides), on
-        cases = ex.plan(chosen, parse_filters(list(only or [])))
-        if not cases:
-            raise SuiteError(f"{chosen.source}: the filters leave no case to run")
+    chosen, cases, ex = plan(suite, only=only, on=on, **overrides)
     try:
         out = Path(out)
         summary = run_plan(chosen, cases, out, cache_dir=Path(cache_dir) if cache_dir else None, on_plan=on_plan,

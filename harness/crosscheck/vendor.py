@@ -42,7 +42,7 @@ import numpy as np
 
 from costbench.core.metrics import OFFLINE, SINGLE_STREAM, THROUGHPUT, catalogue
 from costbench.core.stats import percentile
-from costbench.harness.results.runfile import scenario_kind_of
+from costbench.harness.suite.case import scenario_kind_of
 from costbench.harness.suite.skips import can_never_run
 
 AGREE_WITHIN = 0.05  # the goal: within 5% of the vendor's tool
@@ -470,7 +470,7 @@ def cases_from_suite(path: Path, only: list[dict[str, str]] | None = None) -> tu
     from costbench.harness.execute.load import load_suite
 
     cases = [c for c in make_plan(load_suite(path), only)
-             if c.backend_name in TOOLS and c.scenario_spec["kind"] in CROSSCHECKED_KINDS]
+             if c.backend_name in TOOLS and c.scenario_kind in CROSSCHECKED_KINDS]
     never = [c for c in cases if c.status != PLANNED and _never_runs(c)]
     return ([c for c in cases if c.status == PLANNED],
             [c for c in cases if c.status != PLANNED and c not in never], len(never))

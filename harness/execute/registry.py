@@ -25,10 +25,15 @@ def executor_class(kind: str) -> type[Executor]:
     return cls
 
 
-def parse_executor_settings(spec: ExecutorSpec | dict[str, Any]) -> ExecutorSettings:
-    """An executor section validated by its executor's own settings model (pydantic's ValidationError names keys)."""
+def _section(spec: ExecutorSpec | dict[str, Any]) -> dict[str, Any]:
     data = spec.model_dump() if isinstance(spec, ExecutorSpec) else dict(spec)
     data.setdefault("kind", "local")
+    return data
+
+
+def parse_executor_settings(spec: ExecutorSpec | dict[str, Any]) -> ExecutorSettings:
+    """An executor section validated by its executor's own settings model (pydantic's ValidationError names keys)."""
+    data = _section(spec)
     return executor_class(data["kind"]).Settings.model_validate(data)
 
 
@@ -40,7 +45,7 @@ def executor_for(spec: ExecutorSpec | dict[str, Any] | None) -> Executor:
     """
     if spec is None:
         return LocalExecutor()
-    data = spec.model_dump() if isinstance(spec, ExecutorSpec) else dict(spec)
-    cls = executor_class(data.get("kind", "local"))
+    data = _section(spec)
+    cls = executor_class(data["kind"])
     known = cls.Settings.model_fields
     return cls.from_settings(cls.Settings.model_validate({k: v for k, v in data.items() if k in known}))

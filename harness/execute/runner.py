@@ -67,7 +67,7 @@ def flag_instability(store: Store, outcome: CaseOutcome, env_id: str, run_id: st
     deviation of log per-process medians); a single-process case falls back to its samples' CV.
     """
     cat = catalogue()
-    reports = cat.scenarios.get(outcome.case.scenario_spec.get("kind", outcome.case.scenario))
+    reports = cat.scenarios.get(outcome.case.scenario_kind)
     if reports is None:  # a scenario whose package registered no primary series: nothing to judge by
         return None
     primary = cat.series[reports.primary]

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from costbench.harness.results.replicates import merged_records
+from costbench.harness.suite.case import scenario_kind_of
 
 SCHEMA_VERSION = 5  # bump when any table's columns change: older stores are then rebuilt from the run files
 RUNS_DIR = "runs"
@@ -154,12 +155,6 @@ def rows_of(run: RunFile, header: dict[str, Any] | None = None,
                 "samples": m.get("samples"), "details": json.dumps(m["details"]) if m.get("details") else None,
             })
     return rows
-
-
-def scenario_kind_of(case: dict[str, Any]) -> str:
-    """The registered kind of a case's scenario (its label is the user's); records without a spec go by the label."""
-    kind = (case.get("scenario_spec") or {}).get("kind")
-    return str(kind) if kind else str(case["scenario"])
 
 
 def case_rows_of(run_id: str, cases: list[dict[str, Any]]) -> list[list[Any]]:

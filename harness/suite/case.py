@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 PLANNED = "planned"
 SKIPPED = "skipped"
@@ -62,6 +62,11 @@ class Case:
         """Whether this process measures accuracy: once per case (process 0), since it does not vary by process."""
         return self.measure_accuracy and self.process == 0
 
+    @property
+    def scenario_kind(self) -> str:
+        """The registered kind of this case's scenario (its label is the user's)."""
+        return scenario_kind_of({"scenario_spec": self.scenario_spec, "scenario": self.scenario})
+
     def key(self) -> dict[str, Any]:
         """The fields filters and result rows identify a case by."""
         return {k: getattr(self, k) for k in FILTER_KEYS}
@@ -72,3 +77,9 @@ class Case:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Case":
         return cls(**data)
+
+
+def scenario_kind_of(case: Mapping[str, Any]) -> str:
+    """The registered kind of a case's scenario, from a case as data; records without a spec go by the label."""
+    kind = (case.get("scenario_spec") or {}).get("kind")
+    return str(kind) if kind else str(case["scenario"])
