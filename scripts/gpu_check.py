@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CARRY = ROOT / ".gpu-carry"
+OFFLINE = ROOT / ".gpu-offline"  # what scripts/gpu_check_prepare.py wrote
 PYCUDA_SITE = Path(os.environ.get("COSTBENCH_PYCUDA_SITE", "/tmp/pycuda-site"))
 PYCUDA_DONE = PYCUDA_SITE / ".build-finished"
 BUDGET_SKIP = "time budget of the GPU check ran out"
@@ -375,7 +375,7 @@ def minilm_stage(device: str = "cuda:0") -> dict[str, Any]:
 
     from costbench.kernels.linear import swap_linear_layers
 
-    pack = CARRY / "minilm"
+    pack = OFFLINE / "minilm"
     data = np.load(pack / "sentences.npz")
     fp32 = _minilm_fp32(pack)
     int8 = copy.deepcopy(fp32)
@@ -524,7 +524,7 @@ def summary(record: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: $OUT, else results/gpu-check)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: results/gpu-check)")
     parser.add_argument("--budget", type=float, default=330.0, help="seconds for all stages together")
     parser.add_argument("--quick", action="store_true", help="fewer shapes everywhere")
     parser.add_argument("--reference-image", action="store_true",
@@ -532,7 +532,7 @@ def main() -> int:
     parser.add_argument("--stages", default="", help="comma-separated stage-name prefixes to run (e.g. "
                         "'benchmark,models' to rerun those within a short budget); default: every stage")
     args = parser.parse_args()
-    out = args.out or Path(os.environ.get("OUT") or ROOT / "results" / "gpu-check")
+    out = args.out or ROOT / "results" / "gpu-check"
     out.mkdir(parents=True, exist_ok=True)
     run = Run(out, args.budget, [p.strip() for p in args.stages.split(",") if p.strip()])
 

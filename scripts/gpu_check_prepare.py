@@ -1,6 +1,6 @@
 """Prepare what scripts/gpu_check.sh needs on a GPU machine that can download nothing: run it here first.
 
-Writes ``.gpu-carry/`` (ignored by git; name it in the device call's ``carry``):
+Writes ``.gpu-offline/`` (ignored by git; copy it into the checkout on the GPU machine):
 
 - ``wheels/``: the PyCUDA source distribution (built there, in the background, against that machine's CUDA)
   and the small pure or cp312 wheels the check needs beyond the GPU image's own packages: pytools,
@@ -8,7 +8,8 @@ Writes ``.gpu-carry/`` (ignored by git; name it in the device call's ``carry``):
   packages (the smoke models' weights).
 - ``minilm/``: all-MiniLM-L6-v2 for ``Int8Linear`` on CUDA, compacted to fit the transfer limit: the config,
   the tokenized bundled sentences (calibration and evaluation splits, pair labels), and the weights in fp16
-  with the word-embedding matrix cut to the rows the bundled sentences use (every other row is never read).
+  with the word-embedding matrix cut to the rows the bundled sentences use (every other row is never read), so
+  the folder stays small enough to copy anywhere (about 43 MiB in all).
   The GPU check compares int8 against fp32 computed from these same fp16-rounded weights.
 
 Usage: ``python scripts/gpu_check_prepare.py [--python-version 3.12]``. Needs PyPI (pip download) and this
@@ -25,9 +26,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CARRY = ROOT / ".gpu-carry"
+OFFLINE = ROOT / ".gpu-offline"
 
-# name==version: pinned so the carried set is reproducible; sdist=True means the source distribution.
+# name==version: pinned so the prepared set is reproducible; sdist=True means the source distribution.
 PACKAGES = [
     ("pycuda==2026.1", True),
     ("pytools==2026.1.1", False),
@@ -50,7 +51,7 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
 
 
 def download(python_version: str) -> None:
-    wheels = CARRY / "wheels"
+    wheels = OFFLINE / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     for spec, sdist in PACKAGES:
         name = spec.split("==")[0].replace("-", "_").lower()
@@ -72,7 +73,7 @@ def minilm_pack() -> None:
 
     from costbench.harness.build.zoo import minilm
 
-    out = CARRY / "minilm"
+    out = OFFLINE / "minilm"
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     used: set[int] = set()
@@ -107,15 +108,17 @@ def minilm_pack() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--python-version", default="3.12", help="the GPU image's Python (KINDS.md: 3.12)")
+    parser.add_argument("--python-version", default="3.12",
+                        help="the Python version of the GPU machine that will run the check (default 3.12)")
     parser.add_argument("--skip-minilm", action="store_true")
     args = parser.parse_args()
     download(args.python_version)
     if not args.skip_minilm:
         minilm_pack()
-    total = sum(p.stat().st_size for p in CARRY.rglob("*") if p.is_file())
-    print(f"{CARRY}: {total / 2**20:.1f} MiB (the device call carries at most 64 MiB with the working tree)")
-    return 0 if total < 56 * 2**20 else 1
+    total = sum(p.stat().st_size for p in OFFLINE.rglob("*") if p.is_file())
+    print(f"{OFFLINE}: {total / 2**20:.1f} MiB; copy it into the checkout on the GPU machine, then run "
+          "bash scripts/gpu_check.sh OUT_DIR there")
+    return 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def git_commit(cwd: Path | None = None) -> str | None:
 class RunSummary:
     run_id: str
     run_file: Path
-    outcomes: list[CaseOutcome]  # one per case measured in this session, its processes merged
+    outcomes: list[CaseOutcome]  # one per case this call measured (a resumed run: not the ones recorded before), its processes merged
 
 
 UNSTABLE_CV_FACTOR = 3.0  # spread this many times the case's usual spread...

@@ -82,10 +82,13 @@ def test_reference_image_skips_tensorrt_and_onnxruntime_gpu_cases_with_that_reas
         assert "--with-tensorrt" in reasons[label]
 
 
-def test_the_shell_script_parses_and_says_what_is_missing_without_the_carry(tmp_path):
+def test_the_shell_script_parses_and_says_what_is_missing_without_the_offline_folder(tmp_path):
     assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "gpu_check.sh")]).returncode == 0
-    if (ROOT / ".gpu-carry" / "wheels").is_dir():
-        pytest.skip("a prepared .gpu-carry is here: the script would install and run")
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path)}, timeout=60)
-    assert proc.returncode == 3 and "gpu_check_prepare.py" in proc.stderr
+    if (ROOT / ".gpu-offline" / "wheels").is_dir():
+        pytest.skip("a prepared .gpu-offline is here: the script would install and run")
+    out = tmp_path / "check"
+    # OUT_DIR is relative to where the script starts, not to the checkout it cds into.
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "check"], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 3 and "gpu_check_prepare.py" in proc.stderr and ".gpu-offline" in proc.stderr
+    assert out.is_dir() and not (ROOT / "check").exists()
