@@ -18,8 +18,8 @@ Never asserts: it measures and reports, with counts. Issue 17's goals are printe
     after unplanted: "regressed" expected; unplanted after planted: "improved"). Reported: how often +10%
     is called (goal >= 95%), +5%'s ratio and interval in each trial and how often it passes the 5% threshold,
     and false alarms on the +0% series.
-(c) **Smoke wall time.** ``suites/smoke.toml`` with its own settings (processes = 2, shorter measuring), against
-    the same suite as it was before replication (one process, 1 s measuring), both with a warm cache.
+(c) **Smoke wall time.** ``suites/smoke.toml`` with its own settings, against the same cases measured as
+    before replication (one process, 1 s measuring), both with a warm cache.
     Goal: within 1.5x.
 
 Duration on a quiet 2-vCPU machine with a warm cache: (a) 10 cases x 5 processes, about 1.5–2 min a run,

@@ -215,7 +215,7 @@ def test_breakdown_times_each_step_on_one_compiled_model(measured):
 
 
 def test_a_suites_vendor_cases_are_planned_and_combinations_that_never_run_left_out():
-    planned, skipped, never = cc.cases_from_suite(Path(__file__).parents[3] / "suites" / "smoke.toml",
+    planned, skipped, never = cc.cases_from_suite(Path(__file__).parents[3] / "suites" / "full.toml",
                                                   [{"backend": "openvino"}])
     assert never == 4  # int8-xnnpack comes as an ExecuTorch program: 2 models x 2 scenarios
     assert skipped == [] and len(planned) == 12

@@ -6,6 +6,7 @@ import pytest
 
 from costbench.harness.execute.plan import make_plan, parse_filters
 from costbench.harness.execute.load import SuiteError, load_suite
+from costbench.harness.suite.case import PLANNED
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,8 +44,9 @@ def test_good_suite_and_shorthands(tmp_path):
     assert {c.backend for c in cases} == {"onnxruntime", "ov-tput"}
 
 
-SHIPPED_SUITES = {"smoke.toml", "compression.toml"}  # the README's suites; scripts/gpu_check_suite.toml is
-# validated (and planned) in tests/backends/test_nvidia_probes.py::test_gpu_check_suite_file_plans
+# The docs' suites; scripts/gpu_check_suite.toml is validated (and planned) in
+# tests/backends/test_nvidia_probes.py::test_gpu_check_suite_file_plans
+SHIPPED_SUITES = {"smoke.toml", "full.toml", "litert.toml", "compression.toml"}
 
 
 def test_shipped_suites_validate():
@@ -55,6 +57,18 @@ def test_shipped_suites_validate():
         suite = load_suite(path)
         assert suite.name and suite.models and suite.variants and suite.backends, path
         assert make_plan(suite), f"{path} plans no case"
+
+
+def test_the_smoke_suite_shows_what_costbench_is_for_in_few_cases():
+    """The first run: several runtimes, fp32 beside int8, intervals across processes, and few cases (it must
+    stay quick: its wall time is measured and quoted in the README, not asserted here)."""
+    suite = load_suite(REPO / "suites" / "smoke.toml")
+    runnable = [c for c in make_plan(suite) if c.status == PLANNED]
+    assert len({c.backend for c in runnable}) >= 3
+    assert {"fp32", "int8"} <= {c.variant for c in runnable}
+    assert {c.backend for c in runnable if c.variant == "int8"} >= {"onnxruntime", "openvino"}
+    assert suite.processes >= 5  # fewer cases, never a weaker measurement: the default replication
+    assert len(runnable) <= 8
 
 
 def test_missing_file(tmp_path):
