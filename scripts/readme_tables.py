@@ -1,18 +1,21 @@
-"""Regenerate the README's measured tables from the committed runs under ``results/reference/``.
+"""Regenerate the measured tables of README.md and the docs pages from the committed runs under ``results/reference/``.
 
-Every generated block in README.md sits between two markers that name the generator and its source::
+Every generated block in README.md and in ``docs/**/*.md`` (the documentation site's pages) sits between two
+markers that name the generator and its source::
 
     <!-- generated: pivot results/reference/2026-11-30-amd-epyc-avx2-2vcpu/compression -->
     ...the table, written by this script...
     <!-- end generated -->
 
 ``python scripts/readme_tables.py`` rewrites every block in place; ``--check`` rewrites nothing and exits 1
-naming each block that differs from what its source gives (the tests run it, so a table cannot drift from
-its run). A number outside such a block names its run in the sentence beside it.
+naming each block (and its file) that differs from what its source gives (the tests run it, so a table cannot
+drift from its run). A block moves with its section from the README to a page and stays checked. A number
+outside such a block names its run in the sentence beside it.
 
 Generators (SOURCE is relative to the repository root):
 
-- ``run-output FOLDER``: the end-of-run table ``costbench run`` printed, for the one run in FOLDER/runs;
+- ``run-output FOLDER [--model NAME]... [--rows N]``: the end-of-run table ``costbench run`` printed, for the one
+  run in FOLDER/runs; ``--model`` keeps only those models' tables, ``--rows`` the first N measured rows of each;
 - ``cases FOLDER``: one Markdown row per measured case (p50 with its interval, size, parity and accuracy,
   load and first-inference time);
 - ``pivot FOLDER``: per model, one row per variant and a p50 column per backend, with size and accuracy;
@@ -191,18 +194,46 @@ def gen_pivot(src: Path, args: list[str], root: Path = ROOT) -> str:
 
 
 def gen_run_output(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """The end-of-run table, optionally cut down: ``--model NAME`` (repeatable) keeps those models' tables,
+    ``--rows N`` the first N measured rows of each (in run order); a line says what was left out."""
     from rich.console import Console
 
     from costbench.harness.reports.run_table import render
 
+    parser = argparse.ArgumentParser(prog="run-output block", add_help=False)
+    parser.add_argument("--model", action="append", default=[])
+    parser.add_argument("--rows", type=int, default=None)
+    opts = parser.parse_args(args)
     header, cases, df = run_frame(src)
+    models = list(dict.fromkeys(df["model"]))
+    cut = []
+    if opts.model:
+        missing = [m for m in opts.model if m not in models]
+        if missing:
+            raise SourceError(f"{_shown(src)}: no model {', '.join(missing)} in the run (it has {', '.join(models)})")
+        df = df[df["model"].isin(opts.model)]
+        others = [m for m in models if m not in opts.model]
+        if others:
+            cut.append(f"(the tables of {', '.join(others)} are not shown)")
+    if opts.rows is not None:
+        keys = ["model", "backend", "variant", "batch_size"]
+        ok = df[df["status"] == "ok"].sort_values("seq", kind="stable")
+        shown: set[tuple] = set()
+        left_out = 0
+        for _, mdf in ok.groupby("model", sort=False):
+            rows = list(dict.fromkeys(map(tuple, mdf[keys].itertuples(index=False))))
+            shown.update(rows[:opts.rows])
+            left_out += max(0, len(rows) - opts.rows)
+        df = df[[s != "ok" or tuple(k) in shown for s, k in zip(df["status"], df[keys].itertuples(index=False))]]
+        if left_out:
+            cut.append(f"({left_out} more measured row(s) are not shown)")
     buf = io.StringIO()
     console = Console(file=buf, width=170, force_terminal=False, color_system=None, record=False)
     render(df, console)
     counts = {s: sum(1 for c in cases if c.get("status") == s) for s in ("ok", "skipped", "failed")}
     text = "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
-    return (f"```\n{text}\nrun {header['run_id']}: {counts['ok']} ok, {counts['skipped']} skipped, "
-            f"{counts['failed']} failed\n```\n")
+    return (f"```\n{text}\n" + "".join(c + "\n" for c in cut)
+            + f"run {header['run_id']}: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed\n```\n")
 
 
 # ---------------------------------------------------------------------------------------------- JSON files
@@ -440,10 +471,10 @@ def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
         gen, src = m["gen"], m["src"]
         label = f"{gen} {src}"
         if gen not in GENERATORS:
-            raise SourceError(f"README block '{label}': unknown generator {gen!r} (known: {', '.join(GENERATORS)})")
+            raise SourceError(f"block '{label}': unknown generator {gen!r} (known: {', '.join(GENERATORS)})")
         path = root / src
         if not path.exists():
-            raise SourceError(f"README block '{label}': {src} does not exist")
+            raise SourceError(f"block '{label}': {src} does not exist")
         body = GENERATORS[gen](path, shlex.split(m["args"]), root=root)
         if body != m["body"]:
             changed.append(label)
@@ -452,28 +483,57 @@ def regenerate(text: str, root: Path = ROOT) -> tuple[str, list[str]]:
     return BLOCK.sub(one, text), changed
 
 
+def markdown_files(root: Path = ROOT) -> list[Path]:
+    """The files whose blocks are kept: README.md and every page of the documentation site (docs/**/*.md)."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", type=Path,
+                        help="Markdown files to regenerate (default: README.md and docs/**/*.md under --root)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is out of date")
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the folder blocks' sources are relative to (default: this repository)")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="one file whose sources are relative to its own folder (as README.md's are)")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
+    if args.readme is not None:
+        root, files = args.readme.resolve().parent, [args.readme]
+    else:
+        root = args.root.resolve()
+        files = args.files or markdown_files(root)
+    texts = {f: f.read_text() for f in files}
+    new: dict[Path, str] = {}
+    changed: dict[Path, list[str]] = {}
     try:
-        new, changed = regenerate(text, args.readme.resolve().parent)
+        for f, text in texts.items():
+            new[f], changed[f] = regenerate(text, root)
     except SourceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_name(f, root)}: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        for label in changed:
-            print(f"out of date: {label}")
-        if changed:
-            diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "README.md", "regenerated", lineterm="", n=1)
-            print("\n".join(list(diff)[:80]))
-        return 1 if changed else 0
-    if changed:
-        args.readme.write_text(new)
-    print(f"{len(BLOCK.findall(text))} generated block(s); rewrote {len(changed)}: {', '.join(changed) or 'none'}")
+        for f, labels in changed.items():
+            for label in labels:
+                print(f"out of date: {label} (in {_name(f, root)})")
+            if labels:
+                diff = difflib.unified_diff(texts[f].splitlines(), new[f].splitlines(), _name(f, root), "regenerated",
+                                            lineterm="", n=1)
+                print("\n".join(list(diff)[:80]))
+        return 1 if any(changed.values()) else 0
+    for f, labels in changed.items():
+        if labels:
+            f.write_text(new[f])
+        print(f"{_name(f, root)}: {len(BLOCK.findall(texts[f]))} generated block(s); rewrote {len(labels)}"
+              + (f": {', '.join(labels)}" if labels else ""))
     return 0
+
+
+def _name(f: Path, root: Path) -> str:
+    try:
+        return str(f.resolve().relative_to(root))
+    except ValueError:
+        return str(f)
 
 
 if __name__ == "__main__":
