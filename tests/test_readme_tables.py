@@ -1,8 +1,9 @@
-"""The README's generated tables match the committed runs they name (scripts/readme_tables.py)."""
+"""The generated tables of README.md and the docs pages match the committed runs they name (scripts/readme_tables.py)."""
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,17 +21,55 @@ def tables():
     return module
 
 
-def test_readme_is_what_its_runs_give(tables, capsys):
-    code = tables.main(["--check"])
+def test_readme_and_docs_are_what_their_runs_give(tables, capsys):
+    code = tables.main(["--check"])  # README.md and every docs/**/*.md
     assert code == 0, capsys.readouterr().out
-    assert len(tables.BLOCK.findall((ROOT / "README.md").read_text())) >= 3
+    files = tables.markdown_files()
+    assert ROOT / "README.md" in files and ROOT / "docs" / "measurement.md" in files
+    blocks = {f.relative_to(ROOT).as_posix(): len(tables.BLOCK.findall(f.read_text())) for f in files}
+    assert blocks["README.md"] >= 1
+    # each block lives with its section's page
+    for page in ("measured", "serving", "measurement", "reports", "kernels", "nvidia", "compression", "litert"):
+        assert blocks[f"docs/{page}.md"] >= 1, blocks
+
+
+def test_an_edited_number_in_a_docs_page_is_caught(tables, tmp_path, capsys):
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    for f in (ROOT / "docs").glob("*.md"):
+        shutil.copy(f, tmp_path / "docs" / f.name)
+    (tmp_path / "results").symlink_to(ROOT / "results")
+    page = tmp_path / "docs" / "compression.md"
+    text = page.read_text()
+    m = next(b for b in tables.BLOCK.finditer(text) if "\n| " in b["body"])
+    i = m.start("body") + m["body"].index("| fp32 |") + len("| fp32 |") + 1  # a digit of the first row
+    assert text[i].isdigit()
+    page.write_text(text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:])
+    assert tables.main(["--check", "--root", str(tmp_path)]) == 1
+    assert f"out of date: {m['gen']} {m['src']} (in docs/compression.md)" in capsys.readouterr().out
+    assert tables.main(["--root", str(tmp_path), str(page)]) == 0  # rewriting restores what the run gives
+    assert page.read_text() == text
+
+
+def test_run_output_cut_to_one_model_and_rows(tables):
+    src = ROOT / "results" / "reference" / "2026-11-30-amd-epyc-avx2-2vcpu" / "smoke"
+    full = tables.gen_run_output(src, [])
+    one = tables.gen_run_output(src, ["--model", "efficientnet-lite0"])
+    assert "efficientnet-lite0" in one and "\ndigits-cnn\n" not in one and "\ndigits-cnn\n" in full
+    assert "(the tables of digits-cnn are not shown)" in one
+    rows = tables.gen_run_output(src, ["--model", "efficientnet-lite0", "--rows", "3"])
+    measured = [line for line in rows.splitlines() if line.rstrip().endswith(" ok")]
+    assert len(measured) == 3 and "(9 more measured row(s) are not shown)" in rows
+    with pytest.raises(tables.SourceError, match="no model nope"):
+        tables.gen_run_output(src, ["--model", "nope"])
 
 
 def test_an_edited_number_is_caught(tables, tmp_path, capsys):
     readme = (ROOT / "README.md").read_text()
-    m = next(b for b in tables.BLOCK.finditer(readme) if "\n| " in b["body"])  # a Markdown table
+    m = next(tables.BLOCK.finditer(readme))  # the smoke run's output: a table as costbench printed it
     body = m["body"]
-    digit = next(i for i, ch in enumerate(body) if ch.isdigit() and i > body.index("\n| "))
+    start = body.index("\n| ") if "\n| " in body else body.index(" ok\n")  # past the header, into a row
+    digit = next(i for i, ch in enumerate(body) if ch.isdigit() and i > start)
     tampered = readme[: m.start("body") + digit] + str((int(body[digit]) + 1) % 10) + readme[m.start("body") + digit + 1:]
     copy = tmp_path / "README.md"
     copy.write_text(tampered)
