@@ -1,4 +1,4 @@
-"""The generated tables of README.md and the docs pages match the committed runs they name (scripts/readme_tables.py)."""
+"""README.md's and the docs pages' generated tables match the committed runs they name (scripts/readme_tables.py)."""
 
 from __future__ import annotations
 
