@@ -83,7 +83,7 @@ def report(
                                        "from its fingerprint when nothing assigns one (the report says so)."),
     latency: str = typer.Option("p99", "--latency", help="Single-stream percentile for the SLO and frontier: p50 or p99."),
     prices: Optional[Path] = typer.Option(None, "--prices", help="Price table TOML laid over the defaults "
-                                          "(`costbench prices` prints them)."),
+                                          "(`costbench prices --toml` prints them)."),
     machine_type: list[str] = typer.Option([], "--machine-type", "-m", help="Machine type the runs ran on: TYPE for "
                                            "every unassigned run, or ENV_ID=TYPE / RUN_ID=TYPE; repeatable."),
     store: list[str] = typer.Option([], "--store", help=STORE_HELP),
@@ -206,11 +206,135 @@ def dashboard(
     console.print(f"wrote {paths['html']}, {paths['csv']}, {paths['json']}", highlight=False)
 
 
-def prices() -> None:
-    """Print the default price table (TOML) to copy, edit and pass with `report --prices`."""
-    from costbench.harness.reports.prices import default_prices_text
+def _hardware(m) -> str:
+    """What a machine type runs on, short: its GPUs and host vendor, or its CPU."""
+    if m.gpu:
+        return m.gpu.replace("NVIDIA ", "") + (f" ({m.cpu_vendor} host)" if m.cpu_vendor else "")
+    return m.description or m.cpu_vendor
 
-    sys.stdout.write(default_prices_text())
+
+def _machine_rows(machines: list, currency: str, pick: str = "") -> "Table":
+    from rich.table import Table
+
+    t = Table(title_justify="left")
+    cols = [*([""] if pick else []), "type", "vCPUs", "GiB", "hardware", "ISA", f"{currency}/h", "region", "as of"]
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("vCPUs", "GiB", f"{currency}/h") else "left", overflow="fold")
+    for m in machines:
+        t.add_row(*(["*" if m.name == pick else ""] if pick else []), m.name, str(m.vcpus or ""),
+                  f"{m.memory_gib:g}" if m.memory_gib else "", _hardware(m), " ".join(m.isa),
+                  f"{'≈' if m.approximate else ''}{m.hourly:g}", m.region, m.as_of)
+    return t
+
+
+def _family_rows(machines: list, currency: str) -> "Table":
+    from rich.table import Table
+
+    t = Table(title_justify="left")
+    for col in ("family or type", "vCPUs", "GiB", "hardware", "ISA", f"{currency}/h", "region", "as of"):
+        t.add_column(col, justify="right" if col in ("GiB", f"{currency}/h") else "left", overflow="fold")
+    groups: dict[str, list] = {}
+    for m in machines:
+        groups.setdefault(m.family or m.name, []).append(m)
+    for key, ms in groups.items():
+        ms = sorted(ms, key=lambda m: (m.vcpus or 0, m.hourly))
+        first, last = ms[0], ms[-1]
+        sizes = f"{first.vcpus}–{last.vcpus} ({len(ms)} sizes)" if len(ms) > 1 else str(first.vcpus or "")
+        per = (f"{first.memory_gib / first.vcpus:g}/vCPU" if first.family and first.memory_gib and first.vcpus
+               else f"{first.memory_gib:g}" if first.memory_gib else "")
+        price = f"{first.hourly:g}" + (f"–{last.hourly:g}" if len(ms) > 1 else "")
+        t.add_row(key, sizes, per, _hardware(first), " ".join(first.isa), ("≈" if first.approximate else "") + price,
+                  first.region, first.as_of)
+    return t
+
+
+def _read_fingerprint(path: Path) -> dict:
+    """A fingerprint from `costbench env --json` output, or a file that holds one under "fingerprint"."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"--fingerprint {path}: cannot read it as JSON ({exc}); write one with `costbench env --json > {path}`")
+    data = data.get("fingerprint", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
+        fail(f"--fingerprint {path}: no fingerprint in it (expected `costbench env --json` output, with a \"key\")")
+    return data
+
+
+def prices(
+    toml: bool = typer.Option(False, "--toml", help="Print the default price table as TOML, to copy and edit: "
+                              "costbench prices --toml > prices.toml."),
+    cloud: Optional[str] = typer.Option(None, "--cloud", help="Only this cloud: aws, gcp, azure (the part of the "
+                                        "type's name before '/')."),
+    vcpus: Optional[int] = typer.Option(None, "--vcpus", help="Only types with this many vCPUs."),
+    cpu: Optional[str] = typer.Option(None, "--cpu", help="Only types with this CPU: amd, intel, arm, or a word of "
+                                      "its description (graviton, genoa, amx)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Only types with this GPU (H100, H200, 'A100 80'); "
+                                      "'any' for every GPU type, 'none' for CPU types only."),
+    all_sizes: bool = typer.Option(False, "--all", help="List every size; without a filter the table has one row per "
+                                   "family."),
+    this_machine: bool = typer.Option(False, "--this-machine", "--match", help="The type `costbench report` infers "
+                                      "for this machine, how sure it is, and what else fits."),
+    fingerprint_file: Optional[Path] = typer.Option(None, "--fingerprint", help="Infer for a recorded fingerprint "
+                                                    "(`costbench env --json` output, or a reference env.json) "
+                                                    "instead of this machine."),
+    prices_file: Optional[Path] = typer.Option(None, "--prices", help="Price table TOML laid over the defaults, as "
+                                               "for `costbench report --prices`."),
+) -> None:
+    """Show the price table (filter it by cloud, vCPUs, CPU, GPU), the type this machine would be priced as
+    (--this-machine), or print the defaults as TOML to copy (--toml)."""
+    from costbench.harness.reports.prices import PriceError, default_prices_text, infer_machine, load_prices, \
+        select_machines
+
+    if toml:
+        if any(x is not None for x in (cloud, vcpus, cpu, gpu, fingerprint_file, prices_file)) or this_machine:
+            fail("--toml prints the whole default table, to copy and edit; it takes no filter, --prices or "
+                 "--this-machine (drop --toml to see a filtered table)")
+        sys.stdout.write(default_prices_text())
+        return
+    try:
+        table = load_prices(prices_file)
+    except PriceError as exc:
+        fail(str(exc))
+    cur = table.currency
+    if this_machine or fingerprint_file:
+        if fingerprint_file:
+            fp, what = _read_fingerprint(fingerprint_file), f"fingerprint {fingerprint_file}"
+        else:
+            from costbench.harness.machine.env import fingerprint
+
+            fp, what = fingerprint(), "this machine"
+        from costbench.harness.reports.prices import cpu_generation
+
+        key, mem = fp.get("key", {}), (fp.get("recorded") or {}).get("memory_bytes")
+        gpus = ", ".join(f"{g.get('name')} ({g.get('memory')})" for g in key.get("gpus") or []) or "no GPU"
+        gen = cpu_generation(key)
+        console.print(f"{what}: env {str(fp.get('env_id', ''))[:12]}, CPU '{key.get('cpu_model')}'"
+                      f"{f' ({gen})' if gen else ''}, {key.get('machine', '?')}, {key.get('logical_cores')} logical "
+                      f"cores, {mem / 2**30:.1f} GiB, {gpus}" if mem else f"{what}: CPU '{key.get('cpu_model')}'",
+                      highlight=False, markup=False, soft_wrap=True)
+        guess = infer_machine(fp, table)
+        console.print(guess.describe(str(fp.get("env_id", "")), cur), highlight=False, markup=False, soft_wrap=True)
+        if guess.options:
+            console.print(_machine_rows(list(guess.options), cur, pick=guess.machine.name))
+            console.print("* the pick. Ranked by the host CPU (GPU types), then memory that matches this machine's, "
+                          "then a firm price over an approximate (≈) one, then the cheapest.",
+                          highlight=False, markup=False, soft_wrap=True)
+        return
+    rows = select_machines(table, cloud=cloud, vcpus=vcpus, cpu=cpu, gpu=gpu)
+    if not rows:
+        clouds = ", ".join(sorted({m.cloud for m in table.machines.values() if m.cloud}))
+        fail(f"no machine type in the price table passes these filters (clouds: {clouds}; `costbench prices` "
+             "lists the families)")
+    filtered = any(x is not None for x in (cloud, vcpus, cpu, gpu))
+    console.print(_machine_rows(rows, cur) if filtered or all_sizes else _family_rows(rows, cur))
+    families = len({m.family or m.name for m in rows})
+    console.print(f"{len(rows)} machine type(s) in {families} family(ies); {cur} per hour, on-demand list prices for "
+                  f"the region shown; ≈: approximate, check it. Sources: {', '.join(table.sources)}.",
+                  highlight=False, markup=False, soft_wrap=True)
+    if not filtered and not all_sizes:
+        console.print("Every size: --all, or filter with --cloud, --vcpus, --cpu, --gpu. This machine's type: "
+                      "--this-machine. To edit: costbench prices --toml > prices.toml, then "
+                      "costbench report --prices prices.toml.", highlight=False, markup=False, soft_wrap=True)
 
 
 pb_app = typer.Typer(no_args_is_help=True, help="pytest-benchmark JSON into the store and out of it.")

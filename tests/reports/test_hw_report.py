@@ -370,6 +370,7 @@ def test_labelled_budget_the_data_cannot_decide(tmp_path):
 
 def test_machine_type_is_inferred_from_the_fingerprint_and_said_so(tmp_path):
     spr = make_env("Intel(R) Xeon(R) Platinum 8488C", 2)
+    spr["recorded"]["memory_bytes"] = int(3.7 * 2**30)  # what a c7i.large shows (16 GiB would be an r7i.large)
     write_run(tmp_path, "20260101-000000-spr001", [*config("fp32", "onnxruntime", 1.0, 1000.0, 0.0)], env=spr)
     sel = load_selection([tmp_path])
     rep = build_report(sel, load_prices(), Criteria())
@@ -390,10 +391,12 @@ def test_machine_type_is_inferred_from_the_fingerprint_and_said_so(tmp_path):
 
 
 def test_cli_budget_and_machine_flags(tmp_path):
+    c7i = make_env("Intel(R) Xeon(R) Platinum 8488C", 2)
+    c7i["recorded"]["memory_bytes"] = int(3.7 * 2**30)
     write_run(tmp_path, "20260101-000000-eff002", [
         *parity_config("fp32", "openvino", 3.0, 330.0, 1.0, confident(1.0, 0.908, 1.0)),
         *parity_config("int8", "openvino", 1.5, 660.0, 0.9, confident(0.974, 0.865, 0.995)),  # one of 38 flipped
-    ], env=make_env("Intel(R) Xeon(R) Platinum 8488C", 2))
+    ], env=c7i)
     args = ["report", "last", "--results", str(tmp_path), "-o", str(tmp_path / "rep")]
     strict = CliRunner().invoke(app, args)
     assert strict.exit_code == 0, strict.output
