@@ -327,9 +327,10 @@ def prices(
              "lists the families)")
     filtered = any(x is not None for x in (cloud, vcpus, cpu, gpu))
     console.print(_machine_rows(rows, cur) if filtered or all_sizes else _family_rows(rows, cur))
-    families = len({m.family or m.name for m in rows})
-    console.print(f"{len(rows)} machine type(s) in {families} family(ies); {cur} per hour, on-demand list prices for "
-                  f"the region shown; ≈: approximate, check it. Sources: {', '.join(table.sources)}.",
+    families, single = len({m.family for m in rows if m.family}), sum(not m.family for m in rows)
+    console.print(f"{len(rows)} machine type(s): the sizes of {families} families and {single} single types; {cur} "
+                  f"per hour, on-demand list prices for the region shown; ≈: approximate, check it. Sources: "
+                  f"{', '.join(table.sources)}.",
                   highlight=False, markup=False, soft_wrap=True)
     if not filtered and not all_sizes:
         console.print("Every size: --all, or filter with --cloud, --vcpus, --cpu, --gpu. This machine's type: "

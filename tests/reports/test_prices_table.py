@@ -146,7 +146,7 @@ def test_prices_command_table_filters_toml_and_this_machine(tmp_path, monkeypatc
     out = run(app, ["prices", "--cloud", "aws", "--vcpus", "2", "--cpu", "amd"])
     assert out.exit_code == 0, out.output
     assert "aws/c7a.large" in out.output and "0.10264" in out.output and "gcp/" not in out.output
-    assert "6 machine type(s)" in out.output
+    assert "6 machine type(s): the sizes of 6 families" in out.output
     summary = run(app, ["prices"])
     assert summary.exit_code == 0 and "aws/m7a" in summary.output and "--toml > prices.toml" in summary.output
     toml = run(app, ["prices", "--toml"])
