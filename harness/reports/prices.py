@@ -13,7 +13,6 @@ was inferred, how sure the inference is, what else fits, and how to override it.
 from __future__ import annotations
 
 import difflib
-import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -61,11 +60,6 @@ class Machine:
     @property
     def architecture(self) -> str:
         return self.arch or ("x86_64" if self.cpu_vendor in ("Intel", "AMD") else "")
-
-    def price_text(self, currency: str = "USD") -> str:
-        """'0.08925 USD/h (us-east-1, as of 2025-06)', with '≈' for an approximate price."""
-        where = ", ".join(x for x in (self.region, f"as of {self.as_of}" if self.as_of else "") if x)
-        return f"{'≈' if self.approximate else ''}{self.hourly:g} {currency}/h" + (f" ({where})" if where else "")
 
 
 @dataclass

@@ -72,7 +72,8 @@ def config(median_ms, throughput):
 
 @pytest.mark.parametrize("name, machine, hourly, confidence, words", EXPECTED)
 def test_report_last_shows_a_cost_per_million_inferences(tmp_path, name, machine, hourly, confidence, words):
-    """`costbench report last` after a run recorded on each machine class: the pick has a cost, from the inferred type."""
+    """`costbench report last` after a run recorded on each machine class: the pick has a cost, from the inferred
+    type."""
     fp = fingerprint(name)
     write_run(tmp_path / "results", "20261204-000000-smoke1", config(2.0, 500.0), env=fp)
     r = CliRunner().invoke(app, ["report", "last", "--results", str(tmp_path / "results"), "-o", str(tmp_path / "rep")])
