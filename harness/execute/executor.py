@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 from costbench.harness.execute.plan import PLANNED, Case
+from costbench.harness.suite.case import SKIPPED
+from costbench.harness.measure.stages import read_stage, stage_file
 from costbench.harness.suite.schema import ExecutorSettings
 
 if TYPE_CHECKING:
@@ -145,6 +147,12 @@ def _wait(proc: subprocess.Popen, timeout_s: float, memory_limit_mb: float | Non
                           f"memory_limit_mb={memory_limit_mb:g}; process group killed")
 
 
+def _stage_info(result: Path) -> dict[str, Any]:
+    """``{"stage": ...}``: the step a failed process was in, where it marked one."""
+    stage = read_stage(result)
+    return {"stage": stage} if stage else {}
+
+
 def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
                       env: dict[str, str] | None = None) -> CaseOutcome:
     """Run one case in a fresh Python process; turn every way it can end into an outcome.
@@ -156,6 +164,7 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     errlog = workdir / f"{case.job_id}.stderr.log"
     job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache_dir)}))
     result.unlink(missing_ok=True)
+    stage_file(result).unlink(missing_ok=True)
     t0 = time.perf_counter()
     with open(errlog, "wb") as err:
         # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
@@ -169,22 +178,31 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
             except ProcessLookupError:
                 pass
             proc.wait()
-            return CaseOutcome(case, "failed", killed, elapsed_s=time.perf_counter() - t0, stderr_tail=_tail(errlog))
+            return CaseOutcome(case, "failed", killed, info=_stage_info(result), elapsed_s=time.perf_counter() - t0,
+                               stderr_tail=_tail(errlog))
     elapsed = time.perf_counter() - t0
     tail = _tail(errlog)
     if code != 0 or not result.exists():
         return CaseOutcome(case, "failed", _describe_exit(code) + (f"; last stderr: {tail.splitlines()[-1]}" if tail else ""),
-                           elapsed_s=elapsed, stderr_tail=tail)
+                           info=_stage_info(result), elapsed_s=elapsed, stderr_tail=tail)
     payload = json.loads(result.read_text())
     if payload["status"] == "skipped":
         return CaseOutcome(case, "skipped", payload["reason"], elapsed_s=elapsed)
     if payload["status"] != "ok":
-        return CaseOutcome(case, "failed", payload.get("reason", "unknown error"), elapsed_s=elapsed,
-                           stderr_tail=payload.get("traceback", tail))
+        return CaseOutcome(case, "failed", payload.get("reason", "unknown error"), info=_stage_info(result),
+                           elapsed_s=elapsed, stderr_tail=payload.get("traceback", tail))
     return CaseOutcome(case, "ok", "", payload["metrics"], payload["info"], elapsed)
 
 
 OnStart = Callable[[Case], None]
+#: The runner's judgment, asked just before a case's process would start: a reason not to start it (its
+#: case's failure repeats: :func:`costbench.harness.execute.failures.why_stop`), or None.
+Stop = Callable[[Case], "str | None"]
+
+
+def not_started(case: Case, why: str) -> CaseOutcome:
+    """The record of a process not started because its case's failure repeats; it counts as recorded."""
+    return CaseOutcome(case, SKIPPED, f"not started: {why}", info={"not_started": True})
 
 
 class Executor(abc.ABC):
@@ -216,11 +234,12 @@ class Executor(abc.ABC):
 
     @abc.abstractmethod
     def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
-                  on_start: OnStart | None = None) -> Iterator[CaseOutcome]:
+                  on_start: OnStart | None = None, stop: Stop | None = None) -> Iterator[CaseOutcome]:
         """One outcome per case, each yielded as soon as it is known (in any order); ``on_start`` as each starts.
 
-        A case the plan skipped yields its skipped outcome without being measured; nothing a case does
-        raises out of here.
+        A case the plan skipped yields its skipped outcome without being measured; a case ``stop`` gives a
+        reason for, asked just before it would start, yields :func:`not_started`; nothing a case does raises
+        out of here.
         """
 
     def close(self) -> None:
@@ -239,11 +258,14 @@ class LocalExecutor(Executor):
     name = "local"
 
     def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
-                  on_start: OnStart | None = None) -> Iterator[CaseOutcome]:
+                  on_start: OnStart | None = None, stop: Stop | None = None) -> Iterator[CaseOutcome]:
         for case in cases:
             if on_start:
                 on_start(case)
+            why = stop(case) if stop and case.status == PLANNED else None
             if case.status != PLANNED:
                 yield CaseOutcome(case, case.status, case.reason)
+            elif why:
+                yield not_started(case, why)
             else:
                 yield run_case_in_child(case, cache_dir, workdir, memory_limit_mb)

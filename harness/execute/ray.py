@@ -36,7 +36,8 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import Field, field_validator
 
-from costbench.harness.execute.executor import CaseOutcome, Executor, ExecutorError, OnStart, run_case_in_child
+from costbench.harness.execute.executor import (CaseOutcome, Executor, ExecutorError, OnStart, Stop, not_started,
+                                               run_case_in_child)
 from costbench.harness.execute.plan import (PLANNED, SKIPPED, Case, availability_from_dict, availability_to_dict, make_plan,
                                     probe_machine)
 from costbench.harness.suite.schema import ExecutorSettings, Suite
@@ -336,7 +337,7 @@ class RayExecutor(Executor):
     # -- measuring ----------------------------------------------------------------------------------------
 
     def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
-                  on_start: OnStart | None = None) -> Iterator[CaseOutcome]:
+                  on_start: OnStart | None = None, stop: Stop | None = None) -> Iterator[CaseOutcome]:
         """Dispatch planned cases to idle nodes that can run them (one per node); yield outcomes as they end.
 
         ``cache_dir`` and ``workdir`` are this machine's and are not used: each node builds into its own
@@ -357,12 +358,21 @@ class RayExecutor(Executor):
         tried: dict[str, list[Node]] = {}
         running: dict[Any, tuple[Case, Node, float]] = {}
 
+        stopped: list[CaseOutcome] = []  # processes not started because their case's failure repeats
+
         def dispatch() -> None:
             busy = {node.node_id for _, node, _ in running.values()}
             for node in self.nodes:
                 if node.node_id in busy or not node.alive or node.unusable:
                     continue
-                for case in queue:
+                for case in list(queue):
+                    why = stop(case) if stop and case.job_id not in tried else None
+                    if why:
+                        queue.remove(case)
+                        if on_start:
+                            on_start(case)
+                        stopped.append(not_started(case, why))
+                        continue
                     if node.node_id in self._targets.get(case.case_id, ()) and node not in tried.get(case.job_id, []):
                         queue.remove(case)
                         first = case.job_id not in tried
@@ -375,14 +385,20 @@ class RayExecutor(Executor):
                         break
 
         dispatch()
-        while running:
+        while running or stopped:
+            while stopped:
+                yield stopped.pop(0)
+            if not running:
+                dispatch()
+                continue
             (ref,), _ = ray.wait(list(running), num_returns=1)
             case, node, submitted = running.pop(ref)
             self._in_flight.pop(case.job_id, None)
             outcome = self._outcome(ray, ref, case, node, submitted, tried[case.job_id], queue)
-            dispatch()  # keep the nodes busy before the runner writes this outcome
             if outcome is not None:
+                # The runner judges this outcome before the case's next process may be dispatched.
                 yield outcome
+            dispatch()
         for case in queue:  # nothing runs and nothing more can start: no live node is left for these
             if on_start and case.job_id not in tried:
                 on_start(case)

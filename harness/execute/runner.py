@@ -26,6 +26,7 @@ from costbench.harness.machine.env import fingerprint
 from costbench.harness.execute.executor import (CaseOutcome, Executor, ExecutorError, LocalExecutor,  # noqa: F401
                                         run_case_in_child)
 from costbench.harness.execute.plan import Case, interleave
+from costbench.harness.execute.failures import why_stop
 from costbench.harness.results.replicates import merge_metrics, merge_records, process_of
 from costbench.harness.execute.registry import executor_for
 from costbench.harness.results.store import RunFile, Store
@@ -108,7 +109,8 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
 
     Each process's outcome is appended to the run file as it ends. When a case's last process ends, the
     case is judged for instability over all its processes (those recorded before a resume included) and
-    the flag goes into that last process's record.
+    the flag goes into that last process's record. A case whose failure repeats (:func:`why_stop`) starts
+    no more processes: each is recorded as not started, with why.
     """
     executor = executor or LocalExecutor()
     store = Store(results_dir)
@@ -119,7 +121,11 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
     by_case: dict[str, list[CaseOutcome]] = {}
     with tempfile.TemporaryDirectory(prefix=f"costbench-{header['run_id']}-") as tmp:
         started = (lambda case: on_start(index[case.job_id], case)) if on_start else None
-        for outcome in executor.run_cases(jobs, cache_dir, Path(tmp), memory_limit_mb, on_start=started):
+
+        def stop(case: Case) -> str | None:  # asked before each process starts: does its case's failure repeat?
+            return why_stop(earlier.get(case.case_id, []) + [o.record("") for o in by_case.get(case.case_id, [])])
+
+        for outcome in executor.run_cases(jobs, cache_dir, Path(tmp), memory_limit_mb, on_start=started, stop=stop):
             c = outcome.case
             mine = by_case.setdefault(c.case_id, [])
             mine.append(outcome)

@@ -35,6 +35,7 @@ from costbench.harness.build.compress.registry import get_recipe
 from costbench.harness.suite.case import Case
 from costbench.harness.build.reference import cached_reference, reference_outputs
 from costbench.harness.measure.scenarios.registry import make_scenario
+from costbench.harness.measure.stages import StageMarker, stage_file
 from costbench.harness.suite.schema import ModelSpec
 from costbench.harness.build.zoo.base import ModelBundle, SampleSet
 from costbench.harness.build.zoo.registry import load_bundle
@@ -141,6 +142,9 @@ class SessionResult:
     timing: TimingConvention
 
 
+STAGE = StageMarker()  # set to this process's stage file in main()
+
+
 def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     """Measure one case; returns {'metrics': [...], 'info': {...}}. Raises on failure.
 
@@ -149,15 +153,18 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     closed however that ends), take the GPU's end state, read peak memory.
     """
     t0 = time.perf_counter()
+    STAGE.enter("build")
     inputs = load_inputs(case, cache_dir)
     metrics = artifact_metrics(inputs.artifact, inputs.built)
     setup_s = time.perf_counter() - t0
     with gpu_monitor(case.device) as gpu_state:
         gpu_start = gpu_state()
+        STAGE.enter("prepare")
         backend = get_backend(case.backend_name)
         options = backend.parse_options(case.backend_options)
         baseline = mark_memory_baseline()
         session, load_row = load_session(backend, options, inputs.artifact, case)
+        STAGE.enter("measure")
         measured = measure_session(session, case, inputs)
         gpu_end = gpu_state()
     metrics += [load_row, *measured.metrics, *gpu_metrics(gpu_start, gpu_end), *memory_metrics(baseline)]
@@ -441,6 +448,7 @@ def main(argv: list[str]) -> int:
         print(_USAGE, file=sys.stderr)
         return 2
     job_path, result_path = Path(argv[0]), Path(argv[1])
+    STAGE.path = stage_file(result_path)
     job = json.loads(job_path.read_text())
     case = Case.from_dict(job["case"])
     # Keep stdout for nothing: libraries that print go to stderr, which the parent tails on failure.

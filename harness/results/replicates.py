@@ -132,7 +132,8 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
     """One case record from the records of its processes (process order); a lone record is returned as it is.
 
     The case is ok when at least one process is; the processes that failed are counted in its reason and
-    listed in ``info["processes"]``. Info, case and env_id come from the first process (which also
+    listed in ``info["processes"]``; a failed case's reason says how many of its processes were not started
+    because the failure repeats. Info, case and env_id come from the first process (which also
     measured accuracy).
     """
     if len(group) == 1 and planned_processes(group[0]) == 1:
@@ -155,6 +156,10 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
         rec["reason"] = (f"{len(bad)} of {planned} processes failed; first: {bad[0].get('reason', '')}" if bad else "")
     else:
         rec["reason"] = lead.get("reason", "")
+        idle = [r for r in bad if (r.get("info") or {}).get("not_started")]
+        if idle and idle[0] is not lead:  # say once that the rest were not started, and why
+            why = idle[0].get("reason", "").removeprefix("not started: ")
+            rec["reason"] += f" ({len(idle)} of {planned} processes not started: {why})"
     rec.pop("process", None)
     return rec
 

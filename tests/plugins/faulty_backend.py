@@ -14,18 +14,22 @@ from costbench.core.artifacts import FORMAT_ONNX, Artifact
 
 
 class FaultyOptions(BackendOptions):
-    fail: Literal["none", "raise", "segfault", "hang", "exit", "leak", "slow"] = "none"
+    # "run": prepares, then every run() raises (a failure while measuring, with the call's time in its message)
+    fail: Literal["none", "raise", "segfault", "hang", "exit", "leak", "slow", "run"] = "none"
     slow_s: float = 4.0
     block_while: str | None = None  # fail="slow": instead of slow_s, wait while this file exists (tests resume)
 
 
 class _OrtSession(Session):
-    def __init__(self, path):
+    def __init__(self, path, fail_in_run: bool = False):
         import onnxruntime as ort
 
         self._s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self._fail = fail_in_run
 
     def run(self, inputs):
+        if self._fail:
+            raise RuntimeError(f"faulty session asked to raise in run (at {time.perf_counter():.6f} s)")
         return self._s.run(None, inputs)
 
 
@@ -58,4 +62,4 @@ class FaultyBackend(Backend):
                     time.sleep(0.05)
             else:
                 time.sleep(options.slow_s)
-        return _OrtSession(artifact.path)
+        return _OrtSession(artifact.path, fail_in_run=options.fail == "run")

@@ -77,8 +77,10 @@ def write_suite(path: Path, body: str) -> Path:
 
 
 def by_key(records):
+    """Records by case and process (the first process alone measures accuracy; the order processes end in
+    differs between a fleet and a local run)."""
     return {(r["case"]["model"], r["case"]["variant"], r["case"]["backend"], r["case"]["scenario"],
-             r["case"]["batch_size"]): r for r in records}
+             r["case"]["batch_size"], r["process"]): r for r in records}
 
 
 def test_a_suite_runs_on_every_node_and_equals_the_local_run(cluster, tmp_path):
@@ -158,6 +160,32 @@ min_duration_s = 0.0
     got = {o.case.backend: o for o in summary.outcomes}
     assert all(o.status == "ok" for o in got.values()), [o.reason for o in got.values()]
     assert got["only-on-b"].info["node"]["node_id"] == nodes["b"].node_id
+
+
+def test_a_case_whose_failure_repeats_starts_no_more_processes_on_the_cluster(cluster, tmp_path, plugin_backends):
+    c, nodes, _ = cluster
+    suite = load_suite(write_suite(tmp_path / "repeats.toml", """
+name = "repeats"
+processes = 3
+accuracy = false
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = [{name = "faulty", label = "raises", fail = "raise"}]
+timeout_s = 300
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 1
+min_count = 5
+min_duration_s = 0.0
+"""))
+    with RayExecutor(c.address) as ex:
+        summary = run_plan(suite, ex.plan(suite), tmp_path / "results", executor=ex)
+    records = sorted(RunFile(summary.run_file).cases(), key=lambda r: r["process"])
+    assert [r["status"] for r in records] == ["failed", "skipped", "skipped"]
+    assert records[0]["info"]["node"]["node_id"] == nodes["b"].node_id and records[0]["info"]["stage"] == "prepare"
+    assert all(r["reason"].startswith("not started: process 0 failed while preparing") for r in records[1:])
+    (case,) = summary.outcomes
+    assert case.status == "failed" and "(2 of 3 processes not started:" in case.reason
 
 
 def test_bad_addresses_and_unrunnable_suites_fail_before_any_case(cluster, tmp_path):
