@@ -303,6 +303,21 @@ def compare_processes(base: Sequence[float] | np.ndarray, new: Sequence[float] |
                       math.exp(hi), p, int(b.size), int(n.size))
 
 
+def paired_ratio(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray,
+                 confidence: float = 0.95) -> tuple[float, float, float]:
+    """NEW / BASE from paired per-process values (process k of each measured in the same round, so the drift
+    both share cancels): the geometric mean of the ratios with a t interval on their logs (df = pairs - 1)."""
+    from scipy.special import stdtrit
+
+    b, n = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if b.size != n.size or b.size < 2:
+        raise ValueError(f"a paired ratio needs as many values a side, at least 2: got {b.size} and {n.size}")
+    d = np.log(n) - np.log(b)
+    mean = float(d.mean())
+    half = float(stdtrit(d.size - 1, 0.5 + confidence / 2.0)) * float(d.std(ddof=1)) / math.sqrt(d.size)
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
 def variance_ratio_p(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Two-sided F test p-value that two samples (>= 2 values each) have different variances."""
     from scipy.special import fdtr

@@ -31,6 +31,7 @@ from costbench.harness.results.accuracy_budget import (CONFIDENT_METRIC, PARITY,
                                                Judgement, judge)
 from costbench.core.metrics import THROUGHPUT
 from costbench.harness.reports.data import Selection, describe_env, primary_series, row_details, scenarios_leading_with
+from costbench.harness.reports.ties import Versus, compare_to_pick
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
                                               energy_cost_per_million, infer_machine)
 from costbench.harness.results.runfile import env_of
@@ -75,6 +76,13 @@ class Recommendation:
     rejected: list[tuple[dict[str, Any], list[str]]] = field(default_factory=list)
     unmeasured: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     note: str = ""
+    # Each runner-up meeting the criteria against the pick (see harness/reports/ties.py), best estimate first.
+    versus: list[Versus] = field(default_factory=list)
+
+    @property
+    def ties(self) -> list[Versus]:
+        """The runners-up the data cannot tell from the pick by more than the margin: then no single pick."""
+        return [v for v in self.versus if not v.decided]
 
 
 @dataclass
@@ -117,6 +125,14 @@ def _val(row: pd.Series | None, key: str = "value") -> float | None:
     if row is None or pd.isna(row[key]):
         return None
     return float(row[key])
+
+
+def _process_values(row: pd.Series | None) -> list[float] | None:
+    """The per-process values behind a merged row (its details), for comparing configurations; None for one."""
+    if row is None:
+        return None
+    values = (row_details(row).get("processes") or {}).get("values")
+    return [float(v) for v in values] if values and len(values) >= 2 else None
 
 
 def machine_label(machine: str | None, env_id: str, env: dict | None) -> str:
@@ -219,6 +235,9 @@ def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: di
     power = _val(_metric_row(g, "power_w"))
     server = server_capacity(g, int(key[-1]))
     cost, energy, total = _cost_per_million(machine, throughput, power, prices)
+    # Cost is inverse in throughput: its interval is the throughput interval's ends, swapped.
+    *_, total_low = _cost_per_million(machine, _val(thr, "ci_high"), power, prices)
+    *_, total_high = _cost_per_million(machine, _val(thr, "ci_low"), power, prices)
     *_, slo_total = _cost_per_million(machine, server["slo_throughput"], power, prices)
     rss = g[(g["metric"] == "peak_rss") & (g["status"] == "ok")]["value"]
     size = _metric_row(g, "model_size")
@@ -234,6 +253,7 @@ def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: di
         "power_w": power,
         "hourly": machine.hourly if machine else None,
         "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
+        "cost_ci_low": total_low, "cost_ci_high": total_high, "throughput_values": _process_values(thr),
         **server, "cost_per_m_at_slo": slo_total,
     }
 
@@ -259,6 +279,7 @@ def _latency(g: pd.DataFrame) -> dict[str, Any]:
     lat99 = None if series is None else _metric_row(g, series.p99, led[0])
     valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
     return {
+        "p50_values": _process_values(lat50), "p99_values": _process_values(lat99),
         "p50_ms": _val(lat50), "p50_ci_low": _val(lat50, "ci_low"), "p50_ci_high": _val(lat50, "ci_high"),
         "p99_ms": _val(lat99), "p99_ci_low": _val(lat99, "ci_low"), "p99_ci_high": _val(lat99, "ci_high"),
         "latency_valid": valid, "unstable": bool(((g["metric"] == "unstable") & (g["value"] == 1.0)).any()),
@@ -521,8 +542,36 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
             rejected = [(r, reasons[id(r)] or lost(r)) for r in sorted(measured, key=rank)
                         if r is not pick and (better(r, lat_key) or better(r, "cost_per_m")
                                               or better(r, "cost_per_m_at_slo"))]
-        recs[str(model)] = Recommendation(str(model), objective, pick, rejected, unmeasured, note)
+        versus = _versus(pick, feasible[1:], objective, lat_key)
+        tied = {id(v.row) for v in versus if not v.decided}
+        rejected = [(r, why) for r, why in rejected if id(r) not in tied]  # a tie is listed as one, not as a loss
+        recs[str(model)] = Recommendation(str(model), objective, pick, rejected, unmeasured, note, versus)
     return recs
+
+
+def _versus(pick: dict[str, Any] | None, others: list[dict[str, Any]], objective: str, lat_key: str) -> list[Versus]:
+    """Each runner-up meeting the criteria against the pick, where both have per-process values (:mod:`.ties`).
+
+    Cost: the ratio of costs from the per-process throughputs, times the ratio of the machines' cost per unit
+    of throughput (exact). Latency: the ratio of the per-process latencies. At the server SLO the capacity
+    has no per-process values: no tie is judged there.
+    """
+    if pick is None or objective == "cost_at_slo":
+        return []
+    out = []
+    for r in others:
+        if objective == "cost":
+            k_pick, k_other = _num(pick["cost_per_m"]), _num(r["cost_per_m"])
+            thr_pick, thr_other = _num(pick["throughput"]), _num(r["throughput"])
+            if None in (k_pick, k_other, thr_pick, thr_other):
+                continue
+            tie = compare_to_pick(pick, r, "throughput_values", higher_is_better=True,
+                                  scale=(k_other * thr_other) / (k_pick * thr_pick))
+        else:
+            tie = compare_to_pick(pick, r, lat_key.replace("_ms", "_values"), higher_is_better=False)
+        if tie is not None:
+            out.append(tie)
+    return out
 
 
 def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> HardwareReport:

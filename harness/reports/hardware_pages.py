@@ -11,6 +11,7 @@ from costbench.harness.reports.data import describe_env, short_commit
 from costbench.harness.results.accuracy_budget import PARITY, TASK
 from costbench.harness.reports.hardware import HardwareReport, Recommendation, config_name, judgement_of, slug
 from costbench.harness.reports.html import Column, bullet_list, esc, figure_div, fmt, is_missing, page, table
+from costbench.harness.reports.ties import MARGIN
 
 CSV_COLUMNS = [
     "model", "machine_label", "machine", "env_id", "run_id", "backend", "variant", "device", "batch_size", "status",
@@ -136,8 +137,35 @@ def _pick_text(rec: Recommendation, report: HardwareReport) -> str:
                 f"({_slo_rate(p)} samples/s within it)")
     else:
         cost = "" if is_missing(p.get("cost_per_m")) else f", {_money(p['cost_per_m'], cur)} per million inferences"
+        if cost and not is_missing(p.get("cost_ci_low")) and not is_missing(p.get("cost_ci_high")):
+            cost += f" (95% CI {_money(p['cost_ci_low'])}–{_money(p['cost_ci_high'])})"
     return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} samples/s; "
             f"{_basis_text(p, report)}")
+
+
+def _verdict_word(rec: Recommendation) -> str:
+    """"recommended", or "tied" when the data cannot tell the pick from a runner-up by the margin."""
+    return "tied, best estimate" if rec.ties else "recommended"
+
+
+def _tie_lines(rec: Recommendation, report: HardwareReport) -> list[str]:
+    """One line per runner-up tied with the pick: its ratio to the pick, the interval, what would decide it."""
+    what = "cost" if rec.objective == "cost" else report.criteria.latency
+    return [f"{config_name(t.row)}: {t.describe(what)}" for t in rec.ties]
+
+
+def _clears_line(rec: Recommendation, report: HardwareReport) -> str | None:
+    """When the pick stands alone: how far it clears the runner-up (the best estimate after it)."""
+    if rec.ties or not rec.versus:
+        return None
+    v = rec.versus[0]
+    return f"clears the runner-up {config_name(v.row)}: {v.describe('cost' if rec.objective == 'cost' else report.criteria.latency)}"
+
+
+def _tie_intro(rec: Recommendation) -> str:
+    return (f"No single pick: {len(rec.ties)} runner-up(s) meeting the same criteria are not "
+            f"{'cheaper' if rec.objective == 'cost' else 'slower'} than the best estimate by more than "
+            f"{MARGIN:.0%} at 95% (ratio to the best estimate, from the per-process values):")
 
 
 def _basis_text(row: dict[str, Any], report: HardwareReport) -> str:
@@ -292,8 +320,14 @@ def _rec_html(rec: Recommendation, report: HardwareReport, sid: str) -> str:
     parts = [f'<div class="card" id="rec-{sid}">']
     if rec.pick is not None:
         basis = {"cost": "cheapest", "cost_at_slo": "cheapest at the server SLO"}.get(rec.objective, "fastest")
-        parts.append(f"<p><b>Recommended</b> ({basis} meeting {esc(report.criteria.describe())}): "
+        parts.append(f"<p><b>{esc(_verdict_word(rec).capitalize())}</b> ({basis} meeting "
+                     f"{esc(report.criteria.describe())}): "
                      f"<span class=\"improved\" id=\"pick-{sid}\">{esc(_pick_text(rec, report))}</span></p>")
+        if rec.ties:
+            parts.append(f"<p id=\"ties-{sid}\">{esc(_tie_intro(rec))}</p><ul>"
+                         + "".join(f"<li>{esc(line)}</li>" for line in _tie_lines(rec, report)) + "</ul>")
+        elif _clears_line(rec, report):
+            parts.append(f"<p id=\"clears-{sid}\">It {esc(_clears_line(rec, report))}.</p>")
     else:
         parts.append(f"<p class=\"regressed\" id=\"pick-{sid}\">No configuration meets "
                      f"{esc(report.criteria.describe())}.</p>")
@@ -436,8 +470,12 @@ def render_markdown(report: HardwareReport) -> str:
     for model, mdf in (c.groupby("model", sort=False) if not c.empty else []):
         rec = report.recommendations[str(model)]
         out += ["", f"## {model}", ""]
-        out.append(f"**Recommended:** {_pick_text(rec, report)}." if rec.pick is not None
+        out.append(f"**{_verdict_word(rec).capitalize()}:** {_pick_text(rec, report)}." if rec.pick is not None
                    else f"**No configuration meets {report.criteria.describe()}.**")
+        if rec.ties:
+            out += ["", _tie_intro(rec), ""] + [f"- {line}" for line in _tie_lines(rec, report)]
+        elif _clears_line(rec, report):
+            out += ["", f"It {_clears_line(rec, report)}."]
         if rec.note:
             out += ["", rec.note]
         if rec.rejected:
@@ -468,8 +506,13 @@ def terminal_summary(report: HardwareReport) -> list[str]:
     lat = report.criteria.latency
     for model, rec in report.recommendations.items():
         mdf = report.configs[report.configs["model"] == model]
-        lines.append(f"{model}: " + (f"recommended {_pick_text(rec, report)}" if rec.pick is not None
+        lines.append(f"{model}: " + (f"{_verdict_word(rec)} {_pick_text(rec, report)}" if rec.pick is not None
                                      else "no configuration meets the criteria"))
+        if rec.ties:
+            lines.append(f"  {_tie_intro(rec)}")
+            lines += [f"    {line}" for line in _tie_lines(rec, report)]
+        elif _clears_line(rec, report):
+            lines.append(f"  {_clears_line(rec, report)}")
         if rec.note:
             lines.append(f"  {rec.note}")
         if rec.rejected:
