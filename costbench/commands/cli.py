@@ -192,6 +192,9 @@ def run(
     placement: list[str] = typer.Option([], "--placement", help=PLACEMENT_HELP),
     processes: Optional[int] = typer.Option(None, "--processes", min=1, help=(
         "Override the suite's processes per case (the unit of replication; 5 is compare-grade, 1 the fastest).")),
+    precision: Optional[float] = typer.Option(None, "--precision", help=(
+        "Measure each case to this relative half-width of its headline's 95% interval (e.g. 0.05), adding "
+        "processes after the first (at least 3) up to the suite's max_processes.")),
 ) -> None:
     """Run a suite: each case in fresh processes with a timeout, interleaved; results appended as each process ends."""
     import costbench.api as api
@@ -199,8 +202,9 @@ def run(
 
     publisher = _publisher(store, out, resume)  # a bad store stops here, before a cluster is reached or a case runs
     if resume is not None:
-        if suite is not None or only or timeout is not None or processes is not None:
-            fail("--resume continues a run as it was planned: give no SUITE, --only, --timeout or --processes with it")
+        if suite is not None or only or timeout is not None or processes is not None or precision is not None:
+            fail("--resume continues a run as it was planned: give no SUITE, --only, --timeout, --processes or "
+                 "--precision with it")
         if executor or placement:
             fail("--resume continues a run where it was planned: give no --executor or --placement with it")
     elif suite is None:
@@ -221,7 +225,14 @@ def run(
                                    f"{len(cases) - runnable} skipped), {len(jobs)} processes -> {out}/")
 
         def on_start(i, case):
-            of = f" · process {case.process + 1}/{case.processes}" if case.processes > 1 else ""
+            if i + 1 > (progress.tasks[task].total or 0):  # a round added for the precision asked
+                progress.update(task, total=i + 1)
+            if case.processes <= 1:
+                of = ""
+            elif case.process < case.processes:
+                of = f" · process {case.process + 1}/{case.processes}"
+            else:
+                of = f" · process {case.process + 1}, for precision"
             progress.update(task, description=f"{case.model} / {case.variant} / {case.backend} / {case.scenario} "
                                               f"/ b{case.batch_size}{of}")
 
@@ -240,7 +251,8 @@ def run(
             if resume is not None:
                 done = api.resume(resume, out, force=force, address=address, **callbacks)
             else:
-                done = api.run(suite, out, only=only, processes=processes, timeout_s=timeout,
+                overrides = {"precision": precision} if precision is not None else {}
+                done = api.run(suite, out, only=only, processes=processes, timeout_s=timeout, **overrides,
                                executor=_executor_overrides(executor, address, placement), **callbacks)
         except (api.SuiteError, api.ExecutorError, api.ResumeError) as exc:
             fail(str(exc))

@@ -127,6 +127,7 @@ CAPACITY_QPS = "capacity_qps"
 MODEL_SIZE = "model_size"
 PEAK_RSS = "peak_rss"
 UNSTABLE = "unstable"
+PRECISION_TARGET = "precision_target"
 TASK_ACCURACY = "task_accuracy"
 TASK_ACCURACY_DELTA = "task_accuracy_delta"
 TOP1_AGREEMENT = "top1_agreement"
@@ -155,6 +156,8 @@ _SCALARS = [
     Metric("gpu_throttled", "bool", "flag", "lower", "a GPU slowed down (thermal, power) during the case"),
     Metric(POWER, "W", "energy", "lower", "GPU board power"),
     Metric(UNSTABLE, "bool", "flag", "lower", "the case's processes disagreed far beyond its history"),
+    Metric(PRECISION_TARGET, "ratio", "setting", None,
+           "relative half-width of the 95% interval across processes the run asked of the case's headline"),
     # server scenario
     Metric(TARGET_QPS, "queries/s", "setting", None, "arrival rate asked for"),
     Metric("achieved_qps", "queries/s", "throughput", "higher", "arrival rate achieved"),

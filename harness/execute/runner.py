@@ -25,8 +25,9 @@ from costbench.harness.machine.env import fingerprint
 # CaseOutcome and run_case_in_child are re-exported: callers know them from here.
 from costbench.harness.execute.executor import (CaseOutcome, Executor, ExecutorError, LocalExecutor,  # noqa: F401
                                         run_case_in_child)
-from costbench.harness.execute.plan import Case, interleave
+from costbench.harness.execute.plan import PLANNED, Case, interleave
 from costbench.harness.execute.failures import why_stop
+from costbench.harness.execute.precision import Precision, needs_more
 from costbench.harness.results.replicates import merge_metrics, merge_records, process_of
 from costbench.harness.execute.registry import executor_for
 from costbench.harness.results.store import RunFile, Store
@@ -104,13 +105,15 @@ def _merged_outcome(outcomes: list[CaseOutcome]) -> CaseOutcome:
 
 
 def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], results_dir: Path, cache_dir: Path,
-             memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None) -> list[CaseOutcome]:
+             memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None,
+             precision: Precision | None = None) -> list[CaseOutcome]:
     """Measure ``jobs`` (one Case per process, :func:`~costbench.harness.execute.plan.interleave`); one merged outcome per case.
 
-    Each process's outcome is appended to the run file as it ends. When a case's last process ends, the
-    case is judged for instability over all its processes (those recorded before a resume included) and
-    the flag goes into that last process's record. A case whose failure repeats (:func:`why_stop`) starts
-    no more processes: each is recorded as not started, with why.
+    Each process's outcome is appended to the run file as it ends. When a case's first ``processes`` are
+    recorded, the case is judged for instability over them (those recorded before a resume included) and
+    the flag goes into that process's record. A case whose failure repeats (:func:`why_stop`) starts no
+    more processes: each is recorded as not started, with why. With ``precision``, rounds of one more
+    process per case follow for the cases short of it (:mod:`~costbench.harness.execute.precision`).
     """
     executor = executor or LocalExecutor()
     store = Store(results_dir)
@@ -118,30 +121,59 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
     earlier: dict[str, list[dict[str, Any]]] = {}
     for rec in run_file.cases():
         earlier.setdefault(rec["case"]["case_id"], []).append(rec)
+    # One case of each id to add processes to: from the schedule, else from what a resumed run recorded.
+    templates = {cid: Case.from_dict(recs[0]["case"]) for cid, recs in earlier.items()}
+    templates.update({c.case_id: c for c in jobs})
     by_case: dict[str, list[CaseOutcome]] = {}
+
+    def records(case_id: str) -> list[dict[str, Any]]:
+        return earlier.get(case_id, []) + [o.record("") for o in by_case.get(case_id, [])]
+
+    def stop(case: Case) -> str | None:  # asked before each process starts: does its case's failure repeat?
+        return why_stop(records(case.case_id))
+
+    def handle(outcome: CaseOutcome) -> None:
+        c = outcome.case
+        mine = by_case.setdefault(c.case_id, [])
+        mine.append(outcome)
+        before = earlier.get(c.case_id, [])
+        if outcome.status != "skipped" and len(before) + len(mine) == c.processes:
+            ok = [r for r in before if r["status"] == "ok"] + [o.record("") for o in mine if o.status == "ok"]
+            if ok:
+                merged = replace(outcome, metrics=merge_metrics([r["metrics"] for r in sorted(ok, key=process_of)]))
+                flag = flag_instability(store, merged, outcome.env_id or header["env_id"], header["run_id"])
+                if flag:
+                    outcome.metrics.append(flag)
+        if precision is not None and outcome.status == "ok":
+            outcome.metrics.append(precision.row())
+        run_file.append(outcome.record(header["run_id"]))
+        if on_done:
+            on_done(index[c.job_id], outcome)
+
     with tempfile.TemporaryDirectory(prefix=f"costbench-{header['run_id']}-") as tmp:
         started = (lambda case: on_start(index[case.job_id], case)) if on_start else None
-
-        def stop(case: Case) -> str | None:  # asked before each process starts: does its case's failure repeat?
-            return why_stop(earlier.get(case.case_id, []) + [o.record("") for o in by_case.get(case.case_id, [])])
-
-        for outcome in executor.run_cases(jobs, cache_dir, Path(tmp), memory_limit_mb, on_start=started, stop=stop):
-            c = outcome.case
-            mine = by_case.setdefault(c.case_id, [])
-            mine.append(outcome)
-            before = earlier.get(c.case_id, [])
-            if outcome.status != "skipped" and len(before) + len(mine) >= c.processes:
-                ok = [r for r in before if r["status"] == "ok"] + [o.record("") for o in mine if o.status == "ok"]
-                if ok:
-                    merged = replace(outcome, metrics=merge_metrics([r["metrics"] for r in sorted(ok, key=process_of)]))
-                    flag = flag_instability(store, merged, outcome.env_id or header["env_id"], header["run_id"])
-                    if flag:
-                        outcome.metrics.append(flag)
-            run_file.append(outcome.record(header["run_id"]))
-            if on_done:
-                on_done(index[c.job_id], outcome)
+        batch = jobs
+        while True:
+            for outcome in executor.run_cases(batch, cache_dir, Path(tmp), memory_limit_mb, on_start=started,
+                                              stop=stop):
+                handle(outcome)
+            if precision is None:
+                break
+            # Another round: one more process for each case still short of the precision, in plan order.
+            batch = [replace(t, process=len(records(cid))) for cid, t in templates.items()
+                     if t.status == PLANNED and needs_more(records(cid), precision)]
+            if not batch:
+                break
+            index.update({c.job_id: len(index) + i for i, c in enumerate(batch)})
     store.sync()
     return [_merged_outcome(sorted(group, key=lambda o: o.case.process)) for group in by_case.values()]
+
+
+def precision_of(suite: Suite) -> Precision | None:
+    """The precision a suite asks, with its process budget (default: twice its processes)."""
+    if suite.precision is None:
+        return None
+    return Precision(suite.precision, suite.max_processes or 2 * suite.processes)
 
 
 def run_plan(
@@ -188,7 +220,7 @@ def run_plan(
     if on_plan:
         on_plan(suite, jobs, 0)
     outcomes = _execute(run_file, header, jobs, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
-                        executor)
+                        executor, precision_of(suite))
     return RunSummary(run_id, run_file.path, outcomes)
 
 
@@ -273,7 +305,7 @@ def resume_run(
             on_plan(suite, todo, done)
         run_file.repair_tail()
         outcomes = _execute(run_file, header, todo, results_dir, cache_dir or default_cache_dir(),
-                            suite.memory_limit_mb, on_start, on_done, executor)
+                            suite.memory_limit_mb, on_start, on_done, executor, precision_of(suite))
     finally:
         if own:
             executor.close()

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from costbench.core.metrics import THROUGHPUT, catalogue
+from costbench.core.metrics import PRECISION_TARGET, THROUGHPUT, catalogue
 from costbench.harness.reports.data import primary_series, row_details, scenarios_leading_with
 from costbench.harness.suite.skips import can_never_run, never_run_note
 
@@ -106,6 +106,14 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             mark = ("" if lat is None or lat["valid"] else "*") + ("~" if not unstable.empty else "")
             line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
             line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
+            if replicated:  # the interval's relative half-width, against the precision the run asked for
+                target = _value(streams, PRECISION_TARGET)
+                width = None if lat is None or pd.isna(lat["ci_high"]) else lat["ci_high"] / lat["value"] - 1.0
+                short = target is not None and width is not None and width > target["value"]
+                line["±"] = _fmt(None if width is None else 100 * width, ".1f", "%" + ("!" if short else ""))
+                if target is not None:  # processes were added to reach it: how many this case took
+                    count = None if lat is None else (row_details(lat).get("processes") or {}).get("count")
+                    line["n"] = "-" if count is None else str(count)
             if replicated:  # a column of dashes says nothing for a run measured in one process per case
                 share = None if series is None else _value(streams, series.process_share)
                 line["between"] = _fmt(None if share is None else 100 * share["value"], ".0f", "%")
@@ -153,6 +161,11 @@ def render(df: pd.DataFrame, console) -> None:
     if "between" in columns and any((t["between"] != "-").any() for t in tables.values()):
         console.print("95% CI: across processes (t interval on the per-process medians); between: share of the latency "
                       "variance that lies between processes", highlight=False)
+    if "±" in columns:
+        targets = sorted(set(df.loc[df["metric"] == PRECISION_TARGET, "value"]))
+        asked = (f"; ! short of the precision the run asked ({', '.join(f'±{100 * t:g}%' for t in targets)}) "
+                 "within its max_processes" if targets else "")
+        console.print(f"±: the 95% interval's half-width relative to the p50{asked}", highlight=False)
     if "acc Δ" in columns:
         console.print(escape("acc Δ: task accuracy minus fp32's on the same labelled samples [paired 95% interval]"),
                       highlight=False)

@@ -168,6 +168,12 @@ class Suite(_Strict):
         "Fresh processes each case is measured in, interleaved with the other cases; the process is the unit of "
         "replication (intervals and compare's test are across processes). 5 is compare-grade; 1 gives the old "
         "single-process numbers, whose intervals ignore the variation between process launches."))
+    precision: float | None = Field(None, gt=0, lt=1, description=(
+        "Measure each case to this relative half-width of its headline's 95% interval across processes (e.g. "
+        "0.05): after its first `processes` (at least 3), processes are added, one round at a time, until it is "
+        "reached or `max_processes` is spent."))
+    max_processes: int | None = Field(None, ge=1, le=1000, description=(
+        "The most processes a case gets when `precision` is set (default: twice `processes`)."))
     executor: ExecutorSpec | None = Field(None, description="Where cases are measured (default: here, one at a time).")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 
@@ -207,6 +213,15 @@ class Suite(_Strict):
             if bad or not table:
                 raise ValueError(f"exclude[{i}]: keys {bad or '(none)'} are not among {', '.join(allowed)}")
         return v
+
+    @model_validator(mode="after")
+    def _precision_needs_replication(self) -> "Suite":
+        if self.precision is not None and self.processes < 3:
+            raise ValueError(f"precision = {self.precision:g} needs processes >= 3 (got {self.processes}): an "
+                             "interval across 2 processes has one degree of freedom and decides nothing")
+        if self.max_processes is not None and self.max_processes < self.processes:
+            raise ValueError(f"max_processes = {self.max_processes} is below processes = {self.processes}")
+        return self
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "Suite":
