@@ -67,7 +67,9 @@ def test_the_smoke_suite_shows_what_costbench_is_for_in_few_cases():
     assert len({c.backend for c in runnable}) >= 3
     assert {"fp32", "int8"} <= {c.variant for c in runnable}
     assert {c.backend for c in runnable if c.variant == "int8"} >= {"onnxruntime", "openvino"}
-    assert suite.processes >= 5  # fewer cases, never a weaker measurement: the default replication
+    # Fewer cases, never a weaker measurement: each case to a declared precision, from 3 processes up.
+    assert suite.processes >= 3 and suite.precision is not None and suite.precision <= 0.05
+    assert suite.max_processes >= 5
     assert len(runnable) <= 8
 
 
