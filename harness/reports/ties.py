@@ -35,8 +35,9 @@ class Versus:
     low: float
     high: float
     paired: bool
-    processes: int  # per configuration now
+    processes: int  # per configuration now (the fewer of the two)
     needed: int | None  # processes per configuration that would likely decide it (None: see ``equal``)
+    sizes: tuple[int, int] = (0, 0)  # processes of the pick and of the runner-up
 
     @property
     def decided(self) -> bool:
@@ -49,7 +50,8 @@ class Versus:
         return self.high <= 1.0 + MARGIN and self.low >= 1.0 / (1.0 + MARGIN)
 
     def describe(self, what: str) -> str:
-        how = f"paired over {self.processes} processes" if self.paired else f"{self.processes} processes, unpaired"
+        how = (f"paired over {self.processes} processes" if self.paired
+               else f"{self.sizes[0]} and {self.sizes[1]} processes, unpaired")
         text = f"{what} ratio {self.ratio:.3f} (95% CI {self.low:.3f}–{self.high:.3f}, {how})"
         if self.decided:
             return text + f": the pick is better by more than {MARGIN:.0%}"
@@ -90,11 +92,12 @@ def compare_to_pick(pick: dict[str, Any], other: dict[str, Any], key: str, highe
     ratio, low, high = ratio * scale, low * scale, high * scale
     n = min(a.size, b.size)
     if low > 1.0 + MARGIN:
-        return Versus(other, ratio, low, high, paired, n, None)
+        return Versus(other, ratio, low, high, paired, n, None, (a.size, b.size))
     edge, lr = math.log(1.0 + MARGIN), abs(math.log(ratio))
     half = (math.log(high) - math.log(low)) / 2.0
     if high <= 1.0 + MARGIN and low >= 1.0 / (1.0 + MARGIN):
-        return Versus(other, ratio, low, high, paired, n, None)  # equal within the margin: more data changes nothing
+        # Equal within the margin: more data changes nothing.
+        return Versus(other, ratio, low, high, paired, n, None, (a.size, b.size))
     # How many processes would put the interval clear of the margin (above it, when the estimate is beyond
     # it; inside it, when the estimate is within), if the estimate and the spread of the log ratio hold (the
     # spread recovered from this interval). Past MAX_PROCESSES, no practical number.
@@ -102,7 +105,7 @@ def compare_to_pick(pick: dict[str, Any], other: dict[str, Any], key: str, highe
     sd = half / float(stdtrit(_df(n, paired), 0.975)) * math.sqrt(n)
     needed = next((k for k in range(n + 1, MAX_PROCESSES + 1)
                    if float(stdtrit(_df(k, paired), 0.975)) * sd / math.sqrt(k) < room), None)
-    return Versus(other, ratio, low, high, paired, n, needed)
+    return Versus(other, ratio, low, high, paired, n, needed, (a.size, b.size))
 
 
 def _df(n: int, paired: bool) -> int:
