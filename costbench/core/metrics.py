@@ -128,6 +128,8 @@ MODEL_SIZE = "model_size"
 PEAK_RSS = "peak_rss"
 UNSTABLE = "unstable"
 PRECISION_TARGET = "precision_target"
+CPU_CONTENTION = "cpu_contention"
+CONTENDED_PROCESSES = "contended_processes"
 TASK_ACCURACY = "task_accuracy"
 TASK_ACCURACY_DELTA = "task_accuracy_delta"
 TOP1_AGREEMENT = "top1_agreement"
@@ -156,6 +158,10 @@ _SCALARS = [
     Metric("gpu_throttled", "bool", "flag", "lower", "a GPU slowed down (thermal, power) during the case"),
     Metric(POWER, "W", "energy", "lower", "GPU board power"),
     Metric(UNSTABLE, "bool", "flag", "lower", "the case's processes disagreed far beyond its history"),
+    Metric(CPU_CONTENTION, "ratio", "flag", "lower",
+           "share of the machine's CPU that other processes and the hypervisor took while the process measured"),
+    Metric(CONTENDED_PROCESSES, "count", "count", "lower",
+           "processes of the case measured under contention, left out of its result and measured again"),
     Metric(PRECISION_TARGET, "ratio", "setting", None,
            "relative half-width of the 95% interval across processes the run asked of the case's headline"),
     # server scenario

@@ -27,7 +27,7 @@ from costbench.harness.execute.executor import (CaseOutcome, Executor, ExecutorE
                                         run_case_in_child)
 from costbench.harness.execute.plan import PLANNED, Case, interleave
 from costbench.harness.execute.failures import why_stop
-from costbench.harness.execute.precision import Precision, needs_more
+from costbench.harness.results.rounds import Precision, needs_more, rounds_of
 from costbench.harness.results.replicates import merge_metrics, merge_records, process_of
 from costbench.harness.execute.registry import executor_for
 from costbench.harness.results.store import RunFile, Store
@@ -106,14 +106,15 @@ def _merged_outcome(outcomes: list[CaseOutcome]) -> CaseOutcome:
 
 def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], results_dir: Path, cache_dir: Path,
              memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None,
-             precision: Precision | None = None) -> list[CaseOutcome]:
+             precision: Precision | None = None, remeasure: bool = True) -> list[CaseOutcome]:
     """Measure ``jobs`` (one Case per process, :func:`~costbench.harness.execute.plan.interleave`); one merged outcome per case.
 
     Each process's outcome is appended to the run file as it ends. When a case's first ``processes`` are
     recorded, the case is judged for instability over them (those recorded before a resume included) and
     the flag goes into that process's record. A case whose failure repeats (:func:`why_stop`) starts no
-    more processes: each is recorded as not started, with why. With ``precision``, rounds of one more
-    process per case follow for the cases short of it (:mod:`~costbench.harness.execute.precision`).
+    more processes: each is recorded as not started, with why. Rounds of one more process per case
+    follow for the cases that lost processes to contention, and with ``precision`` for those short of it
+    (:mod:`~costbench.harness.results.rounds`).
     """
     executor = executor or LocalExecutor()
     store = Store(results_dir)
@@ -157,11 +158,10 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
             for outcome in executor.run_cases(batch, cache_dir, Path(tmp), memory_limit_mb, on_start=started,
                                               stop=stop):
                 handle(outcome)
-            if precision is None:
-                break
-            # Another round: one more process for each case still short of the precision, in plan order.
+            # Another round: one more process for each case that lost one to contention or is short of the
+            # precision asked, in plan order.
             batch = [replace(t, process=len(records(cid))) for cid, t in templates.items()
-                     if t.status == PLANNED and needs_more(records(cid), precision)]
+                     if t.status == PLANNED and needs_more(records(cid), precision, t.processes, remeasure)]
             if not batch:
                 break
             index.update({c.job_id: len(index) + i for i, c in enumerate(batch)})
@@ -169,11 +169,9 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
     return [_merged_outcome(sorted(group, key=lambda o: o.case.process)) for group in by_case.values()]
 
 
-def precision_of(suite: Suite) -> Precision | None:
-    """The precision a suite asks, with its process budget (default: twice its processes)."""
-    if suite.precision is None:
-        return None
-    return Precision(suite.precision, suite.max_processes or 2 * suite.processes)
+def rounds_for(suite: Suite) -> tuple[Precision | None, bool]:
+    """The precision and re-measuring ``suite`` asks (the same rule a store reads from the run header)."""
+    return rounds_of(suite.model_dump(mode="json"))
 
 
 def run_plan(
@@ -220,7 +218,7 @@ def run_plan(
     if on_plan:
         on_plan(suite, jobs, 0)
     outcomes = _execute(run_file, header, jobs, results_dir, cache_dir, suite.memory_limit_mb, on_start, on_done,
-                        executor, precision_of(suite))
+                        executor, *rounds_for(suite))
     return RunSummary(run_id, run_file.path, outcomes)
 
 
@@ -305,7 +303,7 @@ def resume_run(
             on_plan(suite, todo, done)
         run_file.repair_tail()
         outcomes = _execute(run_file, header, todo, results_dir, cache_dir or default_cache_dir(),
-                            suite.memory_limit_mb, on_start, on_done, executor, precision_of(suite))
+                            suite.memory_limit_mb, on_start, on_done, executor, *rounds_for(suite))
     finally:
         if own:
             executor.close()

@@ -26,9 +26,9 @@ import numpy as np
 from costbench.backends.base import Backend, BackendOptions, Session, TimingConvention
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import Artifact, ArtifactCache, artifact_summary, content_key, write_json_atomic
-from costbench.core.metrics import DEVICE_LATENCY, THROUGHPUT, Series, catalogue
+from costbench.core.metrics import CPU_CONTENTION, DEVICE_LATENCY, THROUGHPUT, Series, catalogue
 from costbench.core.stats import summarize
-from costbench.harness.machine import gpu
+from costbench.harness.machine import contention, gpu
 from costbench.harness.build.accuracy import compare
 from costbench.harness.build.compress.base import RecipeNotApplicable
 from costbench.harness.build.compress.registry import get_recipe
@@ -275,8 +275,12 @@ def measure_session(session: Session, case: Case, inputs: CaseInputs) -> Session
         metrics = [first_inference(session, inputs.bundle.evaluation, case.batch_size)]
         metrics += accuracy_metrics(session, inputs.bundle, inputs.reference, case.batch_size)
         scenario = make_scenario(case.scenario_spec)
+        before = contention.read()
         result = scenario.run(session, inputs.bundle.evaluation, case.batch_size)
+        taken = contention.between(before, contention.read())
         metrics += _timing_metrics(result, session.timing.as_dict())
+        if taken is not None:  # what else used the CPU while the scenario measured: the runner re-measures it
+            metrics.append(_metric(CPU_CONTENTION, taken.share, "ratio", details=taken.details()))
         info = session.info()
         metrics += device_memory_metrics(session)
     return SessionResult(metrics, info, session.timing)

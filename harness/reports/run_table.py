@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from costbench.core.metrics import PRECISION_TARGET, THROUGHPUT, catalogue
+from costbench.core.metrics import CONTENDED_PROCESSES, PRECISION_TARGET, THROUGHPUT, catalogue
 from costbench.harness.reports.data import primary_series, row_details, scenarios_leading_with
 from costbench.harness.suite.skips import can_never_run, never_run_note
 
@@ -135,6 +135,14 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
                 if reason not in notes:
                     notes.append(reason)
                 status.append(f"{r.status} [{notes.index(reason) + 1}]")
+            busy = _value(g, CONTENDED_PROCESSES)
+            if busy is not None:  # processes measured next to a noisy neighbour: say so, and what was done
+                left = int((row_details(busy)).get("left_out", 0))
+                reason = (f"{int(busy['value'])} process(es) measured while others took over a tenth of the CPU; "
+                          + (f"{left} left out of the result" if left else "kept: too few clean ones remained"))
+                if reason not in notes:
+                    notes.append(reason)
+                status.append(f"contended [{notes.index(reason) + 1}]")
             line["status"] = ", ".join(dict.fromkeys(status)) or "ok"
             lines.append(line)
         if lines:

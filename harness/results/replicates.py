@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from costbench.core.metrics import Series, catalogue
+from costbench.core.metrics import CONTENDED_PROCESSES, Series, catalogue
+from costbench.harness.results.rounds import contended, needs_more, rounds_of, usable
 from costbench.core.stats import across_processes, between_process_share, percentile
 
 # Units whose per-process values are positive and multiplicative: summarised by a geometric mean and t interval.
@@ -61,9 +62,13 @@ def group_records(records: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]
     return [sorted(g, key=process_of) for g in groups.values()]
 
 
-def is_complete(group: list[dict[str, Any]]) -> bool:
-    """Every planned process of the case is recorded (a skipped case: its one record)."""
-    return len({process_of(r) for r in group}) >= planned_processes(group[0])
+def is_complete(group: list[dict[str, Any]], suite: dict[str, Any] | None = None) -> bool:
+    """Every planned process of the case is recorded (a skipped case: its one record), and the runner will
+    add none (:mod:`.rounds`: contention or the precision ``suite``, a run header's suite spec, asks)."""
+    if len({process_of(r) for r in group}) < planned_processes(group[0]):
+        return False
+    precision, remeasure = rounds_of(suite)
+    return not needs_more(group, precision, planned_processes(group[0]), remeasure)
 
 
 def _positive(values: list[float]) -> bool:
@@ -133,12 +138,17 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
 
     The case is ok when at least one process is; the processes that failed are counted in its reason and
     listed in ``info["processes"]``; a failed case's reason says how many of its processes were not started
-    because the failure repeats. Info, case and env_id come from the first process (which also
+    because the failure repeats. Processes measured under contention are left out of the timings while at
+    least two clean ones remain; a ``contended_processes`` row counts them. Info, case and env_id come from the first process (which also
     measured accuracy).
     """
     if len(group) == 1 and planned_processes(group[0]) == 1:
         return group[0]
-    ok = [r for r in group if r.get("status") == "ok"]
+    measured = [r for r in group if r.get("status") == "ok"]
+    # Processes measured under contention are left out (rounds.usable); what only they measured (accuracy:
+    # the first process) stays.
+    ok = usable(group)
+    left_out = [r for r in measured if r not in ok]
     bad = [r for r in group if r.get("status") != "ok"]
     lead = ok[0] if ok else group[0]
     planned = planned_processes(group[0])
@@ -153,6 +163,12 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
         # The runner's flag goes into the case's last record, which may be a failed process's.
         flags = [m for r in bad for m in r.get("metrics") or [] if m["metric"] == "unstable"]
         rec["metrics"] = merge_metrics([r.get("metrics") or [] for r in ok]) + flags
+        present = {m["metric"] for m in rec["metrics"]}
+        rec["metrics"] += [m for r in left_out for m in r.get("metrics") or [] if m["metric"] not in present]
+        n_contended = sum(contended(r) for r in measured)
+        if n_contended:
+            rec["metrics"].append({"metric": CONTENDED_PROCESSES, "value": float(n_contended), "unit": "count",
+                                   "details": {"left_out": len(left_out), "measured": len(measured)}})
         rec["reason"] = (f"{len(bad)} of {planned} processes failed; first: {bad[0].get('reason', '')}" if bad else "")
     else:
         rec["reason"] = lead.get("reason", "")

@@ -209,7 +209,8 @@ def prepare(rf: RunFile) -> Prepared:
     # A push sends whole cases, in order: a case some of whose processes are still to come waits for them
     # (its merged rows would change), and so does every case after it.
     groups = group_records(records)
-    complete = next((i for i, g in enumerate(groups) if not is_complete(g)), len(groups))
+    suite = (header.get("suite") or {}).get("spec")
+    complete = next((i for i, g in enumerate(groups) if not is_complete(g, suite)), len(groups))
     cases = [r for g in groups[:complete] for r in g]
     run_id = header["run_id"]
     by_seq: list[list[list[Any]]] = [[] for _ in groups[:complete]]

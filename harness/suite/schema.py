@@ -174,6 +174,10 @@ class Suite(_Strict):
         "reached or `max_processes` is spent."))
     max_processes: int | None = Field(None, ge=1, le=1000, description=(
         "The most processes a case gets when `precision` is set (default: twice `processes`)."))
+    remeasure_contended: bool = Field(True, description=(
+        "Measure a case again in another process when others took over a tenth of the machine's CPU while one "
+        "of its processes measured (that process is left out of the result either way, while two clean ones "
+        "remain); at most `max_processes` with a precision, else twice `processes`."))
     executor: ExecutorSpec | None = Field(None, description="Where cases are measured (default: here, one at a time).")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 

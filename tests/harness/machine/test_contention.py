@@ -1,0 +1,102 @@
+"""Contention: what others took of the CPU while a process measured, flagged, left out and measured again."""
+
+import multiprocessing as mp
+import os
+
+import pytest
+
+from costbench.harness.execute.load import load_suite
+from costbench.harness.execute.plan import make_plan
+from costbench.harness.execute.runner import run_plan
+from costbench.harness.machine import contention
+from costbench.harness.machine.contention import CpuReading, between, read
+from costbench.harness.results.replicates import merge_records
+from costbench.harness.results.store import RunFile
+
+
+def test_readings_parse_the_kernels_counters(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1000 50 300 9000 10 5 5 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    r = read(stat)
+    tick = os.sysconf("SC_CLK_TCK")
+    assert r.busy_s == pytest.approx(1360 / tick) and r.steal_s == pytest.approx(40 / tick)
+    assert read(tmp_path / "absent") is None
+
+
+def test_the_share_is_others_busy_time_and_steal_over_the_window():
+    before = CpuReading(busy_s=10.0, steal_s=1.0, own_s=2.0, wall_s=100.0)
+    after = CpuReading(busy_s=13.0, steal_s=1.2, own_s=3.5, wall_s=102.0)  # 3 s busy, 1.5 s of it ours
+    c = between(before, after, ncores=2)
+    assert c.other_share == pytest.approx(1.5 / 4) and c.steal_share == pytest.approx(0.2 / 4)
+    assert c.contended and c.details()["contended"] is True
+    quiet = between(before, CpuReading(11.52, 1.0, 3.5, 102.0), ncores=2)  # only our own 1.5 s (and 0.02 s)
+    assert quiet.share == pytest.approx(0.005) and not quiet.contended
+    assert between(None, after) is None and between(after, before) is None
+
+
+def record(process, p50, busy, extra=()):
+    metrics = [{"metric": "latency_p50", "value": p50, "unit": "ms"},
+               {"metric": "cpu_contention", "value": 0.5 if busy else 0.0, "unit": "ratio",
+                "details": {"contended": busy}}, *extra]
+    return {"type": "case", "process": process, "status": "ok", "reason": "", "metrics": metrics, "info": {},
+            "case": {"case_id": "c", "processes": 3}}
+
+
+def test_contended_processes_are_left_out_while_two_clean_ones_remain_and_accuracy_stays():
+    acc = ({"metric": "top1_agreement", "value": 0.9, "unit": "ratio"},)
+    merged = merge_records([record(0, 9.0, True, acc), record(1, 1.0, False), record(2, 1.02, False)])
+    by = {m["metric"]: m for m in merged["metrics"]}
+    assert by["latency_p50"]["details"]["processes"]["values"] == [1.0, 1.02]  # the slow, contended one is out
+    assert by["top1_agreement"]["value"] == 0.9  # measured only by the first process: kept
+    assert by["contended_processes"]["value"] == 1 and by["contended_processes"]["details"]["left_out"] == 1
+    # Too few clean processes: all are kept, and the case still says how many were contended.
+    merged = merge_records([record(0, 9.0, True), record(1, 1.0, False), record(2, 8.0, True)])
+    by = {m["metric"]: m for m in merged["metrics"]}
+    assert len(by["latency_p50"]["details"]["processes"]["values"]) == 3
+    assert by["contended_processes"]["details"]["left_out"] == 0
+
+
+def _hog(stop):
+    while not stop.is_set():
+        pass
+
+
+SUITE = """
+name = "contended"
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = [{name = "sleepy", base_ms = 1.0, process_sd = 0.0}]
+accuracy = false
+timeout_s = 120
+processes = 2
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 5
+min_count = 100
+min_duration_s = 0.3
+"""
+
+
+@pytest.mark.skipif(contention.read() is None, reason="no /proc/stat: contention is read on Linux only")
+def test_a_cpu_hog_on_every_core_is_detected_and_its_processes_measured_again_within_the_budget(
+        tmp_path, plugin_backends, monkeypatch):
+    monkeypatch.setenv("COSTBENCH_EXTRA_BACKENDS", "sleepy=sleepy_backend:SleepyBackend")
+    (tmp_path / "s.toml").write_text(SUITE)
+    suite = load_suite(tmp_path / "s.toml")
+    stop = mp.Event()
+    hogs = [mp.Process(target=_hog, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 1)]
+    for h in hogs:
+        h.start()
+    try:
+        summary = run_plan(suite, make_plan(suite), tmp_path / "results")
+    finally:
+        stop.set()
+        for h in hogs:
+            h.join(10)
+    records = RunFile(summary.run_file).cases()
+    shares = [next(m for m in r["metrics"] if m["metric"] == "cpu_contention") for r in records]
+    assert all(s["details"]["contended"] for s in shares), [s["value"] for s in shares]
+    assert len(records) == 4  # 2 processes, each measured again once: the budget is twice `processes`
+    (case,) = summary.outcomes
+    busy = next(m for m in case.metrics if m["metric"] == "contended_processes")
+    assert busy["value"] == 4 and busy["details"]["left_out"] == 0  # no clean process: all kept, and said
