@@ -89,7 +89,9 @@ def needs_more(records: list[dict[str, Any]], precision: Precision | None, proce
     budget = precision.max_processes if precision is not None else 2 * processes
     if len(records) >= budget or not any(r.get("status") == "ok" for r in records):
         return False
-    if remeasure and len(clean(records)) < processes:
+    # Only contention is replaced: a process that failed is not measured again here (see execute/failures.py).
+    failed = sum(r.get("status") != "ok" for r in records)
+    if remeasure and any(contended(r) for r in records) and len(clean(records)) < processes - failed:
         return True
     if precision is None:
         return False

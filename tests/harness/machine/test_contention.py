@@ -100,3 +100,14 @@ def test_a_cpu_hog_on_every_core_is_detected_and_its_processes_measured_again_wi
     (case,) = summary.outcomes
     busy = next(m for m in case.metrics if m["metric"] == "contended_processes")
     assert busy["value"] == 4 and busy["details"]["left_out"] == 0  # no clean process: all kept, and said
+
+
+def test_only_contention_is_replaced_not_a_failed_process():
+    from costbench.harness.results.rounds import needs_more
+
+    fine, busy = record(0, 1.0, False), record(1, 1.0, True)
+    failed = {**record(2, 1.0, False), "status": "failed", "metrics": []}
+    assert needs_more([fine, busy, record(2, 1.0, False)], None, 3)  # one contended of three: measure one more
+    assert not needs_more([fine, record(1, 1.0, False), failed], None, 3)  # a failure is not re-measured
+    assert not needs_more([fine, busy, record(2, 1.0, False)], None, 3, remeasure=False)
+    assert not needs_more([fine, busy, record(2, 1.0, False), busy, busy, busy], None, 3)  # twice processes: spent
