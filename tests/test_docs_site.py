@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "reports"))  # cdp_browser.py sits beside the report tests
 
-from cdp_browser import Browser, Page, find_chromium  # noqa: E402
+from cdp_browser import browser  # noqa: E402,F401 (the fixture)
 
 pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[docs]' (the test extra has it)")
 pytest.importorskip("material", reason="mkdocs-material is not installed: pip install -e '.[docs]'")
@@ -80,7 +80,7 @@ def test_strict_build_fails_on_a_broken_link(tmp_path, broken):
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
-        pass
+        """Keep the test output free of one line per request."""
 
 
 @pytest.fixture(scope="module")
@@ -94,29 +94,6 @@ def served(site):
     server.server_close()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    exe = find_chromium()
-    if exe is None:
-        pytest.skip("chromium is not installed (CI installs it with .ci/install-browser; "
-                    "locally: apt-get install -y chromium)")
-    b = Browser(exe, tmp_path_factory.mktemp("chromium-profile"))
-    yield b
-    b.close()
-
-
-def open_url(browser: Browser, url: str, settle_ms: int = 500, timeout: float = 60) -> Page:
-    """Browser.open for an http URL: a new tab, its load event, a moment for the theme's scripts."""
-    target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-    browser.targets[session] = target
-    for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
-        browser.send(domain, session=session)
-    browser.send("Page.navigate", {"url": url}, session)
-    browser.wait_event(session, "Page.loadEventFired", timeout)
-    page = Page(browser, session)
-    page.evaluate(f"new Promise(r => setTimeout(r, {settle_ms}))")
-    return page
 
 
 STATE = """(() => ({
@@ -130,7 +107,7 @@ STATE = """(() => ({
 
 
 def test_home_page_renders_with_title_and_nav(browser, served):
-    page = open_url(browser, served)
+    page = browser.open(served, settle_ms=500)
     try:
         state = page.evaluate(STATE)
         errors = page.collect_errors()
@@ -147,7 +124,7 @@ def test_home_page_renders_with_title_and_nav(browser, served):
 
 @pytest.mark.parametrize("path", PAGES[1:])
 def test_page_loads_without_errors(browser, served, path):
-    page = open_url(browser, served + path, settle_ms=200)
+    page = browser.open(served + path, settle_ms=200)
     try:
         state = page.evaluate(STATE)
         errors = page.collect_errors()
@@ -159,7 +136,7 @@ def test_page_loads_without_errors(browser, served, path):
 
 def test_generated_table_is_an_html_table(browser, served):
     """The compression page's generated pivot (scripts/readme_tables.py) renders as real tables."""
-    page = open_url(browser, served + "compression/")
+    page = browser.open(served + "compression/", settle_ms=500)
     try:
         tables = page.evaluate(STATE)["tables"]
     finally:
@@ -173,7 +150,7 @@ def test_search_index_is_served_and_searchable(browser, served):
     with urllib.request.urlopen(served + "search/search_index.json", timeout=10) as r:
         index = json.load(r)
     assert len({d["location"].split("#")[0] for d in index["docs"]}) >= len(PAGES)
-    page = open_url(browser, served + "measurement/")
+    page = browser.open(served + "measurement/", settle_ms=500)
     try:
         found = page.evaluate("fetch('../search/search_index.json').then(r => r.json())"
                               ".then(j => j.docs.filter(d => /capacity search/i.test(d.text)).length)")

@@ -18,6 +18,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-extensions", "--disable-dev-shm-usage", "--remote-debugging-pipe"]
@@ -188,14 +190,17 @@ class Browser:
                     raise TimeoutError(f"no {method} within {timeout} s")
                 self._lock.wait(left)
 
-    def open(self, path: Path, settle_ms: int = 300, timeout: float = 60) -> Page:
-        """Load a local file in a new tab, wait for its load event and a moment for scripts, and return it."""
+    def open(self, path: Path | str, settle_ms: int = 300, timeout: float = 60) -> Page:
+        """Load a local file (or an http URL) in a new tab, wait for its load event and a moment for scripts,
+        and return it."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         self.targets[session] = target
         for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
             self.send(domain, session=session)
-        self.send("Page.navigate", {"url": Path(path).resolve().as_uri()}, session)
+        http = isinstance(path, str) and path.startswith(("http://", "https://"))
+        url = path if http else Path(path).resolve().as_uri()
+        self.send("Page.navigate", {"url": url}, session)
         self.wait_event(session, "Page.loadEventFired", timeout)
         page = Page(self, session)
         page.evaluate(f"new Promise(r => setTimeout(r, {settle_ms}))")
@@ -216,3 +221,17 @@ class Browser:
                 os.close(fd)
             except OSError:
                 pass
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """A headless Chromium driven over the DevTools pipe; skips only when Chromium is not installed.
+
+    A fixture here, imported by the conftest and test modules that drive a browser."""
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("chromium is not installed (CI installs it with .ci/install-browser; "
+                    "locally: apt-get install -y chromium)")
+    b = Browser(exe, tmp_path_factory.mktemp("chromium-profile"))
+    yield b
+    b.close()
