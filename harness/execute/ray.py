@@ -366,23 +366,24 @@ class RayExecutor(Executor):
                 if node.node_id in busy or not node.alive or node.unusable:
                     continue
                 for case in list(queue):
-                    why = stop(case) if stop and case.job_id not in tried else None
+                    if node.node_id not in self._targets.get(case.case_id, ()) or node in tried.get(case.job_id, []):
+                        continue
+                    queue.remove(case)
+                    first = case.job_id not in tried
+                    # Judged just before it would start (a re-run after a lost node has started once already).
+                    why = stop(case) if stop and first else None
                     if why:
-                        queue.remove(case)
                         if on_start:
                             on_start(case)
                         stopped.append(not_started(case, why))
-                        continue
-                    if node.node_id in self._targets.get(case.case_id, ()) and node not in tried.get(case.job_id, []):
-                        queue.remove(case)
-                        first = case.job_id not in tried
-                        tried.setdefault(case.job_id, []).append(node)
-                        ref = measure.options(**node.request()).remote(case.to_dict(), memory_limit_mb)
-                        running[ref] = (case, node, time.time())
-                        self._in_flight[case.job_id] = node
-                        if first and on_start:
-                            on_start(case)
-                        break
+                        continue  # this node is still free: the next case it can run
+                    tried.setdefault(case.job_id, []).append(node)
+                    ref = measure.options(**node.request()).remote(case.to_dict(), memory_limit_mb)
+                    running[ref] = (case, node, time.time())
+                    self._in_flight[case.job_id] = node
+                    if first and on_start:
+                        on_start(case)
+                    break
 
         dispatch()
         while running or stopped:
