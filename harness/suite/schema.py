@@ -10,7 +10,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from costbench.core.artifacts import InputSpec
 
@@ -150,6 +151,10 @@ class ExecutorSpec(_WithOptions):
                       "cluster), or a plugin's executor.")
 
 
+# What a plain string in a suite's list stands for: variants = ["int8"] is variants = [{ name = "int8" }].
+SHORTHAND_KEYS = {"variants": "name", "backends": "name", "models": "id", "scenarios": "kind"}
+
+
 class Suite(_Strict):
     """A validated suite: the plan is the product models x variants x backends x scenarios x batch sizes."""
 
@@ -181,25 +186,12 @@ class Suite(_Strict):
     executor: ExecutorSpec | None = Field(None, description="Where cases are measured (default: here, one at a time).")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 
-    @field_validator("variants", mode="before")
+    @field_validator("variants", "backends", "models", "scenarios", mode="before")
     @classmethod
-    def _variant_shorthand(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("backends", mode="before")
-    @classmethod
-    def _backend_shorthand(cls, v: Any) -> Any:
-        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("models", mode="before")
-    @classmethod
-    def _model_shorthand(cls, v: Any) -> Any:
-        return [{"id": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
-
-    @field_validator("scenarios", mode="before")
-    @classmethod
-    def _scenario_shorthand(cls, v: Any) -> Any:
-        return [{"kind": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+    def _shorthand(cls, v: Any, info: ValidationInfo) -> Any:
+        """A string in these lists names the entry: the table it stands for has it under this key."""
+        key = SHORTHAND_KEYS[info.field_name]
+        return [{key: x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
 
     @field_validator("batch_sizes")
     @classmethod
