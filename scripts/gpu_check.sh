@@ -23,18 +23,18 @@
 # A Python that dies of a signal (PyCUDA's SIGABRT at exit is 134) passes its status through: non-zero.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-# OUT_DIR (the first argument that is not an option) is relative to where the script was started.
-OUT_DIR="$ROOT/results/gpu-check"
+# OUT_DIR (the first argument that is not an option; DEST below) is relative to where the script was started.
+DEST="$ROOT/results/gpu-check"
 ARGS=()
 REFERENCE_IMAGE=--reference-image
 for a in "$@"; do
   case "$a" in
     --with-tensorrt) REFERENCE_IMAGE="" ;;
     -*) ARGS+=("$a") ;;
-    *) if [ ${#ARGS[@]} -eq 0 ]; then OUT_DIR="$(mkdir -p "$a" && cd "$a" && pwd)"; else ARGS+=("$a"); fi ;;
+    *) if [ ${#ARGS[@]} -eq 0 ]; then DEST="$(mkdir -p "$a" && cd "$a" && pwd)"; else ARGS+=("$a"); fi ;;
   esac
 done
-mkdir -p "$OUT_DIR"
+mkdir -p "$DEST"
 cd "$ROOT"
 PY="${PYTHON:-python3}"
 OFFLINE="${GPU_CHECK_OFFLINE:-$PWD/.gpu-offline}"
@@ -75,7 +75,7 @@ setsid bash -c '
     "$PY" -m pip install -q --no-build-isolation --no-deps --no-index --no-cache-dir --target "$PYCUDA_SITE" .
   )
   echo $? > "$PYCUDA_SITE/.build-finished"
-' > "$OUT_DIR/pycuda_build.log" 2>&1 < /dev/null &
+' > "$DEST/pycuda_build.log" 2>&1 < /dev/null &
 PYCUDA_BUILD=$!
 stop_pycuda_build() {
   if kill -0 "$PYCUDA_BUILD" 2>/dev/null; then
@@ -102,8 +102,8 @@ export PYTHONSAFEPATH=1
 echo "setup: $(( $(date +%s) - t0 )) s"
 
 # 3) the check, within its own time budget (GPU_CHECK_BUDGET seconds for all stages; setup comes on top)
-"$PY" scripts/gpu_check.py --out "$OUT_DIR" --budget "${GPU_CHECK_BUDGET:-330}" $REFERENCE_IMAGE ${ARGS[@]+"${ARGS[@]}"} \
-    2>&1 | tee "$OUT_DIR/gpu_check.log"
+"$PY" scripts/gpu_check.py --out "$DEST" --budget "${GPU_CHECK_BUDGET:-330}" $REFERENCE_IMAGE ${ARGS[@]+"${ARGS[@]}"} \
+    2>&1 | tee "$DEST/gpu_check.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -gt 128 ]; then echo "gpu_check.py was killed by signal $((rc - 128)) (134: SIGABRT)" >&2; fi
 echo "total: $(( $(date +%s) - t0 )) s, exit $rc"
