@@ -132,6 +132,22 @@ class Session(abc.ABC):
         return {}
 
 
+class GenerativeSession(Session):
+    """A prepared generative model: ``run`` is one forward pass over a batch of prompts (the next-token logits of
+    each), and ``generate`` continues the prompts token by token.
+
+    The timed region of generation is one ``generate`` call, from host token ids in to host token ids out. The
+    session calls ``on_token()`` as soon as each decoding step's token is on the host (once per step for the
+    whole batch), so the scenario stamps every token on its own clock: the first stamp gives the time to first
+    token, the gaps between stamps the time per output token.
+    """
+
+    @abc.abstractmethod
+    def generate(self, prompt_ids: np.ndarray, new_tokens: int, on_token: Callable[[], None]) -> np.ndarray:
+        """Greedy-decode exactly ``new_tokens`` tokens after each row of ``prompt_ids`` (int64, batch x prompt
+        length), end-of-sequence ignored; returns the generated ids (batch x ``new_tokens``)."""
+
+
 class PerBatchSession(Session):
     """Several sessions of one model, one per batch size (rows), run by the leading dimension of the inputs."""
 

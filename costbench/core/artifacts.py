@@ -22,6 +22,11 @@ FORMAT_ONNX = "onnx"  # an ONNX model file
 FORMAT_OPENVINO = "openvino-ir"  # OpenVINO IR: model.xml + model.bin
 FORMAT_EXECUTORCH = "executorch-pte"  # an ExecuTorch program (.pte), lowered to XNNPACK
 FORMAT_TFLITE = "tflite"  # a LiteRT (TensorFlow Lite) flatbuffer model (.tflite)
+# A Hugging Face causal-LM folder (config.json, weights, tokenizer.json); the artifact's path is its config.json.
+# A weight-only quantized variant has no safetensors: torchao's quantized state dict instead, and what made it.
+FORMAT_HF_CAUSAL_LM = "hf-causal-lm"
+HF_TORCHAO_WEIGHTS = "torchao-weights.pt"  # torch.save of the state dict (torchao tensor subclasses)
+HF_TORCHAO_RECIPE = "torchao-quantization.json"  # the method, bits, granularity and versions that wrote it
 
 _MANIFEST = "artifact.json"
 

@@ -112,6 +112,7 @@ Entry = Union[Metric, Series, ScenarioMetrics]
 
 # The built-in scenario kinds (harness/measure/scenarios/), for reports that treat them apart.
 SINGLE_STREAM, OFFLINE, SERVER = "single_stream", "offline", "server"
+GENERATE, GENERATE_OFFLINE = "generate", "generate_offline"  # generative models, token by token
 
 LATENCY = Series("latency", "service time of one query")
 BATCH_LATENCY = Series("batch_latency", "service time of one batch (per worker thread)")
@@ -121,6 +122,11 @@ SCHEDULER_LATENESS = Series("scheduler_lateness",
                             "start of service minus the earliest moment it could start (scheduler error)")
 SERVICE_TIME = Series("service_time",
                       "service time of one batch of queries (one query without dynamic batching), start to end")
+# Generative scenarios: one sample per request (a batch of prompts generated together in generate_offline).
+TTFT = Series("ttft", "time to first token: request start to the first generated token (prefill and one step)")
+TPOT = Series("tpot", "time per output token after the first: (end - first token) / (output tokens - 1)")
+INTER_TOKEN = Series("inter_token", "time between two consecutive generated tokens (every gap of every request)")
+REQUEST_LATENCY = Series("request_latency", "request start to the end of generation (every token on the host)")
 
 THROUGHPUT = "throughput"
 CAPACITY_QPS = "capacity_qps"
@@ -141,6 +147,8 @@ TARGET_QPS = "target_qps"
 LOAD_TIME = "load_time"
 FIRST_INFERENCE = "first_inference"
 POWER = "power_w"
+OUTPUT_TOKEN_THROUGHPUT = "output_token_throughput"
+GREEDY_PREFIX_AGREEMENT = "greedy_prefix_agreement"
 
 _SCALARS = [
     Metric(THROUGHPUT, "samples/s", "throughput", "higher", "samples per second over the scenario's wall time"),
@@ -176,6 +184,13 @@ _SCALARS = [
     Metric("capacity_ci_low", "queries/s", "capacity", "higher", "lower end of the capacity's interval"),
     Metric("capacity_ci_high", "queries/s", "capacity", "higher", "upper end of the capacity's interval"),
     Metric("mean_batch_size", "queries", "setting", None, "queries per dynamic batch, on average"),
+    # generative scenarios
+    Metric(OUTPUT_TOKEN_THROUGHPUT, "tokens/s", "throughput", "higher",
+           "generated tokens per second over the scenario's wall time (every sequence of a batch counted)"),
+    Metric("input_token_throughput", "tokens/s", "throughput", "higher",
+           "prompt tokens per second over the scenario's wall time"),
+    Metric("prompt_tokens", "tokens", "setting", None, "prompt length of each request"),
+    Metric("output_tokens", "tokens", "setting", None, "tokens generated per request (end-of-sequence ignored)"),
     # accuracy and parity (costbench.harness.build.accuracy)
     Metric(TASK_ACCURACY, "ratio", "accuracy", "higher", "share of labelled samples right"),
     Metric(TASK_ACCURACY_DELTA, "ratio", "accuracy", "higher", "task accuracy minus fp32's, paired"),
@@ -188,16 +203,21 @@ _SCALARS = [
     Metric(COSINE_MIN, "ratio", "parity", "higher", "lowest cosine similarity to fp32's outputs"),
     Metric("max_abs_error", "abs", "parity", "lower", "largest absolute difference to fp32's outputs"),
     Metric("kl_divergence_mean", "nats", "parity", "lower", "mean KL divergence from fp32's output distribution"),
+    Metric(GREEDY_PREFIX_AGREEMENT, "ratio", "parity", "higher",
+           "share of fp32's greedy continuation reproduced before the first differing token, averaged over prompts"),
 ]
 
 _SCENARIOS = [
     ScenarioMetrics(SINGLE_STREAM, LATENCY.name, LATENCY.p50),
     ScenarioMetrics(OFFLINE, BATCH_LATENCY.name, THROUGHPUT),
     ScenarioMetrics(SERVER, LATENCY.name, CAPACITY_QPS, meaning="arrival to completion, queueing included"),
+    ScenarioMetrics(GENERATE, TPOT.name, TPOT.p50, meaning="one request's mean time per output token after the first"),
+    ScenarioMetrics(GENERATE_OFFLINE, REQUEST_LATENCY.name, OUTPUT_TOKEN_THROUGHPUT,
+                    meaning="one batch of prompts generated together, start to its last token"),
 ]
 
 BUILTIN: list[Entry] = [LATENCY, BATCH_LATENCY, DEVICE_LATENCY, QUEUE_WAIT, SCHEDULER_LATENESS, SERVICE_TIME,
-                        *_SCALARS, *_SCENARIOS]
+                        TTFT, TPOT, INTER_TOKEN, REQUEST_LATENCY, *_SCALARS, *_SCENARIOS]
 
 
 @dataclass

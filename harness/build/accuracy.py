@@ -80,7 +80,25 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray | Non
                                              "top-1 accuracy on the labelled evaluation split")
     elif task == "embedding":
         metrics += embedding_metrics(a, r, labels)
+    elif task == "causal_lm":  # the outputs are next-token logits: agreement on the next token, KL of the distributions
+        metrics += classification_parity(a, r)
     return metrics
+
+
+def greedy_prefix_agreement(generated: np.ndarray, reference: np.ndarray) -> AccuracyMetric:
+    """How much of fp32's greedy continuation a variant reproduces before its first different token, averaged
+    over prompts (1.0: every continuation identical). Once one token differs the texts diverge, so later
+    positions say nothing more; with random weights this is parity, never quality."""
+    if generated.shape != reference.shape:
+        raise ValueError(f"generated tokens {generated.shape} differ in shape from fp32's {reference.shape}")
+    same = generated == reference
+    prefix = np.where(same.all(axis=1), same.shape[1], np.argmin(same, axis=1))
+    share = prefix / same.shape[1]
+    return _parity("greedy_prefix_agreement", float(share.mean()), "ratio",
+                   f"share of fp32's greedy continuation ({same.shape[1]} tokens) reproduced before the first "
+                   "different token, mean over prompts",
+                   details={"prompts": int(len(share)), "identical": int(same.all(axis=1).sum()),
+                            "prefix_tokens": prefix.tolist()})
 
 
 def _is_distribution(x: np.ndarray) -> bool:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, ModelBundle
+from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TFLITE, ModelBundle
 
 REFERENCE_BATCH = 16
+GREEDY_TOKENS = 16  # a causal LM's reference greedy continuation of each evaluation prompt
 
 
 def _data_hash(bundle: ModelBundle) -> str:
@@ -75,13 +76,51 @@ def cached_reference(bundle: ModelBundle, cache_dir: Path) -> np.ndarray | None:
 
 
 def reference_outputs(bundle: ModelBundle, cache_dir: Path) -> np.ndarray:
-    """The fp32 reference for ``bundle.evaluation``, from the cache when the model and data are unchanged."""
+    """The fp32 reference for ``bundle.evaluation``, from the cache when the model and data are unchanged.
+
+    A causal LM's continuations (:func:`cached_continuations`) are saved first, so a cached reference
+    implies them."""
     path = _path(bundle, cache_dir)
     if path.exists():
         return np.load(path)
+    if bundle.source_kind == SOURCE_HF:
+        _save(_continuations_path(bundle, cache_dir), _greedy_continuations(bundle))
     ref = _compute(bundle)
+    _save(path, ref)
+    return ref
+
+
+def _save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, ref)
+    np.save(tmp, array)
     os.replace(tmp, path)
-    return ref
+
+
+def _continuations_path(bundle: ModelBundle, cache_dir: Path) -> Path:
+    return cache_dir / "references" / f"{bundle.name}-{_data_hash(bundle)}-greedy{GREEDY_TOKENS}.npy"
+
+
+def cached_continuations(bundle: ModelBundle, cache_dir: Path) -> np.ndarray | None:
+    """fp32's greedy continuation (:data:`GREEDY_TOKENS` ids) of each evaluation prompt of a causal LM, or None."""
+    path = _continuations_path(bundle, cache_dir)
+    return np.load(path) if path.exists() else None
+
+
+def _greedy_continuations(bundle: ModelBundle) -> np.ndarray:
+    """PyTorch eager fp32, Transformers ``generate``: greedy, exactly GREEDY_TOKENS new tokens (no early stop)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(bundle.hf_path), dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    parts = []
+    with torch.inference_mode():
+        for feed, real in bundle.evaluation.batches(REFERENCE_BATCH):
+            ids = torch.from_numpy(feed["input_ids"])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=GREEDY_TOKENS,
+                                 min_new_tokens=GREEDY_TOKENS, do_sample=False, num_beams=1,
+                                 pad_token_id=eos[0] if isinstance(eos, list) else eos,
+                                 temperature=None, top_p=None, top_k=None)
+            parts.append(out[:, ids.shape[1]:].numpy()[:real])
+    return np.concatenate(parts, axis=0)

@@ -39,6 +39,17 @@ def parse_suite(data: dict[str, Any], path: Path) -> Suite:
     return suite
 
 
+def _hf_problem(name: str, folder: Path) -> str:
+    """What a causal-LM folder lacks, or '' (read before any case starts, so the error names the suite key)."""
+    from costbench.harness.build.zoo.causal_lm import check_folder
+
+    try:
+        check_folder(name, folder)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
 def check_names(suite: Suite) -> list[str]:
     """Check what the schema cannot: that models, recipes and backends exist and their options are valid."""
     problems: list[str] = []
@@ -49,6 +60,10 @@ def check_names(suite: Suite) -> list[str]:
                             "(or set source = 'onnx' / 'torch' to bring your own)")
         if m.source == "onnx" and m.path is not None:
             problem = _onnx_problem(m.path)
+            if problem:
+                problems.append(f"models[{i}].path: {problem}")
+        if m.source == "hf" and m.path is not None:
+            problem = _hf_problem(m.id, m.path)
             if problem:
                 problems.append(f"models[{i}].path: {problem}")
         if m.data is not None and not m.data.exists():

@@ -14,9 +14,11 @@ from typing import Any, Iterable
 from costbench.backends.base import Availability
 from costbench.backends.registry import BackendEntry, load_registry
 from costbench.harness.build.compress.registry import get_recipe
-from costbench.harness.suite.skips import format_mismatch, not_applicable
+from costbench.harness.measure.scenarios.registry import scenario_class
+from costbench.harness.suite.skips import format_mismatch, not_applicable, not_generative
 from costbench.harness.suite.case import FILTER_KEYS, PLANNED, SKIPPED, Case  # noqa: F401 (planning's vocabulary)
 from costbench.harness.suite.schema import Suite
+from costbench.harness.build.zoo.base import SOURCE_HF
 from costbench.harness.build.zoo.registry import source_kind
 
 def interleave(cases: Iterable[Case], done: set[tuple[str, int]] | None = None) -> list[Case]:
@@ -148,9 +150,12 @@ def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
         suite.models, suite.variants, suite.backends, suite.scenarios, suite.batch_sizes
     ):
         recipe = get_recipe(variant.recipe_name)
-        formats = recipe.formats_for(source_kind(model))
+        kind = source_kind(model)
+        formats = recipe.formats_for(kind)
         fmt, reason = _skip_reason(registry.get(backend.name), backend.name, backend.device, formats,
                                    recipe.name, checked)
+        if scenario_class(scenario.kind).needs_generative and kind != SOURCE_HF:
+            fmt, reason = None, not_generative(scenario.label)
         case = Case(
             model=model.id, variant=variant.name, backend=backend.display, device=backend.device,
             scenario=scenario.label, batch_size=batch, backend_name=backend.name, recipe=recipe.name,

@@ -23,17 +23,17 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from costbench.backends.base import Backend, BackendOptions, Session, TimingConvention
+from costbench.backends.base import Backend, BackendOptions, GenerativeSession, Session, TimingConvention
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import Artifact, ArtifactCache, artifact_summary, content_key, write_json_atomic
 from costbench.core.metrics import CPU_CONTENTION, DEVICE_LATENCY, THROUGHPUT, Series, catalogue
 from costbench.core.stats import summarize
 from costbench.harness.machine import contention, gpu
-from costbench.harness.build.accuracy import compare
+from costbench.harness.build.accuracy import compare, greedy_prefix_agreement
 from costbench.harness.build.compress.base import RecipeNotApplicable
 from costbench.harness.build.compress.registry import get_recipe
 from costbench.harness.suite.case import Case
-from costbench.harness.build.reference import cached_reference, reference_outputs
+from costbench.harness.build.reference import cached_continuations, cached_reference, reference_outputs
 from costbench.harness.measure.scenarios.registry import make_scenario
 from costbench.harness.measure.stages import StageMarker, stage_file
 from costbench.harness.suite.schema import ModelSpec
@@ -123,6 +123,7 @@ class CaseInputs:
     artifact: Artifact
     reference: np.ndarray | None  # fp32 outputs on the evaluation data; None when accuracy is off
     built: dict[str, Any]  # the build process's report when this case built something, else empty
+    continuations: np.ndarray | None = None  # a causal LM's fp32 greedy continuations (with the reference)
 
 
 @dataclass
@@ -199,7 +200,8 @@ def load_inputs(case: Case, cache_dir: Path) -> CaseInputs:
         if not complete:
             raise RuntimeError(f"the build process finished but {case.recipe!r} or the fp32 reference is not in "
                                f"the cache {cache_dir}")
-    return CaseInputs(bundle, artifact, reference, built)
+    continuations = cached_continuations(bundle, cache_dir) if reference is not None else None
+    return CaseInputs(bundle, artifact, reference, built, continuations)
 
 
 def load_model(case: Case, cache_dir: Path) -> ModelBundle:
@@ -274,6 +276,7 @@ def measure_session(session: Session, case: Case, inputs: CaseInputs) -> Session
     with _closing(session):
         metrics = [first_inference(session, inputs.bundle.evaluation, case.batch_size)]
         metrics += accuracy_metrics(session, inputs.bundle, inputs.reference, case.batch_size)
+        metrics += generation_parity(session, inputs.bundle, inputs.continuations, case.batch_size)
         scenario = make_scenario(case.scenario_spec)
         before = contention.read()
         result = scenario.run(session, inputs.bundle.evaluation, case.batch_size)
@@ -321,6 +324,19 @@ def accuracy_metrics(session: Session, bundle: ModelBundle, reference: np.ndarra
         interval = {} if m.ci_low is None else {"ci_low": m.ci_low, "ci_high": m.ci_high}
         rows.append(_metric(m.name, m.value, m.unit, **interval, details={"description": m.description, **m.details}))
     return rows
+
+
+def generation_parity(session: Session, bundle: ModelBundle, continuations: np.ndarray | None,
+                      batch_size: int) -> list[dict[str, Any]]:
+    """Greedy-continuation agreement with fp32 on the evaluation prompts, for a generative session with the fp32
+    continuations at hand (no row otherwise)."""
+    if continuations is None or not isinstance(session, GenerativeSession):
+        return []
+    parts = []
+    for feed, real in bundle.evaluation.batches(batch_size):
+        parts.append(session.generate(feed["input_ids"], continuations.shape[1], lambda: None)[:real])
+    m = greedy_prefix_agreement(np.concatenate(parts, axis=0), continuations)
+    return [_metric(m.name, m.value, m.unit, details={"description": m.description, **m.details})]
 
 
 def device_memory_metrics(session: Session) -> list[dict[str, Any]]:

@@ -46,8 +46,9 @@ class ModelSpec(_Strict):
     """A model to benchmark: a zoo name, or one the user brings (an ONNX file or a torch factory)."""
 
     id: str = Field(description="Zoo name (e.g. 'digits-cnn'), or your own name for a custom model.")
-    source: Literal["zoo", "onnx", "torch", "tflite"] = Field("zoo", description="Where the model comes from.")
-    path: Path | None = Field(None, description="source='onnx'/'tflite': the .onnx/.tflite file (relative to the suite file).")
+    source: Literal["zoo", "onnx", "torch", "tflite", "hf"] = Field("zoo", description="Where the model comes from.")
+    path: Path | None = Field(None, description="source='onnx'/'tflite': the .onnx/.tflite file; source='hf': a local "
+                              "Hugging Face causal-LM folder (relative to the suite file).")
     factory: str | None = Field(None, description="source='torch': 'package.module:function' returning an nn.Module.")
     inputs: list[InputSpecModel] | None = Field(None, description="Input specs; required for source='torch'.")
     data: Path | None = Field(None, description="Optional .npz of real samples keyed by input name (+ 'labels').")
@@ -58,6 +59,12 @@ class ModelSpec(_Strict):
     def _source_fields(self) -> "ModelSpec":
         if self.source == "onnx" and self.path is None:
             raise ValueError("source='onnx' needs 'path' to the .onnx file")
+        if self.source == "hf":
+            if self.path is None:
+                raise ValueError("source='hf' needs 'path' to a local Hugging Face model folder (config.json, "
+                                 "safetensors weights, tokenizer.json); nothing is downloaded")
+            if self.factory or self.inputs or self.data:
+                raise ValueError("source='hf' takes only 'path': the prompts come from the model's own tokenizer")
         if self.source == "tflite":
             if self.path is None:
                 raise ValueError("source='tflite' needs 'path' to the .tflite file")
@@ -69,7 +76,7 @@ class ModelSpec(_Strict):
             if not self.inputs:
                 raise ValueError("source='torch' needs 'inputs' (name, shape, dtype of each input)")
         if self.source == "zoo" and (self.path or self.factory):
-            raise ValueError("'path'/'factory' only apply to source='onnx'/'tflite'/'torch'")
+            raise ValueError("'path'/'factory' only apply to source='onnx'/'tflite'/'hf'/'torch'")
         return self
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 _FORMAT_MISMATCH = " comes as "
 _NOT_APPLICABLE = " does not apply to this model"
+_NOT_GENERATIVE = " generates tokens; this model is not a causal language model"
 
 
 def format_mismatch(recipe: str, formats: Iterable[str], backend: str, loads: Iterable[str]) -> str:
@@ -25,14 +26,20 @@ def not_applicable(recipe: str) -> str:
     return f"recipe {recipe!r}{_NOT_APPLICABLE}"
 
 
+def not_generative(scenario: str) -> str:
+    """The reason for a token-generating scenario on a model that does not generate."""
+    return f"scenario {scenario!r}{_NOT_GENERATIVE}"
+
+
 def can_never_run(reason: str | None) -> bool:
     """Whether a skip reason says the combination can never run (as opposed to a fixable cause)."""
-    return bool(reason) and (_FORMAT_MISMATCH in reason or _NOT_APPLICABLE in reason)
+    return bool(reason) and any(marker in reason for marker in (_FORMAT_MISMATCH, _NOT_APPLICABLE, _NOT_GENERATIVE))
 
 
 def never_run_note(count: int, combinations: Iterable[str]) -> str:
     """The one line that stands for a model's combinations that can never run."""
     shown = list(combinations)
     listed = ", ".join(shown[:6]) + (f", and {len(shown) - 6} more" if len(shown) > 6 else "")
-    return (f"{count} combination(s) can never run (the variant's format is not one the backend loads, or the "
-            f"recipe does not apply to the model), not listed: {listed}")
+    return (f"{count} combination(s) can never run (the variant's format is not one the backend loads, the "
+            f"recipe does not apply to the model, or the scenario generates tokens and the model does not), not "
+            f"listed: {listed}")

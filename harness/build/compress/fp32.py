@@ -10,14 +10,14 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, Artifact,
-                                         ArtifactCache)
+from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO,
+                                     FORMAT_TORCH, Artifact, ArtifactCache)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig
 from costbench.harness.build.compress.common import library_version
-from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
+from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
-             FORMAT_EXECUTORCH: "model.pte"}
+             FORMAT_EXECUTORCH: "model.pte", FORMAT_HF_CAUSAL_LM: "config.json"}
 
 
 class Fp32Config(RecipeConfig):
@@ -37,10 +37,11 @@ class Fp32Recipe(Recipe):
     _FORMATS = {
         SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_EXECUTORCH),
         SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO),
+        SOURCE_HF: (FORMAT_HF_CAUSAL_LM,),
     }
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
-        """Torch sources get all three formats; ONNX sources have no torch module."""
+        """Torch sources get every format; ONNX sources have no torch module; a causal LM is its own folder."""
         return self._FORMATS.get(source_kind, ())
 
     def filename(self, fmt: str) -> str:
@@ -51,7 +52,7 @@ class Fp32Recipe(Recipe):
         """Adds the versions of the libraries that write the bytes (exporter, converter)."""
         return {
             **super().cache_material(bundle, config),
-            "torch": library_version("torch") if bundle.source_kind == SOURCE_TORCH else None,
+            "torch": library_version("torch") if bundle.source_kind in (SOURCE_TORCH, SOURCE_HF) else None,
             "onnx": library_version("onnx"),
             "openvino": library_version("openvino"),
             **(executorch_material() if bundle.source_kind == SOURCE_TORCH else {}),
@@ -64,13 +65,15 @@ class Fp32Recipe(Recipe):
             FORMAT_ONNX: self._onnx,
             FORMAT_OPENVINO: self._openvino,
             FORMAT_EXECUTORCH: self._executorch,
+            FORMAT_HF_CAUSAL_LM: self._hf,
         }
         return {
             "method": "none (fp32 reference)",
             "bits": 32,
             "parameters": bundle.details.get("parameters"),
             "flops": bundle.details.get("flops"),
-            "source_format": "torch module" if bundle.source_kind == SOURCE_TORCH else "ONNX file",
+            "source_format": {SOURCE_TORCH: "torch module", SOURCE_HF: "Hugging Face folder"}.get(bundle.source_kind,
+                                                                                                  "ONNX file"),
             **builders[fmt](bundle, config, out_dir / self.filename(fmt), cache),
         }
 
@@ -80,6 +83,9 @@ class Fp32Recipe(Recipe):
         # The whole module is pickled (its class by reference), so loading needs its package importable.
         torch.save(bundle.torch_module(), path)
         return {"serialization": "torch.save(module); load with torch.load(weights_only=False)", "torch": torch.__version__}
+
+    def _hf(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
+        return link_hf_folder(bundle, path.parent)
 
     def _onnx(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         if bundle.source_kind == SOURCE_ONNX:
@@ -102,6 +108,25 @@ class Fp32Recipe(Recipe):
         ov.save_model(model, str(path), compress_to_fp16=False)
         return {"converter": "openvino.convert_model from the fp32 ONNX artifact", "openvino": ov.__version__,
                 "onnx_artifact": onnx_artifact.key}
+
+
+def link_hf_folder(bundle: ModelBundle, out_dir: Path, weights: bool = True) -> dict[str, Any]:
+    """The model folder's config, tokenizer and generation files (and its safetensors weights when ``weights``) in
+    ``out_dir``: hard links where the file system allows (the cache never changes a file), else copies."""
+    import os
+
+    if bundle.hf_path is None:
+        raise ValueError(f"model {bundle.name!r} has no Hugging Face folder")
+    src = Path(bundle.hf_path)
+    names = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+             "special_tokens_map.json"]
+    files = [src / n for n in names if (src / n).exists()] + (sorted(src.glob("*.safetensors")) if weights else [])
+    for f in files:
+        try:
+            os.link(f, out_dir / f.name)
+        except OSError:
+            shutil.copyfile(f, out_dir / f.name)
+    return {"exporter": "the Hugging Face folder as it is (linked)", "files": [f.name for f in files]}
 
 
 def copy_onnx(src: Path, dst: Path) -> dict[str, Any]:

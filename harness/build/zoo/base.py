@@ -15,6 +15,7 @@ from costbench.core.artifacts import InputSpec
 SOURCE_TORCH = "torch"  # the model is a torch.nn.Module (zoo model or user factory)
 SOURCE_ONNX = "onnx"  # the model is a user-supplied ONNX file; there is no torch module
 SOURCE_TFLITE = "tflite"  # the model is a user-supplied LiteRT (.tflite) file; there is no torch module
+SOURCE_HF = "hf"  # a generative model as a local Hugging Face causal-LM folder (zoo/causal_lm.py)
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ModelBundle:
 
     name: str
     task: str  # "classification" (top-1, and task accuracy with labels), "embedding" (neighbour agreement, and
-    # retrieval accuracy with group labels) or "generic"
+    # retrieval accuracy with group labels), "causal_lm" (next-token and greedy-continuation parity) or "generic"
     inputs: list[InputSpec]
     outputs: list[str]
     calibration: SampleSet  # for post-training quantization
@@ -72,6 +73,7 @@ class ModelBundle:
     source_kind: str = SOURCE_TORCH
     module_factory: Callable[[], Any] | None = None  # returns an eval-mode torch.nn.Module
     onnx_path: Path | None = None  # user-supplied fp32 ONNX
+    hf_path: Path | None = None  # a causal LM's Hugging Face folder (config.json, weights, tokenizer.json)
     details: dict[str, Any] = field(default_factory=dict)  # parameters, FLOPs, data provenance
     # Labelled data the model was trained on, for recipes that fine-tune (pruning) or train (distillation);
     # None when the model comes pre-trained without its training set (those recipes then say what they use).

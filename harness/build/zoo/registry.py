@@ -13,7 +13,7 @@ from typing import Callable
 
 from costbench.core.plugins import PluginGroup
 from costbench.harness.suite.schema import ModelSpec
-from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, ZooModel
+from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TFLITE, SOURCE_TORCH, ModelBundle, ZooModel
 from costbench.harness.build.zoo.flops import cached_model_flops
 
 MODELS = PluginGroup("costbench.models", "COSTBENCH_EXTRA_MODELS", "zoo model")
@@ -41,11 +41,12 @@ _SOURCE_KINDS: dict[str, Callable[[ModelSpec], str]] = {
     "onnx": lambda spec: SOURCE_ONNX,
     "torch": lambda spec: SOURCE_TORCH,
     "tflite": lambda spec: SOURCE_TFLITE,
+    "hf": lambda spec: SOURCE_HF,
 }
 
 
 def source_kind(spec: ModelSpec) -> str:
-    """SOURCE_TORCH, SOURCE_ONNX or SOURCE_TFLITE for a spec, without loading the model (planning needs it)."""
+    """SOURCE_TORCH, SOURCE_ONNX, SOURCE_TFLITE or SOURCE_HF for a spec, without loading the model (planning needs it)."""
     return _SOURCE_KINDS[spec.source](spec)
 
 
@@ -79,11 +80,21 @@ def _load_tflite(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
     return load_tflite_model(spec, cache_dir)
 
 
+def _load_hf(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
+    from costbench.harness.build.zoo.causal_lm import check_folder, folder_hash, hf_bundle
+
+    assert spec.path is not None  # the schema requires it
+    check_folder(spec.id, spec.path)
+    return hf_bundle(spec.id, spec.path, folder_hash(spec.path, cache_dir),
+                     {"hf_path": str(spec.path), "weights": "the user's own (source = 'hf')"})
+
+
 _LOADERS: dict[str, Callable[[ModelSpec, Path], ModelBundle]] = {
     "zoo": _load_zoo,
     "onnx": _load_onnx,
     "torch": _load_torch,
     "tflite": _load_tflite,
+    "hf": _load_hf,
 }
 
 

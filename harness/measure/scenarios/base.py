@@ -69,6 +69,7 @@ class Scenario(abc.ABC):
 
     kind: ClassVar[str]
     Settings: ClassVar[type[ScenarioSettings]]
+    needs_generative: ClassVar[bool] = False  # generates tokens: only causal-LM models (the planner skips the rest)
 
     def __init__(self, spec: ScenarioSettings):
         self.spec = spec

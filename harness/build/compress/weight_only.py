@@ -1,0 +1,135 @@
+"""``int8-weight-only`` and ``int4-weight-only``: a generative model's linear weights quantized, activations kept.
+
+On a CPU, decoding one token reads every weight once and does little arithmetic with it, so its time is
+bound by memory bandwidth: smaller weights are the lever, not faster arithmetic. These recipes shrink the
+weights of every ``nn.Linear`` (the output head included; the embedding table is a lookup, kept in fp32):
+
+- for PyTorch + Transformers (:data:`FORMAT_HF_CAUSAL_LM`), with torchao's ``quantize_``:
+  int8 is ``Int8WeightOnlyConfig`` (symmetric, one scale per output channel); int4 is
+  ``IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))`` (symmetric, one scale
+  per group of ``group_size`` input channels). torchao 0.18 has no packed int4 CPU kernel for weight-only
+  linears: its int4 values are held one per byte (``IntxUnpackedToInt8Tensor``) and dequantized per call,
+  so this int4 variant is as large as int8 and no faster. The provenance says so; the bytes on disk show it.
+
+The folder keeps the config and tokenizer; the weights become torchao's quantized state dict
+(``torchao-weights.pt``) with ``torchao-quantization.json`` beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from costbench.core.artifacts import (FORMAT_HF_CAUSAL_LM, HF_TORCHAO_RECIPE, HF_TORCHAO_WEIGHTS, ArtifactCache,
+                                     write_json_atomic)
+from costbench.harness.build.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
+from costbench.harness.build.compress.common import library_version
+from costbench.harness.build.compress.fp32 import link_hf_folder
+from costbench.harness.build.zoo.base import SOURCE_HF, ModelBundle
+
+
+class Int8WeightOnlyConfig(RecipeConfig):
+    """int8 weights, symmetric, one scale per output channel; no options."""
+
+
+class Int4WeightOnlyConfig(RecipeConfig):
+    """int4 weights, symmetric, one scale per group of input channels."""
+
+    group_size: int = Field(128, ge=16, description="Input channels sharing one scale (must divide every linear "
+                            "layer's input width).")
+
+
+class _WeightOnlyRecipe(Recipe):
+    """Shared build: link the folder without its weights, quantize the fp32 model's linears, save the state dict."""
+
+    bits: ClassVar[int]
+
+    def formats_for(self, source_kind: str) -> tuple[str, ...]:
+        """Causal-LM folders only: weight-only quantization is for generative models here."""
+        return (FORMAT_HF_CAUSAL_LM,) if source_kind == SOURCE_HF else ()
+
+    def filename(self, fmt: str) -> str:
+        return "config.json"
+
+    def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
+        return {**super().cache_material(bundle, config), "torch": library_version("torch"),
+                "torchao": library_version("torchao"), "transformers": library_version("transformers")}
+
+    def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
+        """torchao's config object and the provenance that describes it."""
+        raise NotImplementedError
+
+    def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path,
+              cache: ArtifactCache) -> dict[str, Any]:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        try:
+            import torchao
+            from torchao.quantization import quantize_
+        except ImportError as exc:
+            raise RuntimeError(f"recipe {self.name!r} needs torchao: pip install torchao ({exc})") from exc
+        linked = link_hf_folder(bundle, out_dir, weights=False)
+        model = AutoModelForCausalLM.from_pretrained(str(bundle.hf_path), dtype=torch.float32).eval()
+        self._check_shapes(model, config)
+        ao_config, described = self.torchao_config(config)
+        quantize_(model, ao_config)
+        torch.save(model.state_dict(), out_dir / HF_TORCHAO_WEIGHTS)
+        provenance = {"method": f"torchao {type(ao_config).__name__}", "bits": self.bits, **described,
+                      "quantized": "every nn.Linear (output head included); embedding kept fp32",
+                      "activations": "fp32 (weight-only)", "torchao": torchao.__version__,
+                      "parameters": bundle.details.get("parameters"), "files": linked["files"]}
+        write_json_atomic(out_dir / HF_TORCHAO_RECIPE, provenance)
+        return provenance
+
+    def _check_shapes(self, model: Any, config: RecipeConfig) -> None:
+        """An int4 group size that does not divide a linear's input width: not applicable, naming the layer."""
+        group = getattr(config, "group_size", None)
+        if group is None:
+            return
+        import torch
+
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and module.in_features % group:
+                raise RecipeNotApplicable(f"recipe {self.name!r}: group_size={group} does not divide the input width "
+                                          f"{module.in_features} of {name}")
+
+
+class Int8WeightOnlyRecipe(_WeightOnlyRecipe):
+    """int8 weight-only: torchao ``Int8WeightOnlyConfig`` for PyTorch."""
+
+    name = "int8-weight-only"
+    version = 1
+    precision = "int8"
+    bits = 8
+    Config = Int8WeightOnlyConfig
+    description = "int8 weight-only (generative models): torchao Int8WeightOnlyConfig, per output channel"
+
+    def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
+        from torchao.quantization import Int8WeightOnlyConfig as AoInt8
+
+        return AoInt8(), {"granularity": "per output channel", "symmetric": True, "storage": "int8"}
+
+
+class Int4WeightOnlyRecipe(_WeightOnlyRecipe):
+    """int4 weight-only: torchao ``IntxWeightOnlyConfig`` (int4, per group) for PyTorch."""
+
+    name = "int4-weight-only"
+    version = 1
+    precision = "int4"
+    bits = 4
+    Config = Int4WeightOnlyConfig
+    description = "int4 weight-only (generative models): torchao IntxWeightOnlyConfig(int4, per group)"
+
+    def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
+        import torch
+        from torchao.quantization import IntxWeightOnlyConfig
+        from torchao.quantization.granularity import PerGroup
+
+        assert isinstance(config, Int4WeightOnlyConfig)
+        return (IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(config.group_size)),
+                {"granularity": f"per group of {config.group_size} input channels", "symmetric": True,
+                 "storage": "int4 values held one per byte (torchao IntxUnpackedToInt8Tensor): the size of int8, "
+                            "dequantized per call; no packed int4 CPU kernel in this torchao"})
