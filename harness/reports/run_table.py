@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from costbench.core.metrics import CONTENDED_PROCESSES, PRECISION_TARGET, THROUGHPUT, catalogue
+from costbench.core.metrics import (CONTENDED_PROCESSES, GREEDY_PREFIX_AGREEMENT, OUTPUT_TOKEN_THROUGHPUT,
+                                    PRECISION_TARGET, THROUGHPUT, TPOT, TTFT, catalogue)
 from costbench.harness.reports.data import primary_series, row_details, scenarios_leading_with
 from costbench.harness.suite.skips import can_never_run, never_run_note
 
@@ -104,7 +105,11 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             lat = None if series is None else _value(streams, series.p50)
             unstable = g[(g["metric"] == "unstable") & (g["value"] == 1.0)]
             mark = ("" if lat is None or lat["valid"] else "*") + ("~" if not unstable.empty else "")
-            line["p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
+            tokens = series is not None and series.name == TPOT.name  # a generate scenario leads: per-token times
+            if tokens:
+                ttft = _value(streams, TTFT.p50)
+                line["TTFT ms"] = _fmt(None if ttft is None else ttft["value"], ".3f")
+            line["TPOT ms" if tokens else "p50 ms"] = _fmt(None if lat is None else lat["value"], ".3f", mark)
             line["95% CI"] = "-" if lat is None else f"{lat['ci_low']:.3f}–{lat['ci_high']:.3f}"
             if replicated:  # the interval's relative half-width, against the precision the run asked for
                 target = _value(streams, PRECISION_TARGET)
@@ -117,15 +122,23 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             if replicated:  # a column of dashes says nothing for a run measured in one process per case
                 share = None if series is None else _value(streams, series.process_share)
                 line["between"] = _fmt(None if share is None else 100 * share["value"], ".0f", "%")
-            off = _value(g[g["scenario"].isin(scenarios_leading_with(g, "throughput"))], THROUGHPUT)
-            off = off if off is not None else _value(streams, THROUGHPUT)
-            line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
+            if tokens:  # output tokens per second of the throughput-led scenario (generate_offline), else this one
+                tput = _value(g[g["scenario"].isin(scenarios_leading_with(g, "throughput"))], OUTPUT_TOKEN_THROUGHPUT)
+                tput = tput if tput is not None else _value(streams, OUTPUT_TOKEN_THROUGHPUT)
+                line["tok/s"] = _fmt(None if tput is None else tput["value"], ".1f")
+            else:
+                off = _value(g[g["scenario"].isin(scenarios_leading_with(g, "throughput"))], THROUGHPUT)
+                off = off if off is not None else _value(streams, THROUGHPUT)
+                line["samples/s"] = _fmt(None if off is None else off["value"], ".1f")
             server = _server_summary(g)
             if server:
                 line["server"] = server
             size = _value(g, "model_size")
             line["MB"] = _fmt(None if size is None else size["value"] / 1e6, ".2f")
             line.update(_accuracy_cells(g, labelled))
+            greedy = _value(g, GREEDY_PREFIX_AGREEMENT)
+            if greedy is not None:  # parity of the continuation, never quality
+                line["greedy"] = _fmt(100 * greedy["value"], ".1f", "%")
             cos = _value(g, "cosine_similarity_min")
             line["min cos"] = _fmt(None if cos is None else cos["value"], ".4f")
             problems = g[g["status"] != "ok"].drop_duplicates("scenario")
