@@ -149,6 +149,10 @@ FIRST_INFERENCE = "first_inference"
 POWER = "power_w"
 OUTPUT_TOKEN_THROUGHPUT = "output_token_throughput"
 GREEDY_PREFIX_AGREEMENT = "greedy_prefix_agreement"
+MEMORY_BANDWIDTH = "memory_bandwidth"
+DECODE_WEIGHT_BYTES = "decode_weight_bytes"
+TPOT_MEMORY_BOUND = "tpot_memory_bound"
+TPOT_BOUND_RATIO = "tpot_bound_ratio"
 
 _SCALARS = [
     Metric(THROUGHPUT, "samples/s", "throughput", "higher", "samples per second over the scenario's wall time"),
@@ -191,6 +195,14 @@ _SCALARS = [
            "prompt tokens per second over the scenario's wall time"),
     Metric("prompt_tokens", "tokens", "setting", None, "prompt length of each request"),
     Metric("output_tokens", "tokens", "setting", None, "tokens generated per request (end-of-sequence ignored)"),
+    Metric(MEMORY_BANDWIDTH, "GB/s", "throughput", "higher",
+           "memory read bandwidth measured just before the scenario (best pass over a buffer past the caches)"),
+    Metric(DECODE_WEIGHT_BYTES, "bytes", "size", "lower",
+           "weight bytes one decoding step reads (every weight but the embedding table)"),
+    Metric(TPOT_MEMORY_BOUND, "ms", "time", None,
+           "floor under the time per output token: decode weight bytes / measured memory bandwidth"),
+    Metric(TPOT_BOUND_RATIO, "ratio", "time", "lower",
+           "measured TPOT p50 over its memory-bound floor (1.0 would read the weights at full bandwidth)"),
     # accuracy and parity (costbench.harness.build.accuracy)
     Metric(TASK_ACCURACY, "ratio", "accuracy", "higher", "share of labelled samples right"),
     Metric(TASK_ACCURACY_DELTA, "ratio", "accuracy", "higher", "task accuracy minus fp32's, paired"),

@@ -26,15 +26,17 @@ import numpy as np
 from costbench.backends.base import Backend, BackendOptions, GenerativeSession, Session, TimingConvention
 from costbench.backends.registry import get_backend
 from costbench.core.artifacts import Artifact, ArtifactCache, artifact_summary, content_key, write_json_atomic
-from costbench.core.metrics import CPU_CONTENTION, DEVICE_LATENCY, THROUGHPUT, Series, catalogue
+from costbench.core.metrics import (CPU_CONTENTION, DECODE_WEIGHT_BYTES, DEVICE_LATENCY, MEMORY_BANDWIDTH, THROUGHPUT,
+                                    TPOT, TPOT_BOUND_RATIO, TPOT_MEMORY_BOUND, Series, catalogue)
 from costbench.core.stats import summarize
 from costbench.harness.machine import contention, gpu
+from costbench.harness.machine.bandwidth import Bandwidth, read_bandwidth_in_child, tpot_floor_ms
 from costbench.harness.build.accuracy import compare, greedy_prefix_agreement
 from costbench.harness.build.compress.base import RecipeNotApplicable
 from costbench.harness.build.compress.registry import get_recipe
 from costbench.harness.suite.case import Case
 from costbench.harness.build.reference import cached_continuations, cached_reference, reference_outputs
-from costbench.harness.measure.scenarios.registry import make_scenario
+from costbench.harness.measure.scenarios.registry import make_scenario, scenario_class
 from costbench.harness.measure.stages import StageMarker, stage_file
 from costbench.harness.suite.schema import ModelSpec
 from costbench.harness.build.zoo.base import ModelBundle, SampleSet
@@ -150,8 +152,9 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
     """Measure one case; returns {'metrics': [...], 'info': {...}}. Raises on failure.
 
     In measuring order: load the inputs (building what the cache lacks in another process), take the
-    GPU's start state, reset the RSS high-water mark, load the session and measure on it (it is
-    closed however that ends), take the GPU's end state, read peak memory.
+    GPU's start state, measure the memory bandwidth (token-generating cases on a CPU, in a child process),
+    reset the RSS high-water mark, load the session and measure on it (it is closed however that ends),
+    take the GPU's end state, read peak memory.
     """
     t0 = time.perf_counter()
     STAGE.enter("build")
@@ -163,11 +166,13 @@ def execute(case: Case, cache_dir: Path) -> dict[str, Any]:
         STAGE.enter("prepare")
         backend = get_backend(case.backend_name)
         options = backend.parse_options(case.backend_options)
+        floor = decode_floor(case, inputs.artifact)  # before the baseline: its probe's memory is never ours
         baseline = mark_memory_baseline()
         session, load_row = load_session(backend, options, inputs.artifact, case)
         STAGE.enter("measure")
         measured = measure_session(session, case, inputs)
         gpu_end = gpu_state()
+    measured.metrics += floor_metrics(floor, measured.metrics)
     metrics += [load_row, *measured.metrics, *gpu_metrics(gpu_start, gpu_end), *memory_metrics(baseline)]
     return {"metrics": metrics, "info": case_info(inputs, measured, gpu_start, gpu_end, setup_s)}
 
@@ -337,6 +342,30 @@ def generation_parity(session: Session, bundle: ModelBundle, continuations: np.n
         parts.append(session.generate(feed["input_ids"], continuations.shape[1], lambda: None)[:real])
     m = greedy_prefix_agreement(np.concatenate(parts, axis=0), continuations)
     return [_metric(m.name, m.value, m.unit, details={"description": m.description, **m.details})]
+
+
+def decode_floor(case: Case, artifact: Artifact) -> tuple[float, Bandwidth] | None:
+    """(weight bytes a decoding step reads, the machine's read bandwidth) for a token-generating scenario on a CPU
+    whose artifact says how many bytes a step reads; None otherwise (a GPU's floor is its own HBM's)."""
+    step = artifact.provenance.get("decode_weight_bytes")
+    if not step or case.device != "cpu" or not scenario_class(case.scenario_spec["kind"]).needs_generative:
+        return None
+    return float(step), read_bandwidth_in_child(case.backend_options.get("threads"))
+
+
+def floor_metrics(floor: tuple[float, Bandwidth] | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The memory-bound floor under TPOT and how far the measured TPOT p50 is above it."""
+    if floor is None:
+        return []
+    step, bandwidth = floor
+    bound = tpot_floor_ms(step, bandwidth.best_gbs)
+    out = [_metric(MEMORY_BANDWIDTH, bandwidth.best_gbs, "GB/s", details=bandwidth.details()),
+           _metric(DECODE_WEIGHT_BYTES, step, "bytes"),
+           _metric(TPOT_MEMORY_BOUND, bound, "ms", details={"formula": "decode_weight_bytes / memory_bandwidth"})]
+    tpot = next((r for r in rows if r["metric"] == TPOT.p50), None)
+    if tpot is not None:
+        out.append(_metric(TPOT_BOUND_RATIO, tpot["value"] / bound, "ratio"))
+    return out
 
 
 def device_memory_metrics(session: Session) -> list[dict[str, Any]]:

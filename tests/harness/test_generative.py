@@ -152,6 +152,12 @@ def test_a_suite_measures_tokens_and_parity_end_to_end(tmp_path):
         assert value[(variant, "output_tokens")] == 6
     assert value[("fp32", GREEDY_PREFIX_AGREEMENT)] == 1.0 and value[("fp32", "top1_agreement")] == 1.0
     assert value[("int8-weight-only", "model_size")] < value[("fp32", "model_size")]
+    # the memory-bound floor: the bytes a step reads (int8 reads about a quarter of fp32's), at the measured bandwidth
+    assert 0.2 < value[("int8-weight-only", "decode_weight_bytes")] / value[("fp32", "decode_weight_bytes")] < 0.35
+    for variant in ("fp32", "int8-weight-only"):
+        bound = value[(variant, "decode_weight_bytes")] / (value[(variant, "memory_bandwidth")] * 1e9) * 1e3
+        assert value[(variant, "tpot_memory_bound")] == pytest.approx(bound)
+        assert value[(variant, "tpot_bound_ratio")] == pytest.approx(value[(variant, TPOT.p50)] / bound)
     from costbench.harness.reports.run_table import summary_tables
 
     tables, _ = summary_tables(rows)

@@ -85,7 +85,7 @@ class Fp32Recipe(Recipe):
         return {"serialization": "torch.save(module); load with torch.load(weights_only=False)", "torch": torch.__version__}
 
     def _hf(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
-        return link_hf_folder(bundle, path.parent)
+        return {**link_hf_folder(bundle, path.parent), "decode_weight_bytes": bundle.details.get("decode_weight_bytes")}
 
     def _onnx(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         if bundle.source_kind == SOURCE_ONNX:

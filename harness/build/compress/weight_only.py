@@ -76,10 +76,12 @@ class _WeightOnlyRecipe(Recipe):
         self._check_shapes(model, config)
         ao_config, described = self.torchao_config(config)
         quantize_(model, ao_config)
-        torch.save(model.state_dict(), out_dir / HF_TORCHAO_WEIGHTS)
+        state = model.state_dict()
+        torch.save(state, out_dir / HF_TORCHAO_WEIGHTS)
         provenance = {"method": f"torchao {type(ao_config).__name__}", "bits": self.bits, **described,
                       "quantized": "every nn.Linear (output head included); embedding kept fp32",
                       "activations": "fp32 (weight-only)", "torchao": torchao.__version__,
+                      "decode_weight_bytes": step_bytes(state),
                       "parameters": bundle.details.get("parameters"), "files": linked["files"]}
         write_json_atomic(out_dir / HF_TORCHAO_RECIPE, provenance)
         return provenance
@@ -97,11 +99,24 @@ class _WeightOnlyRecipe(Recipe):
                                           f"{module.in_features} of {name}")
 
 
+def step_bytes(state: dict[str, Any]) -> int:
+    """Bytes a decoding step reads: every tensor of the state dict but the embedding table, a torchao tensor
+    counted by the plain tensors it is made of (quantized data, scales, zero points)."""
+
+    def nbytes(t: Any) -> int:
+        if hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            return sum(nbytes(getattr(t, n)) for n in names)
+        return int(t.numel() * t.element_size())
+
+    return sum(nbytes(t) for k, t in state.items() if "embed_tokens" not in k)
+
+
 class Int8WeightOnlyRecipe(_WeightOnlyRecipe):
     """int8 weight-only: torchao ``Int8WeightOnlyConfig`` for PyTorch."""
 
     name = "int8-weight-only"
-    version = 1
+    version = 2
     precision = "int8"
     bits = 8
     Config = Int8WeightOnlyConfig
@@ -117,7 +132,7 @@ class Int4WeightOnlyRecipe(_WeightOnlyRecipe):
     """int4 weight-only: torchao ``IntxWeightOnlyConfig`` (int4, per group) for PyTorch."""
 
     name = "int4-weight-only"
-    version = 1
+    version = 2
     precision = "int4"
     bits = 4
     Config = Int4WeightOnlyConfig

@@ -75,9 +75,11 @@ def train_tokenizer(vocab_size: int, out_dir: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(str(out_dir))
 
 
-def safetensors_parameters(folder: Path) -> tuple[int, int]:
-    """(all parameters, those outside the embedding and output head), read from the safetensors headers."""
-    total = embedding = 0
+def safetensors_parameters(folder: Path) -> tuple[int, int, int]:
+    """(all parameters, those outside the embedding and output head, bytes a decoding step reads), from the
+    safetensors headers. A step reads every weight but the embedding table (it looks up one row), so the bytes
+    count the output head and leave the embedding out."""
+    total = embedding = head = step_bytes = 0
     for name in _weight_files(folder):
         with open(name, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
@@ -87,9 +89,14 @@ def safetensors_parameters(folder: Path) -> tuple[int, int]:
                 continue
             count = int(np.prod(meta["shape"], dtype=np.int64))
             total += count
-            if "embed_tokens" in key or key.startswith("lm_head"):
+            if "embed_tokens" in key:
                 embedding += count
-    return total, total - embedding
+                continue
+            if key.startswith("lm_head"):
+                head += count
+            start, end = meta["data_offsets"]
+            step_bytes += end - start
+    return total, total - embedding - head, step_bytes
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -167,7 +174,7 @@ def hf_bundle(name: str, folder: Path, source_hash: str, details: dict[str, Any]
     calibration = SampleSet({"input_ids": prompt_tokens(folder, CALIBRATION_PROMPTS, PARITY_PROMPT_TOKENS,
                                                         skip=EVAL_PROMPTS)},
                             description="the next prompts of the same token stream")
-    parameters, body = safetensors_parameters(folder)
+    parameters, body, step_bytes = safetensors_parameters(folder)
     return ModelBundle(
         name=name, task="causal_lm",
         inputs=[InputSpec("input_ids", (PARITY_PROMPT_TOKENS,), "int64")], outputs=["next_token_logits"],
@@ -175,7 +182,7 @@ def hf_bundle(name: str, folder: Path, source_hash: str, details: dict[str, Any]
         module_factory=lambda: next_token_module(folder), hf_path=folder,
         details={"architecture": (config.get("architectures") or ["?"])[0], "layers": config.get("num_hidden_layers"),
                  "hidden_size": config.get("hidden_size"), "vocab_size": config.get("vocab_size"),
-                 "parameters": parameters, "flops": 2 * body,
+                 "parameters": parameters, "flops": 2 * body, "decode_weight_bytes": step_bytes,
                  "flops_scope": "per generated token: 2 x the weights outside the embedding (attention over the "
                                 "KV cache not counted)", **details},
     )
