@@ -32,6 +32,10 @@ class TransformersOptions(BackendOptions):
     cache: Literal["static", "dynamic"] = Field(
         "static", description="KV cache: Transformers' static cache (preallocated for prompt + new tokens) or its "
         "dynamic one (grows each step).")
+    compile: bool = Field(
+        False, description="torch.compile the model's forward (fullgraph, with the static cache). Compiling happens "
+        "on the first call of each prompt shape, so in the untimed warm-up and parity passes, never in a timed "
+        "request.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Compute dtype of the fp32 weights' layers (bf16/fp16 compute where the hardware "
         "has it: a GPU, or a CPU with AMX/avx512_bf16; elsewhere it is emulated and slow).")
@@ -102,7 +106,7 @@ class TransformersSession(GenerativeSession):
         import transformers
 
         return {"device": str(self._device), "threads": self._torch.get_num_threads(), "cache": self._options.cache,
-                "dtype": self._options.dtype, "transformers": transformers.__version__, "torch": self._torch.__version__,
+                "compile": self._options.compile, "dtype": self._options.dtype, "transformers": transformers.__version__, "torch": self._torch.__version__,
                 "weights": self._quantization or "fp32 safetensors"}
 
 
@@ -187,6 +191,11 @@ class TransformersBackend(Backend):
         else:
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
         model = model.to(device).eval()
+        if opts.compile:
+            if opts.cache != "static":
+                raise ValueError("transformers backend: compile needs cache = 'static' (a dynamic cache changes shape "
+                                 "every step, so the compiled graph would be retraced each token)")
+            model.forward = torch.compile(model.forward, fullgraph=True)
         if device != "cpu":
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         return TransformersSession(model, device, opts, quantization)

@@ -96,6 +96,29 @@ def test_generate_gives_exactly_n_stamped_tokens_and_the_greedy_continuation(tin
                                     f"logit gap of {gaps[first]:.2e} (prompt {prompt.tolist()})")
 
 
+def test_compiled_generation_gives_the_eager_tokens(tiny_lm, rng):
+    bundle, artifact, _ = tiny_lm
+    prompt = rng.integers(2, bundle.details["vocab_size"], size=(1, 12), dtype=np.int64)
+    eager = _session(artifact)
+    try:
+        want = eager.generate(prompt, 5, lambda: None)
+    finally:
+        eager.close()
+    compiled = _session(artifact, compile=True)
+    try:
+        assert compiled.info()["compile"] is True
+        got = compiled.generate(prompt, 5, lambda: None)
+    finally:
+        compiled.close()
+    if not np.array_equal(got, want):  # inductor's kernels may break a near-tie differently, never a clear winner
+        model = _fp64_model(bundle)
+        _, gaps = _greedy_fp64(model, prompt[0], 5, model.generation_config.eos_token_id)
+        first = int(np.argmax(got[0] != want[0]))
+        assert gaps[first] < 1e-3, f"step {first}: compiled {got[0]} vs eager {want[0]}, gap {gaps[first]:.2e}"
+    with pytest.raises(ValueError, match="compile needs cache = 'static'"):
+        _session(artifact, compile=True, cache="dynamic")
+
+
 def test_generate_refuses_zero_tokens_and_run_names_a_missing_input(tiny_lm):
     _, artifact, _ = tiny_lm
     session = _session(artifact)
