@@ -29,7 +29,7 @@ import pandas as pd
 
 from costbench.harness.results.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
                                                Judgement, judge)
-from costbench.core.metrics import THROUGHPUT
+from costbench.core.metrics import OUTPUT_TOKEN_THROUGHPUT, THROUGHPUT
 from costbench.harness.reports.data import Selection, describe_env, primary_series, row_details, scenarios_leading_with
 from costbench.harness.reports.ties import Versus, compare_to_pick
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
@@ -246,6 +246,7 @@ def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: di
         **_identity(key, g, env), **_latency(g),
         "throughput": throughput,
         "throughput_scenario": thr_scenario if thr is not None else None,
+        "per": "output token" if thr is not None and thr["metric"] == OUTPUT_TOKEN_THROUGHPUT else "inference",
         "peak_rss_mib": float(rss.max()) if len(rss) else None,
         "size_mb": None if size is None else float(size["value"]) / 1e6,
         **accuracy_loss(g),
@@ -287,11 +288,16 @@ def _latency(g: pd.DataFrame) -> dict[str, Any]:
 
 
 def _throughput_row(g: pd.DataFrame) -> tuple[pd.Series | None, str]:
-    """The throughput row and its scenario: from one that leads with throughput (offline), else with latency."""
-    for label in [*scenarios_leading_with(g, "throughput"), *scenarios_leading_with(g, "latency")]:
-        thr = _metric_row(g, THROUGHPUT, label)
-        if thr is not None:
-            return thr, label
+    """The throughput row and its scenario: from one that leads with throughput (offline), else with latency.
+
+    A generative model's unit of work is the output token, so its throughput is output tokens per second
+    (and its cost per million output tokens) wherever a generate scenario measured it."""
+    labels = [*scenarios_leading_with(g, "throughput"), *scenarios_leading_with(g, "latency")]
+    for metric in (OUTPUT_TOKEN_THROUGHPUT, THROUGHPUT):
+        for label in labels:
+            thr = _metric_row(g, metric, label)
+            if thr is not None:
+                return thr, label
     return None, ""
 
 

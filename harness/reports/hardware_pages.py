@@ -16,7 +16,7 @@ from costbench.harness.reports.ties import MARGIN
 CSV_COLUMNS = [
     "model", "machine_label", "machine", "env_id", "run_id", "backend", "variant", "device", "batch_size", "status",
     "reason", "p50_ms", "p50_ci_low", "p50_ci_high", "p99_ms", "p99_ci_low", "p99_ci_high", "latency_valid",
-    "unstable", "throughput", "throughput_scenario", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "parity_loss_pt",
+    "unstable", "throughput", "throughput_scenario", "per", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "parity_loss_pt",
     "accuracy_basis", "loss_measure", "loss_pt", "loss_low_pt", "loss_high_pt", "loss_samples", "budget_verdict",
     "top1_agreement", "top1_agreement_confident", "machine_inferred", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
     "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "server_batching",
@@ -72,19 +72,33 @@ def _slo_rate(row: dict[str, Any]) -> str:
     return ("≥ " if row.get("slo_bound") == "at least" else "") + fmt(v, ".1f") + invalid
 
 
+def _units(report: HardwareReport) -> tuple[str, str]:
+    """(rate, what a million of) for the report's tables: samples/s and inferences, output tokens/s and output
+    tokens when every configuration is a generative one, both when the report holds both kinds."""
+    per = set(report.configs["per"].dropna()) if "per" in report.configs else set()
+    if per == {"output token"}:
+        return "output tokens/s", "output tokens"
+    if "output token" in per:
+        return "samples or output tokens/s", "inferences or output tokens"
+    return "samples/s", "inferences"
+
+
 def _columns(report: HardwareReport) -> list[Column]:
     cur = report.prices.currency
+    rate, unit = _units(report)
     cols = [
         Column("machine_label", "machine"), Column("backend", "backend"), Column("variant", "variant"),
         Column("device", "device"), Column("batch_size", "batch", numeric=True, format=lambda v: str(int(v))),
         Column("p50_ms", "p50 ms", _ms, True), Column("p50_ci", "p50 95% CI"),
-        Column("p99_ms", "p99 ms", _ms, True), Column("throughput", "samples/s", lambda v: fmt(v, ".1f"), True),
+        Column("p99_ms", "p99 ms", _ms, True), Column("throughput", rate, lambda v: fmt(v, ".1f"), True),
         Column("peak_rss_mib", "peak RSS MiB", lambda v: fmt(v, ".1f"), True),
         Column("size_mb", "size MB", lambda v: fmt(v, ".2f"), True),
         *_accuracy_columns(report),
         Column("hourly", f"{cur}/h", lambda v: _money(v), True),
-        Column("cost_per_m", f"{cur} / M inferences", lambda v: _money(v), True),
+        Column("cost_per_m", f"{cur} / M {unit}", lambda v: _money(v), True),
     ]
+    if "or" in unit.split():  # both kinds in one table: each row says which it is priced per
+        cols.append(Column("per", "priced per"))
     if _has_server(report):
         cols += [Column("server_slo", "server SLO"), Column("slo_rate", "samples/s within SLO"),
                  Column("server_batching", "dynamic batching", lambda v: "-" if is_missing(v) else str(v)),
@@ -136,10 +150,12 @@ def _pick_text(rec: Recommendation, report: HardwareReport) -> str:
         cost = (f", {_money(p['cost_per_m_at_slo'], cur)} per million inferences at {p['server_slo']} "
                 f"({_slo_rate(p)} samples/s within it)")
     else:
-        cost = "" if is_missing(p.get("cost_per_m")) else f", {_money(p['cost_per_m'], cur)} per million inferences"
+        per = "output tokens" if p.get("per") == "output token" else "inferences"
+        cost = "" if is_missing(p.get("cost_per_m")) else f", {_money(p['cost_per_m'], cur)} per million {per}"
         if cost and not is_missing(p.get("cost_ci_low")) and not is_missing(p.get("cost_ci_high")):
             cost += f" (95% CI {_money(p['cost_ci_low'])}–{_money(p['cost_ci_high'])})"
-    return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} samples/s; "
+    rate = "output tokens/s" if p.get("per") == "output token" else "samples/s"
+    return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} {rate}; "
             f"{_basis_text(p, report)}")
 
 
@@ -358,10 +374,11 @@ def render_html(report: HardwareReport) -> str:
     c = report.configs
     cur = report.prices.currency
     lat = report.criteria.latency
+    rate, unit = _units(report)
     body = [f"<h2>Runs</h2>{_runs_table(report)}",
             f"<p>Criteria: {esc(report.criteria.describe())}. Prices: {esc(_prices_text(report))}. "
-            "Cost per million inferences "
-            f"= hourly price / (3600 × samples/s) × 10⁶, with samples/s from the offline scenario"
+            f"Cost per million {unit} "
+            f"= hourly price / (3600 × {rate}) × 10⁶, with {rate} from the offline scenario (else the single-stream one)"
             + (", and at the SLO with the samples/s the server scenario sustained within its SLO"
                if _has_server(report) else "") + ".</p>"]
     body += [f'<p class="warn">{esc(n)}</p>' for n in report.notes]
@@ -392,7 +409,7 @@ def render_html(report: HardwareReport) -> str:
                     + _frontier_list(mdf, "frontier_latency", f"{lat}_ms", lambda v: f"{lat} {v:.3f} ms",
                                      f"frontier-latency-{sid}"))
         cost_key, cost_title = (("cost_per_m_at_slo", f"{cur} per million inferences at the server SLO")
-                                if rec.objective == "cost_at_slo" else ("cost_per_m", f"{cur} per million inferences"))
+                                if rec.objective == "cost_at_slo" else ("cost_per_m", f"{cur} per million {unit}"))
         if mdf[cost_key].notna().any():
             fig = _scatter(mdf, report, cost_key, cost_title, "frontier_cost", rec, None)
             body.append(f"<h3>Cost against {short}</h3>{figure_div(fig, f'fig-cost-{sid}')}")

@@ -141,7 +141,8 @@ def test_a_suite_measures_tokens_and_parity_end_to_end(tmp_path):
     suite = {"name": "gen", "models": ["tiny-llama"], "variants": ["fp32", "int8-weight-only"],
              "backends": [{"name": "transformers", "threads": 1}],
              "scenarios": [{"kind": "generate", "prompt_tokens": 16, "output_tokens": 6, "min_count": 3}],
-             "processes": 1}
+             # one process exactly: its floor rows are compared with each other below, unmerged
+             "processes": 1, "remeasure_contended": False}
     run = api.run(suite, tmp_path / "results")
     assert run.counts == {"ok": 2, "skipped": 0, "failed": 0}
     rows = run.results()
@@ -164,3 +165,20 @@ def test_a_suite_measures_tokens_and_parity_end_to_end(tmp_path):
     table = tables["tiny-llama"]
     assert {"TTFT ms", "TPOT ms", "tok/s", "greedy"} <= set(table.columns)
     assert table.set_index("variant").loc["fp32", "greedy"] == "100.0%"
+
+    # the hardware report prices a generative model per million output tokens, at the measured tokens/s
+    from costbench.harness.reports.data import load_selection
+    from costbench.harness.reports.hardware import Criteria, build_report
+    from costbench.harness.reports.hardware_pages import render_html
+    from costbench.harness.reports.prices import load_prices
+
+    prices_file = tmp_path / "prices.toml"
+    prices_file.write_text('[machines."onprem/box"]\nhourly = 3.6\n')
+    sel = load_selection([tmp_path / "results"])
+    prices = load_prices(prices_file).with_assignments(["onprem/box"], list(zip(sel.runs.run_id, sel.runs.env_id)))
+    report = build_report(sel, prices, Criteria())
+    fp32 = report.configs.set_index("variant").loc["fp32"]
+    assert fp32["per"] == "output token" and fp32["throughput"] == pytest.approx(value[("fp32", OUTPUT_TOKEN_THROUGHPUT)])
+    assert fp32["cost_per_m"] == pytest.approx(3.6 / (3600 * fp32["throughput"]) * 1e6)
+    page = render_html(report)
+    assert "USD / M output tokens" in page and "per million output tokens" in page and "M inferences" not in page
