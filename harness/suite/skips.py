@@ -40,6 +40,5 @@ def never_run_note(count: int, combinations: Iterable[str]) -> str:
     """The one line that stands for a model's combinations that can never run."""
     shown = list(combinations)
     listed = ", ".join(shown[:6]) + (f", and {len(shown) - 6} more" if len(shown) > 6 else "")
-    return (f"{count} combination(s) can never run (the variant's format is not one the backend loads, the "
-            f"recipe does not apply to the model, or the scenario generates tokens and the model does not), not "
-            f"listed: {listed}")
+    return (f"{count} combination(s) can never run (the variant's format is not one the backend loads, or the "
+            f"recipe or scenario does not apply to the model), not listed: {listed}")
