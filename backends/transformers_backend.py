@@ -36,9 +36,10 @@ class TransformersOptions(BackendOptions):
         False, description="torch.compile the model's forward (fullgraph, with the static cache). Compiling happens "
         "on the first call of each prompt shape, so in the untimed warm-up and parity passes, never in a timed "
         "request.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Compute dtype of the fp32 weights' layers (bf16/fp16 compute where the hardware "
-        "has it: a GPU, or a CPU with AMX/avx512_bf16; elsewhere it is emulated and slow).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype: 'auto' computes in the dtype the folder's weights are stored in (the "
+        "fp16/bf16 recipes store half-precision weights); a named dtype converts them on load. bf16/fp16 compute "
+        "is fast where the hardware has it (a GPU; a CPU with avx512_bf16/AMX) and emulated, slow, elsewhere.")
 
 
 class TransformersSession(GenerativeSession):
@@ -106,7 +107,7 @@ class TransformersSession(GenerativeSession):
         import transformers
 
         return {"device": str(self._device), "threads": self._torch.get_num_threads(), "cache": self._options.cache,
-                "compile": self._options.compile, "dtype": self._options.dtype, "transformers": transformers.__version__, "torch": self._torch.__version__,
+                "compile": self._options.compile, "dtype": str(self._model.dtype).replace("torch.", ""), "transformers": transformers.__version__, "torch": self._torch.__version__,
                 "weights": self._quantization or "fp32 safetensors"}
 
 
@@ -174,7 +175,7 @@ class TransformersBackend(Backend):
         if opts.threads is not None:  # each case has its own process: nothing to restore
             torch.set_num_threads(opts.threads)
         folder = artifact.directory
-        dtype = getattr(torch, opts.dtype)
+        dtype = "auto" if opts.dtype == "auto" else getattr(torch, opts.dtype)
         quantized = folder / HF_TORCHAO_WEIGHTS
         quantization = None
         if quantized.exists():
@@ -185,7 +186,7 @@ class TransformersBackend(Backend):
             model.load_state_dict(torch.load(quantized, weights_only=False, map_location="cpu"), assign=True)
             recipe_file = folder / HF_TORCHAO_RECIPE
             quantization = json.loads(recipe_file.read_text()) if recipe_file.exists() else {"method": "torchao"}
-            if opts.dtype != "float32":
+            if opts.dtype not in ("auto", "float32"):
                 raise ValueError(f"transformers backend: dtype={opts.dtype!r} applies to fp32 weights; this artifact "
                                  f"is weight-only quantized ({quantization.get('method')})")
         else:

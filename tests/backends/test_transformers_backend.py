@@ -158,3 +158,26 @@ def test_weight_only_artifacts_load_their_quantized_state_dict(tiny_lm, rng):
     int8 = get_recipe("int8-weight-only").artifact(bundle, get_recipe("int8-weight-only").parse_config({}),
                                                    FORMAT_HF_CAUSAL_LM, ArtifactCache(cache_dir))
     assert int8.size_bytes < 0.6 * fp32.size_bytes, (int8.size_bytes, fp32.size_bytes)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_folders_compute_in_their_dtype(tiny_lm, precision):
+    bundle, fp32, cache_dir = tiny_lm
+    recipe = get_recipe(precision)
+    artifact = recipe.artifact(bundle, recipe.parse_config({}), FORMAT_HF_CAUSAL_LM, ArtifactCache(cache_dir))
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    assert artifact.provenance["weights_dtype"] == dtype
+    # a step reads half of fp32's bytes (norm weights included, all stored in the half dtype)
+    assert artifact.provenance["decode_weight_bytes"] == pytest.approx(fp32.provenance["decode_weight_bytes"] / 2,
+                                                                       rel=0.01)
+    prompts = bundle.evaluation.inputs["input_ids"][:4]
+    sessions = [_session(fp32), _session(artifact)]
+    try:
+        assert sessions[1].info()["dtype"] == dtype and sessions[0].info()["dtype"] == "float32"
+        want, got = (s.run({"input_ids": prompts})[0] for s in sessions)
+    finally:
+        for s in sessions:
+            s.close()
+    assert got.dtype == np.float32  # logits come back as float32 whatever the compute dtype
+    cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert cos.min() > 0.99 and not np.array_equal(got, want)

@@ -111,8 +111,9 @@ class Fp32Recipe(Recipe):
 
 
 def link_hf_folder(bundle: ModelBundle, out_dir: Path, weights: bool = True) -> dict[str, Any]:
-    """The model folder's config, tokenizer and generation files (and its safetensors weights when ``weights``) in
-    ``out_dir``: hard links where the file system allows (the cache never changes a file), else copies."""
+    """The model folder's config, tokenizer and generation files in ``out_dir`` (copies: a recipe may rewrite
+    them), and its safetensors weights when ``weights`` (hard links where the file system allows, as nothing
+    ever writes to a cached weight file; else copies)."""
     import os
 
     if bundle.hf_path is None:
@@ -120,13 +121,16 @@ def link_hf_folder(bundle: ModelBundle, out_dir: Path, weights: bool = True) -> 
     src = Path(bundle.hf_path)
     names = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json"]
-    files = [src / n for n in names if (src / n).exists()] + (sorted(src.glob("*.safetensors")) if weights else [])
-    for f in files:
+    small = [src / n for n in names if (src / n).exists()]
+    for f in small:
+        shutil.copyfile(f, out_dir / f.name)
+    large = sorted(src.glob("*.safetensors")) if weights else []
+    for f in large:
         try:
             os.link(f, out_dir / f.name)
         except OSError:
             shutil.copyfile(f, out_dir / f.name)
-    return {"exporter": "the Hugging Face folder as it is (linked)", "files": [f.name for f in files]}
+    return {"exporter": "the Hugging Face folder as it is (weights linked)", "files": [f.name for f in small + large]}
 
 
 def copy_onnx(src: Path, dst: Path) -> dict[str, Any]:

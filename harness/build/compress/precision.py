@@ -23,12 +23,12 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from costbench.core.artifacts import FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
 from costbench.harness.build.compress.base import Recipe, RecipeConfig
 from costbench.harness.build.compress.common import library_version
-from costbench.harness.build.compress.fp32 import FILENAMES, fp32_onnx
+from costbench.harness.build.compress.fp32 import FILENAMES, fp32_onnx, link_hf_folder
 from costbench.harness.machine.env import cpu_flags
-from costbench.harness.build.zoo.base import SOURCE_ONNX, SOURCE_TORCH, ModelBundle
+from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 NATIVE_FLAGS = {"fp16": ("avx512_fp16", "amx_fp16"), "bf16": ("avx512_bf16", "amx_bf16")}
@@ -101,7 +101,7 @@ class _HalfRecipe(Recipe):
         """Adds the converters' versions."""
         return {**super().cache_material(bundle, config), "torch": library_version("torch"),
                 "onnx": library_version("onnx"), "onnxconverter_common": library_version("onnxconverter-common"),
-                "openvino": library_version("openvino")}
+                "openvino": library_version("openvino"), "transformers": library_version("transformers")}
 
     def _torch(self, bundle: ModelBundle, path: Path) -> dict[str, Any]:
         import torch
@@ -120,11 +120,28 @@ class _HalfRecipe(Recipe):
             "torch": torch.__version__,
         }
 
+    def _hf(self, bundle: ModelBundle, out_dir: Path) -> dict[str, Any]:
+        """A causal LM's folder with its weights stored (and, by the transformers backend, computed) in half precision."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from costbench.harness.build.zoo.causal_lm import safetensors_parameters
+
+        dtype = getattr(torch, self.torch_dtype_name)
+        linked = link_hf_folder(bundle, out_dir, weights=False)
+        model = AutoModelForCausalLM.from_pretrained(str(bundle.hf_path), dtype=torch.float32)
+        model.to(dtype).save_pretrained(str(out_dir))  # rewrites config.json with the new dtype
+        return {"weights_dtype": self.torch_dtype_name, "files": linked["files"],
+                "cpu_compute": torch_cpu_compute(self.precision),
+                "decode_weight_bytes": safetensors_parameters(out_dir)[2], "torch": torch.__version__}
+
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
         """Write the half-precision artifact for ``fmt``."""
         path = out_dir / self.filename(fmt)
         common = {"method": f"{self.precision} weights", "bits": 16,
                   "parameters": bundle.details.get("parameters"), "flops": bundle.details.get("flops")}
+        if fmt == FORMAT_HF_CAUSAL_LM:
+            return {**common, **self._hf(bundle, out_dir)}
         if fmt == FORMAT_TORCH:
             return {**common, **self._torch(bundle, path)}
         if fmt == FORMAT_ONNX:
@@ -145,7 +162,7 @@ class Fp16Recipe(_HalfRecipe):
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
         """Torch sources: torch, ONNX and IR; ONNX sources: ONNX and IR."""
         return {SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO),
-                SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO)}.get(source_kind, ())
+                SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO), SOURCE_HF: (FORMAT_HF_CAUSAL_LM,)}.get(source_kind, ())
 
 
 class Bf16Recipe(_HalfRecipe):
@@ -159,8 +176,8 @@ class Bf16Recipe(_HalfRecipe):
     description = "bf16 torch module (for OpenVINO bf16, run fp32 with inference_precision='bf16')"
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
-        """Torch modules only."""
-        return (FORMAT_TORCH,) if source_kind == SOURCE_TORCH else ()
+        """Torch modules, and causal-LM folders (bf16 weights, computed in bf16 by the transformers backend)."""
+        return {SOURCE_TORCH: (FORMAT_TORCH,), SOURCE_HF: (FORMAT_HF_CAUSAL_LM,)}.get(source_kind, ())
 
 
 def onnx_fp16(bundle: ModelBundle, cache: ArtifactCache, path: Path) -> dict[str, Any]:
