@@ -46,7 +46,7 @@ def test_good_suite_and_shorthands(tmp_path):
 
 # The docs' suites; scripts/gpu_check_suite.toml is validated (and planned) in
 # tests/backends/test_nvidia_probes.py::test_gpu_check_suite_file_plans
-SHIPPED_SUITES = {"smoke.toml", "full.toml", "litert.toml", "compression.toml"}
+SHIPPED_SUITES = {"smoke.toml", "full.toml", "litert.toml", "compression.toml", "generative.toml"}
 
 
 def test_shipped_suites_validate():
