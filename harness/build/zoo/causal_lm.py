@@ -266,14 +266,18 @@ class RandomCausalLM(ZooModel):
             raise
 
 
+# The test models' shape: every linear takes 128 or 256 inputs, so int4 groups of 32..128 divide them all.
+TINY_SHAPE = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+
+
 class TinyLlama(RandomCausalLM):
     """For tests: a 2-layer Llama-shaped model (grouped-query attention), 512-token vocabulary."""
 
     name = "tiny-llama"
     description = "tiny Llama-shaped decoder (2 layers, hidden 128, GQA 4/2 heads), " + RANDOM_WEIGHTS_NOTE
     architecture = "llama"
-    shape = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+    shape = TINY_SHAPE
 
 
 class TinyQwen(RandomCausalLM):
@@ -282,8 +286,7 @@ class TinyQwen(RandomCausalLM):
     name = "tiny-qwen"
     description = "tiny Qwen2-shaped decoder (2 layers, hidden 128, GQA 4/2 heads), " + RANDOM_WEIGHTS_NOTE
     architecture = "qwen2"
-    shape = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024}
+    shape = TINY_SHAPE
 
 
 class Llama200M(RandomCausalLM):
