@@ -10,7 +10,7 @@ Timed region (one per request): :meth:`GenerativeSession.generate`, host token i
 greedy, exactly ``output_tokens`` new tokens (end-of-sequence ignored), on the host clock. The session calls
 back once per decoding step as soon as that step's token is on the host; the scenario stamps it. So:
 
-- TTFT = first stamp - request start (tokenized prompt in, prefill and the first step);
+- TTFT = first stamp - request start (token ids in; the prefill pass, whose last logits give the first token);
 - TPOT = (last stamp - first stamp) / (output_tokens - 1): the mean of the request's inter-token gaps;
 - request latency = request start to ``generate``'s return.
 
