@@ -123,7 +123,8 @@ SCHEDULER_LATENESS = Series("scheduler_lateness",
 SERVICE_TIME = Series("service_time",
                       "service time of one batch of queries (one query without dynamic batching), start to end")
 # Generative scenarios: one sample per request (a batch of prompts generated together in generate_offline).
-TTFT = Series("ttft", "time to first token: request start to the first generated token (the prefill, whose logits give it)")
+TTFT = Series("ttft", "time to first token: request start to the first generated token (the prefill, whose logits "
+                      "give it)")
 TPOT = Series("tpot", "time per output token after the first: (end - first token) / (output tokens - 1)")
 INTER_TOKEN = Series("inter_token", "time between two consecutive generated tokens (every gap of every request)")
 REQUEST_LATENCY = Series("request_latency", "request start to the end of generation (every token on the host)")
