@@ -483,6 +483,15 @@ def measure_case(case_dict: dict[str, Any], cache_dir: Path, workdir: Path) -> t
 
     Accuracy is off: only the timing is compared. Returns (target, '') or (None, why it did not measure).
     """
+    outcome, why = measure_outcome(case_dict, cache_dir, workdir)
+    if outcome is None:
+        return None, why
+    # The runner's outcome holds the case's processes merged: one row per metric over all of them.
+    return target_from_record(outcome.case.to_dict(), outcome.info, outcome.metrics, "measured now"), ""
+
+
+def measure_outcome(case_dict: dict[str, Any], cache_dir: Path, workdir: Path) -> tuple[Any | None, str]:
+    """:func:`measure_case`'s measurement: (the runner's outcome, processes merged, '') or (None, why not)."""
     from costbench.harness.execute.executor import LocalExecutor
     from costbench.harness.execute.load import SuiteError, parse_suite
     from costbench.harness.execute.runner import run_plan
@@ -496,8 +505,7 @@ def measure_case(case_dict: dict[str, Any], cache_dir: Path, workdir: Path) -> t
     (outcome,) = summary.outcomes
     if outcome.status != "ok":
         return None, f"costbench's measurement {outcome.status}: {outcome.reason}"
-    # The runner's outcome holds the case's processes merged: one row per metric over all of them.
-    return target_from_record(outcome.case.to_dict(), outcome.info, outcome.metrics, "measured now"), ""
+    return outcome, ""
 
 
 def one_case_suite(case: dict[str, Any]) -> dict[str, Any]:
