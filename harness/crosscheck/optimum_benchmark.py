@@ -109,6 +109,7 @@ class GenerativeTarget:
     output_tokens: int = 0
     warmup_count: int = 1
     min_count: int = 5
+    cpu_contention: float | None = None  # % of the machine's CPU others took while costbench measured
 
     @property
     def label(self) -> str:
@@ -139,7 +140,8 @@ def generative_target(spec: dict[str, Any], info: dict[str, Any], metrics: list[
         target=t, ttft_ms=value(TTFT.p50), tpot_ms=value(TPOT.p50), ttft_ci_ms=ci(TTFT.p50),
         tpot_ci_ms=ci(TPOT.p50), inter_token_ms=value(INTER_TOKEN.p50), request_latency_ms=value(REQUEST_LATENCY.p50),
         prompt_tokens=int(scenario.get("prompt_tokens", 128)), output_tokens=int(scenario.get("output_tokens", 64)),
-        warmup_count=int(scenario.get("warmup_count", 1)), min_count=int(scenario.get("min_count", 5)))
+        warmup_count=int(scenario.get("warmup_count", 1)), min_count=int(scenario.get("min_count", 5)),
+        cpu_contention=value("cpu_contention"))
 
 
 @dataclass
@@ -161,6 +163,7 @@ class ObResult:
     version: str = ""
     threads: int | None = None  # torch.get_num_threads() in optimum-benchmark's process after the run
     interop_threads: int | None = None
+    cpu_contention: float | None = None  # share of the machine's CPU others took over its whole run (load included)
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -213,7 +216,7 @@ def parse_report(out: dict[str, Any], new_tokens: int) -> ObResult:
         decode_tail_p50_ms=ms(float(np.median(tails))),
         cross_request_gap_p50_ms=ms(float(np.median(cross))) if cross else None,
         requests=k, version=str(out.get("version", "")), threads=out.get("threads"),
-        interop_threads=out.get("interop_threads"), report=report)
+        interop_threads=out.get("interop_threads"), cpu_contention=out.get("cpu_contention"), report=report)
 
 
 @dataclass
@@ -325,7 +328,7 @@ class GenerativePair:
             "reason": self.reason,
             "costbench": {"ttft_p50_ms": gt.ttft_ms, "ttft_ci_ms": list(gt.ttft_ci_ms), "tpot_p50_ms": gt.tpot_ms,
                           "tpot_ci_ms": list(gt.tpot_ci_ms), "inter_token_p50_ms": gt.inter_token_ms,
-                          "request_latency_p50_ms": gt.request_latency_ms},
+                          "request_latency_p50_ms": gt.request_latency_ms, "cpu_contention": gt.cpu_contention},
             "optimum_benchmark": ob,
             "ratios": {"ttft_over_prefill": self.ttft_ratio, "tpot_over_decode_per_token": self.tpot_ratio,
                        "tpot_over_step_gaps": self.step_ratio},
@@ -553,16 +556,19 @@ def combine(runs: list[GenerativePair]) -> GenerativePair:
                              "ttft_ms": med([g.ttft_ms for g in gts]), "tpot_ms": med([g.tpot_ms for g in gts]),
                              "inter_token_ms": med([g.inter_token_ms for g in gts]),
                              "request_latency_ms": med([g.request_latency_ms for g in gts]),
+                             "cpu_contention": med([g.cpu_contention for g in gts]),
                              "ttft_ci_ms": (None, None), "tpot_ci_ms": (None, None)})
     obs = [p.ob for p in ok]
     numeric = [f for f in ObResult.__dataclass_fields__ if f not in ("report", "version", "threads", "interop_threads",
                                                                      "per_token_reported_count", "requests")]
+    # cpu_contention is numeric too: its median over the repeats, like costbench's
     ob = ObResult(**{**{f: getattr(obs[0], f) for f in ObResult.__dataclass_fields__},
                      **{f: med([getattr(o, f) for o in obs]) for f in numeric}})
     repeats = [{"costbench_ttft_ms": p.gt.ttft_ms, "costbench_tpot_ms": p.gt.tpot_ms,
                 "ob_prefill_ms": p.ob.prefill_ms, "ob_decode_per_token_ms": p.ob.decode_per_token_ms,
                 "ob_request_mean_gap_ms": p.ob.request_mean_gap_p50_ms, "ttft_ratio": p.ttft_ratio,
-                "tpot_ratio": p.tpot_ratio} for p in ok]
+                "tpot_ratio": p.tpot_ratio, "costbench_cpu_contention": p.gt.cpu_contention,
+                "ob_cpu_contention": p.ob.cpu_contention} for p in ok]
     return GenerativePair(gt, "ok", command=first.command, settings=first.settings, ob=ob,
                           mismatches=sorted({m for p in ok for m in p.mismatches}),
                           notes=sorted({m for p in ok for m in p.notes}), repeats=repeats)
@@ -598,6 +604,10 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f} ms"
 
 
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
 def _r(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
@@ -622,13 +632,16 @@ def to_markdown(pairs: Sequence[GenerativePair]) -> str:
             lines.append(f"| {b['quantity']} | {b['costbench']} | {_fmt(b['costbench_ms'])} | "
                          f"{b['optimum_benchmark']} | {_fmt(b['optimum_benchmark_ms'])} | {_r(b['ratio'])} |")
         if p.repeats:
-            lines += ["", "Repeats (costbench, then optimum-benchmark, alternated):", "",
+            lines += ["", "Repeats (costbench, then optimum-benchmark, alternated; ms; 'others' = the share of the "
+                      "machine's CPU other processes took, costbench over its measured requests, optimum-benchmark "
+                      "over its whole run):", "",
                       "| # | costbench TTFT | ob prefill | costbench TPOT | ob decode/token | ob step gaps | "
-                      "ratio TTFT | ratio TPOT |", "|---|---|---|---|---|---|---|---|"]
+                      "ratio TTFT | ratio TPOT | others, costbench | others, ob |", "|---|---|---|---|---|---|---|---|---|---|"]
             for i, r in enumerate(p.repeats):
                 lines.append(f"| {i + 1} | {_fmt(r['costbench_ttft_ms'])} | {_fmt(r['ob_prefill_ms'])} | "
                              f"{_fmt(r['costbench_tpot_ms'])} | {_fmt(r['ob_decode_per_token_ms'])} | "
-                             f"{_fmt(r['ob_request_mean_gap_ms'])} | {_r(r['ttft_ratio'])} | {_r(r['tpot_ratio'])} |")
+                             f"{_fmt(r['ob_request_mean_gap_ms'])} | {_r(r['ttft_ratio'])} | {_r(r['tpot_ratio'])} | "
+                             f"{_pct(r.get('costbench_cpu_contention'))} | {_pct(r.get('ob_cpu_contention'))} |")
     cmds = [f"- {p.gt.label}: `{shlex.join(p.command)}` with `{p.command[-2]}`:\n\n```json\n"
             f"{json.dumps(p.settings, indent=2)}\n```" for p in pairs if p.command]
     if cmds:
@@ -660,12 +673,16 @@ def run_optimum_benchmark(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
     from optimum_benchmark import Benchmark, BenchmarkConfig, InferenceConfig, InlineConfig, PyTorchConfig
 
+    from costbench.harness.machine import contention
+
     config = BenchmarkConfig(name="costbench-crosscheck", launcher=InlineConfig(),
                              scenario=InferenceConfig(**settings["scenario"]),
                              backend=PyTorchConfig(**settings["backend"]), log_report=False)
+    before = contention.read()
     report = Benchmark.launch(config)
+    taken = contention.between(before, contention.read())
     return {"report": report.to_dict(), "version": installed_version(), "threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads()}
+            "interop_threads": torch.get_num_interop_threads(), "cpu_contention": taken.share if taken else None}
 
 
 def main(argv: list[str] | None = None) -> int:
