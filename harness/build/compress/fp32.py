@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO,
-                                     FORMAT_TORCH, Artifact, ArtifactCache)
+                                     FORMAT_ORT_GENAI, FORMAT_TORCH, Artifact, ArtifactCache)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig
 from costbench.harness.build.compress.common import library_version
+from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, build_ort_genai, ort_genai_material
 from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
-             FORMAT_EXECUTORCH: "model.pte", FORMAT_HF_CAUSAL_LM: "config.json"}
+             FORMAT_EXECUTORCH: "model.pte", FORMAT_HF_CAUSAL_LM: "config.json", FORMAT_ORT_GENAI: GENAI_CONFIG}
 
 
 class Fp32Config(RecipeConfig):
@@ -37,7 +38,7 @@ class Fp32Recipe(Recipe):
     _FORMATS = {
         SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_EXECUTORCH),
         SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO),
-        SOURCE_HF: (FORMAT_HF_CAUSAL_LM,),
+        SOURCE_HF: (FORMAT_HF_CAUSAL_LM, FORMAT_ORT_GENAI),
     }
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
@@ -56,6 +57,7 @@ class Fp32Recipe(Recipe):
             "onnx": library_version("onnx"),
             "openvino": library_version("openvino"),
             **(executorch_material() if bundle.source_kind == SOURCE_TORCH else {}),
+            **ort_genai_material(bundle),
         }
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
@@ -66,6 +68,7 @@ class Fp32Recipe(Recipe):
             FORMAT_OPENVINO: self._openvino,
             FORMAT_EXECUTORCH: self._executorch,
             FORMAT_HF_CAUSAL_LM: self._hf,
+            FORMAT_ORT_GENAI: self._ort_genai,
         }
         return {
             "method": "none (fp32 reference)",
@@ -86,6 +89,9 @@ class Fp32Recipe(Recipe):
 
     def _hf(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         return {**link_hf_folder(bundle, path.parent), "decode_weight_bytes": bundle.details.get("decode_weight_bytes")}
+
+    def _ort_genai(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
+        return build_ort_genai(bundle, path.parent, "fp32")
 
     def _onnx(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         if bundle.source_kind == SOURCE_ONNX:

@@ -13,6 +13,10 @@ weights of every ``nn.Linear`` (the output head included; the embedding table is
 
 The folder keeps the config and tokenizer; the weights become torchao's quantized state dict
 (``torchao-weights.pt``) with ``torchao-quantization.json`` beside it.
+
+- for ONNX Runtime GenAI (:data:`FORMAT_ORT_GENAI`), with its model builder (``-p int8``/``-p int4``, see
+  ``ort_genai.py``): ONNX Runtime's ``MatMulNBits``, symmetric, one scale per block of input channels (int4:
+  ``group_size``; int8: 128), packed two int4 values per byte, so int4 is half the bytes of int8.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from costbench.core.artifacts import (FORMAT_HF_CAUSAL_LM, HF_TORCHAO_RECIPE, HF_TORCHAO_WEIGHTS, ArtifactCache,
-                                     write_json_atomic)
+from costbench.core.artifacts import (FORMAT_HF_CAUSAL_LM, FORMAT_ORT_GENAI, HF_TORCHAO_RECIPE, HF_TORCHAO_WEIGHTS,
+                                     ArtifactCache, write_json_atomic)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
 from costbench.harness.build.compress.common import library_version
 from costbench.harness.build.compress.fp32 import link_hf_folder
+from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, build_ort_genai, ort_genai_material
 from costbench.harness.build.zoo.base import SOURCE_HF, ModelBundle
 
 
@@ -48,14 +53,15 @@ class _WeightOnlyRecipe(Recipe):
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
         """Causal-LM folders only: weight-only quantization is for generative models here."""
-        return (FORMAT_HF_CAUSAL_LM,) if source_kind == SOURCE_HF else ()
+        return (FORMAT_HF_CAUSAL_LM, FORMAT_ORT_GENAI) if source_kind == SOURCE_HF else ()
 
     def filename(self, fmt: str) -> str:
-        return "config.json"
+        return GENAI_CONFIG if fmt == FORMAT_ORT_GENAI else "config.json"
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         return {**super().cache_material(bundle, config), "torch": library_version("torch"),
-                "torchao": library_version("torchao"), "transformers": library_version("transformers")}
+                "torchao": library_version("torchao"), "transformers": library_version("transformers"),
+                **ort_genai_material(bundle)}
 
     def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         """torchao's config object and the provenance that describes it."""
@@ -63,6 +69,9 @@ class _WeightOnlyRecipe(Recipe):
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path,
               cache: ArtifactCache) -> dict[str, Any]:
+        if fmt == FORMAT_ORT_GENAI:  # ONNX Runtime GenAI's builder quantizes to MatMulNBits itself
+            return {"bits": self.bits, "parameters": bundle.details.get("parameters"),
+                    **build_ort_genai(bundle, out_dir, f"int{self.bits}", getattr(config, "group_size", None))}
         import torch
         from transformers import AutoModelForCausalLM
 
