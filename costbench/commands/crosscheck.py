@@ -154,7 +154,9 @@ def crosscheck(
                                "and keep the median of each side (costbench is re-measured each time with --fresh or "
                                "a suite; otherwise only the tool repeats)."),
     breakdown: bool = typer.Option(False, "--breakdown", help="Also time, on one compiled model, each step between "
-                                   "benchmark_app's timed region and costbench's (OpenVINO cases)."),
+                                   "benchmark_app's timed region and costbench's (OpenVINO cases); and, on one loaded "
+                                   "model in one process, costbench's stamped generate and optimum-benchmark's tracked "
+                                   "generate alternated (transformers generate cases)."),
     breakdown_rounds: int = typer.Option(30, "--breakdown-rounds", min=1, help="Interleaved rounds for --breakdown."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the pairs (settings, commands, numbers) as "
                                             "JSON."),
@@ -213,7 +215,8 @@ def crosscheck(
         pairs = pre + pairs
         gen_pairs = gen_pre + ob.crosscheck(gen_targets, workdir, time_s=time_s, fresh=fresh or suite, repeat=repeat,
                                             cache_dir=cache, here_env_id=fp["env_id"], run_env_ids=env_ids,
-                                            on_start=lambda t: err.print(f"{ob.TOOL}: {t.label}", highlight=False))
+                                            on_start=lambda t: err.print(f"{ob.TOOL}: {t.label}", highlight=False),
+                                            breakdown_rounds=breakdown_rounds if breakdown else None)
         if pairs:
             console.print(_render(pairs))
         for p in pairs:
@@ -226,6 +229,9 @@ def crosscheck(
                 console.print(f"note: {p.gt.label}: {note}", highlight=False, markup=False)
             if p.status == "ok":
                 console.print(_render_generative_breakdown(p))
+            if p.interleaved:
+                console.print("\n".join(ob.interleaved_markdown(p.gt.label, p.interleaved)), markup=False,
+                              highlight=False)
         breakdowns = {}
         if breakdown:
             seen = set()

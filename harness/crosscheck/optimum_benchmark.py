@@ -232,6 +232,7 @@ class GenerativePair:
     mismatches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     repeats: list[dict[str, float | None]] = field(default_factory=list)
+    interleaved: dict[str, Any] | None = None  # :func:`interleaved_breakdown`: both timings on one loaded model
     tool: str = TOOL
 
     @property
@@ -334,7 +335,7 @@ class GenerativePair:
                        "tpot_over_step_gaps": self.step_ratio},
             "verdict": self.verdict, "agree_within": AGREE_WITHIN, "breakdown": self.breakdown(),
             "command": self.command, "settings": self.settings, "mismatches": self.mismatches, "notes": self.notes,
-            "repeats": self.repeats, "folder": str(gt.folder) if gt.folder else None,
+            "repeats": self.repeats, "interleaved": self.interleaved, "folder": str(gt.folder) if gt.folder else None,
         }
 
 
@@ -504,9 +505,11 @@ def crosscheck_target(gt: GenerativeTarget, workdir: Path, time_s: float = DEFAU
 def crosscheck(targets: Sequence[GenerativeTarget], workdir: Path, time_s: float = DEFAULT_TIME_S, fresh: bool = False,
                repeat: int = 1, cache_dir: Path | None = None, here_env_id: str | None = None,
                run_env_ids: dict[str, str] | None = None,
-               on_start: Callable[[GenerativeTarget], None] | None = None) -> list[GenerativePair]:
+               on_start: Callable[[GenerativeTarget], None] | None = None,
+               breakdown_rounds: int | None = None) -> list[GenerativePair]:
     """Each target against optimum-benchmark. ``fresh``: measure costbench again here before each tool run;
-    ``repeat`` > 1 alternates (costbench, optimum-benchmark) that many times and keeps the median of each side."""
+    ``repeat`` > 1 alternates (costbench, optimum-benchmark) that many times and keeps the median of each side;
+    ``breakdown_rounds``: then time both on one loaded model, interleaved (:func:`interleaved_breakdown`)."""
     from costbench.core.artifacts import default_cache_dir
 
     cache_dir = cache_dir or default_cache_dir()
@@ -532,6 +535,11 @@ def crosscheck(targets: Sequence[GenerativeTarget], workdir: Path, time_s: float
             if runs[-1].status != "ok":
                 break
         pair = combine(runs)
+        if breakdown_rounds and pair.status == "ok":
+            try:
+                pair.interleaved = interleaved_breakdown(pair.gt, workdir / f"ob-{n:03d}-interleaved", breakdown_rounds)
+            except RuntimeError as exc:
+                pair.notes.append(f"the interleaved breakdown failed: {exc}")
         env = (run_env_ids or {}).get(target.target.source.removeprefix("run "))
         if here_env_id and env and env != here_env_id and not fresh:
             pair.notes.append(f"costbench's numbers are from {target.target.source} on machine {env}; "
@@ -570,6 +578,7 @@ def combine(runs: list[GenerativePair]) -> GenerativePair:
                 "tpot_ratio": p.tpot_ratio, "costbench_cpu_contention": p.gt.cpu_contention,
                 "ob_cpu_contention": p.ob.cpu_contention} for p in ok]
     return GenerativePair(gt, "ok", command=first.command, settings=first.settings, ob=ob,
+                          interleaved=first.interleaved,
                           mismatches=sorted({m for p in ok for m in p.mismatches}),
                           notes=sorted({m for p in ok for m in p.notes}), repeats=repeats)
 
@@ -642,11 +651,127 @@ def to_markdown(pairs: Sequence[GenerativePair]) -> str:
                              f"{_fmt(r['costbench_tpot_ms'])} | {_fmt(r['ob_decode_per_token_ms'])} | "
                              f"{_fmt(r['ob_request_mean_gap_ms'])} | {_r(r['ttft_ratio'])} | {_r(r['tpot_ratio'])} | "
                              f"{_pct(r.get('costbench_cpu_contention'))} | {_pct(r.get('ob_cpu_contention'))} |")
+    for p in pairs:
+        if p.interleaved:
+            lines += ["", *interleaved_markdown(p.gt.label, p.interleaved)]
     cmds = [f"- {p.gt.label}: `{shlex.join(p.command)}` with `{p.command[-2]}`:\n\n```json\n"
             f"{json.dumps(p.settings, indent=2)}\n```" for p in pairs if p.command]
     if cmds:
         lines += ["", "optimum-benchmark's runs (offline: HF_HUB_OFFLINE=1):", "", *cmds]
     return "\n".join(lines) + "\n"
+
+
+# --- Both timings on one loaded model, interleaved --------------------------------------------------------
+
+INTERLEAVED_ROWS = (
+    ("ttft_ms", "prefill_ms", "time to first token: costbench TTFT vs optimum-benchmark prefill"),
+    ("tpot_ms", "decode_per_token_ms", "time per output token: costbench TPOT vs optimum-benchmark decode / (n - 1)"),
+    ("tpot_ms", "mean_gap_ms", "step gaps, the request's mean: costbench TPOT vs optimum-benchmark's own stamps"),
+    ("request_ms", "generate_ms", "request: costbench request latency vs optimum-benchmark generate"),
+)
+
+
+def interleaved_breakdown(gt: GenerativeTarget, workdir: Path, rounds: int = 10,
+                          run: Runner | None = None) -> dict[str, Any]:
+    """Both tools' timing of the same request on ONE model loaded by optimum-benchmark's PyTorch backend, in one
+    process, alternated request by request (the order swapped every round): costbench's stamped
+    ``TransformersSession.generate`` and optimum-benchmark's ``generate`` with its per-token logits processor,
+    on the same prompt (optimum-benchmark's generated ids). Load, thread placement and memory layout fall on
+    both alike, so what remains between the medians is what each tool's region includes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec, out = workdir / "interleaved_spec.json", workdir / "interleaved.json"
+    spec.write_text(json.dumps({**ob_settings(gt, 0), "interleave_rounds": rounds}, indent=2))
+    argv = [sys.executable, "-m", "costbench.harness.crosscheck.optimum_benchmark", str(spec), str(out)]
+    rc, log = (run or _run_process)(argv, workdir, {**os.environ, **OFFLINE_ENV})
+    if rc != 0 or not out.exists():
+        raise RuntimeError(f"the interleaved breakdown exited with {rc}: {_tail_text(log)}")
+    data = json.loads(out.read_text())
+    cb, o = data["costbench"], data["optimum_benchmark"]
+    rows = []
+    for ours, theirs, what in INTERLEAVED_ROWS:
+        a, b = float(np.median(cb[ours])), float(np.median(o[theirs]))
+        rows.append({"what": what, "costbench_ms": a, "optimum_benchmark_ms": b, "difference_ms": a - b,
+                     "ratio": _ratio(a, b)})
+    return {"rounds": rounds, "requests_per_side": len(cb["ttft_ms"]), "threads": data.get("threads"),
+            "cpu_contention": data.get("cpu_contention"), "rows": rows, "samples": data}
+
+
+def interleaved_markdown(label: str, bd: dict[str, Any]) -> list[str]:
+    lines = [f"Both tools on one loaded model, {label} ({bd['rounds']} rounds, one request per tool each, order "
+             f"swapped every round; medians; others took {_pct(bd.get('cpu_contention'))} of the CPU meanwhile):", "",
+             "| compared | costbench ms | optimum-benchmark ms | difference ms | ratio |", "|---|---|---|---|---|"]
+    for r in bd["rows"]:
+        lines.append(f"| {r['what']} | {_fmt(r['costbench_ms'])} | {_fmt(r['optimum_benchmark_ms'])} | "
+                     f"{r['difference_ms']:+.3f} | {_r(r['ratio'])} |")
+    return lines
+
+
+def _interleave(settings: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """The child side of :func:`interleaved_breakdown`."""
+    _alias_special_tokens_mixin()
+    import time
+
+    import torch
+    from optimum_benchmark.backends.pytorch.backend import PyTorchBackend
+    from optimum_benchmark.backends.pytorch.config import PyTorchConfig
+    from optimum_benchmark.generators.input_generator import InputGenerator
+    from optimum_benchmark.scenarios.inference.scenario import TEXT_GENERATION_DEFAULT_KWARGS
+    from optimum_benchmark.trackers.latency import PerTokenLatencySessionTrackerLogitsProcessor
+    from transformers import LogitsProcessorList
+
+    from costbench.backends.transformers_backend import TransformersOptions, TransformersSession
+    from costbench.harness.machine import contention
+
+    backend = PyTorchBackend(PyTorchConfig(**settings["backend"]))
+    backend.load()
+    scenario = settings["scenario"]
+    inputs = backend.prepare_inputs(InputGenerator(task=backend.config.task, model_shapes=backend.model_shapes,
+                                                   model_type=backend.config.model_type,
+                                                   input_shapes=scenario["input_shapes"])())
+    tracker = PerTokenLatencySessionTrackerLogitsProcessor(device="cpu", backend="pytorch")
+    kwargs = {**TEXT_GENERATION_DEFAULT_KWARGS, **scenario["generate_kwargs"],
+              "logits_processor": LogitsProcessorList([tracker])}
+    n = int(settings["new_tokens"])
+    cache = "static" if settings["backend"].get("cache_implementation") == "static" else "dynamic"
+    session = TransformersSession(backend.pretrained_model, "cpu",
+                                  TransformersOptions(threads=settings.get("threads"), cache=cache), None)
+    prompt = inputs["input_ids"].cpu().numpy()
+    clock = time.perf_counter_ns
+    cb: dict[str, list[float]] = {"ttft_ms": [], "tpot_ms": [], "request_ms": []}
+    theirs: dict[str, list[float]] = {"prefill_ms": [], "decode_per_token_ms": [], "mean_gap_ms": [],
+                                      "generate_ms": []}
+
+    def ours(record: bool) -> None:
+        stamps: list[int] = []
+        t0 = clock()
+        session.generate(prompt, n, lambda: stamps.append(clock()))
+        end = clock()
+        if record:
+            cb["ttft_ms"].append((stamps[0] - t0) / 1e6)
+            cb["tpot_ms"].append((stamps[-1] - stamps[0]) / (n - 1) / 1e6)
+            cb["request_ms"].append((end - t0) / 1e6)
+
+    def tool(record: bool) -> None:
+        with tracker.session():
+            with tracker.track():
+                backend.generate(inputs, kwargs)
+            if record:
+                theirs["prefill_ms"].append(tracker.get_prefill_latency().values[0] * 1e3)
+                decode = tracker.get_decode_latency().values[0]
+                theirs["decode_per_token_ms"].append(decode / (n - 1) * 1e3)
+                theirs["mean_gap_ms"].append(float(np.mean(tracker.get_per_token_latency().values)) * 1e3)
+                theirs["generate_ms"].append(tracker.get_generate_latency().values[0] * 1e3)
+
+    for _ in range(2):  # warm-up, untimed: both paths, as each tool warms up its own
+        ours(False)
+        tool(False)
+    before = contention.read()
+    for r in range(rounds):
+        for step in ((ours, tool) if r % 2 == 0 else (tool, ours)):
+            step(True)
+    taken = contention.between(before, contention.read())
+    return {"costbench": cb, "optimum_benchmark": theirs, "threads": torch.get_num_threads(),
+            "cpu_contention": taken.share if taken else None}
 
 
 # --- The child process: optimum-benchmark itself -------------------------------------------------------
@@ -692,7 +817,13 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m costbench.harness.crosscheck.optimum_benchmark SPEC.json OUT.json", file=sys.stderr)
         return 2
     spec, out = Path(args[0]), Path(args[1])
-    result = run_optimum_benchmark(json.loads(spec.read_text()))
+    settings = json.loads(spec.read_text())
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    if "interleave_rounds" in settings:
+        result = _interleave(settings, int(settings["interleave_rounds"]))
+    else:
+        result = run_optimum_benchmark(settings)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, default=float))
     tmp.replace(out)
