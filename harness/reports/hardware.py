@@ -29,7 +29,7 @@ import pandas as pd
 
 from costbench.harness.results.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
                                                Judgement, judge)
-from costbench.core.metrics import OUTPUT_TOKEN_THROUGHPUT, THROUGHPUT
+from costbench.core.metrics import OUTPUT_TOKEN_THROUGHPUT, THROUGHPUT, TTFT
 from costbench.harness.reports.data import Selection, describe_env, primary_series, row_details, scenarios_leading_with
 from costbench.harness.reports.ties import Versus, compare_to_pick
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
@@ -273,13 +273,16 @@ def _identity(key: tuple, g: pd.DataFrame, env: dict | None) -> dict[str, Any]:
 
 
 def _latency(g: pd.DataFrame) -> dict[str, Any]:
-    """Single-stream p50 and p99 with confidence intervals, whether they are valid, whether the run was unstable."""
+    """Single-stream p50 and p99 with confidence intervals (TPOT's for a generate scenario, with TTFT's p50 beside
+    them), whether they are valid, whether the run was unstable."""
     led = scenarios_leading_with(g, "latency")
     series = primary_series(g, led[0]) if led else None
     lat50 = None if series is None else _metric_row(g, series.p50, led[0])
     lat99 = None if series is None else _metric_row(g, series.p99, led[0])
     valid = None if lat50 is None else bool(lat50["valid"]) if not pd.isna(lat50["valid"]) else True
+    ttft = None if not led else _metric_row(g, TTFT.p50, led[0])  # generative: the first token's wait beside TPOT
     return {
+        "ttft_ms": _val(ttft), "ttft_ci_low": _val(ttft, "ci_low"), "ttft_ci_high": _val(ttft, "ci_high"),
         "p50_values": _process_values(lat50), "p99_values": _process_values(lat99),
         "p50_ms": _val(lat50), "p50_ci_low": _val(lat50, "ci_low"), "p50_ci_high": _val(lat50, "ci_high"),
         "p99_ms": _val(lat99), "p99_ci_low": _val(lat99, "ci_low"), "p99_ci_high": _val(lat99, "ci_high"),

@@ -16,7 +16,8 @@ from costbench.harness.reports.ties import MARGIN
 CSV_COLUMNS = [
     "model", "machine_label", "machine", "env_id", "run_id", "backend", "variant", "device", "batch_size", "status",
     "reason", "p50_ms", "p50_ci_low", "p50_ci_high", "p99_ms", "p99_ci_low", "p99_ci_high", "latency_valid",
-    "unstable", "throughput", "throughput_scenario", "per", "peak_rss_mib", "size_mb", "accuracy_drop_pt", "parity_loss_pt",
+    "unstable", "throughput", "throughput_scenario", "per", "ttft_ms", "ttft_ci_low", "ttft_ci_high", "peak_rss_mib",
+    "size_mb", "accuracy_drop_pt", "parity_loss_pt",
     "accuracy_basis", "loss_measure", "loss_pt", "loss_low_pt", "loss_high_pt", "loss_samples", "budget_verdict",
     "top1_agreement", "top1_agreement_confident", "machine_inferred", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
     "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "server_batching",
@@ -83,13 +84,19 @@ def _units(report: HardwareReport) -> tuple[str, str]:
     return "samples/s", "inferences"
 
 
+def _has_ttft(report: HardwareReport) -> bool:
+    return "ttft_ms" in report.configs and report.configs["ttft_ms"].notna().any()
+
+
 def _columns(report: HardwareReport) -> list[Column]:
     cur = report.prices.currency
     rate, unit = _units(report)
     cols = [
         Column("machine_label", "machine"), Column("backend", "backend"), Column("variant", "variant"),
         Column("device", "device"), Column("batch_size", "batch", numeric=True, format=lambda v: str(int(v))),
-        Column("p50_ms", "p50 ms", _ms, True), Column("p50_ci", "p50 95% CI"),
+        *([Column("ttft_ms", "TTFT p50 ms", _ms, True)] if _has_ttft(report) else []),
+        Column("p50_ms", "TPOT p50 ms" if rate == "output tokens/s" else "p50 ms", _ms, True),
+        Column("p50_ci", "p50 95% CI"),
         Column("p99_ms", "p99 ms", _ms, True), Column("throughput", rate, lambda v: fmt(v, ".1f"), True),
         Column("peak_rss_mib", "peak RSS MiB", lambda v: fmt(v, ".1f"), True),
         Column("size_mb", "size MB", lambda v: fmt(v, ".2f"), True),

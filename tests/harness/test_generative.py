@@ -182,3 +182,5 @@ def test_a_suite_measures_tokens_and_parity_end_to_end(tmp_path):
     assert fp32["cost_per_m"] == pytest.approx(3.6 / (3600 * fp32["throughput"]) * 1e6)
     page = render_html(report)
     assert "USD / M output tokens" in page and "per million output tokens" in page and "M inferences" not in page
+    assert "TTFT p50 ms" in page and "TPOT p50 ms" in page
+    assert fp32["ttft_ms"] == pytest.approx(value[("fp32", TTFT.p50)]) and fp32["p50_ms"] == value[("fp32", TPOT.p50)]
