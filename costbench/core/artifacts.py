@@ -27,6 +27,9 @@ FORMAT_TFLITE = "tflite"  # a LiteRT (TensorFlow Lite) flatbuffer model (.tflite
 FORMAT_HF_CAUSAL_LM = "hf-causal-lm"
 HF_TORCHAO_WEIGHTS = "torchao-weights.pt"  # torch.save of the state dict (torchao tensor subclasses)
 HF_TORCHAO_RECIPE = "torchao-quantization.json"  # the method, bits, granularity and versions that wrote it
+# An OpenVINO GenAI folder (stateful openvino_model.xml/.bin, openvino_tokenizer.xml, openvino_detokenizer.xml,
+# config files) as openvino_genai.LLMPipeline loads it; the artifact's path is its openvino_model.xml.
+FORMAT_OPENVINO_LLM = "openvino-llm"
 # ONNX Runtime GenAI's model builder output: genai_config.json, model.onnx (+ model.onnx.data), tokenizer files;
 # the artifact's path is its genai_config.json.
 FORMAT_ORT_GENAI = "onnxruntime-genai"

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO,
-                                     FORMAT_ORT_GENAI, FORMAT_TORCH, Artifact, ArtifactCache)
+                                     FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, FORMAT_TORCH, Artifact, ArtifactCache)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig
 from costbench.harness.build.compress.common import library_version
+from costbench.harness.build.compress.openvino_llm import MODEL_XML, export_openvino_llm, openvino_llm_material
 from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, build_ort_genai, ort_genai_material
 from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
-             FORMAT_EXECUTORCH: "model.pte", FORMAT_HF_CAUSAL_LM: "config.json", FORMAT_ORT_GENAI: GENAI_CONFIG}
+             FORMAT_EXECUTORCH: "model.pte", FORMAT_HF_CAUSAL_LM: "config.json",
+             FORMAT_OPENVINO_LLM: MODEL_XML, FORMAT_ORT_GENAI: GENAI_CONFIG}
 
 
 class Fp32Config(RecipeConfig):
@@ -38,7 +40,7 @@ class Fp32Recipe(Recipe):
     _FORMATS = {
         SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_EXECUTORCH),
         SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO),
-        SOURCE_HF: (FORMAT_HF_CAUSAL_LM, FORMAT_ORT_GENAI),
+        SOURCE_HF: (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI),
     }
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
@@ -57,6 +59,7 @@ class Fp32Recipe(Recipe):
             "onnx": library_version("onnx"),
             "openvino": library_version("openvino"),
             **(executorch_material() if bundle.source_kind == SOURCE_TORCH else {}),
+            **(openvino_llm_material() if bundle.source_kind == SOURCE_HF else {}),
             **ort_genai_material(bundle),
         }
 
@@ -68,6 +71,7 @@ class Fp32Recipe(Recipe):
             FORMAT_OPENVINO: self._openvino,
             FORMAT_EXECUTORCH: self._executorch,
             FORMAT_HF_CAUSAL_LM: self._hf,
+            FORMAT_OPENVINO_LLM: self._openvino_llm,
             FORMAT_ORT_GENAI: self._ort_genai,
         }
         return {
@@ -92,6 +96,11 @@ class Fp32Recipe(Recipe):
 
     def _ort_genai(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         return build_ort_genai(bundle, path.parent, "fp32")
+
+    def _openvino_llm(self, bundle: ModelBundle, config: RecipeConfig, path: Path,
+                      cache: ArtifactCache) -> dict[str, Any]:
+        return {**export_openvino_llm(bundle, path.parent),
+                "decode_weight_bytes": bundle.details.get("decode_weight_bytes")}
 
     def _onnx(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         if bundle.source_kind == SOURCE_ONNX:
@@ -160,6 +169,12 @@ def executorch_material() -> dict[str, Any]:
 
     return {"executorch": library_version("executorch"), "torchao": library_version("torchao"),
             "executorch_export": {"version": EXPORT_VERSION, "max_batch": MAX_BATCH}}
+
+
+def fp32_openvino_llm(bundle: ModelBundle, cache: ArtifactCache) -> Artifact:
+    """The fp32 OpenVINO LLM folder the weight-only recipes compress."""
+    recipe = Fp32Recipe()
+    return recipe.artifact(bundle, recipe.Config(), FORMAT_OPENVINO_LLM, cache)
 
 
 def fp32_onnx(bundle: ModelBundle, cache: ArtifactCache) -> Artifact:

@@ -14,6 +14,11 @@ weights of every ``nn.Linear`` (the output head included; the embedding table is
 The folder keeps the config and tokenizer; the weights become torchao's quantized state dict
 (``torchao-weights.pt``) with ``torchao-quantization.json`` beside it.
 
+- for OpenVINO GenAI (:data:`FORMAT_OPENVINO_LLM`), with NNCF's ``compress_weights`` on the fp32 OpenVINO folder
+  (the ``fp32`` recipe's, reused through the cache; see ``openvino_llm.compress_folder``): int8 is ``INT8_SYM``,
+  one scale per output channel; int4 is ``INT4_SYM`` per group of ``group_size`` with NNCF's ``ratio`` (the share
+  of layers in int4, the rest int8). NNCF packs two int4 values per byte, so int4 is smaller than int8 on disk.
+
 - for ONNX Runtime GenAI (:data:`FORMAT_ORT_GENAI`), with its model builder (``-p int8``/``-p int4``, see
   ``ort_genai.py``): ONNX Runtime's ``MatMulNBits``, symmetric, one scale per block of input channels (int4:
   ``group_size``; int8: 128), packed two int4 values per byte, so int4 is half the bytes of int8.
@@ -26,11 +31,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from costbench.core.artifacts import (FORMAT_HF_CAUSAL_LM, FORMAT_ORT_GENAI, HF_TORCHAO_RECIPE, HF_TORCHAO_WEIGHTS,
-                                     ArtifactCache, write_json_atomic)
+from costbench.core.artifacts import (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, HF_TORCHAO_RECIPE,
+                                     HF_TORCHAO_WEIGHTS, ArtifactCache, write_json_atomic)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
 from costbench.harness.build.compress.common import library_version
-from costbench.harness.build.compress.fp32 import link_hf_folder
+from costbench.harness.build.compress.fp32 import fp32_openvino_llm, link_hf_folder
+from costbench.harness.build.compress.openvino_llm import MODEL_XML, compress_folder, openvino_llm_material
 from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, build_ort_genai, ort_genai_material
 from costbench.harness.build.zoo.base import SOURCE_HF, ModelBundle
 
@@ -44,6 +50,11 @@ class Int4WeightOnlyConfig(RecipeConfig):
 
     group_size: int = Field(128, ge=16, description="Input channels sharing one scale (must divide every linear "
                             "layer's input width).")
+    ratio: float = Field(1.0, gt=0.0, le=1.0, description="OpenVINO (NNCF) only: the share of the linear layers' "
+                         "weights put in int4, as NNCF's compress_weights reads it (chosen data-free by weight-"
+                         "quantization error); the rest go to int8 (asymmetric, per channel). 1.0 = every layer NNCF "
+                         "puts in int4 (it keeps the embedding and output head in int8 regardless). Other runtimes' "
+                         "int4 quantizes every layer, so a ratio below 1 makes those variants not applicable.")
 
 
 class _WeightOnlyRecipe(Recipe):
@@ -53,15 +64,15 @@ class _WeightOnlyRecipe(Recipe):
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
         """Causal-LM folders only: weight-only quantization is for generative models here."""
-        return (FORMAT_HF_CAUSAL_LM, FORMAT_ORT_GENAI) if source_kind == SOURCE_HF else ()
+        return (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI) if source_kind == SOURCE_HF else ()
 
     def filename(self, fmt: str) -> str:
-        return GENAI_CONFIG if fmt == FORMAT_ORT_GENAI else "config.json"
+        return {FORMAT_ORT_GENAI: GENAI_CONFIG, FORMAT_OPENVINO_LLM: MODEL_XML}.get(fmt, "config.json")
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         return {**super().cache_material(bundle, config), "torch": library_version("torch"),
                 "torchao": library_version("torchao"), "transformers": library_version("transformers"),
-                **ort_genai_material(bundle)}
+                **ort_genai_material(bundle), "nncf": library_version("nncf"), **openvino_llm_material()}
 
     def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         """torchao's config object and the provenance that describes it."""
@@ -69,6 +80,14 @@ class _WeightOnlyRecipe(Recipe):
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path,
               cache: ArtifactCache) -> dict[str, Any]:
+        ratio = getattr(config, "ratio", 1.0)
+        if fmt == FORMAT_OPENVINO_LLM:  # NNCF compresses the fp32 OpenVINO folder (reused through the cache)
+            fp32 = fp32_openvino_llm(bundle, cache)
+            return {"parameters": bundle.details.get("parameters"), "fp32_artifact": fp32.key,
+                    **compress_folder(fp32.directory, out_dir, self.bits, getattr(config, "group_size", None), ratio)}
+        if ratio != 1.0:
+            raise RecipeNotApplicable(f"recipe {self.name!r}: ratio={ratio} is NNCF's mixed int4/int8 split, for the "
+                                      f"OpenVINO format only; the {fmt} variant quantizes every layer to int4")
         if fmt == FORMAT_ORT_GENAI:  # ONNX Runtime GenAI's builder quantizes to MatMulNBits itself
             return {"bits": self.bits, "parameters": bundle.details.get("parameters"),
                     **build_ort_genai(bundle, out_dir, f"int{self.bits}", getattr(config, "group_size", None))}
@@ -129,7 +148,8 @@ class Int8WeightOnlyRecipe(_WeightOnlyRecipe):
     precision = "int8"
     bits = 8
     Config = Int8WeightOnlyConfig
-    description = "int8 weight-only (generative models): torchao Int8WeightOnlyConfig, per output channel"
+    description = ("int8 weight-only (generative models): torchao Int8WeightOnlyConfig, per output channel; NNCF "
+                   "INT8_SYM for OpenVINO")
 
     def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         from torchao.quantization import Int8WeightOnlyConfig as AoInt8
@@ -145,7 +165,8 @@ class Int4WeightOnlyRecipe(_WeightOnlyRecipe):
     precision = "int4"
     bits = 4
     Config = Int4WeightOnlyConfig
-    description = "int4 weight-only (generative models): torchao IntxWeightOnlyConfig(int4, per group)"
+    description = ("int4 weight-only (generative models): torchao IntxWeightOnlyConfig(int4, per group); NNCF "
+                   "INT4_SYM per group with a ratio for OpenVINO")
 
     def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         import torch
