@@ -29,6 +29,7 @@ from costbench.backends.base import (Availability, Backend, BackendOptions, Capa
 from costbench.core.artifacts import FORMAT_ORT_GENAI, Artifact
 
 PIP_NAME = "onnxruntime-genai"
+MAX_SEQUENCES = 32  # onnxruntime-genai 0.18 refuses a Generator over more sequences ("batch_size ... in [1, 32]")
 
 
 class OnnxRuntimeGenAIOptions(BackendOptions):
@@ -66,6 +67,9 @@ class OnnxRuntimeGenAISession(GenerativeSession):
         if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
             raise ValueError(f"onnxruntime-genai backend: token ids must be batch x prompt length, got shape "
                              f"{prompt_ids.shape}")
+        if prompt_ids.shape[0] > MAX_SEQUENCES:
+            raise ValueError(f"onnxruntime-genai backend: a batch of {prompt_ids.shape[0]} prompts; onnxruntime-genai "
+                             f"{self._og.__version__} generates at most {MAX_SEQUENCES} sequences at once")
         if length > self._context:
             raise ValueError(f"onnxruntime-genai backend: prompt + new tokens = {length} exceeds the model's "
                              f"context_length {self._context} (genai_config.json)")
@@ -78,16 +82,23 @@ class OnnxRuntimeGenAISession(GenerativeSession):
         return generator
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The next-token logits (batch x vocabulary, float32) after each prompt in ``inputs['input_ids']``."""
+        """The next-token logits (batch x vocabulary, float32) after each prompt in ``inputs['input_ids']`` (a batch
+        over the generator's limit runs in slices of :data:`MAX_SEQUENCES` prompts)."""
         try:
             ids = inputs["input_ids"]
         except KeyError:
             raise KeyError(f"missing input 'input_ids'; the model takes ['input_ids'], got {sorted(inputs)}") from None
         ids = np.ascontiguousarray(ids, dtype=np.int32)
-        generator = self._generator(ids, ids.shape[1] + 1, 0)
-        logits = np.asarray(generator.get_logits(), dtype=np.float32)
-        del generator
-        return [logits.reshape(ids.shape[0], -1)]
+        if ids.ndim != 2:
+            raise ValueError(f"onnxruntime-genai backend: token ids must be batch x prompt length, got shape "
+                             f"{ids.shape}")
+        parts = []
+        for start in range(0, ids.shape[0], MAX_SEQUENCES):
+            rows = ids[start:start + MAX_SEQUENCES]
+            generator = self._generator(rows, rows.shape[1] + 1, 0)
+            parts.append(np.asarray(generator.get_logits(), dtype=np.float32).reshape(rows.shape[0], -1))
+            del generator
+        return [np.concatenate(parts)]
 
     def generate(self, prompt_ids: np.ndarray, new_tokens: int, on_token: Callable[[], None]) -> np.ndarray:
         """Greedy ``new_tokens`` after each prompt row; ``on_token`` is called once per step, the token on the host."""
