@@ -245,3 +245,24 @@ def test_a_suite_runs_generate_on_onnxruntime_genai_end_to_end(tmp_path):
     assert value[("fp32", "top1_agreement")] == 1.0
     assert value[("int4-weight-only", "model_size")] < value[("fp32", "model_size")]
     assert value[("int4-weight-only", "decode_weight_bytes")] < 0.3 * value[("fp32", "decode_weight_bytes")]
+
+
+def test_probe_reports_versions_and_says_what_to_install_when_missing(monkeypatch):
+    import sys
+
+    available = OnnxRuntimeGenAIBackend().probe()
+    assert available.available and available.versions["onnxruntime_genai"] == "0.18.0"
+    # None in sys.modules makes `import onnxruntime_genai` raise ModuleNotFoundError, as if never installed.
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)
+    missing = OnnxRuntimeGenAIBackend().probe()
+    assert not missing.available
+    assert missing.reason == "onnxruntime_genai is not installed: pip install onnxruntime-genai"
+
+
+def test_a_block_size_matmulnbits_does_not_take_skips_the_case(tiny_lm):
+    from costbench.harness.build.compress.base import RecipeNotApplicable
+
+    bundle, _, _, cache_dir = tiny_lm
+    recipe = get_recipe("int4-weight-only")
+    with pytest.raises(RecipeNotApplicable, match="block size in 16, 32, 64, 128, 256; group_size=48"):
+        recipe.artifact(bundle, recipe.parse_config({"group_size": 48}), FORMAT_ORT_GENAI, ArtifactCache(cache_dir))
