@@ -44,6 +44,10 @@ class OpenVinoGenAIOptions(BackendOptions):
     kv_cache_precision: Literal["same", "f32", "bf16", "f16", "u8"] = Field(
         "same", description="KV_CACHE_PRECISION: 'same' keeps the KV cache in inference_precision (the CPU "
         "plugin's own default on x86 is u8, a lossy cache that would change greedy continuations); or name one.")
+    dynamic_quantization_group_size: int | None = Field(
+        None, ge=0, description="DYNAMIC_QUANTIZATION_GROUP_SIZE: on int8/int4 weight-compressed models the CPU plugin "
+        "quantizes activations to int8 on the fly in groups of this many (its default, unset here, is on); 0 turns "
+        "it off, so the arithmetic is weight-only as the recipe says.")
     attention_backend: Literal["PA", "SDPA"] = Field(
         "PA", description="ATTENTION_BACKEND of LLMPipeline: 'PA' (paged attention, the continuous-batching "
         "scheduler LLMPipeline uses by default on the CPU) or 'SDPA' (the stateful model's own KV-cache state).")
@@ -135,6 +139,8 @@ class OpenVinoGenAISession(GenerativeSession):
                 "inference_precision": self._properties["INFERENCE_PRECISION_HINT"],
                 "kv_cache_precision": self._properties["KV_CACHE_PRECISION"],
                 "attention_backend": self._properties["ATTENTION_BACKEND"],
+                "dynamic_quantization_group_size": self._properties.get("DYNAMIC_QUANTIZATION_GROUP_SIZE",
+                                                                        "plugin default"),
                 "logits": "openvino.Core compile of the same IR (state reset per call), compiled on first run()",
                 "openvino": self._ov.__version__, "openvino_genai": openvino_genai.__version__}
 
@@ -200,5 +206,7 @@ class OpenVinoGenAIBackend(Backend):
         }
         if opts.threads is not None:
             properties["INFERENCE_NUM_THREADS"] = opts.threads
+        if opts.dynamic_quantization_group_size is not None:
+            properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = opts.dynamic_quantization_group_size
         pipeline = genai.LLMPipeline(str(folder), "CPU", **properties)
         return OpenVinoGenAISession(pipeline, artifact.path, properties, opts, batch_size)
