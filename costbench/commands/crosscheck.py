@@ -259,9 +259,8 @@ def crosscheck(
             console.print(f"wrote {json_out}", highlight=False)
         if md_out:
             md_out.parent.mkdir(parents=True, exist_ok=True)
-            page = (to_markdown(pairs, header, breakdowns) if pairs else
-                    "\n".join(["# costbench vs the vendors' own tools", "", *(f"- {k}: {v}" for k, v in header.items())])
-                    + "\n")
+            title = ["# costbench vs the vendors' own tools", "", *(f"- {k}: {v}" for k, v in header.items())]
+            page = to_markdown(pairs, header, breakdowns) if pairs else "\n".join(title) + "\n"
             if gen_pairs:
                 page += "\n" + ob.to_markdown(gen_pairs)
             md_out.write_text(page)

@@ -303,7 +303,8 @@ class GenerativePair:
              "ratio": _ratio(gt.inter_token_ms, ob.step_gap_p50_ms)},
             {"quantity": "per_token as optimum-benchmark reports it",
              "costbench": "-", "costbench_ms": None,
-             "optimum_benchmark": f"p50 of {ob.per_token_reported_count} values (mean {_fmt(ob.per_token_reported_mean_ms)}"
+             "optimum_benchmark": f"p50 of {ob.per_token_reported_count} values "
+                                  f"(mean {_fmt(ob.per_token_reported_mean_ms)}"
                                   f" ms) for {ob.requests} requests x {n - 1} gaps: earlier gaps repeated, and "
                                   f"{ob.requests - 1} gaps from a request's last step to the next one's first "
                                   f"(p50 {_fmt(ob.cross_request_gap_p50_ms)} ms) counted in",
@@ -482,7 +483,8 @@ def crosscheck_target(gt: GenerativeTarget, workdir: Path, time_s: float = DEFAU
         pair.status, pair.reason = "failed", f"optimum-benchmark exited with {rc}: {_tail_text(log)}"
         return pair
     if not out.exists():
-        pair.status, pair.reason = "failed", f"optimum-benchmark wrote no report ({out}); its log ends: {_tail_text(log)}"
+        pair.status = "failed"
+        pair.reason = f"optimum-benchmark wrote no report ({out}); its log ends: {_tail_text(log)}"
         return pair
     try:
         pair.ob = parse_report(json.loads(out.read_text()), gt.output_tokens)
@@ -645,7 +647,7 @@ def to_markdown(pairs: Sequence[GenerativePair]) -> str:
                       "machine's CPU other processes took, costbench over its measured requests, optimum-benchmark "
                       "over its whole run):", "",
                       "| # | costbench TTFT | ob prefill | costbench TPOT | ob decode/token | ob step gaps | "
-                      "ratio TTFT | ratio TPOT | others, costbench | others, ob |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "ratio TTFT | ratio TPOT | others, costbench | others, ob |", "|---" * 10 + "|"]
             for i, r in enumerate(p.repeats):
                 lines.append(f"| {i + 1} | {_fmt(r['costbench_ttft_ms'])} | {_fmt(r['ob_prefill_ms'])} | "
                              f"{_fmt(r['costbench_tpot_ms'])} | {_fmt(r['ob_decode_per_token_ms'])} | "
