@@ -22,6 +22,7 @@ from costbench.core.metrics import GREEDY_PREFIX_AGREEMENT, OUTPUT_TOKEN_THROUGH
 from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, weight_bytes  # noqa: E402
 from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.build.zoo.registry import zoo_model  # noqa: E402
+from causal_lm_helpers import cosine, greedy_by_hand, torch_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -43,12 +44,6 @@ def _session(artifact, **options) -> GenerativeSession:
     return backend.prepare(artifact, backend.parse_options({"threads": 1, **options}), 1)
 
 
-def _torch_fp32(bundle):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(bundle.hf_path), dtype=torch.float32).eval()
-
 
 def _weight_matmuls(model_path) -> dict[str, int]:
     """How many MatMul / MatMulNBits nodes multiply by an initializer (a weight), by op type."""
@@ -62,9 +57,6 @@ def _weight_matmuls(model_path) -> dict[str, int]:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def test_the_fp32_folder_is_the_builders_and_a_step_reads_the_bundles_bytes(tiny_lm):
@@ -98,26 +90,11 @@ def test_next_token_logits_match_the_fp32_torch_model(tiny_lm, rng):
     finally:
         session.close()
     with torch.inference_mode():
-        want = _torch_fp32(bundle)(input_ids=torch.from_numpy(prompts)).logits[:, -1, :].numpy()
+        want = torch_model(bundle)(input_ids=torch.from_numpy(prompts)).logits[:, -1, :].numpy()
     assert got.shape == (len(prompts), vocab) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())),
                                err_msg=f"prompts {prompts.tolist()}")
 
-
-def _greedy_gaps(model, prompt: np.ndarray, steps: int, eos: int) -> list[float]:
-    """Each step's gap between the best and second logit along fp32 greedy decoding (EOS masked, no KV cache)."""
-    import torch
-
-    ids = torch.from_numpy(prompt[None, :])
-    gaps = []
-    with torch.inference_mode():
-        for _ in range(steps):
-            logits = model(input_ids=ids).logits[0, -1, :].clone()
-            logits[eos] = -torch.inf
-            top2 = torch.topk(logits, 2).values
-            gaps.append(float(top2[0] - top2[1]))
-            ids = torch.cat([ids, torch.argmax(logits).reshape(1, 1)], dim=1)
-    return gaps
 
 
 def test_generate_gives_exactly_n_stamped_tokens_and_transformers_greedy_continuation(tiny_lm, rng):
@@ -138,13 +115,13 @@ def test_generate_gives_exactly_n_stamped_tokens_and_transformers_greedy_continu
         want = reference.generate(prompts, n, lambda: None)
     finally:
         reference.close()
-    model = _torch_fp32(bundle)
+    model = torch_model(bundle)
     for row in range(rows):
         if got[row].tolist() != want[row].tolist():
             # two fp32 kernels (MLAS with GroupQueryAttention, PyTorch) may break a near-tie differently, never a
             # clear winner
             first = int(np.argmax(got[row] != want[row]))
-            gaps = _greedy_gaps(model, prompts[row], first + 1, model.generation_config.eos_token_id)
+            gaps = greedy_by_hand(model, prompts[row], first + 1, model.generation_config.eos_token_id)[1]
             assert gaps[first] < 1e-3, (f"row {row} token {first}: onnxruntime-genai chose {got[row][first]}, "
                                         f"transformers {want[row][first]} with a logit gap of {gaps[first]:.2e} "
                                         f"(prompt {prompts[row].tolist()})")
@@ -223,7 +200,7 @@ def test_weight_only_folders_are_matmulnbits_smaller_and_close(tiny_lm, name, op
     finally:
         for s in sessions:
             s.close()
-    cos = _cosine(got, want)
+    cos = cosine(got, want)
     assert cos.min() > min_cos, f"{name}: next-token logits cosine {cos.min():.4f} to fp32"
     assert not np.array_equal(got, want), f"{name}: logits identical to fp32: nothing was quantized"
 

@@ -22,6 +22,7 @@ from costbench.harness.build.compress.openvino_llm import (DETOKENIZER_XML, MODE
                                                            weight_bytes)
 from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.build.zoo.registry import zoo_model  # noqa: E402
+from causal_lm_helpers import cosine, greedy_by_hand, torch_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -43,15 +44,6 @@ def _session(artifact, **options) -> GenerativeSession:
     return backend.prepare(artifact, backend.parse_options({"threads": 1, **options}), 1)
 
 
-def _torch_fp32(bundle):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(bundle.hf_path), dtype=torch.float32).eval()
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def _read(path):
@@ -99,28 +91,13 @@ def test_next_token_logits_match_the_fp32_torch_model(tiny_lm, rng):
             prompts = rng.integers(2, vocab, size=(int(rng.integers(1, 4)), int(rng.integers(5, 40))), dtype=np.int64)
             got = session.run({"input_ids": prompts})[0]
             with torch.inference_mode():
-                want = _torch_fp32(bundle)(input_ids=torch.from_numpy(prompts)).logits[:, -1, :].numpy()
+                want = torch_model(bundle)(input_ids=torch.from_numpy(prompts)).logits[:, -1, :].numpy()
             assert got.shape == (len(prompts), vocab) and got.dtype == np.float32
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())),
                                        err_msg=f"prompts {prompts.tolist()}")
     finally:
         session.close()
 
-
-def _greedy_gaps(model, prompt: np.ndarray, steps: int, eos: int) -> list[float]:
-    """Each step's gap between the best and second logit along fp32 greedy decoding (EOS masked, no KV cache)."""
-    import torch
-
-    ids = torch.from_numpy(prompt[None, :])
-    gaps = []
-    with torch.inference_mode():
-        for _ in range(steps):
-            logits = model(input_ids=ids).logits[0, -1, :].clone()
-            logits[eos] = -torch.inf
-            top2 = torch.topk(logits, 2).values
-            gaps.append(float(top2[0] - top2[1]))
-            ids = torch.cat([ids, torch.argmax(logits).reshape(1, 1)], dim=1)
-    return gaps
 
 
 @pytest.mark.parametrize("attention_backend", ["PA", "SDPA"])
@@ -145,9 +122,9 @@ def test_generate_gives_exactly_n_stamped_tokens_and_transformers_greedy_continu
         reference.close()
     if got[0].tolist() != want[0].tolist():
         # two fp32 kernels (oneDNN, PyTorch) may break a near-tie differently, never a clear winner
-        model = _torch_fp32(bundle)
+        model = torch_model(bundle)
         first = int(np.argmax(got[0] != want[0]))
-        gaps = _greedy_gaps(model, prompt[0], first + 1, model.generation_config.eos_token_id)
+        gaps = greedy_by_hand(model, prompt[0], first + 1, model.generation_config.eos_token_id)[1]
         assert gaps[first] < 1e-3, (f"token {first}: openvino-genai chose {got[0][first]}, transformers "
                                     f"{want[0][first]} with a logit gap of {gaps[first]:.2e} "
                                     f"(prompt {prompt[0].tolist()})")
@@ -238,11 +215,11 @@ def test_nncf_folders_are_smaller_and_close(tiny_lm, name, options, bits, min_co
     finally:
         for s in sessions:
             s.close()
-    cos = _cosine(got, want)
+    cos = cosine(got, want)
     assert cos.min() > min_cos, f"{name}: next-token logits cosine {cos.min():.4f} to fp32"
     assert not np.array_equal(got, want), f"{name}: logits identical to fp32: nothing was quantized"
     # the plugin's default int8 activations add their own error on top of the weights'
-    assert _cosine(dynamic, want).min() > min_cos - 0.1
+    assert cosine(dynamic, want).min() > min_cos - 0.1
 
 
 def test_the_int4_ratio_leaves_the_rest_in_int8_and_only_openvino_takes_it(tiny_lm):

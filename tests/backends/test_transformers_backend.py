@@ -11,6 +11,7 @@ from costbench.backends.transformers_backend import TransformersBackend
 from costbench.core.artifacts import FORMAT_HF_CAUSAL_LM, HF_TORCHAO_WEIGHTS, ArtifactCache
 from costbench.harness.build.compress.registry import get_recipe
 from costbench.harness.build.zoo.registry import zoo_model
+from causal_lm_helpers import cosine, greedy_by_hand, torch_model
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -30,13 +31,6 @@ def _session(artifact, **options) -> GenerativeSession:
     return backend.prepare(artifact, backend.parse_options({"threads": 1, **options}), 1)
 
 
-def _fp64_model(bundle):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(bundle.hf_path), dtype=torch.float64).eval()
-
-
 def test_next_token_logits_match_an_fp64_forward_pass(tiny_lm, rng):
     import torch
 
@@ -49,28 +43,9 @@ def test_next_token_logits_match_an_fp64_forward_pass(tiny_lm, rng):
     finally:
         session.close()
     with torch.inference_mode():
-        want = _fp64_model(bundle)(input_ids=torch.from_numpy(prompts)).logits[:, -1, :].numpy()
+        want = torch_model(bundle, "float64")(input_ids=torch.from_numpy(prompts)).logits[:, -1, :].numpy()
     assert got.shape == (3, vocab) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * max(1.0, float(np.abs(want).max())))
-
-
-def _greedy_fp64(model, prompt: np.ndarray, steps: int, eos: int) -> tuple[list[int], list[float]]:
-    """Greedy decoding by hand, no KV cache: the whole sequence re-run each step in fp64, EOS masked as
-    generate(min_new_tokens=...) masks it. Returns the tokens and each step's gap between the best and second logit."""
-    import torch
-
-    ids = torch.from_numpy(prompt[None, :])
-    tokens, gaps = [], []
-    with torch.inference_mode():
-        for _ in range(steps):
-            logits = model(input_ids=ids).logits[0, -1, :].clone()
-            logits[eos] = -torch.inf
-            top2 = torch.topk(logits, 2).values
-            gaps.append(float(top2[0] - top2[1]))
-            nxt = int(torch.argmax(logits))
-            tokens.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    return tokens, gaps
 
 
 @pytest.mark.parametrize("cache", ["static", "dynamic"])
@@ -86,8 +61,8 @@ def test_generate_gives_exactly_n_stamped_tokens_and_the_greedy_continuation(tin
     finally:
         session.close()
     assert out.shape == (1, n) and len(stamps) == n
-    model = _fp64_model(bundle)
-    want, gaps = _greedy_fp64(model, prompt, n, model.generation_config.eos_token_id)
+    model = torch_model(bundle, "float64")
+    want, gaps = greedy_by_hand(model, prompt, n, model.generation_config.eos_token_id)
     got = out[0].tolist()
     if got != want:
         # fp32 with a KV cache against fp64 without one may break a near-tie differently, never a clear winner.
@@ -111,8 +86,8 @@ def test_compiled_generation_gives_the_eager_tokens(tiny_lm, rng):
     finally:
         compiled.close()
     if not np.array_equal(got, want):  # inductor's kernels may break a near-tie differently, never a clear winner
-        model = _fp64_model(bundle)
-        _, gaps = _greedy_fp64(model, prompt[0], 5, model.generation_config.eos_token_id)
+        model = torch_model(bundle, "float64")
+        _, gaps = greedy_by_hand(model, prompt[0], 5, model.generation_config.eos_token_id)
         first = int(np.argmax(got[0] != want[0]))
         assert gaps[first] < 1e-3, f"step {first}: compiled {got[0]} vs eager {want[0]}, gap {gaps[first]:.2e}"
     with pytest.raises(ValueError, match="compile needs cache = 'static'"):
@@ -152,7 +127,7 @@ def test_weight_only_artifacts_load_their_quantized_state_dict(tiny_lm, rng):
             assert session.generate(prompts[:1], 3, lambda: None).shape == (1, 3)
         finally:
             session.close()
-        cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+        cos = cosine(got, want)
         assert cos.min() > min_cos, f"{name}: next-token logits cosine {cos.min():.4f} to fp32"
         assert not np.array_equal(got, want), f"{name}: logits identical to fp32: nothing was quantized"
     int8 = get_recipe("int8-weight-only").artifact(bundle, get_recipe("int8-weight-only").parse_config({}),
@@ -179,5 +154,5 @@ def test_half_precision_folders_compute_in_their_dtype(tiny_lm, precision):
         for s in sessions:
             s.close()
     assert got.dtype == np.float32  # logits come back as float32 whatever the compute dtype
-    cos = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    cos = cosine(got, want)
     assert cos.min() > 0.99 and not np.array_equal(got, want)
