@@ -946,8 +946,14 @@ typedef struct {
 #if CB_X86
 VNNI_TARGET static int64_t peak_vnni(int64_t iters) {
     __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01010101);
-    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
-            c9 = c0, c10 = c0, c11 = c0, c12 = c0, c13 = c0, c14 = c0, c15 = c0;
+    /* Sixteen chains that start from different values: with equal starts and equal operands the
+     * compiler proves them equal and keeps one chain, which then times vpdpbusd's latency, not its
+     * throughput (an earlier version did that and overstated the peak about fourfold). */
+#define PEAK_INIT512(i) _mm512_set1_epi32(i)
+    __m512i c0 = PEAK_INIT512(0), c1 = PEAK_INIT512(1), c2 = PEAK_INIT512(2), c3 = PEAK_INIT512(3),
+            c4 = PEAK_INIT512(4), c5 = PEAK_INIT512(5), c6 = PEAK_INIT512(6), c7 = PEAK_INIT512(7),
+            c8 = PEAK_INIT512(8), c9 = PEAK_INIT512(9), c10 = PEAK_INIT512(10), c11 = PEAK_INIT512(11),
+            c12 = PEAK_INIT512(12), c13 = PEAK_INIT512(13), c14 = PEAK_INIT512(14), c15 = PEAK_INIT512(15);
     for (int64_t it = 0; it < iters; it++) {
         c0 = _mm512_dpbusd_epi32(c0, a, b);
         c1 = _mm512_dpbusd_epi32(c1, a, b);
@@ -976,8 +982,11 @@ VNNI_TARGET static int64_t peak_vnni(int64_t iters) {
 
 AVX2_TARGET static int64_t peak_avx2(int64_t iters) {
     __m256i a = _mm256_set1_epi16(1), b = _mm256_set1_epi16(1);
-    __m256i c0 = _mm256_setzero_si256(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
-            c9 = c0, c10 = c0, c11 = c0;
+    /* different starting values, so the twelve chains stay twelve (see peak_vnni) */
+#define PEAK_INIT256(i) _mm256_set1_epi32(i)
+    __m256i c0 = PEAK_INIT256(0), c1 = PEAK_INIT256(1), c2 = PEAK_INIT256(2), c3 = PEAK_INIT256(3),
+            c4 = PEAK_INIT256(4), c5 = PEAK_INIT256(5), c6 = PEAK_INIT256(6), c7 = PEAK_INIT256(7),
+            c8 = PEAK_INIT256(8), c9 = PEAK_INIT256(9), c10 = PEAK_INIT256(10), c11 = PEAK_INIT256(11);
     for (int64_t it = 0; it < iters; it++) {
         /* the kernel's instruction pair: vpmaddwd then vpaddd, 16 MACs */
         c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(a, b));
