@@ -38,9 +38,11 @@
 #endif
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define ISA_GENERIC 0
 #define ISA_AVX2 1
@@ -126,38 +128,84 @@ typedef void (*task_fn)(void *ctx, int tid, int nthreads);
 #define MAX_THREADS 256
 
 static struct {
-    pthread_mutex_t lock;      /* guards the fields below */
+    pthread_mutex_t lock;      /* guards sleeping and waking */
     pthread_cond_t start;      /* a new job generation */
     pthread_cond_t done;       /* a worker finished */
     pthread_mutex_t call_lock; /* one parallel job at a time */
     int n_workers;             /* workers created (thread ids 1..n_workers) */
-    unsigned long generation;
+    unsigned long generation;  /* written with release under lock; read with acquire, spinning or not */
     int job_threads;
-    int pending;
+    int pending;               /* workers of the current job still running (atomic) */
+    int sleepers;              /* workers asleep on `start` (under lock) */
+    int main_waiting;          /* the caller sleeps on `done` (under lock) */
     task_fn fn;
     void *ctx;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, NULL, NULL};
+          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, 0, NULL, NULL};
 
 /* The generation a worker was created in: it waits for the next one (a worker that first takes
  * the lock after the creator already published a job must still run that job). */
 static unsigned long worker_birth[MAX_THREADS];
 
+/* Waking a sleeping thread costs tens of microseconds on a VM, as much as a whole small GEMM
+ * (32x384x384 is ~25 us on one core). So a worker spins for POOL_SPIN_NS after each job before it
+ * sleeps, and the caller spins for the workers to finish before it sleeps: back-to-back calls (a
+ * model's layers) hand over without a wake-up. */
+#define POOL_SPIN_NS 100000LL
+#define POOL_WAIT_SPIN_NS 2000000LL
+
+static inline void cpu_relax(void) {
+#if CB_X86
+    _mm_pause();
+#endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Spin until *p != v or `ns` pass; returns the last value read. */
+static unsigned long spin_while_equal(const unsigned long *p, unsigned long v, int64_t ns) {
+    unsigned long cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    if (cur != v) return cur;
+    const int64_t end = now_ns() + ns;
+    for (unsigned i = 1;; i++) {
+        cpu_relax();
+        cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+        if (cur != v || ((i & 63) == 0 && now_ns() > end)) return cur;
+    }
+}
+
 static void *worker_main(void *arg) {
     int tid = (int)(intptr_t)arg;
     pthread_mutex_lock(&pool.lock);
     unsigned long seen = worker_birth[tid];
+    pthread_mutex_unlock(&pool.lock);
     for (;;) {
-        while (pool.generation == seen) pthread_cond_wait(&pool.start, &pool.lock);
-        seen = pool.generation;
-        if (tid < pool.job_threads) {
-            task_fn fn = pool.fn;
-            void *ctx = pool.ctx;
-            int nt = pool.job_threads;
-            pthread_mutex_unlock(&pool.lock);
-            fn(ctx, tid, nt);
+        unsigned long gen = spin_while_equal(&pool.generation, seen, POOL_SPIN_NS);
+        if (gen == seen) {
             pthread_mutex_lock(&pool.lock);
-            if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+            pool.sleepers++;
+            while ((gen = __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE)) == seen)
+                pthread_cond_wait(&pool.start, &pool.lock);
+            pool.sleepers--;
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = gen;
+        const int nt = __atomic_load_n(&pool.job_threads, __ATOMIC_ACQUIRE);
+        task_fn fn = __atomic_load_n(&pool.fn, __ATOMIC_ACQUIRE);
+        void *ctx = __atomic_load_n(&pool.ctx, __ATOMIC_ACQUIRE);
+        /* A worker outside a job may read the fields of a newer job being published: then the
+         * generation has moved on, and the next turn of the loop takes that job. A worker inside a
+         * job cannot: the caller waits for it before publishing another. */
+        if (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) != gen || tid >= nt) continue;
+        fn(ctx, tid, nt);
+        if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_lock(&pool.lock);
+            if (pool.main_waiting) pthread_cond_signal(&pool.done);
+            pthread_mutex_unlock(&pool.lock);
         }
     }
     return NULL;
@@ -171,6 +219,8 @@ static void pool_after_fork_child(void) {
     pthread_cond_init(&pool.done, NULL);
     pool.n_workers = 0;
     pool.pending = 0;
+    pool.sleepers = 0;
+    pool.main_waiting = 0;
 }
 
 /* Run fn(ctx, tid, n) for tid in 0..n-1, tid 0 on the calling thread. Falls back to one thread
@@ -194,19 +244,30 @@ static void parallel_run(task_fn fn, void *ctx, int nthreads) {
         pool.n_workers++;
     }
     if (nthreads > pool.n_workers + 1) nthreads = pool.n_workers + 1;
-    pool.fn = fn;
-    pool.ctx = ctx;
-    pool.job_threads = nthreads;
-    pool.pending = nthreads - 1;
-    pool.generation++;
-    pthread_cond_broadcast(&pool.start);
+    __atomic_store_n(&pool.fn, fn, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.ctx, ctx, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.job_threads, nthreads, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.pending, nthreads - 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
+    if (pool.sleepers) pthread_cond_broadcast(&pool.start);
     pthread_mutex_unlock(&pool.lock);
 
     fn(ctx, 0, nthreads);
 
-    pthread_mutex_lock(&pool.lock);
-    while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
-    pthread_mutex_unlock(&pool.lock);
+    if (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0) {
+        const int64_t end = now_ns() + POOL_WAIT_SPIN_NS;
+        for (unsigned i = 1; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0; i++) {
+            cpu_relax();
+            if ((i & 63) == 0 && now_ns() > end) break;
+        }
+    }
+    if (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0) {
+        pthread_mutex_lock(&pool.lock);
+        pool.main_waiting = 1;
+        while (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&pool.done, &pool.lock);
+        pool.main_waiting = 0;
+        pthread_mutex_unlock(&pool.lock);
+    }
     pthread_mutex_unlock(&pool.call_lock);
 }
 
@@ -258,8 +319,12 @@ static inline void epilogue_scalar(const gemm_t *g, int64_t i, int64_t n, uint32
 /* ------------------------------------------------------------------------------------------ */
 /* Packing B                                                                                    */
 
+static int64_t v2_packed_bytes(int64_t K, int64_t N);
+static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t *dst);
+
 static int64_t packed_bytes(int isa, int64_t K, int64_t N) {
     if (isa == ISA_GENERIC) return K * N;
+    if (isa == ISA_AVX512VNNI) return v2_packed_bytes(K, N);
     int64_t kp = round_up(K, KALIGN[isa]);
     int64_t np = round_up(N, NR_OF[isa]);
     return kp * np * ESIZE[isa];
@@ -269,6 +334,10 @@ static int64_t packed_bytes(int isa, int64_t K, int64_t N) {
 static void pack_b(int isa, const int8_t *b, int64_t ldb, int64_t K, int64_t N, void *dst) {
     if (isa == ISA_GENERIC) {
         for (int64_t k = 0; k < K; k++) memcpy((int8_t *)dst + k * N, b + k * ldb, (size_t)N);
+        return;
+    }
+    if (isa == ISA_AVX512VNNI) {
+        v2_pack_b(b, ldb, K, N, (int8_t *)dst);
         return;
     }
     const int ka = KGROUP[isa], nr = NR_OF[isa];
@@ -881,6 +950,271 @@ static void quantize_rows_parallel(const float *x, int64_t ldx, int64_t M, int64
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* AVX512-VNNI path: a 6 x 64 register tile on 64-column panels                                 */
+/*
+ * Packed B (PackedWeight for avx512vnni): panels of 64 columns, the last one N's tail rounded up to
+ * 16; panel p starts at byte p * Kp * 64 and holds [Kp/4 k-groups][panel width columns][4 k]. One
+ * k-group of a full panel is four 64-byte vectors read one after another.
+ *
+ * Micro-kernel: up to 6 rows x 4 vectors (64 columns): 24 int32 accumulators, 4 B vectors and one
+ * broadcast A quad: 29 of the 32 zmm registers. Per k-group, 4 vector loads and 6 broadcast loads
+ * feed 24 vpdpbusd, so on a core that retires one 512-bit vpdpbusd per cycle the loads keep up.
+ * A is read in place, row-major (4 bytes of a row broadcast per k-group).
+ *
+ * Work split: the (row tile x panel) grid is cut into threads along N (each thread keeps its own B
+ * panels; A, small, is shared) or along M, whichever leaves the busiest thread the least work.
+ * Each thread walks blocks of rows that fit in L2; inside a block, each B panel (K x 64 bytes, in
+ * L1 at K = 384) is reused by every row tile. When A must be staged first (s8 activations shifted
+ * to u8, K not a multiple of 4, or x quantized on the fly), the staging is part of the same pool
+ * job: each thread stages a share of the rows, then all meet at a barrier.
+ */
+#define V2_MR 6
+#define V2_NR 64
+
+static int64_t v2_packed_bytes(int64_t K, int64_t N) { return round_up(K, 4) * round_up(N, 16); }
+
+static int64_t v2_panel_width(int64_t N, int64_t p) {
+    const int64_t rem = N - p * V2_NR;
+    return rem >= V2_NR ? V2_NR : round_up(rem, 16);
+}
+
+static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t *dst) {
+    const int64_t kp = round_up(K, 4), np = (N + V2_NR - 1) / V2_NR;
+    memset(dst, 0, (size_t)v2_packed_bytes(K, N));
+    for (int64_t p = 0; p < np; p++) {
+        const int64_t w = v2_panel_width(N, p);
+        int8_t *panel = dst + p * kp * V2_NR;
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t c = 0; c < w && p * V2_NR + c < N; c++)
+                panel[((k / 4) * w + c) * 4 + (k % 4)] = b[k * ldb + p * V2_NR + c];
+    }
+}
+
+#if CB_X86
+#define V2_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define V2_DECL(r) __m512i c##r##0 = z, c##r##1 = z, c##r##2 = z, c##r##3 = z;
+#define V2_STEP(r)                                                                  \
+    if (r < MR) {                                                                   \
+        int32_t quad;                                                               \
+        memcpy(&quad, a + r * lda, 4);                                              \
+        const __m512i av = _mm512_set1_epi32(quad);                                 \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, av, b0);                             \
+        if (NV > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, av, b1);                 \
+        if (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, av, b2);                 \
+        if (NV > 3) c##r##3 = _mm512_dpbusd_epi32(c##r##3, av, b3);                 \
+    }
+#define V2_OUT(r)                                                                   \
+    if (r < MR) {                                                                   \
+        vnni_store(g, i0 + r, n0, m0, c##r##0, cs0, sc0, bi0);                      \
+        if (NV > 1) vnni_store(g, i0 + r, n0 + 16, m1, c##r##1, cs1, sc1, bi1);     \
+        if (NV > 2) vnni_store(g, i0 + r, n0 + 32, m2, c##r##2, cs2, sc2, bi2);     \
+        if (NV > 3) vnni_store(g, i0 + r, n0 + 48, m3, c##r##3, cs3, sc3, bi3);     \
+    }
+#define V2_EPI_VEC(v)                                                                                         \
+    const __mmask16 m##v = vnni_mask(nv - 16 * v);                                                            \
+    const __m512i cs##v = g->colsum && m##v ? _mm512_maskz_loadu_epi32(m##v, g->colsum + n0 + 16 * v) : zi;   \
+    const __m512 sc##v = g->col_scale && m##v ? _mm512_mask_loadu_ps(one, m##v, g->col_scale + n0 + 16 * v) : one; \
+    const __m512 bi##v = g->bias && m##v ? _mm512_maskz_loadu_ps(m##v, g->bias + n0 + 16 * v) : zf;
+
+/* MR rows (from i0) x NV vectors of panel p, over the whole K. */
+VNNI_TARGET ALWAYS_INLINE void v2_tile(const gemm_t *g, int64_t i0, int64_t p, const int MR, const int NV) {
+    const int64_t lda = g->lda;
+    const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
+    const int8_t *b = (const int8_t *)g->bp + p * g->Kp * V2_NR;
+    const int64_t ngroups = g->Kp / 4;
+    const __m512i z = _mm512_setzero_si512();
+    V2_ROWS(V2_DECL)
+    for (int64_t kg = 0; kg < ngroups; kg++) {
+        const __m512i b0 = _mm512_load_si512((const void *)b);
+        const __m512i b1 = NV > 1 ? _mm512_load_si512((const void *)(b + 64)) : z;
+        const __m512i b2 = NV > 2 ? _mm512_load_si512((const void *)(b + 128)) : z;
+        const __m512i b3 = NV > 3 ? _mm512_load_si512((const void *)(b + 192)) : z;
+        V2_ROWS(V2_STEP)
+        a += 4;
+        b += 64 * NV;
+    }
+    const int64_t n0 = p * V2_NR, nv = g->N - n0;
+    const __m512i zi = _mm512_setzero_si512();
+    const __m512 one = _mm512_set1_ps(1.0f), zf = _mm512_setzero_ps();
+    V2_EPI_VEC(0)
+    V2_EPI_VEC(1)
+    V2_EPI_VEC(2)
+    V2_EPI_VEC(3)
+    V2_ROWS(V2_OUT)
+    (void)m1; (void)m2; (void)m3; (void)cs1; (void)cs2; (void)cs3; (void)sc1; (void)sc2; (void)sc3;
+    (void)bi1; (void)bi2; (void)bi3;
+}
+
+typedef void (*v2_tile_fn)(const gemm_t *, int64_t, int64_t);
+#define V2_FN(m, v) \
+    VNNI_TARGET static void v2_tile_##m##_##v(const gemm_t *g, int64_t i0, int64_t p) { v2_tile(g, i0, p, m, v); }
+#define V2_FNS(m) V2_FN(m, 1) V2_FN(m, 2) V2_FN(m, 3) V2_FN(m, 4)
+V2_FNS(1)
+V2_FNS(2)
+V2_FNS(3)
+V2_FNS(4)
+V2_FNS(5)
+V2_FNS(6)
+#define V2_ROW_OF_FNS(m) {v2_tile_##m##_1, v2_tile_##m##_2, v2_tile_##m##_3, v2_tile_##m##_4}
+static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
+    {NULL, NULL, NULL, NULL}, V2_ROW_OF_FNS(1), V2_ROW_OF_FNS(2), V2_ROW_OF_FNS(3),
+    V2_ROW_OF_FNS(4),         V2_ROW_OF_FNS(5), V2_ROW_OF_FNS(6)};
+
+/* What a thread does before the GEMM: stage rows [r0, r1) of A (or quantize them from x). */
+typedef struct {
+    gemm_t *g;
+    /* staging: src == NULL means A is read in place */
+    const void *src;
+    int64_t src_ld;
+    int a_unsigned;
+    uint8_t *staged; /* M x Kp, row stride Kp */
+    /* quantizing (linear): x != NULL */
+    const float *x;
+    int64_t ldx;
+    float *scales;
+    int32_t *zps;
+    /* work split */
+    int tm, tn;               /* threads along M and along N; tm * tn = threads */
+    int64_t n_tiles;          /* row tiles of V2_MR */
+    int64_t mc_tiles;         /* row tiles per L2 block */
+    int arrived;              /* barrier after staging */
+} v2_job;
+
+static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
+    gemm_t *g = j->g;
+    const int64_t K = g->K, kp = g->Kp;
+    if (j->x) {
+        quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, r1 - r0, K, j->staged + r0 * kp, kp, kp, j->scales + r0,
+                         j->zps + r0, 0);
+        return;
+    }
+    for (int64_t i = r0; i < r1; i++) {
+        uint8_t *dst = j->staged + i * kp;
+        const uint8_t *src = (const uint8_t *)j->src + i * j->src_ld;
+        if (j->a_unsigned) {
+            memcpy(dst, src, (size_t)K);
+        } else {
+            for (int64_t k = 0; k < K; k++) dst[k] = src[k] ^ 0x80;
+        }
+        memset(dst + K, 0, (size_t)(kp - K));
+    }
+}
+
+static void v2_barrier(int *arrived, int nt) {
+    __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL);
+    unsigned spins = 0;
+    while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < nt) {
+        if (++spins < 4096)
+            _mm_pause();
+        else
+            sched_yield(); /* the other thread is not running: let it */
+    }
+}
+
+static void v2_task(void *ctx, int tid, int nt) {
+    v2_job *j = (v2_job *)ctx;
+    gemm_t *g = j->g;
+    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR;
+    int tm = j->tm, tn = j->tn;
+    if (nt != tm * tn) { /* the pool gave fewer threads than planned: thread 0 does it all */
+        if (tid) return;
+        tm = tn = 1;
+    }
+    const int ti = tid / tn, tj = tid % tn;
+    const int64_t t0 = j->n_tiles * ti / tm, t1 = j->n_tiles * (ti + 1) / tm;
+    const int64_t p0 = n_panels * tj / tn, p1 = n_panels * (tj + 1) / tn;
+    if (j->staged) {
+        if (tn == 1) { /* this thread alone reads its rows: stage them, no need to wait */
+            v2_stage_rows(j, t0 * V2_MR, t1 * V2_MR < g->M ? t1 * V2_MR : g->M);
+        } else {       /* all threads read all rows: stage a share, then wait for the others */
+            const int64_t r0 = g->M * tid / nt, r1 = g->M * (tid + 1) / nt;
+            v2_stage_rows(j, r0, r1);
+            v2_barrier(&j->arrived, nt);
+        }
+    }
+    for (int64_t mb = t0; mb < t1; mb += j->mc_tiles) {
+        const int64_t mb1 = mb + j->mc_tiles < t1 ? mb + j->mc_tiles : t1;
+        for (int64_t p = p0; p < p1; p++) {
+            const int nvec = (int)(v2_panel_width(g->N, p) / 16);
+            for (int64_t t = mb; t < mb1; t++) {
+                const int64_t i0 = t * V2_MR;
+                const int64_t mr = g->M - i0 < V2_MR ? g->M - i0 : V2_MR;
+                V2_TILES[mr][nvec - 1](g, i0, p);
+            }
+        }
+    }
+}
+
+/* Threads along M (tm) and N (tn): the split whose busiest thread has the fewest tile-panel units
+ * (a tail panel counts its width); on a tie, along N (no thread reads another's B panels). */
+static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out, int *tn_out) {
+    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR;
+    int best_tm = 1, best_tn = 1;
+    double best = 1e300;
+    for (int tn = threads; tn >= 1; tn--) {
+        if (threads % tn) continue;
+        const int tm = threads / tn;
+        if (tm > n_tiles || tn > n_panels) continue;
+        /* the busiest thread: most row tiles x most panel width */
+        const int64_t rows = (n_tiles + tm - 1) / tm;
+        double width = 0;
+        for (int j = 0; j < tn; j++) {
+            const int64_t q0 = n_panels * j / tn, q1 = n_panels * (j + 1) / tn;
+            double w = 0;
+            for (int64_t q = q0; q < q1; q++) w += (double)v2_panel_width(g->N, q) + 16.0; /* + per-tile cost */
+            if (w > width) width = w;
+        }
+        const double cost = (double)rows * width;
+        if (cost < best * 0.999) {
+            best = cost;
+            best_tm = tm;
+            best_tn = tn;
+        }
+    }
+    *tm_out = best_tm;
+    *tn_out = best_tn;
+}
+
+/* The VNNI GEMM on a weight packed for avx512vnni. g has M, K, N, Kp, bp, the epilogue and
+ * global_off set. A: `a` (s8 or u8, row stride lda) or, when x != NULL, float rows quantized here
+ * into u8 (scales/zps receive each row's; g->row_zp/row_scale must point at them). Returns 0 or -1. */
+static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const float *x, int64_t ldx,
+                   float *scales, int32_t *zps, int threads) {
+    if (g->M == 0) return 0;
+    v2_job j;
+    memset(&j, 0, sizeof(j));
+    j.g = g;
+    j.a_unsigned = a_unsigned;
+    j.x = x;
+    j.ldx = ldx;
+    j.scales = scales;
+    j.zps = zps;
+    const int in_place = !x && a_unsigned && g->Kp == g->K;
+    if (in_place) {
+        g->a = a;
+        g->lda = lda;
+    } else {
+        j.src = a;
+        j.src_ld = lda;
+        j.staged = (uint8_t *)aligned_alloc(64, (size_t)round_up(g->M * g->Kp, 64));
+        if (!j.staged) return -1;
+        g->a = j.staged;
+        g->lda = g->Kp;
+    }
+    j.n_tiles = (g->M + V2_MR - 1) / V2_MR;
+    /* rows per block: their A (rows x K bytes) takes at most ~384 KiB of L2 */
+    int64_t mc = (384 * 1024) / (g->Kp * V2_MR);
+    j.mc_tiles = mc < 1 ? 1 : mc;
+    int nt = effective_threads(g->M, g->K, g->N, threads);
+    v2_split(g, j.n_tiles, nt, &j.tm, &j.tn);
+    if (j.tm * j.tn < nt) nt = j.tm * j.tn;
+    parallel_run(v2_task, &j, nt);
+    free(j.staged);
+    return 0;
+}
+#endif /* CB_X86 */
+
+/* ------------------------------------------------------------------------------------------ */
 /* Running a GEMM                                                                               */
 
 /* Returns 0, or -1 when scratch memory could not be had. */
@@ -919,6 +1253,9 @@ static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, in
     g->a_unsigned = a_unsigned;
     g->global_off = (kisa == ISA_AVX512VNNI && !a_unsigned) ? 128 : 0;
     if (!g->global_off && !g->row_zp) g->colsum = NULL; /* nothing to correct */
+#if CB_X86
+    if (pack_isa == ISA_AVX512VNNI) return v2_gemm(g, a, lda, a_unsigned, NULL, 0, NULL, NULL, threads);
+#endif
     void *staged = NULL;
     if (kisa == ISA_GENERIC || (kisa == ISA_AVX512VNNI && a_unsigned && kp == g->K && lda % 4 == 0)) {
         g->a = a; /* read in place */
@@ -1292,10 +1629,35 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     {
         int failed = 0;
         Py_BEGIN_ALLOW_THREADS;
-        qbuf = (uint8_t *)malloc((size_t)(M * K > 0 ? M * K : 1));
+        /* the VNNI path quantizes into its own staging buffer */
+        if (isa != ISA_AVX512VNNI) qbuf = (uint8_t *)malloc((size_t)(M * K > 0 ? M * K : 1));
         scales = (float *)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
         zps = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M > 0 ? M : 1));
-        failed = !qbuf || !scales || !zps;
+        failed = (!qbuf && isa != ISA_AVX512VNNI) || !scales || !zps;
+#if CB_X86
+        if (!failed && isa == ISA_AVX512VNNI) { /* quantizing is part of the GEMM's pool job */
+            gemm_t g;
+            memset(&g, 0, sizeof(g));
+            g.isa = isa;
+            g.M = M;
+            g.K = K;
+            g.N = N;
+            g.Kp = round_up(K, KALIGN[isa]);
+            g.a_unsigned = 1;
+            g.bp = vbp.buf;
+            g.out_f32 = 1;
+            g.colsum = (const int32_t *)vcs.buf;
+            g.row_zp = zps;
+            g.row_scale = scales;
+            g.col_scale = (const float *)vws.buf;
+            g.bias = (const float *)vb.buf;
+            g.out = vout.buf;
+            g.ldo = N;
+            failed = v2_gemm(&g, NULL, 0, 1, (const float *)vx.buf, ldx, scales, zps, threads) != 0;
+            if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
+            if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
+        } else
+#endif
         if (!failed) {
             quantize_rows_parallel((const float *)vx.buf, ldx, M, K, qbuf, K, K, scales, zps, 0, threads);
             gemm_t g;
@@ -1386,9 +1748,10 @@ static PyObject *py_geometry(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unknown isa");
         return NULL;
     }
-    int mr = isa == ISA_AVX2 ? AVX2_MR : (isa == ISA_AVX512VNNI ? VNNI_MR : (isa == ISA_AMX ? 32 : 1));
+    int mr = isa == ISA_AVX2 ? AVX2_MR : (isa == ISA_AVX512VNNI ? V2_MR : (isa == ISA_AMX ? 32 : 1));
+    int nr = isa == ISA_AVX512VNNI ? V2_NR : NR_OF[isa];
     return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i}", "name", ISA_NAMES[isa], "k_align", KALIGN[isa], "nr",
-                         NR_OF[isa], "mr", mr, "element_bytes", ESIZE[isa], "mc", MC);
+                         nr, "mr", mr, "element_bytes", ESIZE[isa], "mc", MC);
 }
 
 static PyMethodDef methods[] = {
