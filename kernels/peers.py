@@ -64,7 +64,8 @@ class Ours(Peer):
         self.name = f"costbench {isa}"
 
     def available(self) -> str | None:
-        return None if self.isa in gemm.supported_isas() else f"this CPU cannot run {self.isa}"
+        isas = gemm.supported_isas()
+        return None if self.isa in isas else f"this CPU cannot run the {self.isa} path (it runs {', '.join(isas)})"
 
     def prepare(self, b, a_type, threads):
         pw = gemm.PackedWeight.pack(b, self.isa)
@@ -269,8 +270,9 @@ class TorchFp32(Peer):
 
 
 def our_peers() -> list[Peer]:
-    """costbench's kernel on every path this CPU supports."""
-    return [Ours(isa) for isa in gemm.supported_isas()]
+    """costbench's kernel on every path, fastest first; a path this CPU cannot run says so when checked."""
+    order = ("amx", "avx512vnni", "avx2", "generic")
+    return [Ours(isa) for isa in sorted(gemm.ISA_IDS, key=lambda i: order.index(i) if i in order else len(order))]
 
 
 def vendor_peers() -> list[Peer]:

@@ -127,25 +127,33 @@ typedef void (*task_fn)(void *ctx, int tid, int nthreads);
 
 #define MAX_THREADS 256
 
+/* The pool's state word: job generation (bits 32-63), CLOSED (bit 31: no more workers may join),
+ * workers joined so far (bits 16-30; the n-th joiner is thread n) and workers still running (bits
+ * 0-15). A worker joins a job by a compare-and-swap on the whole word, so it joins only the job
+ * whose fields it read, and only while the job is open. */
+#define ST_GEN(s) ((uint32_t)((s) >> 32))
+#define ST_CLOSED (1ULL << 31)
+#define ST_JOINED(s) ((int)(((s) >> 16) & 0x7fff))
+#define ST_ACTIVE(s) ((int)((s) & 0xffff))
+#define ST_JOIN ((1ULL << 16) + 1ULL)
+
 static struct {
     pthread_mutex_t lock;      /* guards sleeping and waking */
     pthread_cond_t start;      /* a new job generation */
     pthread_cond_t done;       /* a worker finished */
     pthread_mutex_t call_lock; /* one parallel job at a time */
     int n_workers;             /* workers created (thread ids 1..n_workers) */
-    unsigned long generation;  /* written with release under lock; read with acquire, spinning or not */
+    uint64_t state;            /* see ST_*; stored with release after the job fields */
     int job_threads;
-    int pending;               /* workers of the current job still running (atomic) */
     int sleepers;              /* workers asleep on `start` (under lock) */
     int main_waiting;          /* the caller sleeps on `done` (under lock) */
     task_fn fn;
     void *ctx;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, 0, NULL, NULL};
+          PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, NULL, NULL};
 
-/* The generation a worker was created in: it waits for the next one (a worker that first takes
- * the lock after the creator already published a job must still run that job). */
-static unsigned long worker_birth[MAX_THREADS];
+/* The generation a worker was created in: it waits for the next one. */
+static uint32_t worker_birth[MAX_THREADS];
 
 /* Waking a sleeping thread costs tens of microseconds on a VM, as much as a whole small GEMM
  * (32x384x384 is ~25 us on one core). So a worker spins for POOL_SPIN_NS after each job before it
@@ -166,46 +174,50 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Spin until *p != v or `ns` pass; returns the last value read. */
-static unsigned long spin_while_equal(const unsigned long *p, unsigned long v, int64_t ns) {
-    unsigned long cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
-    if (cur != v) return cur;
-    const int64_t end = now_ns() + ns;
-    for (unsigned i = 1;; i++) {
-        cpu_relax();
-        cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
-        if (cur != v || ((i & 63) == 0 && now_ns() > end)) return cur;
-    }
-}
+static inline uint64_t pool_state(void) { return __atomic_load_n(&pool.state, __ATOMIC_ACQUIRE); }
 
 static void *worker_main(void *arg) {
-    int tid = (int)(intptr_t)arg;
     pthread_mutex_lock(&pool.lock);
-    unsigned long seen = worker_birth[tid];
+    uint32_t seen = worker_birth[(int)(intptr_t)arg];
     pthread_mutex_unlock(&pool.lock);
     for (;;) {
-        unsigned long gen = spin_while_equal(&pool.generation, seen, POOL_SPIN_NS);
-        if (gen == seen) {
+        /* wait for a new generation: spin a while, then sleep */
+        uint64_t s = pool_state();
+        if (ST_GEN(s) == seen) {
+            const int64_t end = now_ns() + POOL_SPIN_NS;
+            for (unsigned i = 1; ST_GEN(s = pool_state()) == seen; i++) {
+                cpu_relax();
+                if ((i & 63) == 0 && now_ns() > end) break;
+            }
+        }
+        if (ST_GEN(s) == seen) {
             pthread_mutex_lock(&pool.lock);
             pool.sleepers++;
-            while ((gen = __atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE)) == seen)
-                pthread_cond_wait(&pool.start, &pool.lock);
+            while (ST_GEN(s = pool_state()) == seen) pthread_cond_wait(&pool.start, &pool.lock);
             pool.sleepers--;
             pthread_mutex_unlock(&pool.lock);
         }
-        seen = gen;
-        const int nt = __atomic_load_n(&pool.job_threads, __ATOMIC_ACQUIRE);
-        task_fn fn = __atomic_load_n(&pool.fn, __ATOMIC_ACQUIRE);
-        void *ctx = __atomic_load_n(&pool.ctx, __ATOMIC_ACQUIRE);
-        /* A worker outside a job may read the fields of a newer job being published: then the
-         * generation has moved on, and the next turn of the loop takes that job. A worker inside a
-         * job cannot: the caller waits for it before publishing another. */
-        if (__atomic_load_n(&pool.generation, __ATOMIC_ACQUIRE) != gen || tid >= nt) continue;
-        fn(ctx, tid, nt);
-        if (__atomic_sub_fetch(&pool.pending, 1, __ATOMIC_ACQ_REL) == 0) {
-            pthread_mutex_lock(&pool.lock);
-            if (pool.main_waiting) pthread_cond_signal(&pool.done);
-            pthread_mutex_unlock(&pool.lock);
+        /* join it, if it is open and still wants threads */
+        for (;;) {
+            const int nt = __atomic_load_n(&pool.job_threads, __ATOMIC_ACQUIRE);
+            task_fn fn = __atomic_load_n(&pool.fn, __ATOMIC_ACQUIRE);
+            void *ctx = __atomic_load_n(&pool.ctx, __ATOMIC_ACQUIRE);
+            if ((s & ST_CLOSED) || ST_JOINED(s) >= nt - 1) {
+                seen = ST_GEN(s);
+                break;
+            }
+            if (__atomic_compare_exchange_n(&pool.state, &s, s + ST_JOIN, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                seen = ST_GEN(s);
+                fn(ctx, ST_JOINED(s) + 1, nt);
+                const uint64_t after = __atomic_sub_fetch(&pool.state, 1, __ATOMIC_ACQ_REL);
+                if (ST_ACTIVE(after) == 0) {
+                    pthread_mutex_lock(&pool.lock);
+                    if (pool.main_waiting) pthread_cond_signal(&pool.done);
+                    pthread_mutex_unlock(&pool.lock);
+                }
+                break;
+            }
+            /* the CAS failed and reloaded s (another worker joined, or a new job): look again */
         }
     }
     return NULL;
@@ -218,26 +230,30 @@ static void pool_after_fork_child(void) {
     pthread_cond_init(&pool.start, NULL);
     pthread_cond_init(&pool.done, NULL);
     pool.n_workers = 0;
-    pool.pending = 0;
+    pool.state = 0;
     pool.sleepers = 0;
     pool.main_waiting = 0;
 }
 
-/* Run fn(ctx, tid, n) for tid in 0..n-1, tid 0 on the calling thread. Falls back to one thread
- * when another job holds the pool (two Python threads calling at once) or a worker can't start. */
-static void parallel_run(task_fn fn, void *ctx, int nthreads) {
+/* Run fn(ctx, tid, n) with the caller as thread 0. A static job (dynamic = 0) runs every tid in
+ * 1..n-1 on a worker and waits for all. A dynamic job's threads take work from shared counters, so
+ * the caller's fn returns only when all work is taken; the job then closes, and a worker that has
+ * not joined by then (descheduled on a busy machine) is not waited for. Falls back to one thread
+ * when another job holds the pool (two Python threads calling at once) or no worker can start. */
+static void parallel_run_ex(task_fn fn, void *ctx, int nthreads, int dynamic) {
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     if (nthreads <= 1 || pthread_mutex_trylock(&pool.call_lock) != 0) {
         fn(ctx, 0, 1);
         return;
     }
     pthread_mutex_lock(&pool.lock);
+    const uint32_t gen = ST_GEN(pool.state) + 1;
     while (pool.n_workers < nthreads - 1) {
         pthread_t th;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        worker_birth[pool.n_workers + 1] = pool.generation;
+        worker_birth[pool.n_workers + 1] = gen - 1;
         int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.n_workers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -247,29 +263,34 @@ static void parallel_run(task_fn fn, void *ctx, int nthreads) {
     __atomic_store_n(&pool.fn, fn, __ATOMIC_RELEASE);
     __atomic_store_n(&pool.ctx, ctx, __ATOMIC_RELEASE);
     __atomic_store_n(&pool.job_threads, nthreads, __ATOMIC_RELEASE);
-    __atomic_store_n(&pool.pending, nthreads - 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&pool.generation, pool.generation + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&pool.state, (uint64_t)gen << 32, __ATOMIC_RELEASE);
     if (pool.sleepers) pthread_cond_broadcast(&pool.start);
     pthread_mutex_unlock(&pool.lock);
 
     fn(ctx, 0, nthreads);
 
-    if (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0) {
+    uint64_t s = dynamic ? __atomic_or_fetch(&pool.state, ST_CLOSED, __ATOMIC_ACQ_REL) : pool_state();
+#define JOB_DONE(s) (ST_ACTIVE(s) == 0 && (dynamic || ST_JOINED(s) == nthreads - 1))
+    if (!JOB_DONE(s)) {
         const int64_t end = now_ns() + POOL_WAIT_SPIN_NS;
-        for (unsigned i = 1; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0; i++) {
+        for (unsigned i = 1; !JOB_DONE(s = pool_state()); i++) {
             cpu_relax();
             if ((i & 63) == 0 && now_ns() > end) break;
         }
     }
-    if (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0) {
+    if (!JOB_DONE(s)) {
         pthread_mutex_lock(&pool.lock);
         pool.main_waiting = 1;
-        while (__atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&pool.done, &pool.lock);
+        while (!JOB_DONE(s = pool_state())) pthread_cond_wait(&pool.done, &pool.lock);
         pool.main_waiting = 0;
         pthread_mutex_unlock(&pool.lock);
     }
+#undef JOB_DONE
+    __atomic_or_fetch(&pool.state, ST_CLOSED, __ATOMIC_ACQ_REL);
     pthread_mutex_unlock(&pool.call_lock);
 }
+
+static void parallel_run(task_fn fn, void *ctx, int nthreads) { parallel_run_ex(fn, ctx, nthreads, 0); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* The GEMM problem as the workers see it                                                       */
@@ -1060,10 +1081,21 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
     {NULL, NULL, NULL, NULL}, V2_ROW_OF_FNS(1), V2_ROW_OF_FNS(2), V2_ROW_OF_FNS(3),
     V2_ROW_OF_FNS(4),         V2_ROW_OF_FNS(5), V2_ROW_OF_FNS(6)};
 
-/* What a thread does before the GEMM: stage rows [r0, r1) of A (or quantize them from x). */
+/* One thread's home share of the (row tile x panel) grid, cut into tasks (a few row tiles x one
+ * panel). Tasks are taken from `next` by the owner and, once it has run out of its own, by the
+ * other threads: a thread the OS has not scheduled yet costs nothing but its share's speed. */
+typedef struct {
+    int64_t next; /* atomic: the next task index */
+    int64_t ntasks, t0, t1, p0, p1;
+    char pad[64 - 6 * sizeof(int64_t)]; /* one cache line per share */
+} v2_share;
+
+#define V2_MAX_THREADS 64
+#define V2_STAGE_ROWS 32 /* rows per staging chunk */
+
 typedef struct {
     gemm_t *g;
-    /* staging: src == NULL means A is read in place */
+    /* staging: staged == NULL means A is read in place */
     const void *src;
     int64_t src_ld;
     int a_unsigned;
@@ -1073,11 +1105,10 @@ typedef struct {
     int64_t ldx;
     float *scales;
     int32_t *zps;
-    /* work split */
-    int tm, tn;               /* threads along M and along N; tm * tn = threads */
-    int64_t n_tiles;          /* row tiles of V2_MR */
-    int64_t mc_tiles;         /* row tiles per L2 block */
-    int arrived;              /* barrier after staging */
+    int64_t stage_next, stage_done, n_stage; /* atomics: staging chunks taken / finished, and how many */
+    int64_t mbt;                             /* row tiles per task */
+    int nshares;
+    v2_share shares[V2_MAX_THREADS];
 } v2_job;
 
 static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
@@ -1100,49 +1131,46 @@ static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
     }
 }
 
-static void v2_barrier(int *arrived, int nt) {
-    __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL);
-    unsigned spins = 0;
-    while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < nt) {
-        if (++spins < 4096)
-            _mm_pause();
-        else
-            sched_yield(); /* the other thread is not running: let it */
+/* Run the tasks of share `sh` that nobody has taken yet. */
+static void v2_drain(const v2_job *j, v2_share *sh) {
+    const gemm_t *g = j->g;
+    const int64_t np = sh->p1 - sh->p0;
+    for (;;) {
+        const int64_t q = __atomic_fetch_add(&sh->next, 1, __ATOMIC_RELAXED);
+        if (q >= sh->ntasks) return;
+        /* row-block major: consecutive tasks of a thread share the A block and walk the panels */
+        const int64_t tb = sh->t0 + (q / np) * j->mbt, p = sh->p0 + q % np;
+        const int64_t te = tb + j->mbt < sh->t1 ? tb + j->mbt : sh->t1;
+        const int nvec = (int)(v2_panel_width(g->N, p) / 16);
+        for (int64_t t = tb; t < te; t++) {
+            const int64_t i0 = t * V2_MR;
+            const int64_t mr = g->M - i0 < V2_MR ? g->M - i0 : V2_MR;
+            V2_TILES[mr][nvec - 1](g, i0, p);
+        }
     }
 }
 
 static void v2_task(void *ctx, int tid, int nt) {
+    (void)nt;
     v2_job *j = (v2_job *)ctx;
-    gemm_t *g = j->g;
-    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR;
-    int tm = j->tm, tn = j->tn;
-    if (nt != tm * tn) { /* the pool gave fewer threads than planned: thread 0 does it all */
-        if (tid) return;
-        tm = tn = 1;
-    }
-    const int ti = tid / tn, tj = tid % tn;
-    const int64_t t0 = j->n_tiles * ti / tm, t1 = j->n_tiles * (ti + 1) / tm;
-    const int64_t p0 = n_panels * tj / tn, p1 = n_panels * (tj + 1) / tn;
     if (j->staged) {
-        if (tn == 1) { /* this thread alone reads its rows: stage them, no need to wait */
-            v2_stage_rows(j, t0 * V2_MR, t1 * V2_MR < g->M ? t1 * V2_MR : g->M);
-        } else {       /* all threads read all rows: stage a share, then wait for the others */
-            const int64_t r0 = g->M * tid / nt, r1 = g->M * (tid + 1) / nt;
+        const int64_t M = j->g->M;
+        for (;;) {
+            const int64_t c = __atomic_fetch_add(&j->stage_next, 1, __ATOMIC_RELAXED);
+            if (c >= j->n_stage) break;
+            const int64_t r0 = c * V2_STAGE_ROWS, r1 = r0 + V2_STAGE_ROWS < M ? r0 + V2_STAGE_ROWS : M;
             v2_stage_rows(j, r0, r1);
-            v2_barrier(&j->arrived, nt);
+            __atomic_add_fetch(&j->stage_done, 1, __ATOMIC_RELEASE);
+        }
+        /* every chunk is taken; wait for those another thread is still writing */
+        for (unsigned spins = 0; __atomic_load_n(&j->stage_done, __ATOMIC_ACQUIRE) < j->n_stage;) {
+            if (++spins < 4096)
+                cpu_relax();
+            else
+                sched_yield(); /* that thread lost its core: give it back */
         }
     }
-    for (int64_t mb = t0; mb < t1; mb += j->mc_tiles) {
-        const int64_t mb1 = mb + j->mc_tiles < t1 ? mb + j->mc_tiles : t1;
-        for (int64_t p = p0; p < p1; p++) {
-            const int nvec = (int)(v2_panel_width(g->N, p) / 16);
-            for (int64_t t = mb; t < mb1; t++) {
-                const int64_t i0 = t * V2_MR;
-                const int64_t mr = g->M - i0 < V2_MR ? g->M - i0 : V2_MR;
-                V2_TILES[mr][nvec - 1](g, i0, p);
-            }
-        }
-    }
+    for (int k = 0; k < j->nshares; k++) v2_drain(j, &j->shares[(tid + k) % j->nshares]);
 }
 
 /* Threads along M (tm) and N (tn): the split whose busiest thread has the fewest tile-panel units
@@ -1181,35 +1209,56 @@ static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out,
 static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const float *x, int64_t ldx,
                    float *scales, int32_t *zps, int threads) {
     if (g->M == 0) return 0;
-    v2_job j;
-    memset(&j, 0, sizeof(j));
-    j.g = g;
-    j.a_unsigned = a_unsigned;
-    j.x = x;
-    j.ldx = ldx;
-    j.scales = scales;
-    j.zps = zps;
-    const int in_place = !x && a_unsigned && g->Kp == g->K;
-    if (in_place) {
+    v2_job *j = (v2_job *)aligned_alloc(64, sizeof(v2_job));
+    if (!j) return -1;
+    memset(j, 0, sizeof(*j));
+    j->g = g;
+    j->a_unsigned = a_unsigned;
+    j->x = x;
+    j->ldx = ldx;
+    j->scales = scales;
+    j->zps = zps;
+    if (!x && a_unsigned && g->Kp == g->K) { /* read in place */
         g->a = a;
         g->lda = lda;
     } else {
-        j.src = a;
-        j.src_ld = lda;
-        j.staged = (uint8_t *)aligned_alloc(64, (size_t)round_up(g->M * g->Kp, 64));
-        if (!j.staged) return -1;
-        g->a = j.staged;
+        j->src = a;
+        j->src_ld = lda;
+        j->staged = (uint8_t *)aligned_alloc(64, (size_t)round_up(g->M * g->Kp, 64));
+        if (!j->staged) {
+            free(j);
+            return -1;
+        }
+        j->n_stage = (g->M + V2_STAGE_ROWS - 1) / V2_STAGE_ROWS;
+        g->a = j->staged;
         g->lda = g->Kp;
     }
-    j.n_tiles = (g->M + V2_MR - 1) / V2_MR;
-    /* rows per block: their A (rows x K bytes) takes at most ~384 KiB of L2 */
-    int64_t mc = (384 * 1024) / (g->Kp * V2_MR);
-    j.mc_tiles = mc < 1 ? 1 : mc;
+    const int64_t n_tiles = (g->M + V2_MR - 1) / V2_MR, n_panels = (g->N + V2_NR - 1) / V2_NR;
     int nt = effective_threads(g->M, g->K, g->N, threads);
-    v2_split(g, j.n_tiles, nt, &j.tm, &j.tn);
-    if (j.tm * j.tn < nt) nt = j.tm * j.tn;
-    parallel_run(v2_task, &j, nt);
-    free(j.staged);
+    if (nt > V2_MAX_THREADS) nt = V2_MAX_THREADS;
+    int tm, tn;
+    v2_split(g, n_tiles, nt, &tm, &tn);
+    nt = tm * tn;
+    /* row tiles per task: a block of A that stays in L2 (~384 KiB), and at least 4 tasks per share
+     * so that a thread that finishes early has something to take */
+    const int64_t rows_share = (n_tiles + tm - 1) / tm, panels_share = (n_panels + tn - 1) / tn;
+    int64_t mbt = (384 * 1024) / (g->Kp * V2_MR);
+    const int64_t want_blocks = (4 + panels_share - 1) / panels_share;
+    if (mbt > (rows_share + want_blocks - 1) / want_blocks) mbt = (rows_share + want_blocks - 1) / want_blocks;
+    j->mbt = mbt < 1 ? 1 : mbt;
+    j->nshares = nt;
+    for (int ti = 0; ti < tm; ti++)
+        for (int tj = 0; tj < tn; tj++) {
+            v2_share *sh = &j->shares[ti * tn + tj];
+            sh->t0 = n_tiles * ti / tm;
+            sh->t1 = n_tiles * (ti + 1) / tm;
+            sh->p0 = n_panels * tj / tn;
+            sh->p1 = n_panels * (tj + 1) / tn;
+            sh->ntasks = ((sh->t1 - sh->t0 + j->mbt - 1) / j->mbt) * (sh->p1 - sh->p0);
+        }
+    parallel_run_ex(v2_task, j, nt, 1);
+    free(j->staged);
+    free(j);
     return 0;
 }
 #endif /* CB_X86 */
