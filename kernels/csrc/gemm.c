@@ -1024,51 +1024,54 @@ static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t
         if (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, av, b2);                 \
         if (NV > 3) c##r##3 = _mm512_dpbusd_epi32(c##r##3, av, b3);                 \
     }
-#define V2_OUT(r)                                                                   \
-    if (r < MR) {                                                                   \
-        vnni_store(g, i0 + r, n0, m0, c##r##0, cs0, sc0, bi0);                      \
-        if (NV > 1) vnni_store(g, i0 + r, n0 + 16, m1, c##r##1, cs1, sc1, bi1);     \
-        if (NV > 2) vnni_store(g, i0 + r, n0 + 32, m2, c##r##2, cs2, sc2, bi2);     \
-        if (NV > 3) vnni_store(g, i0 + r, n0 + 48, m3, c##r##3, cs3, sc3, bi3);     \
+#define V2_OUT(r, v) \
+    if (r < MR) vnni_store(g, i0 + r, n, m, c##r##v, cs, sc, bi);
+#define V2_OUT_VEC(v)                                                                                 \
+    if (v < NV) {                                                                                     \
+        const int64_t n = n0 + 16 * v;                                                                \
+        const __mmask16 m = vnni_mask(g->N - n);                                                      \
+        const __m512 one = _mm512_set1_ps(1.0f);                                                      \
+        const __m512i cs = g->colsum ? _mm512_maskz_loadu_epi32(m, g->colsum + n) : _mm512_setzero_si512(); \
+        const __m512 sc = g->col_scale ? _mm512_mask_loadu_ps(one, m, g->col_scale + n) : one;        \
+        const __m512 bi = g->bias ? _mm512_maskz_loadu_ps(m, g->bias + n) : _mm512_setzero_ps();      \
+        V2_OUT(0, v) V2_OUT(1, v) V2_OUT(2, v) V2_OUT(3, v) V2_OUT(4, v) V2_OUT(5, v)                 \
     }
-#define V2_EPI_VEC(v)                                                                                         \
-    const __mmask16 m##v = vnni_mask(nv - 16 * v);                                                            \
-    const __m512i cs##v = g->colsum && m##v ? _mm512_maskz_loadu_epi32(m##v, g->colsum + n0 + 16 * v) : zi;   \
-    const __m512 sc##v = g->col_scale && m##v ? _mm512_mask_loadu_ps(one, m##v, g->col_scale + n0 + 16 * v) : one; \
-    const __m512 bi##v = g->bias && m##v ? _mm512_maskz_loadu_ps(m##v, g->bias + n0 + 16 * v) : zf;
 
-/* MR rows (from i0) x NV vectors of panel p, over the whole K. */
-VNNI_TARGET ALWAYS_INLINE void v2_tile(const gemm_t *g, int64_t i0, int64_t p, const int MR, const int NV) {
+/* Row tiles [t0, t1) (each MR rows from t * V2_MR) x the NV vectors of panel p, over the whole K.
+ * The epilogue loads each vector's column sums, scales and bias from L1 as it goes, so that only
+ * the accumulators stay in registers. */
+VNNI_TARGET ALWAYS_INLINE void v2_tiles(const gemm_t *g, int64_t t0, int64_t t1, int64_t p, const int MR,
+                                        const int NV) {
     const int64_t lda = g->lda;
-    const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
-    const int8_t *b = (const int8_t *)g->bp + p * g->Kp * V2_NR;
-    const int64_t ngroups = g->Kp / 4;
+    const int8_t *bpanel = (const int8_t *)g->bp + p * g->Kp * V2_NR;
+    const int64_t ngroups = g->Kp / 4, n0 = p * V2_NR;
     const __m512i z = _mm512_setzero_si512();
-    V2_ROWS(V2_DECL)
-    for (int64_t kg = 0; kg < ngroups; kg++) {
-        const __m512i b0 = _mm512_load_si512((const void *)b);
-        const __m512i b1 = NV > 1 ? _mm512_load_si512((const void *)(b + 64)) : z;
-        const __m512i b2 = NV > 2 ? _mm512_load_si512((const void *)(b + 128)) : z;
-        const __m512i b3 = NV > 3 ? _mm512_load_si512((const void *)(b + 192)) : z;
-        V2_ROWS(V2_STEP)
-        a += 4;
-        b += 64 * NV;
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t i0 = t * V2_MR;
+        const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
+        const int8_t *b = bpanel;
+        V2_ROWS(V2_DECL)
+        for (int64_t kg = 0; kg < ngroups; kg++) {
+            const __m512i b0 = _mm512_load_si512((const void *)b);
+            const __m512i b1 = NV > 1 ? _mm512_load_si512((const void *)(b + 64)) : z;
+            const __m512i b2 = NV > 2 ? _mm512_load_si512((const void *)(b + 128)) : z;
+            const __m512i b3 = NV > 3 ? _mm512_load_si512((const void *)(b + 192)) : z;
+            V2_ROWS(V2_STEP)
+            a += 4;
+            b += 64 * NV;
+        }
+        V2_OUT_VEC(0)
+        V2_OUT_VEC(1)
+        V2_OUT_VEC(2)
+        V2_OUT_VEC(3)
     }
-    const int64_t n0 = p * V2_NR, nv = g->N - n0;
-    const __m512i zi = _mm512_setzero_si512();
-    const __m512 one = _mm512_set1_ps(1.0f), zf = _mm512_setzero_ps();
-    V2_EPI_VEC(0)
-    V2_EPI_VEC(1)
-    V2_EPI_VEC(2)
-    V2_EPI_VEC(3)
-    V2_ROWS(V2_OUT)
-    (void)m1; (void)m2; (void)m3; (void)cs1; (void)cs2; (void)cs3; (void)sc1; (void)sc2; (void)sc3;
-    (void)bi1; (void)bi2; (void)bi3;
 }
 
-typedef void (*v2_tile_fn)(const gemm_t *, int64_t, int64_t);
-#define V2_FN(m, v) \
-    VNNI_TARGET static void v2_tile_##m##_##v(const gemm_t *g, int64_t i0, int64_t p) { v2_tile(g, i0, p, m, v); }
+typedef void (*v2_tile_fn)(const gemm_t *, int64_t, int64_t, int64_t);
+#define V2_FN(m, v)                                                                                  \
+    VNNI_TARGET static void v2_tiles_##m##_##v(const gemm_t *g, int64_t t0, int64_t t1, int64_t p) { \
+        v2_tiles(g, t0, t1, p, m, v);                                                                \
+    }
 #define V2_FNS(m) V2_FN(m, 1) V2_FN(m, 2) V2_FN(m, 3) V2_FN(m, 4)
 V2_FNS(1)
 V2_FNS(2)
@@ -1076,7 +1079,7 @@ V2_FNS(3)
 V2_FNS(4)
 V2_FNS(5)
 V2_FNS(6)
-#define V2_ROW_OF_FNS(m) {v2_tile_##m##_1, v2_tile_##m##_2, v2_tile_##m##_3, v2_tile_##m##_4}
+#define V2_ROW_OF_FNS(m) {v2_tiles_##m##_1, v2_tiles_##m##_2, v2_tiles_##m##_3, v2_tiles_##m##_4}
 static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
     {NULL, NULL, NULL, NULL}, V2_ROW_OF_FNS(1), V2_ROW_OF_FNS(2), V2_ROW_OF_FNS(3),
     V2_ROW_OF_FNS(4),         V2_ROW_OF_FNS(5), V2_ROW_OF_FNS(6)};
@@ -1142,11 +1145,10 @@ static void v2_drain(const v2_job *j, v2_share *sh) {
         const int64_t tb = sh->t0 + (q / np) * j->mbt, p = sh->p0 + q % np;
         const int64_t te = tb + j->mbt < sh->t1 ? tb + j->mbt : sh->t1;
         const int nvec = (int)(v2_panel_width(g->N, p) / 16);
-        for (int64_t t = tb; t < te; t++) {
-            const int64_t i0 = t * V2_MR;
-            const int64_t mr = g->M - i0 < V2_MR ? g->M - i0 : V2_MR;
-            V2_TILES[mr][nvec - 1](g, i0, p);
-        }
+        const int64_t full = g->M / V2_MR; /* tiles with all V2_MR rows */
+        const int64_t tf = te < full ? te : full;
+        if (tb < tf) V2_TILES[V2_MR][nvec - 1](g, tb, tf, p);
+        if (te > tf) V2_TILES[g->M - tf * V2_MR][nvec - 1](g, tf, te, p); /* the last, short tile */
     }
 }
 
