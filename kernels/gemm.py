@@ -229,11 +229,14 @@ def int8_linear(
     *,
     threads: int | None = None,
     out: np.ndarray | None = None,
+    openmp: bool = False,
 ) -> np.ndarray:
     """``y = x · Wᵀ + bias`` with ``x`` quantized per row to u8 on the fly and ``W`` int8 per channel.
 
     ``x`` is float32 (M×K); ``w`` the packed int8 weight (K×N), ``w_scale`` its per-output-channel
-    scales (N,). Quantization, GEMM and epilogue run in one C call.
+    scales (N,). Quantization, GEMM and epilogue run in one C call. ``openmp``: on the avx512vnni path,
+    run on the threads of the OpenMP runtime given to :func:`use_openmp` (``Int8Linear`` does this
+    inside PyTorch, whose own OpenMP threads would otherwise compete with ours for the cores).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.k:
@@ -242,8 +245,17 @@ def int8_linear(
     out = _out(out, (m, w.n), np.float32)
     ws = _vector(w_scale, w.n, np.float32, "w_scale")
     _gemm.linear(ISA_IDS[w.isa], x, m, w.k, w.k, w.data, w.n, w.colsum, ws,
-                 _vector(bias, w.n, np.float32, "bias"), out, threads or default_threads(), None, None)
+                 _vector(bias, w.n, np.float32, "bias"), out, threads or default_threads(), None, None, openmp)
     return out
+
+
+def use_openmp(path: str | None) -> None:
+    """Run ``int8_linear(..., openmp=True)`` on the GNU OpenMP runtime at ``path``.
+
+    The runtime must already be loaded in this process (it is looked up, never loaded a second time);
+    ``None`` goes back to costbench's own threads. Raises RuntimeError naming the path otherwise.
+    """
+    _gemm.use_openmp(path)
 
 
 def _out(out: np.ndarray | None, shape: tuple[int, int], dtype) -> np.ndarray:

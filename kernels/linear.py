@@ -8,14 +8,43 @@ a zero point; quantization, the exact int8 GEMM and the fp32 epilogue
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from costbench.kernels.gemm import PackedWeight, best_isa, default_threads, int8_linear
+from costbench.kernels.gemm import PackedWeight, best_isa, default_threads, int8_linear, use_openmp
 from costbench.kernels.reference import quantize_symmetric_per_channel
+
+_TORCH_OPENMP: str | None | bool = False  # False: not looked up yet
+
+
+def torch_openmp_runtime() -> str | None:
+    """The GNU OpenMP runtime (libgomp) torch runs its CPU operators on, once set with ``use_openmp``.
+
+    Between two of its operators torch's OpenMP threads spin, waiting for the next; a GEMM on threads
+    of its own then shares the cores with them. Running the GEMM on torch's team avoids that. Found in
+    ``/proc/self/maps`` (Linux); None where there is no such runtime (then our own threads run).
+    """
+    global _TORCH_OPENMP
+    if _TORCH_OPENMP is False:
+        _TORCH_OPENMP = None
+        try:
+            with open("/proc/self/maps") as f:
+                paths = sorted({ln.split()[-1] for ln in f if "libgomp" in ln and "/" in ln})
+        except OSError:
+            paths = []
+        torch_dir = os.path.dirname(torch.__file__)
+        for path in sorted(paths, key=lambda p: not p.startswith(torch_dir)):  # torch's own first
+            try:
+                use_openmp(path)
+            except RuntimeError:
+                continue
+            _TORCH_OPENMP = path
+            break
+    return _TORCH_OPENMP
 
 
 class Int8Linear(nn.Module):
@@ -67,7 +96,8 @@ class Int8Linear(nn.Module):
         if x2.dtype != torch.float32 or x2.device.type != "cpu":
             x2 = x2.to(device="cpu", dtype=torch.float32)
         x_np = x2.contiguous().numpy()
-        y = int8_linear(x_np, self.packed, self.w_scale, self.bias_f32, threads=self.threads or default_threads())
+        y = int8_linear(x_np, self.packed, self.w_scale, self.bias_f32, threads=self.threads or default_threads(),
+                        openmp=torch_openmp_runtime() is not None)
         return torch.from_numpy(y).reshape(*lead, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:

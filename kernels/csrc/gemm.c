@@ -36,6 +36,7 @@
 #else
 #define CB_X86 0
 #endif
+#include <dlfcn.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -293,6 +294,42 @@ static void parallel_run_ex(task_fn fn, void *ctx, int nthreads, int dynamic) {
 static void parallel_run(task_fn fn, void *ctx, int nthreads) { parallel_run_ex(fn, ctx, nthreads, 0); }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Running a job on the process's OpenMP team                                                   */
+/*
+ * Inside a PyTorch model, torch's own OpenMP threads spin for a while after each of its operators,
+ * waiting for the next one. Our pool's threads then compete with them for the same cores (on two
+ * cores, a GEMM between two torch operators ran slower on two threads than on one). use_openmp()
+ * takes the GNU OpenMP runtime that is already loaded (torch's libgomp, by path, never a second
+ * copy), and a call that asks for it runs its dynamic job on that runtime's team through
+ * GOMP_parallel: the very threads that are spinning, and no others.
+ */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_fn)(void);
+static gomp_parallel_fn omp_parallel_entry;
+static omp_int_fn omp_thread_num_entry;
+
+typedef struct {
+    task_fn fn;
+    void *ctx;
+    int nthreads;
+} omp_tramp_args;
+
+static void omp_tramp(void *p) {
+    const omp_tramp_args *t = (const omp_tramp_args *)p;
+    t->fn(t->ctx, omp_thread_num_entry(), t->nthreads);
+}
+
+/* A dynamic job (see parallel_run_ex) on the OpenMP team when one is set, else on our pool. */
+static void parallel_run_team(task_fn fn, void *ctx, int nthreads, int openmp) {
+    if (openmp && omp_parallel_entry && nthreads > 1) {
+        omp_tramp_args t = {fn, ctx, nthreads};
+        omp_parallel_entry(omp_tramp, &t, (unsigned)nthreads, 0);
+        return;
+    }
+    parallel_run_ex(fn, ctx, nthreads, 1);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* The GEMM problem as the workers see it                                                       */
 
 typedef struct {
@@ -316,6 +353,7 @@ typedef struct {
     /* task grid */
     int64_t n_mblocks, n_nchunks, panels_per_chunk, n_panels;
     volatile int failed; /* a worker could not get scratch memory */
+    int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
 } gemm_t;
 
 static inline int32_t row_offset(const gemm_t *g, int64_t i) {
@@ -1258,7 +1296,7 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
             sh->p1 = n_panels * (tj + 1) / tn;
             sh->ntasks = ((sh->t1 - sh->t0 + j->mbt - 1) / j->mbt) * (sh->p1 - sh->p0);
         }
-    parallel_run_ex(v2_task, j, nt, 1);
+    parallel_run_team(v2_task, j, nt, g->openmp_team);
     free(j->staged);
     free(j);
     return 0;
@@ -1654,8 +1692,9 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     memset(&vb, 0, sizeof(vb));
     memset(&vqs, 0, sizeof(vqs));
     memset(&vqz, 0, sizeof(vqz));
-    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias, &vout,
-                          &threads, &o_qs, &o_qz))
+    int openmp = 0;
+    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO|p", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias, &vout,
+                          &threads, &o_qs, &o_qz, &openmp))
         return NULL;
     PyObject *ret = NULL;
     uint8_t *qbuf = NULL;
@@ -1704,6 +1743,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.bias = (const float *)vb.buf;
             g.out = vout.buf;
             g.ldo = N;
+            g.openmp_team = openmp;
             failed = v2_gemm(&g, NULL, 0, 1, (const float *)vx.buf, ldx, scales, zps, threads) != 0;
             if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
             if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
@@ -1791,6 +1831,35 @@ static PyObject *py_peak(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS return PyLong_FromLongLong(iters * PEAK_MACS_PER_ITER[isa] * threads);
 }
 
+/* use_openmp(path): take GOMP_parallel and omp_get_thread_num from the GNU OpenMP runtime at `path`,
+ * which must already be loaded in this process (RTLD_NOLOAD: never a second copy). None forgets it. */
+static PyObject *py_use_openmp(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *path;
+    if (!PyArg_ParseTuple(args, "z", &path)) return NULL;
+    if (!path) {
+        omp_parallel_entry = NULL;
+        omp_thread_num_entry = NULL;
+        Py_RETURN_NONE;
+    }
+    void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    if (!h) {
+        PyErr_Format(PyExc_RuntimeError, "use_openmp: %s is not loaded in this process", path);
+        return NULL;
+    }
+    gomp_parallel_fn par = (gomp_parallel_fn)dlsym(h, "GOMP_parallel");
+    omp_int_fn num = (omp_int_fn)dlsym(h, "omp_get_thread_num");
+    if (!par || !num) {
+        dlclose(h);
+        PyErr_Format(PyExc_RuntimeError, "use_openmp: %s has no GOMP_parallel / omp_get_thread_num", path);
+        return NULL;
+    }
+    /* the handle stays open: the runtime must outlive every call that uses it */
+    omp_thread_num_entry = num;
+    omp_parallel_entry = par;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_geometry(PyObject *self, PyObject *args) {
     (void)self;
     int isa;
@@ -1814,6 +1883,7 @@ static PyMethodDef methods[] = {
     {"quantize_rows", py_quantize_rows, METH_VARARGS, "Per-row asymmetric u8 quantization."},
     {"peak", py_peak, METH_VARARGS, "peak(isa, iters, threads): run the register-only loop; returns MACs."},
     {"geometry", py_geometry, METH_VARARGS, "Tile geometry of a path."},
+    {"use_openmp", py_use_openmp, METH_VARARGS, "use_openmp(path|None): run linear(..., openmp=True) on that loaded OpenMP runtime's team."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -56,3 +56,24 @@ def test_swap_and_pickle_roundtrip(seed):
 def test_min_features_keeps_small_layers_fp32():
     model = nn.Sequential(nn.Linear(16, 4), nn.Linear(4, 64))
     assert swap_linear_layers(model, min_features=8) == []
+
+
+def test_on_torch_openmp_team_is_bit_identical_to_own_threads(rng):
+    # the same C code on torch's OpenMP threads or on ours: the same bits, tails and several row blocks included
+    from costbench.kernels.linear import torch_openmp_runtime
+
+    if torch_openmp_runtime() is None:
+        pytest.skip("no GNU OpenMP runtime loaded by torch in this process")
+    for m, k, n in [(1, 384, 384), (37, 385, 200), (512, 1536, 130)]:
+        w = gemm.PackedWeight.from_linear_weight(rng.integers(-127, 128, (n, k), dtype="int8"))
+        ws = rng.uniform(1e-3, 1e-2, n).astype("float32")
+        bias = rng.standard_normal(n).astype("float32")
+        x = rng.standard_normal((m, k)).astype("float32")
+        own = gemm.int8_linear(x, w, ws, bias, threads=2, openmp=False)
+        team = gemm.int8_linear(x, w, ws, bias, threads=2, openmp=True)
+        assert (own.view("int32") == team.view("int32")).all(), f"{m}x{k}x{n}"
+
+
+def test_use_openmp_names_a_runtime_that_is_not_loaded():
+    with pytest.raises(RuntimeError, match="no-such-libgomp.so"):
+        gemm.use_openmp("/nonexistent/no-such-libgomp.so")

@@ -1,0 +1,93 @@
+"""The avx512vnni path's blocking: register tiles (6 rows x 64 columns), panel tails, row blocks, the
+thread split and work taken over by idle threads, exact against numpy int64 on the full range."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from costbench.kernels import gemm
+from costbench.kernels.peers import our_peers
+from costbench.kernels.reference import int8_gemm_reference
+
+VNNI = "avx512vnni"
+needs_vnni = pytest.mark.skipif(VNNI not in gemm.supported_isas(), reason="this CPU cannot run the avx512vnni path")
+POISON = np.int32(-0x21524111)
+RANGES = {"s8": (-128, 127, np.int8), "u8": (0, 255, np.uint8)}
+
+
+def _operands(rng, a_type, m, k, n):
+    lo, hi, dt = RANGES[a_type]
+    return rng.integers(lo, hi + 1, (m, k), dtype=dt), rng.integers(-128, 128, (k, n), dtype=np.int8)
+
+
+@needs_vnni
+@pytest.mark.parametrize("a_type", ["s8", "u8"])
+def test_tile_and_panel_edges_are_exact(a_type, rng):
+    # M around the 6-row tile, N around the 16-column vector and the 64-column panel, K around the 4-byte group
+    for m, n, k in itertools.product((1, 5, 6, 7, 13, 49), (1, 16, 17, 64, 65, 200), (1, 3, 4, 385)):
+        a, b = _operands(rng, a_type, m, k, n)
+        pw = gemm.PackedWeight.pack(b, VNNI)
+        exact = int8_gemm_reference(a, b)
+        for threads in (1, 2, 3):
+            c = gemm.int8_gemm(a, pw, threads=threads, out=np.full((m, n), POISON, np.int32))
+            np.testing.assert_array_equal(c, exact, err_msg=f"{a_type} {m}x{k}x{n} t{threads}")
+
+
+@needs_vnni
+@pytest.mark.parametrize("a_type", ["s8", "u8"])
+def test_row_blocks_splits_and_oversubscription_are_exact(a_type, rng):
+    # several L2 row blocks (K = 1536: 42 tiles a block), one panel (split along M), one tile (split along N),
+    # and more threads than cores, so that tasks are taken over by whichever thread runs
+    for m, k, n in [(600, 1536, 130), (2048, 64, 16), (6, 384, 1152), (31, 384, 384), (3, 8, 2000)]:
+        a, b = _operands(rng, a_type, m, k, n)
+        pw = gemm.PackedWeight.pack(b, VNNI)
+        exact = int8_gemm_reference(a, b)
+        for threads in (2, 4, 8):
+            c = gemm.int8_gemm(a, pw, threads=threads, out=np.full((m, n), POISON, np.int32))
+            np.testing.assert_array_equal(c, exact, err_msg=f"{a_type} {m}x{k}x{n} t{threads}")
+
+
+@needs_vnni
+def test_extremes_on_every_tile_shape():
+    # all -128 / 127 / 255 against all -128 / 127, with M and N tails in the same call
+    m, k, n = 13, 1027, 81
+    for a_val, dt in ((-128, np.int8), (127, np.int8), (255, np.uint8), (0, np.uint8)):
+        for b_val in (-128, 127):
+            a, b = np.full((m, k), a_val, dt), np.full((k, n), b_val, np.int8)
+            c = gemm.int8_gemm(a, gemm.PackedWeight.pack(b, VNNI), threads=2, out=np.full((m, n), POISON, np.int32))
+            np.testing.assert_array_equal(c, int8_gemm_reference(a, b), err_msg=f"A={a_val} B={b_val}")
+
+
+@needs_vnni
+def test_fused_epilogue_on_tails(rng):
+    # the fused form's integer part through the per-vector epilogue, M and N tails included
+    m, k, n = 19, 130, 90
+    a, b = _operands(rng, "s8", m, k, n)
+    zp = rng.integers(-128, 256, m).astype(np.int32)
+    y = gemm.int8_gemm_fused(a, gemm.PackedWeight.pack(b, VNNI), a_zero_point=zp, row_scale=1.0, col_scale=1.0,
+                             threads=2, out=np.full((m, n), np.nan, np.float32))
+    acc = a.astype(np.int64) @ b.astype(np.int64) - zp[:, None] * b.astype(np.int64).sum(0)
+    np.testing.assert_array_equal(y, acc.astype(np.float32))
+
+
+def test_packed_bytes_hold_the_panels():
+    for isa in gemm.supported_isas():
+        g = gemm.geometry(isa)
+        for k, n in [(1, 1), (5, 17), (384, 65), (33, 200)]:
+            pw = gemm.PackedWeight.pack(np.ones((k, n), np.int8), isa)
+            if isa != "generic":
+                assert pw.data.nbytes >= -(-k // g["k_align"]) * g["k_align"] * n, (isa, k, n)
+
+
+def test_validate_lists_every_path_of_ours():
+    peers = our_peers()
+    assert [p.isa for p in peers] == ["amx", "avx512vnni", "avx2", "generic"]
+    for p in peers:
+        why = p.available()
+        if p.isa in gemm.supported_isas():
+            assert why is None
+        else:
+            assert why and p.isa in why and "cannot run" in why
