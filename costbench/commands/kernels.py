@@ -96,6 +96,8 @@ def bench(
 
     t = _threads(threads)
     rng = np.random.default_rng()
+    load = {"before": _load_average()}
+    console.print(f"load average (1, 5, 15 min) before: {_fmt_load(load['before'])}")
     peaks = measure_peaks(t)
     console.print(_peaks_table(peaks, t))
     record = {"threads": t, "peaks": peaks, "shapes": _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)}
@@ -103,8 +105,25 @@ def bench(
         r = _bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
         if r is not None:
             record["minilm"] = r
+    load["after"] = _load_average()
+    console.print(f"load average (1, 5, 15 min) after: {_fmt_load(load['after'])}")
+    record["load_average"] = load
     if json_out:
         _write_record(record, json_out)
+
+
+def _load_average() -> Optional[list[float]]:
+    """The machine's 1/5/15-minute load averages (other work on the cores skews every number), None if unknown."""
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _fmt_load(load: Optional[list[float]]) -> str:
+    return "unknown" if load is None else ", ".join(f"{v:.2f}" for v in load)
 
 
 def _peaks_table(peaks: dict[str, dict[int, float]], threads: int) -> Table:
