@@ -2,8 +2,8 @@
 
 For each GEMM shape, every implementation is prepared once (weights packed/folded), then timed in
 rounds: each round runs every implementation once, in a fresh random order, for about
-``min_time`` seconds each. Interleaving makes a busy neighbour slow everyone alike; the ratio of
-medians (peer time / our time, > 1 means ours is faster) gets a bootstrap 95% interval. GOPS count
+``min_time`` seconds each, each sample once the previous one's threads have stopped spinning
+(:func:`settle`). Interleaving makes a busy neighbour slow everyone alike; the ratio of medians (peer time / our time, > 1 means ours is faster) gets a bootstrap 95% interval. GOPS count
 2·M·K·N operations. The int8 ceiling of each path is measured with a register-only multiply-add
 loop (:func:`costbench.kernels.gemm.peak_gops`).
 """
@@ -64,13 +64,35 @@ def _per_call(fn: Callable[[], object], min_time: float) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+def settle(max_wait: float = 0.5, interval: float = 0.01, busy: float = 0.1) -> float:
+    """Wait until no thread of this process is burning CPU; returns the seconds waited.
+
+    Thread pools keep spinning after a call, waiting for the next one (measured here: ONNX Runtime's
+    for about 30-40 ms, torch's OpenMP threads for about 20 ms). Timed right after another
+    implementation, a kernel would share the cores with those spinning threads, so every sample
+    starts once the process's CPU time grows by less than ``busy`` of each ``interval`` slept
+    (at most ``max_wait``).
+    """
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait:
+        c0 = time.process_time()
+        time.sleep(interval)
+        if time.process_time() - c0 < busy * interval:
+            break
+    return time.perf_counter() - t0
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_time: float,
                      rng: np.random.Generator) -> dict[str, list[float]]:
-    """Seconds per call of each function, ``rounds`` samples each, in a shuffled order every round."""
+    """Seconds per call of each function, ``rounds`` samples each, in a shuffled order every round.
+
+    Each sample starts once the threads of the previous one have gone quiet (:func:`settle`).
+    """
     names = list(fns)
     out: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(rounds):
         for i in rng.permutation(len(names)):
+            settle()
             out[names[i]].append(_per_call(fns[names[i]], min_time))
     return out
 
