@@ -95,10 +95,13 @@ class Int8Linear(nn.Module):
         x2 = x.detach().reshape(-1, self.in_features)
         if x2.dtype != torch.float32 or x2.device.type != "cpu":
             x2 = x2.to(device="cpu", dtype=torch.float32)
-        x_np = x2.contiguous().numpy()
-        y = int8_linear(x_np, self.packed, self.w_scale, self.bias_f32, threads=self.threads or default_threads(),
-                        openmp=torch_openmp_runtime() is not None)
-        return torch.from_numpy(y).reshape(*lead, self.out_features).to(x.dtype)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        y = torch.from_numpy(int8_linear(x2.numpy(), self.packed, self.w_scale, self.bias_f32,
+                                         threads=self.threads or default_threads(),
+                                         openmp=torch_openmp_runtime() is not None))
+        y = y.view(*lead, self.out_features)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
