@@ -7,7 +7,11 @@ random order every round (``costbench.kernels.bench.time_interleaved``). Then al
 end through ``Int8Linear`` at HEAD, once on torch's OpenMP threads and once on costbench's own, beside
 torch's dynamic int8, interleaved the same way.
 
-    python results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni/ablation.py --json ablation.json
+    python results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni/ablation.py --processes 3 --json ablation.json
+
+A process draws its own thread placement on the VM, and two threads' speed differs from one process to
+the next here (one thread's does not); ``--processes N`` repeats the comparison in N fresh
+processes and prints, per shape, the median over processes with the smallest and largest.
 
 Ratios are of medians with a bootstrap 95% interval (``costbench.core.stats.ratio_of_medians_ci``).
 """
@@ -129,13 +133,42 @@ def minilm_ablation(threads: int, rounds: int, min_time: float, rng) -> dict:
     return {"openmp_runtime": team, "times_s": times}
 
 
+def summary(records: list[dict]) -> str:
+    """Per shape and module: GOPS of each process (median of its rounds), then the median over processes."""
+    lines = []
+    for i, sh in enumerate(records[0]["shapes"]):
+        ops = 2 * sh["m"] * sh["k"] * sh["n"]
+        cells = []
+        for name in sh["times_s"]:
+            per = sorted(ops / np.median(r["shapes"][i]["times_s"][name]) / 1e9 for r in records)
+            cells.append(f"{name.split()[0]} {np.median(per):.0f} [{per[0]:.0f}-{per[-1]:.0f}]")
+        lines.append(f"{sh['m']}x{sh['k']}x{sh['n']} GOPS, median [min-max] of {len(records)} processes: " + "  ".join(cells))
+    for name in records[0]["minilm"]["times_s"]:
+        per = sorted(1e3 * np.median(r["minilm"]["times_s"][name]) for r in records)
+        lines.append(f"MiniLM {name}: {np.median(per):.1f} ms [{per[0]:.1f}-{per[-1]:.1f}]")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.05)
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the whole comparison in this many fresh processes, one after another")
     ap.add_argument("--json", type=Path, required=True)
     args = ap.parse_args()
+    if args.processes > 1:  # a process draws its own thread placement: replicate over processes
+        records = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for p in range(args.processes):
+                part = Path(tmp) / f"{p}.json"
+                subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--rounds", str(args.rounds),
+                                "--min-time", str(args.min_time), "--json", str(part)], check=True)
+                records.append(json.loads(part.read_text()))
+        args.json.write_text(json.dumps({"processes": records}, indent=1))
+        print(summary(records))
+        return
     rng = np.random.default_rng()
     load_before = [round(v, 2) for v in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:

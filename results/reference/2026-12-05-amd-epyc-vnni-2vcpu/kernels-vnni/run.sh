@@ -14,5 +14,5 @@ git rev-parse HEAD > "$out/commit.txt"
 costbench env > "$out/env.txt"
 costbench kernels validate --threads 2 > "$out/kernels-validate.txt"
 costbench kernels bench --threads 2 --rounds 5 --json "$out/kernels-bench.json" > "$out/kernels-bench.txt" 2>&1
-python "$out/ablation.py" --threads 2 --rounds 5 --json "$out/ablation.json" > "$out/ablation.txt" 2>&1
+python "$out/ablation.py" --threads 2 --rounds 5 --processes 3 --json "$out/ablation.json" > "$out/ablation.txt" 2>&1
 { date -u; uptime; top -bn1 | head -15; } > "$out/load-after.txt"
