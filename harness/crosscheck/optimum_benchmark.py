@@ -61,7 +61,9 @@ import numpy as np
 
 from costbench.core.metrics import GENERATE, INTER_TOKEN, REQUEST_LATENCY, TPOT, TTFT
 from costbench.harness.crosscheck.vendor import (AGREE_WITHIN, DEFAULT_TIME_S, Target, _metric_row, _never_runs,
-                                                 _never_runs_reason, _tail_text, measure_outcome, target_from_record)
+                                                 _never_runs_reason, _tail_text, all_ok, alternate_runs,
+                                                 elsewhere_note, first_failed_or_last, measure_outcome, median_of,
+                                                 target_from_record)
 from costbench.harness.suite.case import scenario_kind_of
 
 TOOL = "optimum-benchmark"
@@ -523,43 +525,32 @@ def crosscheck(targets: Sequence[GenerativeTarget], workdir: Path, time_s: float
         if why_not:  # before measuring costbench afresh: without the tool there is nothing to pair it with
             pairs.append(GenerativePair(target, "skipped", why_not))
             continue
-        runs: list[GenerativePair] = []
-        for k in range(max(1, repeat)):
-            sub = workdir / f"ob-{n:03d}-{k}"
-            sub.mkdir(parents=True, exist_ok=True)
-            gt = target
-            if fresh and target.target.case is not None:
-                gt, why = measure_case(target.target.case, cache_dir, sub)
-                if gt is None:
-                    runs.append(GenerativePair(target, "failed", why))
-                    break
-            runs.append(crosscheck_target(gt, sub, time_s))
-            if runs[-1].status != "ok":
-                break
+        remeasure = ((lambda sub, case=target.target.case: measure_case(case, cache_dir, sub))
+                     if fresh and target.target.case is not None else None)
+        runs = alternate_runs(target, repeat, lambda k, n=n: workdir / f"ob-{n:03d}-{k}", remeasure,
+                              lambda gt, sub: crosscheck_target(gt, sub, time_s),
+                              lambda why, target=target: GenerativePair(target, "failed", why))
         pair = combine(runs)
         if breakdown_rounds and pair.status == "ok":
             try:
                 pair.interleaved = interleaved_breakdown(pair.gt, workdir / f"ob-{n:03d}-interleaved", breakdown_rounds)
             except RuntimeError as exc:
                 pair.notes.append(f"the interleaved breakdown failed: {exc}")
-        env = (run_env_ids or {}).get(target.target.source.removeprefix("run "))
-        if here_env_id and env and env != here_env_id and not fresh:
-            pair.notes.append(f"costbench's numbers are from {target.target.source} on machine {env}; "
-                              f"optimum-benchmark ran here ({here_env_id}): pass --fresh to measure both here")
+        note = elsewhere_note(target.target.source, here_env_id, run_env_ids, fresh, "costbench's numbers are",
+                              "optimum-benchmark")
+        if note:
+            pair.notes.append(note)
         pairs.append(pair)
     return pairs
 
 
 def combine(runs: list[GenerativePair]) -> GenerativePair:
     """One pair from repeats: the median of each side's numbers over the repeats, each repeat kept."""
-    ok = [p for p in runs if p.status == "ok"]
-    if len(runs) == 1 or not ok or len(ok) != len(runs):
-        return next((p for p in runs if p.status != "ok"), runs[-1])
+    ok = all_ok(runs)
+    if ok is None:
+        return first_failed_or_last(runs)
     first = ok[0]
-
-    def med(xs: list[float | None]) -> float | None:
-        xs = [x for x in xs if x is not None]
-        return float(np.median(xs)) if xs else None
+    med = median_of
 
     gts = [p.gt for p in ok]
     gt = GenerativeTarget(**{**{f: getattr(first.gt, f) for f in first.gt.__dataclass_fields__},

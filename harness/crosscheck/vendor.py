@@ -592,36 +592,77 @@ def crosscheck(targets: Sequence[Target], workdir: Path, time_s: float = DEFAULT
         if why:  # before measuring costbench afresh: without the tool there is nothing to pair it with
             pairs.append(Pair(target, tool.name, "skipped", why))
             continue
-        runs: list[Pair] = []
-        for k in range(max(1, repeat)):
-            sub = workdir / f"{n:03d}-{k}"
-            sub.mkdir(parents=True, exist_ok=True)
-            t = target
-            if fresh and target.case is not None:
-                t, why = measure_case(target.case, cache_dir, sub)
-                if t is None:
-                    runs.append(Pair(target, tool.name, "failed", why))
-                    break
-            runs.append(crosscheck_target(t, tool, sub, time_s, run))
-            if runs[-1].status != "ok":
-                break
+        remeasure = ((lambda sub, case=target.case: measure_case(case, cache_dir, sub))
+                     if fresh and target.case is not None else None)
+        runs = alternate_runs(target, repeat, lambda k, n=n: workdir / f"{n:03d}-{k}", remeasure,
+                              lambda t, sub, tool=tool: crosscheck_target(t, tool, sub, time_s, run),
+                              lambda why, tool=tool: Pair(target, tool.name, "failed", why))
         pair = _combine(runs)
-        env = (run_env_ids or {}).get(target.source.removeprefix("run "))
-        if here_env_id and env and env != here_env_id and not fresh:
-            pair.notes.append(f"costbench's number is from {target.source} on machine {env}; the vendor tool ran "
-                              f"here ({here_env_id}): pass --fresh to measure both here")
+        note = elsewhere_note(target.source, here_env_id, run_env_ids, fresh, "costbench's number is",
+                              "the vendor tool")
+        if note:
+            pair.notes.append(note)
         pairs.append(pair)
     return pairs
 
 
+def alternate_runs(target: Any, repeat: int, subdir: Callable[[int], Path],
+                   remeasure: Callable[[Path], tuple[Any, str]] | None, run_tool: Callable[[Any, Path], Any],
+                   failed: Callable[[str], Any]) -> list[Any]:
+    """(costbench, tool) ``repeat`` times, alternated, each repeat in its own ``subdir(k)``: ``remeasure`` (with
+    ``--fresh``) measures costbench again first, ``run_tool`` runs the tool on what costbench measured. Stops at
+    the first repeat that is not ok (a failed re-measurement becomes ``failed(why)``)."""
+    runs: list[Any] = []
+    for k in range(max(1, repeat)):
+        sub = subdir(k)
+        sub.mkdir(parents=True, exist_ok=True)
+        measured = target
+        if remeasure is not None:
+            measured, why = remeasure(sub)
+            if measured is None:
+                runs.append(failed(why))
+                break
+        runs.append(run_tool(measured, sub))
+        if runs[-1].status != "ok":
+            break
+    return runs
+
+
+def all_ok(runs: list[Any]) -> list[Any] | None:
+    """The repeats to combine: all of them when there are several and every one is ok, else None (the caller
+    keeps the single run, or the first that failed, as it is)."""
+    ok = [p for p in runs if p.status == "ok"]
+    return ok if len(runs) > 1 and ok and len(ok) == len(runs) else None
+
+
+def first_failed_or_last(runs: list[Any]) -> Any:
+    return next((p for p in runs if p.status != "ok"), runs[-1])
+
+
+def median_of(xs: Sequence[float | None]) -> float | None:
+    """The median of the values that are there; None when none is."""
+    present = [x for x in xs if x is not None]
+    return float(np.median(present)) if present else None
+
+
+def elsewhere_note(source: str, here_env_id: str | None, run_env_ids: dict[str, str] | None, fresh: bool,
+                   ours: str, theirs: str) -> str | None:
+    """Why a pair compares two machines: costbench's numbers came from a stored run measured elsewhere."""
+    env = (run_env_ids or {}).get(source.removeprefix("run "))
+    if here_env_id and env and env != here_env_id and not fresh:
+        return (f"{ours} from {source} on machine {env}; {theirs} ran here ({here_env_id}): pass --fresh to "
+                "measure both here")
+    return None
+
+
 def _combine(runs: list[Pair]) -> Pair:
     """One Pair from repeats: the median of costbench's and of the vendor's medians (and throughputs)."""
-    ok = [p for p in runs if p.status == "ok"]
-    if len(runs) == 1 or not ok or len(ok) != len(runs):
-        return next((p for p in runs if p.status != "ok"), runs[-1])
+    ok = all_ok(runs)
+    if ok is None:
+        return first_failed_or_last(runs)
     first = ok[0]
     t = first.target
-    med = lambda xs: float(np.median([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
+    med = median_of
     target = Target(**{**asdict(t), "p50_ms": med([p.target.p50_ms for p in ok]),
                        "throughput": med([p.target.throughput for p in ok]), "ci_ms": (None, None),
                        "source": t.source})
