@@ -100,9 +100,6 @@ class OpenVinoGenAISession(GenerativeSession):
         logits = out["logits"]
         return [np.asarray(logits[:, -1, :], dtype=np.float32).copy()]
 
-    def synchronize(self) -> None:
-        pass
-
     def generate(self, prompt_ids: np.ndarray, new_tokens: int, on_token: Callable[[], None]) -> np.ndarray:
         """Greedy ``new_tokens`` after the prompt (one row); ``on_token`` is called once per step, the token on the
         host."""
@@ -162,7 +159,7 @@ def _make_stamper(genai: Any, on_token: Callable[[], None]) -> Any:
             return genai.StreamingStatus.RUNNING
 
         def end(self) -> None:
-            pass
+            """Nothing to flush: every step's token was stamped in ``write``."""
 
     return Stamper()
 

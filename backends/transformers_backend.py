@@ -130,7 +130,7 @@ class _Stamper:
         self._on_token()
 
     def end(self) -> None:
-        pass
+        """Nothing to flush: every step's token was stamped in ``put``."""
 
 
 class TransformersBackend(Backend):

@@ -26,6 +26,8 @@ The folder keeps the config and tokenizer; the weights become torchao's quantize
 
 from __future__ import annotations
 
+import abc
+
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -74,9 +76,9 @@ class _WeightOnlyRecipe(Recipe):
                 "torchao": library_version("torchao"), "transformers": library_version("transformers"),
                 **ort_genai_material(bundle), "nncf": library_version("nncf"), **openvino_llm_material()}
 
+    @abc.abstractmethod
     def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
         """torchao's config object and the provenance that describes it."""
-        raise NotImplementedError
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path,
               cache: ArtifactCache) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def folder_hash(folder: Path, cache_dir: Path) -> str:
     memo = Path(cache_dir) / "folder-hashes" / content_key({"path": str(folder.resolve()), "files": stamp})
     try:
         return json.loads(memo.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # not hashed yet at these sizes and times, or a damaged memo: hash and rewrite
         pass
     h = hashlib.sha256()
     for f in files:
@@ -146,33 +146,31 @@ def check_folder(name: str, folder: Path) -> None:
                          "not a *ForCausalLM (source = 'hf' takes decoder-only generative models)")
 
 
-def prompt_tokens(folder: Path, count: int, length: int, skip: int = 0) -> np.ndarray:
+def prompt_tokens(folder: Path, count: int, length: int) -> np.ndarray:
     """``count`` prompts of ``length`` tokens: the corpus tokenized with the folder's tokenizer, as one
-    stream, cut into consecutive windows (after ``skip`` windows); the stream repeats if it is too short."""
+    stream, cut into consecutive windows; the stream repeats if it is too short."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     stream: list[int] = []
     for text in corpus_texts():
         stream += tok.encode(text).ids
-        if len(stream) >= (count + skip) * length:
+        if len(stream) >= count * length:
             break
     if not stream:
         raise ValueError(f"{folder}: the tokenizer turned the corpus into no tokens")
-    need = (count + skip) * length
-    ids = np.resize(np.asarray(stream, dtype=np.int64), need)
-    return ids[skip * length:].reshape(count, length)
+    return np.resize(np.asarray(stream, dtype=np.int64), count * length).reshape(count, length)
 
 
 def hf_bundle(name: str, folder: Path, source_hash: str, details: dict[str, Any]) -> ModelBundle:
     """A causal-LM bundle over a local Hugging Face folder, with prompts cut by its own tokenizer."""
     check_folder(name, folder)
     config = json.loads((folder / "config.json").read_text())
-    evaluation = SampleSet({"input_ids": prompt_tokens(folder, EVAL_PROMPTS, PARITY_PROMPT_TOKENS)},
+    prompts = prompt_tokens(folder, EVAL_PROMPTS + CALIBRATION_PROMPTS, PARITY_PROMPT_TOKENS)
+    evaluation = SampleSet({"input_ids": prompts[:EVAL_PROMPTS]},
                            description=f"{EVAL_PROMPTS} prompts of {PARITY_PROMPT_TOKENS} tokens: Python standard-"
                                        "library docstrings, tokenized by the model's tokenizer")
-    calibration = SampleSet({"input_ids": prompt_tokens(folder, CALIBRATION_PROMPTS, PARITY_PROMPT_TOKENS,
-                                                        skip=EVAL_PROMPTS)},
+    calibration = SampleSet({"input_ids": prompts[EVAL_PROMPTS:]},
                             description="the next prompts of the same token stream")
     parameters, body, step_bytes = safetensors_parameters(folder)
     return ModelBundle(

@@ -84,7 +84,7 @@ def _load_hf(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
     from costbench.harness.build.zoo.causal_lm import check_folder, folder_hash, hf_bundle
 
     assert spec.path is not None  # the schema requires it
-    check_folder(spec.id, spec.path)
+    check_folder(spec.id, spec.path)  # before hashing: a folder without weights must be named, not hashed
     return hf_bundle(spec.id, spec.path, folder_hash(spec.path, cache_dir),
                      {"hf_path": str(spec.path), "weights": "the user's own (source = 'hf')"})
 
