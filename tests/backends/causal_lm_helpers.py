@@ -36,3 +36,25 @@ def greedy_by_hand(model, prompt: np.ndarray, steps: int, eos: int) -> tuple[lis
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity."""
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def check_eos_never_stops(session, eos: int, vocab: int, rng: np.random.Generator, rounds: int) -> None:
+    """Find a random prompt whose greedy next token is EOS (random weights make it the argmax for about one prompt
+    in ``vocab``; ``rounds`` batches of 1024 are searched), then generate 5 tokens from it: all 5 must come, none
+    EOS, and the first must be the best token but EOS (the mask generate's minimum length applies)."""
+    found = None
+    for _ in range(rounds):
+        prompts = rng.integers(2, vocab, size=(1024, 6), dtype=np.int64)
+        logits = session.run({"input_ids": prompts})[0]
+        hits = np.flatnonzero(np.argmax(logits, axis=1) == eos)
+        if hits.size:
+            found = prompts[hits[:1]], logits[hits[0]]
+            break
+    assert found is not None, "no random prompt had EOS as its greedy next token"
+    prompt, logits = found
+    stamps: list[int] = []
+    out = session.generate(prompt, 5, lambda: stamps.append(1))
+    assert out.shape == (1, 5) and len(stamps) == 5 and eos not in out
+    masked = logits.copy()
+    masked[eos] = -np.inf
+    assert out[0, 0] == int(np.argmax(masked)), f"prompt {prompt.tolist()}"

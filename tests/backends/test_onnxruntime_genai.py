@@ -22,7 +22,7 @@ from costbench.core.metrics import GREEDY_PREFIX_AGREEMENT, OUTPUT_TOKEN_THROUGH
 from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, weight_bytes  # noqa: E402
 from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.build.zoo.registry import zoo_model  # noqa: E402
-from causal_lm_helpers import cosine, greedy_by_hand, torch_model  # noqa: E402
+from causal_lm_helpers import check_eos_never_stops, cosine, greedy_by_hand, torch_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -131,27 +131,11 @@ def test_end_of_sequence_never_stops_generation(tiny_lm, rng):
     """A prompt whose greedy next token is EOS still gets N tokens, none of them EOS: min_length masks it."""
     bundle, ort, _, _ = tiny_lm
     eos = json.loads(ort.path.read_text())["model"]["eos_token_id"]
-    vocab = bundle.details["vocab_size"]
-    session = _session(ort)
+    session = _session(ort)  # run() slices the 1024-prompt batches into the generator's limit
     try:
-        found = None
-        for _ in range(16):  # random weights make EOS the argmax for about 1 prompt in vocab: 16 x 1024 is plenty
-            prompts = rng.integers(2, vocab, size=(1024, 6), dtype=np.int64)  # run() slices it
-            logits = session.run({"input_ids": prompts})[0]
-            hits = np.flatnonzero(np.argmax(logits, axis=1) == eos)
-            if hits.size:
-                found = prompts[hits[:1]], logits[hits[0]]
-                break
-        assert found is not None, "no random prompt had EOS as its greedy next token"
-        prompt, logits = found
-        stamps: list[int] = []
-        out = session.generate(prompt, 5, lambda: stamps.append(1))
+        check_eos_never_stops(session, eos, bundle.details["vocab_size"], rng, rounds=16)
     finally:
         session.close()
-    assert out.shape == (1, 5) and len(stamps) == 5 and eos not in out
-    masked = logits.copy()
-    masked[eos] = -np.inf
-    assert out[0, 0] == int(np.argmax(masked)), f"prompt {prompt.tolist()}"
 
 
 def test_options_reach_the_session_and_bad_requests_are_named(tiny_lm):

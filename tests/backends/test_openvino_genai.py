@@ -22,7 +22,7 @@ from costbench.harness.build.compress.openvino_llm import (DETOKENIZER_XML, MODE
                                                            weight_bytes)
 from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.build.zoo.registry import zoo_model  # noqa: E402
-from causal_lm_helpers import cosine, greedy_by_hand, torch_model  # noqa: E402
+from causal_lm_helpers import check_eos_never_stops, cosine, greedy_by_hand, torch_model  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -133,28 +133,12 @@ def test_generate_gives_exactly_n_stamped_tokens_and_transformers_greedy_continu
 def test_end_of_sequence_never_stops_generation(tiny_lm, rng):
     """A prompt whose greedy next token is EOS still gets N tokens, none of them EOS (min_new_tokens masks it)."""
     bundle, ov_llm, _, _ = tiny_lm
-    vocab = bundle.details["vocab_size"]
     session = _session(ov_llm)
     try:
         eos = int(session._pipeline.get_generation_config().eos_token_id)
-        found = None
-        for _ in range(8):  # random weights make EOS the argmax for about 1 prompt in vocab
-            prompts = rng.integers(2, vocab, size=(1024, 6), dtype=np.int64)
-            logits = session.run({"input_ids": prompts})[0]
-            hits = np.flatnonzero(np.argmax(logits, axis=1) == eos)
-            if hits.size:
-                found = prompts[hits[:1]], logits[hits[0]]
-                break
-        assert found is not None, "no random prompt had EOS as its greedy next token"
-        prompt, logits = found
-        stamps: list[int] = []
-        out = session.generate(prompt, 5, lambda: stamps.append(1))
+        check_eos_never_stops(session, eos, bundle.details["vocab_size"], rng, rounds=8)
     finally:
         session.close()
-    assert out.shape == (1, 5) and len(stamps) == 5 and eos not in out
-    masked = logits.copy()
-    masked[eos] = -np.inf
-    assert out[0, 0] == int(np.argmax(masked)), f"prompt {prompt.tolist()}"
 
 
 def test_options_reach_the_session_and_bad_requests_are_named(tiny_lm):
