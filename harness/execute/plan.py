@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from costbench.backends.base import Availability
 from costbench.backends.registry import BackendEntry, load_registry
 from costbench.harness.build.compress.registry import get_recipe
-from costbench.harness.measure.scenarios.registry import scenario_class
+from costbench.harness.measure.scenarios.registry import make_scenario, scenario_class
 from costbench.harness.suite.skips import format_mismatch, not_applicable, not_generative
 from costbench.harness.suite.case import FILTER_KEYS, PLANNED, SKIPPED, Case  # noqa: F401 (planning's vocabulary)
 from costbench.harness.suite.schema import Suite
@@ -136,6 +136,11 @@ def _skip_reason(entry: BackendEntry | None, backend_name: str, device: str, for
     return entry.backend.accepts(formats), ""
 
 
+def _time_budget_s(scenario) -> float:
+    """The scenario's own planned measuring time (a capacity search's budget), added to the case's timeout."""
+    return make_scenario(scenario.model_dump(mode="json")).time_budget_s()
+
+
 def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
               probes: dict[str, Availability] | None = None, machine: str | None = None) -> list[Case]:
     """Every case of the suite, in a stable order, after the suite's excludes and the ``only`` filters.
@@ -161,7 +166,7 @@ def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
             scenario=scenario.label, batch_size=batch, backend_name=backend.name, recipe=recipe.name,
             recipe_options=variant.options, backend_options=backend.options,
             model_spec=model.model_dump(mode="json"), scenario_spec=scenario.model_dump(mode="json"),
-            artifact_format=fmt, timeout_s=suite.timeout_s, measure_accuracy=suite.accuracy,
+            artifact_format=fmt, timeout_s=suite.timeout_s + _time_budget_s(scenario), measure_accuracy=suite.accuracy,
             status=SKIPPED if reason else PLANNED, reason=reason, machine=machine, processes=suite.processes,
         )
         if any(_matches(case, t) for t in suite.exclude):

@@ -26,7 +26,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from costbench.core.metrics import CONTENDED_PROCESSES, Series, catalogue
+from costbench.core.metrics import CAPACITY_QPS, CONTENDED_PROCESSES, Series, catalogue
+from costbench.harness.measure.capacity import combine_processes
 from costbench.harness.results.rounds import contended, needs_more, rounds_of, usable
 from costbench.core.stats import across_processes, between_process_share, percentile
 
@@ -130,7 +131,31 @@ def merge_metrics(per_process: list[list[dict[str, Any]]]) -> list[dict[str, Any
     out: list[dict[str, Any]] = []
     for name, rows in by_name.items():
         out += list(rows) if len(rows) == 1 else _merge_one(name, rows)
+    _merge_capacity(by_name, out)
     return out
+
+
+def _merge_capacity(by_name: dict[str, list[dict[str, Any]]], merged: list[dict[str, Any]]) -> None:
+    """A searched capacity over processes: the processes' estimates and own intervals combined
+    (:func:`~costbench.harness.measure.capacity.combine_processes`), not the median of each end."""
+    est, lows, highs = (by_name.get(k, []) for k in (CAPACITY_QPS, "capacity_ci_low", "capacity_ci_high"))
+    if len(est) < 2 or not (len(est) == len(lows) == len(highs)):
+        return  # a process whose search found no upper bound leaves the per-process medians as they are
+    values = [[float(r["value"]) for r in rows] for rows in (est, lows, highs)]
+    if not all(_positive(v) for v in values):
+        return
+    centre, low, high = combine_processes(*values)
+    how = {"summary": "geometric mean of the processes' capacity estimates",
+           "interval": "t interval on their logs, never narrower than their own intervals combined"}
+    for row in merged:
+        if row["metric"] in (CAPACITY_QPS, "capacity_ci_low", "capacity_ci_high"):
+            row["details"]["processes"].update(how)
+        if row["metric"] == CAPACITY_QPS:
+            row.update(value=centre, ci_low=low, ci_high=high)
+        elif row["metric"] == "capacity_ci_low":
+            row["value"] = low
+        elif row["metric"] == "capacity_ci_high":
+            row["value"] = high
 
 
 def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:

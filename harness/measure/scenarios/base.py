@@ -74,6 +74,10 @@ class Scenario(abc.ABC):
     def __init__(self, spec: ScenarioSettings):
         self.spec = spec
 
+    def time_budget_s(self) -> float:
+        """Measuring time this scenario plans beyond the suite's ``timeout_s`` (the case's timeout grows by it)."""
+        return 0.0
+
     @abc.abstractmethod
     def run(self, session: Session, data: SampleSet, batch_size: int) -> ScenarioResult:
         """Warm up, then measure until the spec's stopping rule is met."""

@@ -3,7 +3,8 @@ batcher (``max_batch``, ``max_queue_delay_ms``, ``preferred_batch_sizes``).
 
 Latency is measured per query from its scheduled arrival, so time spent queued or waiting for a batch
 counts; the SLO percentile carries its bootstrap interval and the verdict is meets, misses or
-undecided; optionally a search for the highest rate that meets it, with an interval.
+undecided. With ``search = true``, the capacity: the rate at which the SLO percentile crosses the SLO,
+estimated with a 95% interval within a time budget (:mod:`costbench.harness.measure.capacity`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pydantic import Field, model_validator
 
 from costbench.backends.base import Session
 from costbench.core.stats import bootstrap_ci, percentile
+from costbench.harness.measure.capacity import CapacitySearch, SearchOutcome, SearchPlan
+from costbench.harness.measure.queue_model import ServiceTimes, model_capacity
 from costbench.harness.measure.scenarios.base import ROTATE, Scenario, ScenarioResult, clock, wait_until, warm_up
 from costbench.harness.suite.schema import ScenarioSettings
 from costbench.harness.build.zoo.base import SampleSet
@@ -35,8 +38,12 @@ class ServerSpec(ScenarioSettings):
     target_qps: float | None = Field(None, gt=0, description="Mean arrival rate (queries per second).")
     slo_ms: float = Field(gt=0, description="Latency objective, arrival to completion.")
     slo_percentile: float = Field(99.0, gt=0, le=100, description="Which percentile must meet slo_ms.")
-    search: bool = Field(False, description="Find the highest QPS that meets the SLO (binary search).")
-    search_iterations: int = Field(7, ge=2, le=30, description="Bisection steps of the search.")
+    search: bool = Field(False, description="Find the capacity: the rate at which the SLO percentile crosses the SLO.")
+    search_budget_s: float = Field(180.0, gt=0, description="Search: wall time for all its trials (the service-time "
+                                   "probe included); the search plans every trial within it, answers with what it "
+                                   "has when it ends, and the case's timeout grows by it.")
+    search_precision: float = Field(0.025, gt=0, lt=1, description="Search: stop once the capacity's 95% interval "
+                                    "is within this relative half-width.")
     seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
     warmup_count: int = Field(5, ge=0)
     min_count: int = Field(200, ge=1, description="Queries per trial, at least (fewer where max_duration_s at the "
@@ -53,8 +60,6 @@ class ServerSpec(ScenarioSettings):
                                              "dispatches a batch without waiting for the delay.")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence of the SLO percentile's interval and of "
                               "the searched capacity's interval.")
-    search_remeasure: int = Field(2, ge=0, le=5, description="Search: how often a rate whose interval straddles the "
-                                  "SLO is measured again, each time with twice as many queries.")
 
     @model_validator(mode="after")
     def _target_or_search(self) -> "ServerSpec":
@@ -195,15 +200,6 @@ class BatchPolicy:
         return max(ready, free)
 
 
-@dataclass
-class _Pool:
-    """Every trial at one rate, judged together: more queries narrow the percentile's interval."""
-
-    qps: float
-    latency_ns: list[int] = field(default_factory=list)
-    overloaded: str = ""
-
-
 class Server(Scenario):
     """Poisson arrivals at a target QPS, optionally dynamically batched; latency includes queueing; SLO verdict."""
 
@@ -215,16 +211,20 @@ class Server(Scenario):
         s = spec
         self.policy = BatchPolicy(s.max_batch, int(round(s.max_queue_delay_ms * 1e6)), tuple(s.preferred_batch_sizes))
 
-    def _count(self, qps: float, scale: int = 1) -> int:
+    def _count(self, qps: float) -> int:
         """Queries to plan at ``qps``: min_count and min_duration_s, but no arrival after max_duration_s."""
         s = self.spec
-        wanted = max(s.min_count, math.ceil(s.min_duration_s * qps)) * scale
+        wanted = max(s.min_count, math.ceil(s.min_duration_s * qps))
         return max(1, min(wanted, math.floor(s.max_duration_s * qps)))
 
+    def time_budget_s(self) -> float:
+        return self.spec.search_budget_s if self.spec.search else 0.0
+
     def trial(self, session: Session, feeds: dict[int, list[dict[str, np.ndarray]]], qps: float, seed: int,
-              scale: int = 1, give_up_ns: int | None = None) -> _Trial:
-        """One run at ``qps``: the planned arrivals, batched by the policy, served by ``concurrency`` workers."""
-        offsets = poisson_arrivals(qps, self._count(qps, scale), seed)
+              count: int | None = None, give_up_ns: int | None = None) -> _Trial:
+        """One run at ``qps`` (``count`` arrivals, default :meth:`_count`), batched by the policy, served by
+        ``concurrency`` workers."""
+        offsets = poisson_arrivals(qps, count or self._count(qps), seed)
         # Judged on what arrives within max_duration_s: a low rate that cannot reach min_count is not overloaded.
         offsets = offsets[:max(1, int(np.searchsorted(offsets, self.spec.max_duration_s * 1e9, side="right")))]
         if self.spec.concurrency == 1:
@@ -362,116 +362,123 @@ class Server(Scenario):
 
     # --- search ---------------------------------------------------------------------------------
 
-    def _capacity_estimate(self, session: Session, feeds) -> float:
-        """Queries/s the workers sustain back to back at the largest batch: the search's upper bracket."""
-        k = self.policy.fill
-        probe = []
-        for i in range(20):
-            t0 = clock()
-            session.run(feeds[k][i % len(feeds[k])])
-            session.synchronize()
-            probe.append(clock() - t0)
-        return self.spec.concurrency * k * 1e9 / percentile(probe, 50)
+    def _service_times(self, session: Session, feeds) -> ServiceTimes:
+        """Each batch size's service time back to back (20 runs): 1, the fill size, and the sizes between
+        at powers of two (the queue model interpolates the rest)."""
+        p = self.policy
+        sizes = {1, p.fill, p.max_batch, *p.preferred} | {k for k in (2, 4, 8, 16, 32, 64) if k < p.max_batch}
+        out: dict[int, list[int]] = {}
+        for k in sorted(sizes):
+            runs = []
+            for i in range(20):
+                t0 = clock()
+                session.run(feeds[k][i % len(feeds[k])])
+                session.synchronize()
+                runs.append(clock() - t0)
+            out[k] = runs
+        return ServiceTimes(out)
+
+    def _generator_ceiling(self, feeds) -> float:
+        """Queries/s the load generator and batcher move with a session that does nothing: every query due
+        at once, so each batch is full and the only cost is the harness's own (its ceiling on this machine)."""
+        n = 2000 * self.policy.fill
+        null = _NullSession()
+        offsets = np.zeros(n, dtype=np.int64)
+        serve = self._serve_inline if self.spec.concurrency == 1 else self._serve_threads
+        t = serve(null, feeds, 1.0, offsets, None)
+        return len(t.latency_ns) / max(t.wall_ns / 1e9, 1e-9)
 
     def _search(self, session: Session, feeds) -> tuple[_Trial, dict[str, Any]]:
-        """Bracket, then bisect on a log scale; each rate judged meets/misses/undecided from its interval.
+        """Probe the service times, then :class:`~costbench.harness.measure.capacity.CapacitySearch`.
 
-        An undecided rate is measured again (more queries each time) and its trials pooled; one still
-        undecided steers the bisection down (the answer must be a rate that met) but does not bound the
-        capacity from above: the interval is [highest rate that met, lowest rate that missed]. Where no
-        rate above the answer missed, the service-time capacity is tried last, to bound it.
+        The queue model (:mod:`~costbench.harness.measure.queue_model`) on the probed service times says
+        where to start; trials, not the model, give the answer. Every trial is recorded in the summary.
         """
         s = self.spec
-        capacity = self._capacity_estimate(session, feeds)
-        give_up = max(GIVE_UP_MIN_NS, int(GIVE_UP_SLOS * s.slo_ms * 1e6))
+        begun = clock()
+        times = self._service_times(session, feeds)
+        service_cap = times.capacity(self.policy.max_batch, self.policy.fill, s.concurrency)
+        ceiling = self._generator_ceiling(feeds)
+        slo_ns = s.slo_ms * 1e6
+        model = model_capacity(times, slo_ns, s.slo_percentile, self.policy.max_batch, self.policy.delay_ns,
+                               self.policy.preferred, s.concurrency, seed=s.seed)
+        start = 0.9 * model if model > 0 else 0.25 * service_cap
+        start = min(start, 0.9 * ceiling)
+        give_up = max(GIVE_UP_MIN_NS, int(GIVE_UP_SLOS * slo_ns))
         trials: list[dict[str, Any]] = []
         kept: dict[float, _Trial] = {}
-        pooled: dict[float, dict[str, Any]] = {}  # each rate's verdict on all its trials
-        seeds = iter(range(s.seed, s.seed + 10_000))
+        seeds = iter(range(s.seed, s.seed + 1_000_000))
 
-        def decide(qps: float) -> str:
-            pool = _Pool(qps)
-            judged: dict[str, Any] = {}
-            for r in range(s.search_remeasure + 1):
-                t = self.trial(session, feeds, qps, next(seeds), scale=2 ** r, give_up_ns=give_up)
-                over = self._overloaded(t)
-                pool.latency_ns += t.latency_ns
-                pool.overloaded = pool.overloaded or over
-                one = self._judge(t.latency_ns, over) if t.latency_ns else {"verdict": MISSES}
-                judged = self._judge(pool.latency_ns, pool.overloaded) if pool.latency_ns else one
-                trials.append({"qps": qps, "round": r, "queries": len(t.latency_ns), "planned": t.planned,
-                               "complete": t.complete, "p_latency_ms": one.get("p_latency_ms"),
-                               "p_latency_ci_ms": one.get("p_latency_ci_ms"), "trial_verdict": one["verdict"],
-                               "pooled_queries": len(pool.latency_ns), "verdict": judged["verdict"],
-                               "meets_slo": judged["verdict"] == MEETS,
-                               "pooled_p_latency_ms": judged.get("p_latency_ms"),
-                               "pooled_p_latency_ci_ms": judged.get("p_latency_ci_ms"),
-                               "overloaded": over, "lateness_p99_ms": t.lateness_at(99) / 1e6,
-                               "on_schedule": t.lateness_at(99) <= LATENESS_SLO_FRACTION * s.slo_ms * 1e6,
-                               "service_p50_ms": percentile(t.service_ns, 50) / 1e6 if t.service_ns else None,
-                               "service_p99_ms": percentile(t.service_ns, 99) / 1e6 if t.service_ns else None,
-                               "mean_batch_size": float(np.mean(t.batch_sizes)) if t.batch_sizes else 0.0})
-                kept[qps] = t
-                pooled[qps] = judged
-                if judged["verdict"] != UNDECIDED:
-                    break
-            return judged["verdict"]
+        def measure(qps: float, count: int) -> tuple[list[int], str]:
+            t = self.trial(session, feeds, qps, next(seeds), count=count, give_up_ns=give_up)
+            over = self._overloaded(t)
+            one = self._judge(t.latency_ns, over) if t.latency_ns else {"verdict": MISSES}
+            trials.append({"qps": qps, "queries": len(t.latency_ns), "planned": t.planned, "complete": t.complete,
+                           "p_latency_ms": one.get("p_latency_ms"), "p_latency_ci_ms": one.get("p_latency_ci_ms"),
+                           "trial_verdict": one["verdict"], "overloaded": over,
+                           "lateness_p99_ms": t.lateness_at(99) / 1e6,
+                           "on_schedule": t.lateness_at(99) <= LATENESS_SLO_FRACTION * s.slo_ms * 1e6,
+                           "service_p50_ms": percentile(t.service_ns, 50) / 1e6 if t.service_ns else None,
+                           "service_p99_ms": percentile(t.service_ns, 99) / 1e6 if t.service_ns else None,
+                           "mean_batch_size": float(np.mean(t.batch_sizes)) if t.batch_sizes else 0.0})
+            kept[qps] = t
+            return t.latency_ns, over
 
-        verdicts: dict[float, str] = {}
+        spent = (clock() - begun) / 1e9
+        plan = SearchPlan(slo_ns=slo_ns, percentile=s.slo_percentile, confidence=s.confidence,
+                          precision=s.search_precision, budget_s=max(s.search_budget_s - spent, 0.0),
+                          min_queries=self._count, max_queries=lambda q: max(1, math.floor(s.max_duration_s * q)),
+                          start_qps=start, floor_qps=MIN_FRACTION * service_cap, ceiling_qps=ceiling)
+        outcome = CapacitySearch(plan, percentile_interval, clock=lambda: clock() / 1e9).run(measure)
+        summary = self._summary(outcome, trials, service_cap, model, ceiling, times, spent)
+        # The result's own series and verdict: the rate shown to meet (else the lowest tried), all its trials.
+        pools = outcome.pools
+        shown = [q for q in pools if q.qps == outcome.estimate.shown_to_meet]
+        pool = shown[0] if shown else (pools[0] if pools else None)
+        if pool is None:
+            raise RuntimeError(f"the capacity search ran no trial: its budget of {s.search_budget_s:g} s was spent "
+                               f"by the service-time probe ({spent:.1f} s); raise search_budget_s")
+        judged = self._judge(pool.latency_ns, pool.overloaded) if pool.latency_ns else {
+            "verdict": MISSES, "p_latency_ms": math.nan, "p_latency_ci_ms": [math.nan, math.nan], "overloaded": ""}
+        summary["judged"] = judged
+        last = max((q for q in kept if abs(q / pool.qps - 1) <= 0.005), key=lambda q: kept[q].planned)
+        return kept[last], summary
 
-        def attempt(qps: float) -> str:
-            verdicts[qps] = decide(qps)
-            return verdicts[qps]
-
-        # Lower bracket: a quarter of capacity, lower only if that fails to meet, down to 1% of capacity.
-        # The SLO is judged on the queries collected, so a low rate that cannot reach min_count still
-        # counts. A rate that misses steps down 5x; one still undecided (its interval holds the SLO: the
-        # boundary is near) only 2x, because a lower rate collects fewer queries within max_duration_s,
-        # and a 5x drop would land where a noisy service's p99 cannot be decided either (measured on
-        # EfficientNet: undecided at 55 and at 11 queries/s, shown to meet only at 10).
-        lo, hi = None, capacity
-        fraction = 0.25
-        while True:
-            verdict = attempt(capacity * fraction)
-            if verdict == MEETS:
-                lo = capacity * fraction
-                break
-            hi = capacity * fraction
-            if fraction <= MIN_FRACTION * 1.001:
-                break
-            fraction = max(MIN_FRACTION, fraction / (5 if verdict == MISSES else 2))
-        if lo is not None and (hi in verdicts or attempt(hi) != MEETS):
-            for _ in range(s.search_iterations):
-                mid = math.sqrt(lo * hi)
-                if attempt(mid) == MEETS:
-                    lo = mid
-                else:
-                    hi = mid
-        def best_met() -> float | None:
-            return max((q for q, v in verdicts.items() if v == MEETS), default=None)
-
-        # Bound the capacity from above when no rate over the answer missed (those above it were
-        # undecided): the service-time capacity itself, where the queue can only grow.
-        best = best_met()
-        if best is not None and capacity not in verdicts and not any(
-                v == MISSES and q > best for q, v in verdicts.items()):
-            attempt(capacity)
-            best = best_met()
-        summary: dict[str, Any] = {"trials": trials, "capacity_estimate_qps": capacity, "confidence": s.confidence}
-        if best is None:
-            summary.update(max_qps=0.0, interval=[0.0, min(verdicts)], judged=pooled[min(verdicts)], note=(
-                f"the SLO was not met even at {min(verdicts):.3g} queries/s ({min(verdicts) / capacity:.0%} of the "
-                "service-time capacity)"))
-            return kept[min(verdicts)], summary
-        missed = [q for q, v in verdicts.items() if v == MISSES and q > best]
-        high = min(missed) if missed else None
-        summary.update(max_qps=best, interval=[best, high], judged=pooled[best])
-        if high is None:
-            summary["note"] = ("no rate tried was shown to miss the SLO: the capacity is at least "
-                               f"{best:.4g} queries/s")
-        else:
-            summary["estimate_qps"] = math.sqrt(best * high)
-        return kept[best], summary
+    def _summary(self, outcome: SearchOutcome, trials: list[dict[str, Any]], service_cap: float, model: float,
+                 ceiling: float, times: ServiceTimes, probe_s: float) -> dict[str, Any]:
+        """The search's answer, its interval and what bounds it, in words where a number alone would mislead."""
+        s = self.spec
+        est = outcome.estimate
+        notes = []
+        summary: dict[str, Any] = {**outcome.summary(), "trials": trials, "confidence": s.confidence,
+                                   "service_capacity_qps": service_cap, "model_capacity_qps": model,
+                                   "generator_ceiling_qps": ceiling, "probe_s": probe_s,
+                                   "service_ms_by_batch": {k: percentile(v, 50) / 1e6 for k, v in
+                                                           sorted(times.by_size.items())},
+                                   "max_qps": est.shown_to_meet}
+        top = max((p.qps for p in outcome.pools), default=0.0)
+        if outcome.stop == "budget":
+            notes.append(f"the search's budget ({s.search_budget_s:g} s) ended before its precision target "
+                         f"(±{s.search_precision:.1%}): the interval is what {len(trials)} trials showed")
+        if est.center.side == "below":
+            notes.append(f"the SLO was not met even at {min(p.qps for p in outcome.pools):.4g} queries/s "
+                         f"({min(p.qps for p in outcome.pools) / service_cap:.0%} of the service-time capacity)")
+        elif est.center.side == "above" or est.high.side == "above":
+            what = ("the load generator's ceiling on this machine" if top >= 0.95 * ceiling else "the highest rate tried")
+            notes.append(f"no rate tried was shown to miss the SLO: the capacity is at least {est.shown_to_meet:.4g} "
+                         f"queries/s, up to {what} ({top:.4g} queries/s)")
+        centre = est.center.rate
+        if centre is not None and centre >= 0.5 * ceiling:
+            notes.append(f"the load generator can move at most {ceiling:.4g} queries/s on this machine with a session "
+                         f"that does nothing; at {centre:.4g} queries/s its own work is a large part of the server's, "
+                         "so this capacity is partly the harness's")
+        elif centre is not None and model > 0 and centre < 0.85 * model:
+            notes.append(f"the queue model on the probed service times sustains {model:.4g} queries/s, "
+                         f"{1 - centre / model:.0%} more than measured: the server lost time its service times do "
+                         "not show (the load generator, other processes, service slower under load)")
+        if notes:
+            summary["note"] = "; ".join(notes)
+        return summary
 
     # --- scenario -------------------------------------------------------------------------------
 
@@ -529,11 +536,13 @@ class Server(Scenario):
         if s.search:
             result.scalars["max_qps_within_slo"] = (search["max_qps"], "queries/s")
             low, high = search["interval"]
-            result.scalars["capacity_ci_low"] = (low, "queries/s")
+            if search["estimate_qps"] is not None:
+                result.scalars["capacity_qps"] = (search["estimate_qps"], "queries/s")
+            result.scalars["capacity_ci_low"] = (low if low is not None else 0.0, "queries/s")
             if high is not None:
                 result.scalars["capacity_ci_high"] = (high, "queries/s")
-            if "estimate_qps" in search:
-                result.scalars["capacity_qps"] = (search["estimate_qps"], "queries/s")
+            result.scalars["capacity_model_qps"] = (search["model_capacity_qps"], "queries/s")
+            result.scalars["generator_ceiling_qps"] = (search["generator_ceiling_qps"], "queries/s")
             result.details["search"] = search["trials"]
             result.details["search_summary"] = {k: v for k, v in search.items() if k != "trials"}
             if "note" in search:
@@ -549,6 +558,16 @@ class Server(Scenario):
                 "batch_size_histogram": {int(k): int(c) for k, c in zip(sizes, counts)}}
             result.scalars["mean_batch_size"] = (float(np.mean(trial.batch_sizes)), "queries")
         return result
+
+
+class _NullSession(Session):
+    """Does nothing: the load generator's own cost, measured alone."""
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return []
+
+    def fork(self) -> "Session":
+        return self
 
 
 def _overload_reason(waited_ns: int, elapsed_ns: int, wait_limit_ns: int) -> str:

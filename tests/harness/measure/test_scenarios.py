@@ -1,5 +1,6 @@
 """Scenario loops with sessions whose behaviour is known: stopping rules, concurrency, arrivals, SLO search."""
 
+import math
 import threading
 import time
 
@@ -194,51 +195,46 @@ def test_server_with_worker_threads():
     assert r.queries == 50 and session.forks == 2 and r.scalars["slo_met"][0] == 1.0
 
 
-def test_search_reports_capacity_when_every_rate_passes_and_zero_when_none_can():
+def test_search_reports_a_lower_bound_when_every_rate_passes_and_zero_when_none_can():
     easy = {"kind": "server", "search": True, "slo_ms": 10_000, "min_count": 30, "min_duration_s": 0,
-            "search_iterations": 2}
+            "search_budget_s": 20}
     r = make_scenario(easy).run(Busy(0.002), DATA, 1)
     trials = r.details["search"]
     assert r.scalars["max_qps_within_slo"][0] == max(t["qps"] for t in trials) > 0
+    assert "capacity_qps" not in r.scalars and "capacity_ci_high" not in r.scalars
+    assert "the capacity is at least" in r.notes[-1]
     impossible = dict(easy, slo_ms=0.0001)
     r = make_scenario(impossible).run(Busy(0.002), DATA, 1)
     assert r.scalars["max_qps_within_slo"][0] == 0.0 and r.scalars["slo_met"][0] == 0.0
-    # The bracket goes down (25%, 5%, 1% of capacity), every rate decidedly missing: none measured twice.
-    assert [t["verdict"] for t in r.details["search"]] == ["misses"] * 3
+    # Down from a quarter of the service-time capacity, halving (every rate decidedly over), to its 1%.
+    rates = [t["qps"] for t in r.details["search"]]
+    assert all(t["trial_verdict"] == "misses" for t in r.details["search"])
+    assert rates == sorted(rates, reverse=True) and rates[-1] == pytest.approx(0.01 * rates[0] / 0.25)
     assert "not met even at" in r.notes[-1]
 
 
-def test_search_steps_down_gently_from_an_undecided_rate_and_bounds_the_capacity():
-    """A p99 that cannot be decided near the SLO (a noisy service) is the boundary, not a miss: the bracket
-    halves the rate instead of dividing it by 5, and since no rate above the answer missed, the capacity
-    itself is tried to bound the interval. Trials are synthetic: latency as a function of the rate."""
-    slo_ms, capacity = 20.0, 1000.0
+def test_search_estimates_the_crossing_of_a_known_latency_curve():
+    """Synthetic trials whose p99 is a known function of the rate (2 ms at 0, doubling every 300 q/s): the
+    estimate is where it crosses the 20 ms SLO (about 997 q/s), inside its interval, within the budget."""
+    slo_ms = 20.0
+    truth = 300 * math.log2(slo_ms / 2)
 
-    def fake_trial(session, feeds, qps, seed, scale=1, give_up_ns=None):
-        n = 1000 * scale
-        if qps > 400:  # decidedly over: every query 100 ms
-            lat = [100_000_000] * n
-        elif qps > 100:  # 1.5% of queries at 30 ms: the p99's interval holds the 20 ms SLO
-            slow = n * 15 // 1000
-            lat = [1_000_000] * (n - slow) + [30_000_000] * slow
-        else:
-            lat = [1_000_000] * n
+    def fake_trial(session, feeds, qps, seed, count=None, give_up_ns=None):
+        n = count or 1000
+        p99 = 2e6 * 2 ** (qps / 300)
+        lat = np.random.default_rng(seed).uniform(0, p99 / 0.99, n).astype(np.int64).tolist()
         return _Trial(qps, n, lat, [0] * n, [0] * n, [1] * n, [1_000_000] * n, int(n / qps * 1e9), True)
 
-    spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 1000, "min_duration_s": 0,
-            "search_iterations": 3, "search_remeasure": 1, "warmup_count": 1}
+    spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 2000, "min_duration_s": 0,
+            "search_budget_s": 60, "warmup_count": 1}
     scenario = make_scenario(spec)
     scenario.trial = fake_trial
-    scenario._capacity_estimate = lambda session, feeds: capacity
     r = scenario.run(Busy(0.0001), DATA, 1)
-    rates = list(dict.fromkeys(t["qps"] for t in r.details["search"]))
-    assert rates[:3] == pytest.approx([250.0, 125.0, 62.5])  # 0.25, then halved twice; never 0.05 (50)
-    verdicts = {t["qps"]: t["verdict"] for t in r.details["search"]}
-    assert verdicts[250.0] == verdicts[125.0] == "undecided" and verdicts[62.5] == "meets"
-    best = r.scalars["max_qps_within_slo"][0]
-    assert 62.5 <= best <= 100 and verdicts[best] == "meets"
-    assert rates[-1] == capacity and verdicts[capacity] == "misses"
-    assert r.scalars["capacity_ci_low"][0] == best and r.scalars["capacity_ci_high"][0] == capacity
+    low, high = r.scalars["capacity_ci_low"][0], r.scalars["capacity_ci_high"][0]
+    assert low <= truth <= high and r.scalars["capacity_qps"][0] == pytest.approx(truth, rel=0.05)
+    assert r.scalars["max_qps_within_slo"][0] <= high
+    summary = r.details["search_summary"]
+    assert summary["model_capacity_qps"] > 0 and summary["generator_ceiling_qps"] > summary["service_capacity_qps"]
 
 
 def test_server_spec_needs_a_target_or_a_search():

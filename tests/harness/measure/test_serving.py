@@ -92,13 +92,10 @@ def test_fixed_rate_matches_the_simulated_queue(linear, data, seed, batching):
 def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data, seed, rng, batching):
     a_ms, b_ms, slo_ms = 0.5, 0.1, 5.0
     nominal = lambda k: (a_ms + b_ms * k) * 1e6  # noqa: E731
-    # 99% intervals: a search decides ~8 rates, and one wrong decision next to the capacity would move
-    # the interval past it; at 99% each such decision is wrong at most 0.5% of the time.
-    # 5000 queries a trial: near capacity a queue's tail comes from rare long busy periods, and a short
-    # trial sees too few of them (see percentile_interval: its 99% interval's upper end holds the true
-    # p99 in 99% of 5,000-query trials, in only 89% of 2,000-query ones).
+    # 5000 queries a trial at least: near capacity a queue's tail comes from rare long busy periods, and
+    # a short trial sees too few of them. 40 s of searching: the interval need not be narrow here, only hold.
     spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 5000, "min_duration_s": 0,
-            "max_duration_s": 10, "search_iterations": 4, "search_remeasure": 1, "confidence": 0.99, "seed": seed % 2**31, **batching}
+            "max_duration_s": 10, "search_budget_s": 40, "seed": seed % 2**31, **batching}
     r = make_scenario(spec).run(linear(a_ms, b_ms, spec.get("max_batch", 1)), data, 1)
     low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
     excess = np.asarray(r.series_ns["service_time"]) - np.asarray([nominal(k) for k in r.batch_sizes])
@@ -110,7 +107,8 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
     if not r.valid or slowest > nominal(spec.get("max_batch", 1)) / 1e6 + 0.5 * a_ms:
         pytest.skip("the machine is busy (" + "; ".join(r.notes) + f"; slowest trial's service time p99 "
                     f"{slowest:.3f} ms): a capacity here describes the load, not the queue")
-    assert r.scalars["max_qps_within_slo"][0] == low > 0
+    assert 0 < r.scalars["max_qps_within_slo"][0] <= high
+    assert r.details["search_summary"]["elapsed_s"] <= spec["search_budget_s"]
     # The machine's own service-time excess and wake-up lateness, resampled, drive the simulated queue.
     draws = rng.choice(excess, size=100_000)
     late = rng.choice(np.asarray(r.series_ns["scheduler_lateness"]), size=100_000)
@@ -122,11 +120,11 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
         return nearest_rank(lat, 99)
 
     simulated = capacity(p99_at, slo_ms * 1e6, 1.0, 1e4, steps=16)
-    # The interval is [highest rate shown to meet, lowest shown to miss], each shown at 95%; the
-    # simulation's own p99 (30k queries) moves its capacity by about 1%, hence the 3% allowance.
+    # The simulation's own p99 (30k queries) moves its capacity by about 1%, hence the 3% allowance.
     assert low / 1.03 <= simulated <= high * 1.03, (low, simulated, high, r.details["search"])
+    assert r.scalars["capacity_qps"][0] == pytest.approx(simulated, rel=0.10)
     trials = r.details["search"]
-    assert all(t["verdict"] in ("meets", "misses", "undecided") for t in trials)
+    assert all(t["trial_verdict"] in ("meets", "misses", "undecided") for t in trials)
     assert all(len(t["p_latency_ci_ms"]) == 2 for t in trials if t["queries"])
 
 
@@ -135,10 +133,10 @@ def test_a_low_rate_is_judged_on_what_it_collected_never_zero(linear, data, min_
     """The issue's case: a count max_duration_s cannot reach at a low rate is not an overload."""
     # A 50 ms SLO: far above the 0.5 ms service, and above what a busy machine's late wake-ups add.
     spec = {"kind": "server", "search": True, "slo_ms": 50, "min_count": min_count, "min_duration_s": 4,
-            "max_duration_s": 1.0, "search_iterations": 2, "search_remeasure": 0}
+            "max_duration_s": 1.0, "search_budget_s": 8}
     r = make_scenario(spec).run(linear(0.5), data, 1)
     assert r.scalars["max_qps_within_slo"][0] > 0
-    assert not any(t["overloaded"] for t in r.details["search"] if t["verdict"] == "meets")
+    assert not any(t["overloaded"] for t in r.details["search"] if t["trial_verdict"] == "meets")
     fixed = make_scenario({**spec, "search": False, "target_qps": 20}).run(linear(0.5), data, 1)
     # About 20 Poisson arrivals fall within the 1 s allowed; the trial serves every one of them.
     assert 3 <= fixed.queries <= 60 and fixed.scalars["slo_met"][0] == 1.0

@@ -1,0 +1,129 @@
+"""The capacity search against simulated queues whose true capacity is known exactly (M/D/1, Erlang).
+
+A search here runs on simulated time: each trial is a simulated M/D/1 queue at the rate the search asks
+for, started empty like a real trial, and its duration (queries / rate) is charged to the budget. So the
+search's logic, interval and budget are checked over hundreds of searches in seconds; the real server
+loop is checked against a simulation of its own queue in test_serving.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from costbench.harness.measure.capacity import (
+    CapacitySearch, RatePool, SearchPlan, combine_processes, crossing, estimate, isotonic)
+from costbench.harness.measure.queue_model import ServiceTimes, md1_capacity, model_capacity, simulate_latencies
+from costbench.harness.measure.scenarios.server import percentile_interval
+from queue_sim import capacity as bisect_capacity, nearest_rank, simulate
+
+SLO_NS, SERVICE_NS = 5e6, 1e6  # the issue's case: 1 ms of service, p99 within 5 ms
+
+
+def simulated_search(service_ns: float, rng: np.random.Generator, budget_s: float = 240.0,
+                     min_count: int = 3000):
+    """One search against a simulated M/D/1 queue of ``service_ns``; returns its outcome."""
+    now = [0.0]
+
+    def measure(qps: float, n: int):
+        lat = simulate_latencies(rng.exponential(1e9 / qps, n), [np.empty(0), np.array([service_ns])], np.zeros(n))
+        now[0] += n / qps
+        over = np.flatnonzero(lat > 20 * SLO_NS)  # the server scenario gives up on a query waiting 20 SLOs
+        if over.size:
+            return lat[:over[0]].astype(np.int64).tolist(), "overloaded"
+        return lat.astype(np.int64).tolist(), ""
+
+    plan = SearchPlan(SLO_NS, 99.0, 0.95, 0.025, budget_s, lambda q: max(min_count, math.ceil(4 * q)),
+                      lambda q: int(60 * q), start_qps=0.5e9 / service_ns, floor_qps=0.01e9 / service_ns,
+                      ceiling_qps=20e9 / service_ns)
+    return CapacitySearch(plan, percentile_interval, clock=lambda: now[0]).run(measure)
+
+
+def test_isotonic_pools_violators_and_crossing_interpolates():
+    assert isotonic([1, 3, 2, 4], [1, 1, 1, 1]).tolist() == [1, 2.5, 2.5, 4]
+    assert isotonic([5, 1], [3, 1]).tolist() == [4, 4]
+    assert crossing([100, 200], [0.0, 1.0], 0.5).rate == pytest.approx(150)
+    assert crossing([100, 200], [0.6, 1.0], 0.5).side == "below"
+    assert crossing([100, 200], [0.1, 0.2], 0.5).side == "above"
+
+
+def test_estimate_of_a_known_curve_contains_its_crossing():
+    """Rates whose p99 is known exactly (a log-linear curve), measured with tight intervals: the estimate
+    is the crossing, and the shown-to-meet rate is the highest whose interval lies within the SLO."""
+    pools = []
+    for q in (400, 480, 520, 560, 640):
+        p = 5e6 * math.exp(3 * math.log(q / 530))  # crosses 5 ms at 530 q/s
+        pools.append(RatePool(q, latency_ns=[1] * 10_000, p=p, low=p * 0.97, high=p * 1.03))
+    e = estimate(pools, SLO_NS)
+    assert e.center.rate == pytest.approx(530, rel=0.005)
+    assert e.low.rate < 530 < e.high.rate and e.half_width() < 0.02
+    assert e.shown_to_meet == 520
+
+
+def test_single_process_interval_holds_the_md1_capacity(seed):
+    """The issue's 1-ms case, min_count 3000: the 95% interval holds the exact M/D/1 capacity in at least
+    34 of 40 searches (a search that held it 95% of the time fails this about once in 300 runs), every
+    search within its budget."""
+    rng = np.random.default_rng(seed)
+    truth = md1_capacity(SLO_NS / 1e9, 99, SERVICE_NS / 1e9)
+    held, errors = 0, []
+    for _ in range(40):
+        out = simulated_search(SERVICE_NS, rng)
+        e = out.estimate
+        assert out.elapsed_s <= out.budget_s and e.bracketed, out.summary()
+        held += e.low.rate <= truth <= e.high.rate
+        errors.append(e.center.rate / truth - 1)
+    assert held >= 34, (held, errors)
+    assert abs(float(np.median(errors))) < 0.03, errors
+
+
+def test_intervals_across_processes_hold_with_process_noise(seed):
+    """Processes whose service time differs by a lognormal 3% (a launch's memory layout, its core): three
+    processes' searches combined hold the capacity of the typical process in at least 90 of 100 cases
+    (at a true 95%, this fails about once in 90 runs; the t interval with its floor holds more)."""
+    rng = np.random.default_rng(seed)
+    sigma = 0.03
+    # The typical process's capacity: the geometric mean over process draws (what the combined estimate targets).
+    draws = np.exp(sigma * rng.standard_normal(2000))
+    truth = math.exp(np.mean([math.log(md1_capacity(SLO_NS / 1e9, 99, SERVICE_NS * f / 1e9)) for f in draws[:200]]))
+    held = 0
+    for _ in range(100):
+        outs = [simulated_search(SERVICE_NS * math.exp(sigma * rng.standard_normal()), rng, budget_s=120)
+                for _ in range(3)]
+        centre, low, high = combine_processes([o.estimate.center.rate for o in outs],
+                                              [o.estimate.low.rate for o in outs],
+                                              [o.estimate.high.rate for o in outs])
+        assert low <= centre <= high
+        held += low <= truth <= high
+    assert held >= 90, held
+
+
+def test_combine_processes_is_never_narrower_than_the_processes_own_intervals():
+    centre, low, high = combine_processes([500, 500, 500], [450, 450, 450], [550, 550, 550])
+    assert centre == pytest.approx(500)
+    # identical estimates: the t interval is empty, the own intervals (±10%) combined give ±10%/sqrt(3)
+    assert math.log(high / low) / 2 == pytest.approx(math.log(550 / 450) / 2 / math.sqrt(3), rel=1e-6)
+    _, low, high = combine_processes([400, 500, 600], [390, 490, 590], [410, 510, 610])
+    assert low < 420 and high > 580  # spread between processes dominates
+    with pytest.raises(ValueError, match="at least 2"):
+        combine_processes([500], [450], [550])
+
+
+def test_queue_model_agrees_with_theory_and_the_independent_simulation(seed):
+    """M/D/1: within 2% of Erlang's exact capacity; batched: within 3% of tests/harness/queue_sim.py's."""
+    exact = md1_capacity(SLO_NS / 1e9, 99, SERVICE_NS / 1e9)
+    assert model_capacity(ServiceTimes({1: [SERVICE_NS]}), SLO_NS, 99, queries=200_000, seed=seed) == \
+        pytest.approx(exact, rel=0.02)
+    times = ServiceTimes({k: [1e6 + 1e5 * k] for k in (1, 2, 4, 8)})  # sizes 3, 5-7 interpolated
+    ours = model_capacity(times, SLO_NS, 99, max_batch=8, delay_ns=1e6, queries=100_000, seed=seed)
+
+    def p99_at(qps):
+        arrivals = np.cumsum(np.random.default_rng(seed).exponential(1e9 / qps, 100_000))
+        lat, _ = simulate(arrivals, lambda j, k: 1e6 + 1e5 * k, 8, 1e6)
+        return nearest_rank(lat, 99)
+
+    theirs = bisect_capacity(p99_at, SLO_NS, 100.0, 4444.0, steps=16)
+    assert ours == pytest.approx(theirs, rel=0.03)
+    assert times.table(8)[5] == pytest.approx([1.5e6])
