@@ -86,6 +86,8 @@ def report(
                                           "(`costbench prices --toml` prints them)."),
     machine_type: list[str] = typer.Option([], "--machine-type", "-m", help="Machine type the runs ran on: TYPE for "
                                            "every unassigned run, or ENV_ID=TYPE / RUN_ID=TYPE; repeatable."),
+    guarantee: bool = typer.Option(False, "--guarantee", help="Bill a searched server capacity at its 95% "
+                                   "interval's lower end instead of its estimate."),
     store: list[str] = typer.Option([], "--store", help=STORE_HELP),
 ) -> None:
     """Hardware-selection report: cost, Pareto frontier and a recommendation per model (HTML, Markdown, CSV)."""
@@ -104,7 +106,8 @@ def report(
         machines = [(r["run_id"], env_id) for r, env_id, _ in run_environments(sel.runs, sel.results)]
         table = load_prices(prices).with_assignments(machine_type, machines)
         rep = build_report(sel, table, Criteria(slo_ms=slo_ms, max_drop_pt=max_drop, latency=latency,
-                                                   max_parity_loss_pt=max_parity_loss, infer_machines=infer_machine))
+                                                   max_parity_loss_pt=max_parity_loss, infer_machines=infer_machine,
+                                                   guarantee=guarantee))
     except PriceError as exc:
         fail(str(exc))
     paths = write_report(rep, out)

@@ -29,7 +29,7 @@ import pandas as pd
 
 from costbench.harness.results.accuracy_budget import (CONFIDENT_METRIC, PARITY, PARITY_FALLBACKS, TASK, TASK_METRIC,
                                                Judgement, judge)
-from costbench.core.metrics import OUTPUT_TOKEN_THROUGHPUT, THROUGHPUT, TTFT
+from costbench.core.metrics import CAPACITY_QPS, OUTPUT_TOKEN_THROUGHPUT, THROUGHPUT, TTFT
 from costbench.harness.reports.data import Selection, describe_env, primary_series, row_details, scenarios_leading_with
 from costbench.harness.reports.ties import Versus, compare_to_pick
 from costbench.harness.reports.prices import (Machine, MachineGuess, PriceTable, cost_per_million,
@@ -51,6 +51,7 @@ class Criteria:
     # unlabelled models: top-1 disagreement with fp32 on the samples where fp32 is confident, at most this (points)
     max_parity_loss_pt: float | None = 1.0
     infer_machines: bool = True  # infer a run's machine type from its fingerprint when nothing assigns one
+    guarantee: bool = False  # bill a searched capacity's 95% lower end, not its estimate
 
     def describe(self) -> str:
         slo = f"single-stream {self.latency} ≤ {self.slo_ms:g} ms" if self.slo_ms is not None else "no latency SLO"
@@ -58,7 +59,9 @@ class Criteria:
                else "no task-accuracy budget")
         parity = (f"parity loss ≤ {self.max_parity_loss_pt:g} pt where unlabelled (top-1 disagreement with fp32 "
                   "where fp32 is confident)" if self.max_parity_loss_pt is not None else "no parity budget")
-        return f"{slo}; {acc}; {parity}"
+        billed = ("searched capacities billed at their 95% lower end (--guarantee)" if self.guarantee
+                  else "searched capacities billed at their estimate")
+        return f"{slo}; {acc}; {parity}; {billed}"
 
     def budget_for(self, basis: str | None) -> float | None:
         """The budget (a fraction) for a basis: task accuracy or parity."""
@@ -181,8 +184,8 @@ def run_machines(sel: Selection, prices: PriceTable,
     return out, list(notes.values())
 
 
-def configurations(sel: Selection, prices: PriceTable,
-                   machines: dict[tuple[str, str], tuple] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def configurations(sel: Selection, prices: PriceTable, machines: dict[tuple[str, str], tuple] | None = None,
+                   guarantee: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """One row per configuration, from the latest selected run that measured it; plus notes on what was merged."""
     notes: list[str] = []
     df = sel.results
@@ -211,7 +214,8 @@ def configurations(sel: Selection, prices: PriceTable,
         g = _latest_run(g)
         run_id, env_id = g["run_id"].iloc[0], g["env_id"].iloc[0]
         machine, how, _ = priced(run_id, env_id)
-        out.append({**_configuration(key, g, machine, env_of(runs.loc[run_id, "env"], str(env_id)), prices),
+        out.append({**_configuration(key, g, machine, env_of(runs.loc[run_id, "env"], str(env_id)), prices,
+                                     guarantee),
                     "machine_inferred": how == "inferred"})
     if repeated:
         notes.append(f"{repeated} configuration(s) were measured in more than one selected run; each shows its "
@@ -228,17 +232,20 @@ def _latest_run(g: pd.DataFrame) -> pd.DataFrame:
 
 
 def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: dict | None,
-                   prices: PriceTable) -> dict[str, Any]:
+                   prices: PriceTable, guarantee: bool = False) -> dict[str, Any]:
     """The report's row for one configuration (``key`` as CONFIG_KEYS), from its rows in one run."""
     thr, thr_scenario = _throughput_row(g)
     throughput = _val(thr)
     power = _val(_metric_row(g, "power_w"))
-    server = server_capacity(g, int(key[-1]))
+    server = server_capacity(g, int(key[-1]), guarantee)
     cost, energy, total = _cost_per_million(machine, throughput, power, prices)
     # Cost is inverse in throughput: its interval is the throughput interval's ends, swapped.
     *_, total_low = _cost_per_million(machine, _val(thr, "ci_high"), power, prices)
     *_, total_high = _cost_per_million(machine, _val(thr, "ci_low"), power, prices)
     *_, slo_total = _cost_per_million(machine, server["slo_throughput"], power, prices)
+    slo_low, slo_high = server["slo_throughput_ci"]  # cost is inverse in the rate: the ends swap
+    *_, slo_cost_low = _cost_per_million(machine, slo_high, power, prices)
+    *_, slo_cost_high = _cost_per_million(machine, slo_low, power, prices)
     rss = g[(g["metric"] == "peak_rss") & (g["status"] == "ok")]["value"]
     size = _metric_row(g, "model_size")
     top1 = _metric_row(g, "top1_agreement")
@@ -255,7 +262,7 @@ def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: di
         "hourly": machine.hourly if machine else None,
         "machine_cost_per_m": cost, "energy_cost_per_m": energy, "cost_per_m": total,
         "cost_ci_low": total_low, "cost_ci_high": total_high, "throughput_values": _process_values(thr),
-        **server, "cost_per_m_at_slo": slo_total,
+        **server, "cost_per_m_at_slo": slo_total, "cost_at_slo_ci": [slo_cost_low, slo_cost_high],
     }
 
 
@@ -361,10 +368,12 @@ def _cost_per_million(machine: Machine | None, throughput: float | None, power_w
     return cost, energy, total
 
 
-def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
+def server_capacity(g: pd.DataFrame, batch_size: int, guarantee: bool = False) -> dict[str, Any]:
     """What the server scenarios say about a configuration: the samples/s it sustains within its SLO.
 
-    From a QPS search, the highest rate that met the SLO (0 when even the lowest failed). From a
+    From a capacity search, its estimate (``slo_bound`` "estimate", with ``slo_throughput_ci``), or with
+    ``guarantee`` the interval's lower end ("guaranteed"); where no rate was shown to miss, the highest
+    shown to meet ("at least"); 0 when even the lowest failed. From a
     fixed target rate, that rate when it met the SLO (a lower bound: ``slo_bound`` is "at least"),
     else nothing. ``server_slo`` describes the SLO, e.g. "p99 ≤ 50 ms". Where the configuration ran
     several server scenarios (with and without dynamic batching, say), the one billed is the one that
@@ -372,11 +381,12 @@ def server_capacity(g: pd.DataFrame, batch_size: int) -> dict[str, Any]:
     batching can lose (on two cores a batch of 8 costs about 8 single calls, on top of the queue
     delay); ties go to the batched one. Every server scenario's trials stay in ``server_curves``.
     """
-    none = {"server_slo": None, "slo_throughput": None, "slo_bound": None, "server_slo_met": None,
+    none = {"server_slo": None, "slo_throughput": None, "slo_throughput_ci": [None, None], "slo_bound": None,
+            "server_slo_met": None,
             "server_valid": None, "server_trials": [], "server_slo_ms": None, "server_batching": None,
             "server_curves": []}
     labels = scenarios_leading_with(g[g["status"] == "ok"], "capacity")
-    found = [one_server_scenario(g, label, batch_size) for label in labels]
+    found = [one_server_scenario(g, label, batch_size, guarantee) for label in labels]
     if not found:
         return none
     chosen = max(found, key=lambda f: (f["slo_throughput"] or 0.0, bool(f["server_batching"])))
@@ -395,7 +405,7 @@ def batching_label(batching: dict[str, Any] | None) -> str | None:
     return text
 
 
-def one_server_scenario(g: pd.DataFrame, label: str, batch_size: int) -> dict[str, Any]:
+def one_server_scenario(g: pd.DataFrame, label: str, batch_size: int, guarantee: bool = False) -> dict[str, Any]:
     """:func:`server_capacity` for the server scenario named ``label``."""
     met = _metric_row(g, "slo_met", label)
     details = row_details(met)
@@ -406,10 +416,19 @@ def one_server_scenario(g: pd.DataFrame, label: str, batch_size: int) -> dict[st
     met_slo = bool(met["value"] == 1.0)
     # trials: latency at the SLO percentile against offered load, for the report's curves
     searched = _metric_row(g, "max_qps_within_slo", label)
-    if searched is not None:  # a QPS search; 0 means even the lowest rate tried missed the SLO
-        qps, bound = (float(searched["value"]), "max") if searched["value"] > 0 else (None, None)
+    interval: list[float | None] = [None, None]
+    if searched is not None:  # a capacity search; 0 means even the lowest rate tried missed the SLO
+        estimate = _metric_row(g, CAPACITY_QPS, label)
+        low, high = _metric_row(g, "capacity_ci_low", label), _metric_row(g, "capacity_ci_high", label)
+        interval = [_val(low), _val(high)]
+        if estimate is not None and not guarantee:  # the estimate, billed; its interval shown
+            qps, bound = float(estimate["value"]), "estimate"
+        elif estimate is not None and interval[0]:  # --guarantee: the interval's lower end
+            qps, bound = interval[0], "guaranteed"
+        else:  # no rate was shown to miss: the highest shown to meet is a lower bound
+            qps, bound = (float(searched["value"]), "at least") if searched["value"] > 0 else (None, None)
         trials = [{"qps": float(t["qps"]), "latency_ms": float(t["p_latency_ms"]),
-                   "meets": bool(t.get("meets_slo", t.get("verdict") == "meets"))}
+                   "meets": t.get("trial_verdict", t.get("verdict")) == "meets" or bool(t.get("meets_slo"))}
                   for t in row_details(searched).get("search", []) if t.get("p_latency_ms") is not None]
     else:  # one fixed rate
         target, lat = _metric_row(g, "target_qps", label), _metric_row(g, "slo_latency", label)
@@ -418,6 +437,7 @@ def one_server_scenario(g: pd.DataFrame, label: str, batch_size: int) -> dict[st
                   if target is not None and lat is not None else [])
     valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
     return {"scenario": label, "server_slo": desc, "slo_throughput": None if qps is None else qps * batch_size,
+            "slo_throughput_ci": [None if v is None else v * batch_size for v in interval],
             "slo_bound": bound, "server_slo_met": met_slo, "server_valid": valid,
             "server_trials": sorted(trials, key=lambda t: t["qps"]), "server_slo_ms": slo.get("slo_ms"),
             "server_batching": batching_label(details.get("batching"))}
@@ -588,7 +608,7 @@ def build_report(sel: Selection, prices: PriceTable, criteria: Criteria) -> Hard
     if criteria.latency not in LATENCY_CHOICES:
         raise ValueError(f"latency percentile {criteria.latency!r}: expected one of {', '.join(LATENCY_CHOICES)}")
     machines, machine_notes = run_machines(sel, prices, criteria.infer_machines)
-    configs, notes = configurations(sel, prices, machines)
+    configs, notes = configurations(sel, prices, machines, criteria.guarantee)
     notes = machine_notes + notes
     if not configs.empty:
         verdicts = [judgement_of(r, criteria) for r in configs.to_dict("records")]

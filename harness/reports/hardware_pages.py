@@ -20,7 +20,7 @@ CSV_COLUMNS = [
     "size_mb", "accuracy_drop_pt", "parity_loss_pt",
     "accuracy_basis", "loss_measure", "loss_pt", "loss_low_pt", "loss_high_pt", "loss_samples", "budget_verdict",
     "top1_agreement", "top1_agreement_confident", "machine_inferred", "power_w", "hourly", "machine_cost_per_m", "energy_cost_per_m", "cost_per_m",
-    "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_bound", "server_batching",
+    "server_slo", "server_slo_met", "server_valid", "slo_throughput", "slo_throughput_ci", "slo_bound", "server_batching",
     "cost_per_m_at_slo", "frontier_latency", "frontier_cost", "recommended",
 ]
 SYMBOLS = ["circle", "square", "diamond", "triangle-up", "cross", "x", "hexagon", "star-square", "pentagon"]
@@ -70,7 +70,11 @@ def _slo_rate(row: dict[str, Any]) -> str:
     invalid = "*" if row.get("server_valid") is False else ""
     if is_missing(v):
         return "-" if is_missing(row.get("server_slo_met")) else "fails SLO" + invalid
-    return ("≥ " if row.get("slo_bound") == "at least" else "") + fmt(v, ".1f") + invalid
+    text = ("≥ " if row.get("slo_bound") in ("at least", "guaranteed") else "") + fmt(v, ".1f")
+    low, high = row.get("slo_throughput_ci") or (None, None)
+    if row.get("slo_bound") == "estimate" and not is_missing(low) and not is_missing(high):
+        text += f" [{fmt(low, '.1f')}–{fmt(high, '.1f')}]"
+    return text + invalid
 
 
 def _units(report: HardwareReport) -> tuple[str, str]:

@@ -202,7 +202,12 @@ def test_server_scenario_ranks_by_cost_at_the_slo(tmp_path):
     assert "at the SLO, more than the pick's" in why[("openvino", "int8")][0]
     assert "p99 ≤ 10 ms not met at any rate tried" in why[("onnxruntime", "fp32")][0]
     md = render_markdown(rep)
-    assert "samples/s within SLO" in md and "fails SLO" in md and "at p99 ≤ 10 ms (900.0 samples/s within it)" in md
+    assert "samples/s within SLO" in md and "fails SLO" in md
+    assert "at p99 ≤ 10 ms (900.0 [855.0–945.0] samples/s within it)" in md
+    # --guarantee bills the interval's lower end
+    sure = build_report(sel, prices, Criteria(max_drop_pt=1.0, guarantee=True))
+    assert row(sure, "onnxruntime", "int8").slo_throughput == pytest.approx(855.0)
+    assert "(≥ 855.0 samples/s within it)" in render_markdown(sure)
     html = render_html(rep)
     assert 'id="fig-server-digits-cnn"' in html and "Latency under load" in html
     csv = to_csv_frame(rep).set_index(["backend", "variant"])

@@ -127,3 +127,20 @@ def test_queue_model_agrees_with_theory_and_the_independent_simulation(seed):
     theirs = bisect_capacity(p99_at, SLO_NS, 100.0, 4444.0, steps=16)
     assert ours == pytest.approx(theirs, rel=0.03)
     assert times.table(8)[5] == pytest.approx([1.5e6])
+
+
+def test_a_case_merges_its_processes_searches_into_one_interval():
+    """The case's capacity rows: the combined estimate and interval, not the median of each end."""
+    from costbench.harness.results.replicates import merge_metrics
+
+    def rows(est, low, high):
+        return [{"metric": name, "value": v, "unit": "queries/s", "details": {}}
+                for name, v in (("capacity_qps", est), ("capacity_ci_low", low), ("capacity_ci_high", high))]
+
+    per = [(500, 490, 510), (560, 550, 570), (530, 520, 540)]
+    merged = {r["metric"]: r for r in merge_metrics([rows(*p) for p in per])}
+    centre, low, high = combine_processes(*zip(*per))
+    assert merged["capacity_qps"]["value"] == pytest.approx(centre)
+    assert merged["capacity_ci_low"]["value"] == pytest.approx(low) and low < 490
+    assert merged["capacity_ci_high"]["value"] == pytest.approx(high) and high > 570
+    assert "t interval" in merged["capacity_qps"]["details"]["processes"]["interval"]
