@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from costbench.core.stats import percentile
+from costbench.harness.measure.queue_model import md1_capacity, md1_latency_quantile
 from costbench.harness.measure.scenarios.registry import make_scenario
 from costbench.harness.build.zoo.base import SampleSet
 
@@ -49,37 +49,6 @@ from overhead import BusyWait, Noop  # noqa: E402
 
 
 # --- M/D/1 -------------------------------------------------------------------------------------
-
-def md1_wait_cdf(t: float, lam: float, d: float) -> float:
-    """P(W <= t) in an M/D/1 queue (Erlang): (1-ρ) Σ_{k=0}^{⌊t/D⌋} (λ(kD-t))^k / k! · e^{-λ(kD-t)}."""
-    rho = lam * d
-    return (1 - rho) * sum((lam * (k * d - t)) ** k / math.factorial(k) * math.exp(-lam * (k * d - t))
-                           for k in range(int(t // d) + 1))
-
-
-def md1_latency_quantile(p: float, lam: float, d: float) -> float:
-    """The p-th percentile of latency (wait + D), by bisection on the wait's CDF (up to 30 D)."""
-    lo, hi = 0.0, 30 * d
-    for _ in range(80):
-        mid = (lo + hi) / 2
-        if md1_wait_cdf(mid, lam, d) >= p / 100:
-            hi = mid
-        else:
-            lo = mid
-    return hi + d
-
-
-def md1_capacity(slo: float, p: float, d: float) -> float:
-    """The arrival rate at which the p-th percentile latency equals ``slo``."""
-    lo, hi = 1e-9, (1 - 1e-9) / d
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        if md1_wait_cdf(slo - d, mid, d) >= p / 100:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
 
 def md1_part(args) -> dict:
     session = BusyWait(1e-3)

@@ -28,13 +28,18 @@ def _value(group: pd.DataFrame, metric: str, scenario: str | None = None) -> pd.
 
 
 def _server_summary(g: pd.DataFrame) -> str:
-    """'max 812 qps' (SLO search) or '500 qps: 3.1 ms ok' (fixed rate) from the server scenario's rows."""
+    """'563 [540–590] qps' (a capacity search: estimate and 95% interval), '≥ 812 qps' (no rate shown to miss),
+    or '500 qps: 3.1 ms ok' (fixed rate), from the server scenario's rows."""
     parts = []
-    for scenario, rows in g[g["metric"].isin(["max_qps_within_slo", "slo_latency", "target_qps", "slo_met"])].groupby(
-            "scenario", sort=False):
+    names = ["max_qps_within_slo", "capacity_qps", "capacity_ci_low", "capacity_ci_high", "slo_latency", "target_qps",
+             "slo_met"]
+    for scenario, rows in g[g["metric"].isin(names)].groupby("scenario", sort=False):
         v = dict(zip(rows["metric"], rows["value"]))
-        if "max_qps_within_slo" in v:
-            parts.append(f"max {v['max_qps_within_slo']:.0f} qps")
+        if "capacity_qps" in v:
+            high = f"{v['capacity_ci_high']:.0f}" if "capacity_ci_high" in v else "?"
+            parts.append(f"{v['capacity_qps']:.0f} [{v.get('capacity_ci_low', 0.0):.0f}–{high}] qps")
+        elif "max_qps_within_slo" in v:
+            parts.append(f"≥ {v['max_qps_within_slo']:.0f} qps" if v["max_qps_within_slo"] > 0 else "SLO never met")
         elif "target_qps" in v:
             parts.append(f"{v['target_qps']:.0f} qps: {v.get('slo_latency', float('nan')):.2f} ms "
                          f"{'ok' if v.get('slo_met') == 1.0 else 'miss'}")
