@@ -411,17 +411,26 @@ def gen_dashboard(src: Path, args: list[str], root: Path = ROOT) -> str:
     return "```\n$ " + shown + "\n" + "\n".join(lines).strip("\n") + "\n```\n"
 
 
-def gen_serving(src: Path, args: list[str], root: Path = ROOT) -> str:
-    """The tables ``benchmarks/serving.py`` wrote to serving.md, from its serving.json (headings made bold)."""
+def _benchmark_markdown(script: str, data: dict[str, Any], drop_title: bool) -> str:
+    """A benchmark's own ``markdown(data)`` (benchmarks/<script>.py), its headings made bold."""
     import importlib.util
 
-    data = _load_json(src)
-    spec = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
+    spec = importlib.util.spec_from_file_location(f"{script}_benchmark", ROOT / "benchmarks" / f"{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    lines = module.markdown(data).splitlines()[1:]  # without its title
+    lines = module.markdown(data).splitlines()[1 if drop_title else 0:]
     out = [f"**{line[3:]}**" if line.startswith("## ") else line for line in lines]
     return "\n".join(out).strip("\n") + "\n"
+
+
+def gen_serving(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """The tables ``benchmarks/serving.py`` wrote to serving.md, from its serving.json (without its title)."""
+    return _benchmark_markdown("serving", _load_json(src), drop_title=True)
+
+
+def gen_capacity(src: Path, args: list[str], root: Path = ROOT) -> str:
+    """The tables ``benchmarks/capacity.py`` wrote to capacity.md, from its capacity.json."""
+    return _benchmark_markdown("capacity", _load_json(src), drop_title=False)
 
 
 def gen_overhead(src: Path, args: list[str], root: Path = ROOT) -> str:
@@ -459,6 +468,7 @@ GENERATORS: dict[str, Callable[..., str]] = {
     "compare": gen_compare,
     "dashboard": gen_dashboard,
     "serving": gen_serving,
+    "capacity": gen_capacity,
     "overhead": gen_overhead,
 }
 

@@ -113,6 +113,7 @@ Entry = Union[Metric, Series, ScenarioMetrics]
 # The built-in scenario kinds (harness/measure/scenarios/), for reports that treat them apart.
 SINGLE_STREAM, OFFLINE, SERVER = "single_stream", "offline", "server"
 GENERATE, GENERATE_OFFLINE = "generate", "generate_offline"  # generative models, token by token
+GENERATE_SERVER = "generate_server"  # generation requests at a rate, one slot, an SLO on TTFT and TPOT
 
 LATENCY = Series("latency", "service time of one query")
 BATCH_LATENCY = Series("batch_latency", "service time of one batch (per worker thread)")
@@ -195,6 +196,10 @@ _SCALARS = [
     Metric("generator_ceiling_qps", "queries/s", "capacity", "higher",
            "queries/s the load generator and batcher move with a session that does nothing (the harness's ceiling)"),
     Metric("mean_batch_size", "queries", "setting", None, "queries per dynamic batch, on average"),
+    Metric("slo_ratio", "ratio", "latency", "lower",
+           "generate_server: the SLO percentile of each request's max(TTFT / TTFT SLO, TPOT / TPOT SLO); <= 1 meets"),
+    Metric("capacity_output_tokens", "tokens/s", "capacity", "higher",
+           "generate_server: the capacity estimate times the mean output length"),
     # generative scenarios
     Metric(OUTPUT_TOKEN_THROUGHPUT, "tokens/s", "throughput", "higher",
            "generated tokens per second over the scenario's wall time (every sequence of a batch counted)"),
@@ -231,6 +236,8 @@ _SCENARIOS = [
     ScenarioMetrics(OFFLINE, BATCH_LATENCY.name, THROUGHPUT),
     ScenarioMetrics(SERVER, LATENCY.name, CAPACITY_QPS, meaning="arrival to completion, queueing included"),
     ScenarioMetrics(GENERATE, TPOT.name, TPOT.p50, meaning="one request's mean time per output token after the first"),
+    ScenarioMetrics(GENERATE_SERVER, TTFT.name, CAPACITY_QPS,
+                    meaning="arrival to the first token on the host, queueing included"),
     ScenarioMetrics(GENERATE_OFFLINE, REQUEST_LATENCY.name, OUTPUT_TOKEN_THROUGHPUT,
                     meaning="one batch of prompts generated together, start to its last token"),
 ]

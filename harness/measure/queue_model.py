@@ -51,6 +51,17 @@ class ServiceTimes:
         return servers * fill * 1e9 / float(np.median(self.table(max_batch)[fill]))
 
 
+def lindley_waits(gaps_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:
+    """Each query's wait in a FIFO queue with one server (the first arrives at ``gaps_ns[0]`` to an empty one).
+
+    Lindley's recursion, vectorised: wait_i = X_i - min(0, min_{j<=i} X_j), X the cumulative sum of
+    (previous service - gap).
+    """
+    steps = np.concatenate(([0.0], np.asarray(service_ns, dtype=np.float64)[:-1] - np.asarray(gaps_ns)[1:]))
+    x = np.cumsum(steps)
+    return x - np.minimum(np.minimum.accumulate(x), 0.0)
+
+
 def simulate_latencies(gaps_ns: np.ndarray, service: list[np.ndarray], draws: np.ndarray, max_batch: int = 1,
                        delay_ns: float = 0.0, fill: int | None = None, preferred: Sequence[int] = (),
                        servers: int = 1) -> np.ndarray:
@@ -62,14 +73,9 @@ def simulate_latencies(gaps_ns: np.ndarray, service: list[np.ndarray], draws: np
     arrivals = np.cumsum(gaps_ns)
     n = arrivals.size
     if max_batch == 1 and servers == 1:
-        # Lindley's recursion, vectorised: wait_i = X_i - min(0, min_{j<=i} X_j) with X the cumulative
-        # sum of (previous service - gap).
         s = service[1]
         svc = s[(draws[:n] * s.size).astype(np.int64)]
-        steps = np.concatenate(([0.0], svc[:-1] - np.diff(arrivals)))
-        x = np.cumsum(steps)
-        wait = x - np.minimum(np.minimum.accumulate(x), 0.0)
-        return wait + svc
+        return lindley_waits(gaps_ns, svc) + svc
     fill = fill or max_batch
     free = [0.0] * servers
     latency = np.empty(n)

@@ -436,8 +436,16 @@ def one_server_scenario(g: pd.DataFrame, label: str, batch_size: int, guarantee:
         trials = ([{"qps": float(target["value"]), "latency_ms": float(lat["value"]), "meets": met_slo}]
                   if target is not None and lat is not None else [])
     valid = bool(met["valid"]) if not pd.isna(met["valid"]) else True
-    return {"scenario": label, "server_slo": desc, "slo_throughput": None if qps is None else qps * batch_size,
-            "slo_throughput_ci": [None if v is None else v * batch_size for v in interval],
+    # A generation server's rate is in requests: times the mean output length, in output tokens (its cost per
+    # million output tokens); any other server's in queries of batch_size samples.
+    tokens = _metric_row(g, "output_tokens", label)
+    per_query = float(tokens["value"]) if tokens is not None else batch_size
+    if tokens is not None:
+        pct, ttft, tpot = slo.get("percentile"), slo.get("ttft_slo_ms"), slo.get("tpot_slo_ms")
+        if None not in (pct, ttft, tpot):
+            desc = f"p{pct:g} of requests: TTFT ≤ {ttft:g} ms and TPOT ≤ {tpot:g} ms"
+    return {"scenario": label, "server_slo": desc, "slo_throughput": None if qps is None else qps * per_query,
+            "slo_throughput_ci": [None if v is None else v * per_query for v in interval],
             "slo_bound": bound, "server_slo_met": met_slo, "server_valid": valid,
             "server_trials": sorted(trials, key=lambda t: t["qps"]), "server_slo_ms": slo.get("slo_ms"),
             "server_batching": batching_label(details.get("batching"))}

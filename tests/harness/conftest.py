@@ -78,3 +78,21 @@ def pg_cluster():
     cluster = start_cluster()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_session(tmp_path_factory):
+    """(bundle, session): the tiny Llama in fp32 on the Transformers backend, one thread."""
+    from costbench.backends.transformers_backend import TransformersBackend
+    from costbench.core.artifacts import FORMAT_HF_CAUSAL_LM
+    from costbench.harness.build.compress.registry import get_recipe
+    from costbench.harness.build.zoo.registry import zoo_model
+
+    cache = tmp_path_factory.mktemp("gen-scenario")
+    bundle = zoo_model("tiny-llama").load(cache)
+    artifact = get_recipe("fp32").artifact(bundle, get_recipe("fp32").parse_config({}), FORMAT_HF_CAUSAL_LM,
+                                           ArtifactCache(cache))
+    backend = TransformersBackend()
+    session = backend.prepare(artifact, backend.parse_options({"threads": 1}), 1)
+    yield bundle, session
+    session.close()

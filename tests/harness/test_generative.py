@@ -87,22 +87,6 @@ def test_prompt_windows_cover_the_token_stream(rng):
         prompt_sets(SampleSet({"pixels": stream}), 1, 5)
 
 
-@pytest.fixture(scope="module")
-def tiny_session(tmp_path_factory):
-    from costbench.backends.transformers_backend import TransformersBackend
-    from costbench.core.artifacts import FORMAT_HF_CAUSAL_LM, ArtifactCache
-    from costbench.harness.build.compress.registry import get_recipe
-
-    cache = tmp_path_factory.mktemp("gen-scenario")
-    bundle = zoo_model("tiny-llama").load(cache)
-    artifact = get_recipe("fp32").artifact(bundle, get_recipe("fp32").parse_config({}), FORMAT_HF_CAUSAL_LM,
-                                           ArtifactCache(cache))
-    backend = TransformersBackend()
-    session = backend.prepare(artifact, backend.parse_options({"threads": 1}), 1)
-    yield bundle, session
-    session.close()
-
-
 @pytest.mark.parametrize("cls", [Generate, GenerateOffline])
 def test_generate_scenarios_report_consistent_series(tiny_session, cls, rng):
     bundle, session = tiny_session

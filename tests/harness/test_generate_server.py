@@ -1,0 +1,113 @@
+"""generate_server: requests at a rate through one generation slot, against a simulation of that queue.
+
+A generative session whose times are known (it spins ``prefill_ms + per_prompt_ms * prompt length`` before
+its first token and ``tpot_ms`` before each next one) is an M/G/1 queue: the capacity search must find
+what the queue model finds for those times. The tiny Llama on Transformers checks the series on a real
+runtime.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from costbench.backends.base import GenerativeSession
+from costbench.harness.build.zoo.base import SampleSet
+from costbench.harness.measure.scenarios.generate_server import GenerateServer, GenerateServerSpec, _Requests
+
+
+class Spinning(GenerativeSession):
+    """Known times: the prefill grows with the prompt, every next token costs ``tpot_ms``."""
+
+    def __init__(self, prefill_ms: float, per_prompt_ms: float, tpot_ms: float):
+        self.prefill_ns, self.per_prompt_ns, self.tpot_ns = prefill_ms * 1e6, per_prompt_ms * 1e6, tpot_ms * 1e6
+
+    @staticmethod
+    def _spin(ns: float) -> None:
+        end = time.perf_counter_ns() + int(ns)
+        while time.perf_counter_ns() < end:
+            pass
+
+    def run(self, inputs):
+        return []
+
+    def generate(self, prompt_ids, new_tokens, on_token):
+        self._spin(self.prefill_ns + self.per_prompt_ns * prompt_ids.shape[1])
+        on_token()
+        for _ in range(new_tokens - 1):
+            self._spin(self.tpot_ns)
+            on_token()
+        return np.zeros((prompt_ids.shape[0], new_tokens), dtype=np.int64)
+
+
+DATA = SampleSet({"input_ids": np.arange(4096, dtype=np.int64).reshape(64, 64) % 1000})
+
+
+def test_lengths_are_drawn_in_their_ranges_and_the_series_agree(rng):
+    spec = GenerateServerSpec(search=False, target_qps=50, ttft_slo_ms=50, tpot_slo_ms=2, prompt_tokens=32,
+                              prompt_tokens_min=8, output_tokens=8, output_tokens_min=3, min_count=40,
+                              seed=int(rng.integers(1 << 30)))
+    r = GenerateServer(spec).run(Spinning(1.0, 0.01, 0.5), DATA, 1)
+    assert r.valid and r.queries == 40
+    ttft, wait, tpot = (np.asarray(x) for x in (r.samples_ns, r.series_ns["queue_wait"], r.series_ns["tpot"]))
+    assert np.all(ttft >= wait + 1.0e6)  # a request's first token comes after its wait and its prefill
+    assert np.all(np.abs(tpot - 0.5e6) < 0.25e6)
+    assert 3 <= r.scalars["output_tokens"][0] <= 8 and 8 <= r.scalars["prompt_tokens"][0] <= 32
+    ratio = max(np.sort(np.maximum(ttft / 50e6, tpot / 2e6))[int(np.ceil(0.99 * 40)) - 1], 0)
+    assert r.scalars["slo_ratio"][0] == pytest.approx(ratio, rel=1e-6)
+    assert r.scalars["slo_met"][0] == float(ratio <= 1)
+
+
+def test_search_finds_the_queue_models_capacity(seed):
+    """The capacity search against the M/G/1 model of the same service times (the issue's 10%)."""
+    # 3000 requests a trial: a p99 from fewer queued requests is biased low (the bursts that make the tail
+    # are rare), so the search overestimates: by about 10% at 300 requests, by 3-5% at 1000.
+    spec = GenerateServerSpec(ttft_slo_ms=5, tpot_slo_ms=0.5, prompt_tokens=32, prompt_tokens_min=8,
+                              output_tokens=6, output_tokens_min=3, min_count=3000, search_budget_s=40,
+                              seed=seed % 2**31)
+    session = Spinning(0.3, 0.005, 0.1)
+    scenario = GenerateServer(spec)
+    r = scenario.run(session, DATA, 1)
+    summary = r.details["search_summary"]
+    assert summary["elapsed_s"] <= summary["budget_s"]
+    # The model on the exact service times: every length combination, uniform, as the scenario draws them.
+    prompt, output = scenario._lengths(20_000, seed)
+    duration = (0.3 + 0.005 * prompt + 0.1 * (output - 1)) * 1e6
+    exact = _Requests([], prefill_ns=list((0.3 + 0.005 * prompt) * 1e6), duration_ns=list(duration),
+                      tpot_ns=[0.1e6] * len(prompt))
+    model = scenario.model_capacity(exact, queries=100_000, seed=seed)
+    low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
+    # Against the model on the prefill and decoding times the trials measured (the issue's validation) ...
+    measured = r.scalars["capacity_model_qps"][0]
+    if measured < 0.75 * model:  # the spins were preempted: trials met different machines, no one model holds
+        pytest.skip(f"the machine is busy: the measured times imply {measured:.0f} requests/s, the built ones "
+                    f"{model:.0f}")
+    assert r.scalars["capacity_qps"][0] == pytest.approx(measured, rel=0.10), (r.details["search"], measured)
+    assert low / 1.03 <= measured <= high * 1.03
+    # ... and on the times the session was built with, less the harness's own per-token work (the two
+    # simulations differ by about 1% from their own sampling).
+    assert 0.75 * model <= measured <= 1.04 * model, (measured, model)
+    assert r.scalars["capacity_output_tokens"][0] == pytest.approx(r.scalars["capacity_qps"][0] *
+                                                                    r.scalars["output_tokens"][0])
+
+
+def test_tiny_llama_serves_requests(tiny_session):
+    bundle, session = tiny_session
+    spec = GenerateServerSpec(search=False, target_qps=5, ttft_slo_ms=2000, tpot_slo_ms=500, prompt_tokens=12,
+                              prompt_tokens_min=4, output_tokens=4, min_count=6, warmup_count=1)
+    r = GenerateServer(spec).run(session, bundle.evaluation, 1)
+    assert r.valid and r.queries == 6 and r.scalars["slo_met"][0] == 1.0
+    assert all(t > 0 for t in r.series_ns["tpot"])
+
+
+@pytest.mark.parametrize("bad, where", [
+    ({"search": False}, "target_qps"),
+    ({"prompt_tokens": 8, "prompt_tokens_min": 9}, "prompt_tokens_min"),
+    ({"output_tokens": 4, "output_tokens_min": 5}, "output_tokens_min"),
+])
+def test_bad_settings_name_the_key(bad, where):
+    with pytest.raises(ValidationError, match=where):
+        GenerateServerSpec(ttft_slo_ms=100, tpot_slo_ms=10, **bad)
