@@ -1027,19 +1027,67 @@ AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *
     }
     for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
 }
+/* The same row on AVX-512: two min/max chains of 16 lanes, then 64 elements per step. The rounded
+ * product plus the zero point is formed in float (exact while |rint(x * inv)| < 2^24; beyond that the
+ * sum keeps its sign and ends clamped as the integer path does) and clamped to [0, 255] in float:
+ * MAXPS with 0 second turns a NaN into 0, what the scalar path's clamp to -512 and then to 0 gives. */
+#define VNNI_QTARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+VNNI_QTARGET static void quantize_row_avx512(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp,
+                                             uint8_t flip) {
+    __m512 lo0 = _mm512_setzero_ps(), hi0 = _mm512_setzero_ps(), lo1 = lo0, hi1 = hi0;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        const __m512 v0 = _mm512_loadu_ps(row + k), v1 = _mm512_loadu_ps(row + k + 16);
+        lo0 = _mm512_min_ps(v0, lo0);
+        hi0 = _mm512_max_ps(v0, hi0);
+        lo1 = _mm512_min_ps(v1, lo1);
+        hi1 = _mm512_max_ps(v1, hi1);
+    }
+    for (; k + 16 <= K; k += 16) {
+        const __m512 v = _mm512_loadu_ps(row + k);
+        lo0 = _mm512_min_ps(v, lo0);
+        hi0 = _mm512_max_ps(v, hi0);
+    }
+    /* lane minima are <= 0 <= lane maxima and never NaN: merging the chains is order-free */
+    lo0 = _mm512_min_ps(lo0, lo1);
+    hi0 = _mm512_max_ps(hi0, hi1);
+    float lo = _mm512_reduce_min_ps(lo0), hi = _mm512_reduce_max_ps(hi0), inv;
+    for (; k < K; k++) range_update(row[k], &lo, &hi);
+    row_affine(lo, hi, scale, zp, &inv);
+    const __m512 vinv = _mm512_set1_ps(inv), vzp = _mm512_set1_ps((float)*zp), v0f = _mm512_setzero_ps(),
+                 v255 = _mm512_set1_ps(255.0f);
+    const __m128i vflip = _mm_set1_epi8((char)flip);
+#define QSTEP(off)                                                                                        \
+    {                                                                                                     \
+        __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(row + (off)), vinv),                \
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                   \
+        v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vzp), v0f), v255);                               \
+        _mm_storeu_si128((__m128i *)(q + (off)), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), vflip)); \
+    }
+    k = 0;
+    for (; k + 64 <= K; k += 64) {
+        QSTEP(k) QSTEP(k + 16) QSTEP(k + 32) QSTEP(k + 48)
+    }
+    for (; k + 16 <= K; k += 16) QSTEP(k)
+#undef QSTEP
+    for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
+}
+
 #endif
 
 static void quantize_rows_u8(const float *x, int64_t ldx, int64_t M, int64_t K, uint8_t *dst, int64_t ldq,
                              int64_t kp, float *scales, int32_t *zps, uint8_t flip) {
 #if CB_X86
-    const int simd = isa_supported(ISA_AVX2);
+    const int simd = isa_supported(ISA_AVX512VNNI) ? 2 : isa_supported(ISA_AVX2);
 #else
     const int simd = 0;
 #endif
     for (int64_t i = 0; i < M; i++) {
         uint8_t *q = dst + i * ldq;
 #if CB_X86
-        if (simd)
+        if (simd == 2)
+            quantize_row_avx512(x + i * ldx, K, q, scales + i, zps + i, flip);
+        else if (simd)
             quantize_row_avx2(x + i * ldx, K, q, scales + i, zps + i, flip);
         else
 #endif
@@ -1133,18 +1181,41 @@ static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t
         if (NV > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, av, b2);                 \
         if (NV > 3) c##r##3 = _mm512_dpbusd_epi32(c##r##3, av, b3);                 \
     }
-#define V2_OUT(r, v) \
-    if (r < MR) vnni_store(g, i0 + r, n, m, c##r##v, cs, sc, bi);
+/* The epilogue of one accumulator (row r, vector v). Everything it reads besides the column vectors
+ * is in locals (e.out, e.f32, row_off[], row_sc[]): read through g, gcc reloaded every field of g
+ * before each of the 24 stores, since a store may alias it. */
+#define V2_OUT(r, v)                                                                                  \
+    if (r < MR) {                                                                                     \
+        __m512i acc = c##r##v;                                                                        \
+        if (e.colsum) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_set1_epi32(row_off[r]), cs)); \
+        if (e.f32) {                                                                                  \
+            __m512 y = _mm512_cvtepi32_ps(acc);                                                       \
+            if (e.row_scale) y = _mm512_mul_ps(y, _mm512_set1_ps(row_sc[r]));                         \
+            _mm512_mask_storeu_ps((float *)e.out + (i0 + r) * e.ldo + n, m, _mm512_fmadd_ps(y, sc, bi)); \
+        } else {                                                                                      \
+            _mm512_mask_storeu_epi32((int32_t *)e.out + (i0 + r) * e.ldo + n, m, acc);                \
+        }                                                                                             \
+    }
 #define V2_OUT_VEC(v)                                                                                 \
     if (v < NV) {                                                                                     \
         const int64_t n = n0 + 16 * v;                                                                \
-        const __mmask16 m = vnni_mask(g->N - n);                                                      \
+        const __mmask16 m = vnni_mask(e.N - n);                                                       \
         const __m512 one = _mm512_set1_ps(1.0f);                                                      \
-        const __m512i cs = g->colsum ? _mm512_maskz_loadu_epi32(m, g->colsum + n) : _mm512_setzero_si512(); \
-        const __m512 sc = g->col_scale ? _mm512_mask_loadu_ps(one, m, g->col_scale + n) : one;        \
-        const __m512 bi = g->bias ? _mm512_maskz_loadu_ps(m, g->bias + n) : _mm512_setzero_ps();      \
+        const __m512i cs = e.colsum ? _mm512_maskz_loadu_epi32(m, e.colsum + n) : _mm512_setzero_si512(); \
+        const __m512 sc = e.col_scale ? _mm512_mask_loadu_ps(one, m, e.col_scale + n) : one;          \
+        const __m512 bi = e.bias ? _mm512_maskz_loadu_ps(m, e.bias + n) : _mm512_setzero_ps();        \
         V2_OUT(0, v) V2_OUT(1, v) V2_OUT(2, v) V2_OUT(3, v) V2_OUT(4, v) V2_OUT(5, v)                 \
     }
+
+/* The epilogue's operands, copied out of the gemm_t once per call of v2_tiles. */
+typedef struct {
+    const int32_t *colsum, *row_zp;
+    const float *row_scale, *col_scale, *bias;
+    void *out;
+    int64_t ldo, N;
+    int32_t global_off;
+    int f32;
+} v2_epi;
 
 /* Row tiles [t0, t1) (each MR rows from t * V2_MR) x the NV vectors of panel p, over the whole K.
  * The epilogue loads each vector's column sums, scales and bias from L1 as it goes, so that only
@@ -1155,10 +1226,18 @@ VNNI_TARGET ALWAYS_INLINE void v2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
     const int8_t *bpanel = (const int8_t *)g->bp + p * g->Kp * V2_NR;
     const int64_t ngroups = g->Kp / 4, n0 = p * V2_NR;
     const __m512i z = _mm512_setzero_si512();
+    const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->out, g->ldo, g->N,
+                      g->global_off, g->out_f32};
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * V2_MR;
         const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
         const int8_t *b = bpanel;
+        int32_t row_off[V2_MR];
+        float row_sc[V2_MR];
+        for (int r = 0; r < MR; r++) {
+            row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
+            row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
+        }
         V2_ROWS(V2_DECL)
         for (int64_t kg = 0; kg < ngroups; kg++) {
             const __m512i b0 = _mm512_load_si512((const void *)b);
