@@ -168,7 +168,7 @@ def search_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def md1_summary(folder: Path) -> dict[str, Any]:
-    from costbench.harness.measure.capacity import combine_processes
+    from costbench.core.stats import combine_capacities
     from costbench.harness.measure.queue_model import md1_capacity
 
     exact = md1_capacity(SLO_MS / 1e3, 99, 1e-3)
@@ -182,7 +182,7 @@ def md1_summary(folder: Path) -> dict[str, Any]:
     for run_id in dict.fromkeys(s["run_id"] for s in searches):
         group = [s for s in searches if s["run_id"] == run_id and s["estimate"] and s["low"] and s["high"]]
         if len(group) >= 2:
-            c, lo, hi = combine_processes([s["estimate"] for s in group], [s["low"] for s in group],
+            c, lo, hi = combine_capacities([s["estimate"] for s in group], [s["low"] for s in group],
                                           [s["high"] for s in group])
             runs.append({"run_id": run_id, "processes": len(group), "estimate": c, "low": lo, "high": hi,
                          "error": c / exact - 1, "holds": lo <= exact <= hi})

@@ -256,6 +256,28 @@ def across_processes(values: Sequence[float] | np.ndarray, confidence: float = 0
     return AcrossProcesses(math.exp(mean), math.exp(mean - half), math.exp(mean + half), sd, int(v.size))
 
 
+def combine_capacities(estimates: Sequence[float], lows: Sequence[float], highs: Sequence[float],
+                       confidence: float = 0.95) -> tuple[float, float, float]:
+    """One capacity from several processes' searches: (centre, low, high).
+
+    The centre is the geometric mean of the estimates, its interval a t interval on their logs (the
+    process is the unit of replication: a process's own interval cannot see how far another launch
+    lands), never narrower than the processes' own intervals combined as independent errors of the mean.
+    """
+    from scipy.special import stdtrit
+
+    est = np.log(np.asarray(estimates, dtype=np.float64))
+    n = est.size
+    if n < 2:
+        raise ValueError(f"combining capacity searches needs at least 2 processes, got {n}")
+    centre = float(est.mean())
+    t_half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * float(est.std(ddof=1)) / math.sqrt(n)
+    own = (np.log(np.asarray(highs, dtype=np.float64)) - np.log(np.asarray(lows, dtype=np.float64))) / 2
+    within = float(np.sqrt(np.sum(own ** 2))) / n
+    half = max(t_half, within)
+    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)
+
+
 def between_process_share(per_process: Sequence[Sequence[float] | np.ndarray]) -> float:
     """Share of the variance of log samples that lies between processes, in [0, 1] (a robust one-way ANOVA).
 

@@ -10,8 +10,8 @@ optimistic one does (the lower ends). The search places each trial at the curren
 the precision the bracket still needs, and stops at the target precision or when its time budget is
 spent; it never plans a trial that would not fit the budget.
 
-Across processes (:func:`combine_processes`) the process is the unit of replication, as for latency:
-a t interval over the processes' estimates, never narrower than their own intervals combined.
+Across processes (:func:`costbench.core.stats.combine_capacities`) the process is the unit of replication,
+as for latency: a t interval over the processes' estimates, never narrower than their own intervals combined.
 """
 
 from __future__ import annotations
@@ -240,12 +240,13 @@ class CapacitySearch:
         self.clock = clock
         self.pools: dict[float, RatePool] = {}
 
+    def _pool_near(self, qps: float) -> RatePool | None:
+        """The pool of a rate within 0.5% of ``qps``, if one was tried: that rate, for pooling."""
+        return next((pool for rate, pool in self.pools.items() if abs(rate / qps - 1) <= 0.005), None)
+
     def _pool(self, qps: float) -> RatePool:
         # A rate within 0.5% of one already tried is that rate: its trials pool, and its interval narrows.
-        for rate, pool in self.pools.items():
-            if abs(rate / qps - 1) <= 0.005:
-                return pool
-        return self.pools.setdefault(qps, RatePool(qps))
+        return self._pool_near(qps) or self.pools.setdefault(qps, RatePool(qps))
 
     def _queries(self, pool: RatePool, est: Estimate | None) -> int:
         """A trial's size: enough for the precision still needed at this rate (never under min_queries)."""
@@ -291,11 +292,15 @@ class CapacitySearch:
             return min(rate, p.ceiling_qps)
         center = est.center.rate
         if est.low.rate is None or est.high.rate is None:
-            # An open end: bound it by a trial past the estimate on that side, far enough to decide.
-            width = max(2 * self.plan.precision, 0.1)
-            if est.high.rate is None:
-                return min(center * (1 + width), p.ceiling_qps)
-            return max(center * (1 - width), p.floor_qps)
+            # An open end: bound it by a trial past the estimate on that side, far enough to decide; where
+            # that rate has had eight trials and still does not (its interval keeps reaching the SLO), a
+            # step further, and so on.
+            step = 1 + max(2 * self.plan.precision, 0.1) * (1 if est.high.rate is None else -1)
+            rate = center * step
+            while p.floor_qps < rate < p.ceiling_qps and (tried := self._pool_near(rate)) is not None \
+                    and tried.trials >= 8:
+                rate *= step
+            return min(max(rate, p.floor_qps), p.ceiling_qps)
         return center
 
     def run(self, measure: Measure) -> SearchOutcome:
@@ -305,16 +310,20 @@ class CapacitySearch:
         rate: float | None = p.start_qps
         est: Estimate | None = None
         stop = "budget"
+        overrun = 0.0  # the most a trial has run past its last arrival (the queue draining, a give-up)
         while rate is not None:
             pool = self._pool(rate)
             n = self._queries(pool, est)
-            # Plan within the budget: a trial takes about n / rate seconds (arrivals end by then).
-            left = deadline - self.clock()
-            fits = int(left * pool.qps * 0.9)
+            # Plan within the budget: a trial's arrivals end after about n / rate seconds, and it then runs
+            # on for as long as the longest overrun seen so far.
+            left = deadline - self.clock() - overrun
+            fits = int(left * pool.qps * 0.95)
             if fits < min(n, max(100, p.min_queries(pool.qps) // 2)):
                 stop = "budget"
                 break
+            began = self.clock()
             latency, overloaded = measure(pool.qps, min(n, fits))
+            overrun = max(overrun, self.clock() - began - min(n, fits) / pool.qps)
             pool.latency_ns += latency
             pool.overloaded = pool.overloaded or overloaded
             pool.trials += 1
@@ -330,25 +339,3 @@ class CapacitySearch:
             est = estimate([RatePool(p.start_qps, overloaded="no trial fitted the budget")], p.slo_ns)
         return SearchOutcome(est, sorted(self.pools.values(), key=lambda q: q.qps), stop, self.clock() - start,
                              p.budget_s)
-
-
-def combine_processes(estimates: Sequence[float], lows: Sequence[float], highs: Sequence[float],
-                      confidence: float = 0.95) -> tuple[float, float, float]:
-    """One capacity from several processes' searches: (centre, low, high).
-
-    The centre is the geometric mean of the estimates, its interval a t interval on their logs (the
-    process is the unit of replication: a process's own interval cannot see how far another launch
-    lands), never narrower than the processes' own intervals combined as independent errors of the mean.
-    """
-    from scipy.special import stdtrit
-
-    est = np.log(np.asarray(estimates, dtype=np.float64))
-    n = est.size
-    if n < 2:
-        raise ValueError(f"combining capacity searches needs at least 2 processes, got {n}")
-    centre = float(est.mean())
-    t_half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * float(est.std(ddof=1)) / math.sqrt(n)
-    own = (np.log(np.asarray(highs, dtype=np.float64)) - np.log(np.asarray(lows, dtype=np.float64))) / 2
-    within = float(np.sqrt(np.sum(own ** 2))) / n
-    half = max(t_half, within)
-    return math.exp(centre), math.exp(centre - half), math.exp(centre + half)

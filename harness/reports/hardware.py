@@ -59,9 +59,8 @@ class Criteria:
                else "no task-accuracy budget")
         parity = (f"parity loss ≤ {self.max_parity_loss_pt:g} pt where unlabelled (top-1 disagreement with fp32 "
                   "where fp32 is confident)" if self.max_parity_loss_pt is not None else "no parity budget")
-        billed = ("searched capacities billed at their 95% lower end (--guarantee)" if self.guarantee
-                  else "searched capacities billed at their estimate")
-        return f"{slo}; {acc}; {parity}; {billed}"
+        billed = "; searched capacities billed at their 95% lower end (--guarantee)" if self.guarantee else ""
+        return f"{slo}; {acc}; {parity}{billed}"
 
     def budget_for(self, basis: str | None) -> float | None:
         """The budget (a fraction) for a basis: task accuracy or parity."""

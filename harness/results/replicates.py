@@ -27,9 +27,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from costbench.core.metrics import CAPACITY_QPS, CONTENDED_PROCESSES, Series, catalogue
-from costbench.harness.measure.capacity import combine_processes
 from costbench.harness.results.rounds import contended, needs_more, rounds_of, usable
-from costbench.core.stats import across_processes, between_process_share, percentile
+from costbench.core.stats import across_processes, between_process_share, combine_capacities, percentile
 
 # Units whose per-process values are positive and multiplicative: summarised by a geometric mean and t interval.
 RATIO_SCALE_UNITS = ("ms", "samples/s", "s")
@@ -137,14 +136,14 @@ def merge_metrics(per_process: list[list[dict[str, Any]]]) -> list[dict[str, Any
 
 def _merge_capacity(by_name: dict[str, list[dict[str, Any]]], merged: list[dict[str, Any]]) -> None:
     """A searched capacity over processes: the processes' estimates and own intervals combined
-    (:func:`~costbench.harness.measure.capacity.combine_processes`), not the median of each end."""
+    (:func:`~costbench.core.stats.combine_capacities`), not the median of each end."""
     est, lows, highs = (by_name.get(k, []) for k in (CAPACITY_QPS, "capacity_ci_low", "capacity_ci_high"))
     if len(est) < 2 or not (len(est) == len(lows) == len(highs)):
         return  # a process whose search found no upper bound leaves the per-process medians as they are
     values = [[float(r["value"]) for r in rows] for rows in (est, lows, highs)]
     if not all(_positive(v) for v in values):
         return
-    centre, low, high = combine_processes(*values)
+    centre, low, high = combine_capacities(*values)
     how = {"summary": "geometric mean of the processes' capacity estimates",
            "interval": "t interval on their logs, never narrower than their own intervals combined"}
     for row in merged:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from costbench.harness.measure.capacity import (
-    CapacitySearch, RatePool, SearchPlan, combine_processes, crossing, estimate, isotonic)
+    CapacitySearch, RatePool, SearchPlan, crossing, estimate, isotonic)
+from costbench.core.stats import combine_capacities
 from costbench.harness.measure.queue_model import ServiceTimes, md1_capacity, model_capacity, simulate_latencies
 from costbench.harness.measure.scenarios.server import percentile_interval
 from queue_sim import capacity as bisect_capacity, nearest_rank, simulate
@@ -92,7 +93,7 @@ def test_intervals_across_processes_hold_with_process_noise(seed):
     for _ in range(100):
         outs = [simulated_search(SERVICE_NS * math.exp(sigma * rng.standard_normal()), rng, budget_s=120)
                 for _ in range(3)]
-        centre, low, high = combine_processes([o.estimate.center.rate for o in outs],
+        centre, low, high = combine_capacities([o.estimate.center.rate for o in outs],
                                               [o.estimate.low.rate for o in outs],
                                               [o.estimate.high.rate for o in outs])
         assert low <= centre <= high
@@ -100,15 +101,15 @@ def test_intervals_across_processes_hold_with_process_noise(seed):
     assert held >= 90, held
 
 
-def test_combine_processes_is_never_narrower_than_the_processes_own_intervals():
-    centre, low, high = combine_processes([500, 500, 500], [450, 450, 450], [550, 550, 550])
+def test_combine_capacities_is_never_narrower_than_the_processes_own_intervals():
+    centre, low, high = combine_capacities([500, 500, 500], [450, 450, 450], [550, 550, 550])
     assert centre == pytest.approx(500)
     # identical estimates: the t interval is empty, the own intervals (±10%) combined give ±10%/sqrt(3)
     assert math.log(high / low) / 2 == pytest.approx(math.log(550 / 450) / 2 / math.sqrt(3), rel=1e-6)
-    _, low, high = combine_processes([400, 500, 600], [390, 490, 590], [410, 510, 610])
+    _, low, high = combine_capacities([400, 500, 600], [390, 490, 590], [410, 510, 610])
     assert low < 420 and high > 580  # spread between processes dominates
     with pytest.raises(ValueError, match="at least 2"):
-        combine_processes([500], [450], [550])
+        combine_capacities([500], [450], [550])
 
 
 def test_queue_model_agrees_with_theory_and_the_independent_simulation(seed):
@@ -139,7 +140,7 @@ def test_a_case_merges_its_processes_searches_into_one_interval():
 
     per = [(500, 490, 510), (560, 550, 570), (530, 520, 540)]
     merged = {r["metric"]: r for r in merge_metrics([rows(*p) for p in per])}
-    centre, low, high = combine_processes(*zip(*per))
+    centre, low, high = combine_capacities(*zip(*per))
     assert merged["capacity_qps"]["value"] == pytest.approx(centre)
     assert merged["capacity_ci_low"]["value"] == pytest.approx(low) and low < 490
     assert merged["capacity_ci_high"]["value"] == pytest.approx(high) and high > 570
