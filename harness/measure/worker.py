@@ -276,13 +276,26 @@ def load_session(backend: Backend, options: BackendOptions, artifact: Artifact, 
     return session, _metric("load_time", (time.perf_counter() - t_load) * 1e3, "ms", details={"scope": scope})
 
 
+# Process k of a case draws its arrivals (and a generation server's lengths) from seed + k * this: every process
+# replicates the arrivals' randomness as well as the process's own state, and the seeds a search walks
+# (seed, seed + 1, ...) never meet another process's.
+PROCESS_SEED_STRIDE = 1_000_003
+
+
+def process_spec(spec: dict[str, Any], process: int | None) -> dict[str, Any]:
+    """The scenario settings process ``process`` of a case runs: a seeded scenario's seed moved by the process."""
+    if not process or "seed" not in spec:
+        return spec
+    return {**spec, "seed": int(spec["seed"]) + PROCESS_SEED_STRIDE * process}
+
+
 def measure_session(session: Session, case: Case, inputs: CaseInputs) -> SessionResult:
     """First inference, accuracy and the scenario on ``session``, which this closes however they end."""
     with _closing(session):
         metrics = [first_inference(session, inputs.bundle.evaluation, case.batch_size)]
         metrics += accuracy_metrics(session, inputs.bundle, inputs.reference, case.batch_size)
         metrics += generation_parity(session, inputs.bundle, inputs.continuations, case.batch_size)
-        scenario = make_scenario(case.scenario_spec)
+        scenario = make_scenario(process_spec(case.scenario_spec, case.process))
         before = contention.read()
         result = scenario.run(session, inputs.bundle.evaluation, case.batch_size)
         taken = contention.between(before, contention.read())

@@ -58,7 +58,7 @@ class GenerateServerSpec(ScenarioSettings):
     slo_percentile: float = Field(99.0, gt=0, le=100, description="Share of requests that must meet both.")
     search: bool = Field(True, description="Find the capacity (requests/s); false: one trial at target_qps.")
     target_qps: float | None = Field(None, gt=0, description="Request rate of the one trial when search = false.")
-    seed: int = Field(0, description="Seed of the arrivals and the lengths.")
+    seed: int = Field(0, description="Seed of the arrivals and the lengths (process k of a case adds k x 1,000,003).")
     warmup_count: int = Field(2, ge=0, description="Untimed requests (the longest prompt and output) first.")
     min_count: int = Field(100, ge=1, description="Requests per trial, at least...")
     min_duration_s: float = Field(0.0, ge=0, description="...and enough for this long at the trial's rate.")

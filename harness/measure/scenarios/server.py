@@ -44,7 +44,8 @@ class ServerSpec(ScenarioSettings):
                                    "has when it ends, and the case's timeout grows by it.")
     search_precision: float = Field(0.025, gt=0, lt=1, description="Search: stop once the capacity's 95% interval "
                                     "is within this relative half-width.")
-    seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times.")
+    seed: int = Field(0, description="Seed of the arrival process; same seed, same arrival times (process k of "
+                      "a case adds k x 1,000,003).")
     warmup_count: int = Field(5, ge=0)
     min_count: int = Field(200, ge=1, description="Queries per trial, at least (fewer where max_duration_s at the "
                            "rate allows fewer: a trial is judged on what it collected)...")

@@ -145,3 +145,12 @@ def test_a_case_merges_its_processes_searches_into_one_interval():
     assert merged["capacity_ci_low"]["value"] == pytest.approx(low) and low < 490
     assert merged["capacity_ci_high"]["value"] == pytest.approx(high) and high > 570
     assert "t interval" in merged["capacity_qps"]["details"]["processes"]["interval"]
+
+
+def test_each_process_of_a_case_draws_its_own_arrivals():
+    from costbench.harness.measure.worker import PROCESS_SEED_STRIDE, process_spec
+
+    spec = {"kind": "server", "search": True, "slo_ms": 5, "seed": 7}
+    assert process_spec(spec, 0) is spec and process_spec(spec, None) is spec
+    assert process_spec(spec, 2)["seed"] == 7 + 2 * PROCESS_SEED_STRIDE and spec["seed"] == 7
+    assert process_spec({"kind": "single_stream"}, 3) == {"kind": "single_stream"}
