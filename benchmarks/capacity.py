@@ -164,15 +164,19 @@ def search_of(record: dict[str, Any]) -> dict[str, Any]:
             "probe_s": summary.get("probe_s"), "budget_s": summary.get("budget_s"),
             "stopped_by": summary.get("stopped_by"), "trials": len((m["slo_met"].get("details") or {}).get("search", [])),
             "service_ms_by_batch": summary.get("service_ms_by_batch"), "valid": m["slo_met"].get("valid"),
+            "contention": value("cpu_contention"),
             "notes": (m["slo_met"].get("details") or {}).get("notes", [])}
 
 
 def md1_summary(folder: Path) -> dict[str, Any]:
     from costbench.core.stats import combine_capacities
+    from costbench.harness.machine.contention import CONTENDED_SHARE
     from costbench.harness.measure.queue_model import md1_capacity
 
     exact = md1_capacity(SLO_MS / 1e3, 99, 1e-3)
-    searches = [search_of(r) for r in process_records(folder)]
+    # A process measured while something else took over 10% of the machine is left out, as the runner does.
+    every = [search_of(r) for r in process_records(folder)]
+    searches = [s for s in every if (s["contention"] or 0.0) <= CONTENDED_SHARE]
     for s in searches:
         s["error"] = None if s["estimate"] is None else s["estimate"] / exact - 1
         s["within_5pct"] = s["error"] is not None and abs(s["error"]) <= 0.05
@@ -186,7 +190,7 @@ def md1_summary(folder: Path) -> dict[str, Any]:
                                           [s["high"] for s in group])
             runs.append({"run_id": run_id, "processes": len(group), "estimate": c, "low": lo, "high": hi,
                          "error": c / exact - 1, "holds": lo <= exact <= hi})
-    return {"exact_qps": exact, "searches": searches, "runs": runs,
+    return {"exact_qps": exact, "searches": searches, "runs": runs, "contended_left_out": len(every) - len(searches),
             "within_5pct": sum(s["within_5pct"] for s in searches), "holds": sum(s["holds"] for s in searches),
             "within_budget": sum(s["within_budget"] for s in searches)}
 
@@ -253,7 +257,8 @@ def markdown(res: dict[str, Any]) -> str:
                          f"({f(s['budget_s'] + (s['probe_s'] or 0) if s['budget_s'] else None, '.0f')} s) | "
                          f"{s['stopped_by']} |")
         lines += ["", f"Within 5% of the exact capacity: {m['within_5pct']} of {n}; interval holds it: {m['holds']} of "
-                  f"{n}; within budget: {m['within_budget']} of {n}.", ""]
+                  f"{n}; within budget: {m['within_budget']} of {n}; processes left out as contended (over 10% of "
+                  f"the machine taken by others): {m.get('contended_left_out', 0)}.", ""]
         if m["runs"]:
             lines += ["Each run's processes combined (the case's row):", "",
                       "| run | processes | estimate | 95% interval | error | holds exact |", "| --- | --- | --- | --- | --- | --- |"]
