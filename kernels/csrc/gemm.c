@@ -1238,6 +1238,10 @@ VNNI_TARGET ALWAYS_INLINE void v2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
             row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
             row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
         }
+        if (t + 1 < t1) /* the next tile's output lines, fetched while this tile computes */
+            for (int r = 0; r < MR; r++)
+                for (int v = 0; v < NV; v++)
+                    _mm_prefetch((const char *)e.out + ((i0 + V2_MR + r) * e.ldo + n0 + 16 * v) * 4, _MM_HINT_T0);
         V2_ROWS(V2_DECL)
         for (int64_t kg = 0; kg < ngroups; kg++) {
             const __m512i b0 = _mm512_load_si512((const void *)b);
