@@ -5,7 +5,7 @@
 #   flock /tmp/costbench-measure.lock bash results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni-2/run.sh
 # (No ablation step: kernels-vnni's ablation.py compared that run's commits; this run is the code
 # after them.) Other work that does not take the lock may still run here, so the run first waits
-# (at most 10 min) for three 2-second windows in a row with the CPUs at least 90% idle; idle.txt
+# (at most 5 min) for three 2-second windows in a row with the CPUs at least 90% idle; idle.txt
 # says when it started and how idle the last window was.
 set -euo pipefail
 out=results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni-2
@@ -18,7 +18,7 @@ cpu_idle() {  # percent idle over 2 s
   echo $((100 * (b[4] - a[4]) / t))
 }
 ok=0
-for _ in $(seq 300); do
+for _ in $(seq 150); do
   idle=$(cpu_idle)
   if [ "$idle" -ge 90 ]; then ok=$((ok + 1)); else ok=0; fi
   [ "$ok" -ge 3 ] && break
