@@ -203,6 +203,18 @@ class SearchOutcome:
     elapsed_s: float
     budget_s: float
 
+    def reported_pool(self) -> RatePool | None:
+        """The rate a result's own series and verdict come from: the highest shown to meet, else the lowest tried."""
+        shown = [q for q in self.pools if q.qps == self.estimate.shown_to_meet]
+        return shown[0] if shown else (self.pools[0] if self.pools else None)
+
+    def budget_note(self, budget_s: float, precision: float, trials: int) -> str:
+        """What a result must say when its budget ran out first ("" when it did not)."""
+        if self.stop != "budget":
+            return ""
+        return (f"the search's budget ({budget_s:g} s) ended before its precision target (±{precision:.1%}): the "
+                f"interval is what {trials} trials showed")
+
     def summary(self) -> dict[str, Any]:
         e = self.estimate
         return {"estimate_qps": e.center.rate, "interval": [e.low.rate, e.high.rate],
@@ -225,6 +237,12 @@ class SearchPlan:
     start_qps: float  # where to begin (the queue model's capacity, else a fraction of the service capacity)
     floor_qps: float  # below this the answer is 0
     ceiling_qps: float  # the most the load generator can issue: no trial above it
+
+
+def trial_queries(qps: float, min_count: int, min_duration_s: float, max_duration_s: float) -> int:
+    """Queries a trial plans at ``qps``: min_count and min_duration_s, but no arrival after max_duration_s."""
+    wanted = max(min_count, math.ceil(min_duration_s * qps))
+    return max(1, min(wanted, math.floor(max_duration_s * qps)))
 
 
 Measure = Callable[[float, int], tuple[list[int], str]]  # (rate, queries) -> (latencies ns, overload reason or "")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
+
+from costbench.core.stats import percentile as percentile_of
 
 
 @dataclass(frozen=True)
@@ -114,20 +116,23 @@ def model_capacity(times: ServiceTimes, slo_ns: float, percentile: float, max_ba
     unit_gaps = rng.exponential(1.0, size=queries)
     draws = rng.random(queries)
 
-    def p_at(qps: float) -> float:
+    def meets(qps: float) -> bool:
         lat = simulate_latencies(unit_gaps * (1e9 / qps), table, draws, max_batch, delay_ns, fill, preferred,
                                  servers)
-        return float(np.sort(lat)[max(1, math.ceil(percentile / 100 * lat.size)) - 1])
+        return percentile_of(lat, percentile) <= slo_ns
 
+    return highest_rate_meeting(meets, top, steps)
+
+
+def highest_rate_meeting(meets: Callable[[float], bool], top: float, steps: int = 14) -> float:
+    """The rate in (0.1% of ``top``, ``top``) where ``meets`` turns false, by bisection on a log scale
+    (0 when it is false already at 0.1% of ``top``)."""
     lo, hi = top * 1e-3, top
-    if p_at(lo) > slo_ns:
+    if not meets(lo):
         return 0.0
     for _ in range(steps):
         mid = math.sqrt(lo * hi)
-        if p_at(mid) <= slo_ns:
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if meets(mid) else (lo, mid)
     return math.sqrt(lo * hi)
 
 

@@ -34,8 +34,8 @@ from costbench.backends.base import GenerativeSession, Session
 from costbench.core.metrics import GENERATE_SERVER, QUEUE_WAIT, REQUEST_LATENCY, TPOT
 from costbench.core.stats import percentile
 from costbench.harness.build.zoo.base import SampleSet
-from costbench.harness.measure.capacity import CapacitySearch, SearchPlan
-from costbench.harness.measure.queue_model import lindley_waits
+from costbench.harness.measure.capacity import CapacitySearch, SearchPlan, trial_queries
+from costbench.harness.measure.queue_model import highest_rate_meeting, lindley_waits
 from costbench.harness.measure.scenarios.base import Scenario, ScenarioResult, clock, wait_until
 from costbench.harness.measure.scenarios.server import percentile_interval, poisson_arrivals
 from costbench.harness.suite.schema import ScenarioSettings
@@ -156,7 +156,7 @@ class GenerateServer(Scenario):
 
     def _count(self, qps: float) -> int:
         s = self.spec
-        return max(1, min(max(s.min_count, math.ceil(s.min_duration_s * qps)), math.floor(s.max_duration_s * qps)))
+        return trial_queries(qps, s.min_count, s.min_duration_s, s.max_duration_s)
 
     # --- the queue model --------------------------------------------------------------------------
 
@@ -172,19 +172,11 @@ class GenerateServer(Scenario):
         gaps = rng.exponential(1.0, size=queries)
         ttft_slo, tpot_slo = s.ttft_slo_ms * 1e6, s.tpot_slo_ms * 1e6
 
-        def ratio_at(qps: float) -> float:
+        def meets(qps: float) -> bool:
             wait = lindley_waits(gaps * (1e9 / qps), duration)
-            r = np.maximum((wait + prefill) / ttft_slo, tpot / tpot_slo)
-            return float(np.sort(r)[max(1, math.ceil(s.slo_percentile / 100 * r.size)) - 1])
+            return percentile(np.maximum((wait + prefill) / ttft_slo, tpot / tpot_slo), s.slo_percentile) <= 1
 
-        top = 1e9 / float(np.mean(duration))
-        lo, hi = top * 1e-3, top
-        if ratio_at(lo) > 1:
-            return 0.0
-        for _ in range(14):
-            mid = math.sqrt(lo * hi)
-            lo, hi = (mid, hi) if ratio_at(mid) <= 1 else (lo, mid)
-        return math.sqrt(lo * hi)
+        return highest_rate_meeting(meets, 1e9 / float(np.mean(duration)))
 
     # --- scenario ---------------------------------------------------------------------------------
 
@@ -250,17 +242,15 @@ class GenerateServer(Scenario):
             measured_model = self.model_capacity(every, seed=s.seed) if every.duration_ns else model
             summary = {**outcome.summary(), "model_capacity_qps": measured_model, "probe_model_capacity_qps": model,
                        "probe_requests": count, "service_capacity_qps": service_cap, "probe_s": spent}
-            if outcome.stop == "budget":
-                notes.append(f"the search's budget ({s.search_budget_s:g} s) ended before its precision target "
-                             f"(±{s.search_precision:.0%}): the interval is what {len(trials)} trials showed")
+            notes.append(outcome.budget_note(s.search_budget_s, s.search_precision, len(trials)))
             if est.center.side == "below":
                 notes.append("the SLO was not met at any rate tried, down to "
                              f"{min(p.qps for p in outcome.pools):.3g} requests/s")
-            shown = est.shown_to_meet
-            pools = outcome.pools
-            pick = next((p.qps for p in pools if p.qps == shown), pools[0].qps if pools else None)
-            if pick is None:
+            notes = [n for n in notes if n]
+            pool = outcome.reported_pool()
+            if pool is None:
                 raise RuntimeError(f"the capacity search ran no trial within its budget of {s.search_budget_s:g} s")
+            pick = pool.qps
         else:
             measure(s.target_qps, self._count(s.target_qps))
             pick = s.target_qps

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from costbench.backends.base import Session
 from costbench.core.stats import bootstrap_ci, percentile
-from costbench.harness.measure.capacity import CapacitySearch, SearchOutcome, SearchPlan
+from costbench.harness.measure.capacity import CapacitySearch, SearchOutcome, SearchPlan, trial_queries
 from costbench.harness.measure.queue_model import ServiceTimes, model_capacity
 from costbench.harness.measure.scenarios.base import ROTATE, Scenario, ScenarioResult, clock, wait_until, warm_up
 from costbench.harness.suite.schema import ScenarioSettings
@@ -213,10 +213,8 @@ class Server(Scenario):
         self.policy = BatchPolicy(s.max_batch, int(round(s.max_queue_delay_ms * 1e6)), tuple(s.preferred_batch_sizes))
 
     def _count(self, qps: float) -> int:
-        """Queries to plan at ``qps``: min_count and min_duration_s, but no arrival after max_duration_s."""
         s = self.spec
-        wanted = max(s.min_count, math.ceil(s.min_duration_s * qps))
-        return max(1, min(wanted, math.floor(s.max_duration_s * qps)))
+        return trial_queries(qps, s.min_count, s.min_duration_s, s.max_duration_s)
 
     def time_budget_s(self) -> float:
         return self.spec.search_budget_s if self.spec.search else 0.0
@@ -432,18 +430,16 @@ class Server(Scenario):
                           start_qps=start, floor_qps=MIN_FRACTION * service_cap, ceiling_qps=ceiling)
         outcome = CapacitySearch(plan, percentile_interval, clock=lambda: clock() / 1e9).run(measure)
         summary = self._summary(outcome, trials, service_cap, model, ceiling, times, spent)
-        # The result's own series and verdict: the rate shown to meet (else the lowest tried), all its trials.
-        pools = outcome.pools
-        shown = [q for q in pools if q.qps == outcome.estimate.shown_to_meet]
-        pool = shown[0] if shown else (pools[0] if pools else None)
+        # The result's own series: the last trial at the rate shown to meet (else the lowest tried); its
+        # verdict: all the trials at that rate.
+        pool = outcome.reported_pool()
         if pool is None:
             raise RuntimeError(f"the capacity search ran no trial: its budget of {s.search_budget_s:g} s was spent "
                                f"by the service-time probe ({spent:.1f} s); raise search_budget_s")
         judged = self._judge(pool.latency_ns, pool.overloaded) if pool.latency_ns else {
             "verdict": MISSES, "p_latency_ms": math.nan, "p_latency_ci_ms": [math.nan, math.nan], "overloaded": ""}
         summary["judged"] = judged
-        last = max((q for q in kept if abs(q / pool.qps - 1) <= 0.005), key=lambda q: kept[q].planned)
-        return kept[last], summary
+        return kept[pool.qps], summary
 
     def _summary(self, outcome: SearchOutcome, trials: list[dict[str, Any]], service_cap: float, model: float,
                  ceiling: float, times: ServiceTimes, probe_s: float) -> dict[str, Any]:
@@ -458,9 +454,7 @@ class Server(Scenario):
                                                            sorted(times.by_size.items())},
                                    "max_qps": est.shown_to_meet}
         top = max((p.qps for p in outcome.pools), default=0.0)
-        if outcome.stop == "budget":
-            notes.append(f"the search's budget ({s.search_budget_s:g} s) ended before its precision target "
-                         f"(±{s.search_precision:.1%}): the interval is what {len(trials)} trials showed")
+        notes.append(outcome.budget_note(s.search_budget_s, s.search_precision, len(trials)))
         if est.center.side == "below":
             notes.append(f"the SLO was not met even at {min(p.qps for p in outcome.pools):.4g} queries/s "
                          f"({min(p.qps for p in outcome.pools) / service_cap:.0%} of the service-time capacity)")
@@ -477,8 +471,8 @@ class Server(Scenario):
             notes.append(f"the queue model on the probed service times sustains {model:.4g} queries/s, "
                          f"{1 - centre / model:.0%} more than measured: the server lost time its service times do "
                          "not show (the load generator, other processes, service slower under load)")
-        if notes:
-            summary["note"] = "; ".join(notes)
+        if any(notes):
+            summary["note"] = "; ".join(n for n in notes if n)
         return summary
 
     # --- scenario -------------------------------------------------------------------------------
@@ -562,13 +556,10 @@ class Server(Scenario):
 
 
 class _NullSession(Session):
-    """Does nothing: the load generator's own cost, measured alone."""
+    """Does nothing: the load generator's own cost, measured alone (it shares itself across workers)."""
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         return []
-
-    def fork(self) -> "Session":
-        return self
 
 
 def _overload_reason(waited_ns: int, elapsed_ns: int, wait_limit_ns: int) -> str:
