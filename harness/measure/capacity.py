@@ -36,6 +36,10 @@ OVERLOAD_SLOS = 20.0
 # taken twice as wide, in 95 of 100. tests/harness/measure/test_capacity.py keeps that coverage checked.
 SD_INFLATION = 2.0
 
+# A Fieller interval reaching beyond e^5 (150x) of the rates it was fitted near comes from a slope barely
+# above zero: the line then says nothing about where the crossing is, and the envelopes answer alone.
+MAX_LOG_SPAN = 5.0
+
 
 @dataclass
 class RatePool:
@@ -103,14 +107,22 @@ def isotonic(y: Sequence[float], w: Sequence[float]) -> np.ndarray:
     return np.array([v for v, _, c in blocks for _ in range(int(c))])
 
 
-def crossing(rates: Sequence[float], curve: Sequence[float], level: float) -> Crossing:
+def crossing(rates: Sequence[float], curve: Sequence[float], level: float,
+             unknown: Sequence[bool] | None = None, bound: str = "") -> Crossing:
     """Where a nondecreasing ``curve`` (log latency at each rate, rates ascending) first exceeds ``level``,
-    interpolated linearly in the rate between the last rate within it and the first over it."""
+    interpolated linearly in the rate between the last rate within it and the first over it.
+
+    ``unknown[i]``: the curve's value at rate i is made up (an overloaded trial's). Nothing can be
+    interpolated towards it, so an interval end there is the rate either side: the last within the level
+    for ``bound = "low"``, the overloaded rate itself for ``bound = "high"``.
+    """
     if curve[0] > level:
         return Crossing(None, "below")
     for i in range(1, len(rates)):
         if curve[i] > level:
             a, b = rates[i - 1], rates[i]
+            if unknown is not None and unknown[i] and bound:
+                return Crossing(float(a if bound == "low" else b))
             ya, yb = curve[i - 1], curve[i]
             return Crossing(float(a + (b - a) * (level - ya) / (yb - ya)) if yb > ya else float(a))
     return Crossing(None, "above")
@@ -120,8 +132,8 @@ def _local_fit(pools: Sequence[RatePool], slo_ns: float, near: float,
                confidence: float) -> tuple[float, float, float] | None:
     """(centre, low, high) from a weighted least-squares line of log percentile on log rate near ``near``.
 
-    Every rate within 10% of ``near`` (and the nearest rate either side, if none is) counts, weighted by
-    its interval, so a rate measured with many queries fixes the level and the others the slope. The
+    Every rate within 10% of ``near`` (and the nearest rate either side, if none is) counts, at least three
+    of them, weighted by its interval, so a rate measured with many queries fixes the level and the others the slope. The
     crossing's interval is Fieller's, from the line's covariance scaled up when the rates scatter about the
     line more than their intervals say (a machine whose trials differ more than their queues explain).
     None where the line does not rise clearly (its slope's interval reaches 0): the crossing is then not
@@ -140,7 +152,7 @@ def _local_fit(pools: Sequence[RatePool], slo_ns: float, near: float,
         nearest = pick(side, key=lambda p: p.qps)
         chosen.setdefault(id(nearest), nearest)
     pts = list(chosen.values())
-    if len({p.qps for p in pts}) < 2:
+    if len({p.qps for p in pts}) < 3:  # two rates fix a line exactly: nothing would show it bending or scattering
         return None
     x = np.array([math.log(p.qps / near) for p in pts])
     y = np.array([math.log(p.p) for p in pts])
@@ -165,6 +177,8 @@ def _local_fit(pools: Sequence[RatePool], slo_ns: float, near: float,
     qc = u * u - z * z * cov[0, 0]
     root = math.sqrt(max(qb * qb - 4 * qa * qc, 0.0))
     x_low, x_high = (-qb - root) / (2 * qa), (-qb + root) / (2 * qa)
+    if max(abs(x_low), abs(x_high)) > MAX_LOG_SPAN:  # a slope barely above 0: the line does not place the crossing
+        return None
     return float(near * math.exp(u / b)), float(near * math.exp(x_low)), float(near * math.exp(x_high))
 
 
@@ -179,9 +193,10 @@ def estimate(pools: Sequence[RatePool], slo_ns: float, confidence: float = 0.95)
         return isotonic(np.log(np.maximum(values, 1.0)), weights)
 
     met = [p.qps for p in ordered if p.high <= slo_ns and not p.overloaded]
+    overloaded = [bool(p.overloaded) for p in ordered]
     centre = crossing(rates, curve([p.p for p in ordered]), level)
-    low = crossing(rates, curve([p.high for p in ordered]), level)
-    high = crossing(rates, curve([p.low for p in ordered]), level)
+    low = crossing(rates, curve([p.high for p in ordered]), level, overloaded, "low")
+    high = crossing(rates, curve([p.low for p in ordered]), level, overloaded, "high")
     fit = _local_fit(ordered, slo_ns, centre.rate, confidence) if centre.rate is not None else None
     if fit is not None:
         # The line's interval, where it lies within the envelopes' (which bound it whatever the curve's shape).

@@ -154,3 +154,12 @@ def test_each_process_of_a_case_draws_its_own_arrivals():
     assert process_spec(spec, 0) is spec and process_spec(spec, None) is spec
     assert process_spec(spec, 2)["seed"] == 7 + 2 * PROCESS_SEED_STRIDE and spec["seed"] == 7
     assert process_spec({"kind": "single_stream"}, 3) == {"kind": "single_stream"}
+
+
+def test_an_overloaded_rate_bounds_the_interval_at_its_own_rate():
+    """An overloaded trial's percentile is unknown: the interval may not be interpolated towards it."""
+    met = RatePool(3500, latency_ns=[1] * 5000, p=4.0e6, low=3.8e6, high=4.3e6)
+    over = RatePool(4100, latency_ns=[1] * 100, overloaded="overloaded")
+    over.judge(99, 0.95, percentile_interval, SLO_NS)
+    e = estimate([met, over], SLO_NS)
+    assert (e.low.rate, e.high.rate) == (3500, 4100) and 3500 < e.center.rate < 4100
