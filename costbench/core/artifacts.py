@@ -33,6 +33,9 @@ FORMAT_OPENVINO_LLM = "openvino-llm"
 # ONNX Runtime GenAI's model builder output: genai_config.json, model.onnx (+ model.onnx.data), tokenizer files;
 # the artifact's path is its genai_config.json.
 FORMAT_ORT_GENAI = "onnxruntime-genai"
+# One GGUF file (llama.cpp's format: architecture, tokenizer and tensors in one file), F32 or quantized by llama.cpp
+# itself; the artifact's path is its model.gguf.
+FORMAT_GGUF = "gguf"
 
 _MANIFEST = "artifact.json"
 

@@ -10,17 +10,19 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO,
-                                     FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, FORMAT_TORCH, Artifact, ArtifactCache)
+from costbench.core.artifacts import (FORMAT_EXECUTORCH, FORMAT_GGUF, FORMAT_HF_CAUSAL_LM, FORMAT_ONNX,
+                                     FORMAT_OPENVINO, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, FORMAT_TORCH, Artifact,
+                                     ArtifactCache)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig
 from costbench.harness.build.compress.common import library_version
+from costbench.harness.build.compress.gguf import GGUF_FILE, convert_f32, gguf_material
 from costbench.harness.build.compress.openvino_llm import MODEL_XML, export_openvino_llm, openvino_llm_material
 from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, build_ort_genai, ort_genai_material
 from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
 FILENAMES = {FORMAT_TORCH: "model.pt", FORMAT_ONNX: "model.onnx", FORMAT_OPENVINO: "model.xml",
              FORMAT_EXECUTORCH: "model.pte", FORMAT_HF_CAUSAL_LM: "config.json",
-             FORMAT_OPENVINO_LLM: MODEL_XML, FORMAT_ORT_GENAI: GENAI_CONFIG}
+             FORMAT_OPENVINO_LLM: MODEL_XML, FORMAT_ORT_GENAI: GENAI_CONFIG, FORMAT_GGUF: GGUF_FILE}
 
 
 class Fp32Config(RecipeConfig):
@@ -40,7 +42,7 @@ class Fp32Recipe(Recipe):
     _FORMATS = {
         SOURCE_TORCH: (FORMAT_TORCH, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_EXECUTORCH),
         SOURCE_ONNX: (FORMAT_ONNX, FORMAT_OPENVINO),
-        SOURCE_HF: (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI),
+        SOURCE_HF: (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, FORMAT_GGUF),
     }
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
@@ -61,6 +63,7 @@ class Fp32Recipe(Recipe):
             **(executorch_material() if bundle.source_kind == SOURCE_TORCH else {}),
             **(openvino_llm_material() if bundle.source_kind == SOURCE_HF else {}),
             **ort_genai_material(bundle),
+            **gguf_material(bundle),
         }
 
     def build(self, bundle: ModelBundle, config: RecipeConfig, fmt: str, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
@@ -73,6 +76,7 @@ class Fp32Recipe(Recipe):
             FORMAT_HF_CAUSAL_LM: self._hf,
             FORMAT_OPENVINO_LLM: self._openvino_llm,
             FORMAT_ORT_GENAI: self._ort_genai,
+            FORMAT_GGUF: self._gguf,
         }
         return {
             "method": "none (fp32 reference)",
@@ -96,6 +100,9 @@ class Fp32Recipe(Recipe):
 
     def _ort_genai(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
         return build_ort_genai(bundle, path.parent, "fp32")
+
+    def _gguf(self, bundle: ModelBundle, config: RecipeConfig, path: Path, cache: ArtifactCache) -> dict[str, Any]:
+        return convert_f32(bundle, path)
 
     def _openvino_llm(self, bundle: ModelBundle, config: RecipeConfig, path: Path,
                       cache: ArtifactCache) -> dict[str, Any]:
@@ -175,6 +182,12 @@ def fp32_openvino_llm(bundle: ModelBundle, cache: ArtifactCache) -> Artifact:
     """The fp32 OpenVINO LLM folder the weight-only recipes compress."""
     recipe = Fp32Recipe()
     return recipe.artifact(bundle, recipe.Config(), FORMAT_OPENVINO_LLM, cache)
+
+
+def fp32_gguf(bundle: ModelBundle, cache: ArtifactCache) -> Artifact:
+    """The F32 GGUF file that llama.cpp's quantizer starts from."""
+    recipe = Fp32Recipe()
+    return recipe.artifact(bundle, recipe.Config(), FORMAT_GGUF, cache)
 
 
 def fp32_onnx(bundle: ModelBundle, cache: ArtifactCache) -> Artifact:
