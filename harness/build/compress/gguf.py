@@ -35,6 +35,15 @@ BUILD_VERSION = 1
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 # llama.cpp's file types (enum llama_ftype) for the recipes that quantize the F32 file.
 FILE_TYPES = {"bf16": ("MOSTLY_BF16", 32), "q8_0": ("MOSTLY_Q8_0", 7), "q4_k_m": ("MOSTLY_Q4_K_M", 15)}
+# What ggml's CPU matmul does with the activations for each weight type (its vec_dot_type): they are converted to
+# this type per row before the dot products, so a quantized GGUF model also computes with rounded activations.
+ACTIVATIONS = {
+    "bf16": "fp32 between ops; each matmul rounds its activations to bf16 (ggml's vec_dot_type for BF16)",
+    "q8_0": "fp32 between ops; each matmul quantizes its activations to Q8_0 (int8 per block of 32, ggml's "
+            "vec_dot_type for Q8_0) and computes in int8",
+    "q4_k_m": "fp32 between ops; each matmul quantizes its activations to Q8_K (int8 per block of 256) or Q8_0 for "
+              "its weights' type (ggml's vec_dot_type) and computes in integers",
+}
 # What each ggml type stores, from ggml's block definitions (ggml-common.h): bits per weight and block layout.
 BLOCK_LAYOUTS = {
     "F32": "32-bit floats, no blocks",
@@ -220,8 +229,16 @@ def quantize(f32_path: Path, out_path: Path, kind: str) -> dict[str, Any]:
     code = llama_cpp.llama_model_quantize(str(f32_path).encode(), str(out_path).encode(), params)
     if code != 0 or not out_path.exists():
         raise RuntimeError(f"llama.cpp's llama_model_quantize({f32_path} -> {name}) failed with code {code}")
-    return {"quantizer": f"llama.cpp llama_model_quantize (llama-cpp-python {llama_cpp.__version__}), from the F32 "
-                         "GGUF file", "gguf_file_type": f"LLAMA_FTYPE_{name}", **read_back(out_path)}
+    written = read_back(out_path)
+    provenance = {"quantizer": f"llama.cpp llama_model_quantize (llama-cpp-python {llama_cpp.__version__}), from the "
+                               "F32 GGUF file", "gguf_file_type": f"LLAMA_FTYPE_{name}",
+                  "activations": ACTIVATIONS[kind], **written}
+    intended = {"q8_0": {"Q8_0"}, "q4_k_m": {"Q4_K", "Q6_K"}}.get(kind)
+    fallback = {k: n for k, n in written["tensor_types"].items() if intended and k not in intended | {"F32"}}
+    if fallback:
+        provenance["fallback"] = (f"{sum(fallback.values())} tensor(s) stored as {', '.join(sorted(fallback))}: "
+                                  "llama.cpp's fallback for rows whose width is not a multiple of the type's block")
+    return provenance
 
 
 def read_back(path: Path) -> dict[str, Any]:

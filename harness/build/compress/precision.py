@@ -23,10 +23,12 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from costbench.core.artifacts import FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH, ArtifactCache
+from costbench.core.artifacts import (FORMAT_GGUF, FORMAT_HF_CAUSAL_LM, FORMAT_ONNX, FORMAT_OPENVINO, FORMAT_TORCH,
+                                     ArtifactCache)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig
 from costbench.harness.build.compress.common import library_version
-from costbench.harness.build.compress.fp32 import FILENAMES, fp32_onnx, link_hf_folder
+from costbench.harness.build.compress.fp32 import FILENAMES, fp32_gguf, fp32_onnx, link_hf_folder
+from costbench.harness.build.compress.gguf import GGUF_FILE, gguf_material, quantize
 from costbench.harness.machine.env import cpu_flags
 from costbench.harness.build.zoo.base import SOURCE_HF, SOURCE_ONNX, SOURCE_TORCH, ModelBundle
 
@@ -83,6 +85,13 @@ def torch_cpu_compute(precision: str) -> str:
             f"{'/'.join(NATIVE_FLAGS[precision])}): reference kernels, expect a slow-down")
 
 
+def ggml_bf16_compute() -> str:
+    """What llama.cpp's CPU backend computes a BF16 matmul with on this CPU."""
+    if platform.machine().lower() in X86 and "avx512_bf16" in cpu_flags():
+        return "bf16 dot products with avx512_bf16 (ggml's BF16 vec_dot), fp32 accumulation"
+    return "bf16 values widened to fp32 inside ggml's BF16 dot products (no avx512_bf16 on this CPU)"
+
+
 class HalfConfig(RecipeConfig):
     """Half-precision variants have no options: weights are converted, interfaces stay float32."""
 
@@ -101,7 +110,8 @@ class _HalfRecipe(Recipe):
         """Adds the converters' versions."""
         return {**super().cache_material(bundle, config), "torch": library_version("torch"),
                 "onnx": library_version("onnx"), "onnxconverter_common": library_version("onnxconverter-common"),
-                "openvino": library_version("openvino"), "transformers": library_version("transformers")}
+                "openvino": library_version("openvino"), "transformers": library_version("transformers"),
+                **gguf_material(bundle)}
 
     def _torch(self, bundle: ModelBundle, path: Path) -> dict[str, Any]:
         import torch
@@ -142,6 +152,10 @@ class _HalfRecipe(Recipe):
                   "parameters": bundle.details.get("parameters"), "flops": bundle.details.get("flops")}
         if fmt == FORMAT_HF_CAUSAL_LM:
             return {**common, **self._hf(bundle, out_dir)}
+        if fmt == FORMAT_GGUF:  # llama.cpp's own BF16 conversion of the cached F32 GGUF file
+            fp32 = fp32_gguf(bundle, cache)
+            return {**common, "fp32_artifact": fp32.key, "cpu_compute": ggml_bf16_compute(),
+                    **quantize(fp32.path, out_dir / GGUF_FILE, "bf16")}
         if fmt == FORMAT_TORCH:
             return {**common, **self._torch(bundle, path)}
         if fmt == FORMAT_ONNX:
@@ -176,8 +190,9 @@ class Bf16Recipe(_HalfRecipe):
     description = "bf16 torch module (for OpenVINO bf16, run fp32 with inference_precision='bf16')"
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
-        """Torch modules, and causal-LM folders (bf16 weights, computed in bf16 by the transformers backend)."""
-        return {SOURCE_TORCH: (FORMAT_TORCH,), SOURCE_HF: (FORMAT_HF_CAUSAL_LM,)}.get(source_kind, ())
+        """Torch modules, and causal-LM folders (bf16 weights, computed in bf16 by the transformers backend) and
+        their GGUF file (llama.cpp's BF16)."""
+        return {SOURCE_TORCH: (FORMAT_TORCH,), SOURCE_HF: (FORMAT_HF_CAUSAL_LM, FORMAT_GGUF)}.get(source_kind, ())
 
 
 def onnx_fp16(bundle: ModelBundle, cache: ArtifactCache, path: Path) -> dict[str, Any]:

@@ -22,6 +22,13 @@ The folder keeps the config and tokenizer; the weights become torchao's quantize
 - for ONNX Runtime GenAI (:data:`FORMAT_ORT_GENAI`), with its model builder (``-p int8``/``-p int4``, see
   ``ort_genai.py``): ONNX Runtime's ``MatMulNBits``, symmetric, one scale per block of input channels (int4:
   ``group_size``; int8: 128), packed two int4 values per byte, so int4 is half the bytes of int8.
+
+- for llama.cpp (:data:`FORMAT_GGUF`), with llama.cpp's own ``llama_model_quantize`` on the fp32 recipe's F32 GGUF
+  file (see ``gguf.py``): int8 is ``Q8_0`` (blocks of 32 weights, one fp16 scale each); int4 is ``Q4_K_M``
+  (super-blocks of 256 weights in sub-blocks of 32, with Q6_K for the output head and part of ``attn_v`` and
+  ``ffn_down``). Its blocks are fixed, so ``group_size`` cannot be honoured: the default (128) builds the variant
+  and its provenance states the real blocks; any other group size makes the GGUF variant not applicable, as a
+  ``ratio`` below 1 does.
 """
 
 from __future__ import annotations
@@ -33,11 +40,12 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from costbench.core.artifacts import (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, HF_TORCHAO_RECIPE,
-                                     HF_TORCHAO_WEIGHTS, ArtifactCache, write_json_atomic)
+from costbench.core.artifacts import (FORMAT_GGUF, FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI,
+                                     HF_TORCHAO_RECIPE, HF_TORCHAO_WEIGHTS, ArtifactCache, write_json_atomic)
 from costbench.harness.build.compress.base import Recipe, RecipeConfig, RecipeNotApplicable
 from costbench.harness.build.compress.common import library_version
-from costbench.harness.build.compress.fp32 import fp32_openvino_llm, link_hf_folder
+from costbench.harness.build.compress.fp32 import fp32_gguf, fp32_openvino_llm, link_hf_folder
+from costbench.harness.build.compress.gguf import GGUF_FILE, gguf_material, quantize
 from costbench.harness.build.compress.openvino_llm import MODEL_XML, compress_folder, openvino_llm_material
 from costbench.harness.build.compress.ort_genai import GENAI_CONFIG, build_ort_genai, ort_genai_material
 from costbench.harness.build.zoo.base import SOURCE_HF, ModelBundle
@@ -66,15 +74,18 @@ class _WeightOnlyRecipe(Recipe):
 
     def formats_for(self, source_kind: str) -> tuple[str, ...]:
         """Causal-LM folders only: weight-only quantization is for generative models here."""
-        return (FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI) if source_kind == SOURCE_HF else ()
+        return ((FORMAT_HF_CAUSAL_LM, FORMAT_OPENVINO_LLM, FORMAT_ORT_GENAI, FORMAT_GGUF) if source_kind == SOURCE_HF
+                else ())
 
     def filename(self, fmt: str) -> str:
-        return {FORMAT_ORT_GENAI: GENAI_CONFIG, FORMAT_OPENVINO_LLM: MODEL_XML}.get(fmt, "config.json")
+        return {FORMAT_ORT_GENAI: GENAI_CONFIG, FORMAT_OPENVINO_LLM: MODEL_XML, FORMAT_GGUF: GGUF_FILE}.get(
+            fmt, "config.json")
 
     def cache_material(self, bundle: ModelBundle, config: RecipeConfig) -> dict[str, Any]:
         return {**super().cache_material(bundle, config), "torch": library_version("torch"),
                 "torchao": library_version("torchao"), "transformers": library_version("transformers"),
-                **ort_genai_material(bundle), "nncf": library_version("nncf"), **openvino_llm_material()}
+                **ort_genai_material(bundle), "nncf": library_version("nncf"), **openvino_llm_material(),
+                **gguf_material(bundle)}
 
     @abc.abstractmethod
     def torchao_config(self, config: RecipeConfig) -> tuple[Any, dict[str, Any]]:
@@ -87,6 +98,8 @@ class _WeightOnlyRecipe(Recipe):
             fp32 = fp32_openvino_llm(bundle, cache)
             return {"parameters": bundle.details.get("parameters"), "fp32_artifact": fp32.key,
                     **compress_folder(fp32.directory, out_dir, self.bits, getattr(config, "group_size", None), ratio)}
+        if fmt == FORMAT_GGUF:
+            return self._gguf(bundle, config, out_dir, cache)
         if ratio != 1.0:
             raise RecipeNotApplicable(f"recipe {self.name!r}: ratio={ratio} is NNCF's mixed int4/int8 split, for the "
                                       f"OpenVINO format only; the {fmt} variant quantizes every layer to int4")
@@ -114,6 +127,31 @@ class _WeightOnlyRecipe(Recipe):
                       "decode_weight_bytes": step_bytes(state),
                       "parameters": bundle.details.get("parameters"), "files": linked["files"]}
         write_json_atomic(out_dir / HF_TORCHAO_RECIPE, provenance)
+        return provenance
+
+    def _gguf(self, bundle: ModelBundle, config: RecipeConfig, out_dir: Path, cache: ArtifactCache) -> dict[str, Any]:
+        """llama.cpp's Q8_0 or Q4_K_M of the cached F32 GGUF file."""
+        ratio = getattr(config, "ratio", 1.0)
+        if ratio != 1.0:
+            raise RecipeNotApplicable(f"recipe {self.name!r}: ratio={ratio} is NNCF's mixed int4/int8 split, for the "
+                                      "OpenVINO format only; llama.cpp's Q4_K_M picks its own type for each tensor")
+        group = getattr(config, "group_size", None)
+        default = type(config).model_fields["group_size"].default if group is not None else None
+        if group is not None and group != default:
+            raise RecipeNotApplicable(
+                f"recipe {self.name!r}: group_size={group} cannot be honoured in GGUF: llama.cpp's Q4_K_M has fixed "
+                f"blocks (super-blocks of 256 weights in sub-blocks of 32); only the default group_size={default} "
+                "builds it, and its provenance states the real blocks")
+        fp32 = fp32_gguf(bundle, cache)
+        kind = "q8_0" if self.bits == 8 else "q4_k_m"
+        provenance = {"method": f"llama.cpp {kind.upper()} (weight-only, its own quantizer)", "bits": self.bits,
+                      "parameters": bundle.details.get("parameters"), "fp32_artifact": fp32.key,
+                      "quantized": "every 2-D weight, token embedding and output head included, by llama.cpp's "
+                                   "rules for the file type; norms and biases kept F32",
+                      **quantize(fp32.path, out_dir / GGUF_FILE, kind)}
+        if group is not None:
+            provenance["group_size"] = (f"not applicable: Q4_K_M's blocks are fixed (super-blocks of 256 in sub-blocks "
+                                        f"of 32); the config's default {group} is not used")
         return provenance
 
     def _check_shapes(self, model: Any, config: RecipeConfig) -> None:
