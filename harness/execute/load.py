@@ -17,6 +17,7 @@ from costbench.harness.build.compress.registry import get_recipe
 from costbench.harness.build.zoo.registry import zoo_names
 from costbench.harness.execute.registry import parse_executor_settings
 from costbench.harness.measure.scenarios.registry import parse_settings
+from costbench.harness.results.rounds import headline
 from costbench.harness.suite.schema import (ExecutorSpec, ModelSpec, ScenarioSpec, Suite, SuiteError, error_location,
                                             parse_schema, read_suite_file)
 
@@ -125,6 +126,11 @@ def _check_scenarios(suite: Suite) -> list[str]:
             continue
         # Every default written out, so the run header records what was measured, not only what was asked.
         suite.scenarios[i] = ScenarioSpec.model_validate(settings.model_dump(mode="json"))
+        if suite.precision is not None and s.processes is not None and s.processes < 3 \
+                and headline({"scenario_spec": {"kind": s.kind}}) is not None:
+            problems.append(f"scenarios[{i}].processes: {s.processes} is below 3, and the suite asks a precision of "
+                            f"{suite.precision:g} of this scenario's headline across processes (an interval across "
+                            "fewer than 3 decides nothing); a capacity search has no such headline")
     return problems
 
 

@@ -167,7 +167,7 @@ def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
             recipe_options=variant.options, backend_options=backend.options,
             model_spec=model.model_dump(mode="json"), scenario_spec=scenario.model_dump(mode="json"),
             artifact_format=fmt, timeout_s=suite.timeout_s + _time_budget_s(scenario), measure_accuracy=suite.accuracy,
-            status=SKIPPED if reason else PLANNED, reason=reason, machine=machine, processes=suite.processes,
+            status=SKIPPED if reason else PLANNED, reason=reason, machine=machine, processes=suite.processes_of(scenario),
         )
         if any(_matches(case, t) for t in suite.exclude):
             continue

@@ -116,6 +116,12 @@ class BackendSpec(_WithOptions):
         return self.label or self.name
 
 
+# A capacity search is many trials in one process and a single-stream case a few seconds in each: one suite can
+# measure both, each replicated as its cost allows.
+PROCESSES_OF_SCENARIO = ("Fresh processes for this scenario's cases (default: the suite's `processes`); precision "
+                         "rounds and replacements of contended processes still follow the suite's settings.")
+
+
 class _ScenarioLabel:
     """A scenario's label in results: its name, else its kind."""
 
@@ -129,6 +135,7 @@ class ScenarioSettings(_ScenarioLabel, _Strict):
 
     kind: str = Field(description="Registered scenario kind, e.g. 'single_stream'.")
     name: str | None = Field(None, description="Label shown in results; defaults to the kind.")
+    processes: int | None = Field(None, ge=1, le=1000, description=PROCESSES_OF_SCENARIO)
 
 
 class ScenarioSpec(_ScenarioLabel, _WithOptions):
@@ -140,6 +147,7 @@ class ScenarioSpec(_ScenarioLabel, _WithOptions):
 
     kind: str = Field(description="Registered scenario kind, e.g. 'single_stream', 'offline', 'server'.")
     name: str | None = Field(None, description="Label shown in results; defaults to the kind.")
+    processes: int | None = Field(None, ge=1, le=1000, description=PROCESSES_OF_SCENARIO)
 
 
 class ExecutorSettings(_Strict):
@@ -222,9 +230,16 @@ class Suite(_Strict):
         if self.precision is not None and self.processes < 3:
             raise ValueError(f"precision = {self.precision:g} needs processes >= 3 (got {self.processes}): an "
                              "interval across 2 processes has one degree of freedom and decides nothing")
-        if self.max_processes is not None and self.max_processes < self.processes:
-            raise ValueError(f"max_processes = {self.max_processes} is below processes = {self.processes}")
+        for i, s in enumerate(self.scenarios):
+            n = self.processes_of(s)
+            if self.max_processes is not None and self.max_processes < n:
+                where = "" if s.processes is None else f"scenarios[{i}] ({s.label}): "
+                raise ValueError(f"{where}max_processes = {self.max_processes} is below processes = {n}")
         return self
+
+    def processes_of(self, scenario: "ScenarioSpec") -> int:
+        """How many fresh processes measure each case of ``scenario``: its own setting, else the suite's."""
+        return scenario.processes or self.processes
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "Suite":

@@ -87,3 +87,21 @@ def test_the_run_table_shows_the_precision_reached_and_marks_what_fell_short(tmp
     assert "%!" in lines["noisy"] and "%!" not in lines["steady"]
     assert " 5 " in lines["noisy"] and " 3 " in lines["steady"]
     assert "! short of the precision the run asked (±5%)" in out.output
+
+
+def test_a_scenario_can_take_its_own_number_of_processes(tmp_path):
+    """A capacity search in one process beside single-stream cases in three: the plan follows each scenario's
+    own `processes`; a headline scenario under 3 with a precision asked is refused, naming the scenario."""
+    base = ('name = "s"\nmodels = ["digits-cnn"]\nvariants = ["fp32"]\nbackends = ["onnxruntime"]\nprocesses = 3\n'
+            'precision = 0.05\n[[scenarios]]\nkind = "single_stream"\n[[scenarios]]\nkind = "server"\n'
+            'slo_ms = 50\nsearch = true\nprocesses = 1\n')
+    path = tmp_path / "s.toml"
+    path.write_text(base)
+    plan = make_plan(load_suite(path))
+    assert {c.scenario: c.processes for c in plan} == {"single_stream": 3, "server": 1}
+    path.write_text(base.replace('kind = "single_stream"\n', 'kind = "single_stream"\nprocesses = 2\n'))
+    with pytest.raises(SuiteError, match=r"scenarios\[0\]\.processes: 2 is below 3"):
+        load_suite(path)
+    path.write_text(base.replace("precision = 0.05\n", "max_processes = 3\n").replace("processes = 1", "processes = 4"))
+    with pytest.raises(SuiteError, match=r"scenarios\[1\] \(server\): max_processes = 3 is below processes = 4"):
+        load_suite(path)
