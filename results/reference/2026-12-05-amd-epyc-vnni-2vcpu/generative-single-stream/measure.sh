@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# suites/generative.toml end to end on this machine, cold artifact cache (the zoo model, every variant and the
+# suite.toml (suites/generative.toml as it was then: single stream only, bf16 included) end to end on this machine, cold artifact cache (the zoo model, every variant and the
 # fp32 reference are built inside the timed run), then its hardware report. Run from the repository root with
 # the project installed (README, command 2). Writes next to this script: results/, report/, run.log, timing.txt.
 set -uo pipefail
@@ -10,7 +10,7 @@ rm -rf "$COSTBENCH_CACHE_DIR" "$here/results" "$here/report"
   echo "commit $(git rev-parse --short HEAD)"
   echo "load before: $(uptime)"
   s=$(date +%s.%N)
-  costbench run suites/generative.toml --out "$here/results" > "$here/run.log" 2>&1
+  costbench run "$here/suite.toml" --out "$here/results" > "$here/run.log" 2>&1
   echo "run rc=$? $(echo "$(date +%s.%N) - $s" | bc) s (cold cache: builds included)"
   echo "load after: $(uptime)"
   costbench report last -r "$here/results" -o "$here/report" > "$here/report.log" 2>&1
