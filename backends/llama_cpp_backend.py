@@ -37,6 +37,9 @@ PIP_NAME = "llama-cpp-python"
 INSTALL_NOTE = ("pip install -c constraints/cpu.txt -e '.[genai]' (llama-cpp-python==0.3.36 has no Linux wheel: pip "
                 "builds it from source with a C/C++ compiler and CMake, about 5 minutes on 2 cores)")
 KV_TYPES = {"f32": 0, "f16": 1}  # ggml_type of the KV cache (GGML_TYPE_F32, GGML_TYPE_F16)
+# The KV cache is allocated for the whole context at load: a model trained on a long context (128k) would take
+# gigabytes for requests that use a few hundred positions, so the default context stops here.
+DEFAULT_CONTEXT_CAP = 4096
 
 
 class LlamaCppOptions(BackendOptions):
@@ -44,8 +47,8 @@ class LlamaCppOptions(BackendOptions):
 
     context: int | None = Field(
         None, ge=1, description="llama.cpp's context size (n_ctx): the most prompt + new tokens a request may hold "
-        "(llama.cpp rounds it up to a multiple of 256). None: the model's trained context (its GGUF context_length). "
-        "The KV cache is allocated for it at load.")
+        "(llama.cpp rounds it up to a multiple of 256). None: the model's trained context (its GGUF context_length), "
+        f"at most {DEFAULT_CONTEXT_CAP}. The KV cache is allocated for it at load.")
     kv_cache: Literal["f32", "f16"] = Field(
         "f32", description="KV cache type: f32, as the other runtimes keep it for an fp32 model, or f16, "
         "llama.cpp's default.")
@@ -173,11 +176,23 @@ class LlamaCppBackend(Backend):
         lc = _import_llama_cpp()
         if not artifact.path.exists():
             raise FileNotFoundError(f"llama-cpp backend: no GGUF file at {artifact.path}")
-        context = opts.context or 0  # 0: llama.cpp takes the model's trained context
+        context = opts.context or min(_trained_context(artifact.path), DEFAULT_CONTEXT_CAP)
         llm = lc.Llama(model_path=str(artifact.path), n_ctx=context, n_threads=opts.threads,
                        n_threads_batch=opts.threads, type_k=KV_TYPES[opts.kv_cache], type_v=KV_TYPES[opts.kv_cache],
                        logits_all=False, verbose=False)
         return LlamaCppSession(lc, llm, opts, str(artifact.path))
+
+
+def _trained_context(path: Any) -> int:
+    """The GGUF file's ``<architecture>.context_length``, read from its header."""
+    gguf = import_runtime("gguf")
+    reader = gguf.GGUFReader(str(path))
+    arch_field = reader.get_field("general.architecture")
+    field = reader.get_field(f"{arch_field.contents()}.context_length") if arch_field else None
+    if field is None:
+        raise ValueError(f"llama-cpp backend: {path} has no <architecture>.context_length; set the backend option "
+                         "'context'")
+    return int(field.contents())
 
 
 def _import_llama_cpp() -> Any:

@@ -160,6 +160,11 @@ def test_options_reach_the_session_and_bad_requests_are_named(tiny_lm):
             session.run({"tokens": prompt})
     finally:
         session.close()
+    default = _session(gguf_file)
+    try:  # unset, the context is the model's trained one (1024 positions, below the cap)
+        assert default.info()["n_ctx"] == bundle.details.get("max_position_embeddings", 1024)
+    finally:
+        default.close()
     backend = LlamaCppBackend()
     with pytest.raises(ValueError, match="only batch_size 1"):
         backend.prepare(gguf_file, backend.parse_options({"threads": 1}), 2)
