@@ -252,7 +252,8 @@ def _configuration(key: tuple, g: pd.DataFrame, machine: Machine | None, env: di
         **_identity(key, g, env), **_latency(g),
         "throughput": throughput,
         "throughput_scenario": thr_scenario if thr is not None else None,
-        "per": "output token" if thr is not None and thr["metric"] == OUTPUT_TOKEN_THROUGHPUT else "inference",
+        "per": "output token" if (thr is not None and thr["metric"] == OUTPUT_TOKEN_THROUGHPUT)
+        or server.get("server_per") == "output token" else "inference",
         "peak_rss_mib": float(rss.max()) if len(rss) else None,
         "size_mb": None if size is None else float(size["value"]) / 1e6,
         **accuracy_loss(g),
@@ -381,7 +382,7 @@ def server_capacity(g: pd.DataFrame, batch_size: int, guarantee: bool = False) -
     delay); ties go to the batched one. Every server scenario's trials stay in ``server_curves``.
     """
     none = {"server_slo": None, "slo_throughput": None, "slo_throughput_ci": [None, None], "slo_bound": None,
-            "server_slo_met": None,
+            "server_slo_met": None, "server_per": None,
             "server_valid": None, "server_trials": [], "server_slo_ms": None, "server_batching": None,
             "server_curves": []}
     labels = scenarios_leading_with(g[g["status"] == "ok"], "capacity")
@@ -446,6 +447,7 @@ def one_server_scenario(g: pd.DataFrame, label: str, batch_size: int, guarantee:
     return {"scenario": label, "server_slo": desc, "slo_throughput": None if qps is None else qps * per_query,
             "slo_throughput_ci": [None if v is None else v * per_query for v in interval],
             "slo_bound": bound, "server_slo_met": met_slo, "server_valid": valid,
+            "server_per": "output token" if tokens is not None else "inference",
             "server_trials": sorted(trials, key=lambda t: t["qps"]), "server_slo_ms": slo.get("slo_ms"),
             "server_batching": batching_label(details.get("batching"))}
 
@@ -480,7 +482,7 @@ def rejection_reasons(row: dict[str, Any], criteria: Criteria, objective: str) -
     """Every constraint a measured configuration misses (empty: it qualifies)."""
     reasons = []
     lat = _num(row.get(f"{criteria.latency}_ms"))
-    if lat is None:
+    if lat is None and (objective == "latency" or criteria.slo_ms is not None):
         reasons.append("no single-stream latency measured")
     elif row.get("latency_valid") is False:
         reasons.append("latency invalid: the run stopped at max_duration_s before min_count")
@@ -525,7 +527,9 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
         rows = mdf.to_dict("records")
         measured = [r for r in rows if r["status"] == "ok"]
         unmeasured = [(r, r["reason"] or r["status"]) for r in rows if r["status"] != "ok"]
-        objective = "cost" if any(_num(r["cost_per_m"]) is not None for r in measured) else "latency"
+        # A server-only run has no throughput, only a rate within its SLO: a price makes either a cost.
+        objective = "cost" if any(_num(r["cost_per_m"]) is not None or _num(r.get("cost_per_m_at_slo")) is not None
+                                  for r in measured) else "latency"
         note = "" if objective == "cost" else (
             "No machine of these runs has a price ("
             + ("none assigned, and none could be inferred from its fingerprint: see the notes above"
@@ -538,7 +542,8 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
             # Every priced configuration ran the server scenario: bill the rate it sustains within its SLO.
             objective = "cost_at_slo"
             slos = sorted({str(r["server_slo"]) for r in with_server})
-            note = (f"Ranked by cost at the server scenario's SLO ({', '.join(slos)}): the samples/s each "
+            units = "output tokens/s" if all(r.get("server_per") == "output token" for r in with_server) else "samples/s"
+            note = (f"Ranked by cost at the server scenario's SLO ({', '.join(slos)}): the {units} each "
                     "configuration sustains under Poisson arrivals within it, not offline throughput.")
         elif objective == "cost" and with_server:
             note = (f"{len(with_server)} of {len(priced)} priced configurations ran the server scenario; ranked by "
@@ -570,7 +575,8 @@ def recommend(configs: pd.DataFrame, criteria: Criteria, currency: str = "USD") 
                 if objective == "cost" and mine is not None and theirs is not None and mine > theirs:
                     return [f"costs {mine:.4g} {currency}/M inferences, more than the pick's {theirs:.4g}"]
                 if objective == "cost_at_slo" and mine is not None and theirs is not None and mine > theirs:
-                    return [f"costs {mine:.4g} {currency}/M inferences at the SLO, more than the pick's {theirs:.4g}"]
+                    unit = "output tokens" if r.get("server_per") == "output token" else "inferences"
+                    return [f"costs {mine:.4g} {currency}/M {unit} at the SLO, more than the pick's {theirs:.4g}"]
                 if objective == "latency" and mine is not None and theirs is not None and mine > theirs:
                     return [f"{criteria.latency} {mine:.3f} ms, slower than the pick's {theirs:.3f} ms"]
                 return ["ties with the pick on the objective; ranks lower on latency, then loss against fp32"]

@@ -158,16 +158,22 @@ def _pick_text(rec: Recommendation, report: HardwareReport) -> str:
     lat = report.criteria.latency
     cur = report.prices.currency
     if rec.objective == "cost_at_slo":
-        cost = (f", {_money(p['cost_per_m_at_slo'], cur)} per million inferences at {p['server_slo']} "
-                f"({_slo_rate(p)} samples/s within it)")
+        tokens = p.get("server_per") == "output token"
+        low, high = (p.get("cost_at_slo_ci") or [None, None])[:2]
+        span = ("" if p.get("slo_bound") != "estimate" or is_missing(low) or is_missing(high)
+                else f" (95% CI {_money(low)}–{_money(high)})")
+        cost = (f", {_money(p['cost_per_m_at_slo'], cur)}{span} per million "
+                f"{'output tokens' if tokens else 'inferences'} at {p['server_slo']} "
+                f"({_slo_rate(p)} {'output tokens' if tokens else 'samples'}/s within it)")
     else:
         per = "output tokens" if p.get("per") == "output token" else "inferences"
         cost = "" if is_missing(p.get("cost_per_m")) else f", {_money(p['cost_per_m'], cur)} per million {per}"
         if cost and not is_missing(p.get("cost_ci_low")) and not is_missing(p.get("cost_ci_high")):
             cost += f" (95% CI {_money(p['cost_ci_low'])}–{_money(p['cost_ci_high'])})"
     rate = "output tokens/s" if p.get("per") == "output token" else "samples/s"
-    return (f"{config_name(p)}{cost}, {lat} {_ms(p[f'{lat}_ms'])} ms, {fmt(p['throughput'], '.1f')} {rate}; "
-            f"{_basis_text(p, report)}")
+    speed = ("" if is_missing(p.get(f"{lat}_ms")) else f", {lat} {_ms(p[f'{lat}_ms'])} ms") + (
+        "" if is_missing(p.get("throughput")) else f", {fmt(p['throughput'], '.1f')} {rate}")
+    return f"{config_name(p)}{cost}{speed}; {_basis_text(p, report)}"
 
 
 def _verdict_word(rec: Recommendation) -> str:
