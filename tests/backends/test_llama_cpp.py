@@ -112,10 +112,16 @@ def test_generate_gives_exactly_n_stamped_tokens_and_transformers_greedy_continu
     reference = backend.prepare(hf, backend.parse_options({"threads": 1}), 1)
     model = torch_model(bundle)
     try:
+        lc, ctx = session._lc, session._llm.ctx
         for row in (0, 1, 0):
             stamps: list[int] = []
+            lc.llama_perf_context_reset(ctx)
             got = session.generate(prompts[row:row + 1], n, lambda: stamps.append(1))
             assert got.shape == (1, n) and len(stamps) == n
+            # llama.cpp's own counters: the whole prompt was prefilled (no prefix kept from the previous request),
+            # then one single-token step per token after the first
+            perf = lc.llama_perf_context(ctx)
+            assert (perf.n_p_eval, perf.n_eval) == (prompts.shape[1], n - 1)
             want = reference.generate(prompts[row:row + 1], n, lambda: None)
             if got[0].tolist() != want[0].tolist():
                 # two fp32 kernels (ggml, PyTorch) may break a near-tie differently, never a clear winner
