@@ -64,6 +64,26 @@ def lindley_waits(gaps_ns: np.ndarray, service_ns: np.ndarray) -> np.ndarray:
     return x - np.minimum(np.minimum.accumulate(x), 0.0)
 
 
+def stationary_backlog_ns(service_ns: np.ndarray, qps: float, rng: np.random.Generator,
+                          arrivals: int = 200_000) -> float:
+    """One draw of the work a one-slot FIFO queue holds at an arbitrary moment of its steady state at ``qps``
+    Poisson arrivals, with service times resampled from ``service_ns``; ``inf`` where the queue has none
+    (utilisation ≥ 1).
+
+    The wait the last of ``arrivals`` simulated arrivals finds: by PASTA, Poisson arrivals see the queue as it
+    is at an arbitrary time. A trial that starts with this backlog samples the steady state from its first
+    request; one that starts empty sees less queueing than a server that has been running, and near
+    utilisation 1 it ends long before the queue would have filled (the relaxation time grows as 1 / (1 - ρ)²).
+    """
+    service = np.asarray(service_ns, dtype=np.float64)
+    if service.size == 0 or qps <= 0:
+        raise ValueError("stationary_backlog_ns needs service times and a positive rate")
+    if qps * float(np.mean(service)) / 1e9 >= 1.0:
+        return math.inf
+    gaps = rng.exponential(1e9 / qps, size=arrivals)
+    return float(lindley_waits(gaps, service[rng.integers(0, service.size, size=arrivals)])[-1])
+
+
 def simulate_latencies(gaps_ns: np.ndarray, service: list[np.ndarray], draws: np.ndarray, max_batch: int = 1,
                        delay_ns: float = 0.0, fill: int | None = None, preferred: Sequence[int] = (),
                        servers: int = 1) -> np.ndarray:

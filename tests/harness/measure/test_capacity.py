@@ -16,7 +16,8 @@ import pytest
 from costbench.harness.measure.capacity import (
     CapacitySearch, RatePool, SearchPlan, crossing, estimate, isotonic)
 from costbench.core.stats import combine_capacities
-from costbench.harness.measure.queue_model import ServiceTimes, md1_capacity, model_capacity, simulate_latencies
+from costbench.harness.measure.queue_model import (ServiceTimes, md1_capacity, md1_wait_cdf, model_capacity,
+                                                  simulate_latencies, stationary_backlog_ns)
 from costbench.harness.measure.scenarios.server import percentile_interval
 from queue_sim import capacity as bisect_capacity, nearest_rank, simulate
 
@@ -128,6 +129,19 @@ def test_queue_model_agrees_with_theory_and_the_independent_simulation(seed):
     theirs = bisect_capacity(p99_at, SLO_NS, 100.0, 4444.0, steps=16)
     assert ours == pytest.approx(theirs, rel=0.03)
     assert times.table(8)[5] == pytest.approx([1.5e6])
+
+
+def test_a_stationary_backlog_follows_erlangs_wait_distribution(seed):
+    """M/D/1 at ρ = 0.8: 300 draws of the backlog a trial starts with, against Erlang's exact wait CDF
+    (Kolmogorov-Smirnov at the 99.9% level: 1.95 / √300 ≈ 0.11); no backlog exists at ρ ≥ 1."""
+    rng = np.random.default_rng(seed)
+    lam = 0.8 / SERVICE_NS
+    draws = np.array([stationary_backlog_ns(np.array([SERVICE_NS]), lam * 1e9, rng, arrivals=20_000)
+                      for _ in range(300)])
+    for t in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0):
+        exact = md1_wait_cdf(t * SERVICE_NS, lam, SERVICE_NS)
+        assert np.mean(draws <= t * SERVICE_NS) == pytest.approx(exact, abs=0.11), t
+    assert stationary_backlog_ns(np.array([SERVICE_NS]), 1e9 / SERVICE_NS, rng) == math.inf
 
 
 def test_a_case_merges_its_processes_searches_into_one_interval():
