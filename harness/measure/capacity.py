@@ -277,10 +277,6 @@ class CapacitySearch:
         """The pool of a rate within 0.5% of ``qps``, if one was tried: that rate, for pooling."""
         return next((pool for rate, pool in self.pools.items() if abs(rate / qps - 1) <= 0.005), None)
 
-    def _pool(self, qps: float) -> RatePool:
-        # A rate within 0.5% of one already tried is that rate: its trials pool, and its interval narrows.
-        return self._pool_near(qps) or self.pools.setdefault(qps, RatePool(qps))
-
     def _queries(self, pool: RatePool, est: Estimate | None) -> int:
         """A trial's size: enough for the precision still needed at this rate (never under min_queries)."""
         p = self.plan
@@ -345,7 +341,8 @@ class CapacitySearch:
         stop = "budget"
         overrun = 0.0  # the most a trial has run past its last arrival (the queue draining, a give-up)
         while rate is not None:
-            pool = self._pool(rate)
+            # A rate joins the pools only once a trial runs at it: a pool no trial fitted has nothing to report.
+            pool = self._pool_near(rate) or RatePool(rate)
             n = self._queries(pool, est)
             # Plan within the budget: a trial's arrivals end after about n / rate seconds, and it then runs
             # on for as long as the longest overrun seen so far.
@@ -354,6 +351,7 @@ class CapacitySearch:
             if fits < min(n, max(100, p.min_queries(pool.qps) // 2)):
                 stop = "budget"
                 break
+            self.pools.setdefault(pool.qps, pool)
             began = self.clock()
             latency, overloaded = measure(pool.qps, min(n, fits))
             overrun = max(overrun, self.clock() - began - min(n, fits) / pool.qps)

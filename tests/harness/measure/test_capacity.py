@@ -177,3 +177,12 @@ def test_an_overloaded_rate_bounds_the_interval_at_its_own_rate():
     over.judge(99, 0.95, percentile_interval, SLO_NS)
     e = estimate([met, over], SLO_NS)
     assert (e.low.rate, e.high.rate) == (3500, 4100) and 3500 < e.center.rate < 4100
+
+
+def test_a_rate_no_trial_fitted_is_not_reported(seed):
+    """A budget that fits one trial: the search stops there, and every pool it reports was measured (a rate
+    planned but not run once became the reported pool, and the scenario found no trial for it)."""
+    rng = np.random.default_rng(seed)
+    out = simulated_search(SERVICE_NS, rng, budget_s=7.0, min_count=3000)
+    assert out.pools and all(p.trials > 0 for p in out.pools), [(p.qps, p.trials) for p in out.pools]
+    assert out.reported_pool() in out.pools and out.stop == "budget"
