@@ -147,6 +147,11 @@ class GenerativeSession(Session):
         """Greedy-decode exactly ``new_tokens`` tokens after each row of ``prompt_ids`` (int64, batch x prompt
         length), end-of-sequence ignored; returns the generated ids (batch x ``new_tokens``)."""
 
+    def position_logits(self, ids: np.ndarray) -> np.ndarray | None:
+        """The logits at every position (batch x length x vocabulary) of one forward pass over ``ids``, or None
+        where the runtime hands back only the last position's (perplexity then runs one pass per prefix)."""
+        return None
+
 
 class PerBatchSession(Session):
     """Several sessions of one model, one per batch size (rows), run by the leading dimension of the inputs."""

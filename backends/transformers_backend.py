@@ -74,6 +74,14 @@ class TransformersSession(GenerativeSession):
                                  use_cache=False).logits[:, -1, :]
             return [logits.float().cpu().numpy()]
 
+    def position_logits(self, ids: np.ndarray) -> np.ndarray:
+        """Every position's logits (batch x length x vocabulary, float32) of one forward pass over ``ids``."""
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self._model(input_ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device),
+                                 use_cache=False).logits
+            return logits.float().cpu().numpy()
+
     def synchronize(self) -> None:
         if self._device.type == "cuda":
             self._torch.cuda.synchronize(self._device)

@@ -28,8 +28,8 @@ from costbench.core.plugins import PluginGroup
 
 METRICS_GROUP = PluginGroup("costbench.metrics", "COSTBENCH_EXTRA_METRICS", "metric set")
 
-KINDS = ("latency", "throughput", "capacity", "time", "accuracy", "parity", "size", "memory", "count", "flag",
-         "setting", "spread", "energy", "cost")
+KINDS = ("latency", "throughput", "capacity", "time", "accuracy", "parity", "perplexity", "size", "memory", "count",
+         "flag", "setting", "spread", "energy", "cost")
 Better = Literal["lower", "higher", None]
 
 
@@ -155,6 +155,9 @@ MEMORY_BANDWIDTH = "memory_bandwidth"
 DECODE_WEIGHT_BYTES = "decode_weight_bytes"
 TPOT_MEMORY_BOUND = "tpot_memory_bound"
 TPOT_BOUND_RATIO = "tpot_bound_ratio"
+PERPLEXITY = "perplexity"
+PERPLEXITY_FP32 = "perplexity_fp32"
+PERPLEXITY_DELTA = "perplexity_delta"
 
 _SCALARS = [
     Metric(THROUGHPUT, "samples/s", "throughput", "higher", "samples per second over the scenario's wall time"),
@@ -229,6 +232,11 @@ _SCALARS = [
     Metric("kl_divergence_mean", "nats", "parity", "lower", "mean KL divergence from fp32's output distribution"),
     Metric(GREEDY_PREFIX_AGREEMENT, "ratio", "parity", "higher",
            "share of fp32's greedy continuation reproduced before the first differing token, averaged over prompts"),
+    # perplexity on the user's own text, for a causal LM with real weights (costbench.harness.build.perplexity)
+    Metric(PERPLEXITY, "ppl", "perplexity", "lower",
+           "exp(mean negative log-likelihood of each next token) of the user's text (model key perplexity_text)"),
+    Metric(PERPLEXITY_FP32, "ppl", "perplexity", None, "fp32's perplexity on the same tokens (PyTorch eager)"),
+    Metric(PERPLEXITY_DELTA, "ppl", "perplexity", "lower", "the variant's perplexity minus fp32's on the same tokens"),
 ]
 
 _SCENARIOS = [

@@ -51,6 +51,22 @@ def _hf_problem(name: str, folder: Path) -> str:
     return ""
 
 
+def _perplexity_problem(m: ModelSpec) -> str:
+    """Why a model's perplexity text cannot be used, or '' (a missing or empty file, a model that is no causal LM)."""
+    from costbench.harness.build.perplexity import check_text
+    from costbench.harness.build.zoo.base import SOURCE_HF
+    from costbench.harness.build.zoo.registry import source_kind
+
+    assert m.perplexity_text is not None
+    if m.source == "zoo" and m.id in zoo_names() and source_kind(m) != SOURCE_HF:
+        return f"model {m.id!r} is not a causal LM; perplexity applies to generative models only"
+    try:
+        check_text(m.id, m.perplexity_text)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return ""
+
+
 def check_names(suite: Suite) -> list[str]:
     """Check what the schema cannot: that models, recipes and backends exist and their options are valid."""
     problems: list[str] = []
@@ -67,6 +83,10 @@ def check_names(suite: Suite) -> list[str]:
             problem = _hf_problem(m.id, m.path)
             if problem:
                 problems.append(f"models[{i}].path: {problem}")
+        if m.perplexity_text is not None:
+            problem = _perplexity_problem(m)
+            if problem:
+                problems.append(f"models[{i}].perplexity_text: {problem}")
         if m.data is not None and not m.data.exists():
             problems.append(f"models[{i}].data: {m.data} does not exist")
     for i, v in enumerate(suite.variants):

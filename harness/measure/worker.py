@@ -33,6 +33,8 @@ from costbench.harness.machine import contention, gpu
 from costbench.harness.machine.bandwidth import Bandwidth, read_bandwidth_in_child, tpot_floor_ms
 from costbench.harness.build.accuracy import compare, greedy_prefix_agreement
 from costbench.harness.build.compress.base import RecipeNotApplicable
+from costbench.harness.build.perplexity import (cached_fp32_nll, method_details, nll_position_logits, nll_prefixes,
+                                                perplexity, reference_nll)
 from costbench.harness.build.compress.registry import get_recipe
 from costbench.harness.suite.case import Case
 from costbench.harness.build.reference import cached_continuations, cached_reference, reference_outputs
@@ -126,6 +128,7 @@ class CaseInputs:
     reference: np.ndarray | None  # fp32 outputs on the evaluation data; None when accuracy is off
     built: dict[str, Any]  # the build process's report when this case built something, else empty
     continuations: np.ndarray | None = None  # a causal LM's fp32 greedy continuations (with the reference)
+    fp32_nll: np.ndarray | None = None  # fp32's NLL of each scored token of the perplexity text (with the reference)
 
 
 @dataclass
@@ -196,7 +199,10 @@ def load_inputs(case: Case, cache_dir: Path) -> CaseInputs:
         art = recipe.cached_artifact(bundle, config, case.artifact_format, cache)
         # Accuracy does not vary by process: only a case's first process loads the reference and measures it.
         ref = cached_reference(bundle, cache_dir) if case.accuracy_here else None
-        return art, ref, art is not None and (ref is not None or not case.accuracy_here)
+        # a perplexity text added after the reference was cached still needs fp32's NLL on it
+        ppl_missing = (case.accuracy_here and bundle.perplexity_text is not None
+                       and cached_fp32_nll(bundle, cache_dir) is None)
+        return art, ref, art is not None and (ref is not None or not case.accuracy_here) and not ppl_missing
 
     artifact, reference, complete = from_cache()
     if not complete:
@@ -206,7 +212,8 @@ def load_inputs(case: Case, cache_dir: Path) -> CaseInputs:
             raise RuntimeError(f"the build process finished but {case.recipe!r} or the fp32 reference is not in "
                                f"the cache {cache_dir}")
     continuations = cached_continuations(bundle, cache_dir) if reference is not None else None
-    return CaseInputs(bundle, artifact, reference, built, continuations)
+    fp32_nll = cached_fp32_nll(bundle, cache_dir) if reference is not None else None
+    return CaseInputs(bundle, artifact, reference, built, continuations, fp32_nll)
 
 
 def load_model(case: Case, cache_dir: Path) -> ModelBundle:
@@ -295,6 +302,7 @@ def measure_session(session: Session, case: Case, inputs: CaseInputs) -> Session
         metrics = [first_inference(session, inputs.bundle.evaluation, case.batch_size)]
         metrics += accuracy_metrics(session, inputs.bundle, inputs.reference, case.batch_size)
         metrics += generation_parity(session, inputs.bundle, inputs.continuations, case.batch_size)
+        metrics += perplexity_metrics(session, inputs.bundle, inputs.fp32_nll)
         scenario = make_scenario(process_spec(case.scenario_spec, case.process))
         before = contention.read()
         result = scenario.run(session, inputs.bundle.evaluation, case.batch_size)
@@ -355,6 +363,30 @@ def generation_parity(session: Session, bundle: ModelBundle, continuations: np.n
         parts.append(session.generate(feed["input_ids"], continuations.shape[1], lambda: None)[:real])
     m = greedy_prefix_agreement(np.concatenate(parts, axis=0), continuations)
     return [_metric(m.name, m.value, m.unit, details={"description": m.description, **m.details})]
+
+
+def perplexity_metrics(session: Session, bundle: ModelBundle, fp32_nll: np.ndarray | None) -> list[dict[str, Any]]:
+    """The variant's perplexity on the user's text, fp32's beside it and the difference, for a generative session
+    with fp32's NLL at hand (no rows otherwise: no text, random weights, accuracy off)."""
+    text = bundle.perplexity_text
+    if fp32_nll is None or text is None or not isinstance(session, GenerativeSession):
+        return []
+    # a session that overrides position_logits scores a window per pass; the others one prefix per token
+    if type(session).position_logits is not GenerativeSession.position_logits:
+        nll, method = nll_position_logits(session.position_logits, text), "position_logits"
+    else:
+        nll, method = nll_prefixes(lambda ids: session.run({"input_ids": ids})[0], text), "prefixes"
+    ppl, ref = perplexity(nll), perplexity(fp32_nll)
+    details = {"kind": "perplexity", **method_details(text, method), "fp32": ref, "difference": ppl - ref,
+               "relative_difference": ppl / ref - 1.0, "fp32_method": "torch_fp32",
+               "mean_nll": float(np.mean(nll)), "fp32_mean_nll": float(np.mean(fp32_nll))}
+    what = f"perplexity on the user's text ({text.scored} tokens, window {text.window})"
+    return [_metric("perplexity", ppl, "ppl", details={"description": what, **details}),
+            _metric("perplexity_fp32", ref, "ppl", details={"description": f"fp32's {what}", "kind": "perplexity",
+                                                            **method_details(text, "torch_fp32")}),
+            _metric("perplexity_delta", ppl - ref, "ppl",
+                    details={"description": f"variant minus fp32: {what}", "kind": "perplexity", "fp32": ref,
+                             "variant": ppl, "method": method})]
 
 
 def decode_floor(case: Case, artifact: Artifact) -> tuple[float, Bandwidth] | None:
@@ -434,6 +466,7 @@ def build(case: Case, cache_dir: Path) -> dict[str, Any]:
                                ArtifactCache(cache_dir))
     if case.measure_accuracy:
         reference_outputs(bundle, cache_dir)
+        reference_nll(bundle, cache_dir)
     backend_built = build_backend_cache(case, artifact, cache_dir)
     stamp = _build_stamp(case, cache_dir)
     stamp.parent.mkdir(parents=True, exist_ok=True)

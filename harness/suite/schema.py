@@ -54,6 +54,13 @@ class ModelSpec(_Strict):
     data: Path | None = Field(None, description="Optional .npz of real samples keyed by input name (+ 'labels').")
     eval_samples: int | None = Field(None, ge=1, description="Cap on samples used for accuracy.")
     calibration_samples: int | None = Field(None, ge=1, description="Cap on samples used for calibration.")
+    perplexity_text: Path | None = Field(
+        None, description="A causal LM's plain-text file (relative to the suite file) to score perplexity on, "
+        "tokenized by the model's own tokenizer; computed for source='hf' (real weights), skipped with the reason "
+        "for the zoo's random-weight models.")
+    perplexity_tokens: int = Field(255, ge=1, le=100_000, description="Cap on the text's tokens scored for "
+                                   "perplexity (each backend that returns only the last position's logits runs one "
+                                   "forward pass per token).")
 
     @model_validator(mode="after")
     def _source_fields(self) -> "ModelSpec":
@@ -64,7 +71,8 @@ class ModelSpec(_Strict):
                 raise ValueError("source='hf' needs 'path' to a local Hugging Face model folder (config.json, "
                                  "safetensors weights, tokenizer.json); nothing is downloaded")
             if self.factory or self.inputs or self.data:
-                raise ValueError("source='hf' takes only 'path': the prompts come from the model's own tokenizer")
+                raise ValueError("source='hf' takes 'path' (and 'perplexity_text'), not 'factory', 'inputs' or "
+                                 "'data': the prompts come from the model's own tokenizer")
         if self.source == "tflite":
             if self.path is None:
                 raise ValueError("source='tflite' needs 'path' to the .tflite file")
@@ -75,6 +83,9 @@ class ModelSpec(_Strict):
                 raise ValueError("source='torch' needs 'factory' as 'package.module:function'")
             if not self.inputs:
                 raise ValueError("source='torch' needs 'inputs' (name, shape, dtype of each input)")
+        if self.perplexity_text is not None and self.source not in ("hf", "zoo"):
+            raise ValueError(f"'perplexity_text' applies to causal LMs only (source='hf' or a zoo causal LM), not "
+                             f"source={self.source!r}")
         if self.source == "zoo" and (self.path or self.factory):
             raise ValueError("'path'/'factory' only apply to source='onnx'/'tflite'/'hf'/'torch'")
         return self
@@ -287,7 +298,7 @@ def parse_schema(data: dict[str, Any], path: Path) -> Suite:
     suite.source = path
     base = path.parent
     for m in suite.models:
-        for attr in ("path", "data"):
+        for attr in ("path", "data", "perplexity_text"):
             value = getattr(m, attr)
             if value is not None and not value.is_absolute():
                 setattr(m, attr, (base / value).resolve())

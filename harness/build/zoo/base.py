@@ -81,6 +81,9 @@ class ModelBundle:
     # A fresh, untrained smaller network for distillation (None: the model has no student architecture).
     student_factory: Callable[[], Any] | None = None
     student_description: str = ""
+    # A causal LM's tokens of the user's perplexity text (harness.build.perplexity.PerplexityText); None without one
+    # or where it is not computed (random weights: details["perplexity"] says why).
+    perplexity_text: Any = None
 
     def torch_module(self):
         """A fresh eval-mode torch module; raises if the model came as an ONNX file."""

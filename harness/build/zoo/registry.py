@@ -105,6 +105,8 @@ def load_bundle(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
         bundle.calibration = bundle.calibration.take(spec.calibration_samples)
     if spec.eval_samples is not None:
         bundle.evaluation = bundle.evaluation.take(spec.eval_samples)
+    if spec.perplexity_text is not None:
+        _attach_perplexity_text(bundle, spec)
     if not {"parameters", "flops"} <= bundle.details.keys():  # a zoo model may bring its own (cached) count
         bundle.details.update(cached_model_flops(bundle, Path(cache_dir)))
     bundle.details["data"] = {
@@ -113,3 +115,22 @@ def load_bundle(spec: ModelSpec, cache_dir: Path) -> ModelBundle:
                        "labels": bundle.evaluation.labels is not None},
     }
     return bundle
+
+
+def _attach_perplexity_text(bundle: ModelBundle, spec: ModelSpec) -> None:
+    """The spec's perplexity text, tokenized by the model's tokenizer; on random weights only the reason it is not."""
+    from costbench.harness.build.perplexity import KEY, check_text, tokenize_text
+
+    assert spec.perplexity_text is not None
+    if bundle.source_kind != SOURCE_HF or bundle.hf_path is None:
+        raise ValueError(f"model {spec.id!r}: {KEY} applies to causal LMs only; this model is {bundle.task!r}")
+    check_text(spec.id, Path(spec.perplexity_text))  # a missing file is named even where it would not be scored
+    weights = str(bundle.details.get("weights", ""))
+    if weights.startswith("random weights"):
+        # A random model's perplexity is that of noise: a number that would read as quality and is not.
+        bundle.details["perplexity"] = {"skipped": f"not computed: the model's weights are random ({weights}); "
+                                                   "perplexity needs a model with real weights (source = 'hf')"}
+        return
+    bundle.perplexity_text = tokenize_text(spec.id, bundle.hf_path, Path(spec.perplexity_text), spec.perplexity_tokens)
+    bundle.details["perplexity"] = {"text": bundle.perplexity_text.source, "tokens_scored": bundle.perplexity_text.scored,
+                                    "window": bundle.perplexity_text.window}
