@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -164,8 +165,21 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
             line["status"] = ", ".join(dict.fromkeys(status)) or "ok"
             lines.append(line)
         if lines:
-            tables[str(model)] = pd.DataFrame(lines)
+            # A column only some rows have (the server's, in a suite where some cases search) keeps its place
+            # among the others and shows "-" where a row has none.
+            tables[str(model)] = pd.DataFrame(lines, columns=_merged_columns(lines)).fillna("-")
     return tables, notes
+
+
+def _merged_columns(lines: list[dict[str, Any]]) -> list[str]:
+    """Every key of ``lines``, each new one placed after the key before it in the row that has it."""
+    columns: list[str] = []
+    for line in lines:
+        for i, key in enumerate(line):
+            if key not in columns:
+                before = list(line)[i - 1] if i else None
+                columns.insert(columns.index(before) + 1 if before in columns else len(columns), key)
+    return columns
 
 
 def render(df: pd.DataFrame, console) -> None:
