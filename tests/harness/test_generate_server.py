@@ -54,7 +54,8 @@ def test_lengths_are_drawn_in_their_ranges_and_the_series_agree(rng):
     assert r.valid and r.queries == 40
     ttft, wait, tpot = (np.asarray(x) for x in (r.samples_ns, r.series_ns["queue_wait"], r.series_ns["tpot"]))
     assert np.all(ttft >= wait + 1.0e6)  # a request's first token comes after its wait and its prefill
-    assert np.all(np.abs(tpot - 0.5e6) < 0.25e6)
+    # A spin takes at least its time; a preempted one longer (a busy CI machine), so only the typical one is close.
+    assert np.all(tpot >= 0.5e6) and np.median(tpot) < 0.75e6
     assert 3 <= r.scalars["output_tokens"][0] <= 8 and 8 <= r.scalars["prompt_tokens"][0] <= 32
     ratio = max(np.sort(np.maximum(ttft / 50e6, tpot / 2e6))[int(np.ceil(0.99 * 40)) - 1], 0)
     assert r.scalars["slo_ratio"][0] == pytest.approx(ratio, rel=1e-6)
