@@ -108,8 +108,7 @@ def isotonic(y: Sequence[float], w: Sequence[float]) -> np.ndarray:
     return np.array([v for v, _, c in blocks for _ in range(int(c))])
 
 
-def crossing(rates: Sequence[float], curve: Sequence[float], level: float,
-             unknown: Sequence[bool] | None = None, bound: str = "") -> Crossing:
+def crossing(rates: Sequence[float], curve: Sequence[float], level: float, bound: str = "") -> Crossing:
     """Where a nondecreasing ``curve`` (log latency at each rate, rates ascending) first exceeds ``level``:
     for the centre, interpolated linearly in the rate between the last rate within it and the first over it;
     for an interval end (``bound``), that rate itself: the last within the level for ``bound = "low"``, the
@@ -119,8 +118,7 @@ def crossing(rates: Sequence[float], curve: Sequence[float], level: float,
     a queue's percentile can rise tenfold within a few percent of rate, and a straight line through two such
     rates put both ends within 1% of each other (a ratio of 0.33 at 9.59 requests/s, 13 at 9.94). Where three
     rates show the curve's shape, the local line's interval (:func:`_local_fit`) narrows it within these.
-    ``unknown`` (the curve's value at a rate is made up, an overloaded trial's) is kept for callers; the ends
-    are the same either way.
+    So an end next to an overloaded rate (whose percentile is made up) is that rate or the last within.
     """
     if curve[0] > level:
         return Crossing(None, "below")
@@ -199,10 +197,9 @@ def estimate(pools: Sequence[RatePool], slo_ns: float, confidence: float = 0.95)
         return isotonic(np.log(np.maximum(values, 1.0)), weights)
 
     met = [p.qps for p in ordered if p.high <= slo_ns and not p.overloaded]
-    overloaded = [bool(p.overloaded) for p in ordered]
     centre = crossing(rates, curve([p.p for p in ordered]), level)
-    low = crossing(rates, curve([p.high for p in ordered]), level, overloaded, "low")
-    high = crossing(rates, curve([p.low for p in ordered]), level, overloaded, "high")
+    low = crossing(rates, curve([p.high for p in ordered]), level, "low")
+    high = crossing(rates, curve([p.low for p in ordered]), level, "high")
     fit = _local_fit(ordered, slo_ns, centre.rate, confidence) if centre.rate is not None else None
     if fit is not None:
         # The line's interval, where it lies within the envelopes' (which bound it whatever the curve's shape).
