@@ -104,9 +104,11 @@ class _Requests:
     overloaded: str = ""
     wall_ns: int = 0
 
-    def ratios(self, ttft_slo_ns: float, tpot_slo_ns: float) -> list[int]:
-        """Each request's worse SLO ratio, times :data:`UNIT`."""
-        return [int(UNIT * max(a / ttft_slo_ns, b / tpot_slo_ns)) for a, b in zip(self.ttft_ns, self.tpot_ns)]
+    def ratios(self, ttft_slo_ns: float, tpot_slo_ns: float, queued: bool = True) -> list[int]:
+        """Each request's worse SLO ratio, times :data:`UNIT`; ``queued = False``: as if it had not waited (its
+        prefill in place of its TTFT), the least any rate could give it."""
+        first = self.ttft_ns if queued else self.prefill_ns
+        return [int(UNIT * max(a / ttft_slo_ns, b / tpot_slo_ns)) for a, b in zip(first, self.tpot_ns)]
 
 
 class GenerateServer(Scenario):
@@ -198,29 +200,26 @@ class GenerateServer(Scenario):
 
     # --- an SLO no rate meets --------------------------------------------------------------------
 
-    def _unmeetable(self, probe: _Requests) -> str | None:
-        """Why no rate can meet the SLO, when the probe shows it (else None): with no queue at all, a request's
-        ratio is max(prefill / TTFT SLO, TPOT / TPOT SLO), and a queue only adds to it. Decided on the lower end
-        of that percentile's interval, so a borderline configuration is still searched."""
+    def _unmeetable(self, probe: _Requests) -> tuple[str, float] | None:
+        """Why no rate can meet the SLO, and the unqueued SLO ratio's percentile, when the probe shows it (else
+        None): with no queue at all, a request's ratio is max(prefill / TTFT SLO, TPOT / TPOT SLO), and a queue
+        only adds to it. Decided on the lower end of that percentile's interval, so a borderline configuration
+        is still searched."""
         s = self.spec
-        ttft_slo, tpot_slo = s.ttft_slo_ms * 1e6, s.tpot_slo_ms * 1e6
-        idle = [int(UNIT * max(a / ttft_slo, b / tpot_slo)) for a, b in zip(probe.prefill_ns, probe.tpot_ns)]
+        idle = probe.ratios(s.ttft_slo_ms * 1e6, s.tpot_slo_ms * 1e6, queued=False)
         low, _ = percentile_interval(idle, s.slo_percentile, s.confidence)
         if low <= UNIT:
             return None
+        ratio = percentile(idle, s.slo_percentile) / UNIT
         return (f"the SLO cannot be met at any rate: with no queue, p{s.slo_percentile:g} of {len(idle)} requests' "
-                f"SLO ratio is {percentile(idle, s.slo_percentile) / UNIT:.2f} (TTFT p{s.slo_percentile:g} "
+                f"SLO ratio is {ratio:.2f} (TTFT p{s.slo_percentile:g} "
                 f"{percentile(probe.prefill_ns, s.slo_percentile) / 1e6:.1f} ms against {s.ttft_slo_ms:g} ms, TPOT "
                 f"{percentile(probe.tpot_ns, s.slo_percentile) / 1e6:.1f} ms against {s.tpot_slo_ms:g} ms); "
-                "no search was run")
+                "no search was run"), ratio
 
-    def _no_rate_result(self, probe: _Requests, why: str, batch_size: int) -> ScenarioResult:
+    def _no_rate_result(self, probe: _Requests, why: str, ratio: float, batch_size: int) -> ScenarioResult:
         """The result of a search skipped because no rate can meet the SLO: the probe's unqueued requests, a
         capacity of zero."""
-        s = self.spec
-        ttft_slo, tpot_slo = s.ttft_slo_ms * 1e6, s.tpot_slo_ms * 1e6
-        ratio = percentile([max(a / ttft_slo, b / tpot_slo) for a, b in zip(probe.prefill_ns, probe.tpot_ns)],
-                           s.slo_percentile)
         series = {TPOT.name: probe.tpot_ns, REQUEST_LATENCY.name: probe.duration_ns,
                   QUEUE_WAIT.name: [0] * len(probe.duration_ns)}
         result = ScenarioResult(self.kind, batch_size, probe.prefill_ns, probe.wall_ns, True, [why], series)
@@ -233,10 +232,15 @@ class GenerateServer(Scenario):
         result.details["search"] = []
         result.details["search_summary"] = {"stopped_by": "no rate can meet the SLO", "probe_requests":
                                             len(probe.duration_ns)}
-        result.details["slo"] = {"ttft_slo_ms": s.ttft_slo_ms, "tpot_slo_ms": s.tpot_slo_ms, "slo_ms": s.ttft_slo_ms,
-                                 "percentile": s.slo_percentile, "seed": s.seed,
-                                 "meets": "both TTFT and TPOT, per request", "slo_ratio_p": ratio}
+        result.details["slo"] = self._slo_details(ratio)
         return result
+
+    def _slo_details(self, ratio: float) -> dict[str, Any]:
+        """The SLO a result was judged by, and its ratio at the SLO percentile."""
+        s = self.spec
+        return {"ttft_slo_ms": s.ttft_slo_ms, "tpot_slo_ms": s.tpot_slo_ms, "slo_ms": s.ttft_slo_ms,
+                "percentile": s.slo_percentile, "seed": s.seed, "meets": "both TTFT and TPOT, per request",
+                "slo_ratio_p": ratio}
 
     # --- scenario ---------------------------------------------------------------------------------
 
@@ -292,7 +296,7 @@ class GenerateServer(Scenario):
             probe_durations.extend(probe.duration_ns)
             unmet = self._unmeetable(probe)
             if unmet is not None:
-                return self._no_rate_result(probe, unmet, batch_size)
+                return self._no_rate_result(probe, *unmet, batch_size)
             model = self.model_capacity(probe, seed=s.seed)
             service_cap = 1e9 / float(np.mean(probe.duration_ns))
             spent = (clock() - begun) / 1e9
@@ -352,7 +356,5 @@ class GenerateServer(Scenario):
             result.scalars["capacity_model_qps"] = (summary["model_capacity_qps"], "queries/s")
             result.details["search"] = trials
             result.details["search_summary"] = summary
-        result.details["slo"] = {"ttft_slo_ms": s.ttft_slo_ms, "tpot_slo_ms": s.tpot_slo_ms,
-                                 "slo_ms": s.ttft_slo_ms, "percentile": s.slo_percentile, "seed": s.seed,
-                                 "meets": "both TTFT and TPOT, per request", "slo_ratio_p": p_ratio}
+        result.details["slo"] = self._slo_details(p_ratio)
         return result
