@@ -147,6 +147,19 @@ class GenerativeSession(Session):
         """Greedy-decode exactly ``new_tokens`` tokens after each row of ``prompt_ids`` (int64, batch x prompt
         length), end-of-sequence ignored; returns the generated ids (batch x ``new_tokens``)."""
 
+    @staticmethod
+    def prompt_batch(inputs: dict[str, np.ndarray], dtype: Any, backend: str) -> np.ndarray:
+        """``inputs['input_ids']`` as a contiguous ``dtype`` array of batch x prompt length, or an error naming
+        what is missing or misshapen (``backend`` names the session that asked)."""
+        try:
+            ids = inputs["input_ids"]
+        except KeyError:
+            raise KeyError(f"missing input 'input_ids'; the model takes ['input_ids'], got {sorted(inputs)}") from None
+        ids = np.ascontiguousarray(ids, dtype=dtype)
+        if ids.ndim != 2:
+            raise ValueError(f"{backend} backend: token ids must be batch x prompt length, got shape {ids.shape}")
+        return ids
+
     def position_logits(self, ids: np.ndarray) -> np.ndarray | None:
         """The logits at every position (batch x length x vocabulary) of one forward pass over ``ids``, or None
         where the runtime hands back only the last position's (perplexity then runs one pass per prefix)."""

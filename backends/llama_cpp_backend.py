@@ -101,13 +101,7 @@ class LlamaCppSession(GenerativeSession):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The next-token logits (batch x vocabulary, float32) after each prompt in ``inputs['input_ids']``, one
         prompt at a time."""
-        try:
-            ids = inputs["input_ids"]
-        except KeyError:
-            raise KeyError(f"missing input 'input_ids'; the model takes ['input_ids'], got {sorted(inputs)}") from None
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.ndim != 2:
-            raise ValueError(f"llama-cpp backend: token ids must be batch x prompt length, got shape {ids.shape}")
+        ids = self.prompt_batch(inputs, np.int64, "llama-cpp")
         out = np.empty((ids.shape[0], self._n_vocab), dtype=np.float32)
         for row in range(ids.shape[0]):
             self._prefill(ids[row], 0)

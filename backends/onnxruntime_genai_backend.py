@@ -84,14 +84,7 @@ class OnnxRuntimeGenAISession(GenerativeSession):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The next-token logits (batch x vocabulary, float32) after each prompt in ``inputs['input_ids']`` (a batch
         over the generator's limit runs in slices of :data:`MAX_SEQUENCES` prompts)."""
-        try:
-            ids = inputs["input_ids"]
-        except KeyError:
-            raise KeyError(f"missing input 'input_ids'; the model takes ['input_ids'], got {sorted(inputs)}") from None
-        ids = np.ascontiguousarray(ids, dtype=np.int32)
-        if ids.ndim != 2:
-            raise ValueError(f"onnxruntime-genai backend: token ids must be batch x prompt length, got shape "
-                             f"{ids.shape}")
+        ids = self.prompt_batch(inputs, np.int32, "onnxruntime-genai")
         parts = []
         for start in range(0, ids.shape[0], MAX_SEQUENCES):
             rows = ids[start:start + MAX_SEQUENCES]

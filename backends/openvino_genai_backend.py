@@ -85,12 +85,7 @@ class OpenVinoGenAISession(GenerativeSession):
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The next-token logits (batch x vocabulary, float32) after each prompt in ``inputs['input_ids']``."""
-        try:
-            ids = np.ascontiguousarray(inputs["input_ids"], dtype=np.int64)
-        except KeyError:
-            raise KeyError(f"missing input 'input_ids'; the model takes ['input_ids'], got {sorted(inputs)}") from None
-        if ids.ndim != 2:
-            raise ValueError(f"openvino-genai backend: input_ids must be batch x length, got shape {ids.shape}")
+        ids = self.prompt_batch(inputs, np.int64, "openvino-genai")
         rows, length = ids.shape
         request = self._forward_request()
         request.reset_state()  # stateful model: every call starts from an empty KV cache

@@ -65,13 +65,9 @@ class TransformersSession(GenerativeSession):
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The next-token logits (batch x vocabulary, float32) after each prompt in ``inputs['input_ids']``."""
         torch = self._torch
-        try:
-            ids = inputs["input_ids"]
-        except KeyError:
-            raise KeyError(f"missing input 'input_ids'; the model takes ['input_ids'], got {sorted(inputs)}") from None
+        ids = self.prompt_batch(inputs, np.int64, "transformers")
         with torch.inference_mode():
-            logits = self._model(input_ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self._device),
-                                 use_cache=False).logits[:, -1, :]
+            logits = self._model(input_ids=torch.from_numpy(ids).to(self._device), use_cache=False).logits[:, -1, :]
             return [logits.float().cpu().numpy()]
 
     def position_logits(self, ids: np.ndarray) -> np.ndarray:
