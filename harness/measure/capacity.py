@@ -41,6 +41,13 @@ SD_INFLATION = 2.0
 # above zero: the line then says nothing about where the crossing is, and the envelopes answer alone.
 MAX_LOG_SPAN = 5.0
 
+# An interval end left open (no rate tried is shown to meet, or to miss) is closed by a trial 10% past the
+# estimate; where that rate is still undecided after this many trials, the next goes 10% further. Near
+# capacity a p99 interval narrows only as 1/sqrt(queries), so waiting for eight trials there spent a 40-s
+# budget on one rate: 7 of 200 simulated searches (M/D/1, 5,000 queries a trial, 40 s) ended with no rate
+# shown to meet the SLO; after two trials, none did, with the same coverage (199 of 200).
+TRIALS_BEFORE_STEPPING = 2
+
 
 @dataclass
 class RatePool:
@@ -325,12 +332,12 @@ class CapacitySearch:
         center = est.center.rate
         if est.low.rate is None or est.high.rate is None:
             # An open end: bound it by a trial past the estimate on that side, far enough to decide; where
-            # that rate has had eight trials and still does not (its interval keeps reaching the SLO), a
-            # step further, and so on.
+            # that rate has had TRIALS_BEFORE_STEPPING trials and still does not (its interval keeps reaching
+            # the SLO), a step further, and so on.
             step = 1 + max(2 * self.plan.precision, 0.1) * (1 if est.high.rate is None else -1)
             rate = center * step
             while p.floor_qps < rate < p.ceiling_qps and (tried := self._pool_near(rate)) is not None \
-                    and tried.trials >= 8:
+                    and tried.trials >= TRIALS_BEFORE_STEPPING:
                 rate *= step
             return min(max(rate, p.floor_qps), p.ceiling_qps)
         return center

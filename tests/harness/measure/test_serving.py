@@ -107,7 +107,7 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
     if not r.valid or slowest > nominal(spec.get("max_batch", 1)) / 1e6 + 0.5 * a_ms:
         pytest.skip("the machine is busy (" + "; ".join(r.notes) + f"; slowest trial's service time p99 "
                     f"{slowest:.3f} ms): a capacity here describes the load, not the queue")
-    assert 0 < r.scalars["max_qps_within_slo"][0] <= high
+    assert 0 < r.scalars["max_qps_within_slo"][0] <= high, (r.details["search_summary"], r.details["search"])
     assert r.details["search_summary"]["elapsed_s"] <= spec["search_budget_s"]
     # The machine's own service-time excess and wake-up lateness, resampled, drive the simulated queue.
     draws = rng.choice(excess, size=100_000)
