@@ -160,10 +160,40 @@ class GenerativeSession(Session):
             raise ValueError(f"{backend} backend: token ids must be batch x prompt length, got shape {ids.shape}")
         return ids
 
+    def engine(self) -> "GenerationEngine | None":
+        """The session's continuous-batching engine, when it can hold several requests at once; else None (one
+        slot: requests are served one ``generate`` call at a time)."""
+        return None
+
     def position_logits(self, ids: np.ndarray) -> np.ndarray | None:
         """The logits at every position (batch x length x vocabulary) of one forward pass over ``ids``, or None
         where the runtime hands back only the last position's (perplexity then runs one pass per prefix)."""
         return None
+
+
+class GenerationEngine(abc.ABC):
+    """Several generation requests in flight at once, advanced together one engine step at a time (continuous
+    batching). The serving scenario adds each request when it arrives, calls :meth:`step` in a loop and stamps
+    each request's new tokens on the host clock when the step returns them. Greedy, end-of-sequence ignored,
+    exactly the asked number of tokens per request, no KV cache shared between requests."""
+
+    max_sequences: int  # how many sequences one step decodes at most; more requests wait in the engine's queue
+
+    @abc.abstractmethod
+    def add(self, request_id: int, prompt_ids: np.ndarray, new_tokens: int) -> None:
+        """Queue a request: ``prompt_ids`` one row of int64 token ids, ``new_tokens`` to generate."""
+
+    @abc.abstractmethod
+    def step(self) -> dict[int, int]:
+        """One engine step; returns, for each request that got tokens in it, how many are now on the host."""
+
+    @abc.abstractmethod
+    def busy(self) -> bool:
+        """Whether any request added is not finished."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop every unfinished request, so the engine is empty (a trial that gave up)."""
 
 
 class PerBatchSession(Session):

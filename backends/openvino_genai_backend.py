@@ -14,6 +14,12 @@ int8/int4 weights.
   one log-probability per token. The session compiles the same IR with ``openvino.Core`` on the same device and
   settings (on first use, so a measurement that never asks for logits never holds the second copy) and runs
   one forward pass over the prompt: the model is stateful, so its KV-cache state is reset before every call.
+- **serving with continuous batching** (opt-in: ``max_num_seqs``): the session is a ``ContinuousBatchingPipeline``
+  instead (paged attention, prefix caching off so requests never share KV cache, the KV cache grown as needed) and
+  offers it as a :class:`~costbench.backends.base.GenerationEngine`: ``add_request`` with the token ids, ``step``,
+  and each request's new tokens read from its ``GenerationHandle`` after the step. ``generate`` then runs one
+  request through the same engine, stamping each token when its step returns, so the warm-up, the probe and
+  ``generate`` measure the pipeline that serves.
 - **precision**: OpenVINO's CPU plugin runs an fp32 model in bf16 on CPUs with AMX/avx512_bf16 unless told
   otherwise, so ``INFERENCE_PRECISION_HINT`` is f32 by default, and the KV cache is kept in the same precision
   (the CPU plugin's own default is u8 on x86). Both are recorded in ``info()``.
@@ -27,8 +33,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 from pydantic import Field
 
-from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, GenerativeSession,
-                                     TimingConvention, import_runtime, never_raises)
+from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, GenerationEngine,
+                                     GenerativeSession, TimingConvention, import_runtime, never_raises)
 from costbench.core.artifacts import FORMAT_OPENVINO_LLM, Artifact
 
 _TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_detokenizer.xml")
@@ -51,6 +57,13 @@ class OpenVinoGenAIOptions(BackendOptions):
     attention_backend: Literal["PA", "SDPA"] = Field(
         "PA", description="ATTENTION_BACKEND of LLMPipeline: 'PA' (paged attention, the continuous-batching "
         "scheduler LLMPipeline uses by default on the CPU) or 'SDPA' (the stateful model's own KV-cache state).")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="Serve with continuous batching: a ContinuousBatchingPipeline whose steps decode up "
+        "to this many sequences together (SchedulerConfig.max_num_seqs), which generate_server drives as one "
+        "server holding several requests. None (the default): LLMPipeline, one request at a time.")
+    max_num_batched_tokens: int = Field(
+        256, ge=1, description="Continuous batching only: the most tokens one step processes, prompt chunks and "
+        "decoding tokens together (SchedulerConfig.max_num_batched_tokens; prompts longer are split over steps).")
 
 
 class OpenVinoGenAISession(GenerativeSession):
@@ -63,7 +76,7 @@ class OpenVinoGenAISession(GenerativeSession):
         clock="host time.perf_counter_ns")
 
     def __init__(self, pipeline: Any, model_xml: Path, properties: dict[str, Any], options: OpenVinoGenAIOptions,
-                 batch_size: int):
+                 batch_size: int, engine: "OpenVinoGenAIEngine | None" = None):
         import openvino as ov
         import openvino_genai
 
@@ -75,6 +88,10 @@ class OpenVinoGenAISession(GenerativeSession):
         self._options = options
         self._batch_size = batch_size
         self._request: Any = None  # the forward pass for run(), compiled on first use
+        self._engine = engine  # a ContinuousBatchingPipeline (then ``pipeline`` is None), or None
+
+    def engine(self) -> "OpenVinoGenAIEngine | None":
+        return self._engine
 
     def _forward_request(self) -> Any:
         if self._request is None:
@@ -105,12 +122,9 @@ class OpenVinoGenAISession(GenerativeSession):
             raise ValueError(f"openvino-genai backend: LLMPipeline streams one sequence at a time, so generate takes "
                              f"a batch of 1 prompt (1 x length); got shape {ids.shape}")
         ov, genai = self._ov, self._genai
-        config = self._pipeline.get_generation_config()
-        config.max_new_tokens = new_tokens
-        config.min_new_tokens = new_tokens
-        config.ignore_eos = True
-        config.do_sample = False
-        config.num_beams = 1
+        if self._engine is not None:
+            return self._engine.generate_one(ids, new_tokens, on_token)
+        config = _greedy(self._pipeline.get_generation_config(), new_tokens)
         streamer = _make_stamper(genai, on_token)
         inputs = genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
         result = self._pipeline.generate(inputs, config, streamer)
@@ -122,12 +136,17 @@ class OpenVinoGenAISession(GenerativeSession):
 
     def close(self) -> None:
         self._pipeline = None
+        self._engine = None
         self._request = None
 
     def info(self) -> dict[str, Any]:
         import openvino_genai
 
-        return {"device": "CPU", "threads": self._options.threads,
+        serving: dict[str, Any] = {"pipeline": "LLMPipeline", "serving": "one request at a time"}
+        if self._engine is not None:
+            serving = {"pipeline": "ContinuousBatchingPipeline", "serving": "continuous batching",
+                       **self._engine.scheduler}
+        return {"device": "CPU", "threads": self._options.threads, **serving,
                 "inference_precision": self._properties["INFERENCE_PRECISION_HINT"],
                 "kv_cache_precision": self._properties["KV_CACHE_PRECISION"],
                 "attention_backend": self._properties["ATTENTION_BACKEND"],
@@ -135,6 +154,96 @@ class OpenVinoGenAISession(GenerativeSession):
                                                                         "plugin default"),
                 "logits": "openvino.Core compile of the same IR (state reset per call), compiled on first run()",
                 "openvino": self._ov.__version__, "openvino_genai": openvino_genai.__version__}
+
+
+def _greedy(config: Any, new_tokens: int) -> Any:
+    """``config`` set to greedy decoding of exactly ``new_tokens`` tokens, end-of-sequence ignored."""
+    config.max_new_tokens = new_tokens
+    config.min_new_tokens = new_tokens
+    config.ignore_eos = True
+    config.do_sample = False
+    config.num_beams = 1
+    return config
+
+
+class OpenVinoGenAIEngine(GenerationEngine):
+    """A ``ContinuousBatchingPipeline`` as a :class:`GenerationEngine`: requests added by token ids, advanced by
+    ``step()``, each request's new tokens read from its ``GenerationHandle`` after every step."""
+
+    def __init__(self, pipeline: Any, scheduler: dict[str, Any]):
+        import openvino as ov
+        import openvino_genai
+
+        self._ov, self._genai = ov, openvino_genai
+        self._pipeline = pipeline
+        self.scheduler = scheduler
+        self.max_sequences = int(scheduler["max_num_seqs"])
+        self._handles: dict[int, tuple[Any, int]] = {}  # request id -> (handle, tokens asked)
+        self._counts: dict[int, int] = {}  # request id -> tokens read so far
+
+    def add(self, request_id: int, prompt_ids: np.ndarray, new_tokens: int) -> None:
+        if request_id in self._handles:
+            raise ValueError(f"openvino-genai engine: request {request_id} is already in flight")
+        ids = np.ascontiguousarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+        config = _greedy(self._pipeline.get_config(), new_tokens)
+        self._handles[request_id] = (self._pipeline.add_request(request_id, self._ov.Tensor(ids), config), new_tokens)
+        self._counts[request_id] = 0
+
+    def step(self) -> dict[int, int]:
+        self._pipeline.step()
+        status = self._genai.GenerationStatus
+        got: dict[int, int] = {}
+        for rid, (handle, asked) in list(self._handles.items()):
+            if handle.can_read():
+                new = sum(len(out.generated_ids) for out in handle.read().values())
+                if new:
+                    got[rid] = new
+                    self._counts[rid] += new
+            state = handle.get_status()
+            if state == status.RUNNING:
+                continue
+            if state != status.FINISHED or self._counts[rid] != asked:
+                # IGNORED: the scheduler could not fit it (KV cache); anything else is not a greedy run to the end
+                raise RuntimeError(f"openvino-genai engine: request {rid} ended {state.name} after "
+                                   f"{self._counts[rid]} of {asked} tokens")
+            del self._handles[rid], self._counts[rid]
+        return got
+
+    def busy(self) -> bool:
+        return bool(self._handles) or self._pipeline.has_non_finished_requests()
+
+    def abort(self) -> None:
+        for handle, _ in self._handles.values():
+            handle.cancel()
+        self._handles.clear()
+        self._counts.clear()
+        while self._pipeline.has_non_finished_requests():  # let the scheduler drop what was cancelled
+            self._pipeline.step()
+
+    def generate_one(self, ids: np.ndarray, new_tokens: int, on_token: Callable[[], None]) -> np.ndarray:
+        """One request alone through the engine (``generate``), ``on_token`` once per token as its step returns."""
+        if self._handles:
+            raise RuntimeError("openvino-genai engine: generate() while serving other requests")
+        rid = -1
+        self.add(rid, ids, new_tokens)
+        handle = self._handles[rid][0]
+        tokens: list[int] = []
+        while rid in self._handles:
+            self._pipeline.step()
+            if handle.can_read():
+                for out in handle.read().values():
+                    for token in out.generated_ids:
+                        tokens.append(int(token))
+                        on_token()
+            state = handle.get_status()
+            if state != self._genai.GenerationStatus.RUNNING:
+                del self._handles[rid], self._counts[rid]
+                if state != self._genai.GenerationStatus.FINISHED:
+                    raise RuntimeError(f"openvino-genai engine: the request ended {state.name} after {len(tokens)} "
+                                       f"of {new_tokens} tokens")
+        if len(tokens) != new_tokens:
+            raise RuntimeError(f"openvino-genai engine: generate produced {len(tokens)} tokens, asked for {new_tokens}")
+        return np.asarray(tokens, dtype=np.int64)[None, :]
 
 
 def _make_stamper(genai: Any, on_token: Callable[[], None]) -> Any:
@@ -200,5 +309,21 @@ class OpenVinoGenAIBackend(Backend):
             properties["INFERENCE_NUM_THREADS"] = opts.threads
         if opts.dynamic_quantization_group_size is not None:
             properties["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = opts.dynamic_quantization_group_size
-        pipeline = genai.LLMPipeline(str(folder), "CPU", **properties)
-        return OpenVinoGenAISession(pipeline, artifact.path, properties, opts, batch_size)
+        if opts.max_num_seqs is None:
+            pipeline = genai.LLMPipeline(str(folder), "CPU", **properties)
+            return OpenVinoGenAISession(pipeline, artifact.path, properties, opts, batch_size)
+        if opts.attention_backend != "PA":
+            raise ValueError(f"openvino-genai backend: max_num_seqs (continuous batching) needs attention_backend "
+                             f"'PA' (paged attention); got {opts.attention_backend!r}")
+        scheduler = genai.SchedulerConfig()
+        scheduler.max_num_seqs = opts.max_num_seqs
+        scheduler.max_num_batched_tokens = opts.max_num_batched_tokens
+        scheduler.enable_prefix_caching = False  # requests must not reuse each other's KV cache
+        scheduler.dynamic_split_fuse = True  # prompt chunks and decoding tokens share a step
+        scheduler.cache_size = 0  # with num_kv_blocks = 0: the KV cache grows as requests need it
+        facts = {"max_num_seqs": scheduler.max_num_seqs, "max_num_batched_tokens": scheduler.max_num_batched_tokens,
+                 "enable_prefix_caching": False, "dynamic_split_fuse": True, "kv_cache": "grown as needed"}
+        cb_properties = {k: v for k, v in properties.items() if k != "ATTENTION_BACKEND"}
+        engine = OpenVinoGenAIEngine(genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", cb_properties),
+                                     facts)
+        return OpenVinoGenAISession(None, artifact.path, properties, opts, batch_size, engine)

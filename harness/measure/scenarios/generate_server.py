@@ -25,6 +25,14 @@ before the queue fills, and so overestimates the capacity: by 13-16% on llama-20
 (results/reference/2026-12-05-amd-epyc-vnni-2vcpu/generative-serving/). After the search, the queue model on
 every request the trials served is ``capacity_model_qps``: the rate their measured prefill and decoding
 times alone would sustain, which the search's answer should match.
+
+A session that can hold several requests at once (``session.engine()``, a continuous-batching engine such as
+OpenVINO GenAI's ``ContinuousBatchingPipeline``) is served differently: each request is added to the engine at
+its arrival, the engine advances one step at a time over every request it holds, and each request's new tokens
+are stamped when the step that made them returns. TTFT and TPOT are per request as above. The probe still serves
+requests one at a time (the unqueued times the unmeetable-SLO check needs); the one-slot queue model (M/G/1)
+does not describe a batched server, so there it neither starts the search nor gives ``capacity_model_qps``, and
+trials start from an empty server (``steady_start`` draws its backlog from that model).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from costbench.backends.base import GenerativeSession, Session
+from costbench.backends.base import GenerationEngine, GenerativeSession, Session
 from costbench.core.metrics import GENERATE_SERVER, QUEUE_WAIT, REQUEST_LATENCY, TPOT
 from costbench.core.stats import percentile
 from costbench.harness.build.zoo.base import SampleSet
@@ -103,6 +111,7 @@ class _Requests:
     prompt_tokens: list[int] = field(default_factory=list)
     overloaded: str = ""
     wall_ns: int = 0
+    step_sequences: list[int] = field(default_factory=list)  # engine serving: requests that got tokens, per step
 
     def ratios(self, ttft_slo_ns: float, tpot_slo_ns: float, queued: bool = True) -> list[int]:
         """Each request's worse SLO ratio, times :data:`UNIT`; ``queued = False``: as if it had not waited (its
@@ -170,6 +179,62 @@ class GenerateServer(Scenario):
             out.prefill_ns.append(stamps[0] - t0)
             out.duration_ns.append(t1 - t0)
             out.output_tokens.append(n)
+            out.prompt_tokens.append(int(prompt[i]))
+        out.wall_ns = clock() - start
+        return out
+
+    def _serve_engine(self, engine: GenerationEngine, stream: np.ndarray, offsets: np.ndarray, seed: int,
+                      give_up_ns: int | None) -> _Requests:
+        """Serve requests arriving at ``offsets`` through a continuous-batching engine: each added at its arrival
+        (at the first step boundary after it), the engine stepped while it holds any, each request's new tokens
+        stamped as their step returns."""
+        prompt, output = self._lengths(len(offsets), seed)
+        n = len(offsets)
+        start = clock()
+        arrivals = (offsets + start).tolist()
+        out = _Requests(arrivals)
+        stamps: list[list[int]] = [[] for _ in range(n)]
+        admitted = [0] * n
+        nxt = 0  # the next request to arrive
+        unstarted = 0  # the oldest request added that has no token yet (first tokens come in arrival order)
+        while True:
+            now = clock()
+            while nxt < n and arrivals[nxt] <= now:
+                ids = np.resize(stream[nxt % max(1, len(stream) - 1):], int(prompt[nxt]))
+                admitted[nxt] = clock()
+                engine.add(nxt, ids, int(output[nxt]))
+                nxt += 1
+            if not engine.busy():
+                if nxt >= n:
+                    break
+                wait_until(arrivals[nxt])
+                continue
+            while unstarted < nxt and stamps[unstarted]:
+                unstarted += 1
+            if give_up_ns is not None and unstarted < nxt and now - arrivals[unstarted] > give_up_ns:
+                out.overloaded = (f"overloaded: request {unstarted} waited {(now - arrivals[unstarted]) / 1e9:.1f} s "
+                                  "for its first token; the trial gave up")
+                engine.abort()
+                break
+            got = engine.step()
+            t = clock()
+            for rid, k in got.items():
+                stamps[rid].extend([t] * k)
+            out.step_sequences.append(len(got))
+        for i in range(n):
+            m = int(output[i])
+            if len(stamps[i]) != m:
+                if out.overloaded and len(stamps[i]) < m:
+                    continue  # dropped unfinished when the trial gave up
+                raise RuntimeError(f"the engine stamped {len(stamps[i])} tokens for request {i} of {m}")
+            first, last = stamps[i][0], stamps[i][-1]
+            out.ttft_ns.append(first - arrivals[i])
+            out.tpot_ns.append(int(round((last - first) / (m - 1))))
+            out.latency_ns.append(last - arrivals[i])
+            out.wait_ns.append(admitted[i] - arrivals[i])
+            out.prefill_ns.append(first - admitted[i])
+            out.duration_ns.append(last - admitted[i])
+            out.output_tokens.append(m)
             out.prompt_tokens.append(int(prompt[i]))
         out.wall_ns = clock() - start
         return out
@@ -261,6 +326,7 @@ class GenerateServer(Scenario):
             session.generate(longest, s.output_tokens, lambda: None)
         ttft_slo, tpot_slo = s.ttft_slo_ms * 1e6, s.tpot_slo_ms * 1e6
         give_up = int(GIVE_UP_SLOS * ttft_slo)
+        engine = session.engine()
         seeds = iter(range(s.seed, s.seed + 1_000_000))
         trials: list[dict[str, Any]] = []
         kept: dict[float, _Requests] = {}
@@ -271,14 +337,21 @@ class GenerateServer(Scenario):
             seed = next(seeds)
             durations = [x for r in served for x in r.duration_ns] or probe_durations
             backlog = (stationary_backlog_ns(np.asarray(durations), qps, np.random.default_rng([seed, 2]))
-                       if s.steady_start and durations else 0.0)
-            req = self._serve(session, stream, poisson_arrivals(qps, count, seed), seed, give_up, backlog)
+                       if s.steady_start and durations and engine is None else 0.0)
+            if engine is None:
+                req = self._serve(session, stream, poisson_arrivals(qps, count, seed), seed, give_up, backlog)
+            else:
+                req = self._serve_engine(engine, stream, poisson_arrivals(qps, count, seed), seed, give_up)
             ratios = req.ratios(ttft_slo, tpot_slo)
             trials.append({"qps": qps, "requests": len(ratios), "planned": count, "overloaded": req.overloaded,
                            "backlog_s": None if math.isinf(backlog) else backlog / 1e9,
                            "slo_ratio_p": percentile(ratios, s.slo_percentile) / UNIT if ratios else None,
                            "ttft_p_ms": percentile(req.ttft_ns, s.slo_percentile) / 1e6 if ratios else None,
                            "tpot_p_ms": percentile(req.tpot_ns, s.slo_percentile) / 1e6 if ratios else None})
+            if engine is not None:
+                trials[-1]["steps"] = len(req.step_sequences)
+                trials[-1]["mean_step_sequences"] = (float(np.mean(req.step_sequences)) if req.step_sequences
+                                                     else None)
             if qps not in kept or len(req.ttft_ns) >= len(kept[qps].ttft_ns):
                 kept[qps] = req
             served.append(req)
@@ -299,12 +372,15 @@ class GenerateServer(Scenario):
                 return self._no_rate_result(probe, *unmet, batch_size)
             model = self.model_capacity(probe, seed=s.seed)
             service_cap = 1e9 / float(np.mean(probe.duration_ns))
+            # A batched server serves more than one slot would: start at the one-slot model's rate (a floor under
+            # its capacity) and let the search climb as far as every sequence slot busy at the unbatched speed.
+            most = 2.0 * service_cap * (1 if engine is None else engine.max_sequences)
             spent = (clock() - begun) / 1e9
             plan = SearchPlan(slo_ns=UNIT, percentile=s.slo_percentile, confidence=s.confidence,
                               precision=s.search_precision, budget_s=max(s.search_budget_s - spent, 0.0),
                               min_queries=self._count, max_queries=lambda q: max(1, math.floor(s.max_duration_s * q)),
-                              start_qps=0.9 * model if model > 0 else 0.25 * service_cap,
-                              floor_qps=0.01 * service_cap, ceiling_qps=2.0 * service_cap)
+                              start_qps=(0.9 if engine is None else 1.0) * model if model > 0 else 0.25 * service_cap,
+                              floor_qps=0.01 * service_cap, ceiling_qps=most)
             outcome = CapacitySearch(plan, percentile_interval, clock=lambda: clock() / 1e9).run(measure)
             est = outcome.estimate
             # The queue model again on every request the trials served: the capacity their measured prefill and
@@ -312,9 +388,17 @@ class GenerateServer(Scenario):
             every = _Requests([], prefill_ns=[x for r in served for x in r.prefill_ns],
                               duration_ns=[x for r in served for x in r.duration_ns],
                               tpot_ns=[x for r in served for x in r.tpot_ns])
-            measured_model = self.model_capacity(every, seed=s.seed) if every.duration_ns else model
+            if engine is None:
+                measured_model = self.model_capacity(every, seed=s.seed) if every.duration_ns else model
+            else:
+                measured_model = None
+                notes.append(f"continuous batching (up to {engine.max_sequences} sequences a step): the one-slot queue "
+                             "model (M/G/1) does not describe this server, so capacity_model_qps is not reported and "
+                             "every trial started from an empty server")
             summary = {**outcome.summary(), "model_capacity_qps": measured_model, "probe_model_capacity_qps": model,
-                       "probe_requests": count, "service_capacity_qps": service_cap, "probe_s": spent}
+                       "probe_requests": count, "service_capacity_qps": service_cap, "probe_s": spent,
+                       "serving": ("one slot" if engine is None
+                                   else f"continuous batching, up to {engine.max_sequences} sequences a step")}
             notes.append(outcome.budget_note(s.search_budget_s, s.search_precision, len(trials)))
             if est.center.side == "below":
                 notes.append("the SLO was not met at any rate tried, down to "
@@ -353,7 +437,8 @@ class GenerateServer(Scenario):
             result.scalars["capacity_ci_low"] = (e.low.rate or 0.0, "queries/s")
             if e.high.rate is not None:
                 result.scalars["capacity_ci_high"] = (e.high.rate, "queries/s")
-            result.scalars["capacity_model_qps"] = (summary["model_capacity_qps"], "queries/s")
+            if summary["model_capacity_qps"] is not None:
+                result.scalars["capacity_model_qps"] = (summary["model_capacity_qps"], "queries/s")
             result.details["search"] = trials
             result.details["search_summary"] = summary
         result.details["slo"] = self._slo_details(p_ratio)
