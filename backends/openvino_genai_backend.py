@@ -19,7 +19,9 @@ int8/int4 weights.
   offers it as a :class:`~costbench.backends.base.GenerationEngine`: ``add_request`` with the token ids, ``step``,
   and each request's new tokens read from its ``GenerationHandle`` after the step. ``generate`` then runs one
   request through the same engine, stamping each token when its step returns, so the warm-up, the probe and
-  ``generate`` measure the pipeline that serves.
+  ``generate`` measure the pipeline that serves. Its scheduler is the vLLM-style one by default, the only one that
+  reads ``max_num_seqs`` (with ``dynamic_split_fuse``, GenAI's own default, a step's running batch is bounded by
+  ``max_num_batched_tokens`` alone: measured, 23 sequences in a step with ``max_num_seqs = 4``).
 - **precision**: OpenVINO's CPU plugin runs an fp32 model in bf16 on CPUs with AMX/avx512_bf16 unless told
   otherwise, so ``INFERENCE_PRECISION_HINT`` is f32 by default, and the KV cache is kept in the same precision
   (the CPU plugin's own default is u8 on x86). Both are recorded in ``info()``.
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from costbench.backends.base import (Availability, Backend, BackendOptions, Capabilities, GenerationEngine,
                                      GenerativeSession, TimingConvention, import_runtime, never_raises)
@@ -58,12 +60,27 @@ class OpenVinoGenAIOptions(BackendOptions):
         "PA", description="ATTENTION_BACKEND of LLMPipeline: 'PA' (paged attention, the continuous-batching "
         "scheduler LLMPipeline uses by default on the CPU) or 'SDPA' (the stateful model's own KV-cache state).")
     max_num_seqs: int | None = Field(
-        None, ge=1, description="Serve with continuous batching: a ContinuousBatchingPipeline whose steps decode up "
-        "to this many sequences together (SchedulerConfig.max_num_seqs), which generate_server drives as one "
+        None, ge=1, description="Serve with continuous batching: a ContinuousBatchingPipeline holding at most this "
+        "many requests in its running batch (SchedulerConfig.max_num_seqs), which generate_server drives as one "
         "server holding several requests. None (the default): LLMPipeline, one request at a time.")
     max_num_batched_tokens: int = Field(
-        256, ge=1, description="Continuous batching only: the most tokens one step processes, prompt chunks and "
-        "decoding tokens together (SchedulerConfig.max_num_batched_tokens; prompts longer are split over steps).")
+        256, ge=1, description="Continuous batching only: the most tokens one step processes "
+        "(SchedulerConfig.max_num_batched_tokens). Without dynamic_split_fuse a whole prompt goes in one step, so "
+        "no prompt may be longer.")
+    dynamic_split_fuse: bool = Field(
+        False, description="Continuous batching only: OpenVINO GenAI's default scheduler (prompt chunks and "
+        "decoding tokens share a step). It ignores max_num_seqs: its running batch is bounded by "
+        "max_num_batched_tokens alone (one token per decoding sequence). False: the vLLM-style scheduler, "
+        "where max_num_seqs bounds the running batch and a step is either whole prompts or one token for each "
+        "running sequence.")
+
+    @model_validator(mode="after")
+    def _batched_tokens_hold_the_sequences(self) -> "OpenVinoGenAIOptions":
+        if self.max_num_seqs is not None and not self.dynamic_split_fuse \
+                and self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError(f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be at least max_num_seqs "
+                             f"({self.max_num_seqs}): a decoding step gives each running sequence one token")
+        return self
 
 
 class OpenVinoGenAISession(GenerativeSession):
@@ -166,6 +183,9 @@ def _greedy(config: Any, new_tokens: int) -> Any:
     return config
 
 
+_SOLO_REQUEST = 2**62  # generate()'s own request id in the engine
+
+
 class OpenVinoGenAIEngine(GenerationEngine):
     """A ``ContinuousBatchingPipeline`` as a :class:`GenerationEngine`: requests added by token ids, advanced by
     ``step()``, each request's new tokens read from its ``GenerationHandle`` after every step."""
@@ -177,7 +197,9 @@ class OpenVinoGenAIEngine(GenerationEngine):
         self._ov, self._genai = ov, openvino_genai
         self._pipeline = pipeline
         self.scheduler = scheduler
-        self.max_sequences = int(scheduler["max_num_seqs"])
+        self.max_sequences = int(scheduler["max_running_sequences"])
+        self._whole_prompts = not scheduler["dynamic_split_fuse"]
+        self._max_tokens = int(scheduler["max_num_batched_tokens"])
         self._handles: dict[int, tuple[Any, int]] = {}  # request id -> (handle, tokens asked)
         self._counts: dict[int, int] = {}  # request id -> tokens read so far
 
@@ -185,6 +207,10 @@ class OpenVinoGenAIEngine(GenerationEngine):
         if request_id in self._handles:
             raise ValueError(f"openvino-genai engine: request {request_id} is already in flight")
         ids = np.ascontiguousarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+        if self._whole_prompts and ids.shape[1] > self._max_tokens:
+            raise ValueError(f"openvino-genai engine: a prompt of {ids.shape[1]} tokens is longer than "
+                             f"max_num_batched_tokens ({self._max_tokens}), which must hold a whole prompt without "
+                             "dynamic_split_fuse; raise it")
         config = _greedy(self._pipeline.get_config(), new_tokens)
         self._handles[request_id] = (self._pipeline.add_request(request_id, self._ov.Tensor(ids), config), new_tokens)
         self._counts[request_id] = 0
@@ -224,7 +250,7 @@ class OpenVinoGenAIEngine(GenerationEngine):
         """One request alone through the engine (``generate``), ``on_token`` once per token as its step returns."""
         if self._handles:
             raise RuntimeError("openvino-genai engine: generate() while serving other requests")
-        rid = -1
+        rid = _SOLO_REQUEST  # an id the scenario never gives (its ids count up from 0; the pipeline takes only unsigned ones)
         self.add(rid, ids, new_tokens)
         handle = self._handles[rid][0]
         tokens: list[int] = []
@@ -319,10 +345,14 @@ class OpenVinoGenAIBackend(Backend):
         scheduler.max_num_seqs = opts.max_num_seqs
         scheduler.max_num_batched_tokens = opts.max_num_batched_tokens
         scheduler.enable_prefix_caching = False  # requests must not reuse each other's KV cache
-        scheduler.dynamic_split_fuse = True  # prompt chunks and decoding tokens share a step
+        scheduler.dynamic_split_fuse = opts.dynamic_split_fuse
         scheduler.cache_size = 0  # with num_kv_blocks = 0: the KV cache grows as requests need it
+        # The scheduler (continuous_batching/scheduler.hpp) reads max_num_seqs only in its vLLM-style prompt
+        # phase; with dynamic_split_fuse a step takes decoding sequences until max_num_batched_tokens is spent.
+        most = opts.max_num_batched_tokens if opts.dynamic_split_fuse else opts.max_num_seqs
         facts = {"max_num_seqs": scheduler.max_num_seqs, "max_num_batched_tokens": scheduler.max_num_batched_tokens,
-                 "enable_prefix_caching": False, "dynamic_split_fuse": True, "kv_cache": "grown as needed"}
+                 "enable_prefix_caching": False, "dynamic_split_fuse": opts.dynamic_split_fuse,
+                 "max_running_sequences": most, "kv_cache": "grown as needed"}
         cb_properties = {k: v for k, v in properties.items() if k != "ATTENTION_BACKEND"}
         engine = OpenVinoGenAIEngine(genai.ContinuousBatchingPipeline(str(folder), scheduler, "CPU", cb_properties),
                                      facts)

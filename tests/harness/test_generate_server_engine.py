@@ -94,6 +94,31 @@ def test_requests_in_flight_together_interleave_and_each_gets_its_tokens(tiny_ov
     assert not engine.busy()
 
 
+def test_max_num_seqs_bounds_the_running_batch(tiny_ov, cb_session, rng):
+    """Six requests on an engine of four sequences: no step gives tokens to more than four, and each gets its own
+    count (GenAI's dynamic_split_fuse scheduler would ignore max_num_seqs; the default one reads it)."""
+    engine = cb_session.engine()
+    vocab = tiny_ov[0].details["vocab_size"]
+    asked = {i: int(rng.integers(3, 10)) for i in range(6)}
+    for i, n in asked.items():
+        engine.add(i, rng.integers(2, vocab, size=int(rng.integers(4, 30)), dtype=np.int64), n)
+    counts, widest = dict.fromkeys(asked, 0), 0
+    while engine.busy():
+        got = engine.step()
+        widest = max(widest, len(got))
+        for rid, k in got.items():
+            counts[rid] += k
+    assert counts == asked and widest == 4
+    with pytest.raises(ValueError, match="longer than max_num_batched_tokens"):
+        engine.add(9, np.arange(300, dtype=np.int64) % vocab, 2)
+    assert not engine.busy()
+
+
+def test_options_that_cannot_hold_a_decoding_step_are_refused():
+    with pytest.raises(ValueError, match="must be at least max_num_seqs"):
+        OpenVinoGenAIBackend().parse_options({"max_num_seqs": 8, "max_num_batched_tokens": 4})
+
+
 def _spec(seed: int, **settings) -> GenerateServerSpec:
     return GenerateServerSpec(**{"ttft_slo_ms": 200, "tpot_slo_ms": 50, "prompt_tokens": 24, "prompt_tokens_min": 4,
                                  "output_tokens": 8, "output_tokens_min": 3, "warmup_count": 1, "seed": seed,
@@ -115,8 +140,10 @@ def test_a_low_rate_meets_the_slo_and_an_overloading_one_does_not(tiny_ov, cb_se
 
 def test_the_search_finds_a_capacity_above_one_slot(tiny_ov, cb_session, seed):
     bundle, _ = tiny_ov
-    r = GenerateServer(_spec(seed % 2**31, slo_percentile=90, min_count=100, search_budget_s=40)).run(
-        cb_session, bundle.evaluation, 1)
+    # A trial of 1 s at least: the tiny model serves hundreds of requests a second, and 100 requests past its
+    # capacity would arrive and be served within the TTFT SLO before any queue could show.
+    r = GenerateServer(_spec(seed % 2**31, slo_percentile=90, min_count=100, min_duration_s=1.0,
+                             search_budget_s=40)).run(cb_session, bundle.evaluation, 1)
     summary = r.details["search_summary"]
     assert r.scalars.get("capacity_qps", (0,))[0] > 0, (r.details["search"], r.notes)
     assert "capacity_model_qps" not in r.scalars and summary["model_capacity_qps"] is None

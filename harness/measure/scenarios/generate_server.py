@@ -31,8 +31,11 @@ OpenVINO GenAI's ``ContinuousBatchingPipeline``) is served differently: each req
 its arrival, the engine advances one step at a time over every request it holds, and each request's new tokens
 are stamped when the step that made them returns. TTFT and TPOT are per request as above. The probe still serves
 requests one at a time (the unqueued times the unmeetable-SLO check needs); the one-slot queue model (M/G/1)
-does not describe a batched server, so there it neither starts the search nor gives ``capacity_model_qps``, and
-trials start from an empty server (``steady_start`` draws its backlog from that model).
+does not describe a batched server, so there it neither starts the search nor gives ``capacity_model_qps``.
+Its steady start has no model to draw a backlog from, so it deletes the initial transient instead: each trial
+first serves ``LEAD_IN`` times its count in requests at the same rate whose times are not kept, and the counted
+requests arrive at a server already loaded as it would be at that rate (past its capacity, one whose queue has
+grown for that long).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ from costbench.harness.suite.schema import ScenarioSettings
 
 UNIT = 1_000_000_000  # an SLO ratio of 1 is stored as 1e9, so the search's integer "latencies" keep 9 digits
 GIVE_UP_SLOS = 20  # a request that waited this many TTFT SLOs ends the trial as overloaded
+# A continuous-batching trial's uncounted lead-in, as a fraction of its counted requests (steady_start).
+LEAD_IN = 0.5
 
 
 class GenerateServerSpec(ScenarioSettings):
@@ -184,15 +189,15 @@ class GenerateServer(Scenario):
         return out
 
     def _serve_engine(self, engine: GenerationEngine, stream: np.ndarray, offsets: np.ndarray, seed: int,
-                      give_up_ns: int | None) -> _Requests:
+                      give_up_ns: int | None, lead_in: int = 0) -> _Requests:
         """Serve requests arriving at ``offsets`` through a continuous-batching engine: each added at its arrival
         (at the first step boundary after it), the engine stepped while it holds any, each request's new tokens
-        stamped as their step returns."""
+        stamped as their step returns. The first ``lead_in`` requests load the server and are not kept."""
         prompt, output = self._lengths(len(offsets), seed)
         n = len(offsets)
         start = clock()
         arrivals = (offsets + start).tolist()
-        out = _Requests(arrivals)
+        out = _Requests(arrivals[lead_in:])
         stamps: list[list[int]] = [[] for _ in range(n)]
         admitted = [0] * n
         nxt = 0  # the next request to arrive
@@ -227,6 +232,8 @@ class GenerateServer(Scenario):
                 if out.overloaded and len(stamps[i]) < m:
                     continue  # dropped unfinished when the trial gave up
                 raise RuntimeError(f"the engine stamped {len(stamps[i])} tokens for request {i} of {m}")
+            if i < lead_in:
+                continue
             first, last = stamps[i][0], stamps[i][-1]
             out.ttft_ns.append(first - arrivals[i])
             out.tpot_ns.append(int(round((last - first) / (m - 1))))
@@ -341,7 +348,8 @@ class GenerateServer(Scenario):
             if engine is None:
                 req = self._serve(session, stream, poisson_arrivals(qps, count, seed), seed, give_up, backlog)
             else:
-                req = self._serve_engine(engine, stream, poisson_arrivals(qps, count, seed), seed, give_up)
+                lead = math.ceil(LEAD_IN * count) if s.steady_start else 0
+                req = self._serve_engine(engine, stream, poisson_arrivals(qps, lead + count, seed), seed, give_up, lead)
             ratios = req.ratios(ttft_slo, tpot_slo)
             trials.append({"qps": qps, "requests": len(ratios), "planned": count, "overloaded": req.overloaded,
                            "backlog_s": None if math.isinf(backlog) else backlog / 1e9,
