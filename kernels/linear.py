@@ -3,7 +3,12 @@
 Weights are quantized once, symmetric per output channel (``quantize_symmetric_per_channel``),
 and packed for this CPU. Activations are quantized on every call, per token (per row), to u8 with
 a zero point; quantization, the exact int8 GEMM and the fp32 epilogue
-``(q_x·q_w − zp ⊗ colsum) · s_x ⊗ s_w + bias`` run in one C call. Inference only: no gradients.
+``(q_x·q_w − zp ⊗ colsum) · s_x ⊗ s_w + bias`` (optionally followed by exact GELU) run in one C call.
+Inference only: no gradients.
+
+:func:`swap_linear_layers` also fuses what BERT-style encoders run back to back: the query, key and
+value projections of a layer become one GEMM (:class:`FusedInt8Linear`, bit-identical to three), and
+the intermediate dense layer takes its GELU into the epilogue.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import torch
 from torch import nn
 
 from costbench.kernels import _gemm
-from costbench.kernels.gemm import ISA_IDS, PackedWeight, best_isa, default_threads, use_openmp
+from costbench.kernels.gemm import ACTIVATIONS, ISA_IDS, PackedWeight, best_isa, default_threads, use_openmp
 from costbench.kernels.reference import quantize_symmetric_per_channel
 
 _TORCH_OPENMP: str | None | bool = False  # False: not looked up yet
@@ -57,11 +62,15 @@ class Int8Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, w_q: np.ndarray, w_scale: np.ndarray,
-                 bias: np.ndarray | None, *, isa: str | None = None, threads: int | None = None):
+                 bias: np.ndarray | None, *, isa: str | None = None, threads: int | None = None,
+                 activation: str | None = None):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.threads = threads
+        self.activation = activation  # applied in the epilogue: "gelu" (exact, erf) or None
         self._setup(np.ascontiguousarray(w_q, dtype=np.int8), np.ascontiguousarray(w_scale, dtype=np.float32),
                     None if bias is None else np.ascontiguousarray(bias, dtype=np.float32), isa)
 
@@ -74,12 +83,27 @@ class Int8Linear(nn.Module):
         self.packed = PackedWeight.from_linear_weight(w_q, isa)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, *, isa: str | None = None, threads: int | None = None) -> "Int8Linear":
+    def from_linear(cls, linear: nn.Linear, *, isa: str | None = None, threads: int | None = None,
+                    activation: str | None = None) -> "Int8Linear":
         """Quantize an ``nn.Linear``'s weight per output channel (symmetric int8) and pack it."""
-        w = linear.weight.detach().to(torch.float32).cpu().numpy()
+        return cls.from_linears([linear], isa=isa, threads=threads, activation=activation)
+
+    @classmethod
+    def from_linears(cls, linears: list[nn.Linear], *, isa: str | None = None, threads: int | None = None,
+                     activation: str | None = None) -> "Int8Linear":
+        """One layer whose output columns are those of ``linears`` (same input) side by side.
+
+        Per-channel quantization treats each output row on its own, so the int8 weights and scales are
+        the ones each layer would get alone. Biases: all or none.
+        """
+        if len({lin.in_features for lin in linears}) != 1 or len({lin.bias is None for lin in linears}) != 1:
+            raise ValueError("layers to fuse need the same in_features and all or no biases")
+        w = torch.cat([lin.weight.detach().to(torch.float32).cpu() for lin in linears]).numpy()
         w_q, w_scale = quantize_symmetric_per_channel(w, axis=0)
-        bias = None if linear.bias is None else linear.bias.detach().to(torch.float32).cpu().numpy()
-        return cls(linear.in_features, linear.out_features, w_q, w_scale, bias, isa=isa, threads=threads)
+        bias = None if linears[0].bias is None else \
+            torch.cat([lin.bias.detach().to(torch.float32).cpu() for lin in linears]).numpy()
+        return cls(linears[0].in_features, w.shape[0], w_q, w_scale, bias, isa=isa, threads=threads,
+                   activation=activation)
 
     @property
     def isa(self) -> str:
@@ -91,7 +115,8 @@ class Int8Linear(nn.Module):
         if x.is_cuda:  # on an NVIDIA GPU: the Triton int8 GEMM (costbench.kernels.gpu.linear)
             from costbench.kernels.gpu.linear import forward_from_int8
 
-            return forward_from_int8(self, x)
+            y = forward_from_int8(self, x)
+            return torch.nn.functional.gelu(y) if self.activation == "gelu" else y
         lead = x.shape[:-1]
         x2 = x.detach().reshape(-1, self.in_features)
         if x2.dtype != torch.float32 or x2.device.type != "cpu":
@@ -105,13 +130,14 @@ class Int8Linear(nn.Module):
         pw = self.packed
         _gemm.linear(ISA_IDS[pw.isa], x2.numpy(), m, pw.k, pw.k, pw.data, pw.n, pw.colsum, self.w_scale,
                      self.bias_f32, y.numpy(), self.threads or default_threads(), None, None,
-                     torch_openmp_runtime() is not None)
+                     torch_openmp_runtime() is not None, ACTIVATIONS[self.activation])
         y = y.view(*lead, self.out_features)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
     def extra_repr(self) -> str:
+        act = f", activation={self.activation}" if self.activation else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias_f32 is not None}, isa={self.isa}, threads={self.threads or 'all'}")
+                f"bias={self.bias_f32 is not None}, isa={self.isa}, threads={self.threads or 'all'}{act}")
 
     # Pickle the int8 weight, not the packed bytes: the layout depends on the CPU that loads it.
     def __getstate__(self) -> dict[str, Any]:
@@ -120,20 +146,114 @@ class Int8Linear(nn.Module):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("activation", None)  # pickled before the fused epilogue existed
         self.__dict__.update(state)
         self.packed = PackedWeight.from_linear_weight(self.w_q, None)
 
 
+class FusedInt8Linear(nn.Module):
+    """Several projections of the same input as one :class:`Int8Linear` (e.g. a layer's Q, K and V).
+
+    One per-token quantization of x and one GEMM instead of one each; the output columns are the
+    layers' side by side, bit-identical to running them apart. The parts (:class:`Int8LinearPart`)
+    take their columns as views. The first part called on an input runs the GEMM; the others, called
+    on the same tensor object, take the kept result, which is dropped once every part has had it.
+    A part called on another input (cross-attention's keys) runs the GEMM again for that input.
+    """
+
+    def __init__(self, layer: Int8Linear, sizes: list[int]):
+        super().__init__()
+        self.layer = layer
+        self.bounds = [int(b) for b in np.cumsum([0, *sizes])]
+        self._forget()
+
+    def _forget(self) -> None:
+        self._x: torch.Tensor | None = None
+        self._y: torch.Tensor | None = None
+        self._waiting: set[int] = set()
+
+    def part(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Columns of part ``i`` of the fused output for ``x``."""
+        if self._x is not x or (i not in self._waiting and self._waiting):  # new input, or a part asked again
+            self._y, self._x = self.layer(x), x
+            self._waiting = set(range(len(self.bounds) - 1))
+        y = self._y
+        self._waiting.discard(i)
+        if not self._waiting:  # every part has its columns: keep nothing alive between calls
+            self._forget()
+        return y[..., self.bounds[i]:self.bounds[i + 1]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_x=None, _y=None, _waiting=set())
+        return state
+
+
+class Int8LinearPart(nn.Module):
+    """One layer's place in a :class:`FusedInt8Linear`: its output columns, as a view."""
+
+    def __init__(self, fused: FusedInt8Linear, index: int):
+        super().__init__()
+        self.fused = fused
+        self.index = index
+        self.in_features = fused.layer.in_features
+        self.out_features = fused.bounds[index + 1] - fused.bounds[index]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused.part(x, self.index)
+
+    def extra_repr(self) -> str:
+        return f"part {self.index} of {len(self.fused.bounds) - 1}, out_features={self.out_features}"
+
+
+QKV_NAMES = ("query", "key", "value")  # BERT-family self-attention (transformers' naming)
+
+
+def _exact_gelu(act: nn.Module) -> bool:
+    """True for an activation module that is exact (erf) GELU: what the fused epilogue computes."""
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu
+
+
+def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -> list[str]:
+    """Fuse Q/K/V projections and dense+GELU pairs inside ``module`` (in place); the layers' names."""
+    def eligible(lin: Any) -> bool:
+        return type(lin) is nn.Linear and min(lin.in_features, lin.out_features) >= min_features
+
+    fused: list[str] = []
+    for name, child in list(module.named_modules()):
+        prefix = f"{name}." if name else ""
+        parts = [getattr(child, n, None) for n in QKV_NAMES]
+        if all(eligible(p) for p in parts) and len({p.in_features for p in parts}) == 1 \
+                and len({p.bias is None for p in parts}) == 1:
+            group = FusedInt8Linear(Int8Linear.from_linears(parts, isa=isa, threads=threads),
+                                    [p.out_features for p in parts])
+            for i, n in enumerate(QKV_NAMES):
+                setattr(child, n, Int8LinearPart(group, i))
+                fused.append(prefix + n)
+        dense, act = getattr(child, "dense", None), getattr(child, "intermediate_act_fn", None)
+        if eligible(dense) and isinstance(act, nn.Module) and _exact_gelu(act):
+            # BertIntermediate and its kin: dense, then GELU; the GELU moves into the epilogue
+            child.dense = Int8Linear.from_linear(dense, isa=isa, threads=threads, activation="gelu")
+            child.intermediate_act_fn = nn.Identity()
+            fused.append(prefix + "dense")
+    return fused
+
+
 def swap_linear_layers(module: nn.Module, *, isa: str | None = None, threads: int | None = None,
-                       min_features: int = 1) -> list[str]:
+                       min_features: int = 1, fuse: bool = True) -> list[str]:
     """Replace every ``nn.Linear`` inside ``module`` (in place) by an :class:`Int8Linear`.
 
-    Layers with fewer than ``min_features`` input or output features stay fp32. Returns the
-    qualified names of the layers swapped. ``module`` itself, if a Linear, is not replaced (the
-    caller holds the reference); wrap it in a container first.
+    Layers with fewer than ``min_features`` input or output features stay fp32. With ``fuse``, a
+    module's ``query``/``key``/``value`` Linears become one :class:`FusedInt8Linear` and a ``dense``
+    Linear followed by an exact-GELU ``intermediate_act_fn`` gets the GELU in its epilogue (that
+    module's activation becomes ``nn.Identity``). Returns the qualified names of the layers swapped.
+    ``module`` itself, if a Linear, is not replaced (the caller holds the reference); wrap it in a
+    container first.
     """
     isa = isa or best_isa()
-    swapped: list[str] = []
+    swapped: list[str] = _fuse(module, isa, threads, min_features) if fuse else []
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
             if type(sub) is nn.Linear and min(sub.in_features, sub.out_features) >= min_features:

@@ -1,0 +1,145 @@
+"""Fusions in swap_linear_layers: Q/K/V as one GEMM (bit-identical to three) and GELU in the epilogue."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from costbench.kernels import _gemm, gemm
+from costbench.kernels.linear import FusedInt8Linear, Int8Linear, Int8LinearPart, swap_linear_layers
+
+
+class _Attention(nn.Module):
+    """query/key/value as BERT's self-attention names them; returns the three projections."""
+
+    def __init__(self, k: int, sizes: tuple[int, int, int], bias: bool = True):
+        super().__init__()
+        self.query, self.key, self.value = (nn.Linear(k, n, bias=bias) for n in sizes)
+
+    def forward(self, x, kv=None):
+        kv = x if kv is None else kv
+        return self.query(x), self.key(kv), self.value(kv)
+
+
+@pytest.mark.parametrize("isa", gemm.supported_isas())
+@pytest.mark.parametrize("k,sizes,bias", [(384, (384, 384, 384), True), (101, (40, 70, 33), True),
+                                          (64, (16, 16, 100), False)])
+def test_fused_qkv_is_bit_identical_to_three_layers(isa, k, sizes, bias, seed):
+    torch.manual_seed(seed)  # weights and inputs fresh from this run's (printed) seed
+    attn = _Attention(k, sizes, bias)
+    apart, fused = copy.deepcopy(attn), copy.deepcopy(attn)
+    swap_linear_layers(apart, isa=isa, fuse=False)
+    names = swap_linear_layers(fused, isa=isa)
+    assert names == ["query", "key", "value"]
+    assert all(isinstance(getattr(fused, n), Int8LinearPart) for n in names)
+    assert fused.query.fused is fused.value.fused and fused.query.fused.layer.out_features == sum(sizes)
+    for m in (1, 7, 512):
+        x = torch.randn(m, k) * 3
+        with torch.inference_mode():
+            for a, b in zip(apart(x), fused(x)):
+                assert torch.equal(a, b), f"isa={isa} m={m}"
+        assert fused.query.fused._y is None  # nothing kept once every part has its columns
+
+
+def test_fused_parts_on_different_inputs(seed):
+    """Cross-attention: keys and values from another tensor than the queries."""
+    torch.manual_seed(seed)
+    attn = _Attention(48, (32, 32, 32))
+    apart, fused = copy.deepcopy(attn), copy.deepcopy(attn)
+    swap_linear_layers(apart, fuse=False)
+    swap_linear_layers(fused)
+    x, enc = torch.randn(5, 48), torch.randn(9, 48)
+    with torch.inference_mode():
+        for a, b in zip(apart(x, enc), fused(x, enc)):
+            assert torch.equal(a, b)
+        q1 = fused.query(x)
+        assert torch.equal(fused.query(x), q1)  # asked twice: the same columns
+
+
+def _gelu64(y: np.ndarray) -> np.ndarray:
+    y = y.astype(np.float64)
+    return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
+
+
+def test_gelu_simd_and_scalar_agree_and_are_close_to_erf(rng):
+    y = np.concatenate([rng.standard_normal(10_000) * 4, np.linspace(-12, 12, 4097),
+                        [0.0, -0.0, 1e-30, -1e-30, 3.4e38, -3.4e38, np.inf, np.nan]]).astype(np.float32)
+    simd, scalar = y.copy(), y.copy()
+    _gemm.gelu(simd, len(simd), True)
+    _gemm.gelu(scalar, len(scalar), False)
+    assert np.array_equal(simd.view(np.uint32), scalar.view(np.uint32))  # same bits, NaN included
+    assert np.isnan(simd[-1]) and simd[-2] == np.inf
+    finite = np.abs(y) < 1e30
+    ref = _gelu64(y[finite])
+    err = np.abs(simd[finite] - ref)
+    assert (err <= 2e-7 * np.abs(y[finite]) + 1e-7).all(), err.max()
+    # torch's own CPU gelu (the fp32 model's) is about 3.5e-7 |y| from the exact one: ours is as close
+    torch_err = np.abs(nn.functional.gelu(torch.from_numpy(y[finite])).numpy() - ref)
+    assert (err <= np.maximum(torch_err, 2e-7 * np.abs(y[finite]) + 1e-7)).all()
+
+
+@pytest.mark.parametrize("isa", gemm.supported_isas())
+def test_gelu_epilogue_is_gelu_of_the_linear_output(isa, seed):
+    torch.manual_seed(seed)
+    lin = nn.Linear(384, 1536 - 16 * (isa == "avx2") - 3)  # a tail panel and a tail vector
+    plain = Int8Linear.from_linear(lin, isa=isa)
+    act = Int8Linear.from_linear(lin, isa=isa, activation="gelu")
+    for m in (1, 13, 512):
+        x = torch.randn(m, 384)
+        with torch.inference_mode():
+            y = plain(x).numpy().copy()
+            z = act(x).numpy()
+        _gemm.gelu(y, y.size, True)
+        assert np.array_equal(z, y), f"isa={isa} m={m}"  # the same pre-activation, the same GELU bits
+
+
+def test_gelu_activation_checked_and_pickled(seed):
+    with pytest.raises(ValueError, match="activation"):
+        Int8Linear.from_linear(nn.Linear(8, 8), activation="relu")
+    torch.manual_seed(seed)
+    layer = Int8Linear.from_linear(nn.Linear(16, 24), activation="gelu")
+    x = torch.randn(3, 16)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    assert torch.equal(torch.load(buf, weights_only=False)(x), layer(x))
+
+
+def _tiny_bert():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=32)
+    return transformers.BertModel(cfg).eval()
+
+
+def test_swap_fuses_a_bert_encoder(seed):
+    torch.manual_seed(seed)
+    bert = _tiny_bert()
+    ids = torch.randint(0, 50, (3, 16))
+    mask = torch.ones_like(ids)
+    apart, fused = copy.deepcopy(bert), copy.deepcopy(bert)
+    names_apart = swap_linear_layers(apart, fuse=False)
+    names = swap_linear_layers(fused)
+    assert sorted(names) == sorted(names_apart)  # the same layers, each once
+    layer = fused.encoder.layer[0]
+    assert isinstance(layer.attention.self.query.fused, FusedInt8Linear)
+    assert layer.intermediate.dense.activation == "gelu"
+    assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
+    with torch.inference_mode():
+        ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        a = apart(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = fused(input_ids=ids, attention_mask=mask).last_hidden_state
+    cos = lambda u: nn.functional.cosine_similarity(u.reshape(-1, 64), ref.reshape(-1, 64)).min()  # noqa: E731
+    assert cos(b) > 0.99 and abs(cos(b) - cos(a)) < 0.01
+    buf = io.BytesIO()
+    torch.save(fused, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with torch.inference_mode():
+        assert torch.equal(loaded(input_ids=ids, attention_mask=mask).last_hidden_state, b)
