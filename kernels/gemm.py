@@ -221,6 +221,10 @@ def quantize_per_token_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return q, scale, zp
 
 
+# the epilogue's activation, as _gemm.linear numbers them
+ACTIVATIONS = {None: 0, "gelu": 1}
+
+
 def int8_linear(
     x: np.ndarray,
     w: PackedWeight,
@@ -230,6 +234,7 @@ def int8_linear(
     threads: int | None = None,
     out: np.ndarray | None = None,
     openmp: bool = False,
+    activation: str | None = None,
 ) -> np.ndarray:
     """``y = x · Wᵀ + bias`` with ``x`` quantized per row to u8 on the fly and ``W`` int8 per channel.
 
@@ -237,6 +242,7 @@ def int8_linear(
     scales (N,). Quantization, GEMM and epilogue run in one C call. ``openmp``: on the avx512vnni path,
     run on the threads of the OpenMP runtime given to :func:`use_openmp` (``Int8Linear`` does this
     inside PyTorch, whose own OpenMP threads would otherwise compete with ours for the cores).
+    ``activation="gelu"``: exact (erf) GELU applied in the epilogue (within ~1e-6 relative of it).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.k:
@@ -245,7 +251,8 @@ def int8_linear(
     out = _out(out, (m, w.n), np.float32)
     ws = _vector(w_scale, w.n, np.float32, "w_scale")
     _gemm.linear(ISA_IDS[w.isa], x, m, w.k, w.k, w.data, w.n, w.colsum, ws,
-                 _vector(bias, w.n, np.float32, "bias"), out, threads or default_threads(), None, None, openmp)
+                 _vector(bias, w.n, np.float32, "bias"), out, threads or default_threads(), None, None, openmp,
+                 ACTIVATIONS[activation])
     return out
 
 

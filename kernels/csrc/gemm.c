@@ -401,6 +401,94 @@ static void parallel_run_team(task_fn fn, void *ctx, int nthreads, int openmp) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* GELU for the fused epilogue                                                                  */
+/*
+ * Exact (erf) GELU, as BERT's intermediate layer: gelu(y) = h + h * erf(y / sqrt 2) with h = y / 2.
+ * erf is the rational approximation Eigen and XLA use (odd degree-13 numerator over even degree-8
+ * denominator on x clamped to [-4, 4]; about 4e-7 absolute from the true erf, as close to it as
+ * torch's own CPU gelu). The scalar form runs the same IEEE operations in the same order (fmaf where
+ * the vector form fuses), so every path gives the same bits for the same pre-activation.
+ */
+#define ACT_NONE 0
+#define ACT_GELU 1
+#define GELU_A13 -2.72614225801306e-10f
+#define GELU_A11 2.77068142495902e-08f
+#define GELU_A9 -2.10102402082508e-06f
+#define GELU_A7 -5.69250639462346e-05f
+#define GELU_A5 -7.34990630326855e-04f
+#define GELU_A3 -2.95459980854025e-03f
+#define GELU_A1 -1.60960333262415e-02f
+#define GELU_B8 -1.45660718464996e-05f
+#define GELU_B6 -2.13374055278905e-04f
+#define GELU_B4 -1.68282697438203e-03f
+#define GELU_B2 -7.37332916720468e-03f
+#define GELU_B0 -1.42647390514189e-02f
+
+static float gelu_scalar(float y) {
+    float x = y * 0.70710678118654752f;
+    x = x < -4.0f ? -4.0f : (x > 4.0f ? 4.0f : x); /* a NaN stays NaN: both compares are false */
+    const float x2 = x * x;
+    float p = fmaf(x2, GELU_A13, GELU_A11);
+    p = fmaf(x2, p, GELU_A9);
+    p = fmaf(x2, p, GELU_A7);
+    p = fmaf(x2, p, GELU_A5);
+    p = fmaf(x2, p, GELU_A3);
+    p = fmaf(x2, p, GELU_A1);
+    p = x * p;
+    float q = fmaf(x2, GELU_B8, GELU_B6);
+    q = fmaf(x2, q, GELU_B4);
+    q = fmaf(x2, q, GELU_B2);
+    q = fmaf(x2, q, GELU_B0);
+    const float h = 0.5f * y;
+    return fmaf(h, p / q, h);
+}
+
+#if CB_X86
+__attribute__((target("avx512f,fma"))) static inline __m512 gelu512(__m512 y) {
+    /* MINPS/MAXPS with the NaN operand first return the other: clamp with y's side second keeps NaN */
+    __m512 x = _mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f));
+    x = _mm512_max_ps(_mm512_set1_ps(-4.0f), _mm512_min_ps(_mm512_set1_ps(4.0f), x));
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(GELU_A13), _mm512_set1_ps(GELU_A11));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A9));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A7));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A5));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A3));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A1));
+    p = _mm512_mul_ps(x, p);
+    __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(GELU_B8), _mm512_set1_ps(GELU_B6));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(GELU_B4));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(GELU_B2));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(GELU_B0));
+    const __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
+    return _mm512_fmadd_ps(h, _mm512_div_ps(p, q), h);
+}
+
+__attribute__((target("avx512f,fma"))) static void gelu_rows_avx512(float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu512(_mm512_loadu_ps(y + i)));
+    if (i < n) {
+        const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, m, gelu512(_mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+#endif
+
+/* GELU in place over M rows of N (row stride ld): the epilogue's activation for the paths whose
+ * micro-kernel does not apply it (avx2, generic, amx), run once the GEMM is done. */
+static void gelu_rows(float *y, int64_t M, int64_t N, int64_t ld) {
+    for (int64_t i = 0; i < M; i++) {
+#if CB_X86
+        if (__builtin_cpu_supports("avx512f")) {
+            gelu_rows_avx512(y + i * ld, N);
+            continue;
+        }
+#endif
+        for (int64_t n = 0; n < N; n++) y[i * ld + n] = gelu_scalar(y[i * ld + n]);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* The GEMM problem as the workers see it                                                       */
 
 typedef struct {
@@ -425,6 +513,7 @@ typedef struct {
     int64_t n_mblocks, n_nchunks, panels_per_chunk, n_panels;
     volatile int failed; /* a worker could not get scratch memory */
     int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
+    int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni path; others: gelu_rows) */
 } gemm_t;
 
 static inline int32_t row_offset(const gemm_t *g, int64_t i) {
@@ -1191,7 +1280,9 @@ static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t
         if (e.f32) {                                                                                  \
             __m512 y = _mm512_cvtepi32_ps(acc);                                                       \
             if (e.row_scale) y = _mm512_mul_ps(y, _mm512_set1_ps(row_sc[r]));                         \
-            _mm512_mask_storeu_ps((float *)e.out + (i0 + r) * e.ldo + n, m, _mm512_fmadd_ps(y, sc, bi)); \
+            y = _mm512_fmadd_ps(y, sc, bi);                                                           \
+            if (e.act == ACT_GELU) y = gelu512(y);                                                    \
+            _mm512_mask_storeu_ps((float *)e.out + (i0 + r) * e.ldo + n, m, y);                       \
         } else {                                                                                      \
             _mm512_mask_storeu_epi32((int32_t *)e.out + (i0 + r) * e.ldo + n, m, acc);                \
         }                                                                                             \
@@ -1214,7 +1305,7 @@ typedef struct {
     void *out;
     int64_t ldo, N;
     int32_t global_off;
-    int f32;
+    int f32, act;
 } v2_epi;
 
 /* Row tiles [t0, t1) (each MR rows from t * V2_MR) x the NV vectors of panel p, over the whole K.
@@ -1227,7 +1318,7 @@ VNNI_TARGET ALWAYS_INLINE void v2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
     const int64_t ngroups = g->Kp / 4, n0 = p * V2_NR;
     const __m512i z = _mm512_setzero_si512();
     const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->out, g->ldo, g->N,
-                      g->global_off, g->out_f32};
+                      g->global_off, g->out_f32, g->act};
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * V2_MR;
         const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
@@ -1846,9 +1937,9 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     memset(&vb, 0, sizeof(vb));
     memset(&vqs, 0, sizeof(vqs));
     memset(&vqz, 0, sizeof(vqz));
-    int openmp = 0;
-    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO|p", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias, &vout,
-                          &threads, &o_qs, &o_qz, &openmp))
+    int openmp = 0, act = ACT_NONE;
+    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO|pi", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias,
+                          &vout, &threads, &o_qs, &o_qz, &openmp, &act))
         return NULL;
     PyObject *ret = NULL;
     uint8_t *qbuf = NULL;
@@ -1858,6 +1949,10 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     if (opt_buffer(o_bias, &vb, 0) < 0 || opt_buffer(o_qs, &vqs, 1) < 0 || opt_buffer(o_qz, &vqz, 1) < 0) goto out;
     if (M < 0 || K < 1 || N < 1 || ldx < K || K >= (1LL << 17)) {
         PyErr_SetString(PyExc_ValueError, "linear: need M >= 0, 1 <= K < 2^17, N >= 1, ldx >= K");
+        goto out;
+    }
+    if (act != ACT_NONE && act != ACT_GELU) {
+        PyErr_SetString(PyExc_ValueError, "linear: act must be 0 (none) or 1 (gelu)");
         goto out;
     }
     if ((M > 0 && need_bytes(&vx, ((M - 1) * ldx + K) * 4, "x") < 0) ||
@@ -1898,6 +1993,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.out = vout.buf;
             g.ldo = N;
             g.openmp_team = openmp;
+            g.act = act;
             failed = v2_gemm(&g, NULL, 0, 1, (const float *)vx.buf, ldx, scales, zps, threads) != 0;
             if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
             if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
@@ -1921,6 +2017,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.out = vout.buf;
             g.ldo = N;
             failed = gemm_driver(&g, qbuf, K, 1, threads) != 0;
+            if (!failed && act == ACT_GELU) gelu_rows((float *)vout.buf, M, N, N);
             if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
             if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
         }
@@ -1943,6 +2040,28 @@ out:
     if (vb.obj) PyBuffer_Release(&vb);
     if (vqs.obj) PyBuffer_Release(&vqs);
     if (vqz.obj) PyBuffer_Release(&vqz);
+    return ret;
+}
+
+/* gelu(y_f32, n[, simd]): the fused epilogue's GELU in place on n floats; simd=0 the scalar form */
+static PyObject *py_gelu(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer vy;
+    long long n;
+    int simd = 1;
+    if (!PyArg_ParseTuple(args, "w*L|p", &vy, &n, &simd)) return NULL;
+    PyObject *ret = NULL;
+    if (n >= 0 && need_bytes(&vy, n * 4, "y") == 0) {
+        float *y = (float *)vy.buf;
+        if (simd)
+            gelu_rows(y, 1, n, n);
+        else
+            for (long long i = 0; i < n; i++) y[i] = gelu_scalar(y[i]);
+        ret = Py_NewRef(Py_None);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "gelu: n must be >= 0");
+    }
+    PyBuffer_Release(&vy);
     return ret;
 }
 
@@ -2034,6 +2153,7 @@ static PyMethodDef methods[] = {
     {"pack_b", py_pack_b, METH_VARARGS, "pack_b(isa, b, ldb, K, N, dst): pack a K x N int8 weight."},
     {"gemm", py_gemm, METH_VARARGS, "The GEMM with its fused epilogue (see costbench.kernels.gemm)."},
     {"linear", py_linear, METH_VARARGS, "Dynamic per-token u8 quantization + GEMM + fp32 epilogue."},
+    {"gelu", py_gelu, METH_VARARGS, "gelu(y, n[, simd]): the fused epilogue's erf GELU in place."},
     {"quantize_rows", py_quantize_rows, METH_VARARGS, "Per-row asymmetric u8 quantization."},
     {"peak", py_peak, METH_VARARGS, "peak(isa, iters, threads): run the register-only loop; returns MACs."},
     {"geometry", py_geometry, METH_VARARGS, "Tile geometry of a path."},
