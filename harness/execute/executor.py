@@ -23,12 +23,14 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 from costbench.harness.execute.plan import PLANNED, Case
+from costbench.harness.machine.affinity import allowed_cpus, harness_on, plan_cpus
 from costbench.harness.suite.case import SKIPPED
 from costbench.harness.measure.stages import read_stage, stage_file
 from costbench.harness.suite.schema import ExecutorSettings
@@ -103,6 +105,18 @@ def _die_with_parent() -> None:
         pass  # not Linux: the timeout still bounds an orphan
 
 
+def _child_setup(cpus: tuple[int, ...] | None) -> Callable[[], None]:
+    """What the child does before exec: die with its parent, and start on ``cpus`` when pinned (so every thread
+    it creates inherits them, and OpenMP sizes its pool from them)."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 def _tree_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants (0 once it is gone)."""
     import psutil
@@ -165,12 +179,14 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     job.write_text(json.dumps({"case": case.to_dict(), "cache_dir": str(cache_dir)}))
     result.unlink(missing_ok=True)
     stage_file(result).unlink(missing_ok=True)
+    cpus = plan_cpus(case.backend_options.get("threads"), allowed_cpus()) if case.pin_cpus else None
+    pinned = {"cpu_affinity": cpus.record()} if cpus else {}
     t0 = time.perf_counter()
-    with open(errlog, "wb") as err:
+    with open(errlog, "wb") as err, (harness_on(cpus.harness) if cpus and cpus.pins else nullcontext()):
         # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
         proc = subprocess.Popen([sys.executable, "-m", "costbench.harness.measure.worker", str(job), str(result)],
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
-                                preexec_fn=_die_with_parent, env=env)
+                                preexec_fn=_child_setup(cpus.worker if cpus else None), env=env)
         code, killed = _wait(proc, case.timeout_s, memory_limit_mb)
         if code is None:
             try:
@@ -178,8 +194,8 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
             except ProcessLookupError:
                 pass
             proc.wait()
-            return CaseOutcome(case, "failed", killed, info=_stage_info(result), elapsed_s=time.perf_counter() - t0,
-                               stderr_tail=_tail(errlog))
+            return CaseOutcome(case, "failed", killed, info={**_stage_info(result), **pinned},
+                               elapsed_s=time.perf_counter() - t0, stderr_tail=_tail(errlog))
     elapsed = time.perf_counter() - t0
     tail = _tail(errlog)
     if code != 0 or not result.exists():
@@ -191,7 +207,7 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     if payload["status"] != "ok":
         return CaseOutcome(case, "failed", payload.get("reason", "unknown error"), info=_stage_info(result),
                            elapsed_s=elapsed, stderr_tail=payload.get("traceback", tail))
-    return CaseOutcome(case, "ok", "", payload["metrics"], payload["info"], elapsed)
+    return CaseOutcome(case, "ok", "", payload["metrics"], {**payload["info"], **pinned}, elapsed)
 
 
 OnStart = Callable[[Case], None]

@@ -168,6 +168,7 @@ def make_plan(suite: Suite, only: list[dict[str, str]] | None = None,
             model_spec=model.model_dump(mode="json"), scenario_spec=scenario.model_dump(mode="json"),
             artifact_format=fmt, timeout_s=suite.timeout_s + _time_budget_s(scenario), measure_accuracy=suite.accuracy,
             status=SKIPPED if reason else PLANNED, reason=reason, machine=machine, processes=suite.processes_of(scenario),
+            pin_cpus=suite.pin_cpus,
         )
         if any(_matches(case, t) for t in suite.exclude):
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -455,6 +456,7 @@ def case_info(inputs: CaseInputs, measured: SessionResult, gpu_start: dict[str, 
         "setup_s": setup_s,
         "evaluation_samples": len(inputs.bundle.evaluation),
         "evaluation_data": inputs.bundle.evaluation.description,
+        "cpus_allowed": sorted(os.sched_getaffinity(0)),  # where the process could run (pin_cpus narrows it)
     }
 
 

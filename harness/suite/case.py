@@ -44,6 +44,8 @@ class Case:
     # ``process`` (0-based). Every process of a case shares its case_id; only process 0 measures accuracy.
     processes: int = 1
     process: int = 0
+    # Run the process on cores of its own and the harness on the rest (harness/machine/affinity.py).
+    pin_cpus: bool = False
 
     def __post_init__(self) -> None:
         if not self.case_id:

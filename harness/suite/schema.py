@@ -209,6 +209,9 @@ class Suite(_Strict):
         "Measure a case again in another process when others took over a tenth of the machine's CPU while one "
         "of its processes measured (that process is left out of the result either way, while two clean ones "
         "remain); at most `max_processes` with a precision, else twice `processes`."))
+    pin_cpus: bool = Field(False, description=(
+        "Give each measured process cores of its own (as many as its backend's `threads`) and keep the harness "
+        "on the others, where the machine has cores to spare (see docs/replication.md)."))
     executor: ExecutorSpec | None = Field(None, description="Where cases are measured (default: here, one at a time).")
     source: Path | None = Field(None, exclude=True, description="The file this suite came from.")
 

@@ -239,3 +239,33 @@ def test_peak_rss_is_the_same_with_a_cold_or_a_warm_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe, json.dumps(case.to_dict()), str(cache)],
                          capture_output=True, text=True, timeout=300)
     assert "torch imported: False" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two CPUs to choose between")
+def test_pin_cpus_runs_a_one_thread_case_on_a_core_of_its_own(tmp_path):
+    (tmp_path / "pinned.toml").write_text("""
+name = "pinned"
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = [{name = "onnxruntime", threads = 1}, "torch"]
+accuracy = false
+processes = 1
+pin_cpus = true
+
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 2
+min_count = 30
+min_duration_s = 0.1
+""")
+    suite = load_suite(tmp_path / "pinned.toml")
+    summary = run_plan(suite, make_plan(suite), tmp_path / "results")
+    allowed = sorted(os.sched_getaffinity(0))
+    by = {o.case.backend: o for o in summary.outcomes}
+    assert all(o.status == "ok" for o in by.values()), [o.reason for o in by.values()]
+    one = by["onnxruntime"].info
+    assert one["cpu_affinity"]["pinned"] and one["cpus_allowed"] == one["cpu_affinity"]["worker_cpus"] == allowed[-1:]
+    # torch sizes its threads to every core: nothing to spare, the process runs where the runner may
+    every = by["torch"].info
+    assert not every["cpu_affinity"]["pinned"] and every["cpus_allowed"] == allowed
+    assert os.sched_getaffinity(0) == set(allowed)  # the runner's threads are back where they were
