@@ -174,6 +174,13 @@ def env_id_of(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _selected(path: str) -> str | None:
+    """The bracketed choice of a sysfs setting such as ``always [madvise] never`` (None where unreadable)."""
+    text = _read(path)
+    m = re.search(r"\[([^\]]+)\]", text or "")
+    return m.group(1) if m else text
+
+
 def fingerprint() -> dict[str, Any]:
     """The comparability key, its hash, and the facts recorded beside it but not hashed."""
     key = comparability_key()
@@ -188,5 +195,12 @@ def fingerprint() -> dict[str, Any]:
             "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
             "cpu_max_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
             "cpu_mhz_now": _cpuinfo().get("cpu MHz"),
+            # Controls that can move a measurement and that a run does not set itself (docs/replication.md):
+            # transparent huge pages, a preloaded allocator, the OpenMP wait policy, and where it may run.
+            "transparent_hugepages": _selected("/sys/kernel/mm/transparent_hugepage/enabled"),
+            "transparent_hugepages_defrag": _selected("/sys/kernel/mm/transparent_hugepage/defrag"),
+            "ld_preload": os.environ.get("LD_PRELOAD"),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         },
     }
