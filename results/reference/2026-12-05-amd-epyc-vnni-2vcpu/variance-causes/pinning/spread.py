@@ -10,7 +10,7 @@ from costbench.harness.results.rounds import contended
 from costbench.harness.results.runfile import RunFile
 
 rows = []
-for f in sorted(Path(sys.argv[1]).glob("*.jsonl")):
+for f in sorted(Path(sys.argv[1]).rglob("*.jsonl")):
     rf = RunFile(f)
     name = rf.header()["suite"]["name"]
     by: dict[str, list[float]] = {}
