@@ -400,9 +400,11 @@ class GenerateServer(Scenario):
                 measured_model = self.model_capacity(every, seed=s.seed) if every.duration_ns else model
             else:
                 measured_model = None
+                start = (f"each trial's first {LEAD_IN:.0%} more requests loaded the server and were not counted"
+                         if s.steady_start else "every trial started from an empty server")
                 notes.append(f"continuous batching (up to {engine.max_sequences} sequences a step): the one-slot queue "
-                             "model (M/G/1) does not describe this server, so capacity_model_qps is not reported and "
-                             "every trial started from an empty server")
+                             f"model (M/G/1) does not describe this server, so capacity_model_qps is not reported; "
+                             f"{start}")
             summary = {**outcome.summary(), "model_capacity_qps": measured_model, "probe_model_capacity_qps": model,
                        "probe_requests": count, "service_capacity_qps": service_cap, "probe_s": spent,
                        "serving": ("one slot" if engine is None
