@@ -61,6 +61,9 @@ _ORT_DTYPES = {
 }
 
 
+_ALLOW_SPINNING = "session.intra_op.allow_spinning"
+
+
 class OnnxRuntimeOptions(BackendOptions):
     """Options for the onnxruntime backend; ``threads`` sets intra_op_num_threads."""
 
@@ -72,6 +75,11 @@ class OnnxRuntimeOptions(BackendOptions):
     )
     execution_mode: Literal["sequential", "parallel"] = Field(
         default="sequential", description="Run independent graph branches one at a time or in parallel."
+    )
+    spinning: bool = Field(
+        default=True, description="session.intra_op.allow_spinning: the intra-op threads spin while they wait "
+        "for work (ONNX Runtime's default) or sleep. Spinning threads hold their cores between operators and "
+        "between queries, where the harness and the OS also want them on a small machine.",
     )
     provider: Literal["cuda", "tensorrt"] = Field(
         default="cuda", description="device='cuda' only: CUDAExecutionProvider or TensorrtExecutionProvider "
@@ -133,6 +141,7 @@ class OnnxRuntimeSession(Session):
             # 0 means ONNX Runtime chose (one per physical core for intra-op).
             "intra_op_num_threads": so.intra_op_num_threads,
             "inter_op_num_threads": so.inter_op_num_threads,
+            "allow_spinning": so.get_session_config_entry(_ALLOW_SPINNING) == "1",
             "batch_size": self._batch_size,
         }
 
@@ -200,6 +209,7 @@ class OnnxRuntimeBackend(Backend):
             so.inter_op_num_threads = opts.inter_op_threads
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[opts.graph_optimization])
         so.execution_mode = getattr(ort.ExecutionMode, _EXEC_MODES[opts.execution_mode])
+        so.add_session_config_entry(_ALLOW_SPINNING, "1" if opts.spinning else "0")
         if device == "cpu":
             # A path (not bytes) lets ONNX Runtime find external-data files next to the model.
             session = ort.InferenceSession(str(artifact.path), so, providers=[_CPU_PROVIDER])

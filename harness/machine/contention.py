@@ -40,6 +40,7 @@ class Contention:
     steal_share: float  # the hypervisor's steal / (window x cores)
     window_s: float
     cores: int
+    start_s: float = 0.0  # the window's start on CLOCK_MONOTONIC (system-wide on Linux: comparable across processes)
 
     @property
     def share(self) -> float:
@@ -51,7 +52,8 @@ class Contention:
 
     def details(self) -> dict[str, Any]:
         return {"other_share": self.other_share, "steal_share": self.steal_share, "window_s": self.window_s,
-                "cores": self.cores, "contended": self.contended, "threshold": CONTENDED_SHARE}
+                "window_start_monotonic_s": self.start_s, "cores": self.cores, "contended": self.contended,
+                "threshold": CONTENDED_SHARE}
 
 
 def read(stat: Path = Path("/proc/stat")) -> CpuReading | None:
@@ -81,4 +83,5 @@ def between(before: CpuReading | None, after: CpuReading | None, ncores: int | N
     capacity = (after.wall_s - before.wall_s) * n
     other = max(0.0, (after.busy_s - before.busy_s) - (after.own_s - before.own_s))
     steal = max(0.0, after.steal_s - before.steal_s)
-    return Contention(min(1.0, other / capacity), min(1.0, steal / capacity), after.wall_s - before.wall_s, n)
+    return Contention(min(1.0, other / capacity), min(1.0, steal / capacity), after.wall_s - before.wall_s, n,
+                      before.wall_s)

@@ -240,9 +240,10 @@ def test_torch_interop_threads_applied_once_per_process(tiny):
 
 
 def test_onnxruntime_options_applied(tiny):
-    options = {"threads": 1, "inter_op_threads": 2, "graph_optimization": "basic", "execution_mode": "parallel"}
+    options = {"threads": 1, "inter_op_threads": 2, "graph_optimization": "basic", "execution_mode": "parallel",
+               "spinning": False}
     info = _prepare("onnxruntime", tiny.artifacts[FORMAT_ONNX], options, 1).info()
-    assert info["providers"] == ["CPUExecutionProvider"]
+    assert info["providers"] == ["CPUExecutionProvider"] and info["allow_spinning"] is False
     assert info["intra_op_num_threads"] == 1
     assert info["inter_op_num_threads"] == 2
     assert info["graph_optimization_level"] == "ORT_ENABLE_BASIC"
@@ -251,7 +252,7 @@ def test_onnxruntime_options_applied(tiny):
 
 def test_onnxruntime_default_info(tiny):
     info = _prepare("onnxruntime", tiny.artifacts[FORMAT_ONNX], {}, 1).info()
-    assert info["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert info["graph_optimization_level"] == "ORT_ENABLE_ALL" and info["allow_spinning"] is True
     assert info["execution_mode"] == "ORT_SEQUENTIAL"
 
 

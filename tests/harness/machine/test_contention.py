@@ -30,6 +30,7 @@ def test_the_share_is_others_busy_time_and_steal_over_the_window():
     c = between(before, after, ncores=2)
     assert c.other_share == pytest.approx(1.5 / 4) and c.steal_share == pytest.approx(0.2 / 4)
     assert c.contended and c.details()["contended"] is True
+    assert c.details()["window_start_monotonic_s"] == 100.0 and c.window_s == pytest.approx(2.0)
     quiet = between(before, CpuReading(11.52, 1.0, 3.5, 102.0), ncores=2)  # only our own 1.5 s (and 0.02 s)
     assert quiet.share == pytest.approx(0.005) and not quiet.contended
     assert between(None, after) is None and between(after, before) is None
