@@ -64,6 +64,14 @@ _ORT_DTYPES = {
 _ALLOW_SPINNING = "session.intra_op.allow_spinning"
 
 
+def _spinning(so: Any) -> bool:
+    """Whether the intra-op threads spin: the session's entry, else ONNX Runtime's default (they do)."""
+    try:
+        return so.get_session_config_entry(_ALLOW_SPINNING) != "0"
+    except RuntimeError:  # never set on these options (a session built elsewhere, e.g. the GPU paths)
+        return True
+
+
 class OnnxRuntimeOptions(BackendOptions):
     """Options for the onnxruntime backend; ``threads`` sets intra_op_num_threads."""
 
@@ -141,7 +149,7 @@ class OnnxRuntimeSession(Session):
             # 0 means ONNX Runtime chose (one per physical core for intra-op).
             "intra_op_num_threads": so.intra_op_num_threads,
             "inter_op_num_threads": so.inter_op_num_threads,
-            "allow_spinning": so.get_session_config_entry(_ALLOW_SPINNING) == "1",
+            "allow_spinning": _spinning(so),
             "batch_size": self._batch_size,
         }
 

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from costbench.core.metrics import CPU_CONTENTION, LATENCY
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = """
 name = "contention-{which}"
@@ -117,12 +119,12 @@ def processes_of(run_file: Path) -> list[dict[str, Any]]:
         if rec.get("type") != "case" or rec.get("status") != "ok":
             continue
         m = {x["metric"]: x for x in rec["metrics"]}
-        c = m.get("cpu_contention")
-        if c is None or "latency_p50" not in m:
+        c = m.get(CPU_CONTENTION)
+        if c is None or LATENCY.p50 not in m:
             continue
         d = c.get("details") or {}
         start = d.get("window_start_monotonic_s")
-        out.append({"case": rec["case"]["backend"], "process": rec["process"], "p50_ms": m["latency_p50"]["value"],
+        out.append({"case": rec["case"]["backend"], "process": rec["process"], "p50_ms": m[LATENCY.p50]["value"],
                     "share": c["value"], "contended": bool(d.get("contended")),
                     "window": None if start is None else (start, start + d["window_s"])})
     return out
