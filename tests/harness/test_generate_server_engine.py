@@ -15,6 +15,7 @@ from costbench.core.artifacts import FORMAT_OPENVINO_LLM, ArtifactCache  # noqa:
 from costbench.harness.build.compress.registry import get_recipe  # noqa: E402
 from costbench.harness.build.zoo.registry import zoo_model  # noqa: E402
 from costbench.harness.measure.scenarios.generate_server import GenerateServer, GenerateServerSpec  # noqa: E402
+from costbench.harness.measure.scenarios.server import poisson_arrivals  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -131,6 +132,10 @@ def test_a_low_rate_meets_the_slo_and_an_overloading_one_does_not(tiny_ov, cb_se
         cb_session, bundle.evaluation, 1)
     assert low.valid and low.queries == 20 and low.scalars["slo_met"][0] == 1.0, low.details
     assert all(t > 0 for t in low.series_ns["tpot"])
+    # 10 uncounted requests first (steady_start's lead-in): the wall time runs from the first counted arrival
+    arrivals = poisson_arrivals(5, 30, seed % 2**31)
+    counted_span = arrivals[-1] - arrivals[10]
+    assert counted_span <= low.wall_ns <= counted_span + 1e9, (low.wall_ns, counted_span, arrivals[10] - arrivals[0])
     # 5000 requests/s is far past what one thread serves: the queue grows until the trial gives up
     high = GenerateServer(_spec(seed % 2**31, search=False, target_qps=5000, min_count=3000, ttft_slo_ms=5)).run(
         cb_session, bundle.evaluation, 1)
