@@ -57,8 +57,9 @@ COVERED = 0.2  # a window the hog covered for at least this share of its length 
 
 
 def _spin(stop: Any) -> None:
+    """Burn one core until told to stop: the load a noisy neighbour puts on it."""
     while not stop.is_set():
-        pass
+        continue
 
 
 class Hog:

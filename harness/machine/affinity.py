@@ -74,5 +74,5 @@ def harness_on(cpus: tuple[int, ...]) -> Iterator[None]:
         for tid, mask in before.items():
             try:
                 os.sched_setaffinity(tid, mask)
-            except OSError:
-                pass
+            except OSError:  # the thread ended inside the block: nothing left to move back
+                continue

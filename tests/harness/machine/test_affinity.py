@@ -41,11 +41,12 @@ def test_every_harness_thread_moves_to_its_cores_and_back():
     before = os.sched_getaffinity(0)
     plan = plan_cpus(1, allowed_cpus())
     seen: dict[str, set[int]] = {}
-    go, stop = threading.Event(), threading.Event()
+    go, looked, stop = threading.Event(), threading.Event(), threading.Event()
 
     def display():  # stands for the runner's progress display thread, started before the block
         go.wait()
         seen["thread"] = os.sched_getaffinity(0)
+        looked.set()
         stop.wait()
         seen["thread after"] = os.sched_getaffinity(0)
 
@@ -54,8 +55,7 @@ def test_every_harness_thread_moves_to_its_cores_and_back():
     with harness_on(plan.harness):
         seen["main"] = os.sched_getaffinity(0)
         go.set()
-        while "thread" not in seen:
-            pass
+        looked.wait()
     stop.set()
     t.join()
     assert seen["main"] == seen["thread"] == set(plan.harness)
