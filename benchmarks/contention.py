@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from costbench.core.metrics import CPU_CONTENTION, LATENCY
+from costbench.harness.results.rounds import contended
+from costbench.harness.results.runfile import RunFile
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = """
@@ -115,9 +117,8 @@ def run_suite(which: str, out: Path, processes: int, max_processes: int) -> Path
 def processes_of(run_file: Path) -> list[dict[str, Any]]:
     """Each measured process: case, p50 (ms), contention share, flag and window."""
     out = []
-    for line in run_file.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("type") != "case" or rec.get("status") != "ok":
+    for rec in RunFile(run_file).cases():
+        if rec.get("status") != "ok":
             continue
         m = {x["metric"]: x for x in rec["metrics"]}
         c = m.get(CPU_CONTENTION)
@@ -126,7 +127,7 @@ def processes_of(run_file: Path) -> list[dict[str, Any]]:
         d = c.get("details") or {}
         start = d.get("window_start_monotonic_s")
         out.append({"case": rec["case"]["backend"], "process": rec["process"], "p50_ms": m[LATENCY.p50]["value"],
-                    "share": c["value"], "contended": bool(d.get("contended")),
+                    "share": c["value"], "contended": contended(rec),
                     "window": None if start is None else (start, start + d["window_s"])})
     return out
 
