@@ -122,6 +122,7 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
     simulated = capacity(p99_at, slo_ms * 1e6, 1.0, 1e4, steps=16)
     # The simulation's own p99 (30k queries) moves its capacity by about 1%, hence the 3% allowance.
     assert low / 1.03 <= simulated <= high * 1.03, (low, simulated, high, r.details["search"])
+    assert "capacity_qps" in r.scalars, (r.details["search_summary"], r.details["search"])
     assert r.scalars["capacity_qps"][0] == pytest.approx(simulated, rel=0.10)
     trials = r.details["search"]
     assert all(t["trial_verdict"] in ("meets", "misses", "undecided") for t in trials)
