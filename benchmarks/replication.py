@@ -1,7 +1,7 @@
 """Does the regression gate hold? A/A false alarms, sensitivity to planted slowdowns, and the smoke suite's wall time.
 
-    python benchmarks/replication.py OUT_DIR [--aa-pairs 10] [--trials 20] [--processes 5] [--parts aa,sensitivity,smoke]
-                                             [--smoke-only KEY=GLOB ...] [--quick] [--work DIR]
+    python benchmarks/replication.py OUT_DIR [--aa-pairs 10] [--trials 20] [--processes 5] [--parts aa,sensitivity,smoke,real]
+                                             [--smoke-only KEY=GLOB ...] [--real-trials 20] [--quick] [--work DIR]
 
 Writes ``OUT_DIR/replication.json`` and ``OUT_DIR/replication.md`` (commit them under ``results/reference/``).
 Never asserts: it measures and reports, with counts. Issue 17's goals are printed beside each number.
@@ -21,10 +21,16 @@ Never asserts: it measures and reports, with counts. Issue 17's goals are printe
 (c) **Smoke wall time.** ``suites/smoke.toml`` with its own settings, against the same cases measured as
     before replication (one process, 1 s measuring), both with a warm cache.
     Goal: within 1.5x.
+(d) **Power on real cases** (``--parts real``, not in the default). EfficientNet-Lite0 fp32 on ONNX Runtime,
+    OpenVINO and LiteRT, one thread each, every session wrapped by ``tests/plugins/slowed_backend.py`` so a run
+    can make each call take 1.10 times its own duration. ``--real-trials + 1`` runs alternate unplanted and
+    planted: each consecutive pair is a power trial (issue 28's goal: +10% called in >= 90%), and runs two
+    apart are identical, so they are A/A pairs in the same window (goal: flags within the nominal FDR).
 
 Duration on a quiet 2-vCPU machine with a warm cache: (a) 10 cases x 5 processes, about 1.5–2 min a run,
 so 17–25 min for 10 pairs; (b) 3 cases x 5 processes, about 25 s a run, about 9 min for 20 trials; (c) one
-warm-up and two timed runs of each smoke suite, about 10 min. About 40 min in all; a cold cache adds the
+warm-up and two timed runs of each smoke suite, about 10 min. About 40 min in all ((d): 3 cases x 5 processes,
+about 1 min a run, 20-25 min for 20 trials); a cold cache adds the
 builds (about 5 min, mostly ExecuTorch programs). ``--parts`` runs some; ``--quick`` checks the script in
 about a minute (not a measurement).
 """
@@ -87,10 +93,37 @@ min_duration_s = {duration}
 """
 
 
+# (d): the smoke suite's one-thread EfficientNet-Lite0 cases on three real runtimes, each wrapped so a run can plant
+# a slowdown of each call's own duration (tests/plugins/slowed_backend.py). Labels keep the series the same across
+# planted and unplanted runs; the one-thread setting is the smoke suite's (suites/smoke.toml says why).
+REAL_SUITE = """
+name = "real-power"
+description = "issue 28 power on real cases: EfficientNet-Lite0 on ONNX Runtime, OpenVINO and LiteRT, planted {planted}"
+models = ["efficientnet-lite0"]
+variants = ["fp32", "tflite-fp32"]
+backends = [
+  {{name = "slowed-onnxruntime", label = "onnxruntime", threads = 1, slowdown = {s}}},
+  {{name = "slowed-openvino", label = "openvino", hint = "latency", threads = 1, slowdown = {s}}},
+  {{name = "slowed-litert", label = "litert", threads = 1, slowdown = {s}}},
+]
+exclude = [{{variant = "tflite-*", backend = "[!l]*"}}, {{variant = "[!t]*", backend = "litert"}}]
+processes = {processes}
+accuracy = false
+timeout_s = 600
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 10
+min_count = 100
+min_duration_s = {duration}
+"""
+PLUGIN_BACKENDS = ("sleepy=sleepy_backend:SleepyBackend,slowed-onnxruntime=slowed_backend:SlowedOnnxRuntime,"
+                   "slowed-openvino=slowed_backend:SlowedOpenVino,slowed-litert=slowed_backend:SlowedLiteRT")
+
+
 def env_with_plugins() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
-    env["COSTBENCH_EXTRA_BACKENDS"] = "sleepy=sleepy_backend:SleepyBackend"
+    env["COSTBENCH_EXTRA_BACKENDS"] = PLUGIN_BACKENDS
     env["COLUMNS"] = "200"
     return env
 
@@ -240,6 +273,68 @@ def part_sensitivity(work: Path, trials: int, processes: int, quick: bool) -> di
             "plus0_unchanged": fa, "plus0_trials": n0}
 
 
+def part_real(work: Path, trials: int, processes: int, quick: bool) -> dict:
+    """Runs alternating unplanted/planted (+10% on every case). Each consecutive pair is a power trial; runs two
+    apart are identical (both unplanted or both planted), so they are the A/A pairs, in the same time window."""
+    out = work / "real"
+    suites = {}
+    for planted in (False, True):
+        p = work / f"real-{'planted' if planted else 'base'}.toml"
+        p.write_text(REAL_SUITE.format(planted="+10%" if planted else "nothing", s=0.10 if planted else 0.0,
+                                       processes=processes, duration=0.1 if quick else 0.5))
+        suites[planted] = p
+    print(f"(d) real cases: {trials + 1} runs alternating unplanted/planted +10%, processes = {processes}; "
+          "warming the cache...", flush=True)
+    run_suite(suites[False], work / "real-warm", "--processes", "1")
+    runs = []
+    for i in range(trials + 1):
+        planted = i % 2 == 1
+        run_id, wall = run_suite(suites[planted], out)
+        runs.append({"run_id": run_id, "planted": planted, "wall_s": wall})
+        print(f"  run {i + 1}/{trials + 1} ({'planted' if planted else 'unplanted'}): {run_id} in {wall:.0f} s",
+              flush=True)
+
+    def p50s(js: dict) -> dict:
+        return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
+
+    power, aa = [], []
+    for a, b in zip(runs, runs[1:]):
+        code, js = compare(out, a["run_id"], b["run_id"], work)
+        expect, sign = ("regressed", 1) if b["planted"] else ("improved", -1)
+        row = {"base": a["run_id"], "new": b["run_id"], "expected": expect, "exit_code": code, "cases": {}}
+        for label, s in sorted(p50s(js).items()):
+            ratio, lo, hi = (s["ratio"], s["ratio_ci_low"], s["ratio_ci_high"]) if sign > 0 else (
+                1 / s["ratio"], 1 / s["ratio_ci_high"], 1 / s["ratio_ci_low"])
+            row["cases"][label] = {"verdict": s["verdict"], "planted_over_unplanted": ratio, "ci": [lo, hi],
+                                   "q": s["q_value"], "called": s["verdict"] == expect, "covers_truth": lo <= 1.10 <= hi}
+        power.append(row)
+        print(f"  trial {len(power)} ({expect}): " + ", ".join(
+            f"{k} x{v['planted_over_unplanted']:.3f} {v['verdict']}" for k, v in row["cases"].items()), flush=True)
+    for a, b in zip(runs, runs[2:]):
+        code, js = compare(out, a["run_id"], b["run_id"], work)
+        flagged = [s for s in js["series"] if s["verdict"] in ("regressed", "improved")]
+        aa.append({"base": a["run_id"], "new": b["run_id"], "planted": a["planted"], "exit_code": code,
+                   "series": len(js["series"]), "flagged": len(flagged),
+                   "flagged_series": [{"label": s["label"], "verdict": s["verdict"], "ratio": s["ratio"],
+                                       "q": s["q_value"]} for s in flagged],
+                   "p50_ratios": {k: v["ratio"] for k, v in sorted(p50s(js).items())}})
+        print(f"  A/A {a['run_id']} -> {b['run_id']}: exit {code}, {len(flagged)} of {len(js['series'])} flagged",
+              flush=True)
+    labels = sorted({k for r in power for k in r["cases"]})
+    by_case = {k: {"called": sum(r["cases"][k]["called"] for r in power if k in r["cases"]),
+                   "trials": sum(k in r["cases"] for r in power),
+                   "covers_1.10": sum(r["cases"][k]["covers_truth"] for r in power if k in r["cases"]),
+                   "ratio_median": float(np.median([r["cases"][k]["planted_over_unplanted"] for r in power
+                                                    if k in r["cases"]]))} for k in labels}
+    series = sum(r["series"] for r in aa)
+    flagged = sum(r["flagged"] for r in aa)
+    return {"processes": processes, "runs": runs, "trials": power, "by_case": by_case,
+            "called": sum(v["called"] for v in by_case.values()), "case_trials": sum(v["trials"] for v in by_case.values()),
+            "aa_pairs": aa, "aa_pair_count": len(aa), "aa_pairs_exit_0": sum(r["exit_code"] == 0 for r in aa),
+            "aa_series_compared": series, "aa_series_flagged": flagged,
+            "aa_share_flagged": flagged / series if series else None, "nominal_fdr": NOMINAL_FDR}
+
+
 def part_smoke(work: Path, only: list[str]) -> dict:
     """The smoke suite as shipped, against itself as it was before replication; warm caches, one timed run each."""
     import tomllib
@@ -316,6 +411,35 @@ def markdown(res: dict) -> str:
             out.append(f"| {i} | {r['expected']} | {r['plus10'] and r['plus10']['verdict']} | {cell(r['plus10'])} | "
                        f"{r['plus5'] and r['plus5']['verdict']} | {cell(r['plus5'])} | {r['plus0'] and r['plus0']['verdict']} |")
         out.append("")
+    if "real" in res:
+        r = res["real"]
+        share = r["aa_share_flagged"]
+        out += ["## (d) Power on real cases: +10% planted on EfficientNet-Lite0", "",
+                "EfficientNet-Lite0 fp32 on ONNX Runtime, OpenVINO (one thread each, as in the smoke suite) and LiteRT "
+                "(XNNPACK, one thread), each session wrapped by `tests/plugins/slowed_backend.py`, which makes every "
+                "call take 1.10 times its own duration in planted runs; processes = "
+                f"{r['processes']}{' (--quick: a check of the script, not a measurement)' if res.get('quick') else ''}. "
+                f"{len(r['runs'])} runs alternating unplanted/planted: {len(r['trials'])} power trials (consecutive "
+                f"runs) and {r['aa_pair_count']} A/A pairs (runs two apart: identical, in the same window).", "",
+                f"- +10% called (regressed, or improved when the planted run came first): **{r['called']} of "
+                f"{r['case_trials']}** case-trials (goal >= 90%).",
+                *[f"  - {k}: {v['called']} of {v['trials']}; median planted/unplanted p50 x{v['ratio_median']:.3f}; "
+                  f"interval covered 1.10 in {v['covers_1.10']} of {v['trials']}" for k, v in r["by_case"].items()],
+                f"- A/A: `compare --fail-on-regression` exit 0 in **{r['aa_pairs_exit_0']} of {r['aa_pair_count']} "
+                f"pairs**; series flagged {r['aa_series_flagged']} of {r['aa_series_compared']}"
+                + (f" ({share:.2%}; nominal FDR {r['nominal_fdr']:.1%})." if share is not None else "."), "",
+                "| trial | expected | " + " | ".join(f"{k} ratio (95% CI), verdict" for k in r["by_case"]) + " |",
+                "|---:|---|" + "---|" * len(r["by_case"])]
+        for i, t in enumerate(r["trials"], 1):
+            cells = [f"x{c['planted_over_unplanted']:.3f} ({c['ci'][0]:.3f}-{c['ci'][1]:.3f}) {c['verdict']}"
+                     if (c := t["cases"].get(k)) else "-" for k in r["by_case"]]
+            out.append(f"| {i} | {t['expected']} | " + " | ".join(cells) + " |")
+        out += ["", "| A/A base | new | runs | exit | flagged | p50 ratios |", "|---|---|---|---:|---:|---|"]
+        for p in r["aa_pairs"]:
+            out.append(f"| {p['base']} | {p['new']} | {'planted' if p['planted'] else 'unplanted'} | {p['exit_code']} | "
+                       f"{p['flagged']} of {p['series']} | "
+                       + ", ".join(f"{k} x{v:.3f}" for k, v in p["p50_ratios"].items()) + " |")
+        out.append("")
     if "smoke" in res:
         m = res["smoke"]
         out += ["## (c) Smoke suite wall time", "",
@@ -333,7 +457,9 @@ def main() -> None:
     ap.add_argument("--aa-pairs", type=int, default=10, help="A/A pairs (runs = pairs + 1)")
     ap.add_argument("--trials", type=int, default=20, help="sensitivity trials (runs = trials + 1)")
     ap.add_argument("--processes", type=int, default=5, help="processes per case for (a) and (b): compare-grade")
-    ap.add_argument("--parts", default="aa,sensitivity,smoke", help="comma-separated: aa, sensitivity, smoke")
+    ap.add_argument("--parts", default="aa,sensitivity,smoke",
+                    help="comma-separated: aa, sensitivity, smoke, real (not in the default: about 40 min)")
+    ap.add_argument("--real-trials", type=int, default=20, help="(d) power trials on real cases (runs = trials + 1)")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--smoke-only", action="append", default=[], metavar="KEY=GLOB",
                     help="(c): time only these smoke cases (costbench run --only); default: the whole suite")
@@ -341,9 +467,9 @@ def main() -> None:
                     "(a) digits-cnn on ONNX Runtime only, 0.1 s measuring a process in (a) and (b)")
     args = ap.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"aa", "sensitivity", "smoke"}
+    unknown = parts - {"aa", "sensitivity", "smoke", "real"}
     if unknown:
-        ap.error(f"--parts: unknown {sorted(unknown)}; choose from aa, sensitivity, smoke")
+        ap.error(f"--parts: unknown {sorted(unknown)}; choose from aa, sensitivity, smoke, real")
 
     from costbench.harness.machine.env import fingerprint
     from costbench.harness.reports.data import describe_env
@@ -363,6 +489,8 @@ def main() -> None:
         res["sensitivity"] = part_sensitivity(work, args.trials, args.processes, args.quick)
     if "smoke" in parts:
         res["smoke"] = part_smoke(work, args.smoke_only)
+    if "real" in parts:
+        res["real"] = part_real(work, args.real_trials, args.processes, args.quick)
     res["total_s"] = time.perf_counter() - t0
     (args.out / "replication.json").write_text(json.dumps(res, indent=1, default=str))
     (args.out / "replication.md").write_text(markdown(res))
