@@ -68,6 +68,8 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print the fingerprin
     t.add_row("libraries", "  ".join(f"{k}={v}" for k, v in libs.items() if v != "not installed"))
     t.add_row("not installed", ", ".join(k for k, v in libs.items() if v == "not installed") or "-")
     t.add_row("threads env", "  ".join(f"{k}={v}" for k, v in key["threads"].items() if v) or "(unset)")
+    t.add_row("runtime env", "  ".join(f"{k}={v}" for k, v in rec["runtime_env"].items()) or "(unset)")
+    t.add_row("huge pages", f"{rec['transparent_hugepages']} (defrag {rec['transparent_hugepages_defrag']})")
     t.add_row("CPU governor", str(rec["cpu_governor"]))
     console.print(t)
     b = Table(title="backends", title_justify="left")

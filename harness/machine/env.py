@@ -27,6 +27,12 @@ LIBRARIES = ("costbench", "torch", "numpy", "onnx", "onnxruntime", "onnxruntime-
 # Runtimes added after env_ids were first recorded: they join the key only where installed, so a machine
 # without them keeps its env_id, and one with them is told apart by their versions.
 LIBRARIES_IF_INSTALLED = ("ai-edge-litert", "litert-torch", "ai-edge-quantizer")
+# Environment variables that change how a runtime runs without a run setting them (recorded when set, not
+# hashed): huge pages for c10's allocator, oneDNN's instruction-set cap and floating-point mode, the OpenMP
+# runtimes' wait policies and affinity, glibc's malloc arenas and tuning.
+RUNTIME_VARS = ("THP_MEM_ALLOC_ENABLE", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
+                "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "KMP_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES",
+                "MALLOC_ARENA_MAX", "GLIBC_TUNABLES", "LD_PRELOAD")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
 # NVIDIA's wheels change names with CUDA and TensorRT majors: TensorRT 10/11 ship as tensorrt-cu12 and
 # tensorrt-cu13 (plus -libs/-bindings, with `tensorrt` only a metapackage), and CUDA 13's libraries drop the
@@ -196,11 +202,13 @@ def fingerprint() -> dict[str, Any]:
             "cpu_max_khz": _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"),
             "cpu_mhz_now": _cpuinfo().get("cpu MHz"),
             # Controls that can move a measurement and that a run does not set itself (docs/replication.md):
-            # transparent huge pages, a preloaded allocator, the OpenMP wait policy, and where it may run.
+            # transparent huge pages, a preloaded allocator, the OpenMP wait policy, where it may run, and every
+            # runtime-behaviour variable that is set (RUNTIME_VARS).
             "transparent_hugepages": _selected("/sys/kernel/mm/transparent_hugepage/enabled"),
             "transparent_hugepages_defrag": _selected("/sys/kernel/mm/transparent_hugepage/defrag"),
             "ld_preload": os.environ.get("LD_PRELOAD"),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "runtime_env": {name: os.environ[name] for name in RUNTIME_VARS if name in os.environ},
         },
     }
