@@ -193,7 +193,8 @@ def run(
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP + " With --resume: where the cluster is now."),
     placement: list[str] = typer.Option([], "--placement", help=PLACEMENT_HELP),
     processes: Optional[int] = typer.Option(None, "--processes", min=1, help=(
-        "Override the suite's processes per case (the unit of replication; 5 is compare-grade, 1 the fastest).")),
+        "Override the suite's processes per case (the unit of replication; 5 is compare-grade, 8 on a small "
+        "shared VM, 1 the fastest).")),
     precision: Optional[float] = typer.Option(None, "--precision", help=(
         "Measure each case to this relative half-width of its headline's 95% interval (e.g. 0.05), adding "
         "processes after the first (at least 3) up to the suite's max_processes.")),

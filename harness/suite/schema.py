@@ -197,8 +197,9 @@ class Suite(_Strict):
     memory_limit_mb: float | None = Field(None, gt=0, description="Kill a case whose process tree's RSS exceeds this.")
     processes: int = Field(5, ge=1, le=1000, description=(
         "Fresh processes each case is measured in, interleaved with the other cases; the process is the unit of "
-        "replication (intervals and compare's test are across processes). 5 is compare-grade; 1 gives the old "
-        "single-process numbers, whose intervals ignore the variation between process launches."))
+        "replication (intervals and compare's test are across processes). 5 is compare-grade where launches spread "
+        "2% or less, 8 on a small shared VM (docs/replication.md); 1 gives the old single-process numbers, whose "
+        "intervals ignore the variation between process launches."))
     precision: float | None = Field(None, gt=0, lt=1, description=(
         "Measure each case to this relative half-width of its headline's 95% interval across processes (e.g. "
         "0.05): after its first `processes` (at least 3), processes are added, one round at a time, until it is "
