@@ -33,11 +33,12 @@ CHILD = textwrap.dedent("""
     x = {"x": np.random.default_rng(int(sys.argv[2])).standard_normal((1, 3, 224, 224)).astype(np.float32)}
     for _ in range(5):
         session.run(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = []
     for _ in range(20):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         session.run(x)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20
-    print(json.dumps({"faults_per_query": faults, "info": session.info()}))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(json.dumps({"faults_by_query": faults, "info": session.info()}))
 """)
 
 
@@ -46,8 +47,10 @@ def test_retained_memory_means_no_page_faults_per_query(tmp_path, seed):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    # Each query's 2 x 6.4 MB of activations would be about 3,100 fresh pages if handed back to the kernel.
-    assert got["faults_per_query"] < 20, got
+    # Each query's 2 x 6.4 MB of activations are about 3,100 fresh pages when handed back to the kernel (glibc's
+    # defaults gave 3,400-3,900 a query). Kept, a typical query faults none; the heap may still grow once while
+    # its free blocks settle (one block's worth, in 1 of 20 queries), so the median is what must be 0.
+    assert sorted(got["faults_by_query"])[10] == 0, got
     assert got["info"]["retain_memory"]["M_MMAP_MAX"] == 0, got["info"]
 
 
