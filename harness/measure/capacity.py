@@ -51,16 +51,16 @@ TRIALS_BEFORE_STEPPING = 2
 # Below the SLO everywhere, the search steps up: far (x1.5) while the percentile is under half the SLO, else
 # near (x1.15). A batching server's percentile never falls under half the SLO (it waits out its batching
 # delay at any rate), so its steps were all near ones: from a start at a fifth of the capacity (a service-time
-# probe the machine disturbed), 11 of them, and a 40-s budget ran out below the capacity in 20 of 20 simulated
+# probe the machine disturbed), 12 of them, and a 40-s budget ran out below the capacity in 20 of 20 simulated
 # searches. A percentile that barely rises between the two highest rates (log-log slope under FLAT_SLOPE)
 # and is under FLAT_WITHIN of the SLO is far from the capacity too: a queue's tail rises steeply only near it.
 # Stepping too far costs little: an overloaded trial gives up early and closes the bracket.
 STEP_FAR, STEP_NEAR = 1.5, 1.15
+FLAT_SLOPE, FLAT_WITHIN = 1.0, 0.8
 
 # The local line (:func:`_local_fit`) leaves out a rate whose percentile's interval lies wholly above this
 # many SLOs (see there).
 PAST_CAPACITY_SLOS = 2.0
-FLAT_SLOPE, FLAT_WITHIN = 1.0, 0.8
 
 
 @dataclass
@@ -168,9 +168,9 @@ def _local_fit(pools: Sequence[RatePool], slo_ns: float, near: float,
 
     z = float(ndtri(0.5 + confidence / 2))
     # A rate whose percentile lies wholly above PAST_CAPACITY_SLOS x the SLO is likely past the capacity, where
-    # the queue grows through the trial and its percentile measures the trial's length, not the rate; as
-    # the nearest rate above it bent the line onto the flat floor of a batching server's curve (an interval
-    # of 3,512-3,565 queries/s for a capacity of 3,880).
+    # the queue grows through the trial and its percentile measures the trial's length, not the rate. Taken
+    # in as the nearest rate above, such a rate bent the line onto the flat floor of a batching server's
+    # curve (an interval of 3,512-3,565 queries/s for a capacity of 3,880).
     usable = [p for p in pools if not p.overloaded and p.queries and p.high > p.low > 0
               and p.low <= PAST_CAPACITY_SLOS * slo_ns]
     below = [p for p in usable if p.qps < near]
