@@ -177,6 +177,27 @@ def single_process_verdicts(out: Path, base: str, new: str) -> dict[str, int]:
     return {"series": len(comps), "flagged": len(flagged), "regressed": sum(c.ratio > 1 for c in flagged)}
 
 
+def alternating_runs(suites: dict[bool, Path], out: Path, warm: Path, trials: int) -> list[dict]:
+    """One unplanted run (one process) to warm the cache, then ``trials + 1`` runs, unplanted first and then
+    alternating: each consecutive pair is a trial."""
+    run_suite(suites[False], warm, "--processes", "1")
+    runs = []
+    for i in range(trials + 1):
+        planted = i % 2 == 1
+        run_id, wall = run_suite(suites[planted], out)
+        runs.append({"run_id": run_id, "planted": planted, "wall_s": wall})
+        print(f"  run {i + 1}/{trials + 1} ({'planted' if planted else 'unplanted'}): {run_id} in {wall:.0f} s",
+              flush=True)
+    return runs
+
+
+def planted_over_unplanted(series: dict, planted_is_new: bool) -> tuple[float, float, float]:
+    """A compare series' ratio and 95% interval as planted over unplanted, whichever run came first."""
+    if planted_is_new:
+        return series["ratio"], series["ratio_ci_low"], series["ratio_ci_high"]
+    return 1 / series["ratio"], 1 / series["ratio_ci_high"], 1 / series["ratio_ci_low"]
+
+
 def part_aa(work: Path, pairs: int, processes: int, quick: bool) -> dict:
     suite = work / "aa-smoke.toml"
     suite.write_text(AA_SUITE.format(processes=processes, **(AA_QUICK if quick else AA_FULL)))
@@ -223,14 +244,7 @@ def part_sensitivity(work: Path, trials: int, processes: int, quick: bool) -> di
                                          duration=0.1 if quick else 0.5))
         suites[planted] = p
     print(f"(b) sensitivity: {trials + 1} runs alternating unplanted/planted, processes = {processes}", flush=True)
-    run_suite(suites[False], work / "sens-warm", "--processes", "1")
-    runs = []
-    for i in range(trials + 1):
-        planted = i % 2 == 1
-        run_id, wall = run_suite(suites[planted], out)
-        runs.append({"run_id": run_id, "planted": planted, "wall_s": wall})
-        print(f"  run {i + 1}/{trials + 1} ({'planted' if planted else 'unplanted'}): {run_id} in {wall:.0f} s",
-              flush=True)
+    runs = alternating_runs(suites, out, work / "sens-warm", trials)
     rows = []
     for a, b in zip(runs, runs[1:]):
         code, js = compare(out, a["run_id"], b["run_id"], work)
@@ -244,8 +258,7 @@ def part_sensitivity(work: Path, trials: int, processes: int, quick: bool) -> di
                 row[label] = None
                 continue
             # Express every trial as planted/unplanted, so the numbers read as the slowdown.
-            ratio, lo, hi = (s["ratio"], s["ratio_ci_low"], s["ratio_ci_high"]) if sign > 0 else (
-                1 / s["ratio"], 1 / s["ratio_ci_high"], 1 / s["ratio_ci_low"])
+            ratio, lo, hi = planted_over_unplanted(s, sign > 0)
             row[label] = {"verdict": s["verdict"], "planted_over_unplanted": ratio, "ci": [lo, hi],
                           "q": s["q_value"], "called": s["verdict"] == (expect if size else "unchanged"),
                           "covers_truth": lo <= 1 + size <= hi}
@@ -285,14 +298,7 @@ def part_real(work: Path, trials: int, processes: int, quick: bool) -> dict:
         suites[planted] = p
     print(f"(d) real cases: {trials + 1} runs alternating unplanted/planted +10%, processes = {processes}; "
           "warming the cache...", flush=True)
-    run_suite(suites[False], work / "real-warm", "--processes", "1")
-    runs = []
-    for i in range(trials + 1):
-        planted = i % 2 == 1
-        run_id, wall = run_suite(suites[planted], out)
-        runs.append({"run_id": run_id, "planted": planted, "wall_s": wall})
-        print(f"  run {i + 1}/{trials + 1} ({'planted' if planted else 'unplanted'}): {run_id} in {wall:.0f} s",
-              flush=True)
+    runs = alternating_runs(suites, out, work / "real-warm", trials)
 
     def p50s(js: dict) -> dict:
         return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
@@ -303,8 +309,7 @@ def part_real(work: Path, trials: int, processes: int, quick: bool) -> dict:
         expect, sign = ("regressed", 1) if b["planted"] else ("improved", -1)
         row = {"base": a["run_id"], "new": b["run_id"], "expected": expect, "exit_code": code, "cases": {}}
         for label, s in sorted(p50s(js).items()):
-            ratio, lo, hi = (s["ratio"], s["ratio_ci_low"], s["ratio_ci_high"]) if sign > 0 else (
-                1 / s["ratio"], 1 / s["ratio_ci_high"], 1 / s["ratio_ci_low"])
+            ratio, lo, hi = planted_over_unplanted(s, sign > 0)
             row["cases"][label] = {"verdict": s["verdict"], "planted_over_unplanted": ratio, "ci": [lo, hi],
                                    "q": s["q_value"], "called": s["verdict"] == expect, "covers_truth": lo <= 1.10 <= hi}
         power.append(row)
