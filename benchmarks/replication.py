@@ -1,6 +1,6 @@
 """Does the regression gate hold? A/A false alarms, sensitivity to planted slowdowns, and the smoke suite's wall time.
 
-    python benchmarks/replication.py OUT_DIR [--aa-pairs 10] [--trials 20] [--processes 5] [--parts aa,sensitivity,smoke,real]
+    python benchmarks/replication.py OUT_DIR [--aa-pairs 10] [--trials 20] [--processes 5] [--parts aa,sensitivity,smoke,real,real-ab]
                                              [--smoke-only KEY=GLOB ...] [--real-trials 20] [--quick] [--work DIR]
 
 Writes ``OUT_DIR/replication.json`` and ``OUT_DIR/replication.md`` (commit them under ``results/reference/``).
@@ -26,6 +26,9 @@ Never asserts: it measures and reports, with counts. Issue 17's goals are printe
     can make each call take 1.10 times its own duration. ``--real-trials + 1`` runs alternate unplanted and
     planted: each consecutive pair is a power trial (issue 28's goal: +10% called in >= 90%), and runs two
     apart are identical, so they are A/A pairs in the same window (goal: flags within the nominal FDR).
+(e) **The same, side by side** (``--parts real-ab``, not in the default). Each trial is one ``costbench ab``:
+    BASE and NEW alternate process by process in one window, with its two looks. ``--real-trials`` power
+    trials (NEW planted +10%) are spread evenly among ``--real-aa`` A/A trials (the unplanted suite on both sides).
 
 Duration on a quiet 2-vCPU machine with a warm cache: (a) 10 cases x 5 processes, about 1.5–2 min a run,
 so 17–25 min for 10 pairs; (b) 3 cases x 5 processes, about 25 s a run, about 9 min for 20 trials; (c) one
@@ -340,6 +343,71 @@ def part_real(work: Path, trials: int, processes: int, quick: bool) -> dict:
             "aa_share_flagged": flagged / series if series else None, "nominal_fdr": NOMINAL_FDR}
 
 
+def ab(base: Path, new: Path, out: Path, work: Path, tag: str) -> tuple[int, dict, float]:
+    """``costbench ab BASE NEW --fail-on-regression``: (exit code, the comparison's JSON, wall seconds)."""
+    js = work / f"ab-{tag}.json"
+    t0 = time.perf_counter()
+    proc = costbench("ab", str(base), str(new), "--out", str(out), "--fail-on-regression", "--json", str(js))
+    wall = time.perf_counter() - t0
+    if not js.exists():
+        raise RuntimeError(f"costbench ab {tag} wrote no comparison (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
+                           f"\n{proc.stderr[-3000:]}")
+    return proc.returncode, json.loads(js.read_text()), wall
+
+
+def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick: bool) -> dict:
+    """(e) The real cases of (d) measured side by side (``costbench ab``): trials alternate a power trial
+    (unplanted BASE, planted NEW) and an A/A trial (the unplanted suite on both sides), so both meet the same
+    windows. Each ab run takes its two looks; the processes of each look are counted."""
+    out = work / "real-ab"
+    suites = {}
+    for planted in (False, True):
+        p = work / f"real-ab-{'planted' if planted else 'base'}.toml"
+        p.write_text(REAL_SUITE.format(planted="+10%" if planted else "nothing", s=0.10 if planted else 0.0,
+                                       processes=processes, duration=0.1 if quick else 0.5))
+        suites[planted] = p
+    print(f"(e) real cases side by side: {trials} power and {aa_trials} A/A ab runs, processes = {processes}; "
+          "warming the cache...", flush=True)
+    run_suite(suites[False], work / "real-ab-warm", "--processes", "1")
+
+    def p50s(js: dict) -> dict:
+        return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
+
+    power, aa = [], []
+    # The A/A trials spread evenly among the power trials: both meet the same windows.
+    kinds = sorted([(i / trials, True) for i in range(trials)] + [((i + 0.5) / aa_trials, False) for i in range(aa_trials)])
+    for i, (_, planted) in enumerate(kinds):
+        code, js, wall = ab(suites[False], suites[planted], out, work, f"{i}")
+        row = {"base": js["base"]["run_id"], "new": js["new"]["run_id"], "exit_code": code, "wall_s": wall,
+               "cases": {}}
+        for label, s in sorted(p50s(js).items()):
+            row["cases"][label] = {"verdict": s["verdict"], "ratio": s["ratio"],
+                                   "ci": [s["ratio_ci_low"], s["ratio_ci_high"]], "q": s["q_value"],
+                                   "processes": [s["n_base"], s["n_new"]]}
+            if planted:
+                row["cases"][label].update(called=s["verdict"] == "regressed",
+                                           covers_truth=s["ratio_ci_low"] <= 1.10 <= s["ratio_ci_high"])
+        (power if planted else aa).append(row)
+        print(f"  {'power' if planted else 'A/A'} {len(power if planted else aa)} in {wall:.0f} s, exit {code}: "
+              + ", ".join(f"{k} x{v['ratio']:.3f} {v['verdict']} ({v['processes'][1]} a side)"
+                          for k, v in row["cases"].items()), flush=True)
+    labels = sorted({k for r in power for k in r["cases"]})
+    by_case = {k: {"called": sum(r["cases"][k]["called"] for r in power if k in r["cases"]),
+                   "trials": sum(k in r["cases"] for r in power),
+                   "covers_1.10": sum(r["cases"][k]["covers_truth"] for r in power if k in r["cases"]),
+                   "second_look": sum(r["cases"][k]["processes"][1] > processes for r in power if k in r["cases"]),
+                   "ratio_median": float(np.median([r["cases"][k]["ratio"] for r in power if k in r["cases"]]))}
+               for k in labels}
+    series = sum(len(r["cases"]) for r in aa)
+    flagged = sum(v["verdict"] in ("regressed", "improved") for r in aa for v in r["cases"].values())
+    return {"processes": processes, "power": power, "aa": aa, "by_case": by_case,
+            "called": sum(v["called"] for v in by_case.values()), "case_trials": sum(v["trials"] for v in by_case.values()),
+            "aa_exit_0": sum(r["exit_code"] == 0 for r in aa), "aa_series": series, "aa_flagged": flagged,
+            "aa_second_look": sum(v["processes"][1] > processes for r in aa for v in r["cases"].values()),
+            "wall_s": {"power": float(np.median([r["wall_s"] for r in power])),
+                       "aa": float(np.median([r["wall_s"] for r in aa]))}, "nominal_fdr": NOMINAL_FDR}
+
+
 def part_smoke(work: Path, only: list[str]) -> dict:
     """The smoke suite as shipped, against itself as it was before replication; warm caches, one timed run each."""
     import tomllib
@@ -445,6 +513,32 @@ def markdown(res: dict) -> str:
                        f"{p['flagged']} of {p['series']} | "
                        + ", ".join(f"{k} x{v:.3f}" for k, v in p["p50_ratios"].items()) + " |")
         out.append("")
+    if "real_ab" in res:
+        r = res["real_ab"]
+        out += ["## (e) Power on real cases, side by side (`costbench ab`)", "",
+                "The cases of (d), each trial one `costbench ab BASE NEW --fail-on-regression`: BASE and NEW alternate "
+                "process by process in one window, and a case still undecided after the first look (neither called "
+                "nor shown within +-5%) gets as many pairs again; a change is claimed at q < 0.001 (0.002 over the "
+                f"two looks). Pairs at the first look: {r['processes']}"
+                f"{' (--quick: a check of the script, not a measurement)' if res.get('quick') else ''}. Power trials "
+                "(NEW planted +10%) and A/A trials (the same suite on both sides) are interleaved.", "",
+                f"- +10% called regressed: **{r['called']} of {r['case_trials']}** case-trials (goal >= 90%).",
+                *[f"  - {k}: {v['called']} of {v['trials']}; median ratio x{v['ratio_median']:.3f}; interval covered "
+                  f"1.10 in {v['covers_1.10']} of {v['trials']}; second look in {v['second_look']}"
+                  for k, v in r["by_case"].items()],
+                f"- A/A: exit 0 in **{r['aa_exit_0']} of {len(r['aa'])} trials**; series flagged {r['aa_flagged']} of "
+                f"{r['aa_series']} (nominal FDR {r['nominal_fdr']:.1%}); second look in {r['aa_second_look']} of "
+                f"{r['aa_series']}.",
+                f"- Wall time of one ab run (3 cases), median: {r['wall_s']['power']:.0f} s planted, "
+                f"{r['wall_s']['aa']:.0f} s A/A.", "",
+                "| trial | kind | " + " | ".join(f"{k} ratio (95% CI), verdict, processes a side" for k in r["by_case"])
+                + " |", "|---:|---|" + "---|" * len(r["by_case"])]
+        rows = [("power", t) for t in r["power"]] + [("A/A", t) for t in r["aa"]]
+        for i, (kind, t) in enumerate(rows, 1):
+            cells = [f"x{c['ratio']:.3f} ({c['ci'][0]:.3f}-{c['ci'][1]:.3f}) {c['verdict']}, {c['processes'][1]}"
+                     if (c := t["cases"].get(k)) else "-" for k in r["by_case"]]
+            out.append(f"| {i} | {kind} | " + " | ".join(cells) + " |")
+        out.append("")
     if "smoke" in res:
         m = res["smoke"]
         out += ["## (c) Smoke suite wall time", "",
@@ -463,8 +557,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=20, help="sensitivity trials (runs = trials + 1)")
     ap.add_argument("--processes", type=int, default=5, help="processes per case for (a) and (b): compare-grade")
     ap.add_argument("--parts", default="aa,sensitivity,smoke",
-                    help="comma-separated: aa, sensitivity, smoke, real (not in the default: about 40 min)")
-    ap.add_argument("--real-trials", type=int, default=20, help="(d) power trials on real cases (runs = trials + 1)")
+                    help="comma-separated: aa, sensitivity, smoke, real, real-ab (the last two not in the default: "
+                         "about 15 and 40 min)")
+    ap.add_argument("--real-trials", type=int, default=20, help="(d) power trials on real cases (runs = trials + 1); (e) power trials (ab runs)")
+    ap.add_argument("--real-aa", type=int, default=10, help="(e) A/A ab runs among the power trials")
     ap.add_argument("--work", type=Path, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--smoke-only", action="append", default=[], metavar="KEY=GLOB",
                     help="(c): time only these smoke cases (costbench run --only); default: the whole suite")
@@ -472,9 +568,9 @@ def main() -> None:
                     "(a) digits-cnn on ONNX Runtime only, 0.1 s measuring a process in (a) and (b)")
     args = ap.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"aa", "sensitivity", "smoke", "real"}
+    unknown = parts - {"aa", "sensitivity", "smoke", "real", "real-ab"}
     if unknown:
-        ap.error(f"--parts: unknown {sorted(unknown)}; choose from aa, sensitivity, smoke, real")
+        ap.error(f"--parts: unknown {sorted(unknown)}; choose from aa, sensitivity, smoke, real, real-ab")
 
     from costbench.harness.machine.env import fingerprint
     from costbench.harness.reports.data import describe_env
@@ -496,6 +592,8 @@ def main() -> None:
         res["smoke"] = part_smoke(work, args.smoke_only)
     if "real" in parts:
         res["real"] = part_real(work, args.real_trials, args.processes, args.quick)
+    if "real-ab" in parts:
+        res["real_ab"] = part_real_ab(work, args.real_trials, args.real_aa, args.processes, args.quick)
     res["total_s"] = time.perf_counter() - t0
     (args.out / "replication.json").write_text(json.dumps(res, indent=1, default=str))
     (args.out / "replication.md").write_text(markdown(res))

@@ -13,7 +13,7 @@ its top-level keys *before* validation (so the run header stores the suite as me
 the same), plans it with its executor, and measures every case in fresh processes through the runner:
 run file, replication, instability flag and all. ``resume`` finishes an interrupted run. The
 ``costbench run`` command, ``costbench compress``, the crosscheck and the benchmarks all come through
-here; nothing else plans and runs a suite.
+here; nothing else plans and runs a suite. ``ab`` measures two sides of the same cases side by side.
 """
 
 from __future__ import annotations
@@ -148,3 +148,31 @@ def resume(run_id: str, out: str | Path = "results", *, cache_dir: str | Path | 
     summary = resume_run(out, run_id, cache_dir=Path(cache_dir) if cache_dir else None, on_plan=on_plan,
                          on_start=on_start, on_done=on_done, force=force, address=address)
     return Run.of(summary, out)
+
+
+def ab(base: SuiteSource, new: SuiteSource | None = None, out: str | Path = "results", *,
+       base_python: str | None = None, new_python: str | None = None, only: list[str] | None = None,
+       threshold: float = 0.05, cache_dir: str | Path | None = None, on_plan: Callable | None = None,
+       on_start: Callable | None = None, on_done: Callable | None = None, **overrides: Any):
+    """Measure BASE and NEW side by side in one window (``costbench ab``): two runs whose comparison the
+    drift between windows does not touch. Returns a :class:`~costbench.harness.execute.paired.PairedSummary`.
+
+    ``new``: NEW's suite (default: BASE's, measured by ``new_python``). ``base_python``/``new_python``: the
+    interpreter that measures each side (another virtual environment, with its own costbench). ``overrides``
+    go over both suites (``processes=8``). Callbacks: see :func:`~costbench.harness.execute.paired.run_paired`. Raises SuiteError, and PairingError when the sides cannot be paired.
+    """
+    from costbench.harness.execute.paired import Side, run_paired
+    from costbench.harness.reports.compare import compare_runs, needs_second_look
+    from costbench.harness.reports.data import load_selection
+
+    def judge(base_id: str, new_id: str) -> set[tuple]:
+        result = compare_runs(load_selection([Path(out)], [base_id, new_id]), base_id, new_id, threshold=threshold)
+        return {(s.model, s.variant, s.backend, s.device, s.scenario, int(s.batch_size))
+                for s in result.series if needs_second_look(s, threshold)}
+
+    if new is None and base_python == new_python:
+        raise SuiteError("an A/B run needs two sides: a NEW suite, or another interpreter for one side")
+    sides = [Side(name, load(src, **overrides), py) for name, src, py in
+             (("base", base, base_python), ("new", base if new is None else new, new_python))]
+    return run_paired(*sides, Path(out), judge, cache_dir=Path(cache_dir) if cache_dir else None,
+                      only=parse_filters(list(only or [])), on_plan=on_plan, on_start=on_start, on_done=on_done)

@@ -402,6 +402,7 @@ from costbench.commands.reports import register as _register_reports  # noqa: E4
 
 _register_reports(app)
 __import__("costbench.commands.crosscheck", fromlist=["register"]).register(app)  # costbench crosscheck
+__import__("costbench.commands.ab", fromlist=["register"]).register(app)  # costbench ab
 
 
 def main() -> None:

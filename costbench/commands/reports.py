@@ -130,9 +130,7 @@ def compare(
 ) -> None:
     """Compare two runs series by series (only cases in both), with the processes as replicates: ratio with CI,
     Welch p on log per-process medians (single-process runs: Mann–Whitney on samples, said so), BH, verdict."""
-    from rich.table import Table
-
-    from costbench.harness.reports.compare import compare_runs, render_markdown
+    from costbench.harness.reports.compare import compare_runs
 
     sel, ids = _select([base, new], results, store)
     if len(ids) < 2:
@@ -141,11 +139,22 @@ def compare(
         result = compare_runs(sel, ids[0], ids[1], threshold=threshold)
     except ValueError as exc:
         fail(str(exc))
+    show_comparison(result, json_out, markdown_out, fail_on_regression)
+
+
+def show_comparison(result, json_out: Optional[Path] = None, markdown_out: Optional[Path] = None,
+                    fail_on_regression: bool = False) -> None:
+    """Print a :class:`~costbench.harness.reports.compare.CompareResult` (and write it); exit 1 on a regression
+    when asked."""
+    from rich.table import Table
+
+    from costbench.harness.reports.compare import paired_note, render_markdown
+
     if result.env_warning:
         _warn(result.env_warning)
         for d in result.env_diffs:
             err.print(f"  {d}", highlight=False)
-    t = Table(title=f"{ids[0]} → {ids[1]}", title_justify="left")
+    t = Table(title=f"{result.base['run_id']} → {result.new['run_id']}", title_justify="left")
     for col in ("series", "base", "new", "ratio", "95% CI", "p", "q", "verdict", "why"):
         t.add_column(col, justify="right" if col in ("base", "new", "ratio", "p", "q") else "left",
                      overflow="fold")
@@ -155,6 +164,8 @@ def compare(
                   f"{s.ratio_ci_low:.3f}–{s.ratio_ci_high:.3f}", f"{s.p_value:.2g}", f"{s.q_value:.2g}",
                   f"[{style[s.verdict]}]{s.verdict}[/]", s.reason)
     console.print(t)
+    if result.paired:
+        console.print(paired_note(result.paired), highlight=False)
     fallback = sum(s.method == "samples" for s in result.series)
     if fallback:
         _warn(f"{fallback} of {len(result.series)} series were measured in a single process in BASE or NEW: tested on "
@@ -167,7 +178,8 @@ def compare(
             console.print(f"{len(items)} series {title}, not compared", highlight=False)
     c = result.counts()
     console.print(f"{c['regressed']} regressed, {c['improved']} improved, {c['unstable']} unstable, "
-                  f"{c['unchanged']} unchanged (threshold ±{threshold:.0%}, BH q < {result.alpha:g})", highlight=False)
+                  f"{c['unchanged']} unchanged (threshold ±{result.threshold:.0%}, BH q < {result.alpha:g})",
+                  highlight=False)
     if json_out:
         json_out.write_text(json.dumps(result.as_dict(), indent=1, default=str))
     if markdown_out:

@@ -168,10 +168,11 @@ def _stage_info(result: Path) -> dict[str, Any]:
 
 
 def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
-                      env: dict[str, str] | None = None) -> CaseOutcome:
+                      env: dict[str, str] | None = None, python: str | None = None) -> CaseOutcome:
     """Run one case in a fresh Python process; turn every way it can end into an outcome.
 
-    ``env``: the child's environment (default: this process's).
+    ``env``: the child's environment (default: this process's). ``python``: the interpreter that measures
+    (default: this one); another environment's, with its own costbench, measures with that code.
     """
     job = workdir / f"{case.job_id}.job.json"
     result = workdir / f"{case.job_id}.result.json"
@@ -184,7 +185,7 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     t0 = time.perf_counter()
     with open(errlog, "wb") as err, (harness_on(cpus.harness) if cpus and cpus.pins else nullcontext()):
         # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
-        proc = subprocess.Popen([sys.executable, "-m", "costbench.harness.measure.worker", str(job), str(result)],
+        proc = subprocess.Popen([python or sys.executable, "-m", "costbench.harness.measure.worker", str(job), str(result)],
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True,
                                 preexec_fn=_child_setup(cpus.worker if cpus else None), env=env)
         code, killed = _wait(proc, case.timeout_s, memory_limit_mb)
@@ -269,9 +270,15 @@ class Executor(abc.ABC):
 
 
 class LocalExecutor(Executor):
-    """Each case in a fresh child process on this machine, one at a time, in plan order (the default)."""
+    """Each case in a fresh child process on this machine, one at a time, in plan order (the default).
+
+    ``python``: the interpreter the children run (default: this one).
+    """
 
     name = "local"
+
+    def __init__(self, python: str | None = None):
+        self.python = python
 
     def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
                   on_start: OnStart | None = None, stop: Stop | None = None) -> Iterator[CaseOutcome]:
@@ -284,4 +291,4 @@ class LocalExecutor(Executor):
             elif why:
                 yield not_started(case, why)
             else:
-                yield run_case_in_child(case, cache_dir, workdir, memory_limit_mb)
+                yield run_case_in_child(case, cache_dir, workdir, memory_limit_mb, python=self.python)

@@ -174,6 +174,27 @@ def rounds_for(suite: Suite) -> tuple[Precision | None, bool]:
     return rounds_of(suite.model_dump(mode="json"))
 
 
+def run_header(run_id: str, suite: Suite, cases: list[Case], executor: Executor, env: dict[str, Any],
+               only: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """What a run file's first line records: the run, the code, the machine, the suite as measured, where."""
+    source_dir = suite.source.parent if suite.source else Path.cwd()
+    return {
+        "run_id": run_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": git_commit(source_dir),
+        "harness_version": costbench.__version__,
+        "env_id": env["env_id"],
+        "env": env,
+        "suite": {"name": suite.name, "source": str(suite.source) if suite.source else None,
+                  "spec": suite.model_dump(mode="json")},
+        "only": only or [],
+        "planned_cases": len(cases),
+        "argv": sys.argv,
+        # Where the cases ran; a fleet run's cases carry their own machine's env_id (the header's is the driver's).
+        "executor": executor.describe(),
+    }
+
+
 def run_plan(
     suite: Suite,
     cases: list[Case],
@@ -195,24 +216,8 @@ def run_plan(
     cache_dir = cache_dir or default_cache_dir()
     executor = executor or LocalExecutor()
     results_dir.mkdir(parents=True, exist_ok=True)
-    env = fingerprint()
-    run_id = new_run_id()
-    source_dir = suite.source.parent if suite.source else Path.cwd()
-    header = {
-        "run_id": run_id,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(source_dir),
-        "harness_version": costbench.__version__,
-        "env_id": env["env_id"],
-        "env": env,
-        "suite": {"name": suite.name, "source": str(suite.source) if suite.source else None,
-                  "spec": suite.model_dump(mode="json")},
-        "only": only or [],
-        "planned_cases": len(cases),
-        "argv": sys.argv,
-        # Where the cases ran; a fleet run's cases carry their own machine's env_id (the header's is the driver's).
-        "executor": executor.describe(),
-    }
+    header = run_header(new_run_id(), suite, cases, executor, fingerprint(), only)
+    run_id = header["run_id"]
     run_file = RunFile.create(results_dir, header)
     jobs = interleave(cases)
     if on_plan:

@@ -9,7 +9,9 @@ When either run measured the series in one process only (runs from before replic
 interval of the ratio of medians) and its ``method`` and reason say so.
 
 A change is claimed only when it is significant after Benjamini–Hochberg correction (q below
-``SIGNIFICANCE_ALPHA``, docs/architecture.md) AND the ratio is beyond a practical threshold. A series whose
+``SIGNIFICANCE_ALPHA``, docs/architecture.md) AND the ratio is beyond a practical threshold. Two runs
+measured side by side (``costbench ab``, :mod:`costbench.harness.execute.paired`) are tested the same way
+at the level their pairing recorded (alpha over its two looks). A series whose
 spread (between processes; or within the one process) is far above the other run's is called unstable, not
 regressed.
 """
@@ -91,6 +93,7 @@ class CompareResult:
     only_new: list[str] = field(default_factory=list)
     env_warning: str = ""
     env_diffs: list[str] = field(default_factory=list)
+    paired: dict[str, Any] | None = None  # the pairing both runs recorded (costbench ab), else None
 
     def counts(self) -> dict[str, int]:
         return {v: sum(s.verdict == v for s in self.series) for v in VERDICTS}
@@ -98,7 +101,7 @@ class CompareResult:
     def as_dict(self) -> dict[str, Any]:
         keep = ("run_id", "created", "commit", "env_id", "suite")
         return {"base": {k: self.base.get(k) for k in keep}, "new": {k: self.new.get(k) for k in keep},
-                "threshold": self.threshold, "alpha": self.alpha, "counts": self.counts(),
+                "threshold": self.threshold, "alpha": self.alpha, "paired": self.paired, "counts": self.counts(),
                 "env_warning": self.env_warning, "env_differences": self.env_diffs,
                 "only_in_base": self.only_base, "only_in_new": self.only_new,
                 "series": [asdict(s) | {"label": s.label} for s in self.series]}
@@ -144,11 +147,29 @@ def verdict(ratio: float, lo: float, hi: float, q: float, base_spread: float, ne
     return "unchanged", f"significant (q={q:.2g}) but within ±{threshold:.0%} (ratio {ratio:.3f})"
 
 
+def pairing(sel: Selection, base_id: str, new_id: str) -> dict[str, Any] | None:
+    """The pairing BASE's cases recorded when BASE and NEW were measured side by side with each other, else None."""
+    for _, row in sel.cases[sel.cases["run_id"] == base_id].iterrows():
+        tag = (row["info"] or {}).get("paired") if isinstance(row["info"], dict) else None
+        if tag and tag.get("with") == new_id:
+            return tag
+    return None
+
+
+def paired_note(tag: dict[str, Any]) -> str:
+    return (f"BASE and NEW were measured side by side in one window (costbench ab), so the drift between windows "
+            f"cancels; a change is claimed at q < {tag['alpha']:g}, alpha over the pairing's {tag['looks']} looks")
+
+
 def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = DEFAULT_THRESHOLD,
-                 alpha: float = SIGNIFICANCE_ALPHA) -> CompareResult:
-    """Compare every series measured in both runs."""
+                 alpha: float | None = None) -> CompareResult:
+    """Compare every series measured in both runs; ``alpha`` by default ``SIGNIFICANCE_ALPHA``, or the level a
+    side-by-side pair of runs recorded."""
     if not 0 <= threshold < 1:
         raise ValueError(f"threshold {threshold!r}: expected a fraction in [0, 1), e.g. 0.05 for 5%")
+    tag = pairing(sel, base_id, new_id) or pairing(sel, new_id, base_id)
+    if alpha is None:
+        alpha = float(tag["alpha"]) if tag else SIGNIFICANCE_ALPHA
     df = sel.results
     base_s = _sample_series(df[df["run_id"] == base_id])
     new_s = _sample_series(df[df["run_id"] == new_id])
@@ -189,7 +210,7 @@ def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = D
     order = {v: i for i, v in enumerate(VERDICTS)}
     series.sort(key=lambda s: (order[s.verdict], -abs(np.log(s.ratio)) if s.ratio > 0 else 0, s.label))
     base, new = sel.run(base_id), sel.run(new_id)
-    result = CompareResult(base, new, threshold, alpha, series,
+    result = CompareResult(base, new, threshold, alpha, series, paired=tag,
                            only_base=sorted(series_label(dict(zip(SERIES_KEYS, k))) for k in base_s if k not in new_s),
                            only_new=sorted(series_label(dict(zip(SERIES_KEYS, k))) for k in new_s if k not in base_s))
     if base.get("env_id") != new.get("env_id"):
@@ -199,12 +220,22 @@ def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = D
     return result
 
 
+def needs_second_look(series: SeriesResult, threshold: float) -> bool:
+    """Whether a side-by-side comparison should measure a series again: not called, and its 95% interval
+    reaches past +-threshold (a change that matters is not ruled out)."""
+    if series.verdict != "unchanged":
+        return False
+    return not (1 - threshold < series.ratio_ci_low and series.ratio_ci_high < 1 + threshold)
+
+
 def render_markdown(result: CompareResult) -> str:
     """The comparison as Markdown (e.g. for a pull-request comment)."""
     c = result.counts()
     out = [f"# costbench compare: `{result.base['run_id']}` → `{result.new['run_id']}`", "",
            f"**{c['regressed']} regressed, {c['improved']} improved, {c['unstable']} unstable, "
            f"{c['unchanged']} unchanged** (threshold ±{result.threshold:.0%}, BH-corrected q < {result.alpha:g}).", ""]
+    if result.paired:
+        out += [f"> {paired_note(result.paired)}.", ""]
     if result.env_warning:
         out += [f"> ⚠ {result.env_warning}"] + [f"> - {d}" for d in result.env_diffs] + [""]
     fallback = sum(s.method == METHOD_SAMPLES for s in result.series)

@@ -1,0 +1,134 @@
+"""BASE and NEW side by side in one window (costbench ab, issue 28): alternation, pairing, the two looks."""
+
+import json
+import os
+import stat
+import sys
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from costbench.commands.cli import app
+from costbench.harness.execute.load import load_suite
+import costbench.api as api
+from costbench.harness.execute.paired import PAIRED_ALPHA, PairingError, Side, match_cases, run_paired, series_key
+from costbench.harness.execute.plan import make_plan
+from costbench.harness.reports.compare import compare_runs, needs_second_look
+from costbench.harness.reports.data import load_selection
+from costbench.harness.results.runfile import run_files
+
+SUITE = """
+name = "ab"
+models = ["digits-cnn"]
+variants = ["fp32"]
+backends = [
+  {{name = "sleepy", label = "changed", base_ms = 2.0, slowdown = {slowdown}, process_sd = 0.0}},
+  {{name = "sleepy", label = "same", base_ms = 2.0, slowdown = 0.0, process_sd = 0.0}},
+]
+accuracy = false
+timeout_s = 120
+processes = {processes}
+[[scenarios]]
+kind = "single_stream"
+warmup_count = 5
+min_count = 50
+min_duration_s = 0.1
+"""
+
+
+@pytest.fixture
+def sleepy(plugin_backends, monkeypatch):
+    monkeypatch.setenv("COSTBENCH_EXTRA_BACKENDS", "sleepy=sleepy_backend:SleepyBackend")
+
+
+def suite_file(tmp_path, name, slowdown=0.0, processes=3):
+    p = tmp_path / f"{name}.toml"
+    p.write_text(SUITE.format(slowdown=slowdown, processes=processes))
+    return p
+
+
+def records(results_dir, run_id):
+    (rf,) = [f for f in run_files(results_dir) if f.path.stem.startswith(run_id)]
+    return rf.cases()
+
+
+def test_the_sides_alternate_in_one_window_and_a_planted_change_is_called(tmp_path, sleepy):
+    out = tmp_path / "results"
+    started = []
+    done = api.ab(suite_file(tmp_path, "base"), suite_file(tmp_path, "new", slowdown=0.5), out,
+                  on_start=lambda side, c: started.append((side, c.backend, c.process)))
+    assert len(done.matched) == 2 and not done.only_base and not done.only_new
+    recs = {side: records(out, s.run_id) for side, s in (("base", done.base), ("new", done.new))}
+    assert len(started) == sum(map(len, recs.values()))
+    # Round k: process k of a case on both sides back to back, BASE first in even rounds and NEW first in odd ones.
+    for i in range(0, len(started), 2):
+        (s1, b1, k1), (s2, b2, k2) = started[i], started[i + 1]
+        assert (b1, k1) == (b2, k2) and (s1, s2) == (("base", "new") if k1 % 2 == 0 else ("new", "base"))
+    assert [k for _, b, k in started if b == "changed"][::2] == [0, 1, 2]
+    for side in recs:
+        for r in recs[side]:
+            assert r["info"]["paired"] == {"with": (done.new if side == "base" else done.base).run_id, "side": side,
+                                           "looks": 2, "alpha": PAIRED_ALPHA}
+    result = compare_runs(load_selection([out]), done.base.run_id, done.new.run_id)
+    assert result.paired is not None and result.alpha == PAIRED_ALPHA
+    by = {s.backend: s for s in result.series}
+    assert by["changed"].verdict == "regressed" and by["changed"].ratio > 1.3
+    assert by["same"].verdict == "unchanged", by["same"].reason
+    # A called case stops at the first look; only an undecided one is measured again (and then in 2 x 3 pairs).
+    counts = {b: sum(r["case"]["backend"] == b for r in recs["new"]) for b in ("changed", "same")}
+    assert counts["changed"] == 3
+    assert counts["same"] == (6 if done.second_look else 3)
+    assert all("/ same /" in label for label in done.second_look)
+
+
+def test_a_series_is_measured_again_while_a_change_past_the_threshold_is_not_ruled_out():
+    s = lambda verdict, lo, hi: SimpleNamespace(verdict=verdict, ratio_ci_low=lo, ratio_ci_high=hi)  # noqa: E731
+    assert needs_second_look(s("unchanged", 0.97, 1.06), 0.05)  # a change past +5% is not ruled out
+    assert needs_second_look(s("unchanged", 0.94, 1.02), 0.05)
+    assert not needs_second_look(s("unchanged", 0.97, 1.03), 0.05)  # shown within +-5%: decided
+    assert not needs_second_look(s("regressed", 1.06, 1.2), 0.05)
+    assert not needs_second_look(s("unstable", 0.5, 2.0), 0.05)
+
+
+def test_cases_are_matched_by_series_and_the_sides_must_agree(tmp_path, sleepy):
+    base = make_plan(load_suite(suite_file(tmp_path, "base")))
+    other = tmp_path / "other.toml"
+    other.write_text(SUITE.format(slowdown=0.1, processes=3).replace('label = "same"', 'label = "renamed"'))
+    pairs, only_b, only_n = match_cases(base, make_plan(load_suite(other)))
+    assert [series_key(b)[2] for b, _ in pairs] == ["changed"]
+    assert [c.backend for c in only_b] == ["same"] and [c.backend for c in only_n] == ["renamed"]
+    with pytest.raises(PairingError, match="same number a side"):
+        run_paired(Side("base", load_suite(suite_file(tmp_path, "b3"))),
+                   Side("new", load_suite(suite_file(tmp_path, "n4", processes=4))), tmp_path / "r")
+    with pytest.raises(PairingError, match="at least 3"):
+        run_paired(Side("base", load_suite(suite_file(tmp_path, "b2", processes=2))),
+                   Side("new", load_suite(suite_file(tmp_path, "n2", processes=2))), tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_ab_measures_each_side_with_its_own_interpreter(tmp_path, sleepy):
+    """--new-python: NEW's processes run under another interpreter (here a wrapper that leaves a mark)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    wrapper = tmp_path / "python-new"
+    wrapper.write_text(f'#!/bin/sh\ntouch "{marks}/$$"\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    suite = tmp_path / "one.toml"
+    suite.write_text(SUITE.format(slowdown=0.0, processes=3).replace(
+        '  {name = "sleepy", label = "same", base_ms = 2.0, slowdown = 0.0, process_sd = 0.0},\n', ""))
+    out = tmp_path / "results"
+    res = CliRunner().invoke(app, ["ab", str(suite), "--new-python", str(wrapper), "-o", str(out),
+                                   "--json", str(tmp_path / "cmp.json")])
+    assert res.exit_code == 0, res.output
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    new_id = cmp["new"]["run_id"]
+    n_new = len(records(out, new_id))
+    assert n_new in (3, 6) and len(os.listdir(marks)) == n_new  # every NEW process, and only those
+    assert cmp["paired"]["side"] in ("base", "new") and cmp["counts"]["regressed"] == 0
+    assert "side by side in one window" in res.output
+
+
+def test_ab_without_a_second_side_is_refused(tmp_path):
+    res = CliRunner().invoke(app, ["ab", str(suite_file(tmp_path, "base"))])
+    assert res.exit_code == 2 and "two sides" in res.output
