@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from costbench.core.metrics import LATENCY
+from costbench.harness.results.store import RunFile
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -161,7 +162,6 @@ def compare(out: Path, base: str, new: str, work: Path) -> tuple[int, dict]:
 def single_process_verdicts(out: Path, base: str, new: str) -> dict[str, int]:
     """The old way, for contrast: each case's first process only, Mann–Whitney on its raw samples, BH, ±5%."""
     from costbench.core.stats import SIGNIFICANCE_ALPHA, benjamini_hochberg, compare_samples
-    from costbench.harness.results.store import RunFile
 
     def first_process(run_id: str) -> dict[tuple, np.ndarray]:
         series = {}
@@ -355,6 +355,38 @@ def ab(base: Path, new: Path, out: Path, work: Path, tag: str) -> tuple[int, dic
     return proc.returncode, json.loads(js.read_text()), wall
 
 
+def yardstick_audit(records: list[dict]) -> list[dict]:
+    """Each measured process of one run file: its p50 and yardstick over its case's medians, and whether the
+    rule (results/rounds.py) judged it slow."""
+    from costbench.harness.results.rounds import disturbed, slowed, usual_yardstick, yardstick
+
+    out = []
+    for label in sorted({r["case"]["backend"] for r in records}):
+        mine = [r for r in records if r["case"]["backend"] == label and r["status"] == "ok"]
+        p50s = {id(r): next(m["value"] for m in r["metrics"] if m["metric"] == LATENCY.p50) for r in mine}
+        usual, mid = usual_yardstick(mine), float(np.median(list(p50s.values())))
+        off = {id(r) for r in disturbed(mine)}
+        for r in mine:
+            stick = yardstick(r)
+            out.append({"case": label, "p50_over_median": p50s[id(r)] / mid,
+                        "yardstick_over_usual": stick / usual if stick and usual else None,
+                        "slowed": slowed(r, usual), "left_out_or_replaced": id(r) in off})
+    return out
+
+
+def audit_summary(audit: list[dict]) -> dict:
+    """How the processes judged slow compare with the rest, in the measured p50 (over the case-side median)."""
+    judged = [a for a in audit if a["yardstick_over_usual"] is not None]
+    slow = [a["p50_over_median"] for a in judged if a["slowed"]]
+    rest = [a["p50_over_median"] for a in judged if not a["slowed"]]
+    outliers = [a for a in judged if a["p50_over_median"] > 1.10]
+    return {"processes": len(audit), "judged": len(judged), "slowed": len(slow),
+            "slowed_p50_over_median": sorted(round(x, 3) for x in slow),
+            "rest_p50_over_median_p95": float(np.percentile(rest, 95)) if rest else None,
+            "p50_outliers_over_10pct": len(outliers),
+            "p50_outliers_caught": sum(a["slowed"] for a in outliers)}
+
+
 def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick: bool) -> dict:
     """(e) The real cases of (d) measured side by side (``costbench ab``): trials alternate a power trial
     (unplanted BASE, planted NEW) and an A/A trial (the unplanted suite on both sides), so both meet the same
@@ -373,7 +405,7 @@ def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick:
     def p50s(js: dict) -> dict:
         return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
 
-    power, aa = [], []
+    power, aa, audit = [], [], []
     # The A/A trials spread evenly among the power trials: both meet the same windows.
     kinds = sorted([(i / trials, True) for i in range(trials)] + [((i + 0.5) / aa_trials, False) for i in range(aa_trials)])
     for i, (_, planted) in enumerate(kinds):
@@ -387,6 +419,11 @@ def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick:
             if planted:
                 row["cases"][label].update(called=s["verdict"] == "regressed",
                                            covers_truth=s["ratio_ci_low"] <= 1.10 <= s["ratio_ci_high"])
+        for side in ("base", "new"):
+            recs = RunFile(out / "runs" / f"{js[side]['run_id']}.jsonl").cases()
+            audit += yardstick_audit(recs)
+            for label, c in row["cases"].items():
+                c.setdefault("recorded", []).append(sum(r["case"]["backend"] == label for r in recs))
         (power if planted else aa).append(row)
         print(f"  {'power' if planted else 'A/A'} {len(power if planted else aa)} in {wall:.0f} s, exit {code}: "
               + ", ".join(f"{k} x{v['ratio']:.3f} {v['verdict']} ({v['processes'][1]} a side)"
@@ -400,7 +437,7 @@ def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick:
                for k in labels}
     series = sum(len(r["cases"]) for r in aa)
     flagged = sum(v["verdict"] in ("regressed", "improved") for r in aa for v in r["cases"].values())
-    return {"processes": processes, "power": power, "aa": aa, "by_case": by_case,
+    return {"processes": processes, "power": power, "aa": aa, "by_case": by_case, "yardstick": audit_summary(audit),
             "called": sum(v["called"] for v in by_case.values()), "case_trials": sum(v["trials"] for v in by_case.values()),
             "aa_exit_0": sum(r["exit_code"] == 0 for r in aa), "aa_series": series, "aa_flagged": flagged,
             "aa_second_look": sum(v["processes"][1] > processes for r in aa for v in r["cases"].values()),
@@ -529,13 +566,22 @@ def markdown(res: dict) -> str:
                 f"- A/A: exit 0 in **{r['aa_exit_0']} of {len(r['aa'])} trials**; series flagged {r['aa_flagged']} of "
                 f"{r['aa_series']} (nominal FDR {r['nominal_fdr']:.1%}); second look in {r['aa_second_look']} of "
                 f"{r['aa_series']}.",
+                "- Yardstick (machine/yardstick.py): {slowed} of {judged} processes judged measured while the machine "
+                "ran slow (p50 over their case-side median: {sl}); of the {outliers} processes whose p50 lay more than "
+                "10% above their case-side median, {caught} were judged slow; the other processes' p50 lay within "
+                "x{rest:.3f} of the median at the 95th percentile.".format(
+                    sl=", ".join(f"x{x:.2f}" for x in r["yardstick"]["slowed_p50_over_median"]) or "none",
+                    outliers=r["yardstick"]["p50_outliers_over_10pct"], caught=r["yardstick"]["p50_outliers_caught"],
+                    rest=r["yardstick"]["rest_p50_over_median_p95"] or float("nan"), **r["yardstick"]),
                 f"- Wall time of one ab run (3 cases), median: {r['wall_s']['power']:.0f} s planted, "
                 f"{r['wall_s']['aa']:.0f} s A/A.", "",
-                "| trial | kind | " + " | ".join(f"{k} ratio (95% CI), verdict, processes a side" for k in r["by_case"])
+                "| trial | kind | " + " | ".join(f"{k} ratio (95% CI), verdict, processes used/recorded BASE+NEW"
+                                                 for k in r["by_case"])
                 + " |", "|---:|---|" + "---|" * len(r["by_case"])]
         rows = [("power", t) for t in r["power"]] + [("A/A", t) for t in r["aa"]]
         for i, (kind, t) in enumerate(rows, 1):
-            cells = [f"x{c['ratio']:.3f} ({c['ci'][0]:.3f}-{c['ci'][1]:.3f}) {c['verdict']}, {c['processes'][1]}"
+            cells = [f"x{c['ratio']:.3f} ({c['ci'][0]:.3f}-{c['ci'][1]:.3f}) {c['verdict']}, "
+                     f"{c['processes'][0]}/{c['recorded'][0]}+{c['processes'][1]}/{c['recorded'][1]}"
                      if (c := t["cases"].get(k)) else "-" for k in r["by_case"]]
             out.append(f"| {i} | {kind} | " + " | ".join(cells) + " |")
         out.append("")

@@ -67,6 +67,9 @@ def test_the_sides_alternate_in_one_window_and_a_planted_change_is_called(tmp_pa
         assert (b1, k1) == (b2, k2) and (s1, s2) == (("base", "new") if k1 % 2 == 0 else ("new", "base"))
     assert [k for _, b, k in started if b == "changed"][::2] == [0, 1, 2]
     for side in recs:
+        for r in recs[side]:  # the runner read the machine's speed around every process (machine/yardstick.py)
+            stick = next(m for m in r["metrics"] if m["metric"] == "yardstick")
+            assert stick["details"]["before_ms"] > 0 and stick["details"]["after_ms"] > 0
         for r in recs[side]:
             assert r["info"]["paired"] == {"with": (done.new if side == "base" else done.base).run_id, "side": side,
                                            "looks": 2, "alpha": PAIRED_ALPHA}
@@ -74,12 +77,13 @@ def test_the_sides_alternate_in_one_window_and_a_planted_change_is_called(tmp_pa
     assert result.paired is not None and result.alpha == PAIRED_ALPHA
     by = {s.backend: s for s in result.series}
     assert by["changed"].verdict == "regressed" and by["changed"].ratio > 1.3
-    assert by["same"].verdict == "unchanged", by["same"].reason
-    # A called case stops at the first look; only an undecided one is measured again (and then in 2 x 3 pairs).
-    counts = {b: sum(r["case"]["backend"] == b for r in recs["new"]) for b in ("changed", "same")}
-    assert counts["changed"] == 3
-    assert counts["same"] == (6 if done.second_look else 3)
-    assert all("/ same /" in label for label in done.second_look)
+    assert by["same"].verdict in ("unchanged", "unstable"), by["same"].reason  # never called
+    # A case decided at the first look stops there; an undecided one is measured again, in 2 x 3 pairs a side.
+    for label in done.matched:
+        backend = label.split(" / ")[2]
+        for side in recs:
+            n = sum(r["case"]["backend"] == backend for r in recs[side])
+            assert n == (6 if label in done.second_look else 3), (label, side, n, done.second_look)
 
 
 def test_a_series_is_measured_again_while_a_change_past_the_threshold_is_not_ruled_out():
