@@ -151,14 +151,16 @@ def resume(run_id: str, out: str | Path = "results", *, cache_dir: str | Path | 
 
 
 def ab(base: SuiteSource, new: SuiteSource | None = None, out: str | Path = "results", *,
-       base_python: str | None = None, new_python: str | None = None, only: list[str] | None = None,
+       base_python: str | None = None, new_python: str | None = None, base_env: Mapping[str, str] | None = None,
+       new_env: Mapping[str, str] | None = None, only: list[str] | None = None,
        threshold: float = 0.05, cache_dir: str | Path | None = None, on_plan: Callable | None = None,
        on_start: Callable | None = None, on_done: Callable | None = None, **overrides: Any):
     """Measure BASE and NEW side by side in one window (``costbench ab``): two runs whose comparison the
     drift between windows does not touch. Returns a :class:`~costbench.harness.execute.paired.PairedSummary`.
 
-    ``new``: NEW's suite (default: BASE's, measured by ``new_python``). ``base_python``/``new_python``: the
-    interpreter that measures each side (another virtual environment, with its own costbench). ``overrides``
+    ``new``: NEW's suite (default: BASE's, measured by ``new_python`` or with ``new_env``).
+    ``base_python``/``new_python``: the interpreter that measures each side (another virtual environment, with
+    its own costbench). ``base_env``/``new_env``: variables set in each side's processes. ``overrides``
     go over both suites (``processes=8``). Callbacks: see :func:`~costbench.harness.execute.paired.run_paired`. Raises SuiteError, and PairingError when the sides cannot be paired.
     """
     from costbench.harness.execute.paired import Side, run_paired
@@ -170,9 +172,11 @@ def ab(base: SuiteSource, new: SuiteSource | None = None, out: str | Path = "res
         return {(s.model, s.variant, s.backend, s.device, s.scenario, int(s.batch_size))
                 for s in result.series if needs_second_look(s, threshold)}
 
-    if new is None and base_python == new_python:
-        raise SuiteError("an A/B run needs two sides: a NEW suite, or another interpreter for one side")
-    sides = [Side(name, load(src, **overrides), py) for name, src, py in
+    envs = {"base": dict(base_env or {}), "new": dict(new_env or {})}
+    if new is None and base_python == new_python and envs["base"] == envs["new"]:
+        raise SuiteError("an A/B run needs two sides: a NEW suite, another interpreter or another environment "
+                         "for one side")
+    sides = [Side(name, load(src, **overrides), py, envs[name]) for name, src, py in
              (("base", base, base_python), ("new", base if new is None else new, new_python))]
     return run_paired(*sides, Path(out), judge, cache_dir=Path(cache_dir) if cache_dir else None,
                       only=parse_filters(list(only or [])), on_plan=on_plan, on_start=on_start, on_done=on_done)

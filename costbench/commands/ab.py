@@ -16,11 +16,14 @@ DEFAULT_RESULTS = Path("results")
 
 def ab(
     base: Path = typer.Argument(..., help="BASE's suite TOML file."),
-    new: Optional[Path] = typer.Argument(None, help="NEW's suite (default: BASE's, measured by --new-python)."),
+    new: Optional[Path] = typer.Argument(None, help="NEW's suite (default: BASE's, with --new-python or --new-env)."),
     out: Path = typer.Option(DEFAULT_RESULTS, "--out", "-o", help="Results folder (both runs' files + DuckDB store)."),
     base_python: Optional[str] = typer.Option(None, "--base-python", help=(
         "Interpreter that measures BASE (another virtual environment with its own costbench; default: this one).")),
     new_python: Optional[str] = typer.Option(None, "--new-python", help="Interpreter that measures NEW."),
+    base_env: list[str] = typer.Option([], "--base-env", help="KEY=VALUE set in BASE's processes; repeatable."),
+    new_env: list[str] = typer.Option([], "--new-env", help=(
+        "KEY=VALUE set in NEW's processes (a runtime's control: GLIBC_TUNABLES, OMP_WAIT_POLICY, ...); repeatable.")),
     only: list[str] = typer.Option([], "--only", help="Keep only cases matching KEY=GLOB; repeatable."),
     processes: Optional[int] = typer.Option(None, "--processes", min=3, help=(
         "Pairs of processes per case at the first look (default: the suites'); undecided cases get as many again.")),
@@ -38,6 +41,12 @@ def ab(
     from costbench.harness.reports.compare import compare_runs
     from costbench.harness.reports.data import load_selection
 
+    envs = {}
+    for name, items in (("--base-env", base_env), ("--new-env", new_env)):
+        bad = [i for i in items if "=" not in i or not i.partition("=")[0].strip()]
+        if bad:
+            fail(f"{name} {bad[0]!r}: expected KEY=VALUE")
+        envs[name] = dict(i.split("=", 1) for i in items)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         task = progress.add_task("planning", total=None)
@@ -63,7 +72,8 @@ def ab(
                 progress.advance(task)
 
         try:
-            done = api.ab(base, new, out, base_python=base_python, new_python=new_python, only=only,
+            done = api.ab(base, new, out, base_python=base_python, new_python=new_python,
+                          base_env=envs["--base-env"], new_env=envs["--new-env"], only=only,
                           threshold=threshold, cache_dir=cache_dir, processes=processes,
                           on_plan=on_plan, on_start=on_start, on_done=on_done)
         except (api.SuiteError, PairingError) as exc:

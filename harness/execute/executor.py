@@ -277,13 +277,15 @@ class Executor(abc.ABC):
 class LocalExecutor(Executor):
     """Each case in a fresh child process on this machine, one at a time, in plan order (the default).
 
-    ``python``: the interpreter the children run (default: this one).
+    ``python``: the interpreter the children run (default: this one); ``env``: variables set in their
+    environment over this process's.
     """
 
     name = "local"
 
-    def __init__(self, python: str | None = None):
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None):
         self.python = python
+        self.env = dict(env or {})
 
     def run_cases(self, cases: Iterable[Case], cache_dir: Path, workdir: Path, memory_limit_mb: float | None = None,
                   on_start: OnStart | None = None, stop: Stop | None = None) -> Iterator[CaseOutcome]:
@@ -296,4 +298,5 @@ class LocalExecutor(Executor):
             elif why:
                 yield not_started(case, why)
             else:
-                yield run_case_in_child(case, cache_dir, workdir, memory_limit_mb, python=self.python)
+                yield run_case_in_child(case, cache_dir, workdir, memory_limit_mb,
+                                        env={**os.environ, **self.env} if self.env else None, python=self.python)

@@ -9,7 +9,9 @@ steady trend within a round then cancels as well).
 
 The sides are two suites over the same cases (a changed option, a new runtime version behind a plugin),
 or one suite measured by two interpreters (``python``: another virtual environment with another
-costbench or runtime installed: a commit gate). Cases are matched by their series (model, variant,
+costbench or runtime installed: a commit gate), or with two environments (``env``: a runtime's control,
+such as ``GLIBC_TUNABLES`` or ``OMP_WAIT_POLICY``, set for one side's processes; the run header's
+``executor`` records it). Cases are matched by their series (model, variant,
 backend label, device, scenario, batch size). Each side is an ordinary run file whose process records
 carry ``info["paired"]`` (the other run, the side, the rule), so ``compare``, reports and stores read
 them as they read any run.
@@ -52,11 +54,13 @@ class PairingError(ValueError):
 
 @dataclass
 class Side:
-    """One side of an A/B run: its suite, and the interpreter that measures it (default: this one)."""
+    """One side of an A/B run: its suite, the interpreter that measures it (default: this one), and variables
+    set in its processes' environment (a runtime's control: ``OMP_WAIT_POLICY``, ``GLIBC_TUNABLES``, ...)."""
 
     name: str  # base | new
     suite: Suite
     python: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,12 +96,12 @@ def match_cases(base: list[Case], new: list[Case]) -> tuple[list[tuple[Case, Cas
 class _SideExecutor(LocalExecutor):
     """The local executor with one side's interpreter, marking each outcome with the pairing."""
 
-    def __init__(self, python: str | None, tag: dict[str, Any]):
-        super().__init__(python)
+    def __init__(self, python: str | None, env: dict[str, str], tag: dict[str, Any]):
+        super().__init__(python, env)
         self.tag = tag
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.name, "python": self.python or sys.executable}
+        return {"kind": self.name, "python": self.python or sys.executable, "env": self.env}
 
     def run_cases(self, cases: Iterable[Case], *args: Any, **kwargs: Any) -> Iterator[CaseOutcome]:
         for outcome in super().run_cases(cases, *args, **kwargs):
@@ -149,7 +153,7 @@ def run_paired(base: Side, new: Side, results_dir: Path, judge: Judge | None = N
     for side in (base, new):
         other = ids["new" if side.name == "base" else "base"]
         tag = {"with": other, "side": side.name, "looks": LOOKS, "alpha": PAIRED_ALPHA}
-        executors[side.name] = _SideExecutor(side.python, tag)
+        executors[side.name] = _SideExecutor(side.python, side.env, tag)
         headers[side.name] = run_header(ids[side.name], side.suite, plans[side.name], executors[side.name], env, only)
         headers[side.name]["paired"] = tag
         files[side.name] = RunFile.create(results_dir, headers[side.name])

@@ -3,13 +3,15 @@ until the query has taken ``base_ms * (1 + slowdown)`` times a per-process facto
 
 The per-process factor is exp(N(0, process_sd²)), drawn once when the session is prepared, from fresh
 entropy: like the state a real process launch draws (memory layout, core, thread placement), it holds for
-the process's life. So a planted slowdown is known exactly, and the between-process spread is known too:
+the process's life. ``SLEEPY_EXTRA_SLOWDOWN`` in the environment adds to ``slowdown`` (a slowdown planted through
+the environment, as ``costbench ab --new-env`` sets it). So a planted slowdown is known exactly, and the between-process spread is known too:
 what ``benchmarks/replication.py`` needs to measure how often compare finds a change that is or is not there.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -54,5 +56,6 @@ class SleepyBackend(Backend):
 
     def prepare(self, artifact: Artifact, options: SleepyOptions, batch_size: int, device: str = "cpu") -> Session:
         factor = math.exp(np.random.default_rng().normal(0.0, options.process_sd)) if options.process_sd else 1.0
-        target_ms = options.base_ms * (1.0 + options.slowdown) * factor
+        extra = float(os.environ.get("SLEEPY_EXTRA_SLOWDOWN", "0"))
+        target_ms = options.base_ms * (1.0 + options.slowdown + extra) * factor
         return _SleepySession(artifact.path, int(target_ms * 1e6))

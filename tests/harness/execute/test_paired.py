@@ -136,3 +136,22 @@ def test_ab_measures_each_side_with_its_own_interpreter(tmp_path, sleepy):
 def test_ab_without_a_second_side_is_refused(tmp_path):
     res = CliRunner().invoke(app, ["ab", str(suite_file(tmp_path, "base"))])
     assert res.exit_code == 2 and "two sides" in res.output
+
+
+def test_ab_sets_a_variable_in_one_sides_processes_and_records_it(tmp_path, sleepy):
+    """--new-env: only NEW's processes see it (the sleepy backend reads SLEEPY_EXTRA_SLOWDOWN); the header keeps it."""
+    suite = tmp_path / "one.toml"
+    suite.write_text(SUITE.format(slowdown=0.0, processes=3).replace(
+        '  {name = "sleepy", label = "same", base_ms = 2.0, slowdown = 0.0, process_sd = 0.0},\n', ""))
+    out = tmp_path / "results"
+    res = CliRunner().invoke(app, ["ab", str(suite), "--new-env", "SLEEPY_EXTRA_SLOWDOWN=0.5", "-o", str(out),
+                                   "--json", str(tmp_path / "cmp.json"), "--fail-on-regression"])
+    assert res.exit_code == 1, res.output  # the planted slowdown regressed NEW
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    (s,) = cmp["series"]
+    assert s["verdict"] == "regressed" and s["ratio"] > 1.3
+    headers = {f.header()["paired"]["side"]: f.header() for f in run_files(out)}
+    assert headers["new"]["executor"]["env"] == {"SLEEPY_EXTRA_SLOWDOWN": "0.5"}
+    assert headers["base"]["executor"]["env"] == {}
+    bad = CliRunner().invoke(app, ["ab", str(suite), "--new-env", "NOEQUALS"])
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
