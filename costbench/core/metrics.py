@@ -138,7 +138,6 @@ UNSTABLE = "unstable"
 PRECISION_TARGET = "precision_target"
 CPU_CONTENTION = "cpu_contention"
 CONTENDED_PROCESSES = "contended_processes"
-YARDSTICK = "yardstick"
 TASK_ACCURACY = "task_accuracy"
 TASK_ACCURACY_DELTA = "task_accuracy_delta"
 TOP1_AGREEMENT = "top1_agreement"
@@ -179,11 +178,7 @@ _SCALARS = [
     Metric(CPU_CONTENTION, "ratio", "flag", "lower",
            "share of the machine's CPU that other processes and the hypervisor took while the process measured"),
     Metric(CONTENDED_PROCESSES, "count", "count", "lower",
-           "processes of the case measured under contention or while the machine ran slow, left out of its result "
-           "and measured again"),
-    Metric(YARDSTICK, "ms", "flag", "lower",
-           "a fixed piece of work (an interpreter loop, a pass over 16 MiB) timed just before the process started and "
-           "just after it ended: the slower reading; far above its case's other processes', the machine ran slow"),
+           "processes of the case measured under contention, left out of its result and measured again"),
     Metric(PRECISION_TARGET, "ratio", "setting", None,
            "relative half-width of the 95% interval across processes the run asked of the case's headline"),
     # server scenario

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Iterator
 
 from costbench.harness.execute.plan import PLANNED, Case
-from costbench.harness.machine import yardstick
 from costbench.harness.machine.affinity import allowed_cpus, harness_on, plan_cpus
 from costbench.harness.suite.case import SKIPPED
 from costbench.harness.measure.stages import read_stage, stage_file
@@ -183,9 +182,6 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     stage_file(result).unlink(missing_ok=True)
     cpus = plan_cpus(case.backend_options.get("threads"), allowed_cpus()) if case.pin_cpus else None
     pinned = {"cpu_affinity": cpus.record()} if cpus else {}
-    # The machine's speed just before and just after the process (yardstick.py): read here, so the measuring
-    # process pays neither its time nor its memory.
-    speed_before = yardstick.read()
     t0 = time.perf_counter()
     with open(errlog, "wb") as err, (harness_on(cpus.harness) if cpus and cpus.pins else nullcontext()):
         # A new session, so a timeout kills the whole process group (runtimes may fork helpers).
@@ -212,8 +208,7 @@ def run_case_in_child(case: Case, cache_dir: Path, workdir: Path, memory_limit_m
     if payload["status"] != "ok":
         return CaseOutcome(case, "failed", payload.get("reason", "unknown error"), info=_stage_info(result),
                            elapsed_s=elapsed, stderr_tail=payload.get("traceback", tail))
-    metrics = payload["metrics"] + [yardstick.row(speed_before, yardstick.read())]
-    return CaseOutcome(case, "ok", "", metrics, {**payload["info"], **pinned}, elapsed)
+    return CaseOutcome(case, "ok", "", payload["metrics"], {**payload["info"], **pinned}, elapsed)
 
 
 OnStart = Callable[[Case], None]

@@ -156,12 +156,8 @@ def summary_tables(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], list[str]
                 status.append(f"{r.status} [{notes.index(reason) + 1}]")
             busy = _value(g, CONTENDED_PROCESSES)
             if busy is not None:  # processes measured next to a noisy neighbour: say so, and what was done
-                d = row_details(busy)
-                left, slow = int(d.get("left_out", 0)), int(d.get("slowed", 0))
-                what = " or ".join(w for w, n in (("while others took over a tenth of the CPU",
-                                                   int(busy["value"]) - slow),
-                                                  ("while the machine ran slow (yardstick)", slow)) if n)
-                reason = (f"{int(busy['value'])} process(es) measured {what}; "
+                left = int((row_details(busy)).get("left_out", 0))
+                reason = (f"{int(busy['value'])} process(es) measured while others took over a tenth of the CPU; "
                           + (f"{left} left out of the result" if left else "kept: too few clean ones remained"))
                 if reason not in notes:
                     notes.append(reason)

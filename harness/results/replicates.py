@@ -27,7 +27,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from costbench.core.metrics import CAPACITY_QPS, CONTENDED_PROCESSES, Series, catalogue
-from costbench.harness.results.rounds import contended, disturbed, needs_more, rounds_of, usable
+from costbench.harness.results.rounds import contended, needs_more, rounds_of, usable
 from costbench.core.stats import across_processes, between_process_share, combine_capacities, percentile
 
 # Units whose per-process values are positive and multiplicative: summarised by a geometric mean and t interval.
@@ -163,8 +163,7 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
     The case is ok when at least one process is; the processes that failed are counted in its reason and
     listed in ``info["processes"]``; a failed case's reason says how many of its processes were not started
     because the failure repeats. Processes measured under contention are left out of the timings while at
-    least two clean ones remain, and so are those measured while the machine ran slow (rounds.disturbed); a
-    ``contended_processes`` row counts them. Info, case and env_id come from the first process (which also
+    least two clean ones remain; a ``contended_processes`` row counts them. Info, case and env_id come from the first process (which also
     measured accuracy).
     """
     if len(group) == 1 and planned_processes(group[0]) == 1:
@@ -190,12 +189,10 @@ def merge_records(group: list[dict[str, Any]]) -> dict[str, Any]:
         rec["metrics"] = merge_metrics([r.get("metrics") or [] for r in ok]) + flags
         present = {m["metric"] for m in rec["metrics"]}
         rec["metrics"] += [m for r in left_out for m in r.get("metrics") or [] if m["metric"] not in present]
-        off = disturbed(group)
-        if off:
-            n_cpu = sum(contended(r) for r in off)
-            rec["metrics"].append({"metric": CONTENDED_PROCESSES, "value": float(len(off)), "unit": "count",
-                                   "details": {"left_out": len(left_out), "measured": len(measured),
-                                               "contended": n_cpu, "slowed": len(off) - n_cpu}})
+        n_contended = sum(contended(r) for r in measured)
+        if n_contended:
+            rec["metrics"].append({"metric": CONTENDED_PROCESSES, "value": float(n_contended), "unit": "count",
+                                   "details": {"left_out": len(left_out), "measured": len(measured)}})
         rec["reason"] = (f"{len(bad)} of {planned} processes failed; first: {bad[0].get('reason', '')}" if bad else "")
     else:
         rec["reason"] = lead.get("reason", "")

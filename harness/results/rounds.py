@@ -10,11 +10,9 @@ reached it, interleaved as the first rounds were, until it has or ``max_processe
 without a headline across processes (the server scenario's capacity search, a case that failed) is not
 extended.
 
-A process measured while others took more than a tenth of the machine's CPU (``cpu_contention``), or while
-the machine ran slow (its ``yardstick`` more than ``SLOWED_FACTOR`` times the median of its case's processes':
-:mod:`costbench.harness.machine.yardstick`), is left out of the case's result
-(:func:`~costbench.harness.results.replicates.merge_records`) and replaced by another, within the same
-budget: ``max_processes`` with a precision, else twice ``processes``.
+A process measured while others took more than a tenth of the machine's CPU (``cpu_contention``) is left
+out of the case's result (:func:`~costbench.harness.results.replicates.merge_records`) and replaced by
+another, within the same budget: ``max_processes`` with a precision, else twice ``processes``.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from costbench.core.metrics import CAPACITY_QPS, CPU_CONTENTION, PRECISION_TARGET, YARDSTICK, catalogue
+from costbench.core.metrics import CAPACITY_QPS, CPU_CONTENTION, PRECISION_TARGET, catalogue
 from costbench.core.stats import across_processes
 from costbench.harness.suite.case import scenario_kind_of
 
@@ -71,39 +69,9 @@ def contended(record: dict[str, Any]) -> bool:
                for m in record.get("metrics") or [])
 
 
-# A yardstick this many times its case's usual: the machine ran slow. Quiet, the readings of one case's processes
-# agree within a few percent; the slow phases seen on a small VM made the measured queries 1.5-2x slower.
-SLOWED_FACTOR = 1.15
-MIN_YARDSTICKS = 3  # a usual needs this many readings; with fewer nothing is judged slow
-
-
-def yardstick(record: dict[str, Any]) -> float | None:
-    return next((float(m["value"]) for m in record.get("metrics") or [] if m["metric"] == YARDSTICK
-                 and m.get("value")), None)
-
-
-def usual_yardstick(records: list[dict[str, Any]]) -> float | None:
-    """The median yardstick over a case's processes that measured (None with fewer than ``MIN_YARDSTICKS``)."""
-    values = sorted(v for r in records if r.get("status") == "ok" and (v := yardstick(r)) is not None)
-    return values[(len(values) - 1) // 2] if len(values) >= MIN_YARDSTICKS else None
-
-
-def slowed(record: dict[str, Any], usual: float | None) -> bool:
-    """Whether the machine ran slow around this process: its yardstick far above the case's usual."""
-    value = yardstick(record)
-    return usual is not None and value is not None and value > SLOWED_FACTOR * usual
-
-
-def disturbed(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The processes of a case (its records) measured under contention or while the machine ran slow."""
-    usual = usual_yardstick(records)
-    return [r for r in records if r.get("status") == "ok" and (contended(r) or slowed(r, usual))]
-
-
 def clean(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The processes that measured undisturbed: without contention, while the machine ran at its usual speed."""
-    bad = disturbed(records)
-    return [r for r in records if r.get("status") == "ok" and not any(r is b for b in bad)]
+    """The processes that measured without contention."""
+    return [r for r in records if r.get("status") == "ok" and not contended(r)]
 
 
 def usable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -123,7 +91,7 @@ def needs_more(records: list[dict[str, Any]], precision: Precision | None, proce
         return False
     # Only contention is replaced: a process that failed is not measured again here (see execute/failures.py).
     failed = sum(r.get("status") != "ok" for r in records)
-    if remeasure and disturbed(records) and len(clean(records)) < processes - failed:
+    if remeasure and any(contended(r) for r in records) and len(clean(records)) < processes - failed:
         return True
     if precision is None:
         return False

@@ -67,9 +67,6 @@ def test_the_sides_alternate_in_one_window_and_a_planted_change_is_called(tmp_pa
         assert (b1, k1) == (b2, k2) and (s1, s2) == (("base", "new") if k1 % 2 == 0 else ("new", "base"))
     assert [k for _, b, k in started if b == "changed"][::2] == [0, 1, 2]
     for side in recs:
-        for r in recs[side]:  # the runner read the machine's speed around every process (machine/yardstick.py)
-            stick = next(m for m in r["metrics"] if m["metric"] == "yardstick")
-            assert stick["details"]["before_ms"] > 0 and stick["details"]["after_ms"] > 0
         for r in recs[side]:
             assert r["info"]["paired"] == {"with": (done.new if side == "base" else done.base).run_id, "side": side,
                                            "looks": 2, "alpha": PAIRED_ALPHA}
