@@ -26,7 +26,7 @@ def ab(
         "KEY=VALUE set in NEW's processes (a runtime's control: GLIBC_TUNABLES, OMP_WAIT_POLICY, ...); repeatable.")),
     only: list[str] = typer.Option([], "--only", help="Keep only cases matching KEY=GLOB; repeatable."),
     processes: Optional[int] = typer.Option(None, "--processes", min=3, help=(
-        "Pairs of processes per case at the first look (default: the suites'); undecided cases get as many again.")),
+        "Pairs of processes per case at the first look (default: the suites'); undecided cases get up to 3x as many.")),
     threshold: float = typer.Option(0.05, "--threshold", help="Practical threshold (0.05 = 5%)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when any series regressed."),

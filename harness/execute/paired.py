@@ -18,12 +18,12 @@ them as they read any run.
 
 The decision takes two looks. After ``processes`` rounds the runs are compared (the caller's ``judge``:
 :func:`costbench.api.ab` brings :func:`~costbench.harness.reports.compare.compare_runs`); a case with a series that is neither called nor
-shown inside +-threshold by its 95% interval gets as many rounds again and is compared once more. A
+shown inside +-threshold by its 95% interval gets rounds up to ``SECOND_LOOK`` times as many and is compared once more. A
 change is claimed at q < alpha / 2 at either look (Bonferroni over the two looks, so the level of the
 whole procedure stays alpha); ``compare`` applies that level to any pair of runs measured this way. The
 test itself is compare's: Welch's t on the log per-process medians. A t test on the pairs' log ratios
-would have 4 degrees of freedom at 5 pairs, and at q < 0.001 its critical value (8.6) costs more power
-than the drift left within one window takes away (Welch's, with about 8: 5.0).
+would have 4 degrees of freedom at 5 pairs, and at q < 0.001 its critical value (8.6, against Welch's 5.0
+with about 8) costs more than the pairing cancels (a quarter of the variance in the pilot).
 """
 
 from __future__ import annotations
@@ -43,7 +43,11 @@ from costbench.harness.results.store import RunFile
 from costbench.harness.suite.schema import Suite
 
 SIDES = ("base", "new")
-LOOKS = 2  # compared after `processes` rounds, and once more after as many again for the undecided cases
+LOOKS = 2  # compared after `processes` rounds, and once more for the undecided cases after SECOND_LOOK x as many
+# The second look's size: on the 2-vCPU VM whose processes spread by ~5% with a heavy tail (a tenth of them over 8%
+# above their case's median), a +10% change drawn from those processes is called in 71% of trials with a second
+# look at 2x the first's 5 pairs and in 92% at 3x (results/reference/2026-12-05-amd-epyc-vnni-2vcpu/power-ab/pilot.py).
+SECOND_LOOK = 3
 PAIRED_ALPHA = SIGNIFICANCE_ALPHA / LOOKS
 MIN_PAIRS = 3  # a side's interval needs 2 degrees of freedom at least
 
@@ -188,8 +192,8 @@ def run_paired(base: Side, new: Side, results_dir: Path, judge: Judge | None = N
     again = [(b, n) for b, n in measured if series_key(b) in open_keys]
     if again:
         if on_plan:
-            on_plan(len(again), 2 * sum(b.processes for b, _ in again))
-        rounds(again, lambda c: c.processes, lambda c: 2 * c.processes)
+            on_plan(len(again), 2 * (SECOND_LOOK - 1) * sum(b.processes for b, _ in again))
+        rounds(again, lambda c: c.processes, lambda c: SECOND_LOOK * c.processes)
     summaries = {side: RunSummary(ids[side], files[side].path, []) for side in SIDES}
     return PairedSummary(summaries["base"], summaries["new"], [case_label(b) for b, _ in measured],
                          [case_label(c) for c in only_base], [case_label(c) for c in only_new],
