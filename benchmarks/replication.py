@@ -547,7 +547,7 @@ def markdown(res: dict) -> str:
         out += ["## (e) Power on real cases, side by side (`costbench ab`)", "",
                 "The cases of (d), each trial one `costbench ab BASE NEW --fail-on-regression`: BASE and NEW alternate "
                 "process by process in one window, and a case still undecided after the first look (neither called "
-                "nor shown within +-5%) gets as many pairs again; a change is claimed at q < 0.001 (0.002 over the "
+                "nor shown within +-5%) gets up to 3x as many pairs; a change is claimed at q < 0.001 (0.002 over the "
                 f"two looks). Pairs at the first look: {r['processes']}"
                 f"{' (--quick: a check of the script, not a measurement)' if res.get('quick') else ''}. Power trials "
                 "(NEW planted +10%) and A/A trials (the same suite on both sides) are interleaved.", "",
