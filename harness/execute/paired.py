@@ -79,8 +79,8 @@ class PairedSummary:
     second_look: list[str] = field(default_factory=list)
 
 
-def series_key(case: Case) -> tuple:
-    """What a case is measured as in a comparison (compare's series keys, less the metric)."""
+def series_key(case: Any) -> tuple:
+    """What a case (or a compared series) is measured as in a comparison: compare's series keys, less the metric."""
     return (case.model, case.variant, case.backend, case.device, case.scenario, int(case.batch_size))
 
 
@@ -166,8 +166,9 @@ def run_paired(base: Side, new: Side, results_dir: Path, judge: Judge | None = N
     def measure(case: Case, side: str) -> None:
         if on_start:
             on_start(side, case)
+        # One process per call: the store is synced by its readers (the judge, compare), not after every process.
         out = _execute(files[side], headers[side], [case], results_dir, cache_dir, sides[side].suite.memory_limit_mb,
-                       None, None, executors[side], None, False)
+                       None, None, executors[side], None, False, sync=False)
         if on_done:
             on_done(side, out[0])
 

@@ -106,7 +106,7 @@ def _merged_outcome(outcomes: list[CaseOutcome]) -> CaseOutcome:
 
 def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], results_dir: Path, cache_dir: Path,
              memory_limit_mb: float | None, on_start, on_done, executor: Executor | None = None,
-             precision: Precision | None = None, remeasure: bool = True) -> list[CaseOutcome]:
+             precision: Precision | None = None, remeasure: bool = True, sync: bool = True) -> list[CaseOutcome]:
     """Measure ``jobs`` (one Case per process, :func:`~costbench.harness.execute.plan.interleave`); one merged outcome per case.
 
     Each process's outcome is appended to the run file as it ends. When a case's first ``processes`` are
@@ -114,7 +114,8 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
     the flag goes into that process's record. A case whose failure repeats (:func:`why_stop`) starts no
     more processes: each is recorded as not started, with why. Rounds of one more process per case
     follow for the cases that lost processes to contention, and with ``precision`` for those short of it
-    (:mod:`~costbench.harness.results.rounds`).
+    (:mod:`~costbench.harness.results.rounds`). ``sync``: bring the DuckDB store up to date at the end (a caller
+    that measures one process per call leaves it to the readers, which sync before they read).
     """
     executor = executor or LocalExecutor()
     store = Store(results_dir)
@@ -165,7 +166,8 @@ def _execute(run_file: RunFile, header: dict[str, Any], jobs: list[Case], result
             if not batch:
                 break
             index.update({c.job_id: len(index) + i for i, c in enumerate(batch)})
-    store.sync()
+    if sync:
+        store.sync()
     return [_merged_outcome(sorted(group, key=lambda o: o.case.process)) for group in by_case.values()]
 
 
