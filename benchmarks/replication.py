@@ -201,6 +201,22 @@ def planted_over_unplanted(series: dict, planted_is_new: bool) -> tuple[float, f
     return 1 / series["ratio"], 1 / series["ratio_ci_high"], 1 / series["ratio_ci_low"]
 
 
+def real_suites(work: Path, name: str, processes: int, quick: bool) -> dict[bool, Path]:
+    """REAL_SUITE unplanted (False) and with +10% planted (True), written under ``work`` as ``name-*.toml``."""
+    suites = {}
+    for planted in (False, True):
+        p = work / f"{name}-{'planted' if planted else 'base'}.toml"
+        p.write_text(REAL_SUITE.format(planted="+10%" if planted else "nothing", s=0.10 if planted else 0.0,
+                                       processes=processes, duration=0.1 if quick else 0.5))
+        suites[planted] = p
+    return suites
+
+
+def p50_series(js: dict) -> dict:
+    """A compare JSON's p50 series by backend label."""
+    return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
+
+
 def part_aa(work: Path, pairs: int, processes: int, quick: bool) -> dict:
     suite = work / "aa-smoke.toml"
     suite.write_text(AA_SUITE.format(processes=processes, **(AA_QUICK if quick else AA_FULL)))
@@ -293,25 +309,17 @@ def part_real(work: Path, trials: int, processes: int, quick: bool) -> dict:
     """Runs alternating unplanted/planted (+10% on every case). Each consecutive pair is a power trial; runs two
     apart are identical (both unplanted or both planted), so they are the A/A pairs, in the same time window."""
     out = work / "real"
-    suites = {}
-    for planted in (False, True):
-        p = work / f"real-{'planted' if planted else 'base'}.toml"
-        p.write_text(REAL_SUITE.format(planted="+10%" if planted else "nothing", s=0.10 if planted else 0.0,
-                                       processes=processes, duration=0.1 if quick else 0.5))
-        suites[planted] = p
+    suites = real_suites(work, "real", processes, quick)
     print(f"(d) real cases: {trials + 1} runs alternating unplanted/planted +10%, processes = {processes}; "
           "warming the cache...", flush=True)
     runs = alternating_runs(suites, out, work / "real-warm", trials)
-
-    def p50s(js: dict) -> dict:
-        return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
 
     power, aa = [], []
     for a, b in zip(runs, runs[1:]):
         code, js = compare(out, a["run_id"], b["run_id"], work)
         expect, sign = ("regressed", 1) if b["planted"] else ("improved", -1)
         row = {"base": a["run_id"], "new": b["run_id"], "expected": expect, "exit_code": code, "cases": {}}
-        for label, s in sorted(p50s(js).items()):
+        for label, s in sorted(p50_series(js).items()):
             ratio, lo, hi = planted_over_unplanted(s, sign > 0)
             row["cases"][label] = {"verdict": s["verdict"], "planted_over_unplanted": ratio, "ci": [lo, hi],
                                    "q": s["q_value"], "called": s["verdict"] == expect, "covers_truth": lo <= 1.10 <= hi}
@@ -325,7 +333,7 @@ def part_real(work: Path, trials: int, processes: int, quick: bool) -> dict:
                    "series": len(js["series"]), "flagged": len(flagged),
                    "flagged_series": [{"label": s["label"], "verdict": s["verdict"], "ratio": s["ratio"],
                                        "q": s["q_value"]} for s in flagged],
-                   "p50_ratios": {k: v["ratio"] for k, v in sorted(p50s(js).items())}})
+                   "p50_ratios": {k: v["ratio"] for k, v in sorted(p50_series(js).items())}})
         print(f"  A/A {a['run_id']} -> {b['run_id']}: exit {code}, {len(flagged)} of {len(js['series'])} flagged",
               flush=True)
     labels = sorted({k for r in power for k in r["cases"]})
@@ -380,22 +388,13 @@ def audit_summary(audit: list[dict]) -> dict:
 
 
 def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick: bool) -> dict:
-    """(e) The real cases of (d) measured side by side (``costbench ab``): trials alternate a power trial
-    (unplanted BASE, planted NEW) and an A/A trial (the unplanted suite on both sides), so both meet the same
-    windows. Each ab run takes its two looks; the processes of each look are counted."""
+    """(e) The real cases of (d) measured side by side (``costbench ab``): power trials (unplanted BASE, planted
+    NEW) interleaved with A/A trials (the unplanted suite on both sides), so both meet the same windows. Each ab run takes its two looks; the processes of each look are counted."""
     out = work / "real-ab"
-    suites = {}
-    for planted in (False, True):
-        p = work / f"real-ab-{'planted' if planted else 'base'}.toml"
-        p.write_text(REAL_SUITE.format(planted="+10%" if planted else "nothing", s=0.10 if planted else 0.0,
-                                       processes=processes, duration=0.1 if quick else 0.5))
-        suites[planted] = p
+    suites = real_suites(work, "real-ab", processes, quick)
     print(f"(e) real cases side by side: {trials} power and {aa_trials} A/A ab runs, processes = {processes}; "
           "warming the cache...", flush=True)
     run_suite(suites[False], work / "real-ab-warm", "--processes", "1")
-
-    def p50s(js: dict) -> dict:
-        return {s["backend"]: s for s in js["series"] if s["metric"] == LATENCY.p50}
 
     power, aa, audit = [], [], []  # audit: every process's p50 against its case's median
     # The A/A trials spread evenly among the power trials: both meet the same windows.
@@ -404,7 +403,7 @@ def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick:
         code, js, wall = ab(suites[False], suites[planted], out, work, f"{i}")
         row = {"base": js["base"]["run_id"], "new": js["new"]["run_id"], "exit_code": code, "wall_s": wall,
                "cases": {}}
-        for label, s in sorted(p50s(js).items()):
+        for label, s in sorted(p50_series(js).items()):
             row["cases"][label] = {"verdict": s["verdict"], "ratio": s["ratio"],
                                    "ci": [s["ratio_ci_low"], s["ratio_ci_high"]], "q": s["q_value"],
                                    "processes": [s["n_base"], s["n_new"]]}
