@@ -235,6 +235,7 @@ def int8_linear(
     out: np.ndarray | None = None,
     openmp: bool = False,
     activation: str | None = None,
+    residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """``y = x · Wᵀ + bias`` with ``x`` quantized per row to u8 on the fly and ``W`` int8 per channel.
 
@@ -243,6 +244,8 @@ def int8_linear(
     run on the threads of the OpenMP runtime given to :func:`use_openmp` (``Int8Linear`` does this
     inside PyTorch, whose own OpenMP threads would otherwise compete with ours for the cores).
     ``activation="gelu"``: exact (erf) GELU applied in the epilogue (within ~1e-6 relative of it).
+    ``residual`` (float32, M×N, not ``out``): added after the activation, as a transformer's skip
+    connection (bit-identical to adding it afterwards).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.k:
@@ -250,9 +253,13 @@ def int8_linear(
     m = x.shape[0]
     out = _out(out, (m, w.n), np.float32)
     ws = _vector(w_scale, w.n, np.float32, "w_scale")
+    if residual is not None:
+        residual = np.ascontiguousarray(residual, dtype=np.float32)
+        if residual.shape != (m, w.n):
+            raise ValueError(f"residual must be {m}×{w.n} (the output's shape), got {residual.shape}")
     _gemm.linear(ISA_IDS[w.isa], x, m, w.k, w.k, w.data, w.n, w.colsum, ws,
                  _vector(bias, w.n, np.float32, "bias"), out, threads or default_threads(), None, None, openmp,
-                 ACTIVATIONS[activation])
+                 ACTIVATIONS[activation], residual)
     return out
 
 

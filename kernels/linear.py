@@ -7,8 +7,9 @@ a zero point; quantization, the exact int8 GEMM and the fp32 epilogue
 Inference only: no gradients.
 
 :func:`swap_linear_layers` also fuses what BERT-style encoders run back to back: the query, key and
-value projections of a layer become one GEMM (:class:`FusedInt8Linear`, bit-identical to three), and
-the intermediate dense layer takes its GELU into the epilogue.
+value projections of a layer become one GEMM (:class:`FusedInt8Linear`, bit-identical to three), the
+intermediate dense layer takes its GELU into the epilogue, and the output blocks take the skip
+connection's add (:class:`Int8ResidualOutput`, bit-identical to adding after).
 """
 
 from __future__ import annotations
@@ -109,9 +110,19 @@ class Int8Linear(nn.Module):
     def isa(self) -> str:
         return self.packed.isa
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(x·Wᵀ + b)``, plus ``residual`` (a skip connection, shaped as the output) when given.
+
+        On the CPU in float32 the residual is added in the epilogue, bit-identical to adding it after.
+        """
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dimension {self.in_features}, got {tuple(x.shape)}")
+        if residual is not None:
+            expected = (*x.shape[:-1], self.out_features)
+            if tuple(residual.shape) != expected:
+                raise ValueError(f"residual: expected shape {expected}, got {tuple(residual.shape)}")
+            if x.is_cuda or x.dtype != torch.float32 or residual.dtype != torch.float32 or residual.is_cuda:
+                return self.forward(x) + residual  # the unfused sum, in the caller's dtype and device
         if x.is_cuda:  # on an NVIDIA GPU: the Triton int8 GEMM (costbench.kernels.gpu.linear)
             from costbench.kernels.gpu.linear import forward_from_int8
 
@@ -125,12 +136,13 @@ class Int8Linear(nn.Module):
             x2 = x2.contiguous()
         m = x2.shape[0]
         y = torch.empty((m, self.out_features), dtype=torch.float32)
+        res = None if residual is None else residual.detach().reshape(m, self.out_features).contiguous().numpy()
         # costbench.kernels.gemm.int8_linear without its argument checks (every operand here is already
         # float32, contiguous and of the right length): the same C call, a few microseconds less per layer
         pw = self.packed
         _gemm.linear(ISA_IDS[pw.isa], x2.numpy(), m, pw.k, pw.k, pw.data, pw.n, pw.colsum, self.w_scale,
                      self.bias_f32, y.numpy(), self.threads or default_threads(), None, None,
-                     torch_openmp_runtime() is not None, ACTIVATIONS[self.activation])
+                     torch_openmp_runtime() is not None, ACTIVATIONS[self.activation], res)
         y = y.view(*lead, self.out_features)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
@@ -209,6 +221,48 @@ class Int8LinearPart(nn.Module):
 QKV_NAMES = ("query", "key", "value")  # BERT-family self-attention (transformers' naming)
 
 
+class Int8ResidualOutput(nn.Module):
+    """A BERT-style output block, ``LayerNorm(dropout(dense(h)) + input)``, with the skip connection's add
+    in the int8 dense layer's epilogue (in eval mode, where dropout is the identity): one pass over the
+    output less per block. Same attribute names as the block it replaces (transformers' BertSelfOutput
+    and BertOutput); called as they are, ``(hidden_states, input_tensor)``.
+    """
+
+    def __init__(self, dense: Int8Linear, dropout: nn.Module, layer_norm: nn.Module):
+        super().__init__()
+        self.dense = dense
+        self.dropout = dropout
+        self.LayerNorm = layer_norm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        if self.training:  # dropout acts between the layer and the add
+            return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+        return self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
+
+
+def _is_residual_output(block: nn.Module) -> bool:
+    """True for a block with ``dense``, ``dropout`` and ``LayerNorm`` whose forward(h, input) computes
+    ``LayerNorm(dropout(dense(h)) + input)``: checked by running it (in eval mode, on random inputs)
+    against that formula, so a block named alike that computes something else is left alone."""
+    dense, drop, norm = (getattr(block, n, None) for n in ("dense", "dropout", "LayerNorm"))
+    if type(dense) is not nn.Linear or not isinstance(drop, nn.Dropout) or not isinstance(norm, nn.LayerNorm):
+        return False
+    if set(dict(block.named_children())) != {"dense", "dropout", "LayerNorm"}:
+        return False
+    was_training = block.training
+    block.eval()
+    try:
+        gen = torch.Generator().manual_seed(0)  # a fixed probe: whether a block qualifies never varies
+        h = torch.randn(3, dense.in_features, generator=gen, dtype=dense.weight.dtype)
+        r = torch.randn(3, dense.out_features, generator=gen, dtype=dense.weight.dtype)
+        with torch.no_grad():
+            return bool(torch.equal(block(h, r), norm(dense(h) + r)))
+    except Exception:  # another signature or shape contract: not this pattern
+        return False
+    finally:
+        block.train(was_training)
+
+
 def _exact_gelu(act: nn.Module) -> bool:
     """True for an activation module that is exact (erf) GELU: what the fused epilogue computes."""
     if isinstance(act, nn.GELU):
@@ -217,13 +271,22 @@ def _exact_gelu(act: nn.Module) -> bool:
 
 
 def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -> list[str]:
-    """Fuse Q/K/V projections and dense+GELU pairs inside ``module`` (in place); the layers' names."""
+    """Fuse Q/K/V projections, dense+GELU pairs and dense+skip-connection blocks inside ``module`` (in
+    place); the layers' names."""
     def eligible(lin: Any) -> bool:
         return type(lin) is nn.Linear and min(lin.in_features, lin.out_features) >= min_features
 
     fused: list[str] = []
+    blocks = dict(module.named_modules())
     for name, child in list(module.named_modules()):
         prefix = f"{name}." if name else ""
+        if name and eligible(getattr(child, "dense", None)) and _is_residual_output(child):
+            # BertSelfOutput / BertOutput: the skip connection's add moves into the dense layer's epilogue
+            parent_name, _, attr = name.rpartition(".")
+            setattr(blocks[parent_name], attr, Int8ResidualOutput(
+                Int8Linear.from_linear(child.dense, isa=isa, threads=threads), child.dropout, child.LayerNorm))
+            fused.append(prefix + "dense")
+            continue
         parts = [getattr(child, n, None) for n in QKV_NAMES]
         if all(eligible(p) for p in parts) and len({p.in_features for p in parts}) == 1 \
                 and len({p.bias is None for p in parts}) == 1:
@@ -248,7 +311,9 @@ def swap_linear_layers(module: nn.Module, *, isa: str | None = None, threads: in
     Layers with fewer than ``min_features`` input or output features stay fp32. With ``fuse``, a
     module's ``query``/``key``/``value`` Linears become one :class:`FusedInt8Linear` and a ``dense``
     Linear followed by an exact-GELU ``intermediate_act_fn`` gets the GELU in its epilogue (that
-    module's activation becomes ``nn.Identity``). Returns the qualified names of the layers swapped.
+    module's activation becomes ``nn.Identity``), and a BERT-style output block (``LayerNorm(dropout(
+    dense(h)) + input)``) becomes an :class:`Int8ResidualOutput` that adds the input in the epilogue.
+    Returns the qualified names of the layers swapped.
     ``module`` itself, if a Linear, is not replaced (the caller holds the reference); wrap it in a
     container first.
     """

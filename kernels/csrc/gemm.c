@@ -474,6 +474,14 @@ __attribute__((target("avx512f,fma"))) static void gelu_rows_avx512(float *y, in
 }
 #endif
 
+/* y += r over M rows of N (both row stride N): the epilogue's residual for the paths whose micro-kernel
+ * does not add it (avx2, generic, amx), once the GEMM (and GELU) is done. One IEEE add per element, as
+ * the avx512vnni epilogue and as torch's `y + r`, so every path gives the same bits. */
+static void add_rows(float *y, const float *r, int64_t M, int64_t N) {
+    const int64_t n = M * N;
+    for (int64_t i = 0; i < n; i++) y[i] += r[i];
+}
+
 /* GELU in place over M rows of N (row stride ld): the epilogue's activation for the paths whose
  * micro-kernel does not apply it (avx2, generic, amx), run once the GEMM is done. */
 static void gelu_rows(float *y, int64_t M, int64_t N, int64_t ld) {
@@ -514,6 +522,8 @@ typedef struct {
     volatile int failed; /* a worker could not get scratch memory */
     int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
     int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni path; others: gelu_rows) */
+    const float *residual; /* M x N (row stride N) added after the activation, or NULL (avx512vnni path;
+                              others: add_rows) */
 } gemm_t;
 
 static inline int32_t row_offset(const gemm_t *g, int64_t i) {
@@ -1282,6 +1292,8 @@ static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t
             if (e.row_scale) y = _mm512_mul_ps(y, _mm512_set1_ps(row_sc[r]));                         \
             y = _mm512_fmadd_ps(y, sc, bi);                                                           \
             if (e.act == ACT_GELU) y = gelu512(y);                                                    \
+            if (e.residual)                                                                           \
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, e.residual + (i0 + r) * e.N + n));      \
             _mm512_mask_storeu_ps((float *)e.out + (i0 + r) * e.ldo + n, m, y);                       \
         } else {                                                                                      \
             _mm512_mask_storeu_epi32((int32_t *)e.out + (i0 + r) * e.ldo + n, m, acc);                \
@@ -1301,7 +1313,7 @@ static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t
 /* The epilogue's operands, copied out of the gemm_t once per call of v2_tiles. */
 typedef struct {
     const int32_t *colsum, *row_zp;
-    const float *row_scale, *col_scale, *bias;
+    const float *row_scale, *col_scale, *bias, *residual;
     void *out;
     int64_t ldo, N;
     int32_t global_off;
@@ -1317,8 +1329,8 @@ VNNI_TARGET ALWAYS_INLINE void v2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
     const int8_t *bpanel = (const int8_t *)g->bp + p * g->Kp * V2_NR;
     const int64_t ngroups = g->Kp / 4, n0 = p * V2_NR;
     const __m512i z = _mm512_setzero_si512();
-    const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->out, g->ldo, g->N,
-                      g->global_off, g->out_f32, g->act};
+    const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->residual, g->out, g->ldo,
+                      g->N, g->global_off, g->out_f32, g->act};
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * V2_MR;
         const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
@@ -1925,28 +1937,33 @@ out:
     return ret;
 }
 
-/* linear(isa, x_f32, M, K, ldx, bp, N, colsum, w_scale, bias|None, out_f32, threads, qscales|None, qzps|None)
- * Dynamic per-token quantization of x to u8, the GEMM and the fp32 epilogue in one call. qscales /
- * qzps, when given, receive the per-row scales and zero points (for tests). */
+/* linear(isa, x_f32, M, K, ldx, bp, N, colsum, w_scale, bias|None, out_f32, threads, qscales|None, qzps|None
+ *        [, openmp, act, residual|None])
+ * Dynamic per-token quantization of x to u8, the GEMM and the fp32 epilogue in one call:
+ * out = act(x·w·scales + bias) + residual. qscales / qzps, when given, receive the per-row scales and
+ * zero points (for tests). residual (M x N float32) must not overlap out. */
 static PyObject *py_linear(PyObject *self, PyObject *args) {
     (void)self;
     int isa, threads;
     long long M, K, ldx, N;
-    PyObject *o_bias, *o_qs, *o_qz;
-    Py_buffer vx, vbp, vcs, vws, vout, vb, vqs, vqz;
+    PyObject *o_bias, *o_qs, *o_qz, *o_res = Py_None;
+    Py_buffer vx, vbp, vcs, vws, vout, vb, vqs, vqz, vres;
     memset(&vb, 0, sizeof(vb));
+    memset(&vres, 0, sizeof(vres));
     memset(&vqs, 0, sizeof(vqs));
     memset(&vqz, 0, sizeof(vqz));
     int openmp = 0, act = ACT_NONE;
-    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO|pi", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias,
-                          &vout, &threads, &o_qs, &o_qz, &openmp, &act))
+    if (!PyArg_ParseTuple(args, "iy*LLLy*Ly*y*Ow*iOO|piO", &isa, &vx, &M, &K, &ldx, &vbp, &N, &vcs, &vws, &o_bias,
+                          &vout, &threads, &o_qs, &o_qz, &openmp, &act, &o_res))
         return NULL;
     PyObject *ret = NULL;
     uint8_t *qbuf = NULL;
     float *scales = NULL;
     int32_t *zps = NULL;
     if (parse_isa(isa) < 0) goto out;
-    if (opt_buffer(o_bias, &vb, 0) < 0 || opt_buffer(o_qs, &vqs, 1) < 0 || opt_buffer(o_qz, &vqz, 1) < 0) goto out;
+    if (opt_buffer(o_bias, &vb, 0) < 0 || opt_buffer(o_qs, &vqs, 1) < 0 || opt_buffer(o_qz, &vqz, 1) < 0 ||
+        opt_buffer(o_res, &vres, 0) < 0)
+        goto out;
     if (M < 0 || K < 1 || N < 1 || ldx < K || K >= (1LL << 17)) {
         PyErr_SetString(PyExc_ValueError, "linear: need M >= 0, 1 <= K < 2^17, N >= 1, ldx >= K");
         goto out;
@@ -1959,8 +1976,14 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
         need_bytes(&vbp, packed_bytes(isa, K, N), "packed b") < 0 || need_bytes(&vcs, N * 4, "colsum") < 0 ||
         need_bytes(&vws, N * 4, "w_scale") < 0 || (vb.buf && need_bytes(&vb, N * 4, "bias") < 0) ||
         need_bytes(&vout, M * N * 4, "out") < 0 || (vqs.buf && need_bytes(&vqs, M * 4, "qscales") < 0) ||
-        (vqz.buf && need_bytes(&vqz, M * 4, "qzps") < 0))
+        (vqz.buf && need_bytes(&vqz, M * 4, "qzps") < 0) || (vres.buf && need_bytes(&vres, M * N * 4, "residual") < 0))
         goto out;
+    if (vres.buf && M > 0 && (const char *)vres.buf < (const char *)vout.buf + M * N * 4 &&
+        (const char *)vout.buf < (const char *)vres.buf + M * N * 4) {
+        /* the paths that add it after the GEMM would read what they had just written */
+        PyErr_SetString(PyExc_ValueError, "linear: residual must not overlap out");
+        goto out;
+    }
     if (isa != ISA_GENERIC && ((uintptr_t)vbp.buf % 64) != 0) {
         PyErr_SetString(PyExc_ValueError, "linear: packed b must be 64-byte aligned");
         goto out;
@@ -1994,6 +2017,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.ldo = N;
             g.openmp_team = openmp;
             g.act = act;
+            g.residual = (const float *)vres.buf;
             failed = v2_gemm(&g, NULL, 0, 1, (const float *)vx.buf, ldx, scales, zps, threads) != 0;
             if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
             if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
@@ -2018,6 +2042,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.ldo = N;
             failed = gemm_driver(&g, qbuf, K, 1, threads) != 0;
             if (!failed && act == ACT_GELU) gelu_rows((float *)vout.buf, M, N, N);
+            if (!failed && vres.buf) add_rows((float *)vout.buf, (const float *)vres.buf, M, N);
             if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
             if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
         }
@@ -2040,6 +2065,7 @@ out:
     if (vb.obj) PyBuffer_Release(&vb);
     if (vqs.obj) PyBuffer_Release(&vqs);
     if (vqz.obj) PyBuffer_Release(&vqz);
+    if (vres.obj) PyBuffer_Release(&vres);
     return ret;
 }
 

@@ -1,4 +1,5 @@
-"""Fusions in swap_linear_layers: Q/K/V as one GEMM (bit-identical to three) and GELU in the epilogue."""
+"""Fusions in swap_linear_layers: Q/K/V as one GEMM (bit-identical to three), GELU in the epilogue, and the
+skip connection's add in the epilogue (bit-identical to adding after)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 from torch import nn
 
 from costbench.kernels import _gemm, gemm
-from costbench.kernels.linear import FusedInt8Linear, Int8Linear, Int8LinearPart, swap_linear_layers
+from costbench.kernels.linear import (FusedInt8Linear, Int8Linear, Int8LinearPart, Int8ResidualOutput,
+                                     swap_linear_layers)
 
 
 class _Attention(nn.Module):
@@ -131,6 +133,7 @@ def test_swap_fuses_a_bert_encoder(seed):
     assert isinstance(layer.attention.self.query.fused, FusedInt8Linear)
     assert layer.intermediate.dense.activation == "gelu"
     assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
+    assert isinstance(layer.attention.output, Int8ResidualOutput) and isinstance(layer.output, Int8ResidualOutput)
     with torch.inference_mode():
         ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state
         a = apart(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -143,3 +146,70 @@ def test_swap_fuses_a_bert_encoder(seed):
     loaded = torch.load(buf, weights_only=False)
     with torch.inference_mode():
         assert torch.equal(loaded(input_ids=ids, attention_mask=mask).last_hidden_state, b)
+
+
+@pytest.mark.parametrize("isa", gemm.supported_isas())
+@pytest.mark.parametrize("activation", [None, "gelu"])
+def test_residual_epilogue_is_bit_identical_to_adding_after(isa, activation, seed):
+    torch.manual_seed(seed)
+    lin = nn.Linear(384, 384 - 16 * (isa == "avx2") - 3)  # a tail panel and a tail vector
+    layer = Int8Linear.from_linear(lin, isa=isa, activation=activation)
+    for m in (1, 13, 512):
+        x = torch.randn(2, m, 384)
+        r = torch.randn(2, m, lin.out_features) * 5
+        with torch.inference_mode():
+            assert torch.equal(layer(x, residual=r), layer(x) + r), f"isa={isa} m={m}"
+            # the numpy entry point: the same bits
+            y = gemm.int8_linear(x[0].numpy(), layer.packed, layer.w_scale, layer.bias_f32,
+                                 activation=activation, residual=r[0].numpy())
+            assert np.array_equal(y, (layer(x[0]) + r[0]).numpy())
+
+
+def test_residual_checked(seed):
+    torch.manual_seed(seed)
+    layer = Int8Linear.from_linear(nn.Linear(16, 24))
+    x = torch.randn(5, 16)
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        layer(x, residual=torch.randn(5, 16))
+    with pytest.raises(ValueError, match=r"residual must be 5×24"):
+        gemm.int8_linear(x.numpy(), layer.packed, layer.w_scale, residual=np.zeros((24, 5), np.float32))
+    out = np.empty((5, 24), np.float32)
+    with pytest.raises(ValueError, match="overlap"):
+        gemm.int8_linear(x.numpy(), layer.packed, layer.w_scale, out=out, residual=out)
+    # another dtype: the unfused sum in that dtype
+    r16 = torch.randn(5, 24, dtype=torch.bfloat16)
+    assert torch.equal(layer(x, residual=r16), layer(x) + r16)
+
+
+class _PostNormBlock(nn.Module):
+    """BertOutput's layout: LayerNorm(dropout(dense(h)) + input)."""
+
+    def __init__(self, k: int, n: int):
+        super().__init__()
+        self.dense, self.dropout, self.LayerNorm = nn.Linear(k, n), nn.Dropout(0.1), nn.LayerNorm(n)
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class _LookAlikeBlock(_PostNormBlock):
+    """Named and built alike, but normalises before the add: must not be fused."""
+
+    def forward(self, hidden_states, input_tensor):
+        return self.LayerNorm(self.dense(hidden_states)) + input_tensor
+
+
+def test_residual_block_fused_only_where_it_computes_the_pattern(seed):
+    torch.manual_seed(seed)
+    model = nn.ModuleDict({"post": _PostNormBlock(64, 48), "alike": _LookAlikeBlock(64, 48)}).eval()
+    apart, fused = copy.deepcopy(model), copy.deepcopy(model)
+    swap_linear_layers(apart, fuse=False)
+    names = swap_linear_layers(fused)
+    assert sorted(names) == ["alike.dense", "post.dense"]
+    assert isinstance(fused["post"], Int8ResidualOutput) and type(fused["alike"]) is _LookAlikeBlock
+    h, r = torch.randn(7, 64), torch.randn(7, 48)
+    with torch.inference_mode():
+        for key in ("post", "alike"):
+            assert torch.equal(fused[key](h, r), apart[key](h, r)), key
+    fused.train()  # dropout between the layer and the add again: the unfused path, still running
+    assert fused["post"](h, r).shape == (7, 48)
