@@ -134,10 +134,11 @@ def measure_peaks(threads: int) -> dict[str, dict[int, float]]:
 # ------------------------------------------------------------------------------------ MiniLM end to end
 
 
-def int8_variants(fp32_module, threads: int):
+def int8_variants(fp32_module, threads: int, fuse: bool = True):
     """(fp32 module, torch dynamic int8 module, costbench-kernels module, swapped layers) from an fp32 module.
 
     ``fp32_module`` is left as it is apart from ``eval()``; the two int8 modules are deep copies of it.
+    ``fuse``: swap_linear_layers' fusions in the costbench-kernels module.
     """
     import copy
 
@@ -149,7 +150,7 @@ def int8_variants(fp32_module, threads: int):
     fp32 = fp32_module.eval()
     tq = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
     ours = copy.deepcopy(fp32)
-    swapped = swap_linear_layers(ours, threads=threads)
+    swapped = swap_linear_layers(ours, threads=threads, fuse=fuse)
     return fp32, tq, ours, swapped
 
 
@@ -162,7 +163,8 @@ def first_batch(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarr
 
 def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch: int, rounds: int,
                  min_time: float, rng: np.random.Generator) -> dict:
-    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels.
+    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels (with
+    swap_linear_layers' fusions, and without them: what the fusions are worth, measured in the same rounds).
 
     ``fp32_module`` is the fp32 sentence embedder (a torch module called with the input arrays as keyword
     tensors); ``inputs`` are its sample arrays keyed by input name: parity is taken over all of them, speed
@@ -170,14 +172,21 @@ def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch
     """
     import torch
 
+    import copy
+
+    from costbench.kernels.linear import swap_linear_layers
+
     fp32, tq, ours, swapped = int8_variants(fp32_module, threads)
+    apart = copy.deepcopy(fp32)
+    swap_linear_layers(apart, threads=threads, fuse=False)
     batched = {k: torch.from_numpy(v) for k, v in first_batch(inputs, batch).items()}
     everything = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.inference_mode():
         ref = fp32(**everything).numpy()
-        embs = {"torch dynamic int8": tq(**everything).numpy(), "costbench-kernels": ours(**everything).numpy()}
+        embs = {"torch dynamic int8": tq(**everything).numpy(), "costbench-kernels": ours(**everything).numpy(),
+                "costbench-kernels unfused": apart(**everything).numpy()}
         fns = {"torch fp32": lambda: fp32(**batched), "torch dynamic int8": lambda: tq(**batched),
-               "costbench-kernels": lambda: ours(**batched)}
+               "costbench-kernels": lambda: ours(**batched), "costbench-kernels unfused": lambda: apart(**batched)}
         times = time_interleaved(fns, rounds, min_time, rng)
     parity = {}
     for name, e in embs.items():

@@ -34,9 +34,3 @@ costbench env > "$out/env.txt"
 costbench kernels validate --threads 2 > "$out/kernels-validate.txt"
 costbench kernels bench --threads 2 --rounds 11 --no-minilm --json "$out/kernels-bench.json" > "$out/kernels-bench.txt" 2>&1
 { date -u; uptime; top -bn1 | head -15; } > "$out/load-after.txt"
-# MiniLM end to end: 21 interleaved rounds of 0.2 s (5 rounds of 0.05 s are too wide to decide 1.2x), beside
-# the quick GEMM shapes
-git rev-parse HEAD > "$out/commit-minilm.txt"
-costbench kernels bench --threads 2 --quick --rounds 21 --min-time 0.2 --json "$out/kernels-bench-minilm.json" \
-  > "$out/kernels-bench-minilm.txt" 2>&1
-{ date -u; uptime; top -bn1 | head -15; } > "$out/load-after-minilm.txt"
