@@ -389,7 +389,8 @@ def audit_summary(audit: list[dict]) -> dict:
 
 def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick: bool) -> dict:
     """(e) The real cases of (d) measured side by side (``costbench ab``): power trials (unplanted BASE, planted
-    NEW) interleaved with A/A trials (the unplanted suite on both sides), so both meet the same windows. Each ab run takes its two looks; the processes of each look are counted."""
+    NEW) interleaved with A/A trials (the unplanted suite on both sides), so both meet the same windows. Each ab run
+    takes its looks; the cases that reached each look are counted."""
     out = work / "real-ab"
     suites = real_suites(work, "real-ab", processes, quick)
     print(f"(e) real cases side by side: {trials} power and {aa_trials} A/A ab runs, processes = {processes}; "
@@ -424,6 +425,7 @@ def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick:
                    "trials": sum(k in r["cases"] for r in power),
                    "covers_1.10": sum(r["cases"][k]["covers_truth"] for r in power if k in r["cases"]),
                    "second_look": sum(r["cases"][k]["processes"][1] > processes for r in power if k in r["cases"]),
+                   "third_look": sum(r["cases"][k]["processes"][1] > 3 * processes for r in power if k in r["cases"]),
                    "ratio_median": float(np.median([r["cases"][k]["ratio"] for r in power if k in r["cases"]]))}
                for k in labels}
     series = sum(len(r["cases"]) for r in aa)
@@ -432,6 +434,7 @@ def part_real_ab(work: Path, trials: int, aa_trials: int, processes: int, quick:
             "called": sum(v["called"] for v in by_case.values()), "case_trials": sum(v["trials"] for v in by_case.values()),
             "aa_exit_0": sum(r["exit_code"] == 0 for r in aa), "aa_series": series, "aa_flagged": flagged,
             "aa_second_look": sum(v["processes"][1] > processes for r in aa for v in r["cases"].values()),
+            "aa_third_look": sum(v["processes"][1] > 3 * processes for r in aa for v in r["cases"].values()),
             "wall_s": {"power": float(np.median([r["wall_s"] for r in power])),
                        "aa": float(np.median([r["wall_s"] for r in aa]))}, "nominal_fdr": NOMINAL_FDR}
 
@@ -545,18 +548,20 @@ def markdown(res: dict) -> str:
         r = res["real_ab"]
         out += ["## (e) Power on real cases, side by side (`costbench ab`)", "",
                 "The cases of (d), each trial one `costbench ab BASE NEW --fail-on-regression`: BASE and NEW alternate "
-                "process by process in one window, and a case still undecided after the first look (neither called "
-                "nor shown within +-5%) gets up to 3x as many pairs; a change is claimed at q < 0.001 (0.002 over the "
-                f"two looks). Pairs at the first look: {r['processes']}"
+                "process by process in one window, and a case still undecided after a look (neither called nor shown "
+                "within +-5%) gets the next: looks at 1x, 3x and 5x the first's pairs; a change is claimed at "
+                "q < 0.002/3 at each look (0.002 over the three; before three looks were built, two looks at q < 0.001 "
+                f"each). Pairs at the first look: {r['processes']}"
                 f"{' (--quick: a check of the script, not a measurement)' if res.get('quick') else ''}. Power trials "
                 "(NEW planted +10%) and A/A trials (the same suite on both sides) are interleaved.", "",
                 f"- +10% called regressed: **{r['called']} of {r['case_trials']}** case-trials (goal >= 90%).",
                 *[f"  - {k}: {v['called']} of {v['trials']}; median ratio x{v['ratio_median']:.3f}; interval covered "
-                  f"1.10 in {v['covers_1.10']} of {v['trials']}; second look in {v['second_look']}"
+                  f"1.10 in {v['covers_1.10']} of {v['trials']}; second look in {v['second_look']}, third in "
+                  f"{v.get('third_look', 0)}"
                   for k, v in r["by_case"].items()],
                 f"- A/A: exit 0 in **{r['aa_exit_0']} of {len(r['aa'])} trials**; series flagged {r['aa_flagged']} of "
-                f"{r['aa_series']} (nominal FDR {r['nominal_fdr']:.1%}); second look in {r['aa_second_look']} of "
-                f"{r['aa_series']}.",
+                f"{r['aa_series']} (nominal FDR {r['nominal_fdr']:.1%}); second look in {r['aa_second_look']}, third in "
+                f"{r.get('aa_third_look', 0)} of {r['aa_series']}.",
                 "- Processes (p50 over their case's median in their run): 95th percentile x{p95:.3f}, largest x{mx:.3f}; "
                 "{over_8pct} of {processes} more than 8% above it, {over_8pct_contended} of those contended "
                 "(cpu_contention); {contended} contended in all.".format(

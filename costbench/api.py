@@ -164,12 +164,12 @@ def ab(base: SuiteSource, new: SuiteSource | None = None, out: str | Path = "res
     go over both suites (``processes=8``). Callbacks: see :func:`~costbench.harness.execute.paired.run_paired`. Raises SuiteError, and PairingError when the sides cannot be paired.
     """
     from costbench.harness.execute.paired import Side, run_paired, series_key
-    from costbench.harness.reports.compare import compare_runs, needs_second_look
+    from costbench.harness.reports.compare import compare_runs, needs_another_look
     from costbench.harness.reports.data import load_selection
 
     def judge(base_id: str, new_id: str) -> set[tuple]:
         result = compare_runs(load_selection([Path(out)], [base_id, new_id]), base_id, new_id, threshold=threshold)
-        return {series_key(s) for s in result.series if needs_second_look(s, threshold)}
+        return {series_key(s) for s in result.series if needs_another_look(s, threshold)}
 
     envs = {"base": dict(base_env or {}), "new": dict(new_env or {})}
     if new is None and base_python == new_python and envs["base"] == envs["new"]:

@@ -26,7 +26,8 @@ def ab(
         "KEY=VALUE set in NEW's processes (a runtime's control: GLIBC_TUNABLES, OMP_WAIT_POLICY, ...); repeatable.")),
     only: list[str] = typer.Option([], "--only", help="Keep only cases matching KEY=GLOB; repeatable."),
     processes: Optional[int] = typer.Option(None, "--processes", min=3, help=(
-        "Pairs of processes per case at the first look (default: the suites'); undecided cases get up to 3x as many.")),
+        "Pairs of processes per case at the first look (default: the suites'); undecided cases get up to 3x, "
+        "then 5x as many.")),
     threshold: float = typer.Option(0.05, "--threshold", help="Practical threshold (0.05 = 5%)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Artifact cache (default $COSTBENCH_CACHE_DIR or ~/.cache/costbench)."),
     fail_on_regression: bool = typer.Option(False, "--fail-on-regression", help="Exit 1 when any series regressed."),
@@ -34,7 +35,7 @@ def ab(
     markdown_out: Optional[Path] = typer.Option(None, "--markdown", help="Also write it as Markdown."),
 ) -> None:
     """Measure BASE and NEW alternately, process by process, in one window, and compare them: the machine's
-    drift between windows cancels. Cases still undecided after the first look get a second."""
+    drift between windows cancels. Cases still undecided after a look get the next (up to three)."""
     import costbench.api as api
     from costbench.commands.reports import console, show_comparison
     from costbench.harness.execute.paired import PairingError
@@ -56,7 +57,7 @@ def ab(
             looks.append(cases)
             total = (progress.tasks[task].total or 0) + jobs
             progress.update(task, total=total)
-            which = "first look" if len(looks) == 1 else "second look, for the undecided cases"
+            which = "first look" if len(looks) == 1 else f"look {len(looks)}, for the undecided cases"
             progress.console.print(f"[bold]{which}[/]: {cases} cases, {jobs} processes, BASE and NEW alternating "
                                    f"-> {out}/")
 

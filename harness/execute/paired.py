@@ -16,12 +16,14 @@ backend label, device, scenario, batch size). Each side is an ordinary run file 
 carry ``info["paired"]`` (the other run, the side, the rule), so ``compare``, reports and stores read
 them as they read any run.
 
-The decision takes two looks. After ``processes`` rounds the runs are compared (the caller's ``judge``:
-:func:`costbench.api.ab` brings :func:`~costbench.harness.reports.compare.compare_runs`); a case with a series that is neither called nor
-shown inside +-threshold by its 95% interval gets rounds up to ``SECOND_LOOK`` times as many and is compared once more. A
-change is claimed at q < alpha / 2 at either look (Bonferroni over the two looks, so the level of the
-whole procedure stays alpha); ``compare`` applies that level to any pair of runs measured this way. The
-test itself is compare's: Welch's t on the log per-process medians. A t test on the pairs' log ratios
+The decision takes up to three looks, after ``processes``, 3x and 5x as many rounds (``LOOK_ROUNDS``). At
+each look the runs are compared (the caller's ``judge``: :func:`costbench.api.ab` brings
+:func:`~costbench.harness.reports.compare.compare_runs`); only a case with a series that is neither called
+nor shown inside +-threshold by its 95% interval gets the next look's rounds. A change is claimed at
+q < alpha / 3 at any look (Bonferroni over the looks, so the level of the whole procedure stays alpha);
+``compare`` applies that level to any pair of runs measured this way. A clear change or a clear tie stops
+early; samples go where the decision needs them. The test itself is compare's: Welch's t on the log
+per-process medians (Yuen's trimmed t and a rank test were no more powerful in the pilot). A t test on the pairs' log ratios
 would have 4 degrees of freedom at 5 pairs, and at q < 0.001 its critical value (8.6, against Welch's 5.0
 with about 8) costs more than the pairing cancels (a quarter of the variance in the pilot).
 """
@@ -43,11 +45,13 @@ from costbench.harness.results.store import RunFile
 from costbench.harness.suite.schema import Suite
 
 SIDES = ("base", "new")
-LOOKS = 2  # compared after `processes` rounds, and once more for the undecided cases after SECOND_LOOK x as many
-# The second look's size: on the 2-vCPU VM whose processes spread by ~5% with a heavy tail (a tenth of them over 8%
-# above their case's median), a +10% change drawn from those processes is called in 71% of trials with a second
-# look at 2x the first's 5 pairs and in 92% at 3x (results/reference/2026-12-05-amd-epyc-vnni-2vcpu/power-ab/pilot.py).
-SECOND_LOOK = 3
+# The looks, in multiples of `processes` rounds. On the 2-vCPU VM whose processes spread by ~5% with a heavy tail (a
+# tenth of them over 8% above their case's median), a +10% change drawn from those processes is called in 91% of
+# trials with looks at 1x and 3x (measured on real cases on a noisier day: 80%), and in 99% with a third look at 5x,
+# 95% when the spread is a quarter wider; that costs 14-17 pairs a case on average, where a second look at 5x alone
+# costs 22 (results/reference/2026-12-05-amd-epyc-vnni-2vcpu/power-ab-robust/pilot.py).
+LOOK_ROUNDS = (1, 3, 5)
+LOOKS = len(LOOK_ROUNDS)
 PAIRED_ALPHA = SIGNIFICANCE_ALPHA / LOOKS
 MIN_PAIRS = 3  # a side's interval needs 2 degrees of freedom at least
 
@@ -69,14 +73,20 @@ class Side:
 
 @dataclass
 class PairedSummary:
-    """The two runs, and what was measured: the matched cases, those only one side has, the second look."""
+    """The two runs, and what was measured: the matched cases, those only one side has, and the cases each look
+    after the first measured again (``more_looks[0]``: the second look's, ...)."""
 
     base: RunSummary
     new: RunSummary
     matched: list[str]
     only_base: list[str] = field(default_factory=list)
     only_new: list[str] = field(default_factory=list)
-    second_look: list[str] = field(default_factory=list)
+    more_looks: list[list[str]] = field(default_factory=list)
+
+    @property
+    def second_look(self) -> list[str]:
+        """The cases measured beyond the first look."""
+        return self.more_looks[0] if self.more_looks else []
 
 
 def series_key(case: Any) -> tuple:
@@ -117,17 +127,17 @@ OnProcess = Callable[[str, Case], None]
 OnOutcome = Callable[[str, CaseOutcome], None]
 
 
-#: After the first look: (BASE run id, NEW run id) -> the series keys (:func:`series_key`) still undecided.
+#: After a look: (BASE run id, NEW run id) -> the series keys (:func:`series_key`) still undecided.
 Judge = Callable[[str, str], set[tuple]]
 
 
 def run_paired(base: Side, new: Side, results_dir: Path, judge: Judge | None = None, cache_dir: Path | None = None,
                only: list[dict[str, str]] | None = None, on_start: OnProcess | None = None,
                on_done: OnOutcome | None = None, on_plan: Callable[[int, int], None] | None = None) -> PairedSummary:
-    """Measure BASE and NEW's matched cases alternately in one window, in two looks; two run files.
+    """Measure BASE and NEW's matched cases alternately in one window, in up to ``LOOKS`` looks; two run files.
 
-    ``judge`` compares the runs after the first look (the comparison is a report's: the caller brings it;
-    None: no second look). ``on_start(side, case)`` before each process, ``on_done(side, outcome)`` after;
+    ``judge`` compares the runs after each look but the last (the comparison is a report's: the caller brings
+    it; None: the first look only). ``on_start(side, case)`` before each process, ``on_done(side, outcome)`` after;
     ``on_plan(cases, processes)`` before each look. Raises :class:`PairingError`.
     """
     for side in (base, new):
@@ -189,13 +199,16 @@ def run_paired(base: Side, new: Side, results_dir: Path, judge: Judge | None = N
     if on_plan:
         on_plan(len(measured), 2 * sum(b.processes for b, _ in measured))
     rounds(measured, lambda c: 0, lambda c: c.processes)
-    open_keys = judge(ids["base"], ids["new"]) if judge else set()
-    again = [(b, n) for b, n in measured if series_key(b) in open_keys]
-    if again:
+    todo, more_looks = measured, []
+    for before, after in zip(LOOK_ROUNDS, LOOK_ROUNDS[1:]):
+        open_keys = judge(ids["base"], ids["new"]) if judge else set()
+        todo = [(b, n) for b, n in todo if series_key(b) in open_keys]
+        if not todo:
+            break
         if on_plan:
-            on_plan(len(again), 2 * (SECOND_LOOK - 1) * sum(b.processes for b, _ in again))
-        rounds(again, lambda c: c.processes, lambda c: SECOND_LOOK * c.processes)
+            on_plan(len(todo), 2 * (after - before) * sum(b.processes for b, _ in todo))
+        rounds(todo, lambda c, m=before: m * c.processes, lambda c, m=after: m * c.processes)
+        more_looks.append([case_label(b) for b, _ in todo])
     summaries = {side: RunSummary(ids[side], files[side].path, []) for side in SIDES}
     return PairedSummary(summaries["base"], summaries["new"], [case_label(b) for b, _ in measured],
-                         [case_label(c) for c in only_base], [case_label(c) for c in only_new],
-                         [case_label(b) for b, _ in again])
+                         [case_label(c) for c in only_base], [case_label(c) for c in only_new], more_looks)

@@ -220,7 +220,7 @@ def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = D
     return result
 
 
-def needs_second_look(series: SeriesResult, threshold: float) -> bool:
+def needs_another_look(series: SeriesResult, threshold: float) -> bool:
     """Whether a side-by-side comparison should measure a series again: not called, and its 95% interval
     reaches past +-threshold (a change that matters is not ruled out)."""
     if series.verdict != "unchanged":

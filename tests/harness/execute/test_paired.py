@@ -1,4 +1,4 @@
-"""BASE and NEW side by side in one window (costbench ab, issue 28): alternation, pairing, the two looks."""
+"""BASE and NEW side by side in one window (costbench ab, issue 28): alternation, pairing, the looks."""
 
 import json
 import os
@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from costbench.commands.cli import app
 from costbench.harness.execute.load import load_suite
 import costbench.api as api
-from costbench.harness.execute.paired import PAIRED_ALPHA, PairingError, Side, match_cases, run_paired, series_key
+from costbench.harness.execute.paired import (LOOK_ROUNDS, LOOKS, PAIRED_ALPHA, PairingError, Side, match_cases,
+                                              run_paired, series_key)
 from costbench.harness.execute.plan import make_plan
-from costbench.harness.reports.compare import compare_runs, needs_second_look
+from costbench.harness.reports.compare import compare_runs, needs_another_look
 from costbench.harness.reports.data import load_selection
 from costbench.harness.results.runfile import run_files
 
@@ -69,27 +70,30 @@ def test_the_sides_alternate_in_one_window_and_a_planted_change_is_called(tmp_pa
     for side in recs:
         for r in recs[side]:
             assert r["info"]["paired"] == {"with": (done.new if side == "base" else done.base).run_id, "side": side,
-                                           "looks": 2, "alpha": PAIRED_ALPHA}
+                                           "looks": LOOKS, "alpha": PAIRED_ALPHA}
     result = compare_runs(load_selection([out]), done.base.run_id, done.new.run_id)
     assert result.paired is not None and result.alpha == PAIRED_ALPHA
     by = {s.backend: s for s in result.series}
     assert by["changed"].verdict == "regressed" and by["changed"].ratio > 1.3
     assert by["same"].verdict in ("unchanged", "unstable"), by["same"].reason  # never called
-    # A case decided at the first look stops there; an undecided one gets up to 3 x 3 pairs a side.
+    # A case decided at a look stops there; an undecided one gets the next look's rounds (3, 9, then 15 pairs a side).
+    assert PAIRED_ALPHA * LOOKS == pytest.approx(0.002) and LOOK_ROUNDS == (1, 3, 5)
+    assert all(set(later) <= set(earlier) for earlier, later in zip([done.matched, *done.more_looks], done.more_looks))
     for label in done.matched:
         backend = label.split(" / ")[2]
+        looks = 1 + sum(label in cases for cases in done.more_looks)
         for side in recs:
             n = sum(r["case"]["backend"] == backend for r in recs[side])
-            assert n == (9 if label in done.second_look else 3), (label, side, n, done.second_look)
+            assert n == 3 * LOOK_ROUNDS[looks - 1], (label, side, n, done.more_looks)
 
 
 def test_a_series_is_measured_again_while_a_change_past_the_threshold_is_not_ruled_out():
     s = lambda verdict, lo, hi: SimpleNamespace(verdict=verdict, ratio_ci_low=lo, ratio_ci_high=hi)  # noqa: E731
-    assert needs_second_look(s("unchanged", 0.97, 1.06), 0.05)  # a change past +5% is not ruled out
-    assert needs_second_look(s("unchanged", 0.94, 1.02), 0.05)
-    assert not needs_second_look(s("unchanged", 0.97, 1.03), 0.05)  # shown within +-5%: decided
-    assert not needs_second_look(s("regressed", 1.06, 1.2), 0.05)
-    assert not needs_second_look(s("unstable", 0.5, 2.0), 0.05)
+    assert needs_another_look(s("unchanged", 0.97, 1.06), 0.05)  # a change past +5% is not ruled out
+    assert needs_another_look(s("unchanged", 0.94, 1.02), 0.05)
+    assert not needs_another_look(s("unchanged", 0.97, 1.03), 0.05)  # shown within +-5%: decided
+    assert not needs_another_look(s("regressed", 1.06, 1.2), 0.05)
+    assert not needs_another_look(s("unstable", 0.5, 2.0), 0.05)
 
 
 def test_cases_are_matched_by_series_and_the_sides_must_agree(tmp_path, sleepy):
@@ -125,7 +129,7 @@ def test_ab_measures_each_side_with_its_own_interpreter(tmp_path, sleepy):
     cmp = json.loads((tmp_path / "cmp.json").read_text())
     new_id = cmp["new"]["run_id"]
     n_new = len(records(out, new_id))
-    assert n_new in (3, 9) and len(os.listdir(marks)) == n_new  # every NEW process, and only those
+    assert n_new in (3, 9, 15) and len(os.listdir(marks)) == n_new  # every NEW process, and only those
     assert cmp["paired"]["side"] in ("base", "new") and cmp["counts"]["regressed"] == 0
     assert "side by side in one window" in res.output
 
@@ -152,3 +156,25 @@ def test_ab_sets_a_variable_in_one_sides_processes_and_records_it(tmp_path, slee
     assert headers["base"]["executor"]["env"] == {}
     bad = CliRunner().invoke(app, ["ab", str(suite), "--new-env", "NOEQUALS"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+
+
+def test_the_undecided_get_each_next_look_and_the_decided_stop(tmp_path, sleepy):
+    """A scripted judge: the case stays undecided after the first look and is decided after the second, so it is
+    measured 3 then 9 pairs a side; a judge that never decides takes it to the last look's 15."""
+    suite = tmp_path / "one.toml"
+    suite.write_text(SUITE.format(slowdown=0.0, processes=3).replace(
+        '  {name = "sleepy", label = "same", base_ms = 2.0, slowdown = 0.0, process_sd = 0.0},\n', ""))
+    key = series_key(make_plan(load_suite(suite))[0])
+    for undecided_looks, pairs in ((1, 9), (2, 15)):
+        calls = []
+
+        def judge(base_id, new_id):
+            calls.append((base_id, new_id))
+            return {key} if len(calls) <= undecided_looks else set()
+
+        out = tmp_path / f"r{undecided_looks}"
+        done = run_paired(Side("base", load_suite(suite)), Side("new", load_suite(suite), env={"X": "1"}), out, judge)
+        assert len(calls) == min(undecided_looks + 1, LOOKS - 1)  # no judging after the last look
+        assert len(done.more_looks) == undecided_looks and done.second_look == done.matched
+        for s in (done.base, done.new):
+            assert len(records(out, s.run_id)) == pairs
