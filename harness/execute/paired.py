@@ -19,7 +19,8 @@ them as they read any run.
 The decision takes up to three looks, after ``processes``, 3x and 5x as many rounds (``LOOK_ROUNDS``). At
 each look the runs are compared (the caller's ``judge``: :func:`costbench.api.ab` brings
 :func:`~costbench.harness.reports.compare.compare_runs`); only a case with a series that is neither called
-nor shown inside +-threshold by its 95% interval gets the next look's rounds. A change is claimed at
+nor shown inside +-threshold by its 95% interval, or that is unstable because a side's processes disagree
+(mostly a slow phase of the machine that met a few of them), gets the next look's rounds. A change is claimed at
 q < alpha / 3 at any look (Bonferroni over the looks, so the level of the whole procedure stays alpha);
 ``compare`` applies that level to any pair of runs measured this way. A clear change or a clear tie stops
 early; samples go where the decision needs them. The test itself is compare's: Welch's t on the log

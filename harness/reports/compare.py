@@ -35,6 +35,7 @@ from costbench.core.stats import (
 
 DEFAULT_THRESHOLD = 0.05  # 5%: smaller shifts are within what a re-run on the same machine moves
 UNSTABLE_SPREAD_FACTOR = 3.0  # spread this many times the other run's (and above the threshold): unstable
+INVALID_NOTE = "stopped at max_duration_s before min_count (result marked invalid)"
 VERDICTS = ("regressed", "improved", "unstable", "unchanged")
 METHOD_PROCESSES = "processes"  # Welch t on log per-process medians
 METHOD_SAMPLES = "samples"  # single-process fallback: Mann-Whitney U on raw samples
@@ -130,7 +131,7 @@ def verdict(ratio: float, lo: float, hi: float, q: float, base_spread: float, ne
     """
     if not base_valid or not new_valid:
         which = " and ".join(n for n, v in (("BASE", base_valid), ("NEW", new_valid)) if not v)
-        return "unstable", f"{which} stopped at max_duration_s before min_count (result marked invalid)"
+        return "unstable", f"{which} {INVALID_NOTE}"
     if flagged:
         return "unstable", flagged
     for name, mine, other in (("NEW", new_spread, base_spread), ("BASE", base_spread, new_spread)):
@@ -222,7 +223,11 @@ def compare_runs(sel: Selection, base_id: str, new_id: str, threshold: float = D
 
 def needs_another_look(series: SeriesResult, threshold: float) -> bool:
     """Whether a side-by-side comparison should measure a series again: not called, and its 95% interval
-    reaches past +-threshold (a change that matters is not ruled out)."""
+    reaches past +-threshold (a change that matters is not ruled out); or unstable because a side's processes
+    disagree (more pairs settle that: on a shared VM it is mostly a slow phase that met a few of them), but not
+    because a result is invalid (more processes would not make it valid)."""
+    if series.verdict == "unstable":
+        return not series.reason.endswith(INVALID_NOTE)
     if series.verdict != "unchanged":
         return False
     return not (1 - threshold < series.ratio_ci_low and series.ratio_ci_high < 1 + threshold)

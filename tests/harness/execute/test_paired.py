@@ -15,7 +15,7 @@ import costbench.api as api
 from costbench.harness.execute.paired import (LOOK_ROUNDS, LOOKS, PAIRED_ALPHA, PairingError, Side, match_cases,
                                               run_paired, series_key)
 from costbench.harness.execute.plan import make_plan
-from costbench.harness.reports.compare import compare_runs, needs_another_look
+from costbench.harness.reports.compare import INVALID_NOTE, compare_runs, needs_another_look
 from costbench.harness.reports.data import load_selection
 from costbench.harness.results.runfile import run_files
 
@@ -88,12 +88,16 @@ def test_the_sides_alternate_in_one_window_and_a_planted_change_is_called(tmp_pa
 
 
 def test_a_series_is_measured_again_while_a_change_past_the_threshold_is_not_ruled_out():
-    s = lambda verdict, lo, hi: SimpleNamespace(verdict=verdict, ratio_ci_low=lo, ratio_ci_high=hi)  # noqa: E731
+    s = lambda verdict, lo, hi, reason="": SimpleNamespace(  # noqa: E731
+        verdict=verdict, ratio_ci_low=lo, ratio_ci_high=hi, reason=reason)
     assert needs_another_look(s("unchanged", 0.97, 1.06), 0.05)  # a change past +5% is not ruled out
     assert needs_another_look(s("unchanged", 0.94, 1.02), 0.05)
     assert not needs_another_look(s("unchanged", 0.97, 1.03), 0.05)  # shown within +-5%: decided
     assert not needs_another_look(s("regressed", 1.06, 1.2), 0.05)
-    assert not needs_another_look(s("unstable", 0.5, 2.0), 0.05)
+    # processes that disagree: more pairs settle it; an invalid result stays invalid however long it is measured
+    assert needs_another_look(s("unstable", 0.5, 2.0, "NEW: the runner flagged it unstable (...)"), 0.05)
+    assert needs_another_look(s("unstable", 0.5, 2.0, "NEW's process spread 9.0% is 4.1× the other run's"), 0.05)
+    assert not needs_another_look(s("unstable", 0.5, 2.0, f"BASE {INVALID_NOTE}"), 0.05)
 
 
 def test_cases_are_matched_by_series_and_the_sides_must_agree(tmp_path, sleepy):

@@ -1,8 +1,11 @@
-"""The pilot for costbench ab's test, from the same ten trials as ../power-ab/pilot.py (../yardstick/runs.tar.xz,
-measured before ../power-ab/ and before this folder's confirmatory run): the power of the two-look rule for a
-+10% change, and its false alarms on A/A, at q < 0.001 a look, with Welch's t on the per-process log medians
-(costbench compare's test) against Yuen's trimmed t and a rank test. Processes are drawn from the pilot's own
-per-process residuals (log p50 less its case-trial side's median: heavy tails kept), as in ../power-ab/pilot.py.
+"""The pilot for costbench ab's looks and test, from the same ten trials as ../power-ab/pilot.py
+(../yardstick/runs.tar.xz, measured before ../power-ab/ and before ../power-ab-3/, the confirmatory run).
+Processes are drawn from the pilot's own per-process residuals (log p50 less its case-trial side's median: heavy
+tails kept), as in ../power-ab/pilot.py, and a +10% change is planted in NEW's.
+(1) The two-look rule of ../power-ab/ (5 pairs, then 15; q < 0.001 a look) with Welch's t on the per-process log
+medians (costbench compare's test) against Yuen's trimmed t and a rank test: power and A/A false alarms.
+(2) Welch's t with other looks (Bonferroni over them, 0.002 in all): power, mean pairs a case, A/A false alarms,
+on the pilot's spread and on a spread a quarter wider (../power-ab/'s day was noisier than the pilot's).
 Run from the repository root: python results/reference/2026-12-05-amd-epyc-vnni-2vcpu/power-ab-robust/pilot.py"""
 import io
 import json
@@ -93,6 +96,18 @@ def procedure(first, second, base, new) -> bool:
     return p < ALPHA and abs(d) >= lim
 
 
+def looks_rule(looks, alpha, base, new) -> tuple[bool, int]:
+    """(called, pairs measured) for Welch's t at each of ``looks`` (pairs) in turn, as costbench ab decides."""
+    lim = math.log(1 + THRESHOLD)
+    for n in looks:
+        d, lo, hi, p = welch(base[:n], new[:n])
+        if p < alpha and abs(d) >= lim:
+            return True, n
+        if -lim < lo and hi < lim:
+            return False, n
+    return False, looks[-1]
+
+
 def main() -> None:
     pool = residual_pool()
     print(f"pool: {pool.size} processes, sd {pool.std(ddof=1):.3f}, 90/95/99th percentile "
@@ -106,6 +121,17 @@ def main() -> None:
                     for _ in range(n_null))
         print(f"{name:26s}  +10% called {power:6.1%} of {n_power:,}   A/A flagged {false} of {n_null:,} "
               f"({false / n_null:.4%}; two looks at {ALPHA:g}: at most {2 * ALPHA:.2%})")
+    print("(2) Welch's t, looks at these pairs, 0.002 over them:")
+    for scale in (1.0, 1.25):
+        for looks in ((5, 15), (5, 25), (5, 15, 25), (5, 10, 20, 30)):
+            alpha = 0.002 / len(looks)
+            power = [looks_rule(looks, alpha, scale * rng.choice(pool, looks[-1]),
+                                scale * rng.choice(pool, looks[-1]) + math.log(1.10)) for _ in range(n_power)]
+            null = [looks_rule(looks, alpha, scale * rng.choice(pool, looks[-1]), scale * rng.choice(pool, looks[-1]))
+                    for _ in range(n_null)]
+            print(f"    spread x{scale:<4} looks {str(looks):15s} +10% called {np.mean([c for c, _ in power]):6.1%}, "
+                  f"{np.mean([n for _, n in power]):4.1f} pairs on average; A/A flagged {sum(c for c, _ in null)} of "
+                  f"{n_null:,}, {np.mean([n for _, n in null]):4.1f} pairs")
 
 
 if __name__ == "__main__":
