@@ -49,8 +49,9 @@ SIDES = ("base", "new")
 # The looks, in multiples of `processes` rounds. On the 2-vCPU VM whose processes spread by ~5% with a heavy tail (a
 # tenth of them over 8% above their case's median), a +10% change drawn from those processes is called in 91% of
 # trials with looks at 1x and 3x (measured on real cases on a noisier day: 80%), and in 99% with a third look at 5x,
-# 95% when the spread is a quarter wider; that costs 14-17 pairs a case on average, where a second look at 5x alone
-# costs 22 (results/reference/2026-12-05-amd-epyc-vnni-2vcpu/power-ab-robust/pilot.py).
+# 94% when the spread is a quarter wider; that costs 14.5-17 pairs a case on average, where a second look at 5x alone
+# costs 21-23 (results/reference/2026-12-05-amd-epyc-vnni-2vcpu/power-ab-robust/pilot.py). Measured on real cases,
+# with an unstable series sent to the next look: 30 of 30 called, A/A clean (power-ab-4/).
 LOOK_ROUNDS = (1, 3, 5)
 LOOKS = len(LOOK_ROUNDS)
 PAIRED_ALPHA = SIGNIFICANCE_ALPHA / LOOKS
