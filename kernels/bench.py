@@ -134,11 +134,10 @@ def measure_peaks(threads: int) -> dict[str, dict[int, float]]:
 # ------------------------------------------------------------------------------------ MiniLM end to end
 
 
-def int8_variants(fp32_module, threads: int, fuse: bool = True):
+def int8_variants(fp32_module, threads: int):
     """(fp32 module, torch dynamic int8 module, costbench-kernels module, swapped layers) from an fp32 module.
 
     ``fp32_module`` is left as it is apart from ``eval()``; the two int8 modules are deep copies of it.
-    ``fuse``: swap_linear_layers' fusions in the costbench-kernels module.
     """
     import copy
 
@@ -150,7 +149,7 @@ def int8_variants(fp32_module, threads: int, fuse: bool = True):
     fp32 = fp32_module.eval()
     tq = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
     ours = copy.deepcopy(fp32)
-    swapped = swap_linear_layers(ours, threads=threads, fuse=fuse)
+    swapped = swap_linear_layers(ours, threads=threads)
     return fp32, tq, ours, swapped
 
 
@@ -170,9 +169,9 @@ def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch
     tensors); ``inputs`` are its sample arrays keyed by input name: parity is taken over all of them, speed
     on the first ``batch``. The caller loads both (``costbench kernels bench`` takes them from the zoo).
     """
-    import torch
-
     import copy
+
+    import torch
 
     from costbench.kernels.linear import swap_linear_layers
 

@@ -278,7 +278,7 @@ def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -
 
     fused: list[str] = []
     blocks = dict(module.named_modules())
-    for name, child in list(module.named_modules()):
+    for name, child in list(blocks.items()):
         prefix = f"{name}." if name else ""
         if name and eligible(getattr(child, "dense", None)) and _is_residual_output(child):
             # BertSelfOutput / BertOutput: the skip connection's add moves into the dense layer's epilogue
