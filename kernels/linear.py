@@ -270,6 +270,13 @@ def _exact_gelu(act: nn.Module) -> bool:
     return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu
 
 
+def _replace(parent: nn.Module, attr: str, new: nn.Module) -> None:
+    """Put ``new`` where ``parent.attr`` was, in the mode (train or eval) of the module it replaces: a new
+    module starts in training mode, and an output block left there would skip its fused epilogue."""
+    new.train(getattr(parent, attr).training)
+    setattr(parent, attr, new)
+
+
 def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -> list[str]:
     """Fuse Q/K/V projections, dense+GELU pairs and dense+skip-connection blocks inside ``module`` (in
     place); the layers' names."""
@@ -283,7 +290,7 @@ def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -
         if name and eligible(getattr(child, "dense", None)) and _is_residual_output(child):
             # BertSelfOutput / BertOutput: the skip connection's add moves into the dense layer's epilogue
             parent_name, _, attr = name.rpartition(".")
-            setattr(blocks[parent_name], attr, Int8ResidualOutput(
+            _replace(blocks[parent_name], attr, Int8ResidualOutput(
                 Int8Linear.from_linear(child.dense, isa=isa, threads=threads), child.dropout, child.LayerNorm))
             fused.append(prefix + "dense")
             continue
@@ -293,13 +300,13 @@ def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -
             group = FusedInt8Linear(Int8Linear.from_linears(parts, isa=isa, threads=threads),
                                     [p.out_features for p in parts])
             for i, n in enumerate(QKV_NAMES):
-                setattr(child, n, Int8LinearPart(group, i))
+                _replace(child, n, Int8LinearPart(group, i))
                 fused.append(prefix + n)
         dense, act = getattr(child, "dense", None), getattr(child, "intermediate_act_fn", None)
         if eligible(dense) and isinstance(act, nn.Module) and _exact_gelu(act):
             # BertIntermediate and its kin: dense, then GELU; the GELU moves into the epilogue
-            child.dense = Int8Linear.from_linear(dense, isa=isa, threads=threads, activation="gelu")
-            child.intermediate_act_fn = nn.Identity()
+            _replace(child, "dense", Int8Linear.from_linear(dense, isa=isa, threads=threads, activation="gelu"))
+            _replace(child, "intermediate_act_fn", nn.Identity())
             fused.append(prefix + "dense")
     return fused
 
@@ -322,6 +329,6 @@ def swap_linear_layers(module: nn.Module, *, isa: str | None = None, threads: in
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
             if type(sub) is nn.Linear and min(sub.in_features, sub.out_features) >= min_features:
-                setattr(child, attr, Int8Linear.from_linear(sub, isa=isa, threads=threads))
+                _replace(child, attr, Int8Linear.from_linear(sub, isa=isa, threads=threads))
                 swapped.append(f"{name}.{attr}" if name else attr)
     return swapped

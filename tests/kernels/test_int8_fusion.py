@@ -213,3 +213,31 @@ def test_residual_block_fused_only_where_it_computes_the_pattern(seed):
             assert torch.equal(fused[key](h, r), apart[key](h, r)), key
     fused.train()  # dropout between the layer and the add again: the unfused path, still running
     assert fused["post"](h, r).shape == (7, 48)
+
+
+class _CallNames(torch.overrides.TorchFunctionMode):
+    """The names of the torch functions called inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_swapped_modules_keep_the_mode_of_those_they_replace(training, seed):
+    """A module built by the swap takes the replaced module's train/eval mode: an output block left in
+    training mode (where a new module starts) would add the skip connection outside the epilogue."""
+    torch.manual_seed(seed)
+    bert = _tiny_bert().train(training)
+    swap_linear_layers(bert)
+    assert {m.training for m in bert.modules()} == {training}
+    block = bert.encoder.layer[0].output
+    h, r = torch.randn(2, 5, block.dense.in_features), torch.randn(2, 5, block.dense.out_features)
+    with torch.no_grad(), _CallNames() as calls:
+        block(h, r)
+    added_outside = any(n in ("add", "__add__", "__radd__") for n in calls.names)
+    assert added_outside == training, calls.names
