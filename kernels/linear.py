@@ -240,6 +240,57 @@ class Int8ResidualOutput(nn.Module):
         return self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
 
 
+FFN_MIN_ROWS_PER_THREAD = 24  # below this the row split reads every weight once per thread: two calls win
+
+
+def feed_forward(first: "Int8Linear", second: "Int8Linear", x: torch.Tensor,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``second(first(x), residual=residual)`` with ``first`` applying GELU: on avx512vnni, for float32 CPU
+    tensors with enough rows, one C job that carries each block of rows through both GEMMs, so the
+    intermediate activations stay in the thread's cache; bit-identical to the two calls, which run
+    otherwise."""
+    threads = first.threads or default_threads()
+    lead = x.shape[:-1]
+    m = int(np.prod(lead)) if lead else 1
+    fused = (first.activation == "gelu" and first.isa == second.isa == "avx512vnni"
+             and second.in_features == first.out_features and x.shape[-1] == first.in_features
+             and not x.is_cuda and x.dtype == torch.float32 and m >= FFN_MIN_ROWS_PER_THREAD * threads
+             and (residual is None or (residual.dtype == torch.float32 and not residual.is_cuda
+                                       and tuple(residual.shape) == (*lead, second.out_features))))
+    if not fused:
+        return second(first(x), residual=residual)
+    x2 = x.detach().reshape(m, first.in_features).contiguous()
+    res = None if residual is None else residual.detach().reshape(m, second.out_features).contiguous().numpy()
+    y = torch.empty((m, second.out_features), dtype=torch.float32)
+    p1, p2 = first.packed, second.packed
+    _gemm.ffn(x2.numpy(), m, p1.k, p1.k, p1.data, p1.n, p1.colsum, first.w_scale, first.bias_f32,
+              p2.data, p2.n, p2.colsum, second.w_scale, second.bias_f32, y.numpy(), threads,
+              torch_openmp_runtime() is not None, res)
+    return y.view(*lead, second.out_features)
+
+
+class Int8FeedForwardOutput(nn.Module):
+    """A BERT-style layer's feed-forward pair as one block: ``LayerNorm(dropout(dense(gelu(intermediate_dense(
+    h)))) + input)``, run by :func:`feed_forward` (in eval mode). It takes the place of the output block
+    (BertOutput), and the layer's ``intermediate`` becomes ``nn.Identity``, so the layer's call
+    ``output(intermediate(x), x)`` reaches it as ``(x, x)``.
+    """
+
+    def __init__(self, intermediate_dense: Int8Linear, dense: Int8Linear, dropout: nn.Module, layer_norm: nn.Module):
+        super().__init__()
+        if intermediate_dense.activation != "gelu":
+            raise ValueError("intermediate_dense must apply GELU in its epilogue")
+        self.intermediate_dense = intermediate_dense
+        self.dense = dense
+        self.dropout = dropout
+        self.LayerNorm = layer_norm
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        if self.training:  # dropout acts between the second layer and the add
+            return self.LayerNorm(self.dropout(self.dense(self.intermediate_dense(hidden_states))) + input_tensor)
+        return self.LayerNorm(feed_forward(self.intermediate_dense, self.dense, hidden_states, input_tensor))
+
+
 def _is_residual_output(block: nn.Module) -> bool:
     """True for a block with ``dense``, ``dropout`` and ``LayerNorm`` whose forward(h, input) computes
     ``LayerNorm(dropout(dense(h)) + input)``: checked by running it (in eval mode, on random inputs)
@@ -270,6 +321,33 @@ def _exact_gelu(act: nn.Module) -> bool:
     return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is torch.nn.functional.gelu
 
 
+def _is_feed_forward_layer(layer: nn.Module) -> bool:
+    """True for a transformer layer whose ``feed_forward_chunk(x)`` computes ``output(act(intermediate.dense(x)),
+    x)`` with an exact-GELU ``intermediate`` (``dense`` and ``intermediate_act_fn`` only) and a BERT-style
+    output block: checked by running it on a fixed random probe, in eval mode."""
+    inter, out = getattr(layer, "intermediate", None), getattr(layer, "output", None)
+    chunk = getattr(layer, "feed_forward_chunk", None)
+    if not callable(chunk) or not isinstance(inter, nn.Module) or not isinstance(out, nn.Module):
+        return False
+    if set(dict(inter.named_children())) != {"dense", "intermediate_act_fn"} or type(inter.dense) is not nn.Linear:
+        return False
+    if not _exact_gelu(inter.intermediate_act_fn) or not _is_residual_output(out):
+        return False
+    dense = inter.dense
+    was_training = layer.training
+    layer.eval()
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(3, dense.in_features, generator=gen, dtype=dense.weight.dtype)
+        with torch.no_grad():
+            expected = out.LayerNorm(out.dense(torch.nn.functional.gelu(dense(x))) + x)
+            return bool(torch.equal(chunk(x), expected))
+    except Exception:
+        return False
+    finally:
+        layer.train(was_training)
+
+
 def _replace(parent: nn.Module, attr: str, new: nn.Module) -> None:
     """Put ``new`` where ``parent.attr`` was, in the mode (train or eval) of the module it replaces: a new
     module starts in training mode, and an output block left there would skip its fused epilogue."""
@@ -284,9 +362,23 @@ def _fuse(module: nn.Module, isa: str, threads: int | None, min_features: int) -
         return type(lin) is nn.Linear and min(lin.in_features, lin.out_features) >= min_features
 
     fused: list[str] = []
+    done: list[str] = []  # blocks already fused whole: nothing inside them is looked at again
     blocks = dict(module.named_modules())
     for name, child in list(blocks.items()):
         prefix = f"{name}." if name else ""
+        if any(name == d or name.startswith(d + ".") for d in done):
+            continue
+        inter = getattr(child, "intermediate", None)
+        if eligible(getattr(inter, "dense", None)) and eligible(getattr(getattr(child, "output", None), "dense", None)) \
+                and _is_feed_forward_layer(child):
+            # BertLayer and its kin: the feed-forward pair becomes one block, the intermediate a pass-through
+            out = child.output
+            _replace(child, "output", Int8FeedForwardOutput(
+                Int8Linear.from_linear(inter.dense, isa=isa, threads=threads, activation="gelu"),
+                Int8Linear.from_linear(out.dense, isa=isa, threads=threads), out.dropout, out.LayerNorm))
+            _replace(child, "intermediate", nn.Identity())
+            fused += [prefix + "intermediate.dense", prefix + "output.dense"]
+            done += [prefix + "intermediate", prefix + "output"]
         if name and eligible(getattr(child, "dense", None)) and _is_residual_output(child):
             # BertSelfOutput / BertOutput: the skip connection's add moves into the dense layer's epilogue
             parent_name, _, attr = name.rpartition(".")

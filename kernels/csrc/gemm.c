@@ -1558,6 +1558,138 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
     free(j);
     return 0;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* A transformer's feed-forward block in one job (avx512vnni weights)                            */
+/*
+ * y = gelu(x·W1 + b1)·W2 + b2 + r, each product on per-token u8 activations as Int8Linear runs it.
+ * Run as two calls, the intermediate h (M x N1 floats, 3 MiB for MiniLM's 512 x 1536) is written to
+ * memory by the first and read back by the second's quantizer. Row i of the output needs only row i
+ * of h, so here each thread takes a block of rows at a time and runs the whole chain on it: quantize
+ * x's rows, the first GEMM (GELU in its epilogue) into h rows kept in the thread's own scratch (L2),
+ * quantize them, the second GEMM (the residual in its epilogue) into y. No thread waits for another,
+ * and every step is the one the two calls run on the same row, so the bits are the same.
+ */
+typedef struct {
+    gemm_t g1, g2;    /* the two GEMMs' constants: K, N, Kp, bp, colsum, col_scale, bias, act, residual */
+    const float *x;   /* M rows of K1 floats, row stride ldx */
+    int64_t ldx, M, rows; /* rows per block: a multiple of V2_MR */
+    int64_t next;     /* atomic: the next block */
+    volatile int failed;
+} ffn_job;
+
+static pthread_key_t ffn_scratch_key;
+static pthread_once_t ffn_scratch_once = PTHREAD_ONCE_INIT;
+typedef struct {
+    size_t bytes;
+    char *buf;
+} ffn_scratch;
+
+static void ffn_scratch_free(void *p) {
+    ffn_scratch *s = (ffn_scratch *)p;
+    free(s->buf);
+    free(s);
+}
+static void ffn_scratch_init(void) { pthread_key_create(&ffn_scratch_key, ffn_scratch_free); }
+
+/* This thread's scratch of at least `bytes`, kept between calls: a fresh buffer each call would
+ * page-fault its way through a few hundred KiB per call. NULL when memory is short. */
+static char *ffn_thread_scratch(size_t bytes) {
+    pthread_once(&ffn_scratch_once, ffn_scratch_init);
+    ffn_scratch *s = (ffn_scratch *)pthread_getspecific(ffn_scratch_key);
+    if (!s) {
+        s = (ffn_scratch *)calloc(1, sizeof(*s));
+        if (!s || pthread_setspecific(ffn_scratch_key, s) != 0) {
+            free(s);
+            return NULL;
+        }
+    }
+    if (s->bytes < bytes) {
+        free(s->buf);
+        s->bytes = 0;
+        s->buf = (char *)aligned_alloc(64, (size_t)round_up((int64_t)bytes, 64));
+        if (!s->buf) return NULL;
+        s->bytes = bytes;
+    }
+    return s->buf;
+}
+
+/* Every (row tile x panel) of g: panel by panel, each over all of g's row tiles (A in L1 at these sizes). */
+static void v2_all_tiles(const gemm_t *g) {
+    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR, full = g->M / V2_MR, tail = g->M - full * V2_MR;
+    for (int64_t p = 0; p < n_panels; p++) {
+        const int nvec = (int)(v2_panel_width(g->N, p) / 16);
+        if (full) V2_TILES[V2_MR][nvec - 1](g, 0, full, p);
+        if (tail) V2_TILES[tail][nvec - 1](g, full, full + 1, p);
+    }
+}
+
+static size_t ffn_scratch_bytes(const ffn_job *j) {
+    const int64_t r = j->rows;
+    return (size_t)(r * j->g1.Kp + r * j->g1.N * 4 + r * j->g2.Kp + 4 * r * 4 + 4 * 64);
+}
+
+static void ffn_task(void *ctx, int tid, int nt) {
+    (void)tid;
+    (void)nt;
+    ffn_job *j = (ffn_job *)ctx;
+    char *scr = ffn_thread_scratch(ffn_scratch_bytes(j));
+    if (!scr) {
+        j->failed = 1;
+        return;
+    }
+    const int64_t r = j->rows;
+    uint8_t *xq = (uint8_t *)scr;                                      /* rows x Kp1 */
+    float *h = (float *)(scr + round_up(r * j->g1.Kp, 64));           /* rows x N1 */
+    uint8_t *hq = (uint8_t *)((char *)h + round_up(r * j->g1.N * 4, 64)); /* rows x Kp2 */
+    float *s1 = (float *)((char *)hq + round_up(r * j->g2.Kp, 64)), *s2 = s1 + r;
+    int32_t *z1 = (int32_t *)(s2 + r), *z2 = z1 + r;
+    for (;;) {
+        const int64_t b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+        const int64_t r0 = b * r;
+        if (r0 >= j->M || j->failed) return;
+        const int64_t n = r0 + r < j->M ? r : j->M - r0;
+        quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, n, j->g1.K, xq, j->g1.Kp, j->g1.Kp, s1, z1, 0);
+        gemm_t g = j->g1;
+        g.M = n;
+        g.a = xq;
+        g.lda = g.Kp;
+        g.row_zp = z1;
+        g.row_scale = s1;
+        g.out = h;
+        g.ldo = g.N;
+        v2_all_tiles(&g);
+        quantize_rows_u8(h, j->g1.N, n, j->g2.K, hq, j->g2.Kp, j->g2.Kp, s2, z2, 0);
+        g = j->g2;
+        g.M = n;
+        g.a = hq;
+        g.lda = g.Kp;
+        g.row_zp = z2;
+        g.row_scale = s2;
+        g.out = (float *)g.out + r0 * g.ldo;
+        if (g.residual) g.residual += r0 * g.N;
+        v2_all_tiles(&g);
+    }
+}
+
+/* The feed-forward chain on weights packed for avx512vnni; g1, g2 as py_ffn sets them (out, residual:
+ * the whole M x N2 output and skip connection). Returns 0 or -1 (no scratch memory). */
+static int ffn_run(ffn_job *j, int threads) {
+    if (j->M == 0) return 0;
+    int nt = threads < 1 ? 1 : threads;
+    /* blocks: at most 48 rows (h's block stays in L2: 48 x 1536 floats is 288 KiB), at least four
+     * per thread so that a late thread costs little */
+    int64_t rows = (j->M + 4 * nt - 1) / (4 * nt);
+    rows = round_up(rows < 1 ? 1 : rows, V2_MR);
+    if (rows > 48) rows = 48;
+    j->rows = rows;
+    const int64_t blocks = (j->M + rows - 1) / rows;
+    if (nt > blocks) nt = (int)blocks;
+    j->next = 0;
+    j->failed = 0;
+    parallel_run_team(ffn_task, j, nt, j->g1.openmp_team);
+    return j->failed ? -1 : 0;
+}
 #endif /* CB_X86 */
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2069,6 +2201,110 @@ out:
     return ret;
 }
 
+/* ffn(x, M, K1, ldx, bp1, N1, colsum1, w_scale1, bias1|None, bp2, N2, colsum2, w_scale2, bias2|None, out,
+ *     threads[, openmp, residual|None]): out = gelu(x·W1 + b1)·W2 + b2 (+ residual), both weights packed
+ * for avx512vnni, bit-identical to two linear() calls (the first with GELU) on the same threads' paths. */
+static PyObject *py_ffn(PyObject *self, PyObject *args) {
+    (void)self;
+    int threads, openmp = 0;
+    long long M, K, ldx, N1, N2;
+    PyObject *o_b1, *o_b2, *o_res = Py_None;
+    Py_buffer vx, vbp1, vcs1, vws1, vbp2, vcs2, vws2, vout, vb1, vb2, vres;
+    memset(&vb1, 0, sizeof(vb1));
+    memset(&vb2, 0, sizeof(vb2));
+    memset(&vres, 0, sizeof(vres));
+    if (!PyArg_ParseTuple(args, "y*LLLy*Ly*y*Oy*Ly*y*Ow*i|pO", &vx, &M, &K, &ldx, &vbp1, &N1, &vcs1, &vws1, &o_b1,
+                          &vbp2, &N2, &vcs2, &vws2, &o_b2, &vout, &threads, &openmp, &o_res))
+        return NULL;
+    PyObject *ret = NULL;
+    if (!isa_supported(ISA_AVX512VNNI)) {
+        PyErr_SetString(PyExc_ValueError, "ffn: needs the avx512vnni path, which this CPU cannot run");
+        goto out;
+    }
+    if (opt_buffer(o_b1, &vb1, 0) < 0 || opt_buffer(o_b2, &vb2, 0) < 0 || opt_buffer(o_res, &vres, 0) < 0) goto out;
+    if (M < 0 || K < 1 || N1 < 1 || N2 < 1 || ldx < K || K >= (1LL << 17) || N1 >= (1LL << 17)) {
+        PyErr_SetString(PyExc_ValueError, "ffn: need M >= 0, 1 <= K < 2^17, 1 <= N1 < 2^17, N2 >= 1, ldx >= K");
+        goto out;
+    }
+    if ((M > 0 && need_bytes(&vx, ((M - 1) * ldx + K) * 4, "x") < 0) ||
+        need_bytes(&vbp1, packed_bytes(ISA_AVX512VNNI, K, N1), "packed w1") < 0 ||
+        need_bytes(&vcs1, N1 * 4, "colsum1") < 0 || need_bytes(&vws1, N1 * 4, "w_scale1") < 0 ||
+        (vb1.buf && need_bytes(&vb1, N1 * 4, "bias1") < 0) ||
+        need_bytes(&vbp2, packed_bytes(ISA_AVX512VNNI, N1, N2), "packed w2") < 0 ||
+        need_bytes(&vcs2, N2 * 4, "colsum2") < 0 || need_bytes(&vws2, N2 * 4, "w_scale2") < 0 ||
+        (vb2.buf && need_bytes(&vb2, N2 * 4, "bias2") < 0) || need_bytes(&vout, M * N2 * 4, "out") < 0 ||
+        (vres.buf && need_bytes(&vres, M * N2 * 4, "residual") < 0))
+        goto out;
+    if (((uintptr_t)vbp1.buf % 64) != 0 || ((uintptr_t)vbp2.buf % 64) != 0) {
+        PyErr_SetString(PyExc_ValueError, "ffn: packed weights must be 64-byte aligned");
+        goto out;
+    }
+    if (M > 0 && (const char *)vx.buf < (const char *)vout.buf + M * N2 * 4 &&
+        (const char *)vout.buf < (const char *)vx.buf + ((M - 1) * ldx + K) * 4) {
+        /* a block's output rows would overwrite input rows another thread has yet to read */
+        PyErr_SetString(PyExc_ValueError, "ffn: x must not overlap out");
+        goto out;
+    }
+    if (vres.buf && M > 0 && (const char *)vres.buf < (const char *)vout.buf + M * N2 * 4 &&
+        (const char *)vout.buf < (const char *)vres.buf + M * N2 * 4) {
+        PyErr_SetString(PyExc_ValueError, "ffn: residual must not overlap out");
+        goto out;
+    }
+    {
+        int failed = 0;
+        Py_BEGIN_ALLOW_THREADS;
+#if CB_X86
+        ffn_job j;
+        memset(&j, 0, sizeof(j));
+        gemm_t *g[2] = {&j.g1, &j.g2};
+        const long long ks[2] = {K, N1}, ns[2] = {N1, N2};
+        Py_buffer *bps[2] = {&vbp1, &vbp2}, *css[2] = {&vcs1, &vcs2}, *wss[2] = {&vws1, &vws2}, *bs[2] = {&vb1, &vb2};
+        for (int i = 0; i < 2; i++) {
+            g[i]->isa = ISA_AVX512VNNI;
+            g[i]->K = ks[i];
+            g[i]->N = ns[i];
+            g[i]->Kp = round_up(ks[i], KALIGN[ISA_AVX512VNNI]);
+            g[i]->a_unsigned = 1;
+            g[i]->bp = bps[i]->buf;
+            g[i]->out_f32 = 1;
+            g[i]->colsum = (const int32_t *)css[i]->buf;
+            g[i]->col_scale = (const float *)wss[i]->buf;
+            g[i]->bias = (const float *)bs[i]->buf;
+            g[i]->openmp_team = openmp;
+        }
+        j.g1.act = ACT_GELU;
+        j.g2.out = vout.buf;
+        j.g2.ldo = N2;
+        j.g2.residual = (const float *)vres.buf;
+        j.x = (const float *)vx.buf;
+        j.ldx = ldx;
+        j.M = M;
+        failed = ffn_run(&j, threads) != 0;
+#else
+        failed = 1;
+#endif
+        Py_END_ALLOW_THREADS;
+        if (failed) {
+            PyErr_NoMemory();
+            goto out;
+        }
+    }
+    ret = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&vx);
+    PyBuffer_Release(&vbp1);
+    PyBuffer_Release(&vcs1);
+    PyBuffer_Release(&vws1);
+    PyBuffer_Release(&vbp2);
+    PyBuffer_Release(&vcs2);
+    PyBuffer_Release(&vws2);
+    PyBuffer_Release(&vout);
+    if (vb1.obj) PyBuffer_Release(&vb1);
+    if (vb2.obj) PyBuffer_Release(&vb2);
+    if (vres.obj) PyBuffer_Release(&vres);
+    return ret;
+}
+
 /* gelu(y_f32, n[, simd]): the fused epilogue's GELU in place on n floats; simd=0 the scalar form */
 static PyObject *py_gelu(PyObject *self, PyObject *args) {
     (void)self;
@@ -2179,6 +2415,7 @@ static PyMethodDef methods[] = {
     {"pack_b", py_pack_b, METH_VARARGS, "pack_b(isa, b, ldb, K, N, dst): pack a K x N int8 weight."},
     {"gemm", py_gemm, METH_VARARGS, "The GEMM with its fused epilogue (see costbench.kernels.gemm)."},
     {"linear", py_linear, METH_VARARGS, "Dynamic per-token u8 quantization + GEMM + fp32 epilogue."},
+    {"ffn", py_ffn, METH_VARARGS, "Feed-forward block gelu(x W1 + b1) W2 + b2 (+ residual) in one job (avx512vnni)."},
     {"gelu", py_gelu, METH_VARARGS, "gelu(y, n[, simd]): the fused epilogue's erf GELU in place."},
     {"quantize_rows", py_quantize_rows, METH_VARARGS, "Per-row asymmetric u8 quantization."},
     {"peak", py_peak, METH_VARARGS, "peak(isa, iters, threads): run the register-only loop; returns MACs."},

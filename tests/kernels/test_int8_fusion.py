@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from costbench.kernels import _gemm, gemm
-from costbench.kernels.linear import (FusedInt8Linear, Int8Linear, Int8LinearPart, Int8ResidualOutput,
-                                     swap_linear_layers)
+from costbench.kernels.linear import (FFN_MIN_ROWS_PER_THREAD, FusedInt8Linear, Int8FeedForwardOutput, Int8Linear,
+                                     Int8LinearPart, Int8ResidualOutput, feed_forward, swap_linear_layers)
 
 
 class _Attention(nn.Module):
@@ -131,9 +131,10 @@ def test_swap_fuses_a_bert_encoder(seed):
     assert sorted(names) == sorted(names_apart)  # the same layers, each once
     layer = fused.encoder.layer[0]
     assert isinstance(layer.attention.self.query.fused, FusedInt8Linear)
-    assert layer.intermediate.dense.activation == "gelu"
-    assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
-    assert isinstance(layer.attention.output, Int8ResidualOutput) and isinstance(layer.output, Int8ResidualOutput)
+    # the feed-forward pair is one block; the intermediate a pass-through
+    assert isinstance(layer.output, Int8FeedForwardOutput) and isinstance(layer.intermediate, nn.Identity)
+    assert layer.output.intermediate_dense.activation == "gelu"
+    assert isinstance(layer.attention.output, Int8ResidualOutput)
     with torch.inference_mode():
         ref = bert(input_ids=ids, attention_mask=mask).last_hidden_state
         a = apart(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -235,9 +236,104 @@ def test_swapped_modules_keep_the_mode_of_those_they_replace(training, seed):
     bert = _tiny_bert().train(training)
     swap_linear_layers(bert)
     assert {m.training for m in bert.modules()} == {training}
-    block = bert.encoder.layer[0].output
-    h, r = torch.randn(2, 5, block.dense.in_features), torch.randn(2, 5, block.dense.out_features)
-    with torch.no_grad(), _CallNames() as calls:
-        block(h, r)
-    added_outside = any(n in ("add", "__add__", "__radd__") for n in calls.names)
-    assert added_outside == training, calls.names
+    layer = bert.encoder.layer[0]
+    hidden = layer.attention.output.dense.out_features
+    for block in (layer.attention.output, layer.output):  # Int8ResidualOutput, Int8FeedForwardOutput
+        h, r = torch.randn(2, 5, hidden), torch.randn(2, 5, hidden)
+        with torch.no_grad(), _CallNames() as calls:
+            block(h, r)
+        added_outside = any(n in ("add", "__add__", "__radd__") for n in calls.names)
+        assert added_outside == training, (type(block).__name__, calls.names)
+
+
+_FFN_SHAPES = [(512, 384, 1536, 384), (200, 101, 70, 33), (FFN_MIN_ROWS_PER_THREAD * 2 + 5, 64, 128, 16), (7, 64, 64, 64)]
+
+
+@pytest.mark.parametrize("m,k,n1,n2", _FFN_SHAPES)
+@pytest.mark.parametrize("with_residual", [True, False])
+def test_feed_forward_is_bit_identical_to_two_layers(m, k, n1, n2, with_residual, seed):
+    """One job for both GEMMs of a feed-forward pair, rows in blocks: the same bits as the two calls, on
+    shapes with tail panels, tail vectors and short last blocks, above and below the fused path's rows."""
+    torch.manual_seed(seed)
+    first = Int8Linear.from_linear(nn.Linear(k, n1), activation="gelu", threads=2)
+    second = Int8Linear.from_linear(nn.Linear(n1, n2), threads=2)
+    x = torch.randn(m, k) * 3
+    r = torch.randn(m, n2) if with_residual else None
+    with torch.inference_mode():
+        expected = second(first(x), residual=r)
+        assert torch.equal(feed_forward(first, second, x, r), expected)
+        assert torch.equal(feed_forward(first, second, x.view(1, m, k), None if r is None else r.view(1, m, n2)),
+                           expected.view(1, m, n2))
+        if first.isa == "avx512vnni":  # the C job itself, whatever the row count
+            y = np.empty((m, n2), np.float32)
+            p1, p2 = first.packed, second.packed
+            _gemm.ffn(x.numpy(), m, k, k, p1.data, n1, p1.colsum, first.w_scale, first.bias_f32, p2.data, n2,
+                      p2.colsum, second.w_scale, second.bias_f32, y, 2, False, None if r is None else r.numpy())
+            assert np.array_equal(y, expected.numpy())
+
+
+def test_feed_forward_checked(seed):
+    if "avx512vnni" not in gemm.supported_isas():
+        with pytest.raises(ValueError, match="avx512vnni"):
+            _gemm.ffn(np.zeros((1, 4), np.float32), 1, 4, 4, b"", 4, b"", b"", None, b"", 4, b"", b"", None,
+                      np.zeros((1, 4), np.float32), 1)
+        return
+    torch.manual_seed(seed)
+    first = Int8Linear.from_linear(nn.Linear(32, 48), activation="gelu")
+    second = Int8Linear.from_linear(nn.Linear(48, 32))
+    p1, p2 = first.packed, second.packed
+    buf = np.random.default_rng(seed).standard_normal((64, 32), dtype=np.float32)
+
+    def call(x, out, residual=None, n1=48):
+        _gemm.ffn(x, len(x), 32, 32, p1.data, n1, p1.colsum, first.w_scale, first.bias_f32, p2.data, 32, p2.colsum,
+                  second.w_scale, second.bias_f32, out, 2, False, residual)
+
+    with pytest.raises(ValueError, match="x must not overlap out"):
+        call(buf[:40], buf[8:48])
+    out = np.empty((40, 32), np.float32)
+    with pytest.raises(ValueError, match="residual must not overlap out"):
+        call(buf[:40], out, residual=out)
+    with pytest.raises(ValueError, match="packed w1"):
+        call(buf[:40], out, n1=96)
+    with pytest.raises(ValueError, match="out"):
+        call(buf[:40], out[:20])
+    with pytest.raises(ValueError, match="must apply GELU"):
+        Int8FeedForwardOutput(second, first, nn.Dropout(0.1), nn.LayerNorm(32))
+
+
+class _FeedForwardLayer(nn.Module):
+    """BertLayer's feed-forward half: ``output(intermediate(x), x)``."""
+
+    def __init__(self, k: int, n: int, residual_scale: float = 1.0):
+        super().__init__()
+        self.intermediate = nn.Module()
+        self.intermediate.dense, self.intermediate.intermediate_act_fn = nn.Linear(k, n), nn.GELU()
+        self.intermediate.forward = lambda h: self.intermediate.intermediate_act_fn(self.intermediate.dense(h))
+        self.output = _PostNormBlock(n, k)
+        self.residual_scale = residual_scale
+
+    def feed_forward_chunk(self, x):
+        return self.output(self.intermediate(x), self.residual_scale * x)
+
+    def forward(self, x):
+        return self.feed_forward_chunk(x)
+
+
+def test_feed_forward_fused_only_where_the_layer_computes_the_pattern(seed):
+    torch.manual_seed(seed)
+    model = nn.ModuleDict({"ffn": _FeedForwardLayer(48, 96), "alike": _FeedForwardLayer(48, 96, 2.0)}).eval()
+    apart, fused = copy.deepcopy(model), copy.deepcopy(model)
+    swap_linear_layers(apart, fuse=False)
+    names = swap_linear_layers(fused)
+    assert sorted(names) == ["alike.intermediate.dense", "alike.output.dense", "ffn.intermediate.dense",
+                             "ffn.output.dense"]  # each layer once
+    assert isinstance(fused["ffn"].output, Int8FeedForwardOutput) and isinstance(fused["ffn"].intermediate, nn.Identity)
+    assert isinstance(fused["alike"].output, Int8ResidualOutput)  # the residual is not the input: no pair fusion
+    x = torch.randn(FFN_MIN_ROWS_PER_THREAD * 4, 48)
+    with torch.inference_mode():
+        ref = model["ffn"](x)
+        got = fused["ffn"](x)
+    cos = nn.functional.cosine_similarity(got, ref).min()
+    assert cos > 0.99, cos
+    fused.train()  # dropout between the layer and the add again: the two layers apart, still running
+    assert fused["ffn"](x).shape == x.shape
