@@ -8,8 +8,9 @@ Inference only: no gradients.
 
 :func:`swap_linear_layers` also fuses what BERT-style encoders run back to back: the query, key and
 value projections of a layer become one GEMM (:class:`FusedInt8Linear`, bit-identical to three), the
-intermediate dense layer takes its GELU into the epilogue, and the output blocks take the skip
-connection's add (:class:`Int8ResidualOutput`, bit-identical to adding after).
+intermediate dense layer takes its GELU into the epilogue, the output blocks take the skip
+connection's add (:class:`Int8ResidualOutput`, bit-identical to adding after), and a layer's
+feed-forward pair runs as one C job (:class:`Int8FeedForwardOutput`, bit-identical to the two layers).
 """
 
 from __future__ import annotations
@@ -411,7 +412,10 @@ def swap_linear_layers(module: nn.Module, *, isa: str | None = None, threads: in
     module's ``query``/``key``/``value`` Linears become one :class:`FusedInt8Linear` and a ``dense``
     Linear followed by an exact-GELU ``intermediate_act_fn`` gets the GELU in its epilogue (that
     module's activation becomes ``nn.Identity``), and a BERT-style output block (``LayerNorm(dropout(
-    dense(h)) + input)``) becomes an :class:`Int8ResidualOutput` that adds the input in the epilogue.
+    dense(h)) + input)``) becomes an :class:`Int8ResidualOutput` that adds the input in the epilogue;
+    a layer whose ``feed_forward_chunk(x)`` is ``output(intermediate(x), x)`` with those two blocks gets
+    them as one :class:`Int8FeedForwardOutput` (its ``intermediate`` becomes ``nn.Identity``). Every
+    module built takes the train/eval mode of the one it replaces.
     Returns the qualified names of the layers swapped.
     ``module`` itself, if a Linear, is not replaced (the caller holds the reference); wrap it in a
     container first.

@@ -1573,7 +1573,9 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
 typedef struct {
     gemm_t g1, g2;    /* the two GEMMs' constants: K, N, Kp, bp, colsum, col_scale, bias, act, residual */
     const float *x;   /* M rows of K1 floats, row stride ldx */
-    int64_t ldx, M, rows; /* rows per block: a multiple of V2_MR */
+    int64_t ldx, M;
+    int64_t n_tiles, n_blocks, rows; /* block b: row tiles [n_tiles*b/n_blocks, n_tiles*(b+1)/n_blocks);
+                                        rows: the most rows a block has */
     int64_t next;     /* atomic: the next block */
     volatile int failed;
 } ffn_job;
@@ -1646,9 +1648,9 @@ static void ffn_task(void *ctx, int tid, int nt) {
     int32_t *z1 = (int32_t *)(s2 + r), *z2 = z1 + r;
     for (;;) {
         const int64_t b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
-        const int64_t r0 = b * r;
-        if (r0 >= j->M || j->failed) return;
-        const int64_t n = r0 + r < j->M ? r : j->M - r0;
+        if (b >= j->n_blocks || j->failed) return;
+        const int64_t r0 = j->n_tiles * b / j->n_blocks * V2_MR, r1e = j->n_tiles * (b + 1) / j->n_blocks * V2_MR;
+        const int64_t n = (r1e < j->M ? r1e : j->M) - r0;
         quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, n, j->g1.K, xq, j->g1.Kp, j->g1.Kp, s1, z1, 0);
         gemm_t g = j->g1;
         g.M = n;
@@ -1677,14 +1679,15 @@ static void ffn_task(void *ctx, int tid, int nt) {
 static int ffn_run(ffn_job *j, int threads) {
     if (j->M == 0) return 0;
     int nt = threads < 1 ? 1 : threads;
-    /* blocks: at most 48 rows (h's block stays in L2: 48 x 1536 floats is 288 KiB), at least four
-     * per thread so that a late thread costs little */
-    int64_t rows = (j->M + 4 * nt - 1) / (4 * nt);
-    rows = round_up(rows < 1 ? 1 : rows, V2_MR);
-    if (rows > 48) rows = 48;
-    j->rows = rows;
-    const int64_t blocks = (j->M + rows - 1) / rows;
-    if (nt > blocks) nt = (int)blocks;
+    /* blocks of at most 8 row tiles (48 rows: h's block stays in L2, 48 x 1536 floats is 288 KiB), as
+     * many for each thread and as even as the tiles allow, so that the threads finish together; a
+     * thread that is late (descheduled) leaves its blocks to the others */
+    j->n_tiles = (j->M + V2_MR - 1) / V2_MR;
+    int64_t per_thread = (j->n_tiles + 8 * (int64_t)nt - 1) / (8 * (int64_t)nt); /* blocks per thread */
+    j->n_blocks = per_thread * nt;
+    if (j->n_blocks > j->n_tiles) j->n_blocks = j->n_tiles;
+    if (nt > j->n_blocks) nt = (int)j->n_blocks;
+    j->rows = (j->n_tiles + j->n_blocks - 1) / j->n_blocks * V2_MR;
     j->next = 0;
     j->failed = 0;
     parallel_run_team(ffn_task, j, nt, j->g1.openmp_team);
