@@ -241,22 +241,20 @@ class Int8ResidualOutput(nn.Module):
         return self.LayerNorm(self.dense(hidden_states, residual=input_tensor))
 
 
-FFN_MIN_ROWS_PER_THREAD = 24  # below this the row split reads every weight once per thread: two calls win
-
-
 def feed_forward(first: "Int8Linear", second: "Int8Linear", x: torch.Tensor,
                  residual: torch.Tensor | None = None) -> torch.Tensor:
     """``second(first(x), residual=residual)`` with ``first`` applying GELU: on avx512vnni, for float32 CPU
-    tensors with enough rows, one C job that carries each block of rows through both GEMMs, so the
-    intermediate activations stay in the thread's cache; bit-identical to the two calls, which run
-    otherwise."""
+    tensors, one C job that carries each block of rows through both GEMMs, so the intermediate
+    activations stay in the thread's cache; bit-identical to the two calls, which run otherwise.
+    The job wins at every row count measured, 1 to 512 (``kernels-vnni-7/ffn_rows.txt``): a thread
+    reading all of both weights for a few rows costs less than two calls' hand-overs."""
     threads = first.threads or default_threads()
     lead = x.shape[:-1]
     m = int(np.prod(lead)) if lead else 1
     fused = (first.activation == "gelu" and first.isa == second.isa == "avx512vnni"
              and second.in_features == first.out_features and x.shape[-1] == first.in_features
-             and not x.is_cuda and x.dtype == torch.float32 and m >= FFN_MIN_ROWS_PER_THREAD * threads
-             and (residual is None or (residual.dtype == torch.float32 and not residual.is_cuda
+             and x.device.type == "cpu" and x.dtype == torch.float32
+             and (residual is None or (residual.dtype == torch.float32 and residual.device.type == "cpu"
                                        and tuple(residual.shape) == (*lead, second.out_features))))
     if not fused:
         return second(first(x), residual=residual)
@@ -271,8 +269,9 @@ def feed_forward(first: "Int8Linear", second: "Int8Linear", x: torch.Tensor,
 
 
 class Int8FeedForwardOutput(nn.Module):
-    """A BERT-style layer's feed-forward pair as one block: ``LayerNorm(dropout(dense(gelu(intermediate_dense(
-    h)))) + input)``, run by :func:`feed_forward` (in eval mode). It takes the place of the output block
+    """A BERT-style layer's feed-forward pair as one block: ``LayerNorm(dropout(dense(intermediate_dense(h))) +
+    input)``, ``intermediate_dense`` applying GELU in its epilogue, run by :func:`feed_forward` (in eval
+    mode). It takes the place of the output block
     (BertOutput), and the layer's ``intermediate`` becomes ``nn.Identity``, so the layer's call
     ``output(intermediate(x), x)`` reaches it as ``(x, x)``.
     """
