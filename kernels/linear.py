@@ -15,6 +15,7 @@ feed-forward pair runs as one C job (:class:`Int8FeedForwardOutput`, bit-identic
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -250,7 +251,7 @@ def feed_forward(first: "Int8Linear", second: "Int8Linear", x: torch.Tensor,
     reading all of both weights for a few rows costs less than two calls' hand-overs."""
     threads = first.threads or default_threads()
     lead = x.shape[:-1]
-    m = int(np.prod(lead)) if lead else 1
+    m = math.prod(lead)
     fused = (first.activation == "gelu" and first.isa == second.isa == "avx512vnni"
              and second.in_features == first.out_features and x.shape[-1] == first.in_features
              and x.device.type == "cpu" and x.dtype == torch.float32
@@ -300,18 +301,30 @@ def _is_residual_output(block: nn.Module) -> bool:
         return False
     if set(dict(block.named_children())) != {"dense", "dropout", "LayerNorm"}:
         return False
-    was_training = block.training
-    block.eval()
-    try:
-        gen = torch.Generator().manual_seed(0)  # a fixed probe: whether a block qualifies never varies
+
+    def run(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.randn(3, dense.in_features, generator=gen, dtype=dense.weight.dtype)
         r = torch.randn(3, dense.out_features, generator=gen, dtype=dense.weight.dtype)
+        return block(h, r), norm(dense(h) + r)
+
+    return _matches_on_probe(block, run)
+
+
+def _matches_on_probe(module: nn.Module, run: Any) -> bool:
+    """``run(generator)`` returns (what ``module`` computes, what the pattern computes) on inputs it draws
+    from a fixed seed; True when they are equal. ``module`` is in eval mode meanwhile (dropout off), and
+    an exception (another signature or shape contract) means not the pattern. The probe is fixed, so
+    whether a module qualifies never varies."""
+    was_training = module.training
+    module.eval()
+    try:
         with torch.no_grad():
-            return bool(torch.equal(block(h, r), norm(dense(h) + r)))
-    except Exception:  # another signature or shape contract: not this pattern
+            got, expected = run(torch.Generator().manual_seed(0))
+            return bool(torch.equal(got, expected))
+    except Exception:
         return False
     finally:
-        block.train(was_training)
+        module.train(was_training)
 
 
 def _exact_gelu(act: nn.Module) -> bool:
@@ -334,18 +347,12 @@ def _is_feed_forward_layer(layer: nn.Module) -> bool:
     if not _exact_gelu(inter.intermediate_act_fn) or not _is_residual_output(out):
         return False
     dense = inter.dense
-    was_training = layer.training
-    layer.eval()
-    try:
-        gen = torch.Generator().manual_seed(0)
+
+    def run(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.randn(3, dense.in_features, generator=gen, dtype=dense.weight.dtype)
-        with torch.no_grad():
-            expected = out.LayerNorm(out.dense(torch.nn.functional.gelu(dense(x))) + x)
-            return bool(torch.equal(chunk(x), expected))
-    except Exception:
-        return False
-    finally:
-        layer.train(was_training)
+        return chunk(x), out.LayerNorm(out.dense(torch.nn.functional.gelu(dense(x))) + x)
+
+    return _matches_on_probe(layer, run)
 
 
 def _replace(parent: nn.Module, attr: str, new: nn.Module) -> None:

@@ -1429,6 +1429,15 @@ static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
     }
 }
 
+/* Row tiles [tb, te) of g on panel p; the last tile of g may be short. */
+static void v2_tile_range(const gemm_t *g, int64_t tb, int64_t te, int64_t p) {
+    const int nvec = (int)(v2_panel_width(g->N, p) / 16);
+    const int64_t full = g->M / V2_MR; /* tiles with all V2_MR rows */
+    const int64_t tf = te < full ? te : full;
+    if (tb < tf) V2_TILES[V2_MR][nvec - 1](g, tb, tf, p);
+    if (te > tf) V2_TILES[g->M - tf * V2_MR][nvec - 1](g, tf, te, p); /* the last, short tile */
+}
+
 /* Run the tasks of share `sh` that nobody has taken yet. */
 static void v2_drain(const v2_job *j, v2_share *sh) {
     const gemm_t *g = j->g;
@@ -1439,11 +1448,7 @@ static void v2_drain(const v2_job *j, v2_share *sh) {
         /* row-block major: consecutive tasks of a thread share the A block and walk the panels */
         const int64_t tb = sh->t0 + (q / np) * j->mbt, p = sh->p0 + q % np;
         const int64_t te = tb + j->mbt < sh->t1 ? tb + j->mbt : sh->t1;
-        const int nvec = (int)(v2_panel_width(g->N, p) / 16);
-        const int64_t full = g->M / V2_MR; /* tiles with all V2_MR rows */
-        const int64_t tf = te < full ? te : full;
-        if (tb < tf) V2_TILES[V2_MR][nvec - 1](g, tb, tf, p);
-        if (te > tf) V2_TILES[g->M - tf * V2_MR][nvec - 1](g, tf, te, p); /* the last, short tile */
+        v2_tile_range(g, tb, te, p);
     }
 }
 
@@ -1577,6 +1582,9 @@ typedef struct {
     int64_t n_tiles, n_blocks, rows; /* block b: row tiles [n_tiles*b/n_blocks, n_tiles*(b+1)/n_blocks);
                                         rows: the most rows a block has */
     int64_t next;     /* atomic: the next block */
+    /* each thread's scratch, in bytes from its start: x's block quantized (rows x Kp1), h (rows x N1
+     * floats), h quantized (rows x Kp2), then both quantizers' scales and zero points (rows each) */
+    int64_t off_h, off_hq, off_s, scratch_bytes;
     volatile int failed;
 } ffn_job;
 
@@ -1618,33 +1626,22 @@ static char *ffn_thread_scratch(size_t bytes) {
 
 /* Every (row tile x panel) of g: panel by panel, each over all of g's row tiles (A in L1 at these sizes). */
 static void v2_all_tiles(const gemm_t *g) {
-    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR, full = g->M / V2_MR, tail = g->M - full * V2_MR;
-    for (int64_t p = 0; p < n_panels; p++) {
-        const int nvec = (int)(v2_panel_width(g->N, p) / 16);
-        if (full) V2_TILES[V2_MR][nvec - 1](g, 0, full, p);
-        if (tail) V2_TILES[tail][nvec - 1](g, full, full + 1, p);
-    }
-}
-
-static size_t ffn_scratch_bytes(const ffn_job *j) {
-    const int64_t r = j->rows;
-    return (size_t)(r * j->g1.Kp + r * j->g1.N * 4 + r * j->g2.Kp + 4 * r * 4 + 4 * 64);
+    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR, n_tiles = (g->M + V2_MR - 1) / V2_MR;
+    for (int64_t p = 0; p < n_panels; p++) v2_tile_range(g, 0, n_tiles, p);
 }
 
 static void ffn_task(void *ctx, int tid, int nt) {
     (void)tid;
     (void)nt;
     ffn_job *j = (ffn_job *)ctx;
-    char *scr = ffn_thread_scratch(ffn_scratch_bytes(j));
+    char *scr = ffn_thread_scratch((size_t)j->scratch_bytes);
     if (!scr) {
         j->failed = 1;
         return;
     }
     const int64_t r = j->rows;
-    uint8_t *xq = (uint8_t *)scr;                                      /* rows x Kp1 */
-    float *h = (float *)(scr + round_up(r * j->g1.Kp, 64));           /* rows x N1 */
-    uint8_t *hq = (uint8_t *)((char *)h + round_up(r * j->g1.N * 4, 64)); /* rows x Kp2 */
-    float *s1 = (float *)((char *)hq + round_up(r * j->g2.Kp, 64)), *s2 = s1 + r;
+    uint8_t *xq = (uint8_t *)scr, *hq = (uint8_t *)(scr + j->off_hq);
+    float *h = (float *)(scr + j->off_h), *s1 = (float *)(scr + j->off_s), *s2 = s1 + r;
     int32_t *z1 = (int32_t *)(s2 + r), *z2 = z1 + r;
     for (;;) {
         const int64_t b = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
@@ -1688,6 +1685,10 @@ static int ffn_run(ffn_job *j, int threads) {
     if (j->n_blocks > j->n_tiles) j->n_blocks = j->n_tiles;
     if (nt > j->n_blocks) nt = (int)j->n_blocks;
     j->rows = (j->n_tiles + j->n_blocks - 1) / j->n_blocks * V2_MR;
+    j->off_h = round_up(j->rows * j->g1.Kp, 64);
+    j->off_hq = j->off_h + round_up(j->rows * j->g1.N * 4, 64);
+    j->off_s = j->off_hq + round_up(j->rows * j->g2.Kp, 64);
+    j->scratch_bytes = j->off_s + 4 * j->rows * 4;
     j->next = 0;
     j->failed = 0;
     parallel_run_team(ffn_task, j, nt, j->g1.openmp_team);
@@ -1915,6 +1916,11 @@ static int parse_isa(int isa) {
     return 0;
 }
 
+/* Whether bytes [a, a + na) and [b, b + nb) share any byte. */
+static int spans_overlap(const void *a, int64_t na, const void *b, int64_t nb) {
+    return na > 0 && nb > 0 && (const char *)a < (const char *)b + nb && (const char *)b < (const char *)a + na;
+}
+
 static int need_bytes(Py_buffer *b, int64_t n, const char *what) {
     if (b->len < n) {
         PyErr_Format(PyExc_ValueError, "%s: buffer holds %zd bytes, need %lld", what, b->len, (long long)n);
@@ -2113,8 +2119,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
         need_bytes(&vout, M * N * 4, "out") < 0 || (vqs.buf && need_bytes(&vqs, M * 4, "qscales") < 0) ||
         (vqz.buf && need_bytes(&vqz, M * 4, "qzps") < 0) || (vres.buf && need_bytes(&vres, M * N * 4, "residual") < 0))
         goto out;
-    if (vres.buf && M > 0 && (const char *)vres.buf < (const char *)vout.buf + M * N * 4 &&
-        (const char *)vout.buf < (const char *)vres.buf + M * N * 4) {
+    if (vres.buf && spans_overlap(vres.buf, M * N * 4, vout.buf, M * N * 4)) {
         /* the paths that add it after the GEMM would read what they had just written */
         PyErr_SetString(PyExc_ValueError, "linear: residual must not overlap out");
         goto out;
@@ -2242,14 +2247,12 @@ static PyObject *py_ffn(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "ffn: packed weights must be 64-byte aligned");
         goto out;
     }
-    if (M > 0 && (const char *)vx.buf < (const char *)vout.buf + M * N2 * 4 &&
-        (const char *)vout.buf < (const char *)vx.buf + ((M - 1) * ldx + K) * 4) {
+    if (M > 0 && spans_overlap(vx.buf, ((M - 1) * ldx + K) * 4, vout.buf, M * N2 * 4)) {
         /* a block's output rows would overwrite input rows another thread has yet to read */
         PyErr_SetString(PyExc_ValueError, "ffn: x must not overlap out");
         goto out;
     }
-    if (vres.buf && M > 0 && (const char *)vres.buf < (const char *)vout.buf + M * N2 * 4 &&
-        (const char *)vout.buf < (const char *)vres.buf + M * N2 * 4) {
+    if (vres.buf && spans_overlap(vres.buf, M * N2 * 4, vout.buf, M * N2 * 4)) {
         PyErr_SetString(PyExc_ValueError, "ffn: residual must not overlap out");
         goto out;
     }
