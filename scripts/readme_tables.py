@@ -295,35 +295,36 @@ def _kernels_table(data: dict[str, Any]) -> str:
 
     import numpy as np
 
-    from costbench.commands.kernels import _VS_COLUMNS, _gemm_cells
-    from costbench.core.stats import ratio_of_medians_ci
+    from costbench.commands.kernels import _VS_COLUMNS, RATIO_PAIRED, _gemm_cells, time_ratio
 
     shapes, threads = data.get("shapes") or [], int(data["threads"])
     if not shapes:
         raise SourceError("kernels bench JSON: no 'shapes'")
+    paired = data.get("ratio") == RATIO_PAIRED
     ours_name = next(iter(shapes[0]["series"]))  # the bench lists ours (its best path) first
     isa = ours_name.split()[-1]
     peak = float(data["peaks"][isa][str(threads)])
-    lines = [f"| shape (M×K×N) | ours ({isa}) GOPS | % of {threads}-thread peak | "
-             + " | ".join(c for c, _ in _VS_COLUMNS) + " | other paths GOPS |",
-             "| --- | ---: | ---: | " + " | ".join("---:" for _ in _VS_COLUMNS) + " | --- |"]
+    lines = ["Ratios: median over rounds of each round's peer time / our time [95% bootstrap interval].", ""] if paired else []
+    lines += [f"| shape (M×K×N) | ours ({isa}) GOPS | % of {threads}-thread peak | "
+              + " | ".join(c for c, _ in _VS_COLUMNS) + " | other paths GOPS |",
+              "| --- | ---: | ---: | " + " | ".join("---:" for _ in _VS_COLUMNS) + " | --- |"]
     for sh in shapes:
         series = {nm: SimpleNamespace(times=s["times_s"], note=s.get("note", "")) for nm, s in sh["series"].items()}
-        cells = _gemm_cells(2.0 * sh["m"] * sh["k"] * sh["n"], series, ours_name, peak)
+        cells = _gemm_cells(2.0 * sh["m"] * sh["k"] * sh["n"], series, ours_name, peak, paired)
         lines.append(f"| {sh['m']}×{sh['k']}×{sh['n']} ({sh['label']}) | " + " | ".join(cells) + " |")
     r = data.get("minilm")
     if r:
         base = r["times"]["torch dynamic int8"]
         lines.append("")
         lines.append(f"all-MiniLM-L6-v2, batch {r['batch']} × {r['seq_len']} tokens, {r['int8_layers']} Linear layers "
-                     f"on {r['isa']}, same run:")
+                     f"on {r['isa']}, same run{' (speed-ups: median of per-round ratios)' if paired else ''}:")
         lines.append("")
         lines.append("| model | median ms | speed-up vs torch dynamic int8 [95% CI] | mean / min cos vs fp32 |")
         lines.append("| --- | ---: | ---: | ---: |")
         for name, ts in r["times"].items():
-            lo, hi = ratio_of_medians_ci(ts, base)
+            x, lo, hi = time_ratio(ts, base, paired)
             par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
-            lines.append(f"| {name} | {1e3 * np.median(ts):.1f} | {np.median(base) / np.median(ts):.2f} "
+            lines.append(f"| {name} | {1e3 * np.median(ts):.1f} | {x:.2f} "
                          f"[{lo:.2f}–{hi:.2f}] | {par['mean_cos']:.5f} / {par['min_cos']:.5f} |")
     return "\n".join(lines) + "\n"
 

@@ -86,3 +86,18 @@ def test_a_missing_source_is_named(tables, tmp_path, capsys):
     assert tables.main(["--check", "--readme", str(copy)]) == 2
     assert "results/reference/nowhere does not exist" in capsys.readouterr().err
     assert "| old |" in copy.read_text()  # nothing written
+
+
+def test_kernels_table_pairs_rounds_only_in_records_that_say_so(tables, rng):
+    """A record written by the paired bench shows per-round ratios; an earlier one keeps its ratio of medians."""
+    from costbench.commands.kernels import RATIO_PAIRED
+
+    drift = rng.uniform(1.0, 2.0, size=9)  # each round's machine speed, shared by both samples of the round
+    record = {"threads": 2, "peaks": {"avx512vnni": {"2": 800.0}},
+              "shapes": [{"label": "t", "m": 64, "k": 64, "n": 64, "series": {
+                  "costbench avx512vnni": {"times_s": list(1e-3 * drift)},
+                  "onnxruntime MatMulInteger": {"times_s": list(1.2e-3 * drift)}}}]}
+    paired = tables._kernels_table({**record, "ratio": RATIO_PAIRED})
+    unpaired = tables._kernels_table(record)
+    assert "| 1.20 [1.20–1.20] |" in paired, paired
+    assert "| 1.20 [1.20–1.20] |" not in unpaired, unpaired

@@ -100,7 +100,8 @@ def bench(
     console.print(f"load average (1, 5, 15 min) before: {_fmt_load(load['before'])}")
     peaks = measure_peaks(t)
     console.print(_peaks_table(peaks, t))
-    record = {"threads": t, "peaks": peaks, "shapes": _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)}
+    record = {"threads": t, "ratio": RATIO_PAIRED, "peaks": peaks,
+              "shapes": _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)}
     if minilm:
         r = _bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
         if r is not None:
@@ -150,8 +151,9 @@ def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds:
     peers = bench_peers()
     ours_name, best = peers[0].name, peers[0].isa
     peak = peaks[best][threads]
-    table = Table(title=f"GEMM, {threads} thread(s), median of {rounds} interleaved rounds; ratio = peer time / our "
-                        f"time (>1: ours faster), 95% bootstrap interval", title_justify="left")
+    table = Table(title=f"GEMM, {threads} thread(s), {rounds} interleaved rounds; GOPS from our median time; ratio = "
+                        f"median over rounds of peer time / our time in that round (>1: ours faster), 95% bootstrap "
+                        f"interval", title_justify="left")
     for col in ("shape", "M", "K", "N", f"ours GOPS ({best})", "% peak", *(c for c, _ in _VS_COLUMNS),
                 "other paths GOPS"):
         table.add_column(col, overflow="fold")
@@ -166,11 +168,30 @@ def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds:
     return shapes
 
 
-def _gemm_cells(ops: float, series: dict, ours_name: str, peak: float) -> list[str]:
-    """One shape's row after M, K, N: our GOPS, % of peak, the ratio to each peer, our other paths' GOPS."""
+# The record's "ratio" for runs whose ratios pair each round's samples (earlier records: ratio of medians).
+RATIO_PAIRED = "median of per-round ratios"
+
+
+def time_ratio(den: list[float], num: list[float], paired: bool) -> tuple[float, float, float]:
+    """num / den for two series of times from the same interleaved rounds, with its 95% interval.
+
+    paired: the median over rounds of each round's num / den (a slow spell of the VM that both samples
+    of a round shared cancels); else the ratio of the medians, each side resampled on its own (records
+    written before the pairing).
+    """
     import numpy as np
 
-    from costbench.core.stats import ratio_of_medians_ci
+    from costbench.core.stats import paired_median_ratio, ratio_of_medians_ci
+
+    if paired and len(den) == len(num):
+        return paired_median_ratio(den, num)
+    lo, hi = ratio_of_medians_ci(den, num)
+    return float(np.median(num) / np.median(den)), lo, hi
+
+
+def _gemm_cells(ops: float, series: dict, ours_name: str, peak: float, paired: bool = True) -> list[str]:
+    """One shape's row after M, K, N: our GOPS, % of peak, the ratio to each peer, our other paths' GOPS."""
+    import numpy as np
 
     ours = series.get(ours_name)
     med = float(np.median(ours.times))
@@ -179,8 +200,8 @@ def _gemm_cells(ops: float, series: dict, ours_name: str, peak: float) -> list[s
         s = series.get(name)
         if s is None or not s.times:
             return "-" if s is None else s.note[:30]
-        lo, hi = ratio_of_medians_ci(ours.times, s.times)
-        return f"{np.median(s.times) / med:.2f} [{lo:.2f}–{hi:.2f}]"
+        r, lo, hi = time_ratio(ours.times, s.times, paired)
+        return f"{r:.2f} [{lo:.2f}–{hi:.2f}]"
 
     others = "  ".join(f"{nm.split()[-1]} {ops / np.median(s.times) / 1e9:.0f}" for nm, s in series.items()
                        if nm.startswith("costbench") and nm != ours_name and s.times)
@@ -204,22 +225,21 @@ def _bench_minilm(threads: int, batch: int, rounds: int, min_time: float, rng) -
     return r
 
 
-def _minilm_table(r: dict) -> Table:
+def _minilm_table(r: dict, paired: bool = True) -> Table:
     """MiniLM's median latency, speed-up over torch dynamic int8 and embedding parity with fp32, per model."""
     import numpy as np
-
-    from costbench.core.stats import ratio_of_medians_ci
 
     mt = Table(title=f"all-MiniLM-L6-v2 end to end: batch {r['batch']} x {r['seq_len']} tokens, "
                      f"{r['int8_layers']} Linear layers on {r['isa']}; parity over {r['sentences']} sentences",
                title_justify="left")
-    for col in ("model", "median ms", "speed-up vs torch dynamic int8 [95%]", "mean cos vs fp32", "min cos vs fp32"):
+    speedup = "speed-up vs torch dynamic int8, " + ("median of per-round ratios" if paired else "ratio of medians")
+    for col in ("model", "median ms", f"{speedup} [95%]", "mean cos vs fp32", "min cos vs fp32"):
         mt.add_column(col)
     base = r["times"]["torch dynamic int8"]
     for name, ts in r["times"].items():
-        lo, hi = ratio_of_medians_ci(ts, base)
+        x, lo, hi = time_ratio(ts, base, paired)
         par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
-        mt.add_row(name, f"{1e3 * np.median(ts):.1f}", f"{np.median(base) / np.median(ts):.2f} [{lo:.2f}–{hi:.2f}]",
+        mt.add_row(name, f"{1e3 * np.median(ts):.1f}", f"{x:.2f} [{lo:.2f}–{hi:.2f}]",
                    f"{par['mean_cos']:.5f}", f"{par['min_cos']:.5f}")
     return mt
 

@@ -174,6 +174,21 @@ def ratio_of_medians_ci(
     return quantile(alpha), quantile(1.0 - alpha)
 
 
+def paired_median_ratio(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray,
+                        confidence: float = 0.95) -> tuple[float, float, float]:
+    """The median of the per-pair ratios new_i / base_i, with the exact percentile-bootstrap interval of that median.
+
+    For samples taken in pairs within one round of an interleaved run (pair i: both measured minutes or less
+    apart), so that a slow spell both shared cancels in the ratio instead of widening both sides' spread.
+    """
+    b, n = np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if b.size != n.size or b.size == 0:
+        raise ValueError(f"paired samples need as many values a side, at least 1: got {b.size} and {n.size}")
+    r = n / b
+    lo, hi = bootstrap_ci(r, 50.0, confidence)
+    return percentile(r, 50.0), lo, hi
+
+
 def mann_whitney_p(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray) -> float:
     """Two-sided Mann-Whitney U p-value (exact for small samples without ties, else asymptotic)."""
     from scipy.stats import mannwhitneyu

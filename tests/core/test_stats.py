@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from costbench.core.stats import bootstrap_ci, percentile, ratio_of_medians_ci, summarize
+from costbench.core.stats import bootstrap_ci, paired_median_ratio, percentile, ratio_of_medians_ci, summarize
 
 
 @pytest.mark.parametrize("p, expected", [(5, 15), (30, 20), (40, 20), (50, 35), (100, 50), (0, 15)])
@@ -79,6 +79,27 @@ def test_exact_ratio_of_medians_interval_matches_a_large_monte_carlo_bootstrap(r
     assert lo == pytest.approx(mc[0], rel=0.01) and hi == pytest.approx(mc[1], rel=0.01), ((lo, hi), mc)
     assert lo <= percentile(new, 50) / percentile(base, 50) <= hi
     assert ratio_of_medians_ci([2.0] * 9, [3.0] * 4) == pytest.approx((1.5, 1.5))
+
+
+def test_paired_ratio_cancels_a_slow_spell_both_sides_shared(rng):
+    # Each round's machine speed drifts (a shared factor from 1x to 2x); NEW is 10% slower in every round.
+    drift = rng.uniform(1.0, 2.0, size=15)
+    base = 1e-3 * drift
+    new = 1.1e-3 * drift * (1.0 + rng.uniform(-1e-3, 1e-3, size=15))
+    r, lo, hi = paired_median_ratio(base, new)
+    assert 1.098 < lo <= r <= hi < 1.102, (r, lo, hi)
+    ulo, uhi = ratio_of_medians_ci(base, new)  # unpaired, the drift widens the interval past both 1.0 and 1.2
+    assert ulo < 1.0 and uhi > 1.2, (ulo, uhi)
+
+
+def test_paired_ratio_is_the_median_of_the_pair_ratios_with_its_bootstrap_interval(rng):
+    base = rng.uniform(1.0, 2.0, size=11)
+    new = base * rng.uniform(0.8, 1.3, size=11)
+    r, lo, hi = paired_median_ratio(base, new)
+    assert r == percentile(new / base, 50)
+    assert (lo, hi) == bootstrap_ci(new / base)
+    with pytest.raises(ValueError, match="as many values a side"):
+        paired_median_ratio(base, new[:-1])
 
 
 def test_exact_bootstrap_hand_computed_three_points():
