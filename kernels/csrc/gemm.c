@@ -1476,12 +1476,18 @@ static void v2_task(void *ctx, int tid, int nt) {
 }
 
 /* Threads along M (tm) and N (tn): the split whose busiest thread has the fewest tile-panel units
- * (a tail panel counts its width); on a tie, along N (no thread reads another's B panels). */
+ * (a tail panel counts its width). Splits within 2% of that are ties, and a tie goes to the split
+ * along the longer of M and N. Along M, each thread reads half of A and all of B and writes whole
+ * rows of its own block of C; along N, it reads all of A and half of B. Split along N at
+ * 2048 x 384 x 384 and 2048 x 384 x 1152, our two threads ran at one thread's speed in a third of
+ * the samples (both busy, each at half speed) while ONNX Runtime, split along M, did not
+ * (kernels-vnni-8/split_ab.txt). Where B is the larger operand (M < N), ties stay along N, as before. */
 static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out, int *tn_out) {
     const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR;
-    int best_tm = 1, best_tn = 1;
+    const int prefer_m = g->M >= g->N;
+    double cost[V2_MAX_THREADS + 1] = {0}; /* by tn; 0: not a possible split */
     double best = 1e300;
-    for (int tn = threads; tn >= 1; tn--) {
+    for (int tn = 1; tn <= threads && tn <= V2_MAX_THREADS; tn++) {
         if (threads % tn) continue;
         const int tm = threads / tn;
         if (tm > n_tiles || tn > n_panels) continue;
@@ -1494,14 +1500,20 @@ static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out,
             for (int64_t q = q0; q < q1; q++) w += (double)v2_panel_width(g->N, q) + 16.0; /* + per-tile cost */
             if (w > width) width = w;
         }
-        const double cost = (double)rows * width;
-        if (cost < best * 0.999) {
-            best = cost;
-            best_tm = tm;
-            best_tn = tn;
-        }
+        cost[tn] = (double)rows * width;
+        if (cost[tn] < best) best = cost[tn];
     }
-    *tm_out = best_tm;
+    int best_tn = 0;
+    for (int tn = 1; tn <= threads && tn <= V2_MAX_THREADS; tn++) {
+        if (cost[tn] == 0 || cost[tn] > best * 1.02) continue;
+        /* among the ties: the fewest threads along N when M is the longer side, else the most */
+        if (best_tn == 0 || !prefer_m) best_tn = tn;
+    }
+    if (best_tn == 0) { /* no split fits (one tile and one panel): one thread */
+        *tm_out = *tn_out = 1;
+        return;
+    }
+    *tm_out = threads / best_tn;
     *tn_out = best_tn;
 }
 
