@@ -162,8 +162,9 @@ def first_batch(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarr
 
 def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch: int, rounds: int,
                  min_time: float, rng: np.random.Generator) -> dict:
-    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels (with
-    swap_linear_layers' fusions, and without them: what the fusions are worth, measured in the same rounds).
+    """Speed (interleaved) and embedding parity of MiniLM: fp32, torch dynamic int8, costbench-kernels on the best
+    path (with swap_linear_layers' fusions, and without them: what the fusions are worth, measured in the same
+    rounds), and on each other path this CPU runs (``costbench-kernels avx2``, ...).
 
     ``fp32_module`` is the fp32 sentence embedder (a torch module called with the input arrays as keyword
     tensors); ``inputs`` are its sample arrays keyed by input name: parity is taken over all of them, speed
@@ -176,16 +177,19 @@ def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch
     from costbench.kernels.linear import swap_linear_layers
 
     fp32, tq, ours, swapped = int8_variants(fp32_module, threads)
-    apart = copy.deepcopy(fp32)
-    swap_linear_layers(apart, threads=threads, fuse=False)
+    models = {"torch fp32": fp32, "torch dynamic int8": tq, "costbench-kernels": ours}
+    models["costbench-kernels unfused"] = copy.deepcopy(fp32)
+    swap_linear_layers(models["costbench-kernels unfused"], threads=threads, fuse=False)
+    for isa in gemm.supported_isas():  # every other path this CPU runs, with the same fusions
+        if isa != gemm.best_isa():
+            models[f"costbench-kernels {isa}"] = copy.deepcopy(fp32)
+            swap_linear_layers(models[f"costbench-kernels {isa}"], isa=isa, threads=threads)
     batched = {k: torch.from_numpy(v) for k, v in first_batch(inputs, batch).items()}
     everything = {k: torch.from_numpy(v) for k, v in inputs.items()}
     with torch.inference_mode():
         ref = fp32(**everything).numpy()
-        embs = {"torch dynamic int8": tq(**everything).numpy(), "costbench-kernels": ours(**everything).numpy(),
-                "costbench-kernels unfused": apart(**everything).numpy()}
-        fns = {"torch fp32": lambda: fp32(**batched), "torch dynamic int8": lambda: tq(**batched),
-               "costbench-kernels": lambda: ours(**batched), "costbench-kernels unfused": lambda: apart(**batched)}
+        embs = {name: m(**everything).numpy() for name, m in models.items() if m is not fp32}
+        fns = {name: (lambda m=m: m(**batched)) for name, m in models.items()}
         times = time_interleaved(fns, rounds, min_time, rng)
     parity = {}
     for name, e in embs.items():
