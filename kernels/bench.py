@@ -50,6 +50,7 @@ class Series:
     a_type: str
     times: list[float] = field(default_factory=list)  # seconds per call, one per round
     note: str = ""
+    ops: float = 0.0  # operations per call, where it is not the shape's 2·M·K·N (the peak loop)
 
 
 def _per_call(fn: Callable[[], object], min_time: float) -> float:
@@ -97,9 +98,18 @@ def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int, min_time
     return out
 
 
+def peak_name(isa: str) -> str:
+    """The series name of a path's register-only loop when it is timed beside a shape's implementations."""
+    return f"peak loop {isa}"
+
+
 def bench_shape(m: int, k: int, n: int, peers: list[Peer], threads: int, rounds: int, min_time: float,
-                rng: np.random.Generator) -> list[Series]:
-    """Time every available peer on one shape (u8 activations where a peer takes them, else s8)."""
+                rng: np.random.Generator, peak_isa: str | None = None) -> list[Series]:
+    """Time every available peer on one shape (u8 activations where a peer takes them, else s8).
+
+    With ``peak_isa``, that path's register-only loop is timed in the same rounds (series :func:`peak_name`), so
+    a share of the peak can pair each round's sample with the ceiling the machine had in that round.
+    """
     b = rng.integers(-128, 128, (k, n), dtype=np.int8)
     a_u8 = rng.integers(0, 256, (m, k), dtype=np.uint8)
     a_s8 = rng.integers(-128, 128, (m, k), dtype=np.int8)
@@ -118,6 +128,10 @@ def bench_shape(m: int, k: int, n: int, peers: list[Peer], threads: int, rounds:
             continue
         fns[p.name] = (lambda run=prepared.run, a=a: run(a))
         series[p.name] = Series(p.name, a_type, [], prepared.note)
+    if peak_isa:
+        call, ops = gemm.peak_call(peak_isa, threads)
+        fns[peak_name(peak_isa)] = call
+        series[peak_name(peak_isa)] = Series(peak_name(peak_isa), "-", [], "register-only multiply-add loop", ops)
     for name, ts in time_interleaved(fns, rounds, min_time, rng).items():
         series[name].times = ts
     return list(series.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -280,6 +281,22 @@ def _out(out: np.ndarray | None, shape: tuple[int, int], dtype) -> np.ndarray:
     return out
 
 
+def peak_call(isa: str | None = None, threads: int = 1, seconds: float = 0.002) -> tuple[Callable[[], int], float]:
+    """A call of the path's register-only multiply-add loop (no loads or stores) on ``threads`` threads that takes
+    about ``seconds`` here, and the operations it performs (2 per multiply-accumulate)."""
+    import time
+
+    isa_id = ISA_IDS[_check_isa(isa)]
+    iters = 1 << 10
+    while True:  # calibrate
+        t0 = time.perf_counter()
+        _gemm.peak(isa_id, iters, threads)
+        if time.perf_counter() - t0 > seconds or iters > 1 << 34:
+            break
+        iters *= 2
+    return (lambda: _gemm.peak(isa_id, iters, threads)), 2.0 * _gemm.peak(isa_id, iters, threads)
+
+
 def peak_gops(isa: str | None = None, threads: int = 1, seconds: float = 0.2) -> float:
     """The int8 ceiling of a path on this CPU, in GOPS (2 ops per multiply-accumulate).
 
@@ -288,18 +305,10 @@ def peak_gops(isa: str | None = None, threads: int = 1, seconds: float = 0.2) ->
     """
     import time
 
-    isa = _check_isa(isa)
-    isa_id = ISA_IDS[isa]
-    iters = 1 << 14
-    while True:  # calibrate
-        t0 = time.perf_counter()
-        _gemm.peak(isa_id, iters, threads)
-        if time.perf_counter() - t0 > seconds / 4 or iters > 1 << 34:
-            break
-        iters *= 4
+    call, ops = peak_call(isa, threads, seconds / 4)
     best = 0.0
     for _ in range(3):
         t0 = time.perf_counter()
-        macs = _gemm.peak(isa_id, iters, threads)
-        best = max(best, 2 * macs / (time.perf_counter() - t0) / 1e9)
+        call()
+        best = max(best, ops / (time.perf_counter() - t0) / 1e9)
     return best

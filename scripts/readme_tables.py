@@ -304,12 +304,18 @@ def _kernels_table(data: dict[str, Any]) -> str:
     ours_name = next(iter(shapes[0]["series"]))  # the bench lists ours (its best path) first
     isa = ours_name.split()[-1]
     peak = float(data["peaks"][isa][str(threads)])
-    lines = ["Ratios: median over rounds of each round's peer time / our time [95% bootstrap interval].", ""] if paired else []
+    from costbench.kernels.bench import peak_name
+
+    notes = ["Ratios: median over rounds of each round's peer time / our time [95% bootstrap interval]."] if paired else []
+    if any(peak_name(isa) in sh["series"] for sh in shapes):
+        notes.append("% of peak: median over rounds of our GOPS / the register-only loop's in the same round.")
+    lines = [" ".join(notes), ""] if notes else []
     lines += [f"| shape (M×K×N) | ours ({isa}) GOPS | % of {threads}-thread peak | "
               + " | ".join(c for c, _ in _VS_COLUMNS) + " | other paths GOPS |",
               "| --- | ---: | ---: | " + " | ".join("---:" for _ in _VS_COLUMNS) + " | --- |"]
     for sh in shapes:
-        series = {nm: SimpleNamespace(times=s["times_s"], note=s.get("note", "")) for nm, s in sh["series"].items()}
+        series = {nm: SimpleNamespace(times=s["times_s"], note=s.get("note", ""), ops=s.get("ops", 0.0))
+                  for nm, s in sh["series"].items()}
         cells = _gemm_cells(2.0 * sh["m"] * sh["k"] * sh["n"], series, ours_name, peak, paired)
         lines.append(f"| {sh['m']}×{sh['k']}×{sh['n']} ({sh['label']}) | " + " | ".join(cells) + " |")
     r = data.get("minilm")

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +102,20 @@ def test_kernels_table_pairs_rounds_only_in_records_that_say_so(tables, rng):
     unpaired = tables._kernels_table(record)
     assert "| 1.20 [1.20–1.20] |" in paired, paired
     assert "| 1.20 [1.20–1.20] |" not in unpaired, unpaired
+    # without a loop timed beside it, % of peak is the median GOPS over the peak measured at the start
+    gops = 2 * 64**3 / np.median(1e-3 * drift) / 1e9
+    assert f"| {100 * gops / 800:.0f}% |" in paired
+
+
+def test_share_of_peak_pairs_each_round_with_the_loop_timed_in_it(tables, rng):
+    from costbench.commands.kernels import RATIO_PAIRED
+
+    drift = rng.uniform(1.0, 3.0, size=9)  # the machine's speed per round: the loop slows with it
+    ops = 2.0 * 64**3
+    loop_ops = 1e6
+    record = {"threads": 2, "ratio": RATIO_PAIRED, "peaks": {"avx512vnni": {"2": 1e9}},  # a start-of-run peak far off
+              "shapes": [{"label": "t", "m": 64, "k": 64, "n": 64, "series": {
+                  "costbench avx512vnni": {"times_s": list(1e-3 * drift)},
+                  "peak loop avx512vnni": {"times_s": list(0.5e-3 * drift * loop_ops / ops), "ops": loop_ops}}}]}
+    text = tables._kernels_table(record)
+    assert "| 50% |" in text and "same round" in text, text
