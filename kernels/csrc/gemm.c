@@ -1768,10 +1768,18 @@ static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, in
 /* ------------------------------------------------------------------------------------------ */
 /* Register-only multiply-add loops: the int8 ceiling of each path on this CPU                  */
 
+/* The loop runs as a dynamic pool job: each thread takes chunks of iterations from a shared counter
+ * until none are left, so the count measures the multiply-adds all threads together got through in
+ * the call, as the dynamic GEMM jobs use them. A static split (each thread its fixed share) waits for
+ * the slowest thread: on this VM, where a vCPU is sometimes slowed for a while, it read a ceiling
+ * below what our GEMMs reached in the same round. */
+#define PEAK_CHUNKS_PER_THREAD 16
 typedef struct {
     int isa;
-    int64_t iters;
-    volatile int64_t sink;
+    int64_t iters;  /* per chunk */
+    int64_t chunks; /* in all */
+    int64_t next;   /* atomic: the next chunk */
+    int64_t sink;   /* atomic: keeps the loops' results live */
 } peak_job;
 
 #if CB_X86
@@ -1895,22 +1903,24 @@ static void peak_task(void *ctx, int tid, int nt) {
     (void)nt;
     peak_job *j = (peak_job *)ctx;
     int64_t r = 0;
-    switch (j->isa) {
+    while (__atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED) < j->chunks) {
+        switch (j->isa) {
 #if CB_X86
-    case ISA_AVX512VNNI:
-        r = peak_vnni(j->iters);
-        break;
-    case ISA_AMX:
-        r = peak_amx(j->iters);
-        break;
-    case ISA_AVX2:
-        r = peak_avx2(j->iters);
-        break;
+        case ISA_AVX512VNNI:
+            r += peak_vnni(j->iters);
+            break;
+        case ISA_AMX:
+            r += peak_amx(j->iters);
+            break;
+        case ISA_AVX2:
+            r += peak_avx2(j->iters);
+            break;
 #endif
-    default:
-        r = peak_generic(j->iters);
+        default:
+            r += peak_generic(j->iters);
+        }
     }
-    j->sink += r;
+    __atomic_add_fetch(&j->sink, r, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2379,9 +2389,11 @@ static PyObject *py_peak(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "iLi", &isa, &iters, &threads)) return NULL;
     if (parse_isa(isa) < 0) return NULL;
     if (threads < 1) threads = 1;
-    peak_job j = {isa, iters, 0};
-    Py_BEGIN_ALLOW_THREADS parallel_run(peak_task, &j, threads);
-    Py_END_ALLOW_THREADS return PyLong_FromLongLong(iters * PEAK_MACS_PER_ITER[isa] * threads);
+    /* iters per thread, in chunks of iters / PEAK_CHUNKS_PER_THREAD */
+    const int64_t per_chunk = iters / PEAK_CHUNKS_PER_THREAD > 0 ? iters / PEAK_CHUNKS_PER_THREAD : 1;
+    peak_job j = {isa, per_chunk, (int64_t)threads * PEAK_CHUNKS_PER_THREAD, 0, 0};
+    Py_BEGIN_ALLOW_THREADS parallel_run_ex(peak_task, &j, threads, 1);
+    Py_END_ALLOW_THREADS return PyLong_FromLongLong(per_chunk * j.chunks * PEAK_MACS_PER_ITER[isa]);
 }
 
 /* use_openmp(path): take GOMP_parallel and omp_get_thread_num from the GNU OpenMP runtime at `path`,

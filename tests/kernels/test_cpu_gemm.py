@@ -171,3 +171,13 @@ def test_int8_linear_is_quantizer_then_exact_gemm(isa, rng):
 def test_peak_loops_run():
     for isa in ISAS:
         assert gemm.peak_gops(isa, threads=1, seconds=0.01) > 0
+
+
+def test_peak_loop_counts_every_chunk_whichever_thread_ran_it():
+    """The loop is a dynamic job (threads take chunks of iterations); the count it returns is the work done."""
+    for isa in ISAS:
+        one = gemm._gemm.peak(gemm.ISA_IDS[isa], 1600, 1)
+        assert one > 0 and gemm._gemm.peak(gemm.ISA_IDS[isa], 1600, 3) == 3 * one
+        assert gemm._gemm.peak(gemm.ISA_IDS[isa], 1615, 1) == one  # whole chunks of iters / 16
+        call, ops = gemm.peak_call(isa, threads=2, seconds=0.001)
+        assert 2 * call() == ops
