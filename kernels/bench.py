@@ -108,7 +108,7 @@ def bench_shape(m: int, k: int, n: int, peers: list[Peer], threads: int, rounds:
     """Time every available peer on one shape (u8 activations where a peer takes them, else s8).
 
     With ``peak_isa``, that path's register-only loop is timed in the same rounds (series :func:`peak_name`), so
-    a share of the peak can pair each round's sample with the ceiling the machine had in that round.
+    that a share of the peak does not rest on one measurement of the ceiling taken in a slow spell.
     """
     b = rng.integers(-128, 128, (k, n), dtype=np.int8)
     a_u8 = rng.integers(0, 256, (m, k), dtype=np.uint8)

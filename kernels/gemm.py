@@ -288,6 +288,7 @@ def peak_call(isa: str | None = None, threads: int = 1, seconds: float = 0.002) 
 
     isa_id = ISA_IDS[_check_isa(isa)]
     iters = 1 << 10
+    _gemm.peak(isa_id, iters, threads)  # the first call may start the pool's threads: not a timing
     while True:  # calibrate
         t0 = time.perf_counter()
         _gemm.peak(isa_id, iters, threads)

@@ -308,7 +308,8 @@ def _kernels_table(data: dict[str, Any]) -> str:
 
     notes = ["Ratios: median over rounds of each round's peer time / our time [95% bootstrap interval]."] if paired else []
     if any(peak_name(isa) in sh["series"] for sh in shapes):
-        notes.append("% of peak: median over rounds of our GOPS / the register-only loop's in the same round.")
+        notes.append("% of peak: our median GOPS over the register-only loop's best rate, at the start of the run and "
+                     "in the shape's rounds.")
     lines = [" ".join(notes), ""] if notes else []
     lines += [f"| shape (M×K×N) | ours ({isa}) GOPS | % of {threads}-thread peak | "
               + " | ".join(c for c, _ in _VS_COLUMNS) + " | other paths GOPS |",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The bench with the register-only loop as a dynamic job (threads take chunks), timed in every round beside each
-# shape for % of peak, and MiniLM end to end on every path: validate, then every GEMM shape and MiniLM, 11
+# The bench with the register-only loop as a dynamic job (threads take chunks), calibrated after a first call,
+# timed in every round beside each shape, % of peak over its best rate, and MiniLM end to end on every path: validate, then every GEMM shape and MiniLM, 11
 # interleaved rounds; then minilm_paths.py (where MiniLM's time goes on the avx512vnni and avx2 paths). Run from the repository root with the project's
 # environment active, under the measurement lock:
 #   flock /tmp/costbench-measure.lock bash results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni-10/run.sh
