@@ -519,6 +519,7 @@ typedef struct {
     int64_t ldo; /* in elements */
     /* task grid */
     int64_t n_mblocks, n_nchunks, panels_per_chunk, n_panels;
+    int64_t next_task; /* atomic: the next task of the grid (panel_task's threads take them in order) */
     volatile int failed; /* a worker could not get scratch memory */
     int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
     int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni path; others: gelu_rows) */
@@ -948,9 +949,13 @@ static void panel_task(void *ctx, int tid, int nt) {
     const int mr_max = g->isa == ISA_AVX2 ? AVX2_MR : VNNI_MR;
     const tile_fn *tiles = g->isa == ISA_AVX2 ? AVX2_TILES : VNNI_TILES;
     const int64_t ntasks = g->n_mblocks * g->n_nchunks;
-    const int64_t t0 = ntasks * tid / nt, t1 = ntasks * (tid + 1) / nt;
-    for (int64_t t = t0; t < t1; t++) {
-        /* chunk-major order: a thread keeps its B chunk hot in L2 while it walks row blocks */
+    (void)tid;
+    (void)nt;
+    for (;;) {
+        /* taken from a shared counter: a thread that is slowed, or joins late, takes fewer tasks */
+        const int64_t t = __atomic_fetch_add(&((gemm_t *)g)->next_task, 1, __ATOMIC_RELAXED);
+        if (t >= ntasks) break;
+        /* chunk-major order: the tasks in flight share a B chunk while they walk its row blocks */
         const int64_t chunk = t / g->n_mblocks, mb = t % g->n_mblocks;
         const int64_t p0 = chunk * g->panels_per_chunk;
         int64_t p1 = p0 + g->panels_per_chunk;
@@ -1003,6 +1008,7 @@ static void plan_tasks(gemm_t *g, int threads) {
     while (chunks * g->n_mblocks < want && chunks < g->n_panels) chunks++;
     g->panels_per_chunk = (g->n_panels + chunks - 1) / chunks;
     g->n_nchunks = (g->n_panels + g->panels_per_chunk - 1) / g->panels_per_chunk;
+    g->next_task = 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1726,7 +1732,9 @@ static int run_gemm(gemm_t *g, int threads) {
     }
 #if CB_X86
     plan_tasks(g, threads);
-    parallel_run(panel_task, g, threads);
+    /* a dynamic job, on the OpenMP team when the call asks (inside a torch model, torch's spinning threads
+     * and our pool's would otherwise share the cores) */
+    parallel_run_team(panel_task, g, threads, g->openmp_team);
     return g->failed ? -1 : 0;
 #else
     return -1; /* unreachable: only the generic path is supported here */
@@ -2202,6 +2210,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.bias = (const float *)vb.buf;
             g.out = vout.buf;
             g.ldo = N;
+            g.openmp_team = openmp;
             failed = gemm_driver(&g, qbuf, K, 1, threads) != 0;
             if (!failed && act == ACT_GELU) gelu_rows((float *)vout.buf, M, N, N);
             if (!failed && vres.buf) add_rows((float *)vout.buf, (const float *)vres.buf, M, N);
