@@ -91,3 +91,18 @@ def test_validate_lists_every_path_of_ours():
             assert why is None
         else:
             assert why and p.isa in why and "cannot run" in why
+
+
+def test_bench_peer_reuses_one_output_per_row_count_and_stays_exact(rng):
+    """The bench's `Ours` writes into a buffer kept per row count (as ORT's arena): each call's result is exact."""
+    from costbench.kernels.peers import Ours
+
+    b = rng.integers(-128, 128, (40, 24), dtype=np.int8)
+    run = Ours(gemm.supported_isas()[0]).prepare(b, "u8", 2).run
+    a1, a2 = (rng.integers(0, 256, (30, 40), dtype=np.uint8) for _ in range(2))
+    y1 = run(a1).copy()
+    y2 = run(a2)
+    assert run(a2) is y2  # the same buffer for the same row count
+    y3 = run(a1[:7])
+    for a, y in ((a1, y1), (a2, y2), (a1[:7], y3)):
+        assert np.array_equal(y, a.astype(np.int64) @ b.astype(np.int64))
