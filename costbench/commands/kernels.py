@@ -153,9 +153,8 @@ def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds:
     peak = peaks[best][threads]
     table = Table(title=f"GEMM, {threads} thread(s), {rounds} interleaved rounds; GOPS from our median time; % peak: "
                         f"over the best rate of the {best} register-only loop, at the start and in the shape's rounds; "
-                        f"ratio = "
-                        f"median over rounds of peer time / our time in that round (>1: ours faster), 95% bootstrap "
-                        f"interval", title_justify="left")
+                        f"ratio = median over rounds of peer time / our time in that round (>1: ours faster), 95% "
+                        f"bootstrap interval", title_justify="left")
     for col in ("shape", "M", "K", "N", f"ours GOPS ({best})", "% peak", *(c for c, _ in _VS_COLUMNS),
                 "other paths GOPS"):
         table.add_column(col, overflow="fold")

@@ -1485,9 +1485,10 @@ static void v2_task(void *ctx, int tid, int nt) {
  * (a tail panel counts its width). Splits within 2% of that are ties, and a tie goes to the split
  * along the longer of M and N. Along M, each thread reads half of A and all of B and writes whole
  * rows of its own block of C; along N, it reads all of A and half of B. Split along N at
- * 2048 x 384 x 384 and 2048 x 384 x 1152, our two threads ran at one thread's speed in a third of
- * the samples (both busy, each at half speed) while ONNX Runtime, split along M, did not
- * (kernels-vnni-8/split_ab.txt). Where B is the larger operand (M < N), ties stay along N, as before. */
+ * 2048 x 384 x 384, our two threads ran at one thread's speed in 10 of 41 rounds (both busy, each
+ * at half speed), split along M in 2, and the split along M was x1.04-1.10 faster at 2048 x 384 x 384,
+ * 2048 x 384 x 1152 and 512 x 384 x 384 (kernels-vnni-8/split_ab.txt). Where B is the larger operand
+ * (M < N), ties stay along N, as before. */
 static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out, int *tn_out) {
     const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR;
     const int prefer_m = g->M >= g->N;
@@ -1779,8 +1780,8 @@ static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, in
 /* The loop runs as a dynamic pool job: each thread takes chunks of iterations from a shared counter
  * until none are left, so the count measures the multiply-adds all threads together got through in
  * the call, as the dynamic GEMM jobs use them. A static split (each thread its fixed share) waits for
- * the slowest thread: on this VM, where a vCPU is sometimes slowed for a while, it read a ceiling
- * below what our GEMMs reached in the same round. */
+ * the slowest thread, a limit the dynamic GEMMs are not held to on a VM whose vCPUs are slowed at
+ * times. */
 #define PEAK_CHUNKS_PER_THREAD 16
 typedef struct {
     int isa;
