@@ -293,9 +293,8 @@ def _kernels_table(data: dict[str, Any]) -> str:
     """The GEMM table ``costbench kernels bench`` prints, as Markdown, and the MiniLM line, from its JSON record."""
     from types import SimpleNamespace
 
-    import numpy as np
-
-    from costbench.commands.kernels import _VS_COLUMNS, RATIO_PAIRED, _gemm_cells, time_ratio
+    from costbench.commands.kernels import _VS_COLUMNS, RATIO_PAIRED, _gemm_cells, _minilm_rows
+    from costbench.kernels.bench import peak_name
 
     shapes, threads = data.get("shapes") or [], int(data["threads"])
     if not shapes:
@@ -304,8 +303,6 @@ def _kernels_table(data: dict[str, Any]) -> str:
     ours_name = next(iter(shapes[0]["series"]))  # the bench lists ours (its best path) first
     isa = ours_name.split()[-1]
     peak = float(data["peaks"][isa][str(threads)])
-    from costbench.kernels.bench import peak_name
-
     notes = ["Ratios: median over rounds of each round's peer time / our time [95% bootstrap interval]."] if paired else []
     if any(peak_name(isa) in sh["series"] for sh in shapes):
         notes.append("% of peak: our median GOPS over the register-only loop's best rate, at the start of the run and "
@@ -321,18 +318,14 @@ def _kernels_table(data: dict[str, Any]) -> str:
         lines.append(f"| {sh['m']}×{sh['k']}×{sh['n']} ({sh['label']}) | " + " | ".join(cells) + " |")
     r = data.get("minilm")
     if r:
-        base = r["times"]["torch dynamic int8"]
         lines.append("")
         lines.append(f"all-MiniLM-L6-v2, batch {r['batch']} × {r['seq_len']} tokens, {r['int8_layers']} Linear layers "
                      f"on {r['isa']}, same run{' (speed-ups: median of per-round ratios)' if paired else ''}:")
         lines.append("")
         lines.append("| model | median ms | speed-up vs torch dynamic int8 [95% CI] | mean / min cos vs fp32 |")
         lines.append("| --- | ---: | ---: | ---: |")
-        for name, ts in r["times"].items():
-            x, lo, hi = time_ratio(ts, base, paired)
-            par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
-            lines.append(f"| {name} | {1e3 * np.median(ts):.1f} | {x:.2f} "
-                         f"[{lo:.2f}–{hi:.2f}] | {par['mean_cos']:.5f} / {par['min_cos']:.5f} |")
+        for name, ms, speedup, mean_cos, min_cos in _minilm_rows(r, paired):
+            lines.append(f"| {name} | {ms} | {speedup} | {mean_cos} / {min_cos} |")
     return "\n".join(lines) + "\n"
 
 

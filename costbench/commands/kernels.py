@@ -205,7 +205,7 @@ def _gemm_cells(ops: float, series: dict, ours_name: str, peak: float, paired: b
     med = float(np.median(ours.times))
     loop = series.get(peak_name(ours_name.split()[-1]))
     ceiling = peak
-    if loop is not None and loop.times and getattr(loop, "ops", 0):
+    if loop is not None and loop.times and loop.ops:
         ceiling = max(peak, loop.ops / min(loop.times) / 1e9)
     share = ops / med / 1e9 / ceiling
 
@@ -240,21 +240,30 @@ def _bench_minilm(threads: int, batch: int, rounds: int, min_time: float, rng) -
 
 def _minilm_table(r: dict, paired: bool = True) -> Table:
     """MiniLM's median latency, speed-up over torch dynamic int8 and embedding parity with fp32, per model."""
-    import numpy as np
-
     mt = Table(title=f"all-MiniLM-L6-v2 end to end: batch {r['batch']} x {r['seq_len']} tokens, "
                      f"{r['int8_layers']} Linear layers on {r['isa']}; parity over {r['sentences']} sentences",
                title_justify="left")
     speedup = "speed-up vs torch dynamic int8, " + ("median of per-round ratios" if paired else "ratio of medians")
     for col in ("model", "median ms", f"{speedup} [95%]", "mean cos vs fp32", "min cos vs fp32"):
         mt.add_column(col)
+    for row in _minilm_rows(r, paired):
+        mt.add_row(*row)
+    return mt
+
+
+def _minilm_rows(r: dict, paired: bool) -> list[tuple[str, str, str, str, str]]:
+    """Per model of a MiniLM record: name, median ms, speed-up over torch dynamic int8 with its interval, and the
+    mean and min cosine to fp32 (fp32 itself: 1)."""
+    import numpy as np
+
     base = r["times"]["torch dynamic int8"]
+    rows = []
     for name, ts in r["times"].items():
         x, lo, hi = time_ratio(ts, base, paired)
         par = r["parity"].get(name, {"mean_cos": 1.0, "min_cos": 1.0})
-        mt.add_row(name, f"{1e3 * np.median(ts):.1f}", f"{x:.2f} [{lo:.2f}–{hi:.2f}]",
-                   f"{par['mean_cos']:.5f}", f"{par['min_cos']:.5f}")
-    return mt
+        rows.append((name, f"{1e3 * np.median(ts):.1f}", f"{x:.2f} [{lo:.2f}–{hi:.2f}]", f"{par['mean_cos']:.5f}",
+                     f"{par['min_cos']:.5f}"))
+    return rows
 
 
 def _write_record(record: dict, json_out: Path) -> None:

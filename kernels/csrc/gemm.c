@@ -935,13 +935,13 @@ static void amx_task(const gemm_t *g, int64_t i0, int64_t i1, int64_t p0, int64_
 /* Task loop shared by the panel paths                                                          */
 
 static void panel_task(void *ctx, int tid, int nt) {
-    const gemm_t *g = (const gemm_t *)ctx;
+    gemm_t *g = (gemm_t *)ctx; /* its next_task and failed are written */
     int32_t *scratch = NULL;
     if (g->isa == ISA_AMX) {
         /* partial sums of one task: MC rows x panels_per_chunk x 32 columns */
         scratch = (int32_t *)aligned_alloc(64, (size_t)(MC * 32 * g->panels_per_chunk) * sizeof(int32_t));
         if (!scratch) {
-            ((gemm_t *)g)->failed = 1;
+            g->failed = 1;
             return;
         }
         amx_configure(); /* tile configuration is per thread */
@@ -953,7 +953,7 @@ static void panel_task(void *ctx, int tid, int nt) {
     (void)nt;
     for (;;) {
         /* taken from a shared counter: a thread that is slowed, or joins late, takes fewer tasks */
-        const int64_t t = __atomic_fetch_add(&((gemm_t *)g)->next_task, 1, __ATOMIC_RELAXED);
+        const int64_t t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
         if (t >= ntasks) break;
         /* chunk-major order: the tasks in flight share a B chunk while they walk its row blocks */
         const int64_t chunk = t / g->n_mblocks, mb = t % g->n_mblocks;
