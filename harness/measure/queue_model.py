@@ -48,6 +48,10 @@ class ServiceTimes:
             out.append(np.asarray(self.by_size[below], dtype=np.float64) + step)
         return out
 
+    def typical(self) -> ServiceTimes:
+        """Each size's median alone: the queue with every run typical, none of the probe's outliers."""
+        return ServiceTimes({k: [float(np.median(v))] for k, v in self.by_size.items() if len(v)})
+
     def capacity(self, max_batch: int, fill: int, servers: int) -> float:
         """Queries/s with every server busy on full batches back to back (the median service time)."""
         return servers * fill * 1e9 / float(np.median(self.table(max_batch)[fill]))

@@ -128,7 +128,24 @@ GIVE_UP_MIN_NS = 100_000_000
 
 MEETS, MISSES, UNDECIDED = "meets", "misses", "undecided"
 MIN_FRACTION = 0.01  # of the service-time capacity: the lowest rate a search tries before answering 0
+
+# Where a search starts is only a guess, and guessing low costs more than guessing high: below the capacity each
+# trial runs its full max_duration_s at a low rate and the search climbs x1.5 a trial, while a trial past the
+# capacity gives up early and the search then closes in. The queue model on the probe's 20 runs a size takes one
+# run the machine preempted as a 5% tail of the service time: in one run it put a batching server of about 3,900
+# queries/s at 51, and a 40-s search that began at 46 climbed to 156 and ran out. So a search starts at no less
+# than this fraction of the model on each size's median service time (what the queue would sustain were every
+# run typical).
+START_OF_TYPICAL_MODEL = 0.5
 _BLOCKS = 10  # batch means over this many consecutive blocks estimate the latencies' autocorrelation
+
+
+def search_start(model: float, typical: float, service_cap: float, ceiling: float) -> float:
+    """Queries/s a capacity search begins at: just under the queue model's capacity on the probed service
+    times, but no less than START_OF_TYPICAL_MODEL of the model on the typical (median) ones, nor above the
+    load generator's ceiling; a quarter of the back-to-back capacity where neither model sustains any rate."""
+    start = max(0.9 * model, START_OF_TYPICAL_MODEL * typical)
+    return min(start if start > 0 else 0.25 * service_cap, 0.9 * ceiling)
 
 
 def percentile_interval(latency_ns: Sequence[int], p: float, confidence: float) -> tuple[float, float]:
@@ -401,8 +418,9 @@ class Server(Scenario):
         slo_ns = s.slo_ms * 1e6
         model = model_capacity(times, slo_ns, s.slo_percentile, self.policy.max_batch, self.policy.delay_ns,
                                self.policy.preferred, s.concurrency, seed=s.seed)
-        start = 0.9 * model if model > 0 else 0.25 * service_cap
-        start = min(start, 0.9 * ceiling)
+        typical = model_capacity(times.typical(), slo_ns, s.slo_percentile, self.policy.max_batch,
+                                 self.policy.delay_ns, self.policy.preferred, s.concurrency, seed=s.seed)
+        start = search_start(model, typical, service_cap, ceiling)
         give_up = max(GIVE_UP_MIN_NS, int(GIVE_UP_SLOS * slo_ns))
         trials: list[dict[str, Any]] = []
         kept: dict[float, _Trial] = {}
@@ -430,6 +448,7 @@ class Server(Scenario):
                           start_qps=start, floor_qps=MIN_FRACTION * service_cap, ceiling_qps=ceiling)
         outcome = CapacitySearch(plan, percentile_interval, clock=lambda: clock() / 1e9).run(measure)
         summary = self._summary(outcome, trials, service_cap, model, ceiling, times, spent)
+        summary.update(typical_model_capacity_qps=typical, start_qps=start)
         # The result's own series: the last trial at the rate shown to meet (else the lowest tried); its
         # verdict: all the trials at that rate.
         pool = outcome.reported_pool()

@@ -18,7 +18,7 @@ from costbench.harness.measure.capacity import (
 from costbench.core.stats import combine_capacities
 from costbench.harness.measure.queue_model import (ServiceTimes, md1_capacity, md1_wait_cdf, model_capacity,
                                                   simulate_latencies, stationary_backlog_ns)
-from costbench.harness.measure.scenarios.server import percentile_interval
+from costbench.harness.measure.scenarios.server import percentile_interval, search_start
 from queue_sim import capacity as bisect_capacity, nearest_rank, simulate
 
 SLO_NS, SERVICE_NS = 5e6, 1e6  # the issue's case: 1 ms of service, p99 within 5 ms
@@ -129,6 +129,25 @@ def test_queue_model_agrees_with_theory_and_the_independent_simulation(seed):
     theirs = bisect_capacity(p99_at, SLO_NS, 100.0, 4444.0, steps=16)
     assert ours == pytest.approx(theirs, rel=0.03)
     assert times.table(8)[5] == pytest.approx([1.5e6])
+
+
+def test_a_probe_run_the_machine_preempted_does_not_start_the_search_far_below_the_capacity(seed):
+    """The probe's 20 runs a size, one of them preempted for 10 ms: the queue model takes it as a 5% tail and
+    puts the batching server (0.5 + 0.1 k ms, 2-ms delay, p99 within 5 ms) far below its capacity. The search
+    starts at no less than half of the model on the typical runs: about half the capacity the probe would
+    have given undisturbed."""
+    rng = np.random.default_rng(seed)
+    runs = {k: list((0.5 + 0.1 * k) * 1e6 + rng.uniform(0, 2e4, 20)) for k in (1, 2, 4)}
+    clean = model_capacity(ServiceTimes(runs), SLO_NS, 99, 4, 2e6, seed=seed)
+    runs[4][int(rng.integers(20))] = 10e6
+    disturbed = ServiceTimes(runs)
+    model = model_capacity(disturbed, SLO_NS, 99, 4, 2e6, seed=seed)
+    typical = model_capacity(disturbed.typical(), SLO_NS, 99, 4, 2e6, seed=seed)
+    assert model < 0.2 * clean, (model, clean)  # the failure this guards against
+    start = search_start(model, typical, disturbed.capacity(4, 4, 1), ceiling=1e6)
+    assert 0.45 * clean <= start <= 1.1 * clean, (start, clean, typical)
+    assert search_start(0.0, 0.0, 4000.0, 1e6) == 1000.0  # neither model sustains a rate: a quarter of back-to-back
+    assert search_start(model, typical, 4000.0, ceiling=1000.0) == 900.0  # never past the load generator
 
 
 def test_a_stationary_backlog_follows_erlangs_wait_distribution(seed):

@@ -88,8 +88,9 @@ def test_fixed_rate_matches_the_simulated_queue(linear, data, seed, batching):
     assert np.all(latency >= np.asarray(r.series_ns["queue_wait"]) + a_ms * 1e6)
 
 
-@pytest.mark.parametrize("batching", [{}, {"max_batch": 4, "max_queue_delay_ms": 2.0}], ids=["unbatched", "batched"])
-def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data, seed, rng, batching):
+def search_against_simulation(linear, data, rng, seed: int, batching: dict):
+    """One 40-s capacity search of the linear service, and the capacity the simulated queue has when driven
+    by that run's own service-time excess and wake-up lateness: (result, simulated capacity)."""
     a_ms, b_ms, slo_ms = 0.5, 0.1, 5.0
     nominal = lambda k: (a_ms + b_ms * k) * 1e6  # noqa: E731
     # 5000 queries a trial at least: near capacity a queue's tail comes from rare long busy periods, and
@@ -97,7 +98,6 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
     spec = {"kind": "server", "search": True, "slo_ms": slo_ms, "min_count": 5000, "min_duration_s": 0,
             "max_duration_s": 10, "search_budget_s": 40, "seed": seed % 2**31, **batching}
     r = make_scenario(spec).run(linear(a_ms, b_ms, spec.get("max_batch", 1)), data, 1)
-    low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
     excess = np.asarray(r.series_ns["service_time"]) - np.asarray([nominal(k) for k in r.batch_sizes])
     # The search's trials run one after another; when other processes take this machine's cores for
     # milliseconds at a time (a shared 2-core VM), each trial meets a different machine and no one
@@ -107,6 +107,7 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
     if not r.valid or slowest > nominal(spec.get("max_batch", 1)) / 1e6 + 0.5 * a_ms:
         pytest.skip("the machine is busy (" + "; ".join(r.notes) + f"; slowest trial's service time p99 "
                     f"{slowest:.3f} ms): a capacity here describes the load, not the queue")
+    high = r.scalars.get("capacity_ci_high", (np.inf,))[0]
     assert 0 < r.scalars["max_qps_within_slo"][0] <= high, (r.details["search_summary"], r.details["search"])
     assert r.details["search_summary"]["elapsed_s"] <= spec["search_budget_s"]
     # The machine's own service-time excess and wake-up lateness, resampled, drive the simulated queue.
@@ -119,9 +120,28 @@ def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data
                           spec.get("max_queue_delay_ms", 0) * 1e6, late=lambda j: late[j])
         return nearest_rank(lat, 99)
 
-    simulated = capacity(p99_at, slo_ms * 1e6, 1.0, 1e4, steps=16)
-    # The simulation's own p99 (30k queries) moves its capacity by about 1%, hence the 3% allowance.
-    assert low / 1.03 <= simulated <= high * 1.03, (low, simulated, high, r.details["search"])
+    return r, capacity(p99_at, slo_ms * 1e6, 1.0, 1e4, steps=16)
+
+
+def holds(r, simulated: float) -> bool:
+    """Whether the result's interval holds the simulated capacity, give or take the simulation's own 1%
+    (its p99 over 30k queries) with room: 3%."""
+    low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
+    return low / 1.03 <= simulated <= high * 1.03
+
+
+@pytest.mark.parametrize("batching", [{}, {"max_batch": 4, "max_queue_delay_ms": 2.0}], ids=["unbatched", "batched"])
+def test_searched_capacity_interval_contains_the_simulated_capacity(linear, data, seed, rng, batching):
+    """A 95% interval misses by design, one search in 20 (fewer past the 3% allowance; arrival seed
+    2445799684 put the simulated capacity 3.05% past the top). So a miss is searched again on fresh
+    arrivals, and the test fails when both miss: at most 1 in 400 for a search that is right, 1 in 4 for
+    one whose interval held the capacity only half the time, nearly always for a biased one."""
+    r, simulated = search_against_simulation(linear, data, rng, seed, batching)
+    tried = [(r.details["search_summary"]["interval"], simulated)]
+    if not holds(r, simulated):
+        r, simulated = search_against_simulation(linear, data, rng, seed + 1, batching)
+        tried.append((r.details["search_summary"]["interval"], simulated))
+    assert holds(r, simulated), (tried, r.details["search"])
     assert "capacity_qps" in r.scalars, (r.details["search_summary"], r.details["search"])
     assert r.scalars["capacity_qps"][0] == pytest.approx(simulated, rel=0.10)
     trials = r.details["search"]
