@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from costbench.harness.machine import env
 from costbench.kernels import _gemm, gemm
 from costbench.kernels.linear import (FusedInt8Linear, Int8FeedForwardOutput, Int8Linear,
                                      Int8LinearPart, Int8ResidualOutput, feed_forward, swap_linear_layers)
@@ -69,13 +70,26 @@ def _gelu64(y: np.ndarray) -> np.ndarray:
     return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
 
 
-def test_gelu_simd_and_scalar_agree_and_are_close_to_erf(rng):
-    y = np.concatenate([rng.standard_normal(10_000) * 4, np.linspace(-12, 12, 4097),
+# _gemm.gelu's forms, and the CPU flags each needs (the C side checks them at run time too)
+GELU_SCALAR, GELU_BEST = 0, 1
+GELU_FORMS = {2: ("avx2", "fma"), 3: ("avx512f",)}
+
+
+@pytest.mark.parametrize("form", sorted(GELU_FORMS))
+def test_gelu_simd_and_scalar_agree_and_are_close_to_erf(rng, form):
+    # a different length each run, so the vector loops' remainders (0-15 lanes) are all met across runs
+    y = np.concatenate([rng.standard_normal(10_000 - int(rng.integers(0, 16))) * 4, np.linspace(-12, 12, 4097),
                         [0.0, -0.0, 1e-30, -1e-30, 3.4e38, -3.4e38, np.inf, np.nan]]).astype(np.float32)
-    simd, scalar = y.copy(), y.copy()
-    _gemm.gelu(simd, len(simd), True)
-    _gemm.gelu(scalar, len(scalar), False)
+    if not set(GELU_FORMS[form]) <= env.cpu_flags():
+        with pytest.raises(ValueError, match=f"form {form}"):
+            _gemm.gelu(y.copy(), len(y), form)
+        pytest.skip(f"this CPU lacks {'/'.join(GELU_FORMS[form])}: the form is refused, as checked")
+    simd, best, scalar = y.copy(), y.copy(), y.copy()
+    _gemm.gelu(simd, len(simd), form)
+    _gemm.gelu(best, len(best), GELU_BEST)
+    _gemm.gelu(scalar, len(scalar), GELU_SCALAR)
     assert np.array_equal(simd.view(np.uint32), scalar.view(np.uint32))  # same bits, NaN included
+    assert np.array_equal(best.view(np.uint32), scalar.view(np.uint32))
     assert np.isnan(simd[-1]) and simd[-2] == np.inf
     finite = np.abs(y) < 1e30
     ref = _gelu64(y[finite])
