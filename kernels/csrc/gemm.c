@@ -174,6 +174,9 @@ static int pool_cpus_known;
 
 static void note_cpu(int id) { __atomic_store_n(&worker_cpu[id], sched_getcpu(), __ATOMIC_RELAXED); }
 
+/* A worker not started yet: its CPU unknown (the zero of the static array would read as "on CPU 0"). */
+static void forget_cpu(int id) { __atomic_store_n(&worker_cpu[id], -1, __ATOMIC_RELAXED); }
+
 /* Before a worker sleeps: give back every CPU it may run on. */
 static void worker_unmove(int id) {
     if (worker_moved[id]) {
@@ -189,10 +192,14 @@ static void keep_workers_off_my_cpu(int n) {
     if (me < 0) return;
     for (int w = 1; w < n; w++) {
         if (__atomic_load_n(&worker_cpu[w], __ATOMIC_RELAXED) != me) continue;
+        /* A worker that has not run yet has no thread id: sched_setaffinity(0, ...) would move the caller
+         * itself, and every thread it starts afterwards (ONNX Runtime's, torch's OpenMP team) inherits that. */
+        const pid_t tid = __atomic_load_n(&worker_os_tid[w], __ATOMIC_ACQUIRE);
+        if (tid <= 0) continue;
         cpu_set_t set = pool_cpus;
         CPU_CLR(me, &set);
         if (CPU_COUNT(&set) == 0) return;
-        if (sched_setaffinity(worker_os_tid[w], sizeof(set), &set) == 0) {
+        if (sched_setaffinity(tid, sizeof(set), &set) == 0) {
             worker_moved[w] = 1;
             __atomic_store_n(&worker_cpu[w], -1, __ATOMIC_RELAXED);
         }
@@ -200,6 +207,7 @@ static void keep_workers_off_my_cpu(int n) {
 }
 #else
 static void note_cpu(int id) { (void)id; }
+static void forget_cpu(int id) { (void)id; }
 static void worker_unmove(int id) { (void)id; }
 static void keep_workers_off_my_cpu(int n) { (void)n; }
 #endif
@@ -228,7 +236,7 @@ static inline uint64_t pool_state(void) { return __atomic_load_n(&pool.state, __
 static void *worker_main(void *arg) {
     const int id = (int)(intptr_t)arg;
 #ifdef __linux__
-    worker_os_tid[id] = (pid_t)syscall(SYS_gettid);
+    __atomic_store_n(&worker_os_tid[id], (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
 #endif
     note_cpu(id);
     pthread_mutex_lock(&pool.lock);
@@ -322,6 +330,7 @@ static void parallel_run_ex(task_fn fn, void *ctx, int nthreads, int dynamic) {
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
         worker_birth[pool.n_workers + 1] = gen - 1;
+        forget_cpu(pool.n_workers + 1);
         int rc = pthread_create(&th, &attr, worker_main, (void *)(intptr_t)(pool.n_workers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) break;
@@ -1450,8 +1459,7 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
 typedef struct {
     int64_t next; /* atomic: the next task index */
     int64_t ntasks, t0, t1, p0, p1;
-    char pad[64 - 6 * sizeof(int64_t)]; /* one cache line per share */
-} v2_share;
+} __attribute__((aligned(64))) v2_share; /* one cache line per share, the array aligned to lines */
 
 #define V2_MAX_THREADS 64
 #define V2_STAGE_ROWS 32 /* rows per staging chunk */
@@ -1468,9 +1476,11 @@ typedef struct {
     int64_t ldx;
     float *scales;
     int32_t *zps;
-    int64_t stage_next, stage_done, n_stage; /* atomics: staging chunks taken / finished, and how many */
-    int64_t mbt;                             /* row tiles per task */
+    int64_t n_stage; /* staging chunks */
+    int64_t mbt;     /* row tiles per task */
     int nshares;
+    /* atomics: staging chunks taken / finished, on their own line, apart from the fields read per task */
+    int64_t stage_next __attribute__((aligned(64))), stage_done;
     v2_share shares[V2_MAX_THREADS];
 } v2_job;
 
