@@ -65,6 +65,32 @@ def _per_call(fn: Callable[[], object], min_time: float) -> float:
     return (time.perf_counter() - t0) / reps
 
 
+POOL_THREAD_NAME = "costbench-pool"  # the C pool's workers (gemm.c), which it moves off the caller's CPU on purpose
+
+
+def narrowed_threads(cpus: set[int]) -> dict[int, list[int]]:
+    """The threads of this process (but the kernel pool's own) that may run on fewer than ``cpus``: tid to CPUs.
+
+    A thread pool started after a thread's CPUs were narrowed inherits them: ONNX Runtime's or torch's OpenMP team
+    then shares one CPU while the other idles, and its timings say nothing about the hardware. The bench reports
+    any such thread at the end of a run.
+    """
+    import os
+
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == POOL_THREAD_NAME:
+                    continue
+            allowed = os.sched_getaffinity(int(tid))
+        except (FileNotFoundError, ProcessLookupError, OSError):
+            continue  # the thread ended meanwhile
+        if not cpus <= allowed:
+            out[int(tid)] = sorted(allowed)
+    return out
+
+
 def settle(max_wait: float = 0.5, interval: float = 0.01, busy: float = 0.1) -> float:
     """Wait until no thread of this process is burning CPU; returns the seconds waited.
 

@@ -96,6 +96,7 @@ def bench(
 
     t = _threads(threads)
     rng = np.random.default_rng()
+    cpus = _process_cpus()
     load = {"before": _load_average()}
     console.print(f"load average (1, 5, 15 min) before: {_fmt_load(load['before'])}")
     peaks = measure_peaks(t)
@@ -109,8 +110,24 @@ def bench(
     load["after"] = _load_average()
     console.print(f"load average (1, 5, 15 min) after: {_fmt_load(load['after'])}")
     record["load_average"] = load
+    if cpus is not None:
+        from costbench.kernels.bench import narrowed_threads
+
+        narrowed = narrowed_threads(cpus)
+        record["cpus"] = {"process": sorted(cpus), "narrowed_threads": narrowed}
+        if narrowed:
+            console.print(f"[red]{len(narrowed)} thread(s) of this process may run on fewer CPUs than the "
+                          f"{len(cpus)} it started with[/] ({narrowed}): a peer whose threads are among them shared "
+                          "those CPUs, and its times are not the hardware's")
     if json_out:
         _write_record(record, json_out)
+
+
+def _process_cpus() -> Optional[set[int]]:
+    """The CPUs this process may run on at the start (None where the OS does not say)."""
+    import os
+
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
 def _load_average() -> Optional[list[float]]:

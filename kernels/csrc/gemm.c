@@ -217,6 +217,7 @@ static void keep_workers_off_my_cpu(int n) { (void)n; }
  * sleeps, and the caller spins for the workers to finish before it sleeps: back-to-back calls (a
  * model's layers) hand over without a wake-up. */
 #define POOL_SPIN_NS 100000LL
+#define POOL_THREAD_NAME "costbench-pool" /* kernels/bench.py reads it; at most 15 characters */
 #define POOL_WAIT_SPIN_NS 2000000LL
 
 static inline void cpu_relax(void) {
@@ -237,6 +238,7 @@ static void *worker_main(void *arg) {
     const int id = (int)(intptr_t)arg;
 #ifdef __linux__
     __atomic_store_n(&worker_os_tid[id], (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+    pthread_setname_np(pthread_self(), POOL_THREAD_NAME); /* how a bench tells the pool's threads from others */
 #endif
     note_cpu(id);
     pthread_mutex_lock(&pool.lock);
