@@ -455,25 +455,31 @@ static float gelu_scalar(float y) {
 }
 
 #if CB_X86
-__attribute__((target("avx512f,fma"))) static inline __m512 gelu512(__m512 y) {
-    /* MINPS/MAXPS with the NaN operand first return the other: clamp with y's side second keeps NaN */
-    __m512 x = _mm512_mul_ps(y, _mm512_set1_ps(0.70710678118654752f));
-    x = _mm512_max_ps(_mm512_set1_ps(-4.0f), _mm512_min_ps(_mm512_set1_ps(4.0f), x));
-    const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(GELU_A13), _mm512_set1_ps(GELU_A11));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A9));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A7));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A5));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A3));
-    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(GELU_A1));
-    p = _mm512_mul_ps(x, p);
-    __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(GELU_B8), _mm512_set1_ps(GELU_B6));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(GELU_B4));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(GELU_B2));
-    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(GELU_B0));
-    const __m512 h = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
-    return _mm512_fmadd_ps(h, _mm512_div_ps(p, q), h);
-}
+/* The vector GELU, W bits wide (512: AVX-512, 256: AVX2), in the scalar form's operations and order. MINPS/MAXPS
+ * with the NaN operand first return the other: clamping with y's side second keeps a NaN, in either width. */
+#define GELU_VEC(W, T, TARGET)                                                                             \
+    __attribute__((target(TARGET))) static inline T gelu##W(T y) {                                        \
+        T x = _mm##W##_mul_ps(y, _mm##W##_set1_ps(0.70710678118654752f));                                \
+        x = _mm##W##_max_ps(_mm##W##_set1_ps(-4.0f), _mm##W##_min_ps(_mm##W##_set1_ps(4.0f), x));          \
+        const T x2 = _mm##W##_mul_ps(x, x);                                                               \
+        T p = _mm##W##_fmadd_ps(x2, _mm##W##_set1_ps(GELU_A13), _mm##W##_set1_ps(GELU_A11));              \
+        p = _mm##W##_fmadd_ps(x2, p, _mm##W##_set1_ps(GELU_A9));                                          \
+        p = _mm##W##_fmadd_ps(x2, p, _mm##W##_set1_ps(GELU_A7));                                          \
+        p = _mm##W##_fmadd_ps(x2, p, _mm##W##_set1_ps(GELU_A5));                                          \
+        p = _mm##W##_fmadd_ps(x2, p, _mm##W##_set1_ps(GELU_A3));                                          \
+        p = _mm##W##_fmadd_ps(x2, p, _mm##W##_set1_ps(GELU_A1));                                          \
+        p = _mm##W##_mul_ps(x, p);                                                                        \
+        T q = _mm##W##_fmadd_ps(x2, _mm##W##_set1_ps(GELU_B8), _mm##W##_set1_ps(GELU_B6));                \
+        q = _mm##W##_fmadd_ps(x2, q, _mm##W##_set1_ps(GELU_B4));                                          \
+        q = _mm##W##_fmadd_ps(x2, q, _mm##W##_set1_ps(GELU_B2));                                          \
+        q = _mm##W##_fmadd_ps(x2, q, _mm##W##_set1_ps(GELU_B0));                                          \
+        const T h = _mm##W##_mul_ps(_mm##W##_set1_ps(0.5f), y);                                           \
+        return _mm##W##_fmadd_ps(h, _mm##W##_div_ps(p, q), h);                                            \
+    }
+GELU_VEC(512, __m512, "avx512f,fma")
+/* For the CPUs with AVX2 and no AVX-512: the scalar form there calls libm's fmaf eleven times an element (the
+ * baseline build has no FMA); kernels-vnni-13/gelu_forms.txt: 53 times as long as this form. */
+GELU_VEC(256, __m256, "avx2,fma")
 
 __attribute__((target("avx512f,fma"))) static void gelu_rows_avx512(float *y, int64_t n) {
     int64_t i = 0;
@@ -482,28 +488,6 @@ __attribute__((target("avx512f,fma"))) static void gelu_rows_avx512(float *y, in
         const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
         _mm512_mask_storeu_ps(y + i, m, gelu512(_mm512_maskz_loadu_ps(m, y + i)));
     }
-}
-
-/* gelu512's operations, eight lanes wide (MINPS/MAXPS keep a NaN the same way), for the CPUs with AVX2 and no
- * AVX-512: the scalar form there calls libm's fmaf eleven times an element (the baseline build has no FMA), and
- * took about 70 times as long as the AVX-512 form (17 against 0.25 ms for one MiniLM layer's 786,432). */
-__attribute__((target("avx2,fma"))) static inline __m256 gelu256(__m256 y) {
-    __m256 x = _mm256_mul_ps(y, _mm256_set1_ps(0.70710678118654752f));
-    x = _mm256_max_ps(_mm256_set1_ps(-4.0f), _mm256_min_ps(_mm256_set1_ps(4.0f), x));
-    const __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_fmadd_ps(x2, _mm256_set1_ps(GELU_A13), _mm256_set1_ps(GELU_A11));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(GELU_A9));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(GELU_A7));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(GELU_A5));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(GELU_A3));
-    p = _mm256_fmadd_ps(x2, p, _mm256_set1_ps(GELU_A1));
-    p = _mm256_mul_ps(x, p);
-    __m256 q = _mm256_fmadd_ps(x2, _mm256_set1_ps(GELU_B8), _mm256_set1_ps(GELU_B6));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(GELU_B4));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(GELU_B2));
-    q = _mm256_fmadd_ps(x2, q, _mm256_set1_ps(GELU_B0));
-    const __m256 h = _mm256_mul_ps(_mm256_set1_ps(0.5f), y);
-    return _mm256_fmadd_ps(h, _mm256_div_ps(p, q), h);
 }
 
 __attribute__((target("avx2,fma"))) static void gelu_rows_avx2(float *y, int64_t n) {
