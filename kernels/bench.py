@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from costbench.kernels import gemm
+from costbench.kernels import _gemm, gemm
 from costbench.kernels.peers import OpenVinoInt8MatMul, OrtMatMulInteger, Ours, Peer, TorchDynamicLinear, TorchFp32, TorchIntMM
 
 MINILM_K_N = [(384, 384), (384, 1152), (384, 1536), (1536, 384)]
@@ -65,9 +65,6 @@ def _per_call(fn: Callable[[], object], min_time: float) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-POOL_THREAD_NAME = "costbench-pool"  # the C pool's workers (gemm.c), which it moves off the caller's CPU on purpose
-
-
 def narrowed_threads(cpus: set[int]) -> dict[int, list[int]]:
     """The threads of this process (but the kernel pool's own) that may run on fewer than ``cpus``: tid to CPUs.
 
@@ -81,7 +78,7 @@ def narrowed_threads(cpus: set[int]) -> dict[int, list[int]]:
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                if f.read().strip() == POOL_THREAD_NAME:
+                if f.read().strip() == _gemm.POOL_THREAD_NAME:  # moved off the caller's CPU on purpose
                     continue
             allowed = os.sched_getaffinity(int(tid))
         except (FileNotFoundError, ProcessLookupError, OSError):

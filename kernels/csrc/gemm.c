@@ -217,7 +217,7 @@ static void keep_workers_off_my_cpu(int n) { (void)n; }
  * sleeps, and the caller spins for the workers to finish before it sleeps: back-to-back calls (a
  * model's layers) hand over without a wake-up. */
 #define POOL_SPIN_NS 100000LL
-#define POOL_THREAD_NAME "costbench-pool" /* kernels/bench.py reads it; at most 15 characters */
+#define POOL_THREAD_NAME "costbench-pool" /* exported to Python (kernels/bench.py); at most 15 characters */
 #define POOL_WAIT_SPIN_NS 2000000LL
 
 static inline void cpu_relax(void) {
@@ -2407,7 +2407,7 @@ static PyObject *py_gelu(PyObject *self, PyObject *args) {
     int form = GELU_BEST;
     if (!PyArg_ParseTuple(args, "w*L|i", &vy, &n, &form)) return NULL;
     PyObject *ret = NULL;
-    if (form < GELU_SCALAR || form > GELU_AVX512 || !gelu_form_supported(form)) {
+    if (!gelu_form_supported(form)) {
         PyErr_Format(PyExc_ValueError, "gelu: form %d is not one this CPU runs (0 scalar, 1 best, 2 avx2, 3 avx512)",
                      form);
     } else if (n >= 0 && need_bytes(&vy, n * 4, "y") == 0) {
@@ -2534,5 +2534,10 @@ PyMODINIT_FUNC PyInit__gemm(void) {
     PyModule_AddIntConstant(m, "ISA_AVX512VNNI", ISA_AVX512VNNI);
     PyModule_AddIntConstant(m, "ISA_AMX", ISA_AMX);
     PyModule_AddIntConstant(m, "AMX_MIN_ROWS", AMX_MIN_ROWS);
+    PyModule_AddIntConstant(m, "GELU_SCALAR", GELU_SCALAR);
+    PyModule_AddIntConstant(m, "GELU_BEST", GELU_BEST);
+    PyModule_AddIntConstant(m, "GELU_AVX2", GELU_AVX2);
+    PyModule_AddIntConstant(m, "GELU_AVX512", GELU_AVX512);
+    PyModule_AddStringConstant(m, "POOL_THREAD_NAME", POOL_THREAD_NAME);
     return m;
 }

@@ -187,26 +187,49 @@ def test_peak_loop_counts_every_chunk_whichever_thread_ran_it():
         assert 2 * call() == ops
 
 
-# A fresh process: the pool starts on its first multi-threaded call, and prints its CPUs before and after.
-_AFFINITY_CHILD = """
-import os, numpy as np
-from costbench.kernels import gemm
-before = sorted(os.sched_getaffinity(0))
+# The start of a fresh process whose pool has just started its worker (on the first multi-threaded call).
+_START_POOL = """
+import os, threading, time, numpy as np
+from costbench.kernels import bench, gemm
+cpus = set(os.sched_getaffinity(0))
 pw = gemm.PackedWeight.pack(np.ones((384, 384), np.int8), gemm.supported_isas()[0])
 gemm.int8_gemm(np.ones((512, 384), np.uint8), pw, threads=2)
-print(before, sorted(os.sched_getaffinity(0)))
 """
+needs_two_cpus = pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                                    reason="needs Linux and at least 2 CPUs to run the pool's worker beside the caller")
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
-                    reason="needs Linux and at least 2 CPUs to run the pool's worker beside the caller")
+def _child_line(code: str) -> str:
+    """The last line a fresh Python process running ``code`` prints."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()[-1]
+
+
+@needs_two_cpus
 def test_starting_the_pool_leaves_the_callers_cpus_alone():
     """The pool once moved the caller itself off its CPU when a new worker had not run yet (its thread id
     unknown, and 0 means the calling thread to sched_setaffinity): in 7 of 12 fresh processes on a 2-vCPU VM,
     and every thread the process started afterwards (ONNX Runtime's, torch's OpenMP team) inherited the one
     CPU left. Six fresh processes all keep their CPUs (one with the bug passed all six about 1 time in 200)."""
     for _ in range(6):
-        run = subprocess.run([sys.executable, "-c", _AFFINITY_CHILD], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr[-2000:]
-        before, after = run.stdout.strip().splitlines()[-1].split("] [")
-        assert before + "]" == "[" + after, run.stdout
+        line = _child_line(_START_POOL + "print(sorted(cpus), sorted(os.sched_getaffinity(0)))")
+        before, after = line.split("] [")
+        assert before + "]" == "[" + after, line
+
+
+@needs_two_cpus
+def test_the_bench_names_every_thread_kept_off_some_cpus():
+    """A thread kept off some of the process's CPUs, and one started after (inheriting them), are reported by
+    kernels.bench.narrowed_threads; the pool's own worker, which the pool moves on purpose, is not (it is named
+    _gemm.POOL_THREAD_NAME)."""
+    line = _child_line(_START_POOL + """
+assert bench.narrowed_threads(cpus) == {}, bench.narrowed_threads(cpus)
+os.sched_setaffinity(0, {min(cpus)})  # as the pool's bug once did to the caller
+t = threading.Thread(target=time.sleep, args=(1,))
+t.start()
+print(sorted(bench.narrowed_threads(cpus).items()), threading.get_native_id(), t.native_id)
+""")
+    first = min(os.sched_getaffinity(0))
+    main_tid, thread_tid = line.rsplit(" ", 2)[1:]
+    assert line.startswith(str(sorted([(int(main_tid), [first]), (int(thread_tid), [first])]))), line

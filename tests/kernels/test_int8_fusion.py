@@ -70,9 +70,8 @@ def _gelu64(y: np.ndarray) -> np.ndarray:
     return 0.5 * y * (1 + np.vectorize(math.erf)(y / math.sqrt(2)))
 
 
-# _gemm.gelu's forms, and the CPU flags each needs (the C side checks them at run time too)
-GELU_SCALAR, GELU_BEST = 0, 1
-GELU_FORMS = {2: ("avx2", "fma"), 3: ("avx512f",)}
+# _gemm.gelu's vector forms, and the CPU flags each needs (the C side checks them at run time too)
+GELU_FORMS = {_gemm.GELU_AVX2: ("avx2", "fma"), _gemm.GELU_AVX512: ("avx512f",)}
 
 
 @pytest.mark.parametrize("form", sorted(GELU_FORMS))
@@ -86,8 +85,8 @@ def test_gelu_simd_and_scalar_agree_and_are_close_to_erf(rng, form):
         pytest.skip(f"this CPU lacks {'/'.join(GELU_FORMS[form])}: the form is refused, as checked")
     simd, best, scalar = y.copy(), y.copy(), y.copy()
     _gemm.gelu(simd, len(simd), form)
-    _gemm.gelu(best, len(best), GELU_BEST)
-    _gemm.gelu(scalar, len(scalar), GELU_SCALAR)
+    _gemm.gelu(best, len(best), _gemm.GELU_BEST)
+    _gemm.gelu(scalar, len(scalar), _gemm.GELU_SCALAR)
     assert np.array_equal(simd.view(np.uint32), scalar.view(np.uint32))  # same bits, NaN included
     assert np.array_equal(best.view(np.uint32), scalar.view(np.uint32))
     assert np.isnan(simd[-1]) and simd[-2] == np.inf

@@ -416,10 +416,9 @@ class Server(Scenario):
         service_cap = times.capacity(self.policy.max_batch, self.policy.fill, s.concurrency)
         ceiling = self._generator_ceiling(feeds)
         slo_ns = s.slo_ms * 1e6
-        model = model_capacity(times, slo_ns, s.slo_percentile, self.policy.max_batch, self.policy.delay_ns,
-                               self.policy.preferred, s.concurrency, seed=s.seed)
-        typical = model_capacity(times.typical(), slo_ns, s.slo_percentile, self.policy.max_batch,
-                                 self.policy.delay_ns, self.policy.preferred, s.concurrency, seed=s.seed)
+        model, typical = (model_capacity(t, slo_ns, s.slo_percentile, self.policy.max_batch, self.policy.delay_ns,
+                                         self.policy.preferred, s.concurrency, seed=s.seed)
+                          for t in (times, times.typical()))
         start = search_start(model, typical, service_cap, ceiling)
         give_up = max(GIVE_UP_MIN_NS, int(GIVE_UP_SLOS * slo_ns))
         trials: list[dict[str, Any]] = []
