@@ -1441,11 +1441,22 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
 
 /* One thread's home share of the (row tile x panel) grid, cut into tasks (a few row tiles x one
  * panel). Tasks are taken from `next` by the owner and, once it has run out of its own, by the
- * other threads: a thread the OS has not scheduled yet costs nothing but its share's speed. */
+ * other threads (v2_help): a thread the OS has not scheduled yet costs nothing but its share's speed. */
 typedef struct {
     int64_t next; /* atomic: the next task index */
     int64_t ntasks, t0, t1, p0, p1;
+    int started; /* atomic: the owner has begun its share */
 } __attribute__((aligned(64))) v2_share; /* one cache line per share, the array aligned to lines */
+
+/* A helper waits this long, at least, for the owner of a begun share to take its next task before it takes
+ * one itself: V2_PATIENCE_TASKS times its own mean task, plus V2_PATIENCE_NS. On this project's 2-vCPU EPYC VM,
+ * one share's output rows are at times written two to four times slower than the other's, whichever thread
+ * writes them (kernels-vnni-15/trace.txt); a helper that took that share's tasks as soon as it was free ran them
+ * as slowly, and moved their output lines to its own core for the next call: two threads took 94-99 us at
+ * 784x40x240, against 57-61 us with the owner left to finish (one thread: 48 us). A thread the OS has
+ * descheduled (milliseconds) is still relieved. */
+#define V2_PATIENCE_TASKS 4
+#define V2_PATIENCE_NS 100000LL
 
 #define V2_MAX_THREADS 64
 #define V2_STAGE_ROWS 32 /* rows per staging chunk */
@@ -1499,17 +1510,50 @@ static void v2_tile_range(const gemm_t *g, int64_t tb, int64_t te, int64_t p) {
     if (te > tf) V2_TILES[g->M - tf * V2_MR][nvec - 1](g, tf, te, p); /* the last, short tile */
 }
 
-/* Run the tasks of share `sh` that nobody has taken yet. */
-static void v2_drain(const v2_job *j, v2_share *sh) {
-    const gemm_t *g = j->g;
+/* Take the next task of share `sh` and run it; 0 when none was left. */
+static int v2_take(const v2_job *j, v2_share *sh) {
+    const int64_t q = __atomic_fetch_add(&sh->next, 1, __ATOMIC_RELAXED);
+    if (q >= sh->ntasks) return 0;
+    /* row-block major: consecutive tasks of a thread share the A block and walk the panels */
     const int64_t np = sh->p1 - sh->p0;
-    for (;;) {
-        const int64_t q = __atomic_fetch_add(&sh->next, 1, __ATOMIC_RELAXED);
-        if (q >= sh->ntasks) return;
-        /* row-block major: consecutive tasks of a thread share the A block and walk the panels */
-        const int64_t tb = sh->t0 + (q / np) * j->mbt, p = sh->p0 + q % np;
-        const int64_t te = tb + j->mbt < sh->t1 ? tb + j->mbt : sh->t1;
-        v2_tile_range(g, tb, te, p);
+    const int64_t tb = sh->t0 + (q / np) * j->mbt, p = sh->p0 + q % np;
+    const int64_t te = tb + j->mbt < sh->t1 ? tb + j->mbt : sh->t1;
+    v2_tile_range(j->g, tb, te, p);
+    return 1;
+}
+
+/* Run the thread's own share; returns how many of its tasks it ran. */
+static int64_t v2_drain(const v2_job *j, v2_share *sh) {
+    __atomic_store_n(&sh->started, 1, __ATOMIC_RELAXED);
+    int64_t ran = 0;
+    while (v2_take(j, sh)) ran++;
+    return ran;
+}
+
+/* Help with the other threads' shares until all their tasks are taken: with a share whose owner has not begun it
+ * (not yet scheduled) at once, else only once its owner has taken no task for `patience_ns` (V2_PATIENCE_TASKS). */
+static void v2_help(v2_job *j, int tid, int64_t patience_ns) {
+    int64_t seen[V2_MAX_THREADS], since[V2_MAX_THREADS]; /* each owner's last task index seen, and since when */
+    for (int k = 0; k < j->nshares; k++) seen[k] = -1;
+    for (int open = 1; open;) {
+        open = 0;
+        for (int k = 1; k < j->nshares; k++) {
+            const int s = (tid + k) % j->nshares;
+            v2_share *sh = &j->shares[s];
+            const int64_t q = __atomic_load_n(&sh->next, __ATOMIC_RELAXED);
+            if (q >= sh->ntasks) continue;
+            open = 1;
+            if (__atomic_load_n(&sh->started, __ATOMIC_RELAXED)) {
+                const int64_t now = now_ns();
+                if (q != seen[s]) {
+                    seen[s] = q;
+                    since[s] = now;
+                }
+                if (now - since[s] < patience_ns) continue;
+            }
+            if (v2_take(j, sh)) seen[s]++; /* our own take is not the owner's progress */
+        }
+        if (open) cpu_relax();
     }
 }
 
@@ -1533,7 +1577,10 @@ static void v2_task(void *ctx, int tid, int nt) {
                 sched_yield(); /* that thread lost its core: give it back */
         }
     }
-    for (int k = 0; k < j->nshares; k++) v2_drain(j, &j->shares[(tid + k) % j->nshares]);
+    const int64_t t0 = now_ns();
+    const int64_t ran = v2_drain(j, &j->shares[tid % j->nshares]);
+    const int64_t patience = (ran ? (now_ns() - t0) / ran : 0) * V2_PATIENCE_TASKS + V2_PATIENCE_NS;
+    v2_help(j, tid, patience);
 }
 
 /* Threads along M (tm) and N (tn): the split whose busiest thread has the fewest tile-panel units
