@@ -28,6 +28,7 @@ logger=$!
 trap 'kill $logger' EXIT
 { date -u; uptime; top -bn1 | head -15; } > "$out/load-before.txt"
 git rev-parse HEAD > "$out/commit.txt"
+costbench env > "$out/env.txt"
 before=${1:?the commit whose kernel is "before"}
 build=$(mktemp -d)
 trap 'kill $logger; rm -rf "$build"' EXIT
