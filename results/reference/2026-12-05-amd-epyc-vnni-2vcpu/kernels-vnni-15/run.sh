@@ -9,29 +9,10 @@
 set -euo pipefail
 out=results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni-15
 export COLUMNS=200
-cpu_idle() {  # percent idle over 2 s
-  local a b
-  a=($(head -1 /proc/stat)); sleep 2; b=($(head -1 /proc/stat))
-  local t=0 i
-  for i in 1 2 3 4 5 6 7 8; do t=$((t + b[i] - a[i])); done
-  echo $((100 * (b[4] - a[4]) / t))
-}
-ok=0
-for _ in $(seq 150); do
-  idle=$(cpu_idle)
-  if [ "$idle" -ge 90 ]; then ok=$((ok + 1)); else ok=0; fi
-  [ "$ok" -ge 3 ] && break
-done
-echo "$(date -u +%FT%TZ) started; last 2 s window ${idle}% idle, ${ok} quiet windows in a row" > "$out/idle.txt"
-( while true; do echo "$(date -u +%FT%TZ) $(cat /proc/loadavg)"; sleep 10; done ) > "$out/load.log" &
-logger=$!
-trap 'kill $logger' EXIT
-{ date -u; uptime; top -bn1 | head -15; } > "$out/load-before.txt"
-git rev-parse HEAD > "$out/commit.txt"
-costbench env > "$out/env.txt"
+source scripts/quiet_start.sh
 build=$(mktemp -d)
 python "$out/variants.py" "$build" > /dev/null
-trap 'kill $logger; rm -rf "$build"' EXIT
+trap 'quiet_logger_stop; rm -rf "$build"' EXIT
 for shape in 784x40x240 12544x32x16; do
   for variant in trace-base trace-sticky trace-sticky-swap trace-base trace-sticky trace-sticky-swap; do
     V2_TRACE=1 python "$out/experiments.py" trace "$build" "$variant" "$shape" 2>> "$out/trace.txt"

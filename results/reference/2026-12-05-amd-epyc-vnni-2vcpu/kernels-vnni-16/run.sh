@@ -9,29 +9,10 @@
 set -euo pipefail
 out=results/reference/2026-12-05-amd-epyc-vnni-2vcpu/kernels-vnni-16
 export COLUMNS=200
-cpu_idle() {  # percent idle over 2 s
-  local a b
-  a=($(head -1 /proc/stat)); sleep 2; b=($(head -1 /proc/stat))
-  local t=0 i
-  for i in 1 2 3 4 5 6 7 8; do t=$((t + b[i] - a[i])); done
-  echo $((100 * (b[4] - a[4]) / t))
-}
-ok=0
-for _ in $(seq 150); do
-  idle=$(cpu_idle)
-  if [ "$idle" -ge 90 ]; then ok=$((ok + 1)); else ok=0; fi
-  [ "$ok" -ge 3 ] && break
-done
-echo "$(date -u +%FT%TZ) started; last 2 s window ${idle}% idle, ${ok} quiet windows in a row" > "$out/idle.txt"
-( while true; do echo "$(date -u +%FT%TZ) $(cat /proc/loadavg)"; sleep 10; done ) > "$out/load.log" &
-logger=$!
-trap 'kill $logger' EXIT
-{ date -u; uptime; top -bn1 | head -15; } > "$out/load-before.txt"
-git rev-parse HEAD > "$out/commit.txt"
-costbench env > "$out/env.txt"
+source scripts/quiet_start.sh
 before=${1:?the commit whose kernel is "before"}
 build=$(mktemp -d)
-trap 'kill $logger; rm -rf "$build"' EXIT
+trap 'quiet_logger_stop; rm -rf "$build"' EXIT
 inc=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 for side in before after; do
   if [ $side = before ]; then git show "$before:kernels/csrc/gemm.c" > "$build/$side.c"; else cp kernels/csrc/gemm.c "$build/$side.c"; fi
