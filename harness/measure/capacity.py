@@ -381,7 +381,6 @@ class CapacitySearch:
         the nearest rate on that side not yet tried as often as that side needs, or a step past the farthest
         one that was. The estimate moves with every trial, so a step from it alone lands on
         a new rate each time, and one with a single trial's wide interval never decides anything."""
-        p = self.plan
         further = (lambda q: q <= rate * 1.005) if step < 1 else (lambda q: q >= rate * 0.995)
         tried = sorted((q for q in self.pools.values() if further(q.qps) and not q.overloaded),
                        key=lambda q: q.qps, reverse=step < 1)

@@ -43,6 +43,21 @@ def simulated_search(service_ns: float, rng: np.random.Generator, budget_s: floa
     return CapacitySearch(plan, percentile_interval, clock=lambda: now[0]).run(measure)
 
 
+def search_on_simulated_time(plan: SearchPlan, latencies):
+    """One search whose trials are ``latencies(qps, n)`` (ns, arrival order), each charged the time its
+    arrivals took up to the first query that waited 20 SLOs (where the server scenario gives up: overloaded)."""
+    now = [0.0]
+
+    def measure(qps: float, n: int):
+        lat = latencies(qps, n)
+        over = np.flatnonzero(lat > 20 * SLO_NS)
+        stop = over[0] if over.size else n
+        now[0] += stop / qps
+        return lat[:stop].astype(np.int64).tolist(), "overloaded" if over.size else ""
+
+    return CapacitySearch(plan, percentile_interval, clock=lambda: now[0]).run(measure)
+
+
 def test_isotonic_pools_violators_and_crossing_interpolates():
     assert isotonic([1, 3, 2, 4], [1, 1, 1, 1]).tolist() == [1, 2.5, 2.5, 4]
     assert isotonic([5, 1], [3, 1]).tolist() == [4, 4]
@@ -224,19 +239,11 @@ def test_a_batching_server_started_far_below_its_capacity_still_brackets_it(seed
 
     truth = bisect_capacity(p99_at, SLO_NS, 100.0, 4400.0, steps=16)
     held, ivals = 0, []
+    plan = SearchPlan(SLO_NS, 99.0, 0.95, 0.025, 40.0, lambda q: 5000, lambda q: int(10 * q),
+                      start_qps=truth / 5, floor_qps=44.0, ceiling_qps=1e6)
     for _ in range(10):
-        now = [0.0]
-
-        def measure(qps: float, n: int):
-            lat, _ = simulate(np.cumsum(rng.exponential(1e9 / qps, n)), lambda j, k: service(k), 4, 2e6)
-            over = np.flatnonzero(lat > 20 * SLO_NS)
-            stop = over[0] if over.size else n
-            now[0] += stop / qps
-            return lat[:stop].astype(np.int64).tolist(), "overloaded" if over.size else ""
-
-        plan = SearchPlan(SLO_NS, 99.0, 0.95, 0.025, 40.0, lambda q: 5000, lambda q: int(10 * q),
-                          start_qps=truth / 5, floor_qps=44.0, ceiling_qps=1e6)
-        out = CapacitySearch(plan, percentile_interval, clock=lambda: now[0]).run(measure)
+        out = search_on_simulated_time(plan, lambda qps, n: simulate(
+            np.cumsum(rng.exponential(1e9 / qps, n)), lambda j, k: service(k), 4, 2e6)[0])
         e = out.estimate
         assert e.bracketed and out.elapsed_s <= 40.0, out.summary()
         ivals.append((round(e.low.rate), round(e.center.rate), round(e.high.rate)))
@@ -253,20 +260,12 @@ def test_every_search_shows_some_rate_meeting_the_slo_on_a_machine_that_preempts
     rng = np.random.default_rng(seed)
     service = SERVICE_NS * 0.6 + rng.exponential(0.02e6, 10_000) + (rng.random(10_000) < 0.01) * 2e6
     start = 0.9 * md1_capacity(SLO_NS / 1e9, 99, float(np.mean(service)) / 1e9)
+    plan = SearchPlan(SLO_NS, 99.0, 0.95, 0.025, 40.0, lambda q: 5000, lambda q: int(10 * q),
+                      start_qps=start, floor_qps=10.0, ceiling_qps=1e6)
     missed = []
     for _ in range(60):
-        now = [0.0]
-
-        def measure(qps: float, n: int):
-            lat = simulate_latencies(rng.exponential(1e9 / qps, n), [np.empty(0), service], rng.random(n))
-            over = np.flatnonzero(lat > 20 * SLO_NS)
-            stop = over[0] if over.size else n
-            now[0] += stop / qps
-            return lat[:stop].astype(np.int64).tolist(), "overloaded" if over.size else ""
-
-        plan = SearchPlan(SLO_NS, 99.0, 0.95, 0.025, 40.0, lambda q: 5000, lambda q: int(10 * q),
-                          start_qps=start, floor_qps=10.0, ceiling_qps=1e6)
-        out = CapacitySearch(plan, percentile_interval, clock=lambda: now[0]).run(measure)
+        out = search_on_simulated_time(plan, lambda qps, n: simulate_latencies(
+            rng.exponential(1e9 / qps, n), [np.empty(0), service], rng.random(n)))
         assert out.elapsed_s <= 40.0, out.summary()
         if not out.estimate.shown_to_meet:
             missed.append((out.summary(), [(round(p.qps), p.trials, p.queries, round(p.p / 1e6, 2),
