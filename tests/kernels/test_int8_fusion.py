@@ -292,8 +292,9 @@ def test_feed_forward_checked(seed):
                       np.zeros((1, 4), np.float32), 1)
         return
     torch.manual_seed(seed)
-    first = Int8Linear.from_linear(nn.Linear(32, 48), activation="gelu")
-    second = Int8Linear.from_linear(nn.Linear(48, 32))
+    # ffn takes weights packed for avx512vnni: named, since on a CPU with AMX the default packing is amx's
+    first = Int8Linear.from_linear(nn.Linear(32, 48), activation="gelu", isa="avx512vnni")
+    second = Int8Linear.from_linear(nn.Linear(48, 32), isa="avx512vnni")
     p1, p2 = first.packed, second.packed
     buf = np.random.default_rng(seed).standard_normal((64, 32), dtype=np.float32)
 
