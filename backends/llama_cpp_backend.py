@@ -18,12 +18,19 @@ one and skip that part of the prefill, which no other runtime here does.
 ``run`` returns the next-token logits of each prompt (the prefill's last row, ``llama_get_logits_ith(ctx, -1)``)
 for parity. The KV cache is F32 by default (llama.cpp's own default is F16), as the other runtimes keep theirs
 for an fp32 model; ``kv_cache = "f16"`` gives llama.cpp's default.
+
+``repack`` is llama.cpp's ``use_extra_bufts``: weights copied at load into the layouts of its CPU-specific kernels
+(its AMX tiles, its repacked Q4_0/IQ4_NL). It is on by default, but off where this build of llama.cpp has its AMX
+matrix multiply: that kernel crashed the process here (SIGSEGV in ``ggml_backend_amx_mul_mat``, on an Intel Xeon
+with AMX, with the Q8_0 files of the tiny test models; llama.cpp issue 20824 reports the same crash, machine-
+dependent, with Q4_K_M). ``info`` records which applied; ``repack = true`` asks for it anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 from pydantic import Field
@@ -52,6 +59,10 @@ class LlamaCppOptions(BackendOptions):
     kv_cache: Literal["f32", "f16"] = Field(
         "f32", description="KV cache type: f32, as the other runtimes keep it for an fp32 model, or f16, "
         "llama.cpp's default.")
+    repack: bool | None = Field(
+        None, description="llama.cpp's use_extra_bufts (weights repacked at load for its CPU-specific kernels). None: "
+        "on, except where this build has llama.cpp's AMX matrix multiply (AMX_INT8 = 1 in its system info), which "
+        "crashes on some machines (llama.cpp issue 20824).")
 
 
 class LlamaCppSession(GenerativeSession):
@@ -63,11 +74,12 @@ class LlamaCppSession(GenerativeSession):
                  "stamped when the sampler returns it",
         clock="host time.perf_counter_ns")
 
-    def __init__(self, lc: Any, llm: Any, options: LlamaCppOptions, path: str):
+    def __init__(self, lc: Any, llm: Any, options: LlamaCppOptions, path: str, repack: bool):
         self._lc = lc
         self._llm = llm
         self._options = options
         self._path = path
+        self._repack = repack
         self._n_vocab = int(llm.n_vocab())
         self._context = int(llm.n_ctx())
         self._eos = int(lc.llama_vocab_eos(lc.llama_model_get_vocab(llm.model)))
@@ -143,6 +155,7 @@ class LlamaCppSession(GenerativeSession):
                 "n_threads": llm.n_threads if llm else None, "n_threads_batch": llm.n_threads_batch if llm else None,
                 "threads_option": self._options.threads, "n_ctx": self._context,
                 "context_option": self._options.context, "kv_cache": self._options.kv_cache,
+                "repack": self._repack, "repack_option": self._options.repack,
                 "eos_masked": self._eos, "system_info": self._lc.llama_print_system_info().decode().strip()}
 
 
@@ -171,10 +184,43 @@ class LlamaCppBackend(Backend):
         if not artifact.path.exists():
             raise FileNotFoundError(f"llama-cpp backend: no GGUF file at {artifact.path}")
         context = opts.context or min(_trained_context(artifact.path), DEFAULT_CONTEXT_CAP)
-        llm = lc.Llama(model_path=str(artifact.path), n_ctx=context, n_threads=opts.threads,
-                       n_threads_batch=opts.threads, type_k=KV_TYPES[opts.kv_cache], type_v=KV_TYPES[opts.kv_cache],
-                       logits_all=False, verbose=False)
-        return LlamaCppSession(lc, llm, opts, str(artifact.path))
+        repack = opts.repack if opts.repack is not None else not has_amx_matmul(lc)
+        with _model_params(lc, use_extra_bufts=repack):
+            llm = lc.Llama(model_path=str(artifact.path), n_ctx=context, n_threads=opts.threads,
+                           n_threads_batch=opts.threads, type_k=KV_TYPES[opts.kv_cache],
+                           type_v=KV_TYPES[opts.kv_cache], logits_all=False, verbose=False)
+        return LlamaCppSession(lc, llm, opts, str(artifact.path), repack)
+
+
+def has_amx_matmul(lc: Any) -> bool:
+    """Whether this build of llama.cpp has its AMX matrix multiply: ``AMX_INT8 = 1`` in its own system info (set
+    when llama.cpp was compiled for a CPU with AMX-INT8, as pip's source build for this machine is)."""
+    return "AMX_INT8 = 1" in lc.llama_print_system_info().decode()
+
+
+@contextlib.contextmanager
+def _model_params(lc: Any, **fields: Any) -> Iterator[None]:
+    """``Llama`` builds its ``llama_model_params`` from ``llama_model_default_params()`` and takes no argument for
+    some of its fields (``use_extra_bufts``): while the block runs, that function returns the defaults with
+    ``fields`` set."""
+    low = lc.llama_cpp
+    default = low.llama_model_default_params
+    for name in fields:
+        if not hasattr(default(), name):
+            raise RuntimeError(f"llama-cpp backend: llama-cpp-python {lc.__version__} has no llama_model_params field "
+                               f"{name!r}")
+
+    def with_fields() -> Any:
+        params = default()
+        for name, value in fields.items():
+            setattr(params, name, value)
+        return params
+
+    low.llama_model_default_params = with_fields
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
 
 
 def _trained_context(path: Any) -> int:

@@ -16,7 +16,7 @@ pytest.importorskip("gguf", reason="gguf is not installed: pip install 'costbenc
 
 from costbench import api  # noqa: E402
 from costbench.backends.base import GenerativeSession  # noqa: E402
-from costbench.backends.llama_cpp_backend import LlamaCppBackend  # noqa: E402
+from costbench.backends.llama_cpp_backend import LlamaCppBackend, _model_params, has_amx_matmul  # noqa: E402
 from costbench.backends.transformers_backend import TransformersBackend  # noqa: E402
 from costbench.core.artifacts import FORMAT_GGUF, FORMAT_HF_CAUSAL_LM, ArtifactCache  # noqa: E402
 from costbench.core.metrics import GREEDY_PREFIX_AGREEMENT, OUTPUT_TOKEN_THROUGHPUT, TPOT, TTFT  # noqa: E402
@@ -176,6 +176,34 @@ def test_options_reach_the_session_and_bad_requests_are_named(tiny_lm):
         backend.prepare(gguf_file, backend.parse_options({"threads": 1}), 2)
     with pytest.raises(ValueError, match="artifact format 'hf-causal-lm' is not supported"):
         _session(hf)
+
+
+def test_repack_is_off_where_the_build_has_the_amx_matmul_and_reaches_llama_cpp(tiny_lm):
+    import llama_cpp as lc
+
+    bundle, gguf_file, _, _ = tiny_lm
+    default = lc.llama_cpp.llama_model_default_params
+    assert default().use_extra_bufts  # llama.cpp's own default: on
+    with _model_params(lc, use_extra_bufts=False):
+        assert not lc.llama_cpp.llama_model_default_params().use_extra_bufts
+    assert lc.llama_cpp.llama_model_default_params is default  # put back
+    with pytest.raises(RuntimeError, match="no llama_model_params field 'no_such_field'"):
+        with _model_params(lc, no_such_field=1):
+            pass
+    assert lc.llama_cpp.llama_model_default_params is default
+    prompt = bundle.evaluation.inputs["input_ids"][:1, :16]
+    tokens = {}
+    for repack in (None, False, True):
+        session = _session(gguf_file, repack=repack)
+        try:
+            info = session.info()
+            assert info["repack"] is (not has_amx_matmul(lc) if repack is None else repack)
+            assert info["repack_option"] is repack
+            tokens[repack] = session.generate(prompt, 4, lambda: None)
+        finally:
+            session.close()
+    # an F32 file has no repacked layout: the same greedy tokens either way
+    assert np.array_equal(tokens[None], tokens[False]) and np.array_equal(tokens[False], tokens[True])
 
 
 @pytest.mark.parametrize("name, gguf_type, types, min_cos", [
