@@ -576,9 +576,14 @@ typedef struct {
     int64_t next_task; /* atomic: the next task of the grid (panel_task's threads take them in order) */
     volatile int failed; /* a worker could not get scratch memory */
     int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
-    int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni path; others: gelu_rows) */
-    const float *residual; /* M x N (row stride N) added after the activation, or NULL (avx512vnni path;
-                              others: add_rows) */
+    int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni and amx paths, whose
+                            epilogues apply it; avx2 and generic: gelu_rows after the GEMM) */
+    const float *residual; /* M x N (row stride N) added after the activation, or NULL (as act: in the
+                              avx512vnni and amx epilogues; others: add_rows) */
+    /* amx: rows below amx_rows_in_a are read from a (row stride lda); the rest, a last partial 32-row block,
+     * from amx_tail (rows padded with zeros to 32, row stride Kp) */
+    int64_t amx_rows_in_a;
+    const uint8_t *amx_tail;
 } gemm_t;
 
 static inline int32_t row_offset(const gemm_t *g, int64_t i) {
@@ -606,13 +611,25 @@ static inline void epilogue_scalar(const gemm_t *g, int64_t i, int64_t n, uint32
 static int64_t v2_packed_bytes(int64_t K, int64_t N);
 static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t *dst);
 
+/* Weights with K <= AMX_V2_MAX_K run on the avx512vnni kernel even on the amx path: with one 64-byte k-step
+ * per tile row, each 32 x 32 block is a chain of tile loads, four products and four tile stores that the next
+ * block waits on, and the tiles lose to vpdpbusd (12544x32x16: 44 us against 21 on two threads;
+ * kernels-amx-2/threads.txt). Such a weight carries both packings, avx512vnni's after the tiles'. */
+#define AMX_V2_MAX_K 64
+static int amx_takes_v2(int64_t K) { return K <= AMX_V2_MAX_K; }
+
 static int64_t packed_bytes(int isa, int64_t K, int64_t N) {
     if (isa == ISA_GENERIC) return K * N;
     if (isa == ISA_AVX512VNNI) return v2_packed_bytes(K, N);
     int64_t kp = round_up(K, KALIGN[isa]);
     int64_t np = round_up(N, NR_OF[isa]);
-    return kp * np * ESIZE[isa];
+    int64_t bytes = kp * np * ESIZE[isa]; /* a multiple of 64 on amx: what follows stays aligned */
+    if (isa == ISA_AMX && amx_takes_v2(K)) bytes += v2_packed_bytes(K, N);
+    return bytes;
 }
+
+/* Where an amx weight's avx512vnni packing starts (see AMX_V2_MAX_K). */
+static int64_t amx_v2_offset(int64_t K, int64_t N) { return round_up(K, 64) * round_up(N, 32); }
 
 /* b: K x N int8, row stride ldb (elements). Zero padding in K and N. */
 static void pack_b(int isa, const int8_t *b, int64_t ldb, int64_t K, int64_t N, void *dst) {
@@ -627,6 +644,7 @@ static void pack_b(int isa, const int8_t *b, int64_t ldb, int64_t K, int64_t N, 
     const int ka = KGROUP[isa], nr = NR_OF[isa];
     const int64_t kp = round_up(K, KALIGN[isa]), np = round_up(N, nr);
     memset(dst, 0, (size_t)packed_bytes(isa, K, N));
+    if (isa == ISA_AMX && amx_takes_v2(K)) v2_pack_b(b, ldb, K, N, (int8_t *)dst + amx_v2_offset(K, N));
     for (int64_t p = 0; p < np / nr; p++) {
         for (int64_t k = 0; k < K; k++) {
             int64_t kg = k / ka, kr = k % ka;
@@ -805,6 +823,8 @@ VNNI_TARGET ALWAYS_INLINE void vnni_store(const gemm_t *g, int64_t i, int64_t n0
         __m512 y = _mm512_cvtepi32_ps(acc);
         if (g->row_scale) y = _mm512_mul_ps(y, _mm512_set1_ps(g->row_scale[i]));
         y = _mm512_fmadd_ps(y, cscale, bias);
+        if (g->act == ACT_GELU) y = gelu512(y);
+        if (g->residual) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, g->residual + i * g->N + n0));
         _mm512_mask_storeu_ps((float *)g->out + i * g->ldo + n0, m, y);
     } else {
         _mm512_mask_storeu_epi32((int32_t *)g->out + i * g->ldo + n0, m, acc);
@@ -906,9 +926,38 @@ AMX_TARGET static void amx_configure(void) { _tile_loadconfig(&AMX_CFG); }
 AMX_TARGET static void amx_release(void) { _tile_release(); }
 
 /* A 32 x 32 block (2 x 2 tiles) of rows i0.. and panel p over k-steps [kb0, kb1) of 64. The int32
- * tiles start from zero (first) or from `cblk` (32 x 32, a partial sum over earlier k-steps), go back
- * to `cblk`, and on the last k-block the epilogue reads them from there into AVX-512 registers.
- * `two` is 0 when only the first 16 rows exist (M tail), saving half the tile products. */
+ * tiles start from zero (first) or from `cblk` (32 x 32, a partial sum over earlier k-steps) and go back
+ * to `cblk`; on the last k-block the epilogue reads them from there into AVX-512 registers, or, for int32
+ * out with nothing to correct, they are stored straight into the output. `two` is 0 when only the first
+ * 16 rows exist (M tail), saving half the tile products.
+ *
+ * The epilogue of one block runs while the next block's tile products are in flight: amx_block issues its
+ * loads and products, then runs the epilogue of `prev` (the block before, whose sums wait in its own
+ * `cblk`), and only then stores its tiles, which waits for the products. The AMX unit and the AVX-512
+ * epilogue then overlap instead of taking turns. */
+typedef struct {
+    int64_t i0, p;
+    const int32_t *cblk;
+} amx_pending;
+
+AMX_TARGET static void amx_epilogue(const gemm_t *g, const amx_pending *d) {
+    const int64_t i0 = d->i0, n0 = d->p * 32, nv = g->N - n0;
+    const int64_t rows = g->M - i0 < 32 ? g->M - i0 : 32;
+    const int32_t *cblk = d->cblk;
+    const __mmask16 m0 = vnni_mask(nv), m1 = vnni_mask(nv - 16);
+    const __m512i cs0 = g->colsum ? _mm512_maskz_loadu_epi32(m0, g->colsum + n0) : _mm512_setzero_si512();
+    const __m512i cs1 = g->colsum ? _mm512_maskz_loadu_epi32(m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    const __m512 sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, m0, g->col_scale + n0) : one;
+    const __m512 sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, m1, g->col_scale + n0 + 16) : one;
+    const __m512 bi0 = g->bias ? _mm512_maskz_loadu_ps(m0, g->bias + n0) : zero;
+    const __m512 bi1 = g->bias ? _mm512_maskz_loadu_ps(m1, g->bias + n0 + 16) : zero;
+    for (int64_t r = 0; r < rows; r++) {
+        vnni_store(g, i0 + r, n0, m0, _mm512_load_si512(cblk + r * 32), cs0, sc0, bi0);
+        vnni_store(g, i0 + r, n0 + 16, m1, _mm512_load_si512(cblk + r * 32 + 16), cs1, sc1, bi1);
+    }
+}
+
 #define AMX_KLOOP(DP)                                                    \
     for (int64_t kb = kb0; kb < kb1; kb++) {                             \
         _tile_loadd(6, b + kb * 2048, 128);                              \
@@ -923,11 +972,13 @@ AMX_TARGET static void amx_release(void) { _tile_release(); }
         }                                                                \
     }
 
-AMX_TARGET static void amx_block(const gemm_t *g, int64_t i0, int64_t p, int64_t kb0, int64_t kb1, int32_t *cblk,
-                                 int first, int last) {
-    const uint8_t *a = (const uint8_t *)g->a + i0 * g->lda;
+/* Returns 1 when the block's epilogue is left to do (its sums in cblk), else 0. */
+AMX_TARGET static int amx_block(const gemm_t *g, int64_t i0, int64_t p, int64_t kb0, int64_t kb1, int32_t *cblk,
+                                int first, int last, const amx_pending *prev) {
+    const int in_a = i0 < g->amx_rows_in_a;
+    const uint8_t *a = in_a ? (const uint8_t *)g->a + i0 * g->lda : g->amx_tail + (i0 - g->amx_rows_in_a) * g->Kp;
     const int8_t *b = (const int8_t *)g->bp + p * g->Kp * 32;
-    const int64_t lda = g->lda;
+    const int64_t lda = in_a ? g->lda : g->Kp;
     const int64_t rows = g->M - i0 < 32 ? g->M - i0 : 32;
     const int two = rows > 16;
     if (first) {
@@ -946,24 +997,23 @@ AMX_TARGET static void amx_block(const gemm_t *g, int64_t i0, int64_t p, int64_t
     } else {
         AMX_KLOOP(_tile_dpbssd)
     }
+    if (prev) amx_epilogue(g, prev);
+    const int64_t n0 = p * 32, nv = g->N - n0;
+    if (last && !g->out_f32 && !g->colsum && rows == 32 && nv >= 32) {
+        /* int32 out with nothing to correct: the tiles are the result, stored where they go */
+        int32_t *o = (int32_t *)g->out + i0 * g->ldo + n0;
+        const int64_t ldo = g->ldo * (int64_t)sizeof(int32_t);
+        _tile_stored(0, o, ldo);
+        _tile_stored(1, o + 16, ldo);
+        _tile_stored(2, o + 16 * g->ldo, ldo);
+        _tile_stored(3, o + 16 * g->ldo + 16, ldo);
+        return 0;
+    }
     _tile_stored(0, cblk, 128);
     _tile_stored(1, cblk + 16, 128);
     _tile_stored(2, cblk + 16 * 32, 128);
     _tile_stored(3, cblk + 16 * 32 + 16, 128);
-    if (!last) return;
-    const int64_t n0 = p * 32, nv = g->N - n0;
-    const __mmask16 m0 = vnni_mask(nv), m1 = vnni_mask(nv - 16);
-    const __m512i cs0 = g->colsum ? _mm512_maskz_loadu_epi32(m0, g->colsum + n0) : _mm512_setzero_si512();
-    const __m512i cs1 = g->colsum ? _mm512_maskz_loadu_epi32(m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
-    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    const __m512 sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, m0, g->col_scale + n0) : one;
-    const __m512 sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, m1, g->col_scale + n0 + 16) : one;
-    const __m512 bi0 = g->bias ? _mm512_maskz_loadu_ps(m0, g->bias + n0) : zero;
-    const __m512 bi1 = g->bias ? _mm512_maskz_loadu_ps(m1, g->bias + n0 + 16) : zero;
-    for (int64_t r = 0; r < rows; r++) {
-        vnni_store(g, i0 + r, n0, m0, _mm512_load_si512(cblk + r * 32), cs0, sc0, bi0);
-        vnni_store(g, i0 + r, n0 + 16, m1, _mm512_load_si512(cblk + r * 32 + 16), cs1, sc1, bi1);
-    }
+    return last;
 }
 
 /* K is split into blocks of AMX_KC so that a row block's A (MC x KC) and a panel's B (KC x 32)
@@ -976,24 +1026,52 @@ AMX_TARGET static void amx_block(const gemm_t *g, int64_t i0, int64_t p, int64_t
 static void amx_task(const gemm_t *g, int64_t i0, int64_t i1, int64_t p0, int64_t p1, int32_t *scratch) {
     const int64_t nkb = g->Kp / 64, kcb = AMX_KC / 64;
     const int64_t nblk = (i1 - i0 + 31) / 32;
+    amx_pending pend;
+    int pending = 0;
     for (int64_t kb0 = 0; kb0 < nkb; kb0 += kcb) {
         const int64_t kb1 = kb0 + kcb < nkb ? kb0 + kcb : nkb;
         for (int64_t p = p0; p < p1; p++)
-            for (int64_t bi = 0; bi < nblk; bi++)
-                amx_block(g, i0 + bi * 32, p, kb0, kb1, scratch + ((p - p0) * nblk + bi) * 1024, kb0 == 0,
-                          kb1 == nkb);
+            for (int64_t bi = 0; bi < nblk; bi++) {
+                int32_t *cblk = scratch + ((p - p0) * nblk + bi) * 1024;
+                const int left = amx_block(g, i0 + bi * 32, p, kb0, kb1, cblk, kb0 == 0, kb1 == nkb,
+                                           pending ? &pend : NULL);
+                pending = left;
+                if (left) pend = (amx_pending){i0 + bi * 32, p, cblk};
+            }
     }
+    if (pending) amx_epilogue(g, &pend);
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Task loop shared by the panel paths                                                          */
 
+/* The amx path's partial sums of one task (MC rows x panels_per_chunk x 32 columns, at most AMX_SCRATCH_BYTES),
+ * one buffer per thread kept for the thread's life: allocated and freed in every call, a worker's buffer went
+ * back to the system and came back as fresh pages each time (32x384x384 on two threads: 13 us a call against
+ * 5 us with the buffer kept; kernels-amx-2). */
+#define AMX_SCRATCH_BYTES ((size_t)MC * 32 * 8 * sizeof(int32_t))
+static pthread_key_t amx_scratch_key;
+static pthread_once_t amx_scratch_once = PTHREAD_ONCE_INIT;
+static void amx_scratch_key_init(void) { pthread_key_create(&amx_scratch_key, free); }
+
+static int32_t *amx_scratch(void) {
+    pthread_once(&amx_scratch_once, amx_scratch_key_init);
+    int32_t *buf = (int32_t *)pthread_getspecific(amx_scratch_key);
+    if (!buf) {
+        buf = (int32_t *)aligned_alloc(64, AMX_SCRATCH_BYTES);
+        if (buf && pthread_setspecific(amx_scratch_key, buf) != 0) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    return buf;
+}
+
 static void panel_task(void *ctx, int tid, int nt) {
     gemm_t *g = (gemm_t *)ctx; /* its next_task and failed are written */
     int32_t *scratch = NULL;
     if (g->isa == ISA_AMX) {
-        /* partial sums of one task: MC rows x panels_per_chunk x 32 columns */
-        scratch = (int32_t *)aligned_alloc(64, (size_t)(MC * 32 * g->panels_per_chunk) * sizeof(int32_t));
+        scratch = amx_scratch();
         if (!scratch) {
             g->failed = 1;
             return;
@@ -1028,16 +1106,18 @@ static void panel_task(void *ctx, int tid, int nt) {
             }
         }
     }
-    if (g->isa == ISA_AMX) {
-        amx_release();
-        free(scratch);
-    }
+    if (g->isa == ISA_AMX) amx_release();
 }
 
 #endif /* CB_X86 */
 
-/* Minimum multiply-accumulates per thread: below this, waking a worker costs more than it saves. */
+/* Minimum multiply-accumulates per thread: below this, waking a worker costs more than it saves. The amx
+ * path's tiles do some eight times the work of a vpdpbusd loop in the same time, and a second thread cost about
+ * 10 us a call on the Xeon it was measured on (49x672x192: 8 us on one thread, 20 on two; 128x384x384: 13-17
+ * against 16-25; 512x384x384 gained from the second: kernels-amx-2/threads.txt): a worker there pays only from
+ * some 2^25 multiply-accumulates (in the padded tiles) per thread. */
 #define MIN_MACS_PER_THREAD (1LL << 21)
+#define MIN_MACS_PER_THREAD_AMX (1LL << 25)
 
 static int effective_threads(int64_t M, int64_t K, int64_t N, int threads) {
     int64_t macs = M * K * N;
@@ -1054,7 +1134,7 @@ static void plan_tasks(gemm_t *g, int threads) {
     /* B chunk per task: at most ~512 KiB of packed weights (half of a 2 MiB L2, room for A). */
     int64_t panel_bytes = g->Kp * nr * ESIZE[g->isa];
     int64_t ppc = (512 * 1024) / (panel_bytes ? panel_bytes : 1);
-    if (g->isa == ISA_AMX) ppc = 8; /* partial sums of a task: MC x 256 int32 = 96 KiB, in L2 */
+    if (g->isa == ISA_AMX) ppc = 8; /* partial sums of a task: MC x 256 int32 = 96 KiB (AMX_SCRATCH_BYTES), in L2 */
     if (ppc < 1) ppc = 1;
     int64_t chunks = (g->n_panels + ppc - 1) / ppc;
     /* enough tasks that every thread gets some, and load balance is within ~1/4 of a task */
@@ -1841,7 +1921,12 @@ static int ffn_run(ffn_job *j, int threads) {
 static int run_gemm(gemm_t *g, int threads) {
     const int a_unsigned = g->a_unsigned;
     if (g->M == 0 || g->N == 0) return 0;
-    threads = effective_threads(g->M, g->K, g->N, threads);
+    if (g->isa == ISA_AMX) {
+        const int64_t cap = round_up(g->M, 16) * g->Kp * round_up(g->N, 32) / MIN_MACS_PER_THREAD_AMX;
+        if (threads > cap) threads = cap < 1 ? 1 : (int)cap;
+    } else {
+        threads = effective_threads(g->M, g->K, g->N, threads);
+    }
     if (g->isa == ISA_GENERIC) {
         if (threads > g->M) threads = (int)g->M;
         generic_job j = {g, a_unsigned, (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(g->N * threads))};
@@ -1866,6 +1951,10 @@ static int run_gemm(gemm_t *g, int threads) {
  * correction. g has isa (the packing path), M, K, N, bp and the epilogue fields set; colsum may be
  * given always, it is dropped when no offset applies. Runs without the GIL. Returns 0 or -1. */
 static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, int threads) {
+    if (g->isa == ISA_AMX && amx_takes_v2(g->K)) { /* see AMX_V2_MAX_K: the weight's avx512vnni packing */
+        g->bp = (const int8_t *)g->bp + amx_v2_offset(g->K, g->N);
+        g->isa = ISA_AVX512VNNI;
+    }
     const int pack_isa = g->isa;
     const int64_t kp = pack_isa == ISA_GENERIC ? g->K : round_up(g->K, KALIGN[pack_isa]);
     int kisa = pack_isa;
@@ -1882,6 +1971,21 @@ static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, in
     if (kisa == ISA_GENERIC || (kisa == ISA_AVX512VNNI && a_unsigned && kp == g->K && lda % 4 == 0)) {
         g->a = a; /* read in place */
         g->lda = lda;
+    } else if (kisa == ISA_AMX) {
+        /* Tiles read A as it is (u8 or s8 alike). A tile row is 64 bytes: where K is not a multiple of 64,
+         * the last k-step of a row also reads the first bytes of the rows after it, which meet B's zero
+         * padding (k >= K) and add nothing. Only the rows from which a tile would read past the end of A
+         * are copied: the last block of 32, or more where a row is shorter than that overhang. */
+        const int64_t overhang = lda > 0 ? (kp - g->K + lda - 1) / lda : 0; /* rows a last k-step reaches into */
+        g->a = a;
+        g->lda = lda;
+        g->amx_rows_in_a = g->M - overhang > 0 ? (g->M - overhang) / 32 * 32 : 0;
+        if (g->amx_rows_in_a < g->M) {
+            staged = stage_a(ISA_AMX, (const uint8_t *)a + g->amx_rows_in_a * lda, lda, g->M - g->amx_rows_in_a,
+                             g->K, kp, a_unsigned);
+            if (!staged) return -1;
+            g->amx_tail = (const uint8_t *)staged;
+        }
     } else {
         staged = stage_a(kisa, a, lda, g->M, g->K, kp, a_unsigned);
         if (!staged) return -1;
@@ -2331,9 +2435,14 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             g.out = vout.buf;
             g.ldo = N;
             g.openmp_team = openmp;
+            const int fused = isa == ISA_AMX; /* its epilogue (vnni_store) applies GELU and the residual */
+            if (fused) {
+                g.act = act;
+                g.residual = (const float *)vres.buf;
+            }
             failed = gemm_driver(&g, qbuf, K, 1, threads) != 0;
-            if (!failed && act == ACT_GELU) gelu_rows((float *)vout.buf, M, N, N);
-            if (!failed && vres.buf) add_rows((float *)vout.buf, (const float *)vres.buf, M, N);
+            if (!failed && !fused && act == ACT_GELU) gelu_rows((float *)vout.buf, M, N, N);
+            if (!failed && !fused && vres.buf) add_rows((float *)vout.buf, (const float *)vres.buf, M, N);
             if (!failed && vqs.buf) memcpy(vqs.buf, scales, sizeof(float) * (size_t)M);
             if (!failed && vqz.buf) memcpy(vqz.buf, zps, sizeof(int32_t) * (size_t)M);
         }

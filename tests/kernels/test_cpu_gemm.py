@@ -14,9 +14,12 @@ from costbench.kernels.reference import int8_gemm_reference
 
 ISAS = gemm.supported_isas()
 POISON = np.int32(-0x21524111)
-# shapes that fit no tile: M, K, N of 1, odd, just past 16/32/64 boundaries, K not a multiple of 4/32/64
+# shapes that fit no tile: M, K, N of 1, odd, just past 16/32/64 boundaries, K not a multiple of 4/32/64; and
+# on amx, where A is read in place but for its last rows: a partial last row block of more than 16 rows (50),
+# whole blocks stored straight to the output after two K blocks of partial sums (640 > AMX_KC), rows shorter
+# than a tile row's 64 bytes, so that a last k-step reads into the next two rows (24) or twenty-one (3)
 SHAPES = [(1, 1, 1), (1, 7, 33), (7, 33, 1000), (33, 1000, 7), (17, 65, 129), (16, 64, 32), (31, 3, 17),
-          (100, 127, 31), (129, 384, 65), (2, 1536, 48)]
+          (100, 127, 31), (129, 384, 65), (2, 1536, 48), (50, 128, 96), (64, 640, 64), (70, 24, 40), (100, 3, 17)]
 RANGES = {"s8": (-128, 127, np.int8), "u8": (0, 255, np.uint8)}
 
 
