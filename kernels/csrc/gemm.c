@@ -613,7 +613,7 @@ static void v2_pack_b(const int8_t *b, int64_t ldb, int64_t K, int64_t N, int8_t
 
 /* Weights with K <= AMX_V2_MAX_K run on the avx512vnni kernel even on the amx path: with one 64-byte k-step
  * per tile row, each 32 x 32 block is a chain of tile loads, four products and four tile stores that the next
- * block waits on, and the tiles lose to vpdpbusd (12544x32x16: 44 us against 21 on two threads;
+ * block waits on, and the tiles lose to vpdpbusd (12544x32x16: 48 us against 20 on two threads;
  * kernels-amx-2/threads.txt). Such a weight carries both packings, avx512vnni's after the tiles'. */
 #define AMX_V2_MAX_K 64
 static int amx_takes_v2(int64_t K) { return K <= AMX_V2_MAX_K; }
@@ -1046,9 +1046,8 @@ static void amx_task(const gemm_t *g, int64_t i0, int64_t i1, int64_t p0, int64_
 /* Task loop shared by the panel paths                                                          */
 
 /* The amx path's partial sums of one task (MC rows x panels_per_chunk x 32 columns, at most AMX_SCRATCH_BYTES),
- * one buffer per thread kept for the thread's life: allocated and freed in every call, a worker's buffer went
- * back to the system and came back as fresh pages each time (32x384x384 on two threads: 13 us a call against
- * 5 us with the buffer kept; kernels-amx-2). */
+ * one buffer per thread kept for the thread's life: allocated and freed in every call, a worker's freed buffer
+ * may go back to the system and come back as fresh pages on the next call. */
 #define AMX_SCRATCH_BYTES ((size_t)MC * 32 * 8 * sizeof(int32_t))
 static pthread_key_t amx_scratch_key;
 static pthread_once_t amx_scratch_once = PTHREAD_ONCE_INIT;
@@ -1113,9 +1112,9 @@ static void panel_task(void *ctx, int tid, int nt) {
 
 /* Minimum multiply-accumulates per thread: below this, waking a worker costs more than it saves. The amx
  * path's tiles do some eight times the work of a vpdpbusd loop in the same time, and a second thread cost about
- * 10 us a call on the Xeon it was measured on (49x672x192: 8 us on one thread, 20 on two; 128x384x384: 13-17
- * against 16-25; 512x384x384 gained from the second: kernels-amx-2/threads.txt): a worker there pays only from
- * some 2^25 multiply-accumulates (in the padded tiles) per thread. */
+ * 10 us a call on the Xeon it was measured on (49x672x192: 8.7 us on one thread, 19.6 on two; 128x384x384: 19.5
+ * against 24.5; 512x384x384 gained from the second, 76 -> 52: kernels-amx-2/threads.txt): a worker there pays
+ * only from some 2^25 multiply-accumulates (in the padded tiles) per thread. */
 #define MIN_MACS_PER_THREAD (1LL << 21)
 #define MIN_MACS_PER_THREAD_AMX (1LL << 25)
 
