@@ -1113,8 +1113,10 @@ static void panel_task(void *ctx, int tid, int nt) {
 /* Minimum multiply-accumulates per thread: below this, waking a worker costs more than it saves. The amx
  * path's tiles do some eight times the work of a vpdpbusd loop in the same time, and a second thread cost about
  * 10 us a call on the Xeon it was measured on (49x672x192: 8.7 us on one thread, 19.6 on two; 128x384x384: 19.5
- * against 24.5; 512x384x384 gained from the second, 76 -> 52: kernels-amx-2/threads.txt): a worker there pays
- * only from some 2^25 multiply-accumulates (in the padded tiles) per thread. */
+ * against 24.5; 512x384x384 gained from the second, 76 -> 52: kernels-amx-2/threads.txt). Not in joining or
+ * configuring (under 0.5 us): each thread's tiles ran slower while the other's ran, in calls up to ~60 us
+ * (kernels-amx-4/trace.txt). A worker there pays only from some 2^25 multiply-accumulates (in the padded tiles)
+ * per thread. */
 #define MIN_MACS_PER_THREAD (1LL << 21)
 #define MIN_MACS_PER_THREAD_AMX (1LL << 25)
 
