@@ -831,6 +831,27 @@ VNNI_TARGET ALWAYS_INLINE void vnni_store(const gemm_t *g, int64_t i, int64_t n0
     }
 }
 
+/* The epilogue's column vectors for 32 columns from n0 (two vectors of 16; masks for a tail of nv columns). */
+typedef struct {
+    __mmask16 m0, m1;
+    __m512i cs0, cs1;
+    __m512 sc0, sc1, bi0, bi1;
+} vnni_cols;
+
+VNNI_TARGET ALWAYS_INLINE vnni_cols vnni_load_cols(const gemm_t *g, int64_t n0, int64_t nv) {
+    vnni_cols k;
+    k.m0 = vnni_mask(nv);
+    k.m1 = vnni_mask(nv - 16);
+    k.cs0 = g->colsum ? _mm512_maskz_loadu_epi32(k.m0, g->colsum + n0) : _mm512_setzero_si512();
+    k.cs1 = g->colsum ? _mm512_maskz_loadu_epi32(k.m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    k.sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, k.m0, g->col_scale + n0) : one;
+    k.sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, k.m1, g->col_scale + n0 + 16) : one;
+    k.bi0 = g->bias ? _mm512_maskz_loadu_ps(k.m0, g->bias + n0) : zero;
+    k.bi1 = g->bias ? _mm512_maskz_loadu_ps(k.m1, g->bias + n0 + 16) : zero;
+    return k;
+}
+
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define VNNI_DECL(r) __m512i c##r##a = z, c##r##b = z, d##r##a = z, d##r##b = z;
 #define VNNI_STEP(r, ACC, kg)                                                     \
@@ -846,8 +867,8 @@ VNNI_TARGET ALWAYS_INLINE void vnni_store(const gemm_t *g, int64_t i, int64_t n0
 #define VNNI_MERGE(r) c##r##a = _mm512_add_epi32(c##r##a, d##r##a); c##r##b = _mm512_add_epi32(c##r##b, d##r##b);
 #define VNNI_OUT(r)                                                                \
     if (r < MR) {                                                                  \
-        vnni_store(g, i0 + r, n0, m0, c##r##a, cs0, sc0, bi0);                     \
-        vnni_store(g, i0 + r, n0 + 16, m1, c##r##b, cs1, sc1, bi1);                \
+        vnni_store(g, i0 + r, n0, col.m0, c##r##a, col.cs0, col.sc0, col.bi0);     \
+        vnni_store(g, i0 + r, n0 + 16, col.m1, c##r##b, col.cs1, col.sc1, col.bi1); \
     }
 
 /* One MR x 32 tile over the whole K (see avx2_tile). */
@@ -876,14 +897,7 @@ VNNI_TARGET ALWAYS_INLINE void vnni_tile(const gemm_t *g, int64_t i0, int64_t p,
     }
     ROWS8(VNNI_MERGE)
     const int64_t n0 = p * VNNI_NR, nv = g->N - n0;
-    const __mmask16 m0 = vnni_mask(nv), m1 = vnni_mask(nv - 16);
-    const __m512i cs0 = g->colsum ? _mm512_maskz_loadu_epi32(m0, g->colsum + n0) : _mm512_setzero_si512();
-    const __m512i cs1 = g->colsum ? _mm512_maskz_loadu_epi32(m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
-    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    const __m512 sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, m0, g->col_scale + n0) : one;
-    const __m512 sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, m1, g->col_scale + n0 + 16) : one;
-    const __m512 bi0 = g->bias ? _mm512_maskz_loadu_ps(m0, g->bias + n0) : zero;
-    const __m512 bi1 = g->bias ? _mm512_maskz_loadu_ps(m1, g->bias + n0 + 16) : zero;
+    const vnni_cols col = vnni_load_cols(g, n0, nv);
     ROWS8(VNNI_OUT)
 }
 
@@ -944,17 +958,10 @@ AMX_TARGET static void amx_epilogue(const gemm_t *g, const amx_pending *d) {
     const int64_t i0 = d->i0, n0 = d->p * 32, nv = g->N - n0;
     const int64_t rows = g->M - i0 < 32 ? g->M - i0 : 32;
     const int32_t *cblk = d->cblk;
-    const __mmask16 m0 = vnni_mask(nv), m1 = vnni_mask(nv - 16);
-    const __m512i cs0 = g->colsum ? _mm512_maskz_loadu_epi32(m0, g->colsum + n0) : _mm512_setzero_si512();
-    const __m512i cs1 = g->colsum ? _mm512_maskz_loadu_epi32(m1, g->colsum + n0 + 16) : _mm512_setzero_si512();
-    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    const __m512 sc0 = g->col_scale ? _mm512_mask_loadu_ps(one, m0, g->col_scale + n0) : one;
-    const __m512 sc1 = g->col_scale ? _mm512_mask_loadu_ps(one, m1, g->col_scale + n0 + 16) : one;
-    const __m512 bi0 = g->bias ? _mm512_maskz_loadu_ps(m0, g->bias + n0) : zero;
-    const __m512 bi1 = g->bias ? _mm512_maskz_loadu_ps(m1, g->bias + n0 + 16) : zero;
+    const vnni_cols col = vnni_load_cols(g, n0, nv);
     for (int64_t r = 0; r < rows; r++) {
-        vnni_store(g, i0 + r, n0, m0, _mm512_load_si512(cblk + r * 32), cs0, sc0, bi0);
-        vnni_store(g, i0 + r, n0 + 16, m1, _mm512_load_si512(cblk + r * 32 + 16), cs1, sc1, bi1);
+        vnni_store(g, i0 + r, n0, col.m0, _mm512_load_si512(cblk + r * 32), col.cs0, col.sc0, col.bi0);
+        vnni_store(g, i0 + r, n0 + 16, col.m1, _mm512_load_si512(cblk + r * 32 + 16), col.cs1, col.sc1, col.bi1);
     }
 }
 
