@@ -47,7 +47,8 @@ def _check_isa(isa: str | None) -> str:
 
 
 def geometry(isa: str) -> dict:
-    """Tile geometry of a path: k_align, nr (panel width), mr (rows per micro-tile), element_bytes, mc."""
+    """Tile geometry of a path: k_align, nr (panel width), mr (rows per micro-tile), element_bytes, mc, and
+    vnni_max_k (weights with K up to it run the avx512vnni kernel on this path: amx's hand-over; 0 elsewhere)."""
     return dict(_gemm.geometry(ISA_IDS[isa]))
 
 

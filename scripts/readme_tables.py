@@ -293,7 +293,7 @@ def _kernels_table(data: dict[str, Any]) -> str:
     """The GEMM table ``costbench kernels bench`` prints, as Markdown, and the MiniLM line, from its JSON record."""
     from types import SimpleNamespace
 
-    from costbench.commands.kernels import _VS_COLUMNS, RATIO_PAIRED, _gemm_cells, _minilm_rows
+    from costbench.commands.kernels import _VS_COLUMNS, RATIO_PAIRED, _gemm_cells, _minilm_rows, handed_over_note
     from costbench.kernels.bench import peak_name
 
     shapes, threads = data.get("shapes") or [], int(data["threads"])
@@ -307,6 +307,8 @@ def _kernels_table(data: dict[str, Any]) -> str:
     if any(peak_name(isa) in sh["series"] for sh in shapes):
         notes.append("% of peak: our median GOPS over the register-only loop's best rate, at the start of the run and "
                      "in the shape's rounds.")
+    if data.get("vnni_max_k"):
+        notes.append(handed_over_note(isa, int(data["vnni_max_k"])) + ".")
     lines = [" ".join(notes), ""] if notes else []
     lines += [f"| shape (M×K×N) | ours ({isa}) GOPS | % of {threads}-thread peak | "
               + " | ".join(c for c, _ in _VS_COLUMNS) + " | other paths GOPS |",

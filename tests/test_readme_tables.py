@@ -121,3 +121,12 @@ def test_share_of_peak_takes_the_best_ceiling_measured(tables, rng):
     text = tables._kernels_table(record)
     share = 100 * (ops / np.median(ours)) / (loop_ops / (0.5e-3 * loop_ops / ops))  # over the fastest loop round
     assert f"| {share:.0f}% |" in text and "best rate" in text, text
+
+
+def test_kernels_table_says_which_shapes_ours_handed_to_the_vnni_kernel(tables, rng):
+    """An amx record names the K up to which ours ran the avx512vnni kernel; a record without it says nothing."""
+    record = {"threads": 2, "peaks": {"amx": {"2": 9000.0}},
+              "shapes": [{"label": "t", "m": 64, "k": 32, "n": 64, "series": {
+                  "costbench amx": {"times_s": list(rng.uniform(1e-3, 2e-3, 5))}}}]}
+    assert "K ≤ 64 run the avx512vnni kernel" in tables._kernels_table({**record, "vnni_max_k": 64})
+    assert "avx512vnni kernel" not in tables._kernels_table(record)

@@ -103,6 +103,10 @@ def bench(
     console.print(_peaks_table(peaks, t))
     record = {"threads": t, "ratio": RATIO_PAIRED, "peaks": peaks,
               "shapes": _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)}
+    handed = _vnni_max_k(record["shapes"])
+    if handed:
+        record["vnni_max_k"] = handed
+        console.print(handed_over_note(next(iter(record["shapes"][0]["series"])).split()[-1], handed))
     if minilm:
         r = _bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
         if r is not None:
@@ -184,6 +188,22 @@ def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds:
                                        **({"ops": s.ops} if s.ops else {})} for nm, s in series.items()}})
     console.print(table)
     return shapes
+
+
+def _vnni_max_k(shapes: list[dict]) -> int:
+    """The K up to which ours (the bench's best path) runs the avx512vnni kernel instead (amx), or 0."""
+    from costbench.kernels import gemm
+
+    if not shapes:
+        return 0
+    isa = next(iter(shapes[0]["series"])).split()[-1]
+    return int(gemm.geometry(isa).get("vnni_max_k", 0)) if isa in gemm.supported_isas() else 0
+
+
+def handed_over_note(isa: str, vnni_max_k: int) -> str:
+    """The line saying which shapes ours ran on the avx512vnni kernel, not on its own path's."""
+    return (f"ours ({isa}): shapes with K ≤ {vnni_max_k} run the avx512vnni kernel, on a second packing the "
+            f"weight carries (the tiles lose there)")
 
 
 # The record's "ratio" for runs whose ratios pair each round's samples (earlier records: ratio of medians).

@@ -2681,8 +2681,10 @@ static PyObject *py_geometry(PyObject *self, PyObject *args) {
     }
     int mr = isa == ISA_AVX2 ? AVX2_MR : (isa == ISA_AVX512VNNI ? V2_MR : (isa == ISA_AMX ? 32 : 1));
     int nr = isa == ISA_AVX512VNNI ? V2_NR : NR_OF[isa];
-    return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i}", "name", ISA_NAMES[isa], "k_align", KALIGN[isa], "nr",
-                         nr, "mr", mr, "element_bytes", ESIZE[isa], "mc", MC);
+    /* vnni_max_k: weights with K up to it run the avx512vnni kernel on this path (AMX_V2_MAX_K); 0: none */
+    return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i,s:i}", "name", ISA_NAMES[isa], "k_align", KALIGN[isa], "nr",
+                         nr, "mr", mr, "element_bytes", ESIZE[isa], "mc", MC, "vnni_max_k",
+                         isa == ISA_AMX ? AMX_V2_MAX_K : 0);
 }
 
 static PyMethodDef methods[] = {

@@ -76,6 +76,13 @@ def test_fused_epilogue_on_tails(rng):
 def test_packed_bytes_hold_the_panels():
     for isa in gemm.supported_isas():
         g = gemm.geometry(isa)
+        # only amx hands small-K weights to the avx512vnni kernel, whose packing the weight then carries too
+        assert g["vnni_max_k"] == (64 if isa == "amx" else 0), (isa, g)
+        if isa == "amx":
+            small, large = gemm.PackedWeight.pack(np.ones((64, 48), np.int8), isa), gemm.PackedWeight.pack(
+                np.ones((65, 48), np.int8), isa)
+            vnni = gemm.PackedWeight.pack(np.ones((64, 48), np.int8), "avx512vnni")
+            assert small.data.nbytes == 64 * 64 + vnni.data.nbytes and large.data.nbytes == 128 * 64
         for k, n in [(1, 1), (5, 17), (384, 65), (33, 200)]:
             pw = gemm.PackedWeight.pack(np.ones((k, n), np.int8), isa)
             if isa != "generic":
