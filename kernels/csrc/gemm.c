@@ -580,8 +580,9 @@ typedef struct {
                             epilogues apply it; avx2 and generic: gelu_rows after the GEMM) */
     const float *residual; /* M x N (row stride N) added after the activation, or NULL (as act: in the
                               avx512vnni and amx epilogues; others: add_rows) */
-    /* amx: rows below amx_rows_in_a are read from a (row stride lda); the rest, a last partial 32-row block,
-     * from amx_tail (rows padded with zeros to 32, row stride Kp) */
+    /* amx: rows below amx_rows_in_a are read from a (row stride lda); the rest, those from which a tile would
+     * read past A's end (see gemm_driver), from amx_tail (a copy, rows padded with zeros to whole blocks of 32,
+     * row stride Kp) */
     int64_t amx_rows_in_a;
     const uint8_t *amx_tail;
 } gemm_t;
