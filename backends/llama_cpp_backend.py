@@ -21,7 +21,7 @@ for an fp32 model; ``kv_cache = "f16"`` gives llama.cpp's default.
 
 ``repack`` is llama.cpp's ``use_extra_bufts``: weights copied at load into the layouts of its CPU-specific kernels
 (its AMX tiles, its repacked Q4_0/IQ4_NL). It is on by default, but off where this build of llama.cpp has its AMX
-matrix multiply: that kernel crashed the process here (SIGSEGV in ``ggml_backend_amx_mul_mat``, on an Intel Xeon
+matrix multiply: that kernel crashed the test suite (SIGSEGV in ``ggml_backend_amx_mul_mat``, on an Intel Xeon
 with AMX, with the Q8_0 files of the tiny test models; llama.cpp issue 20824 reports the same crash, machine-
 dependent, with Q4_K_M). ``info`` records which applied; ``repack = true`` asks for it anyway.
 """
