@@ -1128,9 +1128,8 @@ static void panel_task(void *ctx, int tid, int nt) {
 #define MIN_MACS_PER_THREAD (1LL << 21)
 #define MIN_MACS_PER_THREAD_AMX (1LL << 25)
 
-static int effective_threads(int64_t M, int64_t K, int64_t N, int threads) {
-    int64_t macs = M * K * N;
-    int64_t cap = macs / MIN_MACS_PER_THREAD;
+static int effective_threads(int64_t macs, int64_t min_macs_per_thread, int threads) {
+    int64_t cap = macs / min_macs_per_thread;
     if (cap < 1) cap = 1;
     if (threads > cap) threads = (int)cap;
     return threads < 1 ? 1 : threads;
@@ -1763,7 +1762,7 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
         g->lda = g->Kp;
     }
     const int64_t n_tiles = (g->M + V2_MR - 1) / V2_MR, n_panels = (g->N + V2_NR - 1) / V2_NR;
-    int nt = effective_threads(g->M, g->K, g->N, threads);
+    int nt = effective_threads(g->M * g->K * g->N, MIN_MACS_PER_THREAD, threads);
     if (nt > V2_MAX_THREADS) nt = V2_MAX_THREADS;
     int tm, tn;
     v2_split(g, n_tiles, nt, &tm, &tn);
@@ -1930,12 +1929,9 @@ static int ffn_run(ffn_job *j, int threads) {
 static int run_gemm(gemm_t *g, int threads) {
     const int a_unsigned = g->a_unsigned;
     if (g->M == 0 || g->N == 0) return 0;
-    if (g->isa == ISA_AMX) {
-        const int64_t cap = round_up(g->M, 16) * g->Kp * round_up(g->N, 32) / MIN_MACS_PER_THREAD_AMX;
-        if (threads > cap) threads = cap < 1 ? 1 : (int)cap;
-    } else {
-        threads = effective_threads(g->M, g->K, g->N, threads);
-    }
+    threads = g->isa == ISA_AMX /* the work the padded tiles do */
+                  ? effective_threads(round_up(g->M, 16) * g->Kp * round_up(g->N, 32), MIN_MACS_PER_THREAD_AMX, threads)
+                  : effective_threads(g->M * g->K * g->N, MIN_MACS_PER_THREAD, threads);
     if (g->isa == ISA_GENERIC) {
         if (threads > g->M) threads = (int)g->M;
         generic_job j = {g, a_unsigned, (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(g->N * threads))};
