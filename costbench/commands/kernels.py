@@ -101,12 +101,10 @@ def bench(
     console.print(f"load average (1, 5, 15 min) before: {_fmt_load(load['before'])}")
     peaks = measure_peaks(t)
     console.print(_peaks_table(peaks, t))
-    record = {"threads": t, "ratio": RATIO_PAIRED, "peaks": peaks,
-              "shapes": _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)}
-    handed = _vnni_max_k(record["shapes"])
+    shapes, handed = _bench_gemm_shapes(t, peaks, rounds, min_time, quick, rng)
+    record = {"threads": t, "ratio": RATIO_PAIRED, "peaks": peaks, "shapes": shapes}
     if handed:
         record["vnni_max_k"] = handed
-        console.print(handed_over_note(next(iter(record["shapes"][0]["series"])).split()[-1], handed))
     if minilm:
         r = _bench_minilm(t, minilm_batch, rounds, max(min_time, 0.2), rng)
         if r is not None:
@@ -165,8 +163,10 @@ _VS_COLUMNS = [("vs ORT MatMulInteger", "onnxruntime MatMulInteger"), ("vs torch
 
 
 def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds: int, min_time: float, quick: bool,
-                       rng) -> list[dict]:
-    """Time ours and every peer on each shape, print the per-shape table, and return the shapes' records."""
+                       rng) -> tuple[list[dict], int]:
+    """Time ours and every peer on each shape, print the per-shape table, and return the shapes' records and the
+    K up to which ours ran the avx512vnni kernel instead of its own path's (amx's hand-over; 0: none)."""
+    from costbench.kernels import gemm
     from costbench.kernels.bench import bench_peers, bench_shape, default_shapes
 
     peers = bench_peers()
@@ -187,17 +187,10 @@ def _bench_gemm_shapes(threads: int, peaks: dict[str, dict[int, float]], rounds:
                        "series": {nm: {"a_type": s.a_type, "times_s": s.times, "note": s.note,
                                        **({"ops": s.ops} if s.ops else {})} for nm, s in series.items()}})
     console.print(table)
-    return shapes
-
-
-def _vnni_max_k(shapes: list[dict]) -> int:
-    """The K up to which ours (the bench's best path) runs the avx512vnni kernel instead (amx), or 0."""
-    from costbench.kernels import gemm
-
-    if not shapes:
-        return 0
-    isa = next(iter(shapes[0]["series"])).split()[-1]
-    return int(gemm.geometry(isa).get("vnni_max_k", 0)) if isa in gemm.supported_isas() else 0
+    handed = int(gemm.geometry(best)["vnni_max_k"])
+    if handed:
+        console.print(handed_over_note(best, handed))
+    return shapes, handed
 
 
 def handed_over_note(isa: str, vnni_max_k: int) -> str:
