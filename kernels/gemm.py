@@ -67,6 +67,13 @@ def aligned_empty(nbytes: int, align: int = ALIGN) -> np.ndarray:
     return raw[offset : offset + nbytes]
 
 
+def aligned_array(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array that starts on a cache line, as torch's and ONNX Runtime's
+    allocators place tensors (numpy's large arrays start 16 bytes past one)."""
+    dtype = np.dtype(dtype)
+    return aligned_empty(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
+
+
 @dataclass(frozen=True, eq=False)
 class PackedWeight:
     """An int8 weight matrix ``B`` (K×N) packed once into the layout one code path reads.
@@ -142,6 +149,8 @@ def int8_gemm(
 
     ``threads`` is the most threads the call may use (default: all cores this process may run
     on); tiny problems use fewer. ``out``, if given, must be a C-contiguous int32 (M, N) array.
+    Rows that start on 64-byte cache lines (``a`` and ``out``, as :func:`aligned_array` gives them and the
+    default ``out`` is) are faster on the amx path, whose tiles load and store whole rows of 64 bytes.
     """
     a, a_unsigned = _as_operand(a)
     pw = b if isinstance(b, PackedWeight) else PackedWeight.pack(b, isa)
@@ -276,7 +285,7 @@ def use_openmp(path: str | None) -> None:
 
 def _out(out: np.ndarray | None, shape: tuple[int, int], dtype) -> np.ndarray:
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return aligned_array(shape, dtype)
     if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"out must be a writable C-contiguous {np.dtype(dtype).name} array of shape {shape}")
     return out

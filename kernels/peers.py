@@ -78,7 +78,7 @@ class Ours(Peer):
             # allocator's.
             out = outs.get(a.shape[0])
             if out is None:
-                out = outs[a.shape[0]] = np.empty((a.shape[0], pw.n), np.int32)
+                out = outs[a.shape[0]] = gemm.aligned_array((a.shape[0], pw.n), np.int32)  # as the arena's
             return gemm.int8_gemm(a, pw, threads=threads, out=out)
 
         return Prepared(run, "output buffer reused across calls")

@@ -2391,7 +2391,8 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
         int failed = 0;
         Py_BEGIN_ALLOW_THREADS;
         /* the VNNI path quantizes into its own staging buffer */
-        if (isa != ISA_AVX512VNNI) qbuf = (uint8_t *)malloc((size_t)(M * K > 0 ? M * K : 1));
+        /* on a cache line (a tile row that spans two lines costs both: kernels-amx-6/align.txt) */
+        if (isa != ISA_AVX512VNNI) qbuf = (uint8_t *)aligned_alloc(64, (size_t)round_up(M * K > 0 ? M * K : 1, 64));
         scales = (float *)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
         zps = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M > 0 ? M : 1));
         failed = (!qbuf && isa != ISA_AVX512VNNI) || !scales || !zps;

@@ -40,6 +40,36 @@ def test_random_full_range_is_exact(isa, a_type, rng):
             np.testing.assert_array_equal(c, int8_gemm_reference(a, b), err_msg=f"{isa} {a_type} {m}x{k}x{n} t{threads}")
 
 
+def _at_offset(shape, dtype, offset):
+    """A C-contiguous array whose data starts `offset` bytes past a cache line."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return gemm.aligned_empty(nbytes + 64)[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_rows_on_and_off_cache_lines_are_exact(isa, rng):
+    # amx stores whole tiles to the output where its rows start on cache lines (N a multiple of 16 int32s there),
+    # and reads A in place: A and out 0, 4, 16 and 48 bytes past a line, with a row block of 32 stored whole
+    for (m, k, n), a_off, o_off in [((64, 384, 64), 0, 0), ((64, 384, 64), 16, 16), ((64, 384, 64), 0, 16),
+                                    ((96, 200, 96), 48, 0), ((33, 640, 48), 4, 4), ((64, 128, 80), 0, 48)]:
+        b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+        a = _at_offset((m, k), np.uint8, a_off)
+        a[...] = rng.integers(0, 256, (m, k), dtype=np.uint8)
+        out = _at_offset((m, n), np.int32, o_off)
+        out[...] = POISON
+        c = gemm.int8_gemm(a, gemm.PackedWeight.pack(b, isa), threads=2, out=out)
+        assert c is out
+        np.testing.assert_array_equal(c, int8_gemm_reference(a, b),
+                                      err_msg=f"{isa} {m}x{k}x{n} A+{a_off} out+{o_off}")
+
+
+def test_default_output_starts_on_a_cache_line(rng):
+    for m, n in [(1, 1), (100, 300), (2048, 384)]:
+        assert gemm.aligned_array((m, n), np.int32).ctypes.data % 64 == 0
+        a = rng.integers(0, 256, (m, 8), dtype=np.uint8)
+        assert gemm.int8_gemm(a, rng.integers(-128, 128, (8, n), dtype=np.int8)).ctypes.data % 64 == 0
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_extremes_are_exact(isa):
     # the values that saturate int16 in vpmaddubsw-based kernels: 255*-128*2, -128*-128*2, ...
