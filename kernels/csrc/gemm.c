@@ -574,6 +574,10 @@ typedef struct {
     /* task grid */
     int64_t n_mblocks, n_nchunks, panels_per_chunk, n_panels;
     int64_t next_task; /* atomic: the next task of the grid (panel_task's threads take them in order) */
+    /* amx: the grid in one contiguous share per planned thread (see amx_next_task) */
+    struct amx_share *shares;
+    int n_shares;
+    int rows_outer; /* amx: tasks numbered row block by row block (shares split the rows), else chunk by chunk */
     volatile int failed; /* a worker could not get scratch memory */
     int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
     int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni and amx paths, whose
@@ -1074,6 +1078,69 @@ static int32_t *amx_scratch(void) {
     return buf;
 }
 
+/* The amx path's task grid is cut into one contiguous share per planned thread, along the larger operand: N
+ * (shares of B's columns) where N >= M, else M (shares of A's rows), as MLAS splits. Each thread starts on its own
+ * share and then helps finish the others', so a thread that joins late, or never, is still covered. On the
+ * 2-vCPU Xeon this ran 128x384x1536 in 28 us instead of 39 with both threads walking one shared order, where a
+ * B chunk was read by both cores at once (kernels-amx-7/ab-shares.txt). */
+struct amx_share {
+    int64_t next, end; /* next is atomic */
+    char pad[48];      /* each on its own cache line */
+};
+
+static int64_t amx_next_task(gemm_t *g, int tid, int *tried) {
+    for (; *tried < g->n_shares; ++*tried) {
+        struct amx_share *sh = &g->shares[(tid + *tried) % g->n_shares];
+        const int64_t t = __atomic_fetch_add(&sh->next, 1, __ATOMIC_RELAXED);
+        if (t < sh->end) return t;
+    }
+    return -1;
+}
+
+/* The shares of the amx grid (see struct amx_share), cut where their work (rows x panels of their tasks) is
+ * closest to even: a task belongs to the share its middle falls in. Split along N, the chunks are made a multiple
+ * of the threads where the panels allow, so that shares need not cut a chunk's row blocks apart. */
+static void amx_plan_shares(gemm_t *g, struct amx_share *shares, int threads) {
+    /* one thread keeps the chunk-by-chunk order: row by row, a narrow last panel's epilogue stores into the
+     * lines the tiles had just stored (784x240x40: 17 us against 13, kernels-amx-7/ab-shares.txt) */
+    g->rows_outer = threads > 1 && g->M > g->N;
+    if (!g->rows_outer) {
+        int64_t chunks = round_up(g->n_nchunks, threads);
+        if (chunks > g->n_panels) chunks = g->n_panels;
+        g->panels_per_chunk = (g->n_panels + chunks - 1) / chunks;
+        g->n_nchunks = (g->n_panels + g->panels_per_chunk - 1) / g->panels_per_chunk;
+    }
+    const int64_t ntasks = g->n_mblocks * g->n_nchunks;
+    int64_t total = 0, cum = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int r = 0; r < threads; r++) shares[r].end = 0;
+        for (int64_t t = 0; t < ntasks; t++) {
+            const int64_t chunk = g->rows_outer ? t % g->n_nchunks : t / g->n_mblocks;
+            const int64_t mb = g->rows_outer ? t / g->n_nchunks : t % g->n_mblocks;
+            const int64_t rows = g->M - mb * MC < MC ? g->M - mb * MC : MC;
+            const int64_t p0 = chunk * g->panels_per_chunk;
+            const int64_t panels = g->n_panels - p0 < g->panels_per_chunk ? g->n_panels - p0 : g->panels_per_chunk;
+            const int64_t w = rows * panels;
+            if (pass == 0) {
+                total += w;
+                continue;
+            }
+            int64_t owner = (2 * cum + w) * threads / (2 * total);
+            if (owner >= threads) owner = threads - 1;
+            shares[owner].end++;
+            cum += w;
+        }
+    }
+    int64_t start = 0;
+    for (int r = 0; r < threads; r++) {
+        shares[r].next = start;
+        start += shares[r].end;
+        shares[r].end = start;
+    }
+    g->n_shares = threads;
+    g->shares = shares;
+}
+
 static void panel_task(void *ctx, int tid, int nt) {
     gemm_t *g = (gemm_t *)ctx; /* its next_task and failed are written */
     int32_t *scratch = NULL;
@@ -1088,14 +1155,21 @@ static void panel_task(void *ctx, int tid, int nt) {
     const int mr_max = g->isa == ISA_AVX2 ? AVX2_MR : VNNI_MR;
     const tile_fn *tiles = g->isa == ISA_AVX2 ? AVX2_TILES : VNNI_TILES;
     const int64_t ntasks = g->n_mblocks * g->n_nchunks;
-    (void)tid;
+    int tried = 0;
     (void)nt;
     for (;;) {
-        /* taken from a shared counter: a thread that is slowed, or joins late, takes fewer tasks */
-        const int64_t t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED);
-        if (t >= ntasks) break;
-        /* chunk-major order: the tasks in flight share a B chunk while they walk its row blocks */
-        const int64_t chunk = t / g->n_mblocks, mb = t % g->n_mblocks;
+        int64_t t, chunk, mb;
+        if (g->shares) {
+            if ((t = amx_next_task(g, tid, &tried)) < 0) break;
+            chunk = g->rows_outer ? t % g->n_nchunks : t / g->n_mblocks;
+            mb = g->rows_outer ? t / g->n_nchunks : t % g->n_mblocks;
+        } else {
+            /* taken from a shared counter: a thread that is slowed, or joins late, takes fewer tasks */
+            if ((t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED)) >= ntasks) break;
+            /* chunk-major order: the tasks in flight share a B chunk while they walk its row blocks */
+            chunk = t / g->n_mblocks;
+            mb = t % g->n_mblocks;
+        }
         const int64_t p0 = chunk * g->panels_per_chunk;
         int64_t p1 = p0 + g->panels_per_chunk;
         if (p1 > g->n_panels) p1 = g->n_panels;
@@ -1942,6 +2016,8 @@ static int run_gemm(gemm_t *g, int threads) {
     }
 #if CB_X86
     plan_tasks(g, threads);
+    struct amx_share shares[g->isa == ISA_AMX ? threads : 1];
+    if (g->isa == ISA_AMX) amx_plan_shares(g, shares, threads);
     /* a dynamic job, on the OpenMP team when the call asks (inside a torch model, torch's spinning threads
      * and our pool's would otherwise share the cores) */
     parallel_run_team(panel_task, g, threads, g->openmp_team);
