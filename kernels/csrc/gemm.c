@@ -1081,8 +1081,8 @@ static int32_t *amx_scratch(void) {
 /* The amx path's task grid is cut into one contiguous share per planned thread, along the larger operand: N
  * (shares of B's columns) where N >= M, else M (shares of A's rows), as MLAS splits. Each thread starts on its own
  * share and then helps finish the others', so a thread that joins late, or never, is still covered. On the
- * 2-vCPU Xeon this ran 128x384x1536 in 28 us instead of 39 with both threads walking one shared order, where a
- * B chunk was read by both cores at once (kernels-amx-7/ab-shares.txt). */
+ * 2-vCPU Xeon this ran 128x384x1536 in 28 us and 2048x384x384 in 117, against 41 and 170 with both threads taking
+ * tasks from one shared order (both cores on the same B chunk at once) (kernels-amx-7/ab-shares.txt). */
 struct amx_share {
     int64_t next, end; /* next is atomic */
     char pad[48];      /* each on its own cache line */
@@ -1101,8 +1101,8 @@ static int64_t amx_next_task(gemm_t *g, int tid, int *tried) {
  * closest to even: a task belongs to the share its middle falls in. Split along N, the chunks are made a multiple
  * of the threads where the panels allow, so that shares need not cut a chunk's row blocks apart. */
 static void amx_plan_shares(gemm_t *g, struct amx_share *shares, int threads) {
-    /* one thread keeps the chunk-by-chunk order: row by row, a narrow last panel's epilogue stores into the
-     * lines the tiles had just stored (784x240x40: 17 us against 13, kernels-amx-7/ab-shares.txt) */
+    /* one thread has nothing to split and keeps the chunk-by-chunk order (rows first made no difference there
+     * in kernels-amx-7/ab-shares.txt: 784x240x40, 13.0 us either way) */
     g->rows_outer = threads > 1 && g->M > g->N;
     if (!g->rows_outer) {
         int64_t chunks = round_up(g->n_nchunks, threads);
