@@ -205,7 +205,7 @@ def quantize_per_token(x: np.ndarray, *, threads: int | None = None) -> tuple[np
     if x.ndim != 2 or x.shape[1] == 0:
         raise ValueError(f"x must be M×K with K ≥ 1, got {x.shape}")
     m, k = x.shape
-    q = np.empty((m, k), np.uint8)
+    q = aligned_array((m, k), np.uint8)  # on a cache line, as the amx tiles read it best
     scale = np.empty(m, np.float32)
     zp = np.empty(m, np.int32)
     _gemm.quantize_rows(x, m, k, k, q, scale, zp, threads or default_threads())

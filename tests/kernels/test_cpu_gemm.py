@@ -63,11 +63,12 @@ def test_rows_on_and_off_cache_lines_are_exact(isa, rng):
                                       err_msg=f"{isa} {m}x{k}x{n} A+{a_off} out+{o_off}")
 
 
-def test_default_output_starts_on_a_cache_line(rng):
+def test_default_outputs_start_on_a_cache_line(rng):
     for m, n in [(1, 1), (100, 300), (2048, 384)]:
         assert gemm.aligned_array((m, n), np.int32).ctypes.data % 64 == 0
         a = rng.integers(0, 256, (m, 8), dtype=np.uint8)
         assert gemm.int8_gemm(a, rng.integers(-128, 128, (8, n), dtype=np.int8)).ctypes.data % 64 == 0
+        assert gemm.quantize_per_token(rng.standard_normal((m, n), dtype=np.float32))[0].ctypes.data % 64 == 0
 
 
 @pytest.mark.parametrize("isa", ISAS)
