@@ -1197,10 +1197,12 @@ static void panel_task(void *ctx, int tid, int nt) {
  * 10 us a call on the Xeon it was measured on (49x672x192: 8.7 us on one thread, 19.6 on two; 128x384x384: 19.5
  * against 24.5; 512x384x384 gained from the second, 76 -> 52: kernels-amx-2/threads.txt). Not in joining or
  * configuring (under 0.5 us): each thread's tiles ran slower while the other's ran, in calls up to ~60 us
- * (kernels-amx-4/trace.txt). A worker there pays only from some 2^25 multiply-accumulates (in the padded tiles)
- * per thread. */
+ * (kernels-amx-4/trace.txt). With the rows on cache lines and one share of the grid per thread, two threads pay
+ * from about 2^25 multiply-accumulates in all (128x384x1152, 2^25.8: 21 us on two against 31 on one), and still
+ * lose below about 2^24.5 (128x384x384, 32x384x1536, 49x1152x320: kernels-amx-2/threads.txt, kernels-amx-9/
+ * ab-threads.txt); counted in the padded tiles. */
 #define MIN_MACS_PER_THREAD (1LL << 21)
-#define MIN_MACS_PER_THREAD_AMX (1LL << 25)
+#define MIN_MACS_PER_THREAD_AMX (1LL << 24)
 
 static int effective_threads(int64_t macs, int64_t min_macs_per_thread, int threads) {
     int64_t cap = macs / min_macs_per_thread;

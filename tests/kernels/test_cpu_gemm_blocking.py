@@ -118,7 +118,7 @@ def test_bench_peer_reuses_one_output_per_row_count_and_stays_exact(rng):
 @pytest.mark.skipif("amx" not in gemm.supported_isas(), reason="this CPU cannot run the amx path")
 def test_amx_shares_of_rows_and_of_columns_are_exact(rng):
     # amx cuts the task grid into one share per thread, of columns (N >= M) or rows (M > N), and threads then
-    # help finish the others' shares: large enough for 2 to 8 threads (2^25 padded MACs each), more threads than
+    # help finish the others' shares: large enough for 2 to 8 threads (2^24 padded MACs each), more threads than
     # cores, and tails in both directions
     for m, k, n in [(128, 384, 1152), (2048, 384, 384), (520, 416, 700), (1100, 448, 230)]:
         a, b = _operands(rng, "u8", m, k, n)
