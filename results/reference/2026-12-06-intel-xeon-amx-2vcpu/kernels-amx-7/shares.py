@@ -2,12 +2,15 @@
 MatMulInteger beside them, interleaved in one process.
 
     python shares.py BUILD ROUNDS NAME...     # BUILD/NAME.so, each loaded as its own module
+    SHAPES='[[m, k, n], ...]' python shares.py ...   # other shapes than the ones below
 
 Each round times every implementation once (0.03 s of back-to-back calls, after the process's threads have gone
 quiet) in an order shuffled per round; a ratio is the median over rounds of that round's ratio. Every build is
 checked exact against numpy int64 first.
 """
 import importlib.util
+import json
+import os
 import sys
 
 import numpy as np
@@ -19,6 +22,8 @@ from costbench.kernels.peers import OrtMatMulInteger
 SHAPES = [(128, 384, 384), (128, 384, 1152), (128, 384, 1536), (128, 1536, 384), (512, 384, 384), (512, 384, 1152),
           (512, 1536, 384), (2048, 384, 384), (2048, 384, 1536), (2048, 1536, 384), (784, 240, 40), (196, 480, 112),
           (49, 320, 1280)]
+if "SHAPES" in os.environ:
+    SHAPES = [tuple(s) for s in json.loads(os.environ["SHAPES"])]
 
 
 def load(build, name):
