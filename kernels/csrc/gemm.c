@@ -1197,10 +1197,11 @@ static void panel_task(void *ctx, int tid, int nt) {
  * 10 us a call on the Xeon it was measured on (49x672x192: 8.7 us on one thread, 19.6 on two; 128x384x384: 19.5
  * against 24.5; 512x384x384 gained from the second, 76 -> 52: kernels-amx-2/threads.txt). Not in joining or
  * configuring (under 0.5 us): each thread's tiles ran slower while the other's ran, in calls up to ~60 us
- * (kernels-amx-4/trace.txt). With the rows on cache lines and one share of the grid per thread, two threads pay
- * from about 2^25 multiply-accumulates in all (128x384x1152, 2^25.8: 21 us on two against 31 on one), and still
- * lose below about 2^24.5 (128x384x384, 32x384x1536, 49x1152x320: kernels-amx-2/threads.txt, kernels-amx-9/
- * ab-threads.txt); counted in the padded tiles. */
+ * (kernels-amx-4/trace.txt). With the rows on cache lines and one share of the grid per thread, two threads gain
+ * or break even from 2^25 multiply-accumulates in all (counted in the padded tiles): 128x384x1152, 21 us on two
+ * against 31 on one; 256x384x384, 18 against 22; 176x384x512 and 49x1152x640 the same either way. From 2^24 it
+ * depends on the shape: 128x384x384 9.5 against 12.1, but 49x1152x320 21.0 against 16.3
+ * (kernels-amx-9/ab-threads.txt). */
 #define MIN_MACS_PER_THREAD (1LL << 21)
 #define MIN_MACS_PER_THREAD_AMX (1LL << 24)
 
