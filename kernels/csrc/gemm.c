@@ -1097,6 +1097,22 @@ static int64_t amx_next_task(gemm_t *g, int tid, int *tried) {
     return -1;
 }
 
+/* Task t of the grid: rows [i0, i1) and panels [p0, p1). Numbered chunk by chunk, so that the tasks in flight on a
+ * shared counter share a B chunk while they walk its row blocks; or row block by row block where rows_outer (amx
+ * shares of rows). */
+typedef struct {
+    int64_t i0, i1, p0, p1;
+} task_cell;
+
+static task_cell task_at(const gemm_t *g, int64_t t) {
+    const int64_t chunk = g->rows_outer ? t % g->n_nchunks : t / g->n_mblocks;
+    const int64_t mb = g->rows_outer ? t / g->n_nchunks : t % g->n_mblocks;
+    task_cell c = {mb * MC, mb * MC + MC, chunk * g->panels_per_chunk, (chunk + 1) * g->panels_per_chunk};
+    if (c.i1 > g->M) c.i1 = g->M;
+    if (c.p1 > g->n_panels) c.p1 = g->n_panels;
+    return c;
+}
+
 /* The shares of the amx grid (see struct amx_share), cut where their work (rows x panels of their tasks) is
  * closest to even: a task belongs to the share its middle falls in. Split along N, the chunks are made a multiple
  * of the threads where the panels allow, so that shares need not cut a chunk's row blocks apart. */
@@ -1111,25 +1127,16 @@ static void amx_plan_shares(gemm_t *g, struct amx_share *shares, int threads) {
         g->n_nchunks = (g->n_panels + g->panels_per_chunk - 1) / g->panels_per_chunk;
     }
     const int64_t ntasks = g->n_mblocks * g->n_nchunks;
-    int64_t total = 0, cum = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        for (int r = 0; r < threads; r++) shares[r].end = 0;
-        for (int64_t t = 0; t < ntasks; t++) {
-            const int64_t chunk = g->rows_outer ? t % g->n_nchunks : t / g->n_mblocks;
-            const int64_t mb = g->rows_outer ? t / g->n_nchunks : t % g->n_mblocks;
-            const int64_t rows = g->M - mb * MC < MC ? g->M - mb * MC : MC;
-            const int64_t p0 = chunk * g->panels_per_chunk;
-            const int64_t panels = g->n_panels - p0 < g->panels_per_chunk ? g->n_panels - p0 : g->panels_per_chunk;
-            const int64_t w = rows * panels;
-            if (pass == 0) {
-                total += w;
-                continue;
-            }
-            int64_t owner = (2 * cum + w) * threads / (2 * total);
-            if (owner >= threads) owner = threads - 1;
-            shares[owner].end++;
-            cum += w;
-        }
+    const int64_t total = g->M * g->n_panels; /* the tasks cover every row of every panel once */
+    int64_t cum = 0;
+    for (int r = 0; r < threads; r++) shares[r].end = 0; /* counts first, then bounds */
+    for (int64_t t = 0; t < ntasks; t++) {
+        const task_cell c = task_at(g, t);
+        const int64_t w = (c.i1 - c.i0) * (c.p1 - c.p0);
+        int64_t owner = (2 * cum + w) * threads / (2 * total);
+        if (owner >= threads) owner = threads - 1;
+        shares[owner].end++;
+        cum += w;
     }
     int64_t start = 0;
     for (int r = 0; r < threads; r++) {
@@ -1142,7 +1149,7 @@ static void amx_plan_shares(gemm_t *g, struct amx_share *shares, int threads) {
 }
 
 static void panel_task(void *ctx, int tid, int nt) {
-    gemm_t *g = (gemm_t *)ctx; /* its next_task and failed are written */
+    gemm_t *g = (gemm_t *)ctx; /* its next_task (or shares) and failed are written */
     int32_t *scratch = NULL;
     if (g->isa == ISA_AMX) {
         scratch = amx_scratch();
@@ -1158,24 +1165,14 @@ static void panel_task(void *ctx, int tid, int nt) {
     int tried = 0;
     (void)nt;
     for (;;) {
-        int64_t t, chunk, mb;
+        int64_t t;
         if (g->shares) {
             if ((t = amx_next_task(g, tid, &tried)) < 0) break;
-            chunk = g->rows_outer ? t % g->n_nchunks : t / g->n_mblocks;
-            mb = g->rows_outer ? t / g->n_nchunks : t % g->n_mblocks;
-        } else {
-            /* taken from a shared counter: a thread that is slowed, or joins late, takes fewer tasks */
-            if ((t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED)) >= ntasks) break;
-            /* chunk-major order: the tasks in flight share a B chunk while they walk its row blocks */
-            chunk = t / g->n_mblocks;
-            mb = t % g->n_mblocks;
+        } else if ((t = __atomic_fetch_add(&g->next_task, 1, __ATOMIC_RELAXED)) >= ntasks) {
+            break; /* a shared counter: a thread that is slowed, or joins late, takes fewer tasks */
         }
-        const int64_t p0 = chunk * g->panels_per_chunk;
-        int64_t p1 = p0 + g->panels_per_chunk;
-        if (p1 > g->n_panels) p1 = g->n_panels;
-        const int64_t i0 = mb * MC;
-        int64_t i1 = i0 + MC;
-        if (i1 > g->M) i1 = g->M;
+        const task_cell c = task_at(g, t);
+        const int64_t i0 = c.i0, i1 = c.i1, p0 = c.p0, p1 = c.p1;
         if (g->isa == ISA_AMX) {
             amx_task(g, i0, i1, p0, p1, scratch);
             continue;
