@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 from costbench.kernels import gemm
-from costbench.kernels.bench import _per_call, settle
+from costbench.kernels.bench import time_interleaved
 from costbench.kernels.peers import OrtMatMulInteger
 
 SHAPES = [(32, 384, 384), (128, 384, 384), (512, 384, 384), (2048, 384, 384), (128, 384, 1152), (32, 384, 1536),
@@ -49,11 +49,6 @@ for m, k, n in SHAPES:
     fns["ort A+0"] = lambda: ort.run(a_at[0])
     for col, f in fns.items():
         assert np.array_equal(f(), exact), (col, m, k, n, seed)
-    ts = {c: [] for c in cols}
-    for _ in range(rounds):
-        for j in rng.permutation(len(cols)):
-            settle()
-            ts[cols[j]].append(_per_call(fns[cols[j]], 0.03))
-    t = {c: np.array(v) for c, v in ts.items()}
+    t = {c: np.array(v) for c, v in time_interleaved(fns, rounds, 0.03, rng).items()}
     print(f"{m}x{k}x{n}".rjust(14), " ".join(f"{1e6 * np.median(t[c]):12.1f}" for c in cols), "  " + " " * 24,
           "  ".join(f"{np.median(t['ort A+0'] / t[c]):12.2f}" for c in PLACES), flush=True)

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from costbench.kernels import gemm
-from costbench.kernels.bench import _per_call, settle
+from costbench.kernels.bench import time_interleaved
 from costbench.kernels.peers import OrtMatMulInteger
 
 SHAPES = [(128, 384, 384), (128, 384, 1152), (128, 384, 1536), (128, 1536, 384), (512, 384, 384), (512, 384, 1152),
@@ -58,11 +58,6 @@ for m, k, n in SHAPES:
         fns[nm] = run
     ort = OrtMatMulInteger().prepare(b, "u8", 2)
     fns["ort"] = lambda ort=ort: ort.run(a)
-    ts = {c: [] for c in cols}
-    for _ in range(rounds):
-        for j in rng.permutation(len(cols)):
-            settle()
-            ts[cols[j]].append(_per_call(fns[cols[j]], 0.03))
-    t = {c: np.array(v) for c, v in ts.items()}
+    t = {c: np.array(v) for c, v in time_interleaved(fns, rounds, 0.03, rng).items()}
     print(f"{m}x{k}x{n}".rjust(14), " ".join(f"{1e6 * np.median(t[c]):9.1f}" for c in cols), "  ",
           " ".join(f"{np.median(t['ort'] / t[c]):11.2f}" for c in names), flush=True)
