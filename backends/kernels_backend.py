@@ -20,8 +20,11 @@ from costbench.core.artifacts import FORMAT_TORCH, Artifact
 class KernelsOptions(BackendOptions):
     """Options for the costbench-kernels backend."""
 
-    isa: Literal["auto", "amx", "avx512vnni", "avx2", "generic"] = Field(
-        default="auto", description="Kernel code path; auto picks the fastest this CPU supports."
+    isa: Literal["auto", "amx", "avx512vnni", "avx2", "generic", "avx2-saturating"] = Field(
+        default="auto",
+        description="Kernel code path; auto picks the fastest exact one this CPU supports. avx2-saturating "
+                    "(never picked by auto) quantizes activations to 7 bits so that vpmaddubsw's saturating pair "
+                    "sums stay exact: faster than avx2 on CPUs without VNNI, at a bit of activation resolution.",
     )
     min_features: int = Field(
         default=1, ge=1, description="Linear layers with fewer input or output features stay fp32."

@@ -36,10 +36,19 @@ def default_shapes(quick: bool = False) -> list[tuple[str, int, int, int]]:
     return shapes
 
 
-def bench_peers() -> list[Peer]:
-    """The implementations timed: ours (best path, and VNNI/AVX2 where they exist) and the vendors'."""
+def extra_paths(best: str) -> list[str]:
+    """Our other paths a bench times beside ``best``: avx512vnni and avx2 where the CPU has them, and where the best
+    is avx2 (no VNNI, or forced), the inexact avx2-saturating too: the fast mode such a CPU could choose."""
     isas = gemm.supported_isas()
-    ours: list[Peer] = [Ours(isas[0])] + [Ours(i) for i in ("avx512vnni", "avx2") if i in isas and i != isas[0]]
+    more = [i for i in ("avx512vnni", "avx2") if i in isas and i != best]
+    return more + (gemm.inexact_isas() if best == "avx2" else [])
+
+
+def bench_peers() -> list[Peer]:
+    """The implementations timed: ours (the best path, or the one $COSTBENCH_KERNELS_ISA forces, then
+    :func:`extra_paths`) and the vendors'."""
+    best = gemm.best_isa()
+    ours: list[Peer] = [Ours(best)] + [Ours(i) for i in extra_paths(best)]
     return [*ours, OrtMatMulInteger(), TorchIntMM(), TorchDynamicLinear("x86", False),
             OpenVinoInt8MatMul(dynamic_quantization=True), TorchFp32()]
 
@@ -168,9 +177,9 @@ def bench_shape(m: int, k: int, n: int, peers: list[Peer], threads: int, rounds:
 
 
 def measure_peaks(threads: int) -> dict[str, dict[int, float]]:
-    """GOPS of each path's register-only multiply-add loop, on 1 thread and on ``threads``."""
+    """GOPS of each path's register-only multiply-add loop (inexact ones included), on 1 thread and on ``threads``."""
     out = {}
-    for isa in gemm.supported_isas():
+    for isa in gemm.supported_isas() + gemm.inexact_isas():
         out[isa] = {t: gemm.peak_gops(isa, t) for t in sorted({1, threads})}
     return out
 
@@ -224,7 +233,8 @@ def bench_minilm(fp32_module, inputs: dict[str, np.ndarray], threads: int, batch
     models = {"torch fp32": fp32, "torch dynamic int8": tq, "costbench-kernels": ours}
     models["costbench-kernels unfused"] = copy.deepcopy(fp32)
     swap_linear_layers(models["costbench-kernels unfused"], threads=threads, fuse=False)
-    for isa in gemm.supported_isas():  # every other path this CPU runs, with the same fusions
+    # every other path this CPU runs, with the same fusions (and avx2-saturating's 7-bit activations beside avx2)
+    for isa in gemm.supported_isas() + (gemm.inexact_isas() if gemm.best_isa() == "avx2" else []):
         if isa != gemm.best_isa():
             models[f"costbench-kernels {isa}"] = copy.deepcopy(fp32)
             swap_linear_layers(models[f"costbench-kernels {isa}"], isa=isa, threads=threads)

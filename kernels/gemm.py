@@ -1,8 +1,13 @@
 """The Python face of the C int8 GEMM: code paths, ``PackedWeight``, the raw GEMM and the fused form.
 
 ``C_int32 = A · B`` for ``A`` int8 or uint8 (M×K) and ``B`` int8 (K×N), exact on the full value
-range for every shape. The C code lives in ``kernels/csrc/gemm.c``; the path (``avx512vnni``,
+range for every shape. The C code lives in ``kernels/csrc/gemm.c``; the path (``amx``, ``avx512vnni``,
 ``avx2``, ``generic``) is chosen at run time from the CPU's features, or forced with ``isa=``.
+
+One more path is never chosen by itself: ``avx2-saturating`` (:data:`INEXACT_ISAS`) multiplies with
+``vpmaddubsw``, whose u8×s8 pair sums saturate to int16. It is exact only while every pair sum fits int16
+(activations in [0, 127], or weights in [−64, 63]); its linear layers quantize activations to 7 bits so that
+they do, and lose a bit of activation resolution for it. Ask for it by name.
 
 The fused form computes, in one pass over the output,
 ``Y_fp32 = (A·B − zp_row ⊗ colsum(B)) · s_row ⊗ s_col + bias``: an asymmetric activation zero
@@ -20,14 +25,26 @@ import numpy as np
 from costbench.kernels import _gemm
 
 ISA_IDS = {"generic": _gemm.ISA_GENERIC, "avx2": _gemm.ISA_AVX2, "avx512vnni": _gemm.ISA_AVX512VNNI,
-           "amx": _gemm.ISA_AMX}
+           "amx": _gemm.ISA_AMX, "avx2-saturating": _gemm.ISA_AVX2_SAT}
+INEXACT_ISAS = ("avx2-saturating",)  # inexact on the full range: only used when asked for by name
+SATURATING_QMAX = 127  # the largest activation avx2-saturating's linear layers quantize to (7 bits)
 AMX_MIN_ROWS = _gemm.AMX_MIN_ROWS  # an AMX-packed weight runs calls with fewer rows on the VNNI micro-kernel
 ALIGN = 64  # packed weights are read with aligned vector loads
 
 
 def supported_isas() -> list[str]:
-    """The code paths this CPU can run, fastest first (``generic`` always last)."""
+    """The exact code paths this CPU can run, fastest first (``generic`` always last)."""
     return list(_gemm.supported_isas())
+
+
+def inexact_isas() -> list[str]:
+    """The inexact paths this CPU can run (see :data:`INEXACT_ISAS`); never among :func:`supported_isas`."""
+    return list(_gemm.inexact_isas())
+
+
+def activation_qmax(isa: str) -> int:
+    """The largest value a linear layer on ``isa`` quantizes its activations to: 255, or 127 on avx2-saturating."""
+    return SATURATING_QMAX if isa in INEXACT_ISAS else 255
 
 
 def best_isa() -> str:
@@ -41,8 +58,9 @@ def _check_isa(isa: str | None) -> str:
         return best_isa()
     if isa not in ISA_IDS:
         raise ValueError(f"unknown kernel path {isa!r}; known: {', '.join(ISA_IDS)}")
-    if isa not in supported_isas():
-        raise RuntimeError(f"this CPU cannot run the {isa} path; it supports {', '.join(supported_isas())}")
+    if isa not in supported_isas() and isa not in inexact_isas():
+        raise RuntimeError(f"this CPU cannot run the {isa} path; it supports "
+                           f"{', '.join(supported_isas() + inexact_isas())}")
     return isa
 
 
@@ -147,6 +165,9 @@ def int8_gemm(
 ) -> np.ndarray:
     """``C_int32 = A · B`` exactly, for ``a`` int8/uint8 (M×K) and ``b`` int8 (K×N) or a :class:`PackedWeight`.
 
+    Exactly on every path but ``avx2-saturating``, which is exact only while each pair of products fits int16
+    (``a`` in [0, 127], or ``b`` in [−64, 63]) and otherwise off by up to 32 512 per pair of k.
+
     ``threads`` is the most threads the call may use (default: all cores this process may run
     on); tiny problems use fewer. ``out``, if given, must be a C-contiguous int32 (M, N) array.
     Rows that start on 64-byte cache lines (``a`` and ``out``, as :func:`aligned_array` gives them and the
@@ -212,8 +233,9 @@ def quantize_per_token(x: np.ndarray, *, threads: int | None = None) -> tuple[np
     return q, scale, zp
 
 
-def quantize_per_token_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """numpy version of :func:`quantize_per_token`, operation for operation (for tests).
+def quantize_per_token_reference(x: np.ndarray, qmax: int = 255) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy version of :func:`quantize_per_token`, operation for operation (for tests); ``qmax`` 127 gives the
+    7-bit activations of avx2-saturating's linear layers.
 
     NaN elements do not widen a row's range (fmin/fmax skip them), as in the kernel; what they quantize
     to follows the platform's float-to-int conversion in both (0 on x86).
@@ -223,12 +245,12 @@ def quantize_per_token_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     hi = np.fmax.reduce(x, axis=1, initial=np.float32(0)) if x.shape[1] else np.zeros(len(x), np.float32)
     # inf ranges, inf products and NaN -> int32 (INT_MIN on x86, clamped below) are handled as the kernel does
     with np.errstate(over="ignore", invalid="ignore"):
-        scale = ((hi - lo) / np.float32(255)).astype(np.float32)
+        scale = ((hi - lo) / np.float32(qmax)).astype(np.float32)
         ok = (scale > 0) & np.isfinite(scale)
         scale = np.where(ok, scale, np.float32(1)).astype(np.float32)
-        zp = np.where(ok, np.clip(np.rint(-lo / scale), 0, 255), 0).astype(np.int32)
+        zp = np.where(ok, np.clip(np.rint(-lo / scale), 0, qmax), 0).astype(np.int32)
         inv = (np.float32(1) / scale).astype(np.float32)
-        q = np.clip(np.rint(x * inv[:, None]).clip(-512, 512).astype(np.int32) + zp[:, None], 0, 255).astype(np.uint8)
+        q = np.clip(np.rint(x * inv[:, None]).clip(-512, 512).astype(np.int32) + zp[:, None], 0, qmax).astype(np.uint8)
     return q, scale, zp
 
 
@@ -249,6 +271,9 @@ def int8_linear(
     residual: np.ndarray | None = None,
 ) -> np.ndarray:
     """``y = x · Wᵀ + bias`` with ``x`` quantized per row to u8 on the fly and ``W`` int8 per channel.
+
+    On ``avx2-saturating`` weights, ``x`` is quantized to 7 bits (0..127: :func:`activation_qmax`), so that
+    the saturating GEMM is exact on what it is given.
 
     ``x`` is float32 (M×K); ``w`` the packed int8 weight (K×N), ``w_scale`` its per-output-channel
     scales (N,). Quantization, GEMM and epilogue run in one C call. ``openmp``: on the avx512vnni path,

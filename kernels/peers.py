@@ -54,17 +54,25 @@ class Peer(abc.ABC):
 
 
 class Ours(Peer):
-    """costbench's kernel on one code path."""
+    """costbench's kernel on one code path.
+
+    ``exact_required``: ``validate`` fails if it is ever inexact (every path but an inexact one on the full range).
+    ``seven_bit``: activations in [0, 127] only, the range where avx2-saturating's pair sums fit int16.
+    """
 
     kind = "int32"
     ours = True
 
-    def __init__(self, isa: str):
+    def __init__(self, isa: str, seven_bit: bool = False):
         self.isa = isa
-        self.name = f"costbench {isa}"
+        self.seven_bit = seven_bit
+        self.exact_required = seven_bit or isa not in gemm.INEXACT_ISAS
+        self.name = f"costbench {isa}" + (", A in [0, 127]" if seven_bit else "")
+        if seven_bit:
+            self.a_types = ("u7",)
 
     def available(self) -> str | None:
-        isas = gemm.supported_isas()
+        isas = gemm.supported_isas() + gemm.inexact_isas()
         return None if self.isa in isas else f"this CPU cannot run the {self.isa} path (it runs {', '.join(isas)})"
 
     def prepare(self, b, a_type, threads):
@@ -282,9 +290,11 @@ class TorchFp32(Peer):
 
 
 def our_peers() -> list[Peer]:
-    """costbench's kernel on every path, fastest first; a path this CPU cannot run says so when checked."""
+    """costbench's kernel on every exact path, fastest first, then each inexact path on the full range and on the
+    range where it is exact; a path this CPU cannot run says so when checked."""
     order = ("amx", "avx512vnni", "avx2", "generic")
-    return [Ours(isa) for isa in sorted(gemm.ISA_IDS, key=lambda i: order.index(i) if i in order else len(order))]
+    exact = [Ours(isa) for isa in sorted(set(gemm.ISA_IDS) - set(gemm.INEXACT_ISAS), key=order.index)]
+    return exact + [p for isa in gemm.INEXACT_ISAS for p in (Ours(isa), Ours(isa, seven_bit=True))]
 
 
 def vendor_peers() -> list[Peer]:

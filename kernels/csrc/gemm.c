@@ -49,17 +49,22 @@
 #define ISA_AVX2 1
 #define ISA_AVX512VNNI 2
 #define ISA_AMX 3
-#define N_ISA 4
+/* Inexact on the full range, and so never chosen by itself: vpmaddubsw sums each pair of u8 x s8 products into
+ * int16 with saturation. Exact while every pair sum fits int16: activations in [0, 127] with any s8 weights
+ * (what its linear layers quantize to), or weights in [-64, 63]. */
+#define ISA_AVX2_SAT 4
+#define N_ISA 5
 
-static const char *ISA_NAMES[N_ISA] = {"generic", "avx2", "avx512vnni", "amx"};
+static const char *ISA_NAMES[N_ISA] = {"generic", "avx2", "avx512vnni", "amx", "avx2-saturating"};
 
 /* Packing geometry per path: K is padded to a multiple of KALIGN, N to panels of NR columns,
  * each packed element ESIZE bytes. The generic path keeps B row-major (NR = 0: no panels). */
-static const int KALIGN[N_ISA] = {1, 2, 4, 64};
-static const int NR_OF[N_ISA] = {0, 16, 32, 32};
-static const int ESIZE[N_ISA] = {1, 2, 1, 1};
-/* k values stored next to each other for one column (what one vpmaddwd / vpdpbusd / tile row reads) */
-static const int KGROUP[N_ISA] = {1, 2, 4, 4};
+static const int KALIGN[N_ISA] = {1, 2, 4, 64, 4};
+static const int NR_OF[N_ISA] = {0, 16, 32, 32, 64};
+static const int ESIZE[N_ISA] = {1, 2, 1, 1, 1};
+/* k values stored next to each other for one column (what one vpmaddwd / vpdpbusd / tile row / vpmaddubsw pair
+ * of pairs reads) */
+static const int KGROUP[N_ISA] = {1, 2, 4, 4, 4};
 /* The AMX path packs B exactly as the VNNI path does (16 columns x 4 k per 64 bytes), only with K
  * padded to 64, so a weight packed for AMX also runs on the VNNI micro-kernel: calls with fewer
  * than AMX_MIN_ROWS rows (a 16-row tile would be mostly padding) take that route. */
@@ -112,6 +117,7 @@ static int isa_supported(int isa) {
     case ISA_GENERIC:
         return 1;
     case ISA_AVX2:
+    case ISA_AVX2_SAT:
         return __builtin_cpu_supports("avx2");
     case ISA_AVX512VNNI:
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -536,15 +542,15 @@ static void gelu_row_as(int form, float *y, int64_t n) {
 }
 
 /* y += r over M rows of N (both row stride N): the epilogue's residual for the paths whose micro-kernel
- * does not add it (avx2, generic, amx), once the GEMM (and GELU) is done. One IEEE add per element, as
- * the avx512vnni epilogue and as torch's `y + r`, so every path gives the same bits. */
+ * does not add it (generic), once the GEMM (and GELU) is done. One IEEE add per element, as
+ * the other paths' epilogues and as torch's `y + r`, so every path gives the same bits. */
 static void add_rows(float *y, const float *r, int64_t M, int64_t N) {
     const int64_t n = M * N;
     for (int64_t i = 0; i < n; i++) y[i] += r[i];
 }
 
 /* GELU in place over M rows of N (row stride ld): the epilogue's activation for the paths whose
- * micro-kernel does not apply it (avx2, generic, amx), run once the GEMM is done, in the widest form
+ * micro-kernel does not apply it (generic), run once the GEMM is done, in the widest form
  * this CPU has (every form gives the same bits). */
 static void gelu_rows(float *y, int64_t M, int64_t N, int64_t ld) {
     for (int64_t i = 0; i < M; i++) gelu_row_as(GELU_BEST, y + i * ld, N);
@@ -580,10 +586,10 @@ typedef struct {
     int rows_outer; /* amx: tasks numbered row block by row block (shares split the rows), else chunk by chunk */
     volatile int failed; /* a worker could not get scratch memory */
     int openmp_team;     /* run on the process's OpenMP team (see use_openmp) instead of our pool */
-    int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (avx512vnni and amx paths, whose
-                            epilogues apply it; avx2 and generic: gelu_rows after the GEMM) */
-    const float *residual; /* M x N (row stride N) added after the activation, or NULL (as act: in the
-                              avx512vnni and amx epilogues; others: add_rows) */
+    int act;             /* fp32 epilogue's activation: ACT_NONE or ACT_GELU (applied in the register tile's
+                            epilogue on the x86 paths; generic: gelu_rows after the GEMM) */
+    const float *residual; /* M x N (row stride N) added after the activation, or NULL (as act: in the x86
+                              paths' epilogues; generic: add_rows) */
     /* amx: rows below amx_rows_in_a are read from a (row stride lda); the rest, those from which a tile would
      * read past A's end (see gemm_driver), from amx_tail (a copy, rows padded with zeros to whole blocks of 32,
      * row stride Kp) */
@@ -625,7 +631,7 @@ static int amx_takes_v2(int64_t K) { return K <= AMX_V2_MAX_K; }
 
 static int64_t packed_bytes(int isa, int64_t K, int64_t N) {
     if (isa == ISA_GENERIC) return K * N;
-    if (isa == ISA_AVX512VNNI) return v2_packed_bytes(K, N);
+    if (isa == ISA_AVX512VNNI || isa == ISA_AVX2_SAT) return v2_packed_bytes(K, N);
     int64_t kp = round_up(K, KALIGN[isa]);
     int64_t np = round_up(N, NR_OF[isa]);
     int64_t bytes = kp * np * ESIZE[isa]; /* a multiple of 64 on amx: what follows stays aligned */
@@ -642,7 +648,7 @@ static void pack_b(int isa, const int8_t *b, int64_t ldb, int64_t K, int64_t N, 
         for (int64_t k = 0; k < K; k++) memcpy((int8_t *)dst + k * N, b + k * ldb, (size_t)N);
         return;
     }
-    if (isa == ISA_AVX512VNNI) {
+    if (isa == ISA_AVX512VNNI || isa == ISA_AVX2_SAT) {
         v2_pack_b(b, ldb, K, N, (int8_t *)dst);
         return;
     }
@@ -709,29 +715,6 @@ AVX2_TARGET ALWAYS_INLINE __m256i avx2_mask(int64_t nvalid) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nvalid > 8 ? 8 : nvalid)), idx);
 }
 
-AVX2_TARGET ALWAYS_INLINE void avx2_store(const gemm_t *g, int64_t i, int64_t n0, int64_t nvalid, __m256i acc,
-                                          __m256i colsum, __m256 cscale, __m256 bias) {
-    if (nvalid <= 0) return;
-    if (g->colsum) acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(row_offset(g, i)), colsum));
-    __m256i m = avx2_mask(nvalid);
-    if (g->out_f32) {
-        __m256 y = _mm256_cvtepi32_ps(acc);
-        if (g->row_scale) y = _mm256_mul_ps(y, _mm256_set1_ps(g->row_scale[i]));
-        y = _mm256_fmadd_ps(y, cscale, bias);
-        float *o = (float *)g->out + i * g->ldo + n0;
-        if (nvalid >= 8)
-            _mm256_storeu_ps(o, y);
-        else
-            _mm256_maskstore_ps(o, m, y);
-    } else {
-        int32_t *o = (int32_t *)g->out + i * g->ldo + n0;
-        if (nvalid >= 8)
-            _mm256_storeu_si256((__m256i *)o, acc);
-        else
-            _mm256_maskstore_epi32((int *)o, m, acc);
-    }
-}
-
 AVX2_TARGET ALWAYS_INLINE __m256i avx2_load_i32(const int32_t *p, int64_t nvalid) {
     if (nvalid >= 8) return _mm256_loadu_si256((const __m256i *)p);
     if (nvalid <= 0) return _mm256_setzero_si256();
@@ -744,9 +727,8 @@ AVX2_TARGET ALWAYS_INLINE __m256 avx2_load_f32(const float *p, int64_t nvalid, f
     return _mm256_maskload_ps(p, avx2_mask(nvalid));
 }
 
-/* One MR x 16 tile over the whole K: A rows i0.., panel p. The accumulators are named variables
- * (not an array) so that the compiler keeps every one in a register. With U = 2 a second set
- * takes the odd k-steps, hiding vpmaddwd latency when the tile has few rows. */
+/* The avx2 register tile's k-steps (a2_tiles): accumulators are named variables (not an array) so that the
+ * compiler keeps every one in a register; the d set takes the odd k-pairs where the tile unrolls by two. */
 #define ROWS4(X) X(0) X(1) X(2) X(3)
 #define AVX2_DECL(r) __m256i c##r##a = z, c##r##b = z, d##r##a = z, d##r##b = z;
 #define AVX2_STEP(r, ACC, kk)                                                     \
@@ -760,54 +742,7 @@ AVX2_TARGET ALWAYS_INLINE __m256 avx2_load_f32(const float *p, int64_t nvalid, f
 #define AVX2_STEP_C(r) AVX2_STEP(r, c, kk)
 #define AVX2_STEP_D(r) AVX2_STEP(r, d, kk + 1)
 #define AVX2_MERGE(r) c##r##a = _mm256_add_epi32(c##r##a, d##r##a); c##r##b = _mm256_add_epi32(c##r##b, d##r##b);
-#define AVX2_OUT(r)                                                                \
-    if (r < MR) {                                                                  \
-        avx2_store(g, i0 + r, n0, nv, c##r##a, cs0, sc0, bi0);                     \
-        avx2_store(g, i0 + r, n0 + 8, nv - 8, c##r##b, cs1, sc1, bi1);             \
-    }
-
-AVX2_TARGET ALWAYS_INLINE void avx2_tile(const gemm_t *g, int64_t i0, int64_t p, const int MR, const int U) {
-    const int16_t *a = (const int16_t *)g->a + i0 * g->lda;
-    const int16_t *b = (const int16_t *)g->bp + p * g->Kp * AVX2_NR;
-    const int64_t npairs = g->Kp / 2;
-    const int64_t lda = g->lda;
-    const __m256i z = _mm256_setzero_si256();
-    ROWS4(AVX2_DECL)
-    int64_t kk = 0;
-    if (U == 2) {
-        for (; kk + 2 <= npairs; kk += 2) {
-            __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
-            __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
-            ROWS4(AVX2_STEP_C)
-            b0 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 32));
-            b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 48));
-            ROWS4(AVX2_STEP_D)
-        }
-    }
-    for (; kk < npairs; kk++) {
-        const __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
-        const __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
-        ROWS4(AVX2_STEP_C)
-    }
-    ROWS4(AVX2_MERGE)
-    const int64_t n0 = p * AVX2_NR, nv = g->N - n0;
-    const __m256i cs0 = g->colsum ? avx2_load_i32(g->colsum + n0, nv) : _mm256_setzero_si256();
-    const __m256i cs1 = g->colsum ? avx2_load_i32(g->colsum + n0 + 8, nv - 8) : _mm256_setzero_si256();
-    const __m256 sc0 = avx2_load_f32(g->col_scale ? g->col_scale + n0 : NULL, nv, 1.0f);
-    const __m256 sc1 = avx2_load_f32(g->col_scale ? g->col_scale + n0 + 8 : NULL, nv - 8, 1.0f);
-    const __m256 bi0 = avx2_load_f32(g->bias ? g->bias + n0 : NULL, nv, 0.0f);
-    const __m256 bi1 = avx2_load_f32(g->bias ? g->bias + n0 + 8 : NULL, nv - 8, 0.0f);
-    ROWS4(AVX2_OUT)
-}
-
-#define AVX2_TILE_FN(m, u) \
-    AVX2_TARGET static void avx2_tile_##m(const gemm_t *g, int64_t i0, int64_t p) { avx2_tile(g, i0, p, m, u); }
-AVX2_TILE_FN(1, 2)
-AVX2_TILE_FN(2, 2)
-AVX2_TILE_FN(3, 1)
-AVX2_TILE_FN(4, 1)
 typedef void (*tile_fn)(const gemm_t *, int64_t, int64_t);
-static const tile_fn AVX2_TILES[AVX2_MR + 1] = {NULL, avx2_tile_1, avx2_tile_2, avx2_tile_3, avx2_tile_4};
 
 /* ------------------------------------------------------------------------------------------ */
 /* AVX512-VNNI path: vpdpbusd (u8 x s8 -> int32)                                                */
@@ -1159,8 +1094,7 @@ static void panel_task(void *ctx, int tid, int nt) {
         }
         amx_configure(); /* tile configuration is per thread */
     }
-    const int mr_max = g->isa == ISA_AVX2 ? AVX2_MR : VNNI_MR;
-    const tile_fn *tiles = g->isa == ISA_AVX2 ? AVX2_TILES : VNNI_TILES;
+    const int mr_max = VNNI_MR; /* the amx path's calls with few rows (gemm_driver) */
     const int64_t ntasks = g->n_mblocks * g->n_nchunks;
     int tried = 0;
     (void)nt;
@@ -1180,7 +1114,7 @@ static void panel_task(void *ctx, int tid, int nt) {
         for (int64_t p = p0; p < p1; p++) {
             for (int64_t i = i0; i < i1; i += mr_max) {
                 int64_t mr = i1 - i < mr_max ? i1 - i : mr_max;
-                tiles[mr](g, i, p);
+                VNNI_TILES[mr](g, i, p);
             }
         }
     }
@@ -1275,14 +1209,14 @@ static void *stage_a(int isa, const void *a, int64_t lda, int64_t M, int64_t K, 
  * out-of-range int conversion does on x86). */
 
 /* scale, zero point and 1/scale of a row from its (min(0, x), max(0, x)) */
-static inline void row_affine(float lo, float hi, float *scale_out, int32_t *zp_out, float *inv_out) {
-    float scale = (hi - lo) / 255.0f;
+static inline void row_affine(float lo, float hi, int qmax, float *scale_out, int32_t *zp_out, float *inv_out) {
+    float scale = (hi - lo) / (float)qmax;
     int32_t zp = 0;
     if (!(scale > 0.0f) || !isfinite(scale)) {
         scale = 1.0f;
     } else {
         float z = rintf(-lo / scale);
-        zp = z < 0.0f ? 0 : (z > 255.0f ? 255 : (int32_t)z);
+        zp = z < 0.0f ? 0 : (z > (float)qmax ? qmax : (int32_t)z);
     }
     *scale_out = scale;
     *zp_out = zp;
@@ -1295,24 +1229,25 @@ static inline void range_update(float v, float *lo, float *hi) {
     *hi = v > *hi ? v : *hi;
 }
 
-static inline uint8_t quantize_one(float x, float inv, int32_t zp, uint8_t flip) {
+static inline uint8_t quantize_one(float x, float inv, int32_t zp, int qmax, uint8_t flip) {
     float v = rintf(x * inv);
     v = v < -512.0f ? -512.0f : (v > 512.0f ? 512.0f : v); /* keep the int conversion defined */
     int32_t qi = (int32_t)v + zp;
-    qi = qi < 0 ? 0 : (qi > 255 ? 255 : qi);
+    qi = qi < 0 ? 0 : (qi > qmax ? qmax : qi);
     return (uint8_t)qi ^ flip;
 }
 
-static void quantize_row_scalar(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp, uint8_t flip) {
+static void quantize_row_scalar(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp, int qmax,
+                                uint8_t flip) {
     float lo = 0.0f, hi = 0.0f, inv;
     for (int64_t k = 0; k < K; k++) range_update(row[k], &lo, &hi);
-    row_affine(lo, hi, scale, zp, &inv);
-    for (int64_t k = 0; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
+    row_affine(lo, hi, qmax, scale, zp, &inv);
+    for (int64_t k = 0; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, qmax, flip);
 }
 
 #if CB_X86
 AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp,
-                                          uint8_t flip) {
+                                          int qmax, uint8_t flip) {
     __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 8 <= K; k += 8) {
@@ -1328,9 +1263,10 @@ AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *
         range_update(h8[i], &lo, &hi);
     }
     for (; k < K; k++) range_update(row[k], &lo, &hi);
-    row_affine(lo, hi, scale, zp, &inv);
+    row_affine(lo, hi, qmax, scale, zp, &inv);
     const __m256 vinv = _mm256_set1_ps(inv), vneg = _mm256_set1_ps(-512.0f), vpos = _mm256_set1_ps(512.0f);
-    const __m256i vzp = _mm256_set1_epi32(*zp), vflip = _mm256_set1_epi8((char)flip);
+    const __m256i vzp = _mm256_set1_epi32(*zp), vflip = _mm256_set1_epi8((char)flip),
+                  vqmax = _mm256_set1_epi8((char)qmax);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -1341,12 +1277,14 @@ AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *
             v = _mm256_min_ps(_mm256_max_ps(v, vneg), vpos);
             i4[j] = _mm256_add_epi32(_mm256_cvtps_epi32(v), vzp);
         }
-        /* int32 -> int16 -> u8 with saturation (= clamp to [0, 255]); the packs interleave 128-bit lanes */
+        /* int32 -> int16 -> u8 with saturation (= clamp to [0, 255]), then to qmax; the packs interleave
+         * 128-bit lanes */
         const __m256i p01 = _mm256_packs_epi32(i4[0], i4[1]), p23 = _mm256_packs_epi32(i4[2], i4[3]);
-        const __m256i u = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), order);
+        const __m256i u =
+            _mm256_min_epu8(_mm256_permutevar8x32_epi32(_mm256_packus_epi16(p01, p23), order), vqmax);
         _mm256_storeu_si256((__m256i *)(q + k), _mm256_xor_si256(u, vflip));
     }
-    for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
+    for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, qmax, flip);
 }
 /* The same row on AVX-512: two min/max chains of 16 lanes, then 64 elements per step. The rounded
  * product plus the zero point is formed in float (exact while |rint(x * inv)| < 2^24; beyond that the
@@ -1354,7 +1292,7 @@ AVX2_TARGET static void quantize_row_avx2(const float *row, int64_t K, uint8_t *
  * MAXPS with 0 second turns a NaN into 0, what the scalar path's clamp to -512 and then to 0 gives. */
 #define VNNI_QTARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 VNNI_QTARGET static void quantize_row_avx512(const float *row, int64_t K, uint8_t *q, float *scale, int32_t *zp,
-                                             uint8_t flip) {
+                                             int qmax, uint8_t flip) {
     __m512 lo0 = _mm512_setzero_ps(), hi0 = _mm512_setzero_ps(), lo1 = lo0, hi1 = hi0;
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
@@ -1374,15 +1312,15 @@ VNNI_QTARGET static void quantize_row_avx512(const float *row, int64_t K, uint8_
     hi0 = _mm512_max_ps(hi0, hi1);
     float lo = _mm512_reduce_min_ps(lo0), hi = _mm512_reduce_max_ps(hi0), inv;
     for (; k < K; k++) range_update(row[k], &lo, &hi);
-    row_affine(lo, hi, scale, zp, &inv);
+    row_affine(lo, hi, qmax, scale, zp, &inv);
     const __m512 vinv = _mm512_set1_ps(inv), vzp = _mm512_set1_ps((float)*zp), v0f = _mm512_setzero_ps(),
-                 v255 = _mm512_set1_ps(255.0f);
+                 vqmax = _mm512_set1_ps((float)qmax);
     const __m128i vflip = _mm_set1_epi8((char)flip);
 #define QSTEP(off)                                                                                        \
     {                                                                                                     \
         __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(row + (off)), vinv),                \
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                   \
-        v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vzp), v0f), v255);                               \
+        v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, vzp), v0f), vqmax);                               \
         _mm_storeu_si128((__m128i *)(q + (off)), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), vflip)); \
     }
     k = 0;
@@ -1391,13 +1329,14 @@ VNNI_QTARGET static void quantize_row_avx512(const float *row, int64_t K, uint8_
     }
     for (; k + 16 <= K; k += 16) QSTEP(k)
 #undef QSTEP
-    for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, flip);
+    for (; k < K; k++) q[k] = quantize_one(row[k], inv, *zp, qmax, flip);
 }
 
 #endif
 
+/* qmax: the largest quantized value, 255, or 127 for 7-bit activations (the avx2-saturating path) */
 static void quantize_rows_u8(const float *x, int64_t ldx, int64_t M, int64_t K, uint8_t *dst, int64_t ldq,
-                             int64_t kp, float *scales, int32_t *zps, uint8_t flip) {
+                             int64_t kp, float *scales, int32_t *zps, int qmax, uint8_t flip) {
 #if CB_X86
     const int simd = isa_supported(ISA_AVX512VNNI) ? 2 : isa_supported(ISA_AVX2);
 #else
@@ -1407,12 +1346,12 @@ static void quantize_rows_u8(const float *x, int64_t ldx, int64_t M, int64_t K, 
         uint8_t *q = dst + i * ldq;
 #if CB_X86
         if (simd == 2)
-            quantize_row_avx512(x + i * ldx, K, q, scales + i, zps + i, flip);
+            quantize_row_avx512(x + i * ldx, K, q, scales + i, zps + i, qmax, flip);
         else if (simd)
-            quantize_row_avx2(x + i * ldx, K, q, scales + i, zps + i, flip);
+            quantize_row_avx2(x + i * ldx, K, q, scales + i, zps + i, qmax, flip);
         else
 #endif
-            quantize_row_scalar(x + i * ldx, K, q, scales + i, zps + i, flip);
+            quantize_row_scalar(x + i * ldx, K, q, scales + i, zps + i, qmax, flip);
         for (int64_t k = K; k < kp; k++) q[k] = 0;
     }
 }
@@ -1440,7 +1379,7 @@ static void quantize_task(void *ctx, int tid, int nt) {
         if (r0 >= j->M) break;
         const int64_t r1 = r0 + j->rows_per_block < j->M ? r0 + j->rows_per_block : j->M;
         quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, r1 - r0, j->K, j->dst + r0 * j->ldq, j->ldq, j->kp,
-                         j->scales + r0, j->zps + r0, j->flip);
+                         j->scales + r0, j->zps + r0, 255, j->flip);
     }
 }
 
@@ -1454,7 +1393,7 @@ static void quantize_rows_parallel(const float *x, int64_t ldx, int64_t M, int64
     if (cap > M) cap = M;
     if (threads > cap) threads = (int)cap;
     if (threads <= 1) {
-        quantize_rows_u8(x, ldx, M, K, dst, ldq, kp, scales, zps, flip);
+        quantize_rows_u8(x, ldx, M, K, dst, ldq, kp, scales, zps, 255, flip);
         return;
     }
     const int64_t blocks = 4 * (int64_t)threads; /* a late thread leaves at most ~1/4 of a share */
@@ -1618,6 +1557,187 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
     {NULL, NULL, NULL, NULL}, V2_ROW_OF_FNS(1), V2_ROW_OF_FNS(2), V2_ROW_OF_FNS(3),
     V2_ROW_OF_FNS(4),         V2_ROW_OF_FNS(5), V2_ROW_OF_FNS(6)};
 
+/* The avx2 micro-kernel on the same job as avx512vnni's (v2_gemm): row tiles [t0, t1) (each AVX2_MR rows from
+ * t * AVX2_MR, int16 rows staged in the job) x one 16-column panel, over the whole K, with the whole epilogue in
+ * the register tile (GELU and the residual included, in the same IEEE operations as gelu_rows and add_rows after
+ * the GEMM, so the bits are the same). With U = 2 a second set of accumulators takes the odd k-pairs, hiding
+ * vpmaddwd's latency when the tile has few rows. */
+#define A2_OUT(r, v, off)                                                                                      \
+    if (r < MR) {                                                                                              \
+        __m256i acc = c##r##v;                                                                                 \
+        if (e.colsum) acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(row_off[r]), cs##v));  \
+        const int64_t at = (i0 + r) * e.ldo + n0 + (off);                                                      \
+        if (e.f32) {                                                                                           \
+            __m256 y = _mm256_cvtepi32_ps(acc);                                                                \
+            if (e.row_scale) y = _mm256_mul_ps(y, _mm256_set1_ps(row_sc[r]));                                  \
+            y = _mm256_fmadd_ps(y, sc##v, bi##v);                                                              \
+            if (e.act == ACT_GELU) y = gelu256(y);                                                             \
+            const float *res = e.residual ? e.residual + (i0 + r) * e.N + n0 + (off) : NULL;                   \
+            if (nv##v >= 8) {                                                                                  \
+                if (res) y = _mm256_add_ps(y, _mm256_loadu_ps(res));                                           \
+                _mm256_storeu_ps((float *)e.out + at, y);                                                      \
+            } else if (nv##v > 0) {                                                                            \
+                if (res) y = _mm256_add_ps(y, _mm256_maskload_ps(res, m##v));                                  \
+                _mm256_maskstore_ps((float *)e.out + at, m##v, y);                                             \
+            }                                                                                                  \
+        } else if (nv##v >= 8) {                                                                               \
+            _mm256_storeu_si256((__m256i *)((int32_t *)e.out + at), acc);                                      \
+        } else if (nv##v > 0) {                                                                                \
+            _mm256_maskstore_epi32((int *)e.out + at, m##v, acc);                                              \
+        }                                                                                                      \
+    }
+#define A2_OUT_A(r) A2_OUT(r, a, 0)
+#define A2_OUT_B(r) A2_OUT(r, b, 8)
+
+AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1, int64_t p, const int MR, const int U) {
+    const int64_t lda = g->lda, npairs = g->Kp / 2, n0 = p * AVX2_NR;
+    const int16_t *bpanel = (const int16_t *)g->bp + p * g->Kp * AVX2_NR;
+    const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->residual, g->out, g->ldo,
+                      g->N, g->global_off, g->out_f32, g->act};
+    /* the panel's column vectors, once for all its row tiles */
+    const int64_t nva = e.N - n0, nvb = nva - 8;
+    const __m256i ma = avx2_mask(nva), mb = avx2_mask(nvb);
+    const __m256i csa = e.colsum ? avx2_load_i32(e.colsum + n0, nva) : _mm256_setzero_si256();
+    const __m256i csb = e.colsum ? avx2_load_i32(e.colsum + n0 + 8, nvb) : _mm256_setzero_si256();
+    const __m256 sca = avx2_load_f32(e.col_scale ? e.col_scale + n0 : NULL, nva, 1.0f);
+    const __m256 scb = avx2_load_f32(e.col_scale ? e.col_scale + n0 + 8 : NULL, nvb, 1.0f);
+    const __m256 bia = avx2_load_f32(e.bias ? e.bias + n0 : NULL, nva, 0.0f);
+    const __m256 bib = avx2_load_f32(e.bias ? e.bias + n0 + 8 : NULL, nvb, 0.0f);
+    const __m256i z = _mm256_setzero_si256();
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t i0 = t * AVX2_MR;
+        const int16_t *a = (const int16_t *)g->a + i0 * lda;
+        const int16_t *b = bpanel;
+        int32_t row_off[AVX2_MR];
+        float row_sc[AVX2_MR];
+        for (int r = 0; r < MR; r++) {
+            row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
+            row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
+        }
+        ROWS4(AVX2_DECL)
+        int64_t kk = 0;
+        if (U == 2) {
+            for (; kk + 2 <= npairs; kk += 2) {
+                __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
+                __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
+                ROWS4(AVX2_STEP_C)
+                b0 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 32));
+                b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 48));
+                ROWS4(AVX2_STEP_D)
+            }
+        }
+        for (; kk < npairs; kk++) {
+            const __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
+            const __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
+            ROWS4(AVX2_STEP_C)
+        }
+        ROWS4(AVX2_MERGE)
+        ROWS4(A2_OUT_A)
+        ROWS4(A2_OUT_B)
+    }
+}
+
+#define A2_FN(m, u)                                                                                   \
+    AVX2_TARGET static void a2_tiles_##m(const gemm_t *g, int64_t t0, int64_t t1, int64_t p) {        \
+        a2_tiles(g, t0, t1, p, m, u);                                                                 \
+    }
+A2_FN(1, 2)
+A2_FN(2, 2)
+A2_FN(3, 1)
+A2_FN(4, 1)
+static const v2_tile_fn A2_TILES[AVX2_MR + 1] = {NULL, a2_tiles_1, a2_tiles_2, a2_tiles_3, a2_tiles_4};
+
+/* avx2-saturating (ISA_AVX2_SAT): the avx512vnni packing read 8 columns x 4 k at a time, each u8 x s8 product
+ * pair summed by vpmaddubsw into int16 with saturation, the int16 pairs widened by vpmaddwd with ones (exact)
+ * and added in int32: 32 products in three instructions where the exact avx2 kernel needs four (two vpmaddwd,
+ * two vpaddd, on operands widened beforehand). A pair a0*b0 + a1*b1 beyond [-32768, 32767] is clipped there:
+ * exact only while every pair fits (A in [0, 127], or B in [-64, 63]). Row tiles [t0, t1) of AVX2_MR rows x
+ * panel p, walked 16 columns at a time with the whole epilogue in the register tile (A2_OUT). */
+#define SAT_STEP(r)                                                                                      \
+    if (r < MR) {                                                                                        \
+        int32_t quad;                                                                                    \
+        memcpy(&quad, a + r * lda, 4);                                                                   \
+        const __m256i av = _mm256_set1_epi32(quad);                                                      \
+        c##r##a = _mm256_add_epi32(c##r##a, _mm256_madd_epi16(_mm256_maddubs_epi16(av, b0), ones));      \
+        c##r##b = _mm256_add_epi32(c##r##b, _mm256_madd_epi16(_mm256_maddubs_epi16(av, b1), ones));      \
+    }
+#define SAT_DECL(r) __m256i c##r##a = z, c##r##b = z;
+
+AVX2_TARGET ALWAYS_INLINE void sat_tiles(const gemm_t *g, int64_t t0, int64_t t1, int64_t p, const int MR) {
+    const int64_t lda = g->lda, ngroups = g->Kp / 4, w = v2_panel_width(g->N, p);
+    const int8_t *bpanel = (const int8_t *)g->bp + p * g->Kp * V2_NR;
+    const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->residual, g->out, g->ldo,
+                      g->N, g->global_off, g->out_f32, g->act};
+    const __m256i z = _mm256_setzero_si256(), ones = _mm256_set1_epi16(1);
+    for (int64_t t = t0; t < t1; t++) {
+        const int64_t i0 = t * AVX2_MR;
+        int32_t row_off[AVX2_MR];
+        float row_sc[AVX2_MR];
+        for (int r = 0; r < MR; r++) {
+            row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
+            row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
+        }
+        for (int64_t s = 0; s < w; s += 16) { /* 16 columns of the panel; its k-groups are w * 4 bytes apart */
+            const int64_t n0 = p * V2_NR + s, nva = e.N - n0, nvb = nva - 8;
+            const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
+            const int8_t *b = bpanel + s * 4;
+            ROWS4(SAT_DECL)
+            for (int64_t kg = 0; kg < ngroups; kg++) {
+                const __m256i b0 = _mm256_load_si256((const __m256i *)b);
+                const __m256i b1 = _mm256_load_si256((const __m256i *)(b + 32));
+                ROWS4(SAT_STEP)
+                a += 4;
+                b += w * 4;
+            }
+            const __m256i ma = avx2_mask(nva), mb = avx2_mask(nvb);
+            const __m256i csa = e.colsum ? avx2_load_i32(e.colsum + n0, nva) : z;
+            const __m256i csb = e.colsum ? avx2_load_i32(e.colsum + n0 + 8, nvb) : z;
+            const __m256 sca = avx2_load_f32(e.col_scale ? e.col_scale + n0 : NULL, nva, 1.0f);
+            const __m256 scb = avx2_load_f32(e.col_scale ? e.col_scale + n0 + 8 : NULL, nvb, 1.0f);
+            const __m256 bia = avx2_load_f32(e.bias ? e.bias + n0 : NULL, nva, 0.0f);
+            const __m256 bib = avx2_load_f32(e.bias ? e.bias + n0 + 8 : NULL, nvb, 0.0f);
+            ROWS4(A2_OUT_A)
+            ROWS4(A2_OUT_B)
+        }
+    }
+}
+
+#define SAT_FN(m)                                                                                     \
+    AVX2_TARGET static void sat_tiles_##m(const gemm_t *g, int64_t t0, int64_t t1, int64_t p) {       \
+        sat_tiles(g, t0, t1, p, m);                                                                   \
+    }
+SAT_FN(1)
+SAT_FN(2)
+SAT_FN(3)
+SAT_FN(4)
+static const v2_tile_fn SAT_TILES[AVX2_MR + 1] = {NULL, sat_tiles_1, sat_tiles_2, sat_tiles_3, sat_tiles_4};
+
+/* Rows r0..r1 of A (s8 or u8, row stride lda) as int16, K padded with zeros to kp (row stride kp). */
+AVX2_TARGET static void a2_widen_rows(const void *src, int64_t lda, int a_unsigned, int64_t r0, int64_t r1, int64_t K,
+                                      int64_t kp, int16_t *dst) {
+    for (int64_t i = r0; i < r1; i++) {
+        const uint8_t *s = (const uint8_t *)src + i * lda;
+        int16_t *d = dst + i * kp;
+        int64_t k = 0;
+        for (; k + 16 <= K; k += 16) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(s + k));
+            _mm256_storeu_si256((__m256i *)(d + k), a_unsigned ? _mm256_cvtepu8_epi16(v) : _mm256_cvtepi8_epi16(v));
+        }
+        for (; k < K; k++) d[k] = a_unsigned ? (int16_t)s[k] : (int16_t)(int8_t)s[k];
+        for (; k < kp; k++) d[k] = 0;
+    }
+}
+
+/* A row of kp u8 values at the start of its own int16 row, widened where it lies: back to front, so every byte
+ * is read before the int16 written over it (element k's bytes are 2k and 2k+1, never below k). */
+AVX2_TARGET static void a2_widen_u8_in_place(int16_t *row, int64_t kp) {
+    const uint8_t *s = (const uint8_t *)row;
+    int64_t k = kp;
+    for (; k % 16; k--) row[k - 1] = s[k - 1];
+    for (k -= 16; k >= 0; k -= 16)
+        _mm256_storeu_si256((__m256i *)(row + k), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(s + k))));
+}
+
 /* One thread's home share of the (row tile x panel) grid, cut into tasks (a few row tiles x one
  * panel). Tasks are taken from `next` by the owner and, once it has run out of its own, by the
  * other threads (v2_help): a thread the OS has not scheduled yet costs nothing but its share's speed. */
@@ -1663,9 +1783,21 @@ typedef struct {
 static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
     gemm_t *g = j->g;
     const int64_t K = g->K, kp = g->Kp;
+    if (g->isa == ISA_AVX2) { /* int16 rows: x quantized to u8 at the start of each row, then widened there */
+        int16_t *dst = (int16_t *)j->staged;
+        if (!j->x) {
+            a2_widen_rows(j->src, j->src_ld, j->a_unsigned, r0, r1, K, kp, dst);
+            return;
+        }
+        quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, r1 - r0, K, (uint8_t *)(dst + r0 * kp), 2 * kp, kp,
+                         j->scales + r0, j->zps + r0, 255, 0);
+        for (int64_t i = r0; i < r1; i++) a2_widen_u8_in_place(dst + i * kp, kp);
+        return;
+    }
     if (j->x) {
+        /* 7-bit activations on avx2-saturating: its pair sums then fit int16 (see SAT_TILES) */
         quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, r1 - r0, K, j->staged + r0 * kp, kp, kp, j->scales + r0,
-                         j->zps + r0, 0);
+                         j->zps + r0, g->isa == ISA_AVX2_SAT ? 127 : 255, 0);
         return;
     }
     for (int64_t i = r0; i < r1; i++) {
@@ -1682,6 +1814,13 @@ static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
 
 /* Row tiles [tb, te) of g on panel p; the last tile of g may be short. */
 static void v2_tile_range(const gemm_t *g, int64_t tb, int64_t te, int64_t p) {
+    if (g->isa == ISA_AVX2 || g->isa == ISA_AVX2_SAT) {
+        const v2_tile_fn *tiles = g->isa == ISA_AVX2 ? A2_TILES : SAT_TILES;
+        const int64_t full = g->M / AVX2_MR, tf = te < full ? te : full;
+        if (tb < tf) tiles[AVX2_MR](g, tb, tf, p);
+        if (te > tf) tiles[g->M - tf * AVX2_MR](g, tf, te, p);
+        return;
+    }
     const int nvec = (int)(v2_panel_width(g->N, p) / 16);
     const int64_t full = g->M / V2_MR; /* tiles with all V2_MR rows */
     const int64_t tf = te < full ? te : full;
@@ -1771,7 +1910,9 @@ static void v2_task(void *ctx, int tid, int nt) {
  * 2048 x 384 x 1152 and 512 x 384 x 384 (kernels-vnni-8/split_ab.txt). Where B is the larger operand
  * (M < N), ties stay along N, as before. */
 static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out, int *tn_out) {
-    const int64_t n_panels = (g->N + V2_NR - 1) / V2_NR;
+    const int avx2 = g->isa == ISA_AVX2;
+    const int64_t nr = avx2 ? AVX2_NR : V2_NR, n_panels = (g->N + nr - 1) / nr;
+    const double tile_cost = (double)nr / 4; /* a tile's fixed cost, in columns */
     const int prefer_m = g->M >= g->N;
     double cost[V2_MAX_THREADS + 1] = {0}; /* by tn; 0: not a possible split */
     double best = 1e300;
@@ -1785,7 +1926,7 @@ static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out,
         for (int j = 0; j < tn; j++) {
             const int64_t q0 = n_panels * j / tn, q1 = n_panels * (j + 1) / tn;
             double w = 0;
-            for (int64_t q = q0; q < q1; q++) w += (double)v2_panel_width(g->N, q) + 16.0; /* + per-tile cost */
+            for (int64_t q = q0; q < q1; q++) w += (double)(avx2 ? AVX2_NR : v2_panel_width(g->N, q)) + tile_cost;
             if (w > width) width = w;
         }
         cost[tn] = (double)rows * width;
@@ -1805,9 +1946,10 @@ static void v2_split(const gemm_t *g, int64_t n_tiles, int threads, int *tm_out,
     *tn_out = best_tn;
 }
 
-/* The VNNI GEMM on a weight packed for avx512vnni. g has M, K, N, Kp, bp, the epilogue and
- * global_off set. A: `a` (s8 or u8, row stride lda) or, when x != NULL, float rows quantized here
- * into u8 (scales/zps receive each row's; g->row_zp/row_scale must point at them). Returns 0 or -1. */
+/* The GEMM on a weight packed for avx512vnni (g->isa ISA_AVX512VNNI) or avx2 (ISA_AVX2: A staged as int16).
+ * g has isa, M, K, N, Kp, bp, the epilogue and global_off set. A: `a` (s8 or u8, row stride lda) or, when
+ * x != NULL, float rows quantized here into u8 (scales/zps receive each row's; g->row_zp/row_scale must point
+ * at them). Returns 0 or -1. */
 static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const float *x, int64_t ldx,
                    float *scales, int32_t *zps, int threads) {
     if (g->M == 0) return 0;
@@ -1820,13 +1962,15 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
     j->ldx = ldx;
     j->scales = scales;
     j->zps = zps;
-    if (!x && a_unsigned && g->Kp == g->K) { /* read in place */
+    const int avx2 = g->isa == ISA_AVX2;
+    const int64_t mr = g->isa == ISA_AVX512VNNI ? V2_MR : AVX2_MR, nr = avx2 ? AVX2_NR : V2_NR, esize = avx2 ? 2 : 1;
+    if (!avx2 && !x && a_unsigned && g->Kp == g->K) { /* read in place */
         g->a = a;
         g->lda = lda;
     } else {
         j->src = a;
         j->src_ld = lda;
-        j->staged = (uint8_t *)aligned_alloc(64, (size_t)round_up(g->M * g->Kp, 64));
+        j->staged = (uint8_t *)aligned_alloc(64, (size_t)round_up(g->M * g->Kp * esize, 64));
         if (!j->staged) {
             free(j);
             return -1;
@@ -1835,7 +1979,7 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
         g->a = j->staged;
         g->lda = g->Kp;
     }
-    const int64_t n_tiles = (g->M + V2_MR - 1) / V2_MR, n_panels = (g->N + V2_NR - 1) / V2_NR;
+    const int64_t n_tiles = (g->M + mr - 1) / mr, n_panels = (g->N + nr - 1) / nr;
     int nt = effective_threads(g->M * g->K * g->N, MIN_MACS_PER_THREAD, threads);
     if (nt > V2_MAX_THREADS) nt = V2_MAX_THREADS;
     int tm, tn;
@@ -1844,7 +1988,7 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
     /* row tiles per task: a block of A that stays in L2 (~384 KiB), and at least 4 tasks per share
      * so that a thread that finishes early has something to take */
     const int64_t rows_share = (n_tiles + tm - 1) / tm, panels_share = (n_panels + tn - 1) / tn;
-    int64_t mbt = (384 * 1024) / (g->Kp * V2_MR);
+    int64_t mbt = (384 * 1024) / (g->Kp * mr * esize);
     const int64_t want_blocks = (4 + panels_share - 1) / panels_share;
     if (mbt > (rows_share + want_blocks - 1) / want_blocks) mbt = (rows_share + want_blocks - 1) / want_blocks;
     j->mbt = mbt < 1 ? 1 : mbt;
@@ -1948,7 +2092,7 @@ static void ffn_task(void *ctx, int tid, int nt) {
         if (b >= j->n_blocks || j->failed) return;
         const int64_t r0 = j->n_tiles * b / j->n_blocks * V2_MR, r1e = j->n_tiles * (b + 1) / j->n_blocks * V2_MR;
         const int64_t n = (r1e < j->M ? r1e : j->M) - r0;
-        quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, n, j->g1.K, xq, j->g1.Kp, j->g1.Kp, s1, z1, 0);
+        quantize_rows_u8(j->x + r0 * j->ldx, j->ldx, n, j->g1.K, xq, j->g1.Kp, j->g1.Kp, s1, z1, 255, 0);
         gemm_t g = j->g1;
         g.M = n;
         g.a = xq;
@@ -1958,7 +2102,7 @@ static void ffn_task(void *ctx, int tid, int nt) {
         g.out = h;
         g.ldo = g.N;
         v2_all_tiles(&g);
-        quantize_rows_u8(h, j->g1.N, n, j->g2.K, hq, j->g2.Kp, j->g2.Kp, s2, z2, 0);
+        quantize_rows_u8(h, j->g1.N, n, j->g2.K, hq, j->g2.Kp, j->g2.Kp, s2, z2, 255, 0);
         g = j->g2;
         g.M = n;
         g.a = hq;
@@ -2043,10 +2187,12 @@ static int gemm_driver(gemm_t *g, const void *a, int64_t lda, int a_unsigned, in
     g->isa = kisa;
     g->Kp = kp;
     g->a_unsigned = a_unsigned;
-    g->global_off = (kisa == ISA_AVX512VNNI && !a_unsigned) ? 128 : 0;
+    /* s8 activations shifted to u8 for vpdpbusd / vpmaddubsw */
+    g->global_off = ((kisa == ISA_AVX512VNNI || kisa == ISA_AVX2_SAT) && !a_unsigned) ? 128 : 0;
     if (!g->global_off && !g->row_zp) g->colsum = NULL; /* nothing to correct */
 #if CB_X86
-    if (pack_isa == ISA_AVX512VNNI) return v2_gemm(g, a, lda, a_unsigned, NULL, 0, NULL, NULL, threads);
+    if (pack_isa == ISA_AVX512VNNI || pack_isa == ISA_AVX2 || pack_isa == ISA_AVX2_SAT)
+        return v2_gemm(g, a, lda, a_unsigned, NULL, 0, NULL, NULL, threads);
 #endif
     void *staged = NULL;
     if (kisa == ISA_GENERIC || (kisa == ISA_AVX512VNNI && a_unsigned && kp == g->K && lda % 4 == 0)) {
@@ -2166,6 +2312,30 @@ AVX2_TARGET static int64_t peak_avx2(int64_t iters) {
     return t;
 }
 
+
+AVX2_TARGET static int64_t peak_avx2_sat(int64_t iters) {
+    __m256i a = _mm256_set1_epi8(1), b = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
+    __m256i c0 = PEAK_INIT256(0), c1 = PEAK_INIT256(1), c2 = PEAK_INIT256(2), c3 = PEAK_INIT256(3),
+            c4 = PEAK_INIT256(4), c5 = PEAK_INIT256(5), c6 = PEAK_INIT256(6), c7 = PEAK_INIT256(7),
+            c8 = PEAK_INIT256(8), c9 = PEAK_INIT256(9), c10 = PEAK_INIT256(10), c11 = PEAK_INIT256(11);
+    for (int64_t it = 0; it < iters; it++) {
+        /* the avx2-saturating kernel's three instructions, 32 MACs */
+#define PEAK_SAT(c) c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+        PEAK_SAT(c0) PEAK_SAT(c1) PEAK_SAT(c2) PEAK_SAT(c3) PEAK_SAT(c4) PEAK_SAT(c5)
+        PEAK_SAT(c6) PEAK_SAT(c7) PEAK_SAT(c8) PEAK_SAT(c9) PEAK_SAT(c10) PEAK_SAT(c11)
+#undef PEAK_SAT
+        __asm__ volatile("" : "+x"(a), "+x"(b));
+    }
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
+                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
+    s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(c8, c9), _mm256_add_epi32(c10, c11)));
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, s);
+    int64_t t = 0;
+    for (int i = 0; i < 8; i++) t += lanes[i];
+    return t;
+}
+
 #endif
 
 static int64_t peak_generic(int64_t iters) {
@@ -2209,7 +2379,7 @@ AMX_TARGET static int64_t peak_amx(int64_t iters) {
 #endif
 
 /* MACs per loop iteration of each peak loop */
-static const int64_t PEAK_MACS_PER_ITER[N_ISA] = {8, 12 * 16, 16 * 64, 4 * 16 * 16 * 64};
+static const int64_t PEAK_MACS_PER_ITER[N_ISA] = {8, 12 * 16, 16 * 64, 4 * 16 * 16 * 64, 12 * 32};
 
 static void peak_task(void *ctx, int tid, int nt) {
     (void)tid;
@@ -2227,6 +2397,9 @@ static void peak_task(void *ctx, int tid, int nt) {
             break;
         case ISA_AVX2:
             r += peak_avx2(j->iters);
+            break;
+        case ISA_AVX2_SAT:
+            r += peak_avx2_sat(j->iters);
             break;
 #endif
         default:
@@ -2282,13 +2455,20 @@ static void release_all(Py_buffer *views, int n) {
         if (views[i].obj) PyBuffer_Release(&views[i]);
 }
 
+/* The inexact paths this CPU can run (never chosen by default; see ISA_AVX2_SAT). */
+static PyObject *py_inexact_isas(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return isa_supported(ISA_AVX2_SAT) ? Py_BuildValue("[s]", ISA_NAMES[ISA_AVX2_SAT]) : PyList_New(0);
+}
+
 static PyObject *py_supported_isas(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
     PyObject *lst = PyList_New(0);
     if (!lst) return NULL;
     for (int i = N_ISA - 1; i >= 0; i--) {
-        if (isa_supported(i)) {
+        if (isa_supported(i) && i != ISA_AVX2_SAT) { /* exact paths only: see inexact_isas */
             PyObject *s = PyUnicode_FromString(ISA_NAMES[i]);
             if (!s || PyList_Append(lst, s) < 0) {
                 Py_XDECREF(s);
@@ -2390,7 +2570,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args) {
     g.bias = (const float *)vb.buf;
     g.out = v[2].buf;
     g.ldo = N;
-    if (!g.colsum && (g.row_zp || (!a_unsigned && (isa == ISA_AVX512VNNI || isa == ISA_AMX)))) {
+    if (!g.colsum && (g.row_zp || (!a_unsigned && (isa == ISA_AVX512VNNI || isa == ISA_AMX || isa == ISA_AVX2_SAT)))) {
         PyErr_SetString(PyExc_ValueError, "gemm: colsum is required for this path/zero point");
         goto outb;
     }
@@ -2466,14 +2646,15 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     {
         int failed = 0;
         Py_BEGIN_ALLOW_THREADS;
-        /* the VNNI path quantizes into its own staging buffer */
-        /* on a cache line (a tile row that spans two lines costs both: kernels-amx-6/align.txt) */
-        if (isa != ISA_AVX512VNNI) qbuf = (uint8_t *)aligned_alloc(64, (size_t)round_up(M * K > 0 ? M * K : 1, 64));
+        /* the avx512vnni and avx2 paths quantize into their job's own staging buffer; the others into qbuf,
+         * on a cache line (a tile row that spans two lines costs both: kernels-amx-6/align.txt) */
+        const int in_job = isa == ISA_AVX512VNNI || isa == ISA_AVX2 || isa == ISA_AVX2_SAT;
+        if (!in_job) qbuf = (uint8_t *)aligned_alloc(64, (size_t)round_up(M * K > 0 ? M * K : 1, 64));
         scales = (float *)malloc(sizeof(float) * (size_t)(M > 0 ? M : 1));
         zps = (int32_t *)malloc(sizeof(int32_t) * (size_t)(M > 0 ? M : 1));
-        failed = (!qbuf && isa != ISA_AVX512VNNI) || !scales || !zps;
+        failed = (!qbuf && !in_job) || !scales || !zps;
 #if CB_X86
-        if (!failed && isa == ISA_AVX512VNNI) { /* quantizing is part of the GEMM's pool job */
+        if (!failed && in_job) { /* quantizing, GELU and the residual are part of the GEMM's pool job */
             gemm_t g;
             memset(&g, 0, sizeof(g));
             g.isa = isa;
@@ -2753,7 +2934,8 @@ static PyObject *py_geometry(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "unknown isa");
         return NULL;
     }
-    int mr = isa == ISA_AVX2 ? AVX2_MR : (isa == ISA_AVX512VNNI ? V2_MR : (isa == ISA_AMX ? 32 : 1));
+    int mr = isa == ISA_AVX2 || isa == ISA_AVX2_SAT ? AVX2_MR
+                                                    : (isa == ISA_AVX512VNNI ? V2_MR : (isa == ISA_AMX ? 32 : 1));
     int nr = isa == ISA_AVX512VNNI ? V2_NR : NR_OF[isa];
     /* vnni_max_k: weights with K up to it run the avx512vnni kernel on this path (AMX_V2_MAX_K); 0: none */
     return Py_BuildValue("{s:s,s:i,s:i,s:i,s:i,s:i,s:i}", "name", ISA_NAMES[isa], "k_align", KALIGN[isa], "nr",
@@ -2762,7 +2944,8 @@ static PyObject *py_geometry(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"supported_isas", py_supported_isas, METH_NOARGS, "Paths this CPU supports, fastest first."},
+    {"supported_isas", py_supported_isas, METH_NOARGS, "Exact paths this CPU supports, fastest first."},
+    {"inexact_isas", py_inexact_isas, METH_NOARGS, "Inexact paths this CPU supports (only ever asked for)."},
     {"packed_bytes", py_packed_bytes, METH_VARARGS, "packed_bytes(isa, K, N): bytes of a packed weight."},
     {"pack_b", py_pack_b, METH_VARARGS, "pack_b(isa, b, ldb, K, N, dst): pack a K x N int8 weight."},
     {"gemm", py_gemm, METH_VARARGS, "The GEMM with its fused epilogue (see costbench.kernels.gemm)."},
@@ -2790,6 +2973,7 @@ PyMODINIT_FUNC PyInit__gemm(void) {
     PyModule_AddIntConstant(m, "ISA_AVX2", ISA_AVX2);
     PyModule_AddIntConstant(m, "ISA_AVX512VNNI", ISA_AVX512VNNI);
     PyModule_AddIntConstant(m, "ISA_AMX", ISA_AMX);
+    PyModule_AddIntConstant(m, "ISA_AVX2_SAT", ISA_AVX2_SAT);
     PyModule_AddIntConstant(m, "AMX_MIN_ROWS", AMX_MIN_ROWS);
     PyModule_AddIntConstant(m, "GELU_SCALAR", GELU_SCALAR);
     PyModule_AddIntConstant(m, "GELU_BEST", GELU_BEST);

@@ -91,10 +91,13 @@ def test_packed_bytes_hold_the_panels():
 
 def test_validate_lists_every_path_of_ours():
     peers = our_peers()
-    assert [p.isa for p in peers] == ["amx", "avx512vnni", "avx2", "generic"]
+    assert [p.isa for p in peers] == ["amx", "avx512vnni", "avx2", "generic", "avx2-saturating", "avx2-saturating"]
+    # the inexact path: on the full range (reported, not required exact), then on the range where it is exact
+    assert [p.exact_required for p in peers] == [True] * 4 + [False, True]
+    assert peers[-1].a_types == ("u7",)
     for p in peers:
         why = p.available()
-        if p.isa in gemm.supported_isas():
+        if p.isa in gemm.supported_isas() + gemm.inexact_isas():
             assert why is None
         else:
             assert why and p.isa in why and "cannot run" in why
@@ -127,3 +130,17 @@ def test_amx_shares_of_rows_and_of_columns_are_exact(rng):
         for threads in (2, 3, 8):
             c = gemm.int8_gemm(a, pw, threads=threads, out=np.full((m, n), POISON, np.int32))
             np.testing.assert_array_equal(c, exact, err_msg=f"amx {m}x{k}x{n} t{threads}")
+
+
+def test_bench_times_the_forced_path_as_ours_and_the_saturating_mode_only_beside_avx2(monkeypatch):
+    from costbench.kernels.bench import bench_peers
+
+    monkeypatch.delenv("COSTBENCH_KERNELS_ISA", raising=False)
+    ours = [p for p in bench_peers() if p.ours]
+    assert ours[0].isa == gemm.supported_isas()[0]
+    assert ("avx2-saturating" in [p.isa for p in ours]) == (gemm.supported_isas()[0] == "avx2")
+    if "avx2" in gemm.supported_isas():
+        monkeypatch.setenv("COSTBENCH_KERNELS_ISA", "avx2")  # as on a CPU without VNNI
+        ours = [p for p in bench_peers() if p.ours]
+        assert [p.isa for p in ours][0] == "avx2" and [p.isa for p in ours][-1] == "avx2-saturating"
+        assert not ours[-1].exact_required

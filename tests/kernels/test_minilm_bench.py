@@ -38,3 +38,15 @@ def test_every_path_is_timed_in_the_same_rounds_and_keeps_parity(seed, rng):
     for name in ["costbench-kernels", *others]:  # the same int8 model on each path: close to fp32 on every one
         assert r["parity"][name]["min_cos"] > 0.99, (name, r["parity"][name])
     assert r["isa"] == gemm.best_isa() and r["batch"] == 3 and r["sentences"] == 5
+
+
+@pytest.mark.skipif("avx2-saturating" not in gemm.inexact_isas(), reason="this CPU has no AVX2")
+def test_where_avx2_is_the_path_the_saturating_mode_runs_beside_it(seed, rng, monkeypatch):
+    monkeypatch.setenv("COSTBENCH_KERNELS_ISA", "avx2")  # as on a CPU without VNNI
+    torch.manual_seed(seed)
+    inputs = {"input_ids": rng.integers(0, 50, (5, 16)), "attention_mask": np.ones((5, 16), np.int64)}
+    r = bench_minilm(_Embedder(), inputs, threads=2, batch=3, rounds=2, min_time=0.001, rng=rng)
+    assert r["isa"] == "avx2"
+    assert "costbench-kernels avx2-saturating" in r["times"] and "costbench-kernels avx2" not in r["times"]
+    # 7-bit activations: close to fp32, if less close than the exact path's 8 bits
+    assert r["parity"]["costbench-kernels avx2-saturating"]["min_cos"] > 0.98, r["parity"]
