@@ -595,6 +595,7 @@ typedef struct {
      * row stride Kp) */
     int64_t amx_rows_in_a;
     const uint8_t *amx_tail;
+    int a_int16; /* avx2: A was widened to int16 rows by the job (row stride lda); else the tiles widen its bytes */
 } gemm_t;
 
 static inline int32_t row_offset(const gemm_t *g, int64_t i) {
@@ -1558,10 +1559,17 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
     V2_ROW_OF_FNS(4),         V2_ROW_OF_FNS(5), V2_ROW_OF_FNS(6)};
 
 /* The avx2 micro-kernel on the same job as avx512vnni's (v2_gemm): row tiles [t0, t1) (each AVX2_MR rows from
- * t * AVX2_MR, int16 rows staged in the job) x one 16-column panel, over the whole K, with the whole epilogue in
- * the register tile (GELU and the residual included, in the same IEEE operations as gelu_rows and add_rows after
- * the GEMM, so the bits are the same). With U = 2 a second set of accumulators takes the odd k-pairs, hiding
- * vpmaddwd's latency when the tile has few rows. */
+ * t * AVX2_MR of A, s8 or u8 read where it lies) x one 16-column panel, over the whole K, with the whole epilogue
+ * in the register tile (GELU and the residual included, in the same IEEE operations as gelu_rows and add_rows after
+ * the GEMM, so the bits are the same). vpmaddwd takes int16, so A is widened: by the job, once for the call, into
+ * int16 rows (g->a_int16), or, where N has at most A2_TILE_WIDENS_PANELS panels, by each tile for itself, A2_KC
+ * of K at a time, into a buffer on its stack (4 KiB, in L1). Widened by the job, A takes twice its bytes again
+ * through memory: 12544x32x16 ran 130 us on two threads against 80 with the tiles widening; but a tile widens its
+ * rows once per panel, and with nine panels (3136x24x144) that cost more: 159 against 125 us; three: 85 against
+ * 89 (kernels-avx2-2/widen.txt). With U = 2 a second set of accumulators takes the odd k-pairs, hiding vpmaddwd's
+ * latency when the tile has few rows. */
+#define A2_KC 512
+#define A2_TILE_WIDENS_PANELS 3
 #define A2_OUT(r, v, off)                                                                                      \
     if (r < MR) {                                                                                              \
         __m256i acc = c##r##v;                                                                                 \
@@ -1589,11 +1597,25 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
 #define A2_OUT_A(r) A2_OUT(r, a, 0)
 #define A2_OUT_B(r) A2_OUT(r, b, 8)
 
+/* Row r's k in [k0, k0 + n) as int16, zero past K, into dst (32-byte aligned). */
+AVX2_TARGET ALWAYS_INLINE void a2_widen(const uint8_t *row, int a_unsigned, int64_t k0, int64_t n, int64_t K,
+                                        int16_t *dst) {
+    const int64_t valid = K - k0 < n ? K - k0 : n;
+    int64_t k = 0;
+    for (; k + 16 <= valid; k += 16) {
+        const __m128i v = _mm_loadu_si128((const __m128i *)(row + k0 + k));
+        _mm256_store_si256((__m256i *)(dst + k), a_unsigned ? _mm256_cvtepu8_epi16(v) : _mm256_cvtepi8_epi16(v));
+    }
+    for (; k < valid; k++) dst[k] = a_unsigned ? (int16_t)row[k0 + k] : (int16_t)(int8_t)row[k0 + k];
+    for (; k < n; k++) dst[k] = 0;
+}
+
 AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1, int64_t p, const int MR, const int U) {
-    const int64_t lda = g->lda, npairs = g->Kp / 2, n0 = p * AVX2_NR;
-    const int16_t *bpanel = (const int16_t *)g->bp + p * g->Kp * AVX2_NR;
+    const int64_t K = g->K, Kp = g->Kp, n0 = p * AVX2_NR;
+    const int16_t *bpanel = (const int16_t *)g->bp + p * Kp * AVX2_NR;
     const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->residual, g->out, g->ldo,
                       g->N, g->global_off, g->out_f32, g->act};
+    int16_t wide[AVX2_MR * A2_KC] __attribute__((aligned(32)));
     /* the panel's column vectors, once for all its row tiles */
     const int64_t nva = e.N - n0, nvb = nva - 8;
     const __m256i ma = avx2_mask(nva), mb = avx2_mask(nvb);
@@ -1606,8 +1628,6 @@ AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
     const __m256i z = _mm256_setzero_si256();
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * AVX2_MR;
-        const int16_t *a = (const int16_t *)g->a + i0 * lda;
-        const int16_t *b = bpanel;
         int32_t row_off[AVX2_MR];
         float row_sc[AVX2_MR];
         for (int r = 0; r < MR; r++) {
@@ -1615,21 +1635,33 @@ AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
             row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
         }
         ROWS4(AVX2_DECL)
-        int64_t kk = 0;
-        if (U == 2) {
-            for (; kk + 2 <= npairs; kk += 2) {
-                __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
-                __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
-                ROWS4(AVX2_STEP_C)
-                b0 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 32));
-                b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 48));
-                ROWS4(AVX2_STEP_D)
+        for (int64_t kc = 0; kc < Kp; kc += A2_KC) {
+            const int64_t kn = Kp - kc < A2_KC ? Kp - kc : A2_KC, npairs = kn / 2;
+            const int16_t *a = wide, *b = bpanel + kc * AVX2_NR;
+            int64_t lda = A2_KC;
+            if (g->a_int16) {
+                a = (const int16_t *)g->a + i0 * g->lda + kc;
+                lda = g->lda;
+            } else {
+                for (int r = 0; r < MR; r++)
+                    a2_widen((const uint8_t *)g->a + (i0 + r) * g->lda, g->a_unsigned, kc, kn, K, wide + r * A2_KC);
             }
-        }
-        for (; kk < npairs; kk++) {
-            const __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
-            const __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
-            ROWS4(AVX2_STEP_C)
+            int64_t kk = 0;
+            if (U == 2) {
+                for (; kk + 2 <= npairs; kk += 2) {
+                    __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
+                    __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
+                    ROWS4(AVX2_STEP_C)
+                    b0 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 32));
+                    b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 48));
+                    ROWS4(AVX2_STEP_D)
+                }
+            }
+            for (; kk < npairs; kk++) {
+                const __m256i b0 = _mm256_load_si256((const __m256i *)(b + kk * 32));
+                const __m256i b1 = _mm256_load_si256((const __m256i *)(b + kk * 32 + 16));
+                ROWS4(AVX2_STEP_C)
+            }
         }
         ROWS4(AVX2_MERGE)
         ROWS4(A2_OUT_A)
@@ -1783,7 +1815,7 @@ typedef struct {
 static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
     gemm_t *g = j->g;
     const int64_t K = g->K, kp = g->Kp;
-    if (g->isa == ISA_AVX2) { /* int16 rows: x quantized to u8 at the start of each row, then widened there */
+    if (g->a_int16) { /* int16 rows: x quantized to u8 at the start of each row, then widened there */
         int16_t *dst = (int16_t *)j->staged;
         if (!j->x) {
             a2_widen_rows(j->src, j->src_ld, j->a_unsigned, r0, r1, K, kp, dst);
@@ -1963,8 +1995,12 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
     j->scales = scales;
     j->zps = zps;
     const int avx2 = g->isa == ISA_AVX2;
-    const int64_t mr = g->isa == ISA_AVX512VNNI ? V2_MR : AVX2_MR, nr = avx2 ? AVX2_NR : V2_NR, esize = avx2 ? 2 : 1;
-    if (!avx2 && !x && a_unsigned && g->Kp == g->K) { /* read in place */
+    const int64_t mr = g->isa == ISA_AVX512VNNI ? V2_MR : AVX2_MR, nr = avx2 ? AVX2_NR : V2_NR;
+    const int64_t n_panels = (g->N + nr - 1) / nr;
+    g->a_int16 = avx2 && n_panels > A2_TILE_WIDENS_PANELS; /* see A2_TILE_WIDENS_PANELS */
+    const int64_t esize = g->a_int16 ? 2 : 1;
+    /* A read in place: by avx2's tiles where they widen it (s8 or u8, any K); by the others, u8 four bytes at a time */
+    if (!x && ((avx2 && !g->a_int16) || (!avx2 && a_unsigned && g->Kp == g->K))) {
         g->a = a;
         g->lda = lda;
     } else {
@@ -1979,7 +2015,7 @@ static int v2_gemm(gemm_t *g, const void *a, int64_t lda, int a_unsigned, const 
         g->a = j->staged;
         g->lda = g->Kp;
     }
-    const int64_t n_tiles = (g->M + mr - 1) / mr, n_panels = (g->N + nr - 1) / nr;
+    const int64_t n_tiles = (g->M + mr - 1) / mr;
     int nt = effective_threads(g->M * g->K * g->N, MIN_MACS_PER_THREAD, threads);
     if (nt > V2_MAX_THREADS) nt = V2_MAX_THREADS;
     int tm, tn;
@@ -2278,62 +2314,50 @@ VNNI_TARGET static int64_t peak_vnni(int64_t iters) {
     return _mm512_reduce_add_epi32(s) + iters * 0; /* 16 instr x 64 MACs per iteration */
 }
 
+/* The avx2 kernels' k-step without its loads: four A operands (a tile's rows) x two B vectors (its 16 columns)
+ * into eight accumulators, as in the 4 x 16 register tile. Written in asm so that every accumulator stays in a
+ * register: from C, gcc kept some of them on the stack (a store and a load on each chain, every iteration), and
+ * an earlier C version multiplied the same two registers in all of its twelve chains, which gcc computed once an
+ * iteration: that loop timed one vpmaddwd and twelve vpaddd, not the kernel's pairs (see docs/kernels.md). */
+#define PEAK_AB256                                                                                       \
+    const __m256i a0 = _mm256_set1_epi16(1), a1 = _mm256_set1_epi16(2), a2 = _mm256_set1_epi16(3),      \
+                  a3 = _mm256_set1_epi16(4), b0 = _mm256_set1_epi16(5), b1 = _mm256_set1_epi16(6);      \
+    __m256i c0 = _mm256_set1_epi32(0), c1 = _mm256_set1_epi32(1), c2 = _mm256_set1_epi32(2),            \
+            c3 = _mm256_set1_epi32(3), c4 = _mm256_set1_epi32(4), c5 = _mm256_set1_epi32(5),            \
+            c6 = _mm256_set1_epi32(6), c7 = _mm256_set1_epi32(7), t;
+/* one product of the tile: AT&T order, so "vpmaddwd B, A, T" is T = madd(A, B) */
+#define PEAK_WD(c, a, b) "vpmaddwd %[" #b "], %[" #a "], %[t]\n\tvpaddd %[t], %[" #c "], %[" #c "]\n\t"
+#define PEAK_SAT(c, a, b)                                                                                \
+    "vpmaddubsw %[" #b "], %[" #a "], %[t]\n\tvpmaddwd %[ones], %[t], %[t]\n\tvpaddd %[t], %[" #c "], %[" #c "]\n\t"
+#define PEAK_TILE256(P) P(c0, a0, b0) P(c1, a0, b1) P(c2, a1, b0) P(c3, a1, b1) \
+                        P(c4, a2, b0) P(c5, a2, b1) P(c6, a3, b0) P(c7, a3, b1)
+#define PEAK_OUTS256                                                                                    \
+    [c0] "+x"(c0), [c1] "+x"(c1), [c2] "+x"(c2), [c3] "+x"(c3), [c4] "+x"(c4), [c5] "+x"(c5),            \
+        [c6] "+x"(c6), [c7] "+x"(c7), [t] "=&x"(t)
+#define PEAK_INS256 [a0] "x"(a0), [a1] "x"(a1), [a2] "x"(a2), [a3] "x"(a3), [b0] "x"(b0), [b1] "x"(b1)
+#define PEAK_SUM256                                                                                      \
+    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),  \
+                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));  \
+    int32_t lanes[8];                                                                                    \
+    _mm256_storeu_si256((__m256i *)lanes, s);                                                           \
+    int64_t sum = 0;                                                                                     \
+    for (int i = 0; i < 8; i++) sum += lanes[i];                                                        \
+    return sum;
+
+/* the exact kernel's pair, vpmaddwd then vpaddd: 16 MACs each */
 AVX2_TARGET static int64_t peak_avx2(int64_t iters) {
-    __m256i a = _mm256_set1_epi16(1), b = _mm256_set1_epi16(1);
-    /* different starting values, so the twelve chains stay twelve (see peak_vnni) */
-#define PEAK_INIT256(i) _mm256_set1_epi32(i)
-    __m256i c0 = PEAK_INIT256(0), c1 = PEAK_INIT256(1), c2 = PEAK_INIT256(2), c3 = PEAK_INIT256(3),
-            c4 = PEAK_INIT256(4), c5 = PEAK_INIT256(5), c6 = PEAK_INIT256(6), c7 = PEAK_INIT256(7),
-            c8 = PEAK_INIT256(8), c9 = PEAK_INIT256(9), c10 = PEAK_INIT256(10), c11 = PEAK_INIT256(11);
-    for (int64_t it = 0; it < iters; it++) {
-        /* the kernel's instruction pair: vpmaddwd then vpaddd, 16 MACs */
-        c0 = _mm256_add_epi32(c0, _mm256_madd_epi16(a, b));
-        c1 = _mm256_add_epi32(c1, _mm256_madd_epi16(a, b));
-        c2 = _mm256_add_epi32(c2, _mm256_madd_epi16(a, b));
-        c3 = _mm256_add_epi32(c3, _mm256_madd_epi16(a, b));
-        c4 = _mm256_add_epi32(c4, _mm256_madd_epi16(a, b));
-        c5 = _mm256_add_epi32(c5, _mm256_madd_epi16(a, b));
-        c6 = _mm256_add_epi32(c6, _mm256_madd_epi16(a, b));
-        c7 = _mm256_add_epi32(c7, _mm256_madd_epi16(a, b));
-        c8 = _mm256_add_epi32(c8, _mm256_madd_epi16(a, b));
-        c9 = _mm256_add_epi32(c9, _mm256_madd_epi16(a, b));
-        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(a, b));
-        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(a, b));
-        /* a and b "change" every iteration, so the products cannot be hoisted out of the loop */
-        __asm__ volatile("" : "+x"(a), "+x"(b));
-    }
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
-                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
-    s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(c8, c9), _mm256_add_epi32(c10, c11)));
-    int32_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, s);
-    int64_t t = 0;
-    for (int i = 0; i < 8; i++) t += lanes[i];
-    return t;
+    PEAK_AB256
+    for (int64_t it = 0; it < iters; it++) __asm__ volatile(PEAK_TILE256(PEAK_WD) : PEAK_OUTS256 : PEAK_INS256);
+    PEAK_SUM256
 }
 
-
+/* the avx2-saturating kernel's three instructions: 32 MACs each */
 AVX2_TARGET static int64_t peak_avx2_sat(int64_t iters) {
-    __m256i a = _mm256_set1_epi8(1), b = _mm256_set1_epi8(1), ones = _mm256_set1_epi16(1);
-    __m256i c0 = PEAK_INIT256(0), c1 = PEAK_INIT256(1), c2 = PEAK_INIT256(2), c3 = PEAK_INIT256(3),
-            c4 = PEAK_INIT256(4), c5 = PEAK_INIT256(5), c6 = PEAK_INIT256(6), c7 = PEAK_INIT256(7),
-            c8 = PEAK_INIT256(8), c9 = PEAK_INIT256(9), c10 = PEAK_INIT256(10), c11 = PEAK_INIT256(11);
-    for (int64_t it = 0; it < iters; it++) {
-        /* the avx2-saturating kernel's three instructions, 32 MACs */
-#define PEAK_SAT(c) c = _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
-        PEAK_SAT(c0) PEAK_SAT(c1) PEAK_SAT(c2) PEAK_SAT(c3) PEAK_SAT(c4) PEAK_SAT(c5)
-        PEAK_SAT(c6) PEAK_SAT(c7) PEAK_SAT(c8) PEAK_SAT(c9) PEAK_SAT(c10) PEAK_SAT(c11)
-#undef PEAK_SAT
-        __asm__ volatile("" : "+x"(a), "+x"(b));
-    }
-    __m256i s = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(c0, c1), _mm256_add_epi32(c2, c3)),
-                                 _mm256_add_epi32(_mm256_add_epi32(c4, c5), _mm256_add_epi32(c6, c7)));
-    s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(c8, c9), _mm256_add_epi32(c10, c11)));
-    int32_t lanes[8];
-    _mm256_storeu_si256((__m256i *)lanes, s);
-    int64_t t = 0;
-    for (int i = 0; i < 8; i++) t += lanes[i];
-    return t;
+    const __m256i ones = _mm256_set1_epi16(1);
+    PEAK_AB256
+    for (int64_t it = 0; it < iters; it++)
+        __asm__ volatile(PEAK_TILE256(PEAK_SAT) : PEAK_OUTS256 : PEAK_INS256, [ones] "x"(ones));
+    PEAK_SUM256
 }
 
 #endif
@@ -2379,7 +2403,7 @@ AMX_TARGET static int64_t peak_amx(int64_t iters) {
 #endif
 
 /* MACs per loop iteration of each peak loop */
-static const int64_t PEAK_MACS_PER_ITER[N_ISA] = {8, 12 * 16, 16 * 64, 4 * 16 * 16 * 64, 12 * 32};
+static const int64_t PEAK_MACS_PER_ITER[N_ISA] = {8, 8 * 16, 16 * 64, 4 * 16 * 16 * 64, 8 * 32};
 
 static void peak_task(void *ctx, int tid, int nt) {
     (void)tid;
