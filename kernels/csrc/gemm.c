@@ -7,12 +7,17 @@
  *   avx512vnni  vpdpbusd (u8 x s8, 4 products summed straight into int32, no int16 step).
  *               s8 activations are shifted to u8 with a +128 offset (a byte xor 0x80) and the
  *               offset is taken back exactly in the epilogue: (a+128).b - 128*colsum(b).
- *   avx2        operands pre-widened to int16 and multiplied with vpmaddwd (2 products of at most
+ *   avx2        operands widened to int16 and multiplied with vpmaddwd (2 products of at most
  *               128*128 each into int32): never saturates, s8 and u8 alike, no correction needed.
  *               vpmaddubsw (u8 x s8 pairs summed into *saturating* int16) is never used.
  *   generic     portable C, int32 accumulation.
  *
- * Every path computes in int32 with wrap-around (unsigned) arithmetic; since the exact result of
+ * and one inexact path, used only when asked for by name (never listed by supported_isas):
+ *
+ *   avx2-saturating  vpmaddubsw + vpmaddwd (ones) + vpaddd, as MLAS on AVX2: exact only while every u8 x s8
+ *               pair sum fits int16 (see ISA_AVX2_SAT); its linear layers quantize activations to 7 bits.
+ *
+ * Every exact path computes in int32 with wrap-around (unsigned) arithmetic; since the exact result of
  * an 8-bit GEMM with K < 2^17 fits int32, wrap-around arithmetic yields it exactly (the +128
  * correction included).
  *
