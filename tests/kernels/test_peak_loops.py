@@ -1,0 +1,52 @@
+"""The register-only loops that "% of peak" divides by run what they claim: the avx2 loops' eight products per
+iteration each on operands of their own, every accumulator in a register (read from the built extension's code).
+
+An earlier avx2 loop multiplied the same two registers in all of its chains: gcc computed the product once an
+iteration, and the "limit" timed one vpmaddwd and twelve vpaddd.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from costbench.kernels import _gemm
+
+pytestmark = pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+JUMP_BACK = re.compile(r"^\s*([0-9a-f]+):\s+j\w+\s+([0-9a-f]+)\s+<")
+
+
+def _loop(function: str) -> list[str]:
+    """The instructions of the loop in ``function`` with the most multiplies (the hot loop; the others sum lanes)."""
+    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", _gemm.__file__], capture_output=True, text=True,
+                          check=True).stdout
+    body = re.search(rf"^[0-9a-f]+ <{function}>:\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
+    assert body, f"{function} not found in {_gemm.__file__}"
+    lines = body.group(1).splitlines()
+    addr = lambda line: int(line.split(":")[0], 16)
+    loops = []
+    for i, line in enumerate(lines):
+        m = JUMP_BACK.match(line)
+        if m and int(m.group(2), 16) < int(m.group(1), 16):
+            start = next(j for j, x in enumerate(lines) if ":" in x and addr(x) >= int(m.group(2), 16))
+            loops.append(lines[start:i + 1])
+    assert loops, f"no loop in {function}"
+    return max(loops, key=lambda lp: (sum("vpmadd" in x for x in lp), -len(lp)))
+
+
+@pytest.mark.parametrize("function, products", [("peak_avx2", {"vpmaddwd": 8}),
+                                                ("peak_avx2_sat", {"vpmaddubsw": 8, "vpmaddwd": 8})])
+def test_avx2_loops_compute_every_product_in_registers(function, products):
+    loop = _loop(function)
+    for op, n in products.items():
+        assert sum(op in line for line in loop) == n, (function, op, loop)
+    assert sum("vpaddd" in line for line in loop) == 8, loop
+    assert not any("(%rsp)" in line for line in loop), f"an accumulator on the stack in {function}: {loop}"
+    # eight different (A, B) register pairs: no product the compiler could compute once for several chains
+    firsts = [line.split()[-1] for line in loop if products.get("vpmaddubsw") and "vpmaddubsw" in line] or \
+             [line.split()[-1] for line in loop if "vpmaddwd" in line]
+    pairs = {tuple(op.split(",")[:2]) for op in firsts}
+    assert len(pairs) == 8, (function, loop)
