@@ -37,7 +37,7 @@ def validate(
 ) -> None:
     """Exact or not, and the largest error, for ours on every path and every vendor int8 GEMM here.
 
-    Exits 1 if ours is ever inexact.
+    Exits 1 if ours is ever inexact where it must be exact (an inexact path's full-range errors are reported).
     """
     _quiet()
     if device != "cpu":
