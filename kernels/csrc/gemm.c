@@ -1175,34 +1175,23 @@ static void plan_tasks(gemm_t *g, int threads) {
 /* ------------------------------------------------------------------------------------------ */
 /* Activation staging and per-token quantization                                                */
 
-/* Copy A (M x K, row stride lda, s8 or u8) into what micro-kernel `isa` reads, K padded to kp:
- *   avx2: int16; vnni: u8 (s8 xor 0x80); amx: the bytes as they are, rows padded to a multiple
- *   of 32 (whole tiles). Zero padding. Returns NULL on allocation failure. */
+/* Copy A (M x K, row stride lda, s8 or u8) into what micro-kernel `isa` reads, K padded to kp: vnni (the amx
+ * packing's calls with few rows): u8 (s8 xor 0x80); amx: the bytes as they are, rows padded to a multiple of 32
+ * (whole tiles). Zero padding. Returns NULL on allocation failure. (The avx512vnni, avx2 and avx2-saturating
+ * packings stage in their own job: v2_stage_rows.) */
 static void *stage_a(int isa, const void *a, int64_t lda, int64_t M, int64_t K, int64_t kp, int a_unsigned) {
     const int64_t rows = isa == ISA_AMX ? round_up(M, 32) : M;
-    const int64_t bytes = rows * kp * ESIZE[isa];
+    const int64_t bytes = rows * kp;
     void *buf = aligned_alloc(64, (size_t)round_up(bytes > 0 ? bytes : 64, 64));
     if (!buf) return NULL;
     for (int64_t i = 0; i < M; i++) {
-        if (isa == ISA_AVX2) {
-            int16_t *dst = (int16_t *)buf + i * kp;
-            if (a_unsigned) {
-                const uint8_t *src = (const uint8_t *)a + i * lda;
-                for (int64_t k = 0; k < K; k++) dst[k] = src[k];
-            } else {
-                const int8_t *src = (const int8_t *)a + i * lda;
-                for (int64_t k = 0; k < K; k++) dst[k] = src[k];
-            }
-            for (int64_t k = K; k < kp; k++) dst[k] = 0;
-        } else {
-            uint8_t *dst = (uint8_t *)buf + i * kp;
-            const uint8_t *src = (const uint8_t *)a + i * lda;
-            if (isa == ISA_AVX512VNNI && !a_unsigned)
-                for (int64_t k = 0; k < K; k++) dst[k] = src[k] ^ 0x80;
-            else
-                memcpy(dst, src, (size_t)K);
-            memset(dst + K, 0, (size_t)(kp - K));
-        }
+        uint8_t *dst = (uint8_t *)buf + i * kp;
+        const uint8_t *src = (const uint8_t *)a + i * lda;
+        if (isa == ISA_AVX512VNNI && !a_unsigned)
+            for (int64_t k = 0; k < K; k++) dst[k] = src[k] ^ 0x80;
+        else
+            memcpy(dst, src, (size_t)K);
+        memset(dst + K, 0, (size_t)(kp - K));
     }
     if (rows > M) memset((uint8_t *)buf + M * kp, 0, (size_t)((rows - M) * kp));
     return buf;
