@@ -1569,28 +1569,51 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
  * latency when the tile has few rows. */
 #define A2_KC 512
 #define A2_TILE_WIDENS_PANELS 3
+/* The column vectors of one 16-column block of the output (two vectors: a, b) for A2_OUT: masks, valid widths,
+ * column sums, scales and bias (zero, one and zero where absent or past N). */
+typedef struct {
+    int64_t nva, nvb;
+    __m256i ma, mb, csa, csb;
+    __m256 sca, scb, bia, bib;
+} a2_cols;
+
+AVX2_TARGET ALWAYS_INLINE a2_cols a2_load_cols(const v2_epi *e, int64_t n0) {
+    a2_cols c;
+    c.nva = e->N - n0;
+    c.nvb = c.nva - 8;
+    c.ma = avx2_mask(c.nva);
+    c.mb = avx2_mask(c.nvb);
+    c.csa = e->colsum ? avx2_load_i32(e->colsum + n0, c.nva) : _mm256_setzero_si256();
+    c.csb = e->colsum ? avx2_load_i32(e->colsum + n0 + 8, c.nvb) : _mm256_setzero_si256();
+    c.sca = avx2_load_f32(e->col_scale ? e->col_scale + n0 : NULL, c.nva, 1.0f);
+    c.scb = avx2_load_f32(e->col_scale ? e->col_scale + n0 + 8 : NULL, c.nvb, 1.0f);
+    c.bia = avx2_load_f32(e->bias ? e->bias + n0 : NULL, c.nva, 0.0f);
+    c.bib = avx2_load_f32(e->bias ? e->bias + n0 + 8 : NULL, c.nvb, 0.0f);
+    return c;
+}
+
 #define A2_OUT(r, v, off)                                                                                      \
     if (r < MR) {                                                                                              \
         __m256i acc = c##r##v;                                                                                 \
-        if (e.colsum) acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(row_off[r]), cs##v));  \
+        if (e.colsum) acc = _mm256_sub_epi32(acc, _mm256_mullo_epi32(_mm256_set1_epi32(row_off[r]), col.cs##v)); \
         const int64_t at = (i0 + r) * e.ldo + n0 + (off);                                                      \
         if (e.f32) {                                                                                           \
             __m256 y = _mm256_cvtepi32_ps(acc);                                                                \
             if (e.row_scale) y = _mm256_mul_ps(y, _mm256_set1_ps(row_sc[r]));                                  \
-            y = _mm256_fmadd_ps(y, sc##v, bi##v);                                                              \
+            y = _mm256_fmadd_ps(y, col.sc##v, col.bi##v);                                                      \
             if (e.act == ACT_GELU) y = gelu256(y);                                                             \
             const float *res = e.residual ? e.residual + (i0 + r) * e.N + n0 + (off) : NULL;                   \
-            if (nv##v >= 8) {                                                                                  \
+            if (col.nv##v >= 8) {                                                                              \
                 if (res) y = _mm256_add_ps(y, _mm256_loadu_ps(res));                                           \
                 _mm256_storeu_ps((float *)e.out + at, y);                                                      \
-            } else if (nv##v > 0) {                                                                            \
-                if (res) y = _mm256_add_ps(y, _mm256_maskload_ps(res, m##v));                                  \
-                _mm256_maskstore_ps((float *)e.out + at, m##v, y);                                             \
+            } else if (col.nv##v > 0) {                                                                        \
+                if (res) y = _mm256_add_ps(y, _mm256_maskload_ps(res, col.m##v));                              \
+                _mm256_maskstore_ps((float *)e.out + at, col.m##v, y);                                         \
             }                                                                                                  \
-        } else if (nv##v >= 8) {                                                                               \
+        } else if (col.nv##v >= 8) {                                                                           \
             _mm256_storeu_si256((__m256i *)((int32_t *)e.out + at), acc);                                      \
-        } else if (nv##v > 0) {                                                                                \
-            _mm256_maskstore_epi32((int *)e.out + at, m##v, acc);                                              \
+        } else if (col.nv##v > 0) {                                                                            \
+            _mm256_maskstore_epi32((int *)e.out + at, col.m##v, acc);                                          \
         }                                                                                                      \
     }
 #define A2_OUT_A(r) A2_OUT(r, a, 0)
@@ -1615,15 +1638,7 @@ AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
     const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->residual, g->out, g->ldo,
                       g->N, g->global_off, g->out_f32, g->act};
     int16_t wide[AVX2_MR * A2_KC] __attribute__((aligned(32)));
-    /* the panel's column vectors, once for all its row tiles */
-    const int64_t nva = e.N - n0, nvb = nva - 8;
-    const __m256i ma = avx2_mask(nva), mb = avx2_mask(nvb);
-    const __m256i csa = e.colsum ? avx2_load_i32(e.colsum + n0, nva) : _mm256_setzero_si256();
-    const __m256i csb = e.colsum ? avx2_load_i32(e.colsum + n0 + 8, nvb) : _mm256_setzero_si256();
-    const __m256 sca = avx2_load_f32(e.col_scale ? e.col_scale + n0 : NULL, nva, 1.0f);
-    const __m256 scb = avx2_load_f32(e.col_scale ? e.col_scale + n0 + 8 : NULL, nvb, 1.0f);
-    const __m256 bia = avx2_load_f32(e.bias ? e.bias + n0 : NULL, nva, 0.0f);
-    const __m256 bib = avx2_load_f32(e.bias ? e.bias + n0 + 8 : NULL, nvb, 0.0f);
+    const a2_cols col = a2_load_cols(&e, n0); /* the panel's column vectors, once for all its row tiles */
     const __m256i z = _mm256_setzero_si256();
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * AVX2_MR;
@@ -1709,7 +1724,7 @@ AVX2_TARGET ALWAYS_INLINE void sat_tiles(const gemm_t *g, int64_t t0, int64_t t1
             row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
         }
         for (int64_t s = 0; s < w; s += 16) { /* 16 columns of the panel; its k-groups are w * 4 bytes apart */
-            const int64_t n0 = p * V2_NR + s, nva = e.N - n0, nvb = nva - 8;
+            const int64_t n0 = p * V2_NR + s;
             const uint8_t *a = (const uint8_t *)g->a + i0 * lda;
             const int8_t *b = bpanel + s * 4;
             ROWS4(SAT_DECL)
@@ -1720,13 +1735,7 @@ AVX2_TARGET ALWAYS_INLINE void sat_tiles(const gemm_t *g, int64_t t0, int64_t t1
                 a += 4;
                 b += w * 4;
             }
-            const __m256i ma = avx2_mask(nva), mb = avx2_mask(nvb);
-            const __m256i csa = e.colsum ? avx2_load_i32(e.colsum + n0, nva) : z;
-            const __m256i csb = e.colsum ? avx2_load_i32(e.colsum + n0 + 8, nvb) : z;
-            const __m256 sca = avx2_load_f32(e.col_scale ? e.col_scale + n0 : NULL, nva, 1.0f);
-            const __m256 scb = avx2_load_f32(e.col_scale ? e.col_scale + n0 + 8 : NULL, nvb, 1.0f);
-            const __m256 bia = avx2_load_f32(e.bias ? e.bias + n0 : NULL, nva, 0.0f);
-            const __m256 bib = avx2_load_f32(e.bias ? e.bias + n0 + 8 : NULL, nvb, 0.0f);
+            const a2_cols col = a2_load_cols(&e, n0);
             ROWS4(A2_OUT_A)
             ROWS4(A2_OUT_B)
         }
