@@ -70,6 +70,29 @@ def read(stat: Path = Path("/proc/stat")) -> CpuReading | None:
                       time.monotonic())
 
 
+def run_delay_s(task_dir: Path = Path("/proc/self/task")) -> float | None:
+    """Seconds this process's threads have so far spent runnable but waiting for a CPU, summed over its threads
+    (the second field of each thread's ``schedstat``); None where the kernel does not report it.
+
+    Others' CPU time (:func:`read`) says the machine was shared; this says the process was held up by it:
+    on two cores a neighbour's busy core takes nothing from a one-thread service, a third runnable thread
+    takes its turns. A thread that has exited no longer counts, so read it where the threads of interest live
+    on across both readings.
+    """
+    total, read_any = 0, False
+    try:
+        tasks = list(task_dir.iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+            read_any = True
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended between the listing and the read
+    return total / 1e9 if read_any else None
+
+
 def cores() -> int:
     """The logical cores the kernel schedules on (the share's denominator)."""
     return os.cpu_count() or 1

@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,40 @@ def test_the_share_is_others_busy_time_and_steal_over_the_window():
     quiet = between(before, CpuReading(11.52, 1.0, 3.5, 102.0), ncores=2)  # only our own 1.5 s (and 0.02 s)
     assert quiet.share == pytest.approx(0.005) and not quiet.contended
     assert between(None, after) is None and between(after, before) is None
+
+
+def test_run_delay_sums_the_threads_waits_and_is_none_where_unreported(tmp_path):
+    for tid, line in (("11", "5000 2500000000 7\n"), ("12", "9 500000000 1\n")):
+        (tmp_path / tid).mkdir()
+        (tmp_path / tid / "schedstat").write_text(line)
+    assert contention.run_delay_s(tmp_path) == pytest.approx(3.0)
+    (tmp_path / "13").mkdir()  # a thread without the file (it ended, or the kernel lacks it): left out
+    assert contention.run_delay_s(tmp_path) == pytest.approx(3.0)
+    empty = tmp_path / "none"
+    (empty / "1").mkdir(parents=True)
+    assert contention.run_delay_s(empty) is None and contention.run_delay_s(tmp_path / "absent") is None
+
+
+def test_processes_beyond_the_cores_wait_for_a_cpu():
+    """One spinner more than the cores, for a second: together they waited at least half a second for a turn
+    (more on a busy machine, never less)."""
+    if contention.run_delay_s() is None:
+        pytest.skip("this kernel reports no per-thread schedstat")
+    n = contention.cores() + 1
+    spin = "import time\nend = time.perf_counter() + 1.5\nwhile time.perf_counter() < end: pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()\n" + spin], stdin=subprocess.PIPE)
+             for _ in range(n)]
+    try:
+        before = [contention.run_delay_s(Path(f"/proc/{p.pid}/task")) for p in procs]
+        for p in procs:
+            p.stdin.close()  # all start spinning at once
+        time.sleep(1.2)
+        after = [contention.run_delay_s(Path(f"/proc/{p.pid}/task")) for p in procs]
+    finally:
+        for p in procs:
+            p.wait()
+    waited = sum(a - b for a, b in zip(after, before))
+    assert waited >= 0.5, (waited, before, after)
 
 
 def record(process, p50, busy, extra=()):
