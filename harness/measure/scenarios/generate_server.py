@@ -63,9 +63,10 @@ GIVE_UP_SLOS = 20  # a request that waited this many TTFT SLOs ends the trial as
 # A continuous-batching trial's uncounted lead-in, as a fraction of its counted requests (steady_start).
 LEAD_IN = 0.5
 # The trials' share of time this process waited for a CPU (or the hypervisor stole) above which the result says
-# others were using the machine. Alone on a 2-vCPU VM a 36-s search waited 3 ms (0.01%); with two CPU hogs
-# beside it, 216 ms (0.6%), and its estimate (766 requests/s) fell 8% under the queue model on its own measured
-# times (828): the model draws those times independently, while a neighbour slows a run of requests in a row.
+# others were using the machine. Alone on a 2-vCPU VM three 40-s searches waited 0.007-0.016% of their time;
+# beside two bursty CPU hogs 0.24-0.56%, and in one of three the queue model on the trials' own measured times
+# lay 9% above the search's interval: the model draws those times independently, while a neighbour slows a run
+# of requests in a row (results/reference/2026-12-07-intel-xeon-amx-2vcpu/generate-server-busy/).
 HELD_UP_SHARE = 0.001
 
 
