@@ -12,7 +12,7 @@ from costbench.harness.suite.schema import ModelSpec
 from costbench.harness.build.zoo.registry import load_bundle
 
 HERE = Path(__file__).parent
-# The helpers beside this file (tiny_factory.py, queue_sim.py, pg_cluster.py) for the tests in the subfolders,
+# The helpers beside this file (tiny_factory.py, queue_sim.py, pg_cluster.py, spinning_server.py) for the tests,
 # which mirror harness/'s subpackages.
 sys.path.insert(0, str(HERE))
 

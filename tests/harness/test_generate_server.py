@@ -8,44 +8,20 @@ runtime.
 
 from __future__ import annotations
 
-import time
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from costbench.backends.base import GenerativeSession
-from costbench.harness.build.zoo.base import SampleSet
-from costbench.harness.machine import contention
 from costbench.core.stats import percentile
-from costbench.harness.measure.scenarios.generate_server import UNIT, GenerateServer, GenerateServerSpec, _Requests
+from costbench.harness.measure.scenarios.generate_server import UNIT, GenerateServer, GenerateServerSpec
+from spinning_server import DATA, Spinning
 
-
-class Spinning(GenerativeSession):
-    """Known times: the prefill grows with the prompt, every next token costs ``tpot_ms``."""
-
-    def __init__(self, prefill_ms: float, per_prompt_ms: float, tpot_ms: float):
-        self.prefill_ns, self.per_prompt_ns, self.tpot_ns = prefill_ms * 1e6, per_prompt_ms * 1e6, tpot_ms * 1e6
-
-    @staticmethod
-    def _spin(ns: float) -> None:
-        end = time.perf_counter_ns() + int(ns)
-        while time.perf_counter_ns() < end:
-            pass
-
-    def run(self, inputs):
-        return []
-
-    def generate(self, prompt_ids, new_tokens, on_token):
-        self._spin(self.prefill_ns + self.per_prompt_ns * prompt_ids.shape[1])
-        on_token()
-        for _ in range(new_tokens - 1):
-            self._spin(self.tpot_ns)
-            on_token()
-        return np.zeros((prompt_ids.shape[0], new_tokens), dtype=np.int64)
-
-
-DATA = SampleSet({"input_ids": np.arange(4096, dtype=np.int64).reshape(64, 64) % 1000})
+HERE = Path(__file__).parent
 
 
 def test_lengths_are_drawn_in_their_ranges_and_the_series_agree(rng):
@@ -65,27 +41,17 @@ def test_lengths_are_drawn_in_their_ranges_and_the_series_agree(rng):
 
 
 def test_search_finds_the_queue_models_capacity(seed):
-    """The capacity search against the M/G/1 model of the same service times (the issue's 10%)."""
-    # 3000 requests a trial: a p99 from a few hundred queued requests is its 3rd-highest value, and the median
-    # of that statistic lies below the true p99, so a search on such trials overestimates the capacity (by
-    # 14-17% at 300 requests here, trials starting from the steady-state backlog or not; 3-5% at 1000).
-    spec = GenerateServerSpec(ttft_slo_ms=5, tpot_slo_ms=0.5, prompt_tokens=32, prompt_tokens_min=8,
-                              output_tokens=6, output_tokens_min=3, min_count=3000, search_budget_s=40,
-                              seed=seed % 2**31)
-    session = Spinning(0.3, 0.005, 0.1)
-    scenario = GenerateServer(spec)
-    r = scenario.run(session, DATA, 1)
-    summary = r.details["search_summary"]
+    """The capacity search against the M/G/1 model of the same service times (the issue's 10%), in a process of
+    its own (spinning_server.py says why)."""
+    done = subprocess.run([sys.executable, str(HERE / "spinning_server.py"), str(seed % 2**31)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout.splitlines()[-1])
+    scalars, summary, model = r["scalars"], r["summary"], r["model_on_built"]
     assert summary["elapsed_s"] <= summary["budget_s"]
-    # The model on the exact service times: every length combination, uniform, as the scenario draws them.
-    prompt, output = scenario._lengths(20_000, seed)
-    duration = (0.3 + 0.005 * prompt + 0.1 * (output - 1)) * 1e6
-    exact = _Requests([], prefill_ns=list((0.3 + 0.005 * prompt) * 1e6), duration_ns=list(duration),
-                      tpot_ns=[0.1e6] * len(prompt))
-    model = scenario.model_capacity(exact, queries=100_000, seed=seed)
-    low, high = r.scalars["capacity_ci_low"][0], r.scalars.get("capacity_ci_high", (np.inf,))[0]
+    low, high = scalars["capacity_ci_low"], scalars.get("capacity_ci_high", np.inf)
     # Against the model on the prefill and decoding times the trials measured (the issue's validation) ...
-    measured = r.scalars["capacity_model_qps"][0]
+    measured = scalars["capacity_model_qps"]
     # The model draws the measured service times independently; a neighbour on the machine slows a run of
     # requests in a row, which queues worse than the same times scattered, so there the search's answer lies
     # below the model and the check is void (two fresh-clone CIs put the model 4.8% and 6.3% above the interval).
@@ -93,28 +59,13 @@ def test_search_finds_the_queue_models_capacity(seed):
         pytest.skip(f"the machine is busy: the trials waited {summary.get('cpu_wait_share', 0):.2%} of their time "
                     f"for a CPU, {summary.get('steal_share', 0):.2%} stolen; the measured times imply {measured:.0f} "
                     f"requests/s, the built ones {model:.0f}")
-    trials = (r.details["search"], summary)
-    assert r.scalars["capacity_qps"][0] == pytest.approx(measured, rel=0.10), (trials, measured)
+    trials = (r["trials"], summary)
+    assert scalars["capacity_qps"] == pytest.approx(measured, rel=0.10), (trials, measured)
     assert low / 1.03 <= measured <= high * 1.03, trials
     # ... and on the times the session was built with, less the harness's own per-token work (the two
     # simulations differ by about 1% from their own sampling).
     assert 0.75 * model <= measured <= 1.04 * model, (measured, model, trials)
-    assert r.scalars["capacity_output_tokens"][0] == pytest.approx(r.scalars["capacity_qps"][0] *
-                                                                    r.scalars["output_tokens"][0])
-
-
-def test_the_trials_are_held_up_past_a_thousandth_of_their_time_waiting_or_stolen():
-    trial = lambda wall, wait, steal: {"wall_s": wall, "cpu_wait_ms": wait, "steal_ms": steal}  # noqa: E731
-    cores = contention.cores()
-    quiet = GenerateServer._held_up([trial(10.0, 3.0, 0.0), trial(10.0, 4.0, 0.0)])
-    assert quiet["cpu_wait_share"] == pytest.approx(7e-3 / 20) and not quiet["held_up"]
-    waited = GenerateServer._held_up([trial(10.0, 3.0, 0.0), trial(10.0, 40.0, 0.0)])
-    assert waited["cpu_wait_share"] == pytest.approx(43e-3 / 20) and waited["held_up"]
-    stolen = GenerateServer._held_up([trial(10.0, 0.0, 30.0 * cores)])
-    assert stolen["steal_share"] == pytest.approx(3e-3) and stolen["held_up"]
-    # Where the kernel reports nothing, nothing is judged.
-    assert GenerateServer._held_up([trial(None, None, None)]) == {}
-    assert not GenerateServer._held_up([trial(10.0, None, None)])["held_up"]
+    assert scalars["capacity_output_tokens"] == pytest.approx(scalars["capacity_qps"] * scalars["output_tokens"])
 
 
 def test_an_slo_no_rate_can_meet_ends_after_the_probe(seed):

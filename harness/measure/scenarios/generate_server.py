@@ -62,12 +62,6 @@ UNIT = 1_000_000_000  # an SLO ratio of 1 is stored as 1e9, so the search's inte
 GIVE_UP_SLOS = 20  # a request that waited this many TTFT SLOs ends the trial as overloaded
 # A continuous-batching trial's uncounted lead-in, as a fraction of its counted requests (steady_start).
 LEAD_IN = 0.5
-# The trials' share of time this process waited for a CPU (or the hypervisor stole) above which the result says
-# others were using the machine. Alone on a 2-vCPU VM three 40-s searches waited 0.007-0.016% of their time;
-# beside two bursty CPU hogs 0.24-0.56%, and in one of three the queue model on the trials' own measured times
-# lay 9% above the search's interval: the model draws those times independently, while a neighbour slows a run
-# of requests in a row (results/reference/2026-12-07-intel-xeon-amx-2vcpu/generate-server-busy/).
-HELD_UP_SHARE = 0.001
 
 
 class GenerateServerSpec(ScenarioSettings):
@@ -280,21 +274,6 @@ class GenerateServer(Scenario):
 
     # --- an SLO no rate meets --------------------------------------------------------------------
 
-    @staticmethod
-    def _held_up(trials: list[dict[str, Any]]) -> dict[str, Any]:
-        """The trials' share of time this process waited for a CPU, the machine's stolen share, and whether
-        either passed ``HELD_UP_SHARE``; empty where the kernel reports neither."""
-        timed = [t for t in trials if t["wall_s"]]
-        wall = sum(t["wall_s"] for t in timed)
-        if not wall:
-            return {}
-        waits = [t["cpu_wait_ms"] for t in timed if t["cpu_wait_ms"] is not None]
-        steals = [t["steal_ms"] for t in timed if t["steal_ms"] is not None]
-        wait_share = sum(waits) / 1e3 / wall if waits else 0.0
-        steal_share = sum(steals) / 1e3 / (wall * contention.cores()) if steals else 0.0
-        return {"cpu_wait_share": wait_share, "steal_share": steal_share,
-                "held_up": max(wait_share, steal_share) > HELD_UP_SHARE}
-
     def _unmeetable(self, probe: _Requests) -> tuple[str, float] | None:
         """Why no rate can meet the SLO, and the unqueued SLO ratio's percentile, when the probe shows it (else
         None): with no queue at all, a request's ratio is max(prefill / TTFT SLO, TPOT / TPOT SLO), and a queue
@@ -368,13 +347,13 @@ class GenerateServer(Scenario):
             durations = [x for r in served for x in r.duration_ns] or probe_durations
             backlog = (stationary_backlog_ns(np.asarray(durations), qps, np.random.default_rng([seed, 2]))
                        if s.steady_start and durations and engine is None else 0.0)
-            before, waited = contention.read(), contention.run_delay_s()
+            before = contention.WaitReading.now()
             if engine is None:
                 req = self._serve(session, stream, poisson_arrivals(qps, count, seed), seed, give_up, backlog)
             else:
                 lead = math.ceil(LEAD_IN * count) if s.steady_start else 0
                 req = self._serve_engine(engine, stream, poisson_arrivals(qps, lead + count, seed), seed, give_up, lead)
-            after, waited_after = contention.read(), contention.run_delay_s()
+            waited = contention.WaitReading.now().since(before)
             ratios = req.ratios(ttft_slo, tpot_slo)
             trials.append({"qps": qps, "requests": len(ratios), "planned": count, "overloaded": req.overloaded,
                            "backlog_s": None if math.isinf(backlog) else backlog / 1e9,
@@ -382,11 +361,7 @@ class GenerateServer(Scenario):
                            "ttft_p_ms": percentile(req.ttft_ns, s.slo_percentile) / 1e6 if ratios else None,
                            "tpot_p_ms": percentile(req.tpot_ns, s.slo_percentile) / 1e6 if ratios else None,
                            "duration_p_ms": percentile(req.duration_ns, s.slo_percentile) / 1e6 if ratios else None,
-                           # Held up by the machine: this process's threads waiting for a CPU, and the steal.
-                           "wall_s": None if before is None or after is None else after.wall_s - before.wall_s,
-                           "cpu_wait_ms": None if waited is None or waited_after is None
-                           else (waited_after - waited) * 1e3,
-                           "steal_ms": None if before is None or after is None else (after.steal_s - before.steal_s) * 1e3})
+                           **waited})
             if engine is not None:
                 trials[-1]["steps"] = len(req.step_sequences)
                 trials[-1]["mean_step_sequences"] = (float(np.mean(req.step_sequences)) if req.step_sequences
@@ -440,14 +415,9 @@ class GenerateServer(Scenario):
                        "probe_requests": count, "service_capacity_qps": service_cap, "probe_s": spent,
                        "serving": ("one slot" if engine is None
                                    else f"continuous batching, up to {engine.max_sequences} sequences a step")}
-            held = self._held_up(trials)
+            held = contention.held_up(trials)
             summary.update(held)
-            if held.get("held_up"):
-                notes.append(f"this process's threads waited {held['cpu_wait_share']:.2%} of the trials' time for a CPU "
-                             f"and the hypervisor stole {held['steal_share']:.2%} of the machine: others were using it, "
-                             "so the capacity describes the server beside them, and capacity_model_qps (which draws "
-                             "the measured service times independently, where a neighbour slows requests in a row) "
-                             "can read above it")
+            notes.append(contention.held_up_note(held, "capacity_model_qps"))
             notes.append(outcome.budget_note(s.search_budget_s, s.search_precision, len(trials)))
             if est.center.side == "below":
                 notes.append("the SLO was not met at any rate tried, down to "

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 
 from costbench.backends.base import Session
 from costbench.core.stats import bootstrap_ci, percentile
+from costbench.harness.machine import contention
 from costbench.harness.measure.capacity import CapacitySearch, SearchOutcome, SearchPlan, trial_queries
 from costbench.harness.measure.queue_model import ServiceTimes, model_capacity
 from costbench.harness.measure.scenarios.base import ROTATE, Scenario, ScenarioResult, clock, wait_until, warm_up
@@ -426,7 +427,9 @@ class Server(Scenario):
         seeds = iter(range(s.seed, s.seed + 1_000_000))
 
         def measure(qps: float, count: int) -> tuple[list[int], str]:
+            before = contention.WaitReading.now()
             t = self.trial(session, feeds, qps, next(seeds), count=count, give_up_ns=give_up)
+            waited = contention.WaitReading.now().since(before)
             over = self._overloaded(t)
             one = self._judge(t.latency_ns, over) if t.latency_ns else {"verdict": MISSES}
             trials.append({"qps": qps, "queries": len(t.latency_ns), "planned": t.planned, "complete": t.complete,
@@ -436,7 +439,8 @@ class Server(Scenario):
                            "on_schedule": t.lateness_at(99) <= LATENESS_SLO_FRACTION * s.slo_ms * 1e6,
                            "service_p50_ms": percentile(t.service_ns, 50) / 1e6 if t.service_ns else None,
                            "service_p99_ms": percentile(t.service_ns, 99) / 1e6 if t.service_ns else None,
-                           "mean_batch_size": float(np.mean(t.batch_sizes)) if t.batch_sizes else 0.0})
+                           "mean_batch_size": float(np.mean(t.batch_sizes)) if t.batch_sizes else 0.0,
+                           **waited})
             kept[qps] = t
             return t.latency_ns, over
 
@@ -472,6 +476,9 @@ class Server(Scenario):
                                                            sorted(times.by_size.items())},
                                    "max_qps": est.shown_to_meet}
         top = max((p.qps for p in outcome.pools), default=0.0)
+        held = contention.held_up(trials)
+        summary.update(held)
+        notes.append(contention.held_up_note(held, "model_capacity_qps"))
         notes.append(outcome.budget_note(s.search_budget_s, s.search_precision, len(trials)))
         if est.center.side == "below":
             notes.append(f"the SLO was not met even at {min(p.qps for p in outcome.pools):.4g} queries/s "

@@ -72,6 +72,28 @@ def test_processes_beyond_the_cores_wait_for_a_cpu():
     assert waited >= 0.5, (waited, before, after)
 
 
+def test_a_trial_is_held_up_past_a_thousandth_of_its_time_waiting_or_stolen():
+    before = contention.WaitReading(CpuReading(busy_s=0.0, steal_s=1.0, own_s=0.0, wall_s=100.0), run_delay_s=2.0)
+    after = contention.WaitReading(CpuReading(busy_s=0.0, steal_s=1.5, own_s=0.0, wall_s=110.0), run_delay_s=2.004)
+    trial = after.since(before)
+    assert trial["wall_s"] == pytest.approx(10.0) and trial["cpu_wait_ms"] == pytest.approx(4.0)
+    assert trial["steal_ms"] == pytest.approx(500.0)
+    assert contention.WaitReading(None, None).since(before) == {"wall_s": None, "cpu_wait_ms": None, "steal_ms": None}
+    t = lambda wall, wait, steal: {"wall_s": wall, "cpu_wait_ms": wait, "steal_ms": steal}  # noqa: E731
+    n = contention.cores()
+    quiet = contention.held_up([t(10.0, 3.0, 0.0), t(10.0, 4.0, 0.0)])
+    assert quiet["cpu_wait_share"] == pytest.approx(7e-3 / 20) and not quiet["held_up"]
+    assert contention.held_up_note(quiet, "the model") == ""
+    waited = contention.held_up([t(10.0, 3.0, 0.0), t(10.0, 40.0, 0.0)])
+    assert waited["cpu_wait_share"] == pytest.approx(43e-3 / 20) and waited["held_up"]
+    assert "0.21% of the trials' time" in contention.held_up_note(waited, "the model")
+    stolen = contention.held_up([t(10.0, 0.0, 30.0 * n)])
+    assert stolen["steal_share"] == pytest.approx(3e-3) and stolen["held_up"]
+    # Where the kernel reports nothing, nothing is judged.
+    assert contention.held_up([t(None, None, None)]) == {}
+    assert not contention.held_up([t(10.0, None, None)])["held_up"]
+
+
 def record(process, p50, busy, extra=()):
     metrics = [{"metric": "latency_p50", "value": p50, "unit": "ms"},
                {"metric": "cpu_contention", "value": 0.5 if busy else 0.0, "unit": "ratio",
