@@ -3,16 +3,12 @@
 ``Spinning`` spins ``prefill_ms + per_prompt_ms * prompt length`` before its first token and ``tpot_ms`` before
 each next one: a one-slot server of those times is an M/G/1 queue whose capacity the model computes exactly.
 
-Run as a script (``python spinning_server.py SEED``), it runs the capacity test's search and prints one JSON
-line: the search's answer, its trials, and the queue model on the times the session was built with. The test
-runs it that way, as the runner measures every case, so that what earlier tests left in the test process
-(threads of Ray's client, thread pools) does not share its CPU time with the service.
+:func:`capacity_search` runs the capacity test's search and returns the search's answer, its trials and the
+queue model on the times the session was built with; the test runs it in a process of its own (own_process.py).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import numpy as np
@@ -69,7 +65,3 @@ def capacity_search(seed: int) -> dict:
     return {"seed": seed, "scalars": {k: v[0] for k, v in r.scalars.items()}, "trials": r.details["search"],
             "summary": r.details["search_summary"], "notes": r.notes,
             "model_on_built": scenario.model_capacity(built, queries=100_000, seed=seed)}
-
-
-if __name__ == "__main__":
-    print(json.dumps(capacity_search(int(sys.argv[1]))))

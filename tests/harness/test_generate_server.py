@@ -8,20 +8,14 @@ runtime.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from costbench.core.stats import percentile
 from costbench.harness.measure.scenarios.generate_server import UNIT, GenerateServer, GenerateServerSpec
-from spinning_server import DATA, Spinning
-
-HERE = Path(__file__).parent
+from own_process import in_own_process
+from spinning_server import DATA, Spinning, capacity_search
 
 
 def test_lengths_are_drawn_in_their_ranges_and_the_series_agree(rng):
@@ -42,11 +36,8 @@ def test_lengths_are_drawn_in_their_ranges_and_the_series_agree(rng):
 
 def test_search_finds_the_queue_models_capacity(seed):
     """The capacity search against the M/G/1 model of the same service times (the issue's 10%), in a process of
-    its own (spinning_server.py says why)."""
-    done = subprocess.run([sys.executable, str(HERE / "spinning_server.py"), str(seed % 2**31)], capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    r = json.loads(done.stdout.splitlines()[-1])
+    its own (own_process.py says why)."""
+    r = in_own_process(capacity_search, seed % 2**31)
     scalars, summary, model = r["scalars"], r["summary"], r["model_on_built"]
     assert summary["elapsed_s"] <= summary["budget_s"]
     low, high = scalars["capacity_ci_low"], scalars.get("capacity_ci_high", np.inf)
