@@ -3,7 +3,8 @@
 Per search: how long this process's threads waited for a CPU (cpu_wait_share) and the steal, whether the
 result calls itself held up, the estimate and its interval, and the M/G/1 model on the trials' measured
 times and on the times the session was built with. The session and spec are the capacity test's
-(tests/harness/test_generate_server.py). Usage: python busy.py SEED [SEED ...]
+(tests/harness/spinning_server.py; when this ran, they were written out here and in the test).
+Usage: python busy.py SEED [SEED ...]
 """
 
 import json
@@ -13,12 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "tests" / "harness"))
-from test_generate_server import DATA, Spinning  # noqa: E402
-
-from costbench.harness.measure.scenarios.generate_server import GenerateServer, GenerateServerSpec, _Requests  # noqa: E402
+from spinning_server import capacity_search  # noqa: E402
 
 
 def hog(on_s: float, off_s: float) -> None:
@@ -32,22 +29,13 @@ def hog(on_s: float, off_s: float) -> None:
 
 
 def search(seed: int) -> dict:
-    spec = GenerateServerSpec(ttft_slo_ms=5, tpot_slo_ms=0.5, prompt_tokens=32, prompt_tokens_min=8,
-                              output_tokens=6, output_tokens_min=3, min_count=3000, search_budget_s=40,
-                              seed=seed)
-    scenario = GenerateServer(spec)
-    r = scenario.run(Spinning(0.3, 0.005, 0.1), DATA, 1)
-    prompt, output = scenario._lengths(20_000, seed)
-    built = _Requests([], prefill_ns=list((0.3 + 0.005 * prompt) * 1e6),
-                      duration_ns=list((0.3 + 0.005 * prompt + 0.1 * (output - 1)) * 1e6),
-                      tpot_ns=[0.1e6] * len(prompt))
-    summary = r.details["search_summary"]
-    get = lambda k: r.scalars.get(k, (None,))[0]  # noqa: E731
+    """The capacity test's search (spinning_server.capacity_search), as one row."""
+    r = capacity_search(seed)
+    summary, get = r["summary"], r["scalars"].get
     return {"seed": seed, "cpu_wait_share": summary.get("cpu_wait_share"), "steal_share": summary.get("steal_share"),
             "held_up": summary.get("held_up"), "capacity_qps": get("capacity_qps"),
             "ci": [get("capacity_ci_low"), get("capacity_ci_high")], "model_on_measured": get("capacity_model_qps"),
-            "model_on_built": scenario.model_capacity(built, queries=100_000, seed=seed),
-            "trials": len(r.details["search"]), "notes": r.notes}
+            "model_on_built": r["model_on_built"], "trials": len(r["trials"]), "notes": r["notes"]}
 
 
 if __name__ == "__main__":
