@@ -1566,7 +1566,11 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
  * through memory: 12544x32x16 ran 130 us on two threads against 80 with the tiles widening; but a tile widens its
  * rows once per panel, and with nine panels (3136x24x144) that cost more: 159 against 125 us; three: 85 against
  * 89 (kernels-avx2-2/widen.txt). With U = 2 a second set of accumulators takes the odd k-pairs, hiding vpmaddwd's
- * latency when the tile has few rows. */
+ * latency when the tile has few rows. RAW (a call whose output is the int32 product, nothing to correct) is its
+ * own build of the tile: with the epilogue's column vectors held across the tiles and its branches taken at run
+ * time, gcc kept the tile's addresses on the stack and reloaded them around every store, and at K = 24-40 that
+ * was a quarter to a third of the time (kernels-avx2-4/kscan.txt). (Prefetching the next tile's output lines, as
+ * v2_tiles does, measured no faster here.) */
 #define A2_KC 512
 #define A2_TILE_WIDENS_PANELS 3
 /* The column vectors of one 16-column block of the output (two vectors: a, b) for A2_OUT: masks, valid widths,
@@ -1618,6 +1622,19 @@ AVX2_TARGET ALWAYS_INLINE a2_cols a2_load_cols(const v2_epi *e, int64_t n0) {
     }
 #define A2_OUT_A(r) A2_OUT(r, a, 0)
 #define A2_OUT_B(r) A2_OUT(r, b, 8)
+/* Row r's 16 int32 sums as they are (a2_tiles with RAW): the columns' epilogue vectors are then not loaded at
+ * all, and the tile holds nothing but its accumulators and the panel's width. */
+#define A2_RAW_OUT(r)                                                                                   \
+    if (r < MR) {                                                                                       \
+        int32_t *o = (int32_t *)e.out + (i0 + r) * e.ldo + n0;                                          \
+        if (nvb >= 8) {                                                                                 \
+            _mm256_storeu_si256((__m256i *)o, c##r##a);                                                 \
+            _mm256_storeu_si256((__m256i *)(o + 8), c##r##b);                                           \
+        } else {                                                                                        \
+            _mm256_maskstore_epi32(o, avx2_mask(nva), c##r##a);                                         \
+            if (nvb > 0) _mm256_maskstore_epi32(o + 8, avx2_mask(nvb), c##r##b);                        \
+        }                                                                                               \
+    }
 
 /* Row r's k in [k0, k0 + n) as int16, zero past K, into dst (32-byte aligned). */
 AVX2_TARGET ALWAYS_INLINE void a2_widen(const uint8_t *row, int a_unsigned, int64_t k0, int64_t n, int64_t K,
@@ -1632,22 +1649,24 @@ AVX2_TARGET ALWAYS_INLINE void a2_widen(const uint8_t *row, int a_unsigned, int6
     for (; k < n; k++) dst[k] = 0;
 }
 
-AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1, int64_t p, const int MR, const int U) {
+AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1, int64_t p, const int MR, const int U,
+                                        const int RAW) {
     const int64_t K = g->K, Kp = g->Kp, n0 = p * AVX2_NR;
     const int16_t *bpanel = (const int16_t *)g->bp + p * Kp * AVX2_NR;
     const v2_epi e = {g->colsum, g->row_zp, g->row_scale, g->col_scale, g->bias, g->residual, g->out, g->ldo,
                       g->N, g->global_off, g->out_f32, g->act};
     int16_t wide[AVX2_MR * A2_KC] __attribute__((aligned(32)));
-    const a2_cols col = a2_load_cols(&e, n0); /* the panel's column vectors, once for all its row tiles */
+    const int64_t nva = e.N - n0, nvb = nva - 8;
     const __m256i z = _mm256_setzero_si256();
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * AVX2_MR;
         int32_t row_off[AVX2_MR];
         float row_sc[AVX2_MR];
-        for (int r = 0; r < MR; r++) {
-            row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
-            row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
-        }
+        if (!RAW)
+            for (int r = 0; r < MR; r++) {
+                row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
+                row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
+            }
         ROWS4(AVX2_DECL)
         for (int64_t kc = 0; kc < Kp; kc += A2_KC) {
             const int64_t kn = Kp - kc < A2_KC ? Kp - kc : A2_KC, npairs = kn / 2;
@@ -1678,20 +1697,31 @@ AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
             }
         }
         ROWS4(AVX2_MERGE)
-        ROWS4(A2_OUT_A)
-        ROWS4(A2_OUT_B)
+        if (RAW) {
+            ROWS4(A2_RAW_OUT)
+        } else {
+            const a2_cols col = a2_load_cols(&e, n0);
+            ROWS4(A2_OUT_A)
+            ROWS4(A2_OUT_B)
+        }
     }
 }
 
 #define A2_FN(m, u)                                                                                   \
     AVX2_TARGET static void a2_tiles_##m(const gemm_t *g, int64_t t0, int64_t t1, int64_t p) {        \
-        a2_tiles(g, t0, t1, p, m, u);                                                                 \
+        a2_tiles(g, t0, t1, p, m, u, 0);                                                              \
+    }                                                                                                 \
+    AVX2_TARGET static void a2_raw_tiles_##m(const gemm_t *g, int64_t t0, int64_t t1, int64_t p) {    \
+        a2_tiles(g, t0, t1, p, m, u, 1);                                                              \
     }
 A2_FN(1, 2)
 A2_FN(2, 2)
 A2_FN(3, 1)
 A2_FN(4, 1)
-static const v2_tile_fn A2_TILES[AVX2_MR + 1] = {NULL, a2_tiles_1, a2_tiles_2, a2_tiles_3, a2_tiles_4};
+/* [raw][rows]: raw, the tiles for a call whose output is the int32 product itself (nothing to correct) */
+static const v2_tile_fn A2_TILES[2][AVX2_MR + 1] = {{NULL, a2_tiles_1, a2_tiles_2, a2_tiles_3, a2_tiles_4},
+                                                    {NULL, a2_raw_tiles_1, a2_raw_tiles_2, a2_raw_tiles_3,
+                                                     a2_raw_tiles_4}};
 
 /* avx2-saturating (ISA_AVX2_SAT): the avx512vnni packing read 8 columns x 4 k at a time, each u8 x s8 product
  * pair summed by vpmaddubsw into int16 with saturation, the int16 pairs widened by vpmaddwd with ones (exact)
@@ -1855,7 +1885,7 @@ static void v2_stage_rows(v2_job *j, int64_t r0, int64_t r1) {
 /* Row tiles [tb, te) of g on panel p; the last tile of g may be short. */
 static void v2_tile_range(const gemm_t *g, int64_t tb, int64_t te, int64_t p) {
     if (g->isa == ISA_AVX2 || g->isa == ISA_AVX2_SAT) {
-        const v2_tile_fn *tiles = g->isa == ISA_AVX2 ? A2_TILES : SAT_TILES;
+        const v2_tile_fn *tiles = g->isa == ISA_AVX2 ? A2_TILES[!g->colsum && !g->out_f32] : SAT_TILES;
         const int64_t full = g->M / AVX2_MR, tf = te < full ? te : full;
         if (tb < tf) tiles[AVX2_MR](g, tb, tf, p);
         if (te > tf) tiles[g->M - tf * AVX2_MR](g, tf, te, p);
