@@ -1622,8 +1622,8 @@ AVX2_TARGET ALWAYS_INLINE a2_cols a2_load_cols(const v2_epi *e, int64_t n0) {
     }
 #define A2_OUT_A(r) A2_OUT(r, a, 0)
 #define A2_OUT_B(r) A2_OUT(r, b, 8)
-/* Row r's 16 int32 sums as they are (a2_tiles with RAW): the columns' epilogue vectors are then not loaded at
- * all, and the tile holds nothing but its accumulators and the panel's width. */
+/* Row r's 16 int32 sums as they are (a2_tiles with RAW): the columns' epilogue vectors are then dead, and the
+ * tile holds nothing but its accumulators and the panel's width. */
 #define A2_RAW_OUT(r)                                                                                   \
     if (r < MR) {                                                                                       \
         int32_t *o = (int32_t *)e.out + (i0 + r) * e.ldo + n0;                                          \
@@ -1657,6 +1657,7 @@ AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
                       g->N, g->global_off, g->out_f32, g->act};
     int16_t wide[AVX2_MR * A2_KC] __attribute__((aligned(32)));
     const int64_t nva = e.N - n0, nvb = nva - 8;
+    const a2_cols col = a2_load_cols(&e, n0); /* the panel's column vectors, once for all its row tiles (not RAW) */
     const __m256i z = _mm256_setzero_si256();
     for (int64_t t = t0; t < t1; t++) {
         const int64_t i0 = t * AVX2_MR;
@@ -1700,7 +1701,6 @@ AVX2_TARGET ALWAYS_INLINE void a2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
         if (RAW) {
             ROWS4(A2_RAW_OUT)
         } else {
-            const a2_cols col = a2_load_cols(&e, n0);
             ROWS4(A2_OUT_A)
             ROWS4(A2_OUT_B)
         }
