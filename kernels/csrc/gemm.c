@@ -1498,6 +1498,11 @@ typedef struct {
     int f32, act;
 } v2_epi;
 
+/* The next tile's output lines are prefetched while a tile computes only where K is at least 4 times this: on the
+ * Zen 4 the prefetch measured about 2% at 2048x384x1536 (one thread); on the Xeon with AMX, whose calls with
+ * K <= 64 run these tiles, leaving it out was x1.04-1.13 at 12544x32x16, 3136x24x144, 784x40x240 and 196x80x480
+ * (kernels-epilogue-1): a short tile's k-loop hides little, and the prefetches' addresses came back from the stack. */
+#define V2_PREFETCH_MIN_KGROUPS 32
 /* Row tiles [t0, t1) (each MR rows from t * V2_MR) x the NV vectors of panel p, over the whole K.
  * The epilogue loads each vector's column sums, scales and bias from L1 as it goes, so that only
  * the accumulators stay in registers. */
@@ -1519,7 +1524,7 @@ VNNI_TARGET ALWAYS_INLINE void v2_tiles(const gemm_t *g, int64_t t0, int64_t t1,
             row_off[r] = (int32_t)((uint32_t)e.global_off + (uint32_t)(e.row_zp ? e.row_zp[i0 + r] : 0));
             row_sc[r] = e.row_scale ? e.row_scale[i0 + r] : 1.0f;
         }
-        if (t + 1 < t1) /* the next tile's output lines, fetched while this tile computes */
+        if (ngroups >= V2_PREFETCH_MIN_KGROUPS && t + 1 < t1) /* the next tile's output lines, fetched meanwhile */
             for (int r = 0; r < MR; r++)
                 for (int v = 0; v < NV; v++)
                     _mm_prefetch((const char *)e.out + ((i0 + V2_MR + r) * e.ldo + n0 + 16 * v) * 4, _MM_HINT_T0);
