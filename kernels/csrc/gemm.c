@@ -1499,9 +1499,12 @@ typedef struct {
 } v2_epi;
 
 /* The next tile's output lines are prefetched while a tile computes only where K is at least 4 times this: on the
- * Zen 4 the prefetch measured about 2% at 2048x384x1536 (one thread); on the Xeon with AMX, whose calls with
- * K <= 64 run these tiles, leaving it out was x1.04-1.13 at 12544x32x16, 3136x24x144, 784x40x240 and 196x80x480
- * (kernels-epilogue-1): a short tile's k-loop hides little, and the prefetches' addresses came back from the stack. */
+ * Zen 4 the prefetch measured about 2% at 2048x384x1536 (one thread). On the Xeon with AMX, whose calls with
+ * K <= 64 run these tiles, a one-thread profile of 3136x24x144 (perf, cpu-clock samples) put about half of the
+ * tile's samples on the prefetches and the reloads of their addresses from the stack (where the stalls of the
+ * previous tile's stores may land too), the k-loop a quarter; leaving the prefetch out there was x1.075
+ * [1.03-1.09] (kernels-epilogue-1/tile_ab-avx512vnni.txt; about x1.10 in two exploratory runs before), and at
+ * the other shapes with K < 128 within +-3% either way. A short tile's k-loop has little to hide it behind. */
 #define V2_PREFETCH_MIN_KGROUPS 32
 /* Row tiles [t0, t1) (each MR rows from t * V2_MR) x the NV vectors of panel p, over the whole K.
  * The epilogue loads each vector's column sums, scales and bias from L1 as it goes, so that only
@@ -1574,8 +1577,9 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
  * latency when the tile has few rows. RAW (a call whose output is the int32 product, nothing to correct) is its
  * own build of the tile: with the epilogue's column vectors held across the tiles and its branches taken at run
  * time, gcc kept the tile's addresses on the stack and reloaded them around every store, and at K = 24-40 that
- * was a quarter to a third of the time (kernels-avx2-4/kscan.txt). (Prefetching the next tile's output lines, as
- * v2_tiles does, measured no faster here.) */
+ * was most of the fixed part that made 26-38% of the time at K = 24-40 (kernels-avx2-4/kscan.txt); with RAW,
+ * x1.06-1.08 there (kernels-epilogue-1/tile_ab-avx2.txt). Prefetching the next tile's output lines, as v2_tiles
+ * does at large K, and two k-pairs an iteration (half the loop control) measured no faster (exploratory). */
 #define A2_KC 512
 #define A2_TILE_WIDENS_PANELS 3
 /* The column vectors of one 16-column block of the output (two vectors: a, b) for A2_OUT: masks, valid widths,
