@@ -55,6 +55,17 @@ TRIALS_BEFORE_STEPPING = 2
 # costs a wider interval where nothing preempts (median half-width 11.5% against 10.3%, 40 s).
 TRIALS_BEFORE_STEPPING_DOWN = 1
 
+# While no rate is shown to meet the SLO, each rate below the estimate that was tried without showing it makes
+# the next step down this many times as long (10%, 20%, 40%, then MAX_STEP_DOWN). On a machine that preempts
+# one service in 100 by 2 ms, a p99 interval's top stays above the SLO well below the capacity (the preemptions
+# set it, not the queue), and with a fixed 10% a 40-s budget could run out on such rates: 10 of 2,400 simulated
+# searches (preempting 1 in 100 and 1 in 50) ended with no rate shown to meet, none of 2,400 with the step
+# doubling (results/reference/2026-12-07-intel-xeon-amx-2vcpu/capacity-step-down/). The plain M/D/1 search's
+# interval held the capacity as often (391 against 390 of 400), 4-5% wider at the median. The cost: in the
+# lowest tenth of the preempting searches, the rate shown to meet is under 0.61 of the estimate, not 0.72.
+STEP_DOWN_GROWTH = 2.0
+MAX_STEP_DOWN = 0.5
+
 # Below the SLO everywhere, the search steps up: far (x1.5) while the percentile is under half the SLO, else
 # near (x1.15). A batching server's percentile never falls under half the SLO (it waits out its batching
 # delay at any rate), so its steps were all near ones: from a start at a fifth of the capacity (a service-time
@@ -371,7 +382,11 @@ class CapacitySearch:
             # it: a result's max_qps_within_slo is that rate. Where that rate has had its trials and still
             # does not decide (its interval keeps reaching the SLO), a step further, and so on.
             up = est.high.rate is None and bool(est.shown_to_meet)
-            step = 1 + max(2 * self.plan.precision, 0.1) * (1 if up else -1)
+            base = max(2 * self.plan.precision, 0.1)
+            step = 1 + base if up else 1 - base
+            if not up and not est.shown_to_meet:
+                undecided = sum(1 for q in self.pools.values() if q.qps < center and not q.overloaded)
+                step = 1 - min(base * STEP_DOWN_GROWTH ** max(undecided - 1, 0), MAX_STEP_DOWN)
             rate = self._beyond(center * step, step)
             return min(max(rate, p.floor_qps), p.ceiling_qps)
         return center
