@@ -1,7 +1,7 @@
 """The capacity search on simulated time (tests/harness/measure/test_capacity.py's queues), with the step down
 from an undecided rate growing by GROWTH while no rate is shown to meet the SLO (1: a fixed 10% step).
 
-    python step_down.py GROWTH SEEDS N     # SEEDS: comma-separated; N searches per seed and case
+    python step_down.py GROWTH SEEDS N [preempting-only]     # SEEDS: comma-separated; N searches per seed and case
 
 Prints, for a machine that preempts one service in 100 (and one in 50) by 2 ms (40-s budget, 5,000 queries a
 trial, started at 0.9x the model's capacity, as the test): how many searches ended with no rate shown to meet
@@ -40,6 +40,8 @@ for frac in (0.01, 0.02):
     print(f"growth {growth}, preempting 1 in {round(1 / frac)}: {missed} of {total} searches with no rate shown to "
           f"meet; shown-to-meet / estimate median {np.median(ratio):.3f}, 10th percentile {np.percentile(ratio, 10):.3f}",
           flush=True)
+if sys.argv[4:] == ["preempting-only"]:
+    sys.exit()
 truth = md1_capacity(SLO_NS / 1e9, 99, SERVICE_NS / 1e9)
 held = total = 0
 width, error = [], []
