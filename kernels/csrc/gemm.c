@@ -804,14 +804,19 @@ VNNI_TARGET ALWAYS_INLINE vnni_cols vnni_load_cols(const gemm_t *g, int64_t n0, 
 }
 
 #define ROWS8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+/* acc += a (u8) . b (s8), in asm so that the sum stays in the accumulator's register: from the intrinsic, gcc 12
+ * copied every accumulator to another register each k-step in these tiles (one or two vmovdqa64 a vpdpbusd, and
+ * two spills at 8 rows), where v2_tiles, built from the same intrinsic, compiled clean
+ * (tests/kernels/test_peak_loops.py reads every tile's k-loop). */
+#define VNNI_DP(acc, av, b) __asm__("vpdpbusd %[bv], %[a], %[c]" : [c] "+v"(acc) : [a] "v"(av), [bv] "v"(b))
 #define VNNI_DECL(r) __m512i c##r##a = z, c##r##b = z, d##r##a = z, d##r##b = z;
 #define VNNI_STEP(r, ACC, kg)                                                     \
     if (r < MR) {                                                                 \
         int32_t quad;                                                             \
         memcpy(&quad, a + r * lda + 4 * (kg), 4);                                 \
         const __m512i av = _mm512_set1_epi32(quad);                               \
-        ACC##r##a = _mm512_dpbusd_epi32(ACC##r##a, av, b0);                       \
-        ACC##r##b = _mm512_dpbusd_epi32(ACC##r##b, av, b1);                       \
+        VNNI_DP(ACC##r##a, av, b0);                                               \
+        VNNI_DP(ACC##r##b, av, b1);                                               \
     }
 #define VNNI_STEP_C(r) VNNI_STEP(r, c, kg)
 #define VNNI_STEP_D(r) VNNI_STEP(r, d, kg + 1)
@@ -2329,29 +2334,31 @@ VNNI_TARGET static int64_t peak_vnni(int64_t iters) {
     __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01010101);
     /* Sixteen chains that start from different values: with equal starts and equal operands the
      * compiler proves them equal and keeps one chain, which then times vpdpbusd's latency, not its
-     * throughput (an earlier version did that and overstated the peak about fourfold). */
+     * throughput (an earlier version did that and overstated the peak about fourfold). Each vpdpbusd is in asm
+     * (VNNI_DP): from the intrinsic, gcc copied every chain to another register each iteration and spilled two,
+     * 32 vmovdqa and 2 stores beside the 16 products, and the loop timed that mix. */
 #define PEAK_INIT512(i) _mm512_set1_epi32(i)
     __m512i c0 = PEAK_INIT512(0), c1 = PEAK_INIT512(1), c2 = PEAK_INIT512(2), c3 = PEAK_INIT512(3),
             c4 = PEAK_INIT512(4), c5 = PEAK_INIT512(5), c6 = PEAK_INIT512(6), c7 = PEAK_INIT512(7),
             c8 = PEAK_INIT512(8), c9 = PEAK_INIT512(9), c10 = PEAK_INIT512(10), c11 = PEAK_INIT512(11),
             c12 = PEAK_INIT512(12), c13 = PEAK_INIT512(13), c14 = PEAK_INIT512(14), c15 = PEAK_INIT512(15);
     for (int64_t it = 0; it < iters; it++) {
-        c0 = _mm512_dpbusd_epi32(c0, a, b);
-        c1 = _mm512_dpbusd_epi32(c1, a, b);
-        c2 = _mm512_dpbusd_epi32(c2, a, b);
-        c3 = _mm512_dpbusd_epi32(c3, a, b);
-        c4 = _mm512_dpbusd_epi32(c4, a, b);
-        c5 = _mm512_dpbusd_epi32(c5, a, b);
-        c6 = _mm512_dpbusd_epi32(c6, a, b);
-        c7 = _mm512_dpbusd_epi32(c7, a, b);
-        c8 = _mm512_dpbusd_epi32(c8, a, b);
-        c9 = _mm512_dpbusd_epi32(c9, a, b);
-        c10 = _mm512_dpbusd_epi32(c10, a, b);
-        c11 = _mm512_dpbusd_epi32(c11, a, b);
-        c12 = _mm512_dpbusd_epi32(c12, a, b);
-        c13 = _mm512_dpbusd_epi32(c13, a, b);
-        c14 = _mm512_dpbusd_epi32(c14, a, b);
-        c15 = _mm512_dpbusd_epi32(c15, a, b);
+        VNNI_DP(c0, a, b);
+        VNNI_DP(c1, a, b);
+        VNNI_DP(c2, a, b);
+        VNNI_DP(c3, a, b);
+        VNNI_DP(c4, a, b);
+        VNNI_DP(c5, a, b);
+        VNNI_DP(c6, a, b);
+        VNNI_DP(c7, a, b);
+        VNNI_DP(c8, a, b);
+        VNNI_DP(c9, a, b);
+        VNNI_DP(c10, a, b);
+        VNNI_DP(c11, a, b);
+        VNNI_DP(c12, a, b);
+        VNNI_DP(c13, a, b);
+        VNNI_DP(c14, a, b);
+        VNNI_DP(c15, a, b);
         __asm__ volatile("" : "+v"(a), "+v"(b));
     }
     __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),

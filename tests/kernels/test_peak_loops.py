@@ -19,16 +19,18 @@ pytestmark = pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump
 JUMP_BACK = re.compile(r"^\s*([0-9a-f]+):\s+j\w+\s+([0-9a-f]+)\s+<")
 
 
-def _loop(function: str) -> list[str]:
+MULTIPLY = re.compile(r"\s(vpmadd\w*|vpdpbusd)\s")
+
+
+def _loop(function: str, library: str | None = None) -> list[str]:
     """The instructions of the loop in ``function`` with the most multiplies (the hot loop; the others sum lanes)."""
-    text = subprocess.run(["objdump", "-d", "--no-show-raw-insn", _gemm.__file__], capture_output=True, text=True,
-                          check=True).stdout
+    text = _disassembly(library or _gemm.__file__)
     body = re.search(rf"^[0-9a-f]+ <{function}>:\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
     if body is None:
-        symbols = subprocess.run(["objdump", "-t", _gemm.__file__], capture_output=True, text=True).stdout
+        symbols = subprocess.run(["objdump", "-t", library or _gemm.__file__], capture_output=True, text=True).stdout
         if "no symbols" in symbols.lower() or ".text" not in symbols:
-            pytest.skip(f"{_gemm.__file__} has no symbol table (stripped): its functions cannot be told apart")
-    assert body, f"{function} not found in {_gemm.__file__}"
+            pytest.skip(f"{library or _gemm.__file__} has no symbol table (stripped): its functions cannot be told apart")
+    assert body, f"{function} not found in {library or _gemm.__file__}"
     lines = body.group(1).splitlines()
     addr = lambda line: int(line.split(":")[0], 16)
     loops = []
@@ -38,7 +40,17 @@ def _loop(function: str) -> list[str]:
             start = next(j for j, x in enumerate(lines) if ":" in x and addr(x) >= int(m.group(2), 16))
             loops.append(lines[start:i + 1])
     assert loops, f"no loop in {function}"
-    return max(loops, key=lambda lp: (sum("vpmadd" in x for x in lp), -len(lp)))
+    return max(loops, key=lambda lp: (sum(bool(MULTIPLY.search(x)) for x in lp), -len(lp)))
+
+
+_DISASSEMBLY: dict[str, str] = {}
+
+
+def _disassembly(library: str) -> str:
+    if library not in _DISASSEMBLY:
+        _DISASSEMBLY[library] = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True,
+                                               text=True, check=True).stdout
+    return _DISASSEMBLY[library]
 
 
 @pytest.mark.parametrize("function, products", [("peak_avx2", {"vpmaddwd": 8}),
@@ -54,3 +66,30 @@ def test_avx2_loops_compute_every_product_in_registers(function, products):
              [line.split()[-1] for line in loop if "vpmaddwd" in line]
     pairs = {tuple(op.split(",")[:2]) for op in firsts}
     assert len(pairs) == 8, (function, loop)
+
+
+# Every register tile's k-loop, by the name the dispatch tables give its build.
+TILES = ([f"v2_tiles_{m}_{v}" for m in range(1, 7) for v in range(1, 5)]
+         + [f"vnni_tile_{m}" for m in range(1, 9)]
+         + [f"{kind}_{m}" for kind in ("a2_tiles", "a2_raw_tiles", "sat_tiles") for m in range(1, 5)])
+STACK_MOVE = re.compile(r"\svmov\w*\s.*\(%rsp")
+
+
+@pytest.mark.parametrize("function", TILES)
+def test_the_tiles_keep_their_accumulators_in_registers(function):
+    """No vector moved to or from the stack inside a tile's k-loop. gcc's register allocation of these tiles
+    is fragile: a build of the avx512vnni tile whose epilogue alone differed (int32 stores only) spilled and
+    reloaded every accumulator each k-step, and ran 0.49-0.87x (kernels-epilogue-1, exploratory). The avx2
+    tiles read A from a stack buffer with vpbroadcastd, which this allows."""
+    loop = _loop(function)
+    assert any(MULTIPLY.search(line) for line in loop), (function, loop)
+    spills = [line for line in loop if STACK_MOVE.search(line)]
+    assert not spills, f"{function}'s k-loop moves vectors through the stack: {spills}"
+
+
+def test_the_vnni_loop_is_its_sixteen_products_and_nothing_else():
+    """From the intrinsic, gcc copied each of peak_vnni's chains to another register every iteration and
+    spilled two: the ceiling timed 16 vpdpbusd beside 32 vmovdqa and 2 stores."""
+    loop = _loop("peak_vnni")
+    assert sum("vpdpbusd" in line for line in loop) == 16, loop
+    assert not any(re.search(r"\svmov", line) for line in loop), loop
