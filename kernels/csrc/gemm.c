@@ -1581,10 +1581,11 @@ static const v2_tile_fn V2_TILES[V2_MR + 1][4] = {
  * 89 (kernels-avx2-2/widen.txt). With U = 2 a second set of accumulators takes the odd k-pairs, hiding vpmaddwd's
  * latency when the tile has few rows. RAW (a call whose output is the int32 product, nothing to correct) is its
  * own build of the tile: with the epilogue's column vectors held across the tiles and its branches taken at run
- * time, gcc kept the tile's addresses on the stack and reloaded them around every store, and at K = 24-40 that
- * was most of the fixed part that made 26-38% of the time at K = 24-40 (kernels-avx2-4/kscan.txt); with RAW,
- * x1.06-1.08 there (kernels-epilogue-1/tile_ab-avx2.txt). Prefetching the next tile's output lines, as v2_tiles
- * does at large K, and two k-pairs an iteration (half the loop control) measured no faster (exploratory). */
+ * time, gcc kept the tile's addresses on the stack and reloaded them around every store (a one-thread profile
+ * at 3136x24x144, perf cpu-clock samples: 31% of the tile's samples outside its k-loop; 19% with RAW). With RAW,
+ * x1.06-1.08 at K = 24-40 (kernels-epilogue-1/tile_ab-avx2.txt), where that fixed part had been 26-38% of the
+ * time (kernels-avx2-4/kscan.txt). Prefetching the next tile's output lines, as v2_tiles does at large K, and two
+ * k-pairs an iteration (half the loop control) measured no faster (exploratory). */
 #define A2_KC 512
 #define A2_TILE_WIDENS_PANELS 3
 /* The column vectors of one 16-column block of the output (two vectors: a, b) for A2_OUT: masks, valid widths,
