@@ -7,6 +7,7 @@ iteration, and the "limit" timed one vpmaddwd and twelve vpaddd.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -22,15 +23,15 @@ JUMP_BACK = re.compile(r"^\s*([0-9a-f]+):\s+j\w+\s+([0-9a-f]+)\s+<")
 MULTIPLY = re.compile(r"\s(vpmadd\w*|vpdpbusd)\s")
 
 
-def _loop(function: str, library: str | None = None) -> list[str]:
+def _loop(function: str) -> list[str]:
     """The instructions of the loop in ``function`` with the most multiplies (the hot loop; the others sum lanes)."""
-    text = _disassembly(library or _gemm.__file__)
+    text = _disassembly()
     body = re.search(rf"^[0-9a-f]+ <{function}>:\n(.*?)(?:\n\n|\Z)", text, re.S | re.M)
     if body is None:
-        symbols = subprocess.run(["objdump", "-t", library or _gemm.__file__], capture_output=True, text=True).stdout
+        symbols = subprocess.run(["objdump", "-t", _gemm.__file__], capture_output=True, text=True).stdout
         if "no symbols" in symbols.lower() or ".text" not in symbols:
-            pytest.skip(f"{library or _gemm.__file__} has no symbol table (stripped): its functions cannot be told apart")
-    assert body, f"{function} not found in {library or _gemm.__file__}"
+            pytest.skip(f"{_gemm.__file__} has no symbol table (stripped): its functions cannot be told apart")
+    assert body, f"{function} not found in {_gemm.__file__}"
     lines = body.group(1).splitlines()
     addr = lambda line: int(line.split(":")[0], 16)
     loops = []
@@ -43,14 +44,11 @@ def _loop(function: str, library: str | None = None) -> list[str]:
     return max(loops, key=lambda lp: (sum(bool(MULTIPLY.search(x)) for x in lp), -len(lp)))
 
 
-_DISASSEMBLY: dict[str, str] = {}
-
-
-def _disassembly(library: str) -> str:
-    if library not in _DISASSEMBLY:
-        _DISASSEMBLY[library] = subprocess.run(["objdump", "-d", "--no-show-raw-insn", library], capture_output=True,
-                                               text=True, check=True).stdout
-    return _DISASSEMBLY[library]
+@functools.cache
+def _disassembly() -> str:
+    """The built extension's code, disassembled once for all the tests here."""
+    return subprocess.run(["objdump", "-d", "--no-show-raw-insn", _gemm.__file__], capture_output=True, text=True,
+                          check=True).stdout
 
 
 @pytest.mark.parametrize("function, products", [("peak_avx2", {"vpmaddwd": 8}),
@@ -79,7 +77,7 @@ STACK_MOVE = re.compile(r"\svmov\w*\s.*\(%rsp")
 def test_the_tiles_keep_their_accumulators_in_registers(function):
     """No vector moved to or from the stack inside a tile's k-loop. gcc's register allocation of these tiles
     is fragile: a build of the avx512vnni tile whose epilogue alone differed (int32 stores only) spilled and
-    reloaded every accumulator each k-step, and ran 0.49-0.87x (kernels-epilogue-1, exploratory). The avx2
+    reloaded every accumulator each k-step, and ran 0.56-0.88x at seven of eight shapes (exploratory). The avx2
     tiles read A from a stack buffer with vpbroadcastd, which this allows."""
     loop = _loop(function)
     assert any(MULTIPLY.search(line) for line in loop), (function, loop)
